@@ -1,0 +1,40 @@
+"""Every command is documented: it appears in the README and its --help has a runnable example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from selectit.cli import main
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def all_commands(group: click.Group = main, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in sorted(group.commands.items()):
+        full = f"{prefix}{name}"
+        found.append((full, command))
+        if isinstance(command, click.Group):
+            found.extend(all_commands(command, prefix=f"{full} "))
+    return found
+
+
+COMMANDS = all_commands()
+
+
+@pytest.mark.parametrize("name", [name for name, _ in COMMANDS])
+def test_command_is_in_the_readme(name: str) -> None:
+    assert f"selectit {name}" in README, f"`selectit {name}` is not documented in README.md"
+
+
+@pytest.mark.parametrize("name", [name for name, _ in COMMANDS])
+def test_help_has_a_runnable_example(name: str) -> None:
+    result = CliRunner().invoke(main, [*name.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output, f"`selectit {name} --help` has no example"
+    example = result.output.split("Example", 1)[1]
+    assert f"selectit {name.split()[0]}" in example, f"the example of `selectit {name}` does not run it"
