@@ -180,6 +180,26 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
+class JobSample(Base):
+    """The samples of an *open* job, so the planner can exclude their cells in SQL (rows are
+    deleted when the job ends; `Job.sample_ids` keeps the record)."""
+
+    __tablename__ = "job_samples"
+    __table_args__ = (Index("ix_job_samples_sample", "sample_id"),)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class JobPrompt(Base):
+    """The prompt versions of a job: its cells are job_samples × job_prompts for its model."""
+
+    __tablename__ = "job_prompts"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
 class Selection(Base):
     """A named, frozen selection: its parameters and chosen samples, exportable byte for byte."""
 
