@@ -90,6 +90,41 @@ def init(ctx: click.Context) -> None:
         console.print(f"{engine.url!r} upgraded: {before or 'empty'} → {after}.")
 
 
+@main.command()
+@click.option("--dataset", required=True, help="The dataset to report on.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for index.html and the plots.")
+@click.option("--models", default=None, metavar="A,B", help="Comma-separated model names [default: all active].")
+@click.option("--prompt-set", default=None, help="Prompt set [default: the default set].")
+@click.option("--alpha", default=0.2, show_default=True, type=float, help="α of the sentence level.")
+@click.option("--formula", default="paper", show_default=True, type=click.Choice(["paper", "reference-code"]),
+              help="Token-level formula.")  # fmt: skip
+@click.option("--top", default=0.2, show_default=True, type=float, help="Share of the ranking that counts as selected.")
+@click.pass_context
+@handles_errors
+def report(ctx: click.Context, dataset: str, out: str, models: str | None, prompt_set: str | None,
+           alpha: float, formula: str, top: float) -> None:  # fmt: skip
+    """Write an HTML report with plots (and the numbers behind them) for a scored dataset.
+
+    Score distributions per model and per prompt, agreement between prompts and between models,
+    the selected top share vs the full dataset (response length, calculation instructions) and
+    coverage. DIR is replaced as a whole when it already holds a report.
+
+    \b
+    Example:
+      selectit report --dataset alpaca --out report --top 0.2
+      selectit report --dataset alpaca --out report-2 --models smollm2-135m --alpha 0.5
+    """
+    from selectit.report import build_report
+
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    result = build_report(ctx.obj["db_url"], dataset, out, models=names, prompt_set=prompt_set, alpha=alpha,
+                          formula=formula, top=top)  # fmt: skip
+    click.echo(
+        f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
+        f"rankable, {result.n_selected} selected)."
+    )
+
+
 def print_table(title: str | None, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
     table = Table(title=title, title_justify="left")
     for name in columns:

@@ -1,0 +1,820 @@
+"""`selectit report`: a static HTML page with plots of a dataset's ratings and its selection.
+
+Everything is read through the DuckDB fusion views (`selectit.fusion.connect`), so the page shows
+exactly what `selectit rank` would compute for the same α, formula, models and prompt set. Every
+plot is a PNG next to `index.html`, and the numbers behind it are a table on the page and a CSV
+next to the PNG. The page is written into a temporary directory and moved into place at the end,
+so an interrupted run never leaves a half-written report.
+
+matplotlib, numpy and pandas are imported inside the functions: `import selectit` stays light.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selectit.errors import SelectitError
+
+#: Marks a directory as a selectit report, so a rerun may replace it (and nothing else).
+MARKER = "<!-- selectit report -->"
+
+# ----------------------------------------------------------------------------------------------
+# The calculation heuristic (the paper found Selective Alpaca richer in calculation).
+# An instruction counts as a *calculation* when its instruction or input has
+#   - a number, an arithmetic operator and a number ("3 + 4", "12*7", "2^10", "5 / 2", "7 - 3"
+#     with spaces around the minus, so dates and ranges like 2020-01-01 do not count), or
+#   - a number followed by a percent sign ("15%"), or
+#   - a calculation word: calculate, compute, solve, sum, total, how many, how much, percentage,
+#     percent, average, multiply, divide, subtract, equation, arithmetic, square root, … (whole
+#     words, case-insensitive; see CALC_WORDS).
+# It is a heuristic for a summary figure, not a classifier; the test pins it on known samples.
+# ----------------------------------------------------------------------------------------------
+CALC_WORDS = (
+    "calculate", "calculated", "calculating", "calculation", "calculations",
+    "compute", "computed", "computing", "computation",
+    "solve", "solving", "sum", "total", "how many", "how much",
+    "percentage", "percent", "average", "mean of",
+    "multiply", "multiplied", "multiplication", "divide", "divided", "division",
+    "subtract", "subtraction", "addition", "equation", "equations", "arithmetic",
+    "square root", "factorial", "remainder", "product of", "quotient",
+)  # fmt: skip
+_NUM = r"\d+(?:[.,]\d+)?"
+CALC_RE = re.compile(
+    r"|".join(
+        [
+            rf"{_NUM}\s*[+*/×÷^=x]\s*{_NUM}",  # 3+4, 12 * 7, 6x7, 2^10, 10/2
+            rf"{_NUM}\s+[-−]\s+{_NUM}",  # 7 - 3 (spaced: not a date or a range)
+            rf"{_NUM}\s*%",  # 15%
+            r"\b(?:" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in CALC_WORDS) + r")\b",
+        ]
+    ),
+    re.IGNORECASE,
+)
+
+
+def is_calculation(instruction: str, input: str = "") -> bool:
+    """True when the instruction or its input looks like a calculation (see CALC_RE).
+
+    >>> is_calculation("Calculate the area of a circle with radius 4.")
+    True
+    >>> is_calculation("What is 12 * 7?")
+    True
+    >>> is_calculation("Write a poem about the sea.", "Born on 2020-01-01")
+    False
+    """
+    return bool(CALC_RE.search(instruction) or CALC_RE.search(input or ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# What the page is made of
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """The numbers behind a plot: written as an HTML table (id `table-<name>`) and `<name>.csv`."""
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+@dataclass
+class Section:
+    """One plot (or a note when there is nothing to plot) with its tables."""
+
+    name: str
+    title: str
+    text: str
+    png: str | None = None  # file name relative to the report directory
+    tables: list[Table] = field(default_factory=list)
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    index: Path  # DIR/index.html
+    pngs: tuple[str, ...]  # PNG file names written (relative to DIR)
+    tables: dict[str, Table]  # by name
+    n_samples: int
+    n_rankable: int
+    n_selected: int
+
+
+class ReportError(SelectitError):
+    """The report cannot be written as asked."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def rankdata(values: Sequence[float]) -> Any:
+    """Ranks 1..n, ties get the average of their ranks (as Spearman's rho needs)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=float)
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); NaN when undefined."""
+    import numpy as np
+
+    if len(a) < 2:
+        return math.nan
+    ra, rb = rankdata(a), rankdata(b)
+    if np.all(ra == ra[0]) or np.all(rb == rb[0]):
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _round(x: Any, digits: int = 4) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, float):
+        return None if math.isnan(x) else round(x, digits)
+    return x
+
+
+def _stats_row(label: str, values: Sequence[float]) -> list[Any]:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return [label, 0, None, None, None, None, None]
+    return [
+        label, len(v), _round(float(v.mean())), _round(float(v.std())),
+        _round(float(v.min())), _round(float(np.median(v))), _round(float(v.max())),
+    ]  # fmt: skip
+
+
+STATS_COLUMNS = ["series", "n", "mean", "std", "min", "median", "max"]
+
+
+def _histogram_table(name: str, title: str, series: dict[str, Sequence[float]], bins: int = 20,
+                     lo: float | None = None, hi: float | None = None) -> tuple[Table, Any]:
+    """Counts of every series over one set of common bin edges."""
+    import numpy as np
+
+    everything = np.concatenate([np.asarray(v, dtype=float) for v in series.values()] or [np.zeros(0)])
+    lo = float(everything.min()) if lo is None and len(everything) else (lo or 0.0)
+    hi = float(everything.max()) if hi is None and len(everything) else (hi if hi is not None else 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = {k: np.histogram(np.asarray(v, dtype=float), bins=edges)[0] for k, v in series.items()}
+    rows = [
+        [_round(float(edges[i]), 4), _round(float(edges[i + 1]), 4), *(int(counts[k][i]) for k in series)]
+        for i in range(bins)
+    ]
+    return Table(name, title, ["bin_from", "bin_to", *series], rows), edges
+
+
+# ----------------------------------------------------------------------------------------------
+# Gathering the data (DuckDB)
+# ----------------------------------------------------------------------------------------------
+
+
+def _fetch(con: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    return con.execute(sql, list(params)).fetchall()
+
+
+def _selected_count(n_rankable: int, top: float) -> int:
+    """How many of the rankable samples the top share keeps (rounded down, at least 1 if any)."""
+    if n_rankable == 0:
+        return 0
+    return max(1, math.floor(top * n_rankable + 1e-9))
+
+
+@dataclass
+class _Data:
+    dataset: str
+    dataset_id: int
+    models: list[tuple[int, str, float]]  # id, name, θ
+    set_name: str | None
+    prompts: list[tuple[int, int]]  # id, position
+    n_samples: int
+    sent: dict[str, dict[int, float]]  # model → sample → S_sent
+    token: dict[tuple[str, int], dict[int, float]]  # (model, position) → sample → S_token
+    ranking: list[tuple[int, int, float]]  # sample, rank, s_model (rank order)
+    samples: dict[int, tuple[str, str, int]]  # sample → instruction, input, output length
+    coverage: list[tuple[Any, ...]]
+    n_selected: int
+
+
+def _gather(con: Any, dataset: str, models: list[str] | None, prompt_set: str | None,
+            weights: dict[str, float] | None, top: float) -> _Data:
+    row = _fetch(con, "SELECT id FROM store.datasets WHERE name = ?", [dataset])
+    if not row:
+        names = [r[0] for r in _fetch(con, "SELECT name FROM store.datasets ORDER BY name")]
+        known = ", ".join(names) if names else "none yet"
+        raise ReportError(
+            f"no dataset named {dataset!r} (datasets: {known}); "
+            f"ingest it first with `selectit ingest FILE --dataset {dataset}`."
+        )
+    dataset_id = int(row[0][0])
+
+    model_rows = _fetch(
+        con,
+        "SELECT id, name, n_params, weight FROM store.models WHERE CAST(active AS BOOLEAN) ORDER BY id",
+    )
+    if models:
+        model_rows = [r for r in model_rows if r[1] in models]
+    chosen = []
+    for mid, name, n_params, weight in model_rows:
+        theta = (weights or {}).get(name)
+        theta = float(theta if theta is not None else weight if weight is not None else n_params)
+        chosen.append((int(mid), str(name), theta))
+
+    # The prompt set the views use: the one asked for, else the one the token view shows.
+    set_name = prompt_set
+    if set_name is None:
+        sets = [r[0] for r in _fetch(con, "SELECT DISTINCT set_name FROM token_scores ORDER BY 1")]
+        set_name = sets[0] if len(sets) == 1 else None
+    if set_name is None:
+        from selectit.registry import DEFAULT_PROMPT_SET
+
+        set_name = DEFAULT_PROMPT_SET
+    prompts = [
+        (int(a), int(b))
+        for a, b in _fetch(
+            con,
+            "SELECT id, position FROM store.prompts WHERE CAST(active AS BOOLEAN) AND set_name = ? "
+            "ORDER BY position",
+            [set_name],
+        )
+    ]
+
+    n_samples = int(_fetch(con, "SELECT count(*) FROM store.dataset_samples WHERE dataset_id = ?", [dataset_id])[0][0])
+
+    in_dataset = "JOIN store.dataset_samples d ON d.sample_id = v.sample_id AND d.dataset_id = ?"
+    sent: dict[str, dict[int, float]] = {}
+    for model, sample_id, s in _fetch(
+        con,
+        f"SELECT v.model, v.sample_id, v.s_sent FROM sentence_scores v {in_dataset} "
+        "WHERE v.s_sent IS NOT NULL AND v.n_prompts = ? ORDER BY v.model, v.sample_id",
+        [dataset_id, len(prompts)],
+    ):
+        sent.setdefault(model, {})[int(sample_id)] = float(s)
+    token: dict[tuple[str, int], dict[int, float]] = {}
+    for model, position, sample_id, s in _fetch(
+        con,
+        f"SELECT v.model, v.position, v.sample_id, v.s_token FROM token_scores v {in_dataset} "
+        "WHERE v.s_token IS NOT NULL ORDER BY v.model, v.position, v.sample_id",
+        [dataset_id],
+    ):
+        token.setdefault((model, int(position)), {})[int(sample_id)] = float(s)
+
+    ranking = [
+        (int(s), int(r), float(m))
+        for s, r, m in _fetch(
+            con, "SELECT sample_id, rank, s_model FROM ranking WHERE dataset_id = ? ORDER BY rank", [dataset_id]
+        )
+    ]
+    samples = {
+        int(sid): (ins or "", inp or "", int(n))
+        for sid, ins, inp, n in _fetch(
+            con,
+            "SELECT s.id, s.instruction, s.input, length(s.output) FROM store.samples s "
+            "JOIN store.dataset_samples d ON d.sample_id = s.id AND d.dataset_id = ?",
+            [dataset_id],
+        )
+    }
+    coverage = _coverage(con, dataset_id, [m[0] for m in chosen], [p[0] for p in prompts])
+    names = {m[0]: m[1] for m in chosen}
+    coverage = [(names[r[0]], *r[1:]) for r in coverage]
+    return _Data(
+        dataset, dataset_id, chosen, set_name, prompts, n_samples, sent, token, ranking, samples,
+        coverage, _selected_count(len(ranking), top),
+    )  # fmt: skip
+
+
+def _coverage(con: Any, dataset_id: int, model_ids: list[int], prompt_ids: list[int]) -> list[tuple[Any, ...]]:
+    """Per model: samples complete / missing / failed over the chosen prompts, and cell counts.
+
+    A sample is *complete* for a model when all its prompt cells are scored ok, *failed* when at
+    least one cell failed, else *missing* (some cell never scored).
+    """
+    if not model_ids:
+        return []
+    if not prompt_ids:
+        n = int(_fetch(con, "SELECT count(*) FROM store.dataset_samples WHERE dataset_id = ?", [dataset_id])[0][0])
+        return [(m, n, 0, n, 0, 0, 0, 0) for m in model_ids]
+    mlist = ", ".join(str(int(m)) for m in model_ids)
+    plist = ", ".join(str(int(p)) for p in prompt_ids)
+    rows = _fetch(
+        con,
+        f"""
+        WITH ds AS (SELECT sample_id FROM store.dataset_samples WHERE dataset_id = ?),
+        sc AS (
+            SELECT s.model_id, s.sample_id, s.status FROM store.scores s
+            JOIN ds ON ds.sample_id = s.sample_id
+            WHERE s.model_id IN ({mlist}) AND s.prompt_id IN ({plist})
+        ),
+        per_sample AS (
+            SELECT m.model_id, ds.sample_id,
+                   count(sc.status) FILTER (WHERE sc.status = 'ok') AS ok,
+                   count(sc.status) FILTER (WHERE sc.status = 'failed') AS failed
+            FROM (SELECT unnest([{mlist}]) AS model_id) m
+            CROSS JOIN ds
+            LEFT JOIN sc ON sc.model_id = m.model_id AND sc.sample_id = ds.sample_id
+            GROUP BY m.model_id, ds.sample_id
+        )
+        SELECT model_id,
+               count(*) AS samples,
+               count(*) FILTER (WHERE ok = {len(prompt_ids)}) AS complete,
+               count(*) FILTER (WHERE failed = 0 AND ok < {len(prompt_ids)}) AS missing,
+               count(*) FILTER (WHERE failed > 0) AS failed,
+               sum(ok) AS cells_ok,
+               sum(failed) AS cells_failed,
+               count(*) * {len(prompt_ids)} - sum(ok) - sum(failed) AS cells_missing
+        FROM per_sample GROUP BY model_id ORDER BY model_id
+        """,
+        [dataset_id],
+    )
+    return [tuple(int(v) for v in r) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------
+# The sections
+# ----------------------------------------------------------------------------------------------
+
+
+def _prompt_label(position: int) -> str:
+    return f"prompt {position + 1}"
+
+
+def _sent_section(d: _Data, plt: Any, out: Path) -> Section:
+    sec = Section(
+        "s_sent_by_model", "Sentence-level scores per model",
+        "Histogram of S_sent (mean S_token over the prompt set, shrunk by α × its std) for the samples "
+        "every prompt of the set has scored, per model.",
+    )  # fmt: skip
+    series = {m: list(d.sent.get(m, {}).values()) for _, m, _ in d.models}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        sec.note = "No sample has a complete sentence-level score yet: run `selectit score` first."
+        return sec
+    hist, edges = _histogram_table("s_sent_histogram", "S_sent histogram (counts per bin)", series)
+    summary = Table("s_sent_summary", "S_sent per model", STATS_COLUMNS, [_stats_row(k, v) for k, v in series.items()])
+    fig, axes = plt.subplots(len(series), 1, figsize=(7, 2.2 * len(series) + 0.6), sharex=True, squeeze=False)
+    for ax, (name, values) in zip(axes[:, 0], series.items()):
+        ax.hist(values, bins=edges, color="#4c72b0")
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("samples")
+    axes[-1, 0].set_xlabel("S_sent")
+    sec.png = _save(fig, plt, out, sec.name)
+    sec.tables = [summary, hist]
+    return sec
+
+
+def _token_section(d: _Data, plt: Any, out: Path) -> Section:
+    sec = Section(
+        "s_token_by_prompt", "Token-level scores per prompt",
+        "Histogram of S_token (S_base × the spread of the normalised label probabilities) per prompt "
+        "of the set, one line per model.",
+    )  # fmt: skip
+    positions = [p for _, p in d.prompts]
+    model_names = [m for _, m, _ in d.models]
+    series: dict[str, list[float]] = {}
+    for pos in positions:
+        for m in model_names:
+            values = list(d.token.get((m, pos), {}).values())
+            if values:
+                series[f"{_prompt_label(pos)} · {m}"] = values
+    if not series:
+        sec.note = "No token-level score yet: run `selectit score` first."
+        return sec
+    hist, edges = _histogram_table("s_token_histogram", "S_token histogram (counts per bin)", series)
+    summary = Table("s_token_summary", "S_token per prompt and model", STATS_COLUMNS,
+                    [_stats_row(k, v) for k, v in series.items()])  # fmt: skip
+    n = len(positions)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.4), sharex=True, squeeze=False)
+    for i, pos in enumerate(positions):
+        ax = axes[i // cols, i % cols]
+        for m in model_names:
+            values = d.token.get((m, pos), {})
+            if values:
+                ax.hist(list(values.values()), bins=edges, histtype="step", linewidth=1.5, label=m)
+        ax.set_title(_prompt_label(pos), fontsize=10)
+        ax.set_xlabel("S_token")
+    for j in range(n, rows * cols):
+        axes[j // cols, j % cols].axis("off")
+    axes[0, 0].legend(fontsize=8)
+    sec.png = _save(fig, plt, out, sec.name)
+    sec.tables = [summary, hist]
+    return sec
+
+
+def _matrix(labels: list[str], columns: dict[str, dict[int, float]]) -> tuple[list[list[float]], int]:
+    """Spearman matrix over the samples every column has (complete cases), and their number."""
+    common = None
+    for values in columns.values():
+        common = set(values) if common is None else common & set(values)
+    ids = sorted(common or ())
+    m = [[spearman([columns[a][i] for i in ids], [columns[b][i] for i in ids]) for b in labels] for a in labels]
+    return m, len(ids)
+
+
+def _heatmap(ax: Any, matrix: list[list[float]], labels: list[str], title: str) -> Any:
+    import numpy as np
+
+    arr = np.array(matrix, dtype=float)
+    im = ax.imshow(np.ma.masked_invalid(arr), vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            text = "–" if math.isnan(arr[i, j]) else f"{arr[i, j]:.2f}"
+            dark = not math.isnan(arr[i, j]) and abs(arr[i, j]) > 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_title(title, fontsize=10)
+    return im
+
+
+def _prompt_agreement_section(d: _Data, plt: Any, out: Path) -> Section:
+    sec = Section(
+        "prompt_agreement", "Agreement between prompts",
+        "Spearman rank correlation of S_token between the prompts of the set, per model, over the "
+        "samples every prompt has scored for that model.",
+    )  # fmt: skip
+    per_model = []
+    for _, m, _ in d.models:
+        columns = {_prompt_label(p): d.token[(m, p)] for _, p in d.prompts if d.token.get((m, p))}
+        if len(columns) >= 2:
+            labels = list(columns)
+            matrix, n = _matrix(labels, columns)
+            per_model.append((m, labels, matrix, n))
+    if not per_model:
+        sec.note = "Fewer than two prompts have scores for any model: nothing to compare yet."
+        return sec
+    labels = per_model[0][1]
+    rows = [[m, n, a, *(_round(v) for v in matrix[i])] for m, lab, matrix, n in per_model for i, a in enumerate(lab)]
+    all_labels = sorted({x for _, lab, _, _ in per_model for x in lab}, key=lambda s: int(s.split()[-1]))
+    if any(lab != all_labels for _, lab, _, _ in per_model):  # models with different prompts scored
+        rows = []
+        for m, lab, matrix, n in per_model:
+            for i, a in enumerate(lab):
+                by = dict(zip(lab, matrix[i]))
+                rows.append([m, n, a, *(_round(by.get(b, math.nan)) for b in all_labels)])
+        labels = all_labels
+    sec.tables = [Table("prompt_agreement", "Spearman ρ between prompts (S_token)", ["model", "n", "prompt", *labels], rows)]
+    fig, axes = plt.subplots(1, len(per_model), figsize=(4.2 * len(per_model), 4), squeeze=False)
+    for ax, (m, lab, matrix, n) in zip(axes[0], per_model):
+        im = _heatmap(ax, matrix, lab, f"{m} (n={n})")
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="Spearman ρ")
+    sec.png = _save(fig, plt, out, sec.name, tight=False)
+    return sec
+
+
+def _model_agreement_section(d: _Data, plt: Any, out: Path) -> Section:
+    sec = Section(
+        "model_agreement", "Agreement between models",
+        "Spearman rank correlation of S_sent between the models, and with the fused S_model, over the "
+        "samples every model has scored completely.",
+    )  # fmt: skip
+    columns = {m: d.sent[m] for _, m, _ in d.models if d.sent.get(m)}
+    if not columns:
+        sec.note = "No model has complete sentence-level scores yet."
+        return sec
+    if d.ranking:
+        columns["S_model (fused)"] = {s: v for s, _, v in d.ranking}
+    labels = list(columns)
+    matrix, n = _matrix(labels, columns)
+    sec.tables = [Table("model_agreement", "Spearman ρ between models (S_sent)", ["model", "n", *labels],
+                        [[a, n, *(_round(v) for v in matrix[i])] for i, a in enumerate(labels)])]  # fmt: skip
+    size = 2.5 + 0.9 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = _heatmap(ax, matrix, labels, f"Spearman ρ of S_sent (n={n})")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    sec.png = _save(fig, plt, out, sec.name)
+    return sec
+
+
+def _groups(d: _Data) -> dict[str, list[int]]:
+    """full dataset ⊇ rankable (all chosen cells scored) ⊇ selected (top share)."""
+    return {
+        "full dataset": sorted(d.samples),
+        "rankable": [s for s, _, _ in d.ranking],
+        "selected": [s for s, _, _ in d.ranking[: d.n_selected]],
+    }
+
+
+def _length_section(d: _Data, plt: Any, out: Path) -> Section:
+    import numpy as np
+
+    sec = Section(
+        "response_length", "Response length: selected vs full dataset",
+        "Length of the response (characters of `output`) for the whole dataset, the rankable samples "
+        "(every chosen cell scored) and the selected top share. The paper found its selection longer.",
+    )  # fmt: skip
+    groups = _groups(d)
+    lengths = {g: [d.samples[s][2] for s in ids] for g, ids in groups.items()}
+    rows = []
+    for g, v in lengths.items():
+        a = np.asarray(v, dtype=float)
+        if len(a):
+            rows.append([g, len(a), _round(float(a.mean()), 2), _round(float(np.median(a)), 2),
+                         _round(float(np.percentile(a, 25)), 2), _round(float(np.percentile(a, 75)), 2), int(a.max())])  # fmt: skip
+        else:
+            rows.append([g, 0, None, None, None, None, None])
+    summary = Table("length_summary", "Response length (characters)",
+                    ["group", "samples", "mean", "median", "p25", "p75", "max"], rows)  # fmt: skip
+    present = {g: v for g, v in lengths.items() if v}
+    hist, edges = _histogram_table("length_histogram", "Response length histogram (counts per bin)", present, bins=30, lo=0.0)
+    sec.tables = [summary, hist]
+    if not present:
+        sec.note = "The dataset is empty."
+        return sec
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    colors = {"full dataset": "#999999", "rankable": "#4c72b0", "selected": "#dd8452"}
+    for g, v in present.items():
+        ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.8, label=f"{g} (n={len(v)})", color=colors[g])
+    ax.set_xlabel("response length (characters)")
+    ax.set_ylabel("share of samples per character")
+    ax.legend(fontsize=8)
+    sec.png = _save(fig, plt, out, sec.name)
+    return sec
+
+
+def _calc_section(d: _Data, plt: Any, out: Path) -> Section:
+    sec = Section(
+        "calculation_share", "Calculation instructions: selected vs full dataset",
+        "Share of instructions that ask for a calculation, by a heuristic: the instruction or its input "
+        "holds numbers joined by an arithmetic operator (3 + 4, 12*7, 2^10, 7 - 3), a percentage "
+        "(15%), or a word such as calculate, compute, solve, sum, total, how many, how much, "
+        "percentage, average, multiply, divide, equation. The paper found its selection richer in "
+        "calculation.",
+    )  # fmt: skip
+    rows = []
+    for g, ids in _groups(d).items():
+        n_calc = sum(1 for s in ids if is_calculation(d.samples[s][0], d.samples[s][1]))
+        rows.append([g, len(ids), n_calc, _round(n_calc / len(ids)) if ids else None])
+    sec.tables = [Table("calculation_share", "Calculation instructions", ["group", "samples", "calculation", "share"], rows)]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [r[0] for r in rows]
+    shares = [100 * (r[3] or 0.0) for r in rows]
+    bars = ax.bar(labels, shares, color=["#999999", "#4c72b0", "#dd8452"])
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"{r[2]}/{r[1]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.set_ylabel("calculation instructions (%)")
+    sec.png = _save(fig, plt, out, sec.name)
+    return sec
+
+
+def _coverage_section(d: _Data, plt: Any, out: Path) -> Section:
+    sec = Section(
+        "coverage", "Coverage",
+        f"Per model, over the dataset's {d.n_samples} samples and the {len(d.prompts)} prompts of the set: "
+        "complete (every prompt scored ok), missing (some cell never scored) and failed (some cell failed; "
+        "`selectit score` retries it a bounded number of times). A sample is rankable when it is complete "
+        f"for every chosen model: {len(d.ranking)} are.",
+    )  # fmt: skip
+    columns = ["model", "samples", "complete", "missing", "failed", "cells_ok", "cells_failed", "cells_missing"]
+    rows = [list(r) for r in d.coverage]
+    rows.append(["rankable (all models)", d.n_samples, len(d.ranking), None, None, None, None, None])
+    sec.tables = [Table("coverage", "Coverage per model", columns, rows)]
+    if not d.coverage:
+        sec.note = "No active model is chosen: register one with `selectit model add`."
+        return sec
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(d.coverage) + 1.4))
+    names = [r[0] for r in d.coverage]
+    left = [0] * len(names)
+    for idx, label, color in ((2, "complete", "#55a868"), (3, "missing", "#cccccc"), (4, "failed", "#c44e52")):
+        widths = [r[idx] for r in d.coverage]
+        ax.barh(names, widths, left=left, label=label, color=color)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlabel("samples")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    sec.png = _save(fig, plt, out, sec.name)
+    return sec
+
+
+def _save(fig: Any, plt: Any, out: Path, name: str, tight: bool = True) -> str:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=100)
+    plt.close(fig)
+    return f"{name}.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML
+# ----------------------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+caption { text-align: left; font-weight: bold; padding: 4px 0; }
+img { max-width: 100%; }
+section { border-top: 1px solid #ddd; margin-top: 1.5em; }
+.note { color: #a33; }
+"""
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:g}" if abs(v) < 1e6 else f"{v:.6g}"
+    return html.escape(str(v))
+
+
+def _table_html(t: Table, csv_name: str) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r) + "</tr>" for r in t.rows)
+    return (
+        f'<table id="table-{t.name}"><caption>{html.escape(t.title)} '
+        f'(<a href="{html.escape(csv_name)}">CSV</a>)</caption>\n'
+        f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
+    )
+
+
+def _write_csv(t: Table, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(t.columns)
+        w.writerows([["" if v is None else v for v in r] for r in t.rows])
+
+
+def _render(header: list[tuple[str, str]], sections: list[Section], title: str) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        MARKER,
+        f"<h1>{html.escape(title)}</h1>",
+        '<table id="table-header"><tbody>',
+        *(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in header),
+        "</tbody></table>",
+        "<ul>",
+        *(f'<li><a href="#{s.name}">{html.escape(s.title)}</a></li>' for s in sections),
+        "</ul>",
+    ]
+    for s in sections:
+        parts.append(f'<section id="{s.name}"><h2>{html.escape(s.title)}</h2><p>{html.escape(s.text)}</p>')
+        if s.note:
+            parts.append(f'<p class="note">{html.escape(s.note)}</p>')
+        if s.png:
+            parts.append(f'<img src="{html.escape(s.png)}" alt="{html.escape(s.title)}">')
+        for i, t in enumerate(s.tables):
+            table = _table_html(t, f"{t.name}.csv")
+            # The first table is the summary; long ones (histogram bins) fold away.
+            if i > 0 and len(t.rows) > 10:
+                table = f"<details><summary>{html.escape(t.title)}</summary>\n{table}\n</details>"
+            parts.append(table)
+        parts.append("</section>")
+    parts.append(f"<p><small>Written by selectit on {dt.datetime.now():%Y-%m-%d %H:%M}.</small></p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise ReportError(f"{out} is a file; give --out a directory (it is created if missing).")
+        index = out / "index.html"
+        is_report = index.exists() and MARKER in index.read_text(encoding="utf-8", errors="replace")[:4000]
+        if any(out.iterdir()) and not is_report:
+            raise ReportError(
+                f"{out} exists and is not a selectit report; choose another --out or empty it first."
+            )
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp` with renames only, so readers see the old or the new report."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_report(
+    db_url: str | None,
+    dataset: str,
+    out: str | os.PathLike[str],
+    *,
+    models: list[str] | None = None,
+    prompt_set: str | None = None,
+    alpha: float = 0.2,
+    formula: str = "paper",
+    top: float = 0.2,
+    weights: dict[str, float] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ReportResult:
+    """Write `out/index.html`, one PNG and CSV per plot, for `dataset` scored in `db_url`.
+
+    `models`, `prompt_set`, `alpha`, `formula` and `weights` go to `fusion.connect`; `top` is the
+    share of the rankable samples that counts as selected (rounded down, at least one).
+    """
+    if not 0 < top <= 1:
+        raise ReportError(f"--top must be a share in (0, 1], got {top}; e.g. --top 0.2 for the top 20%.")
+    out = Path(out)
+    _prepare_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    from selectit import fusion
+
+    con = fusion.connect(db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights)
+    try:
+        d = _gather(con, dataset, models, prompt_set, weights, top)
+    finally:
+        con.close()
+    if models:
+        unknown = sorted(set(models) - {m for _, m, _ in d.models})
+        if unknown:
+            raise ReportError(
+                f"no active model named {', '.join(unknown)}; `selectit status` lists the models."
+            )
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        builders = (
+            _coverage_section, _sent_section, _token_section, _prompt_agreement_section,
+            _model_agreement_section, _length_section, _calc_section,
+        )  # fmt: skip
+        sections = []
+        for build in builders:
+            sec = build(d, plt, tmp)
+            if progress:
+                progress(sec.title)
+            sections.append(sec)
+        theta_sum = sum(t for _, _, t in d.models) or 1.0
+        header = [
+            ("dataset", f"{d.dataset} ({d.n_samples} samples)"),
+            ("models (θ, θ/Σθ)", "; ".join(f"{m} (θ={t:g}, {t / theta_sum:.3f})" for _, m, t in d.models) or "none"),
+            ("prompt set", f"{d.set_name} ({len(d.prompts)} prompts)"),
+            ("α", f"{alpha:g}"),
+            ("formula", formula),
+            ("top share", f"{top:g}"),
+            ("rankable samples", str(len(d.ranking))),
+            ("selected samples", str(d.n_selected)),
+        ]
+        tables: dict[str, Table] = {}
+        for sec in sections:
+            for t in sec.tables:
+                _write_csv(t, tmp / f"{t.name}.csv")
+                tables[t.name] = t
+        (tmp / "index.html").write_text(_render(header, sections, f"selectit report: {d.dataset}"), encoding="utf-8")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReportResult(
+        index=out / "index.html",
+        pngs=tuple(s.png for s in sections if s.png),
+        tables=tables,
+        n_samples=d.n_samples,
+        n_rankable=len(d.ranking),
+        n_selected=d.n_selected,
+    )
+
+
+__all__ = ["CALC_RE", "CALC_WORDS", "ReportError", "ReportResult", "Table", "build_report", "is_calculation", "spearman"]
