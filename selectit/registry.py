@@ -1,0 +1,309 @@
+"""Model versions, prompt sets, prompt layouts and rendering (DESIGN.md §1–§3).
+
+A *model version* is (name, weights fingerprint, dtype): re-adding a name with other weights or
+another dtype makes a new row and deactivates the old one, so its cells become missing.
+A *prompt set* is K' prompts with one layout and one scale K; editing a prompt makes a new
+version at the same position and deactivates the old one.
+
+Layouts (DESIGN.md §2):
+- `reference`: the authors' code byte for byte; the template is one line of their prompts file,
+  keeping its trailing newline (`readlines()` semantics).
+- `shared-context`: the sample first, then the rating question; the template fills
+  `{instruction}`, `{input}`, `{output}` by plain replacement (never `str.format`). A template line
+  holding `{input}` is dropped when the sample has no input. The template must end with `": "`,
+  where the rating digit is read.
+
+No torch import here; transformers is imported inside `add_model` (tokenizer and config only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from selectit.errors import SelectitError
+from selectit.schema import LLM, MAX_SCALE, Prompt
+
+LAYOUTS = ("reference", "shared-context")
+DEFAULT_PROMPT_SET = "default"
+
+#: Text right before the label in each layout: label ids are derived in this context.
+LABEL_CONTEXT = {"reference": "\nThe answer is: \n", "shared-context": "\nRating: "}
+SHARED_CONTEXT_END = ": "
+#: The context length used unless `--max-tokens` says otherwise (capped by the model's own).
+DEFAULT_MAX_TOKENS = 4096
+
+_DEFAULT_HEAD = (
+    "Below is an instruction for an AI assistant and the assistant's response.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}\n\n"
+)
+_DEFAULT_QUESTIONS = (
+    "How well does the response follow the instruction? Rate it from 1 (poorly) to 5 (perfectly).",
+    "Rate the accuracy of the response on a scale of 1 to 5, where 5 means fully correct.",
+    "On a scale from 1 to 5, how helpful is the response to the person who gave the instruction?",
+    "Score the overall quality of the response from 1 (very poor) to 5 (excellent).",
+    "Considering correctness, completeness and clarity, rate the response from 1 to 5.",
+)
+#: The built-in `default` set: shared-context layout, scale 1–5, five phrasings.
+DEFAULT_TEMPLATES = tuple(_DEFAULT_HEAD + q + "\nAnswer with one digit.\nRating: " for q in _DEFAULT_QUESTIONS)
+
+
+class RegistryError(SelectitError):
+    """A model or prompt that cannot be registered as asked."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    head: str  # text before the response
+    response: str  # the sample's output (truncation cuts from its middle)
+    tail: str  # text after the response, ending where the label token is read
+
+    @property
+    def text(self) -> str:
+        return self.head + self.response + self.tail
+
+
+_PLACEHOLDER = re.compile(r"\{(instruction|input|output)\}")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    # One pass of plain replacement: text inserted for one placeholder is never re-scanned.
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def render(layout: str, template: str, instruction: str, input: str, output: str) -> RenderedPrompt:
+    """Place a sample in a prompt template; `.text` is exactly what the model reads."""
+    if layout == "reference":
+        ins = instruction + "\n" + input if input else instruction
+        return RenderedPrompt(template + "\n" + "Instruction:" + ins + "\n" + "Response:", output,
+                              "\nThe answer is: \n")
+    if layout == "shared-context":
+        if not input:
+            template = "".join(line for line in template.splitlines(keepends=True) if "{input}" not in line)
+        before, sep, after = template.partition("{output}")
+        if not sep:
+            raise RegistryError("a shared-context template needs an {output} placeholder")
+        values = {"instruction": instruction, "input": input, "output": output}
+        return RenderedPrompt(_fill(before, values), output, _fill(after, values))
+    raise RegistryError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt sets
+
+
+def text_hash(template: str) -> str:
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()
+
+
+def _check_template(layout: str, template: str, where: str) -> None:
+    if layout not in LAYOUTS:
+        raise RegistryError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if not template.strip():
+        raise RegistryError(f"{where}: the prompt is empty")
+    if layout == "shared-context":
+        if template.count("{output}") != 1:
+            raise RegistryError(f"{where}: a shared-context prompt needs exactly one {{output}} placeholder")
+        if "{instruction}" not in template:
+            raise RegistryError(f"{where}: a shared-context prompt needs an {{instruction}} placeholder")
+        if not template.endswith(SHARED_CONTEXT_END):
+            raise RegistryError(
+                f"{where}: a shared-context prompt must end with {SHARED_CONTEXT_END!r}, where the rating digit "
+                f"is read (e.g. '…\\nRating: '); in a prompts file write it as \\n escapes on one line"
+            )
+
+
+def set_prompts(session: Session, set_name: str, layout: str, templates: list[str], scale: int = 5) -> list[Prompt]:
+    """Make `templates` the active prompts of `set_name` (positions 0..n-1), versioning changes."""
+    if not 2 <= scale <= MAX_SCALE:
+        raise RegistryError(f"scale {scale} is out of range; use 2 to {MAX_SCALE} (each label must be one digit)")
+    if not templates:
+        raise RegistryError(f"prompt set {set_name!r}: no prompts given")
+    for i, t in enumerate(templates):
+        _check_template(layout, t, f"prompt set {set_name!r}, prompt {i + 1}")
+    rows = session.scalars(sa.select(Prompt).where(Prompt.set_name == set_name)).all()
+    result: list[Prompt] = []
+    for position, template in enumerate(templates):
+        h = text_hash(template)
+        keep = None
+        for row in rows:
+            if row.position != position:
+                continue
+            same = row.layout == layout and row.scale == scale and row.text_hash == h
+            if same:
+                keep = row
+            elif row.active:
+                row.active = False  # an edited prompt: the old version leaves the active views
+        if keep is None:
+            keep = Prompt(set_name=set_name, position=position, layout=layout, template=template,
+                          text_hash=h, scale=scale, active=True)
+            session.add(keep)
+        keep.active = True
+        result.append(keep)
+    for row in rows:
+        if row.position >= len(templates):
+            row.active = False
+    session.flush()
+    return result
+
+
+def ensure_default_prompts(session: Session) -> list[Prompt]:
+    """The built-in `default` set (idempotent; it is not re-activated if the user replaced it)."""
+    exists = session.scalar(sa.select(sa.func.count()).select_from(Prompt).where(Prompt.set_name == DEFAULT_PROMPT_SET))
+    if exists:
+        return active_prompts(session, DEFAULT_PROMPT_SET)
+    return set_prompts(session, DEFAULT_PROMPT_SET, "shared-context", list(DEFAULT_TEMPLATES), scale=5)
+
+
+def active_prompts(session: Session, set_name: str) -> list[Prompt]:
+    """The active prompts of a set, ordered by position."""
+    return list(session.scalars(
+        sa.select(Prompt).where(Prompt.set_name == set_name, Prompt.active.is_(True)).order_by(Prompt.position)
+    ))
+
+
+def read_prompt_lines(path: str | Path) -> list[str]:
+    """Lines with Python `readlines()` semantics: each keeps its newline, the last may have none."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    # Universal newlines like readlines(): \r\n and \r become \n.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.splitlines(keepends=True)
+
+
+def import_prompts(session: Session, path: str | Path, set_name: str, layout: str,
+                   first: int | None = None, scale: int = 5) -> list[Prompt]:
+    """One prompt per line of `path` (the first `first` lines) as the active prompts of `set_name`.
+
+    `reference`: each line is the template as is, trailing newline included. `shared-context`:
+    a line is one template; write its line breaks as `\\n` (unescaped here) and its trailing
+    newline is dropped.
+    """
+    if layout not in LAYOUTS:
+        raise RegistryError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    lines = read_prompt_lines(path)
+    if first is not None:
+        if first < 1:
+            raise RegistryError(f"--first must be at least 1 (got {first})")
+        if first > len(lines):
+            raise RegistryError(f"{path}: --first {first} asks for more prompts than the file's {len(lines)} lines")
+        lines = lines[:first]
+    for i, line in enumerate(lines):
+        if not line.strip():
+            raise RegistryError(f"{path}, line {i + 1}: empty line; a prompts file holds one prompt per line")
+    if layout == "shared-context":
+        lines = [line.rstrip("\n").replace("\\n", "\n") for line in lines]
+    return set_prompts(session, set_name, layout, lines, scale=scale)
+
+
+def prompt_sets(session: Session) -> list[tuple[str, str, int, int, int]]:
+    """(set name, layout, scale, active prompts, all versions) for every set."""
+    rows = session.scalars(sa.select(Prompt).order_by(Prompt.set_name, Prompt.position, Prompt.id)).all()
+    out: dict[str, list[Prompt]] = {}
+    for r in rows:
+        out.setdefault(r.set_name, []).append(r)
+    result = []
+    for name, prompts in out.items():
+        active = [p for p in prompts if p.active]
+        ref = active[0] if active else prompts[-1]
+        result.append((name, ref.layout, ref.scale, len(active), len(prompts)))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def label_token_ids(tokenizer: Any, context: str, where: str = "") -> list[int]:
+    """Token ids of the digits 1..9 right after `context`, as this tokenizer splits them there.
+
+    The digit must be exactly one token of its own in that position (its characters shared with
+    no other token); otherwise a `RegistryError` says which label failed.
+    """
+    ids: list[int] = []
+    for k in range(1, MAX_SCALE + 1):
+        digit = str(k)
+        text = context + digit
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = len(context)
+        covering = [(tid, (a, b)) for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
+                    if a < start + 1 and b > start]
+        if len(covering) != 1 or covering[0][1] != (start, start + 1):
+            raise RegistryError(
+                f"{where}the label {digit!r} is not a single token after {context!r} "
+                f"(tokens {[tokenizer.convert_ids_to_tokens(t) for t, _ in covering]}); "
+                f"selectit reads each rating 1..{MAX_SCALE} as one token, so this model cannot be used"
+            )
+        ids.append(int(covering[0][0]))
+    return ids
+
+
+def add_model(session: Session, name: str, source: str, dtype: str | None = None,
+              weight: float | None = None, max_tokens: int | None = None) -> LLM:
+    """Register (or re-register) model `name` from `source`; returns the active model version.
+
+    Same weights and dtype as the active version → no new row (weight/max_tokens updated if given).
+    Other weights or dtype → a new version (or a re-activated old one); the others are deactivated.
+    """
+    from selectit import loading
+
+    if dtype is not None and dtype not in loading.DTYPES:
+        raise RegistryError(f"unknown dtype {dtype!r}; choose one of: {', '.join(loading.DTYPES)}")
+    if weight is not None and not weight > 0:
+        raise RegistryError(f"--weight must be positive (got {weight})")
+    src = loading.resolve_source(source)
+    dtype = dtype or loading.default_dtype()
+    fp = loading.fingerprint(src)
+    versions = session.scalars(sa.select(LLM).where(LLM.name == name).order_by(LLM.id)).all()
+    same = next((v for v in versions if v.fingerprint == fp and v.dtype == dtype), None)
+    if same is None:
+        tokenizer = loading.load_tokenizer(src)
+        config = loading.load_config(src)
+        labels = {layout: label_token_ids(tokenizer, ctx, f"model {name!r}, layout {layout}: ")
+                  for layout, ctx in LABEL_CONTEXT.items()}
+        ctx_len = int(getattr(config, "max_position_embeddings", 0) or 0) or DEFAULT_MAX_TOKENS
+        # Aliases and hub ids are kept as typed (they resolve on any worker); paths are made absolute.
+        stored = src.given if (src.given in loading.ALIASES or not Path(src.given).expanduser().exists()) else str(src.path)
+        same = LLM(name=name, source=stored,
+                   fingerprint=fp, dtype=dtype, n_params=loading.count_params(src), weight=weight,
+                   label_ids=labels, max_tokens=min(max_tokens or DEFAULT_MAX_TOKENS, ctx_len), active=True)
+        session.add(same)
+    else:
+        if weight is not None:
+            same.weight = weight
+        if max_tokens is not None:
+            same.max_tokens = max_tokens
+    for v in versions:
+        if v is not same:
+            v.active = False
+    same.active = True
+    session.flush()
+    return same
+
+
+def find_model(session: Session, name: str) -> LLM:
+    """The active version of model `name`."""
+    row = session.scalar(sa.select(LLM).where(LLM.name == name, LLM.active.is_(True)))
+    if row is None:
+        raise RegistryError(f"no active model named {name!r}; see `selectit models`, or add it with "
+                            f"`selectit model add {name} --source …`")
+    return row
+
+
+def list_models(session: Session) -> list[LLM]:
+    return list(session.scalars(sa.select(LLM).order_by(LLM.name, LLM.id)))

@@ -1,0 +1,300 @@
+"""The scoring engine: label probabilities of rating prompts, all K' prompts of a sample in one pass.
+
+Contract of `Scorer.score(requests)`:
+- each `RatingRequest` is one sample with its K' rendered prompts (same scale K); the result holds
+  one `CellResult` per (request, prompt), in any order;
+- `probs[k-1]` = softmax over the **full vocabulary** at the prompt's last token, read at the
+  token id of the digit k (k = 1..K), `mass` = Σ probs; the prompt is tokenized with the
+  tokenizer's default special tokens, exactly as a separate forward of that prompt would be;
+- a prompt longer than the model's context (`LLM.max_tokens`) has the middle of its response cut
+  (head and tail kept, joined by " … "), so the rating question stays; the cell is `truncated`;
+- a request whose scoring fails (NaN, an exception, out of memory even alone) yields failed cells
+  (`probs=None`, `error` set); the other requests go on. Never a default score.
+
+How (DESIGN.md §2): the K' token lists share a prefix C. One row C + s_1 + … + s_K' is run with a
+4-D mask where each suffix sees C and itself (position ids restart at len(C)); its logits at the
+end of each s_i equal those of K' separate forwards. When C is short (the `reference` layout)
+packing saves nothing and costs attention, so the K' prompts go as separate rows instead (the
+cheaper of the two by a FLOP estimate). Rows are sorted by length and batched with padding under
+a token budget; `lm_head` runs only on the label positions; the budget halves on out-of-memory.
+`exact=True` runs in float32 (|Δp| ≤ 1e-4 against separate forwards, tested).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from selectit.errors import SelectitError
+from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
+from selectit.registry import LABEL_CONTEXT, RenderedPrompt, label_token_ids
+
+ELLIPSIS = " … "
+
+
+@dataclass(frozen=True)
+class RatingRequest:
+    sample_id: int
+    prompt_ids: tuple[int, ...]  # K' prompt versions, same layout and scale
+    prompts: tuple[RenderedPrompt, ...]  # rendered, same order as prompt_ids
+    scale: int  # K
+
+
+@dataclass(frozen=True)
+class CellResult:
+    sample_id: int
+    prompt_id: int
+    probs: tuple[float, ...] | None  # p_1..p_K; None if failed
+    mass: float | None
+    n_tokens: int
+    truncated: bool
+    error: str | None = None  # set ⇒ the cell failed
+
+
+@dataclass
+class _Row:
+    """One sequence of a forward: a whole packed request, or one prompt of it."""
+
+    req: int  # index of the request
+    cells: list[int]  # prompt indices (within the request) whose label is read in this row
+    tokens: list[int]  # C + s_1 + … (packed) or one prompt's tokens
+    pos: list[int]  # position ids (restart at len(C) for each suffix)
+    seg: list[int]  # 0 = shared prefix C, i = suffix i (1-based)
+    label_at: list[int]  # index into tokens of each cell's last token
+    label_ids: list[list[int]] = field(default_factory=list)  # per cell: token ids of 1..K
+
+
+@dataclass
+class _Prepared:
+    req: RatingRequest
+    ids: list[list[int]]  # per prompt, token ids (after truncation)
+    truncated: bool
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+class Scorer:
+    """A loaded model that rates samples; see the module docstring for the contract."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: int = 0, max_tokens: int = 2048,
+                 label_ids: dict[str, list[int]] | None = None, exact: bool = False,
+                 max_batch_tokens: int | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.max_tokens = max_tokens
+        self.exact = exact
+        self.forwards = 0
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 4096)
+        self._labels_by_context = dict(label_ids or {})  # layout → ids of "1".."9"
+        self._label_cache: dict[str, list[int]] = {}
+        cfg = model.config
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._hidden = int(getattr(cfg, "hidden_size", 1))
+        self._layers = int(getattr(cfg, "num_hidden_layers", 1))
+        n_params = sum(p.numel() for p in model.parameters())
+        embed = model.get_input_embeddings().weight.numel()
+        self._flops_per_token = 2 * max(n_params - embed, 1)
+        self._sliding = getattr(cfg, "sliding_window", None) if "sliding_attention" in (
+            getattr(cfg, "layer_types", None) or ()) else None
+        self._softcap = getattr(cfg, "final_logit_softcapping", None)
+
+    # -- public -------------------------------------------------------------------------------
+
+    def score(self, requests: Sequence[RatingRequest],
+              progress: Callable[[int], None] | None = None) -> list[CellResult]:
+        """Score every (request, prompt) cell; `progress(n)` is called with cells finished."""
+        results: list[CellResult] = []
+        prepared: dict[int, _Prepared] = {}
+        rows: list[_Row] = []
+        for i, req in enumerate(requests):
+            try:
+                prep = self._prepare(req)
+                prepared[i] = prep
+                rows.extend(self._rows(i, prep))
+            except Exception as exc:  # noqa: BLE001 - one bad request never stops the batch
+                results.extend(self._failed(req, range(len(req.prompts)), exc))
+                if progress:
+                    progress(len(req.prompts))
+        rows.sort(key=lambda r: len(r.tokens))
+        start = 0
+        while start < len(rows):
+            batch = [rows[start]]
+            while (start + len(batch) < len(rows)
+                   and (len(batch) + 1) * len(rows[start + len(batch)].tokens) <= self.max_batch_tokens):
+                batch.append(rows[start + len(batch)])
+            start += len(batch)
+            for row, probs, err in self._run(batch):
+                prep = prepared[row.req]
+                for j, cell in enumerate(row.cells):
+                    results.append(self._cell(prep, cell, None if probs is None else probs[j], err))
+            if progress:
+                progress(sum(len(r.cells) for r in batch))
+        return results
+
+    # -- preparation --------------------------------------------------------------------------
+
+    def _tokenize(self, prompts: Sequence[RenderedPrompt]) -> list[list[int]]:
+        return [list(x) for x in self.tokenizer([p.text for p in prompts])["input_ids"]]
+
+    def _prepare(self, req: RatingRequest) -> _Prepared:
+        if not 2 <= req.scale <= 9:
+            raise SelectitError(f"scale {req.scale} is out of range 2..9")
+        if len(req.prompts) != len(req.prompt_ids) or not req.prompts:
+            raise SelectitError("a request needs one rendered prompt per prompt id")
+        ids = self._tokenize(req.prompts)
+        if max(map(len, ids)) <= self.max_tokens:
+            return _Prepared(req, ids, False)
+        return _Prepared(req, self._truncate(req.prompts, ids), True)
+
+    def _truncate(self, prompts: Sequence[RenderedPrompt], ids: list[list[int]]) -> list[list[int]]:
+        """Cut the middle of each response until every prompt fits in max_tokens."""
+        out: list[list[int]] = []
+        for p, x in zip(prompts, ids):
+            resp = self.tokenizer(p.response, add_special_tokens=False)["input_ids"]
+            excess = len(x) - self.max_tokens
+            while excess > 0:
+                keep = len(resp) - excess - len(self.tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]) - 1
+                if keep < 2:
+                    raise SelectitError(
+                        f"the prompt is longer than the model's context ({self.max_tokens} tokens) even without "
+                        f"its response; raise --max-tokens on `selectit model add` or shorten the instruction"
+                    )
+                head, tail = keep - keep // 2, keep // 2
+                text = self.tokenizer.decode(resp[:head]) + ELLIPSIS + self.tokenizer.decode(resp[len(resp) - tail:])
+                x = self._tokenize([RenderedPrompt(p.head, text, p.tail)])[0]
+                excess = max(excess + 1, len(x) - self.max_tokens + excess) if len(x) > self.max_tokens else 0
+            out.append(x)
+        return out
+
+    def _labels(self, prompt: RenderedPrompt) -> list[int]:
+        for layout, context in LABEL_CONTEXT.items():
+            if prompt.tail.endswith(context) and layout in self._labels_by_context:
+                return self._labels_by_context[layout]
+        if prompt.tail not in self._label_cache:  # a custom tail: derive the ids in that context
+            self._label_cache[prompt.tail] = label_token_ids(self.tokenizer, prompt.tail[-64:])
+        return self._label_cache[prompt.tail]
+
+    def _cost(self, n: int) -> float:
+        # FLOPs of one row of n tokens: the dense layers plus the (fully computed) masked attention.
+        return self._flops_per_token * n + 4 * self._layers * self._hidden * n * n
+
+    def _rows(self, i: int, prep: _Prepared) -> list[_Row]:
+        ids = prep.ids
+        labels = [self._labels(p)[: prep.req.scale] for p in prep.req.prompts]
+        c = 0  # longest common prefix, leaving each suffix at least one token
+        limit = min(map(len, ids)) - 1
+        while c < limit and all(x[c] == ids[0][c] for x in ids):
+            c += 1
+        packed_len = c + sum(len(x) - c for x in ids)
+        if len(ids) > 1 and self._cost(packed_len) < sum(self._cost(len(x)) for x in ids):
+            tokens, pos, seg, label_at = list(ids[0][:c]), list(range(c)), [0] * c, []
+            for k, x in enumerate(ids, start=1):
+                tokens += x[c:]
+                pos += range(c, len(x))
+                seg += [k] * (len(x) - c)
+                label_at.append(len(tokens) - 1)
+            return [_Row(i, list(range(len(ids))), tokens, pos, seg, label_at, labels)]
+        return [_Row(i, [k], x, list(range(len(x))), [1] * len(x), [len(x) - 1], [labels[k]])
+                for k, x in enumerate(ids)]
+
+    # -- the numeric kernel -------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _forward(self, rows: list[_Row]) -> list[torch.Tensor]:
+        """Label probabilities per row: a (n_cells, K) float32 tensor each."""
+        B, T = len(rows), max(len(r.tokens) for r in rows)
+        dev = self.device
+        ids = torch.full((B, T), self._pad_id, dtype=torch.long)
+        pos = torch.zeros((B, T), dtype=torch.long)
+        seg = torch.full((B, T), -1, dtype=torch.long)  # -1 = padding
+        for b, r in enumerate(rows):
+            n = len(r.tokens)
+            ids[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(r.tokens), torch.tensor(r.pos), torch.tensor(r.seg)
+        ids, pos, seg = ids.to(dev), pos.to(dev), seg.to(dev)
+        sq, sk = seg[:, :, None], seg[:, None, :]  # (B, T, 1) queries, (B, 1, T) keys
+        pq, pk = pos[:, :, None], pos[:, None, :]
+        # allowed[b, q, k]: key k is the shared prefix or in q's own segment, and not in q's future.
+        allowed = ((sk == sq) | (sk == 0)) & (sk >= 0) & (pk <= pq)  # (B, T, T)
+        allowed |= torch.eye(T, dtype=torch.bool, device=dev)  # padding queries see themselves: no NaN
+        neg = torch.finfo(self.dtype).min
+
+        def as_mask(a: torch.Tensor) -> torch.Tensor:  # (B, T, T) bool → (B, 1, T, T) additive float
+            return torch.zeros(a.shape, dtype=self.dtype, device=dev).masked_fill(~a, neg)[:, None]
+
+        mask: Any = as_mask(allowed)
+        if self._sliding:  # e.g. Gemma-3: sliding layers see only the last `window` positions
+            mask = {"full_attention": mask, "sliding_attention": as_mask(allowed & (pq - pk < self._sliding))}
+        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                          use_cache=False).last_hidden_state  # (B, T, H)
+        self.forwards += 1
+        b_idx = torch.tensor([b for b, r in enumerate(rows) for _ in r.label_at], device=dev)
+        t_idx = torch.tensor([t for r in rows for t in r.label_at], device=dev)
+        logits = self.model.get_output_embeddings()(hidden[b_idx, t_idx]).float()  # (N, V), N label positions
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        logp = torch.log_softmax(logits, dim=-1)  # (N, V): softmax over the full vocabulary
+        out, n = [], 0
+        for r in rows:
+            lab = torch.tensor(r.label_ids, device=dev)  # (cells, K)
+            out.append(logp[n:n + len(r.label_at)].gather(1, lab).exp().cpu())  # (cells, K)
+            n += len(r.label_at)
+        return out
+
+    def _run(self, batch: list[_Row]) -> list[tuple[_Row, torch.Tensor | None, str | None]]:
+        """Forward a batch; on failure split it in halves (and shrink the budget on OOM)."""
+        try:
+            probs = self._forward(batch)
+        except Exception as exc:  # noqa: BLE001
+            if _is_oom(exc):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+            if len(batch) == 1:
+                return [(batch[0], None, f"{type(exc).__name__}: {exc}"[:2000])]
+            half = len(batch) // 2
+            return self._run(batch[:half]) + self._run(batch[half:])
+        return [(r, p, None) for r, p in zip(batch, probs)]
+
+    # -- results ------------------------------------------------------------------------------
+
+    def _cell(self, prep: _Prepared, k: int, probs: torch.Tensor | None, err: str | None) -> CellResult:
+        req = prep.req
+        if err is None and probs is not None and not bool(torch.isfinite(probs).all()):
+            err = "the model produced non-finite probabilities (NaN or inf)"
+        if err is not None or probs is None:
+            return CellResult(req.sample_id, req.prompt_ids[k], None, None, len(prep.ids[k]), prep.truncated, err)
+        p = tuple(float(v) for v in probs.tolist())
+        return CellResult(req.sample_id, req.prompt_ids[k], p, math.fsum(p), len(prep.ids[k]), prep.truncated)
+
+    def _failed(self, req: RatingRequest, cells: Any, exc: BaseException) -> list[CellResult]:
+        msg = str(exc) if isinstance(exc, SelectitError) else f"{type(exc).__name__}: {exc}"
+        return [CellResult(req.sample_id, req.prompt_ids[k], None, None, 0, False, msg[:2000]) for k in cells]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_scorer(model: Any, *, device: str | None = None, exact: bool = False,
+                max_batch_tokens: int | None = None) -> Scorer:
+    """A `Scorer` for a model version (an `LLM` row): loads weights in its dtype (float32 if exact)."""
+    from selectit import loading
+
+    src = loading.resolve_source(model.source)
+    expected = model.fingerprint if src.is_gguf else None
+    dtype = "float32" if exact else model.dtype
+    device = device or default_device()
+    tokenizer = loading.load_hf_tokenizer_for_model(src, expected)
+    hf = loading.load_hf_model(src, dtype, device, expected)
+    return Scorer(hf, tokenizer, model_id=model.id, max_tokens=model.max_tokens,
+                  label_ids=dict(model.label_ids or {}), exact=exact, max_batch_tokens=max_batch_tokens)
