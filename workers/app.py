@@ -1,0 +1,172 @@
+"""The Celery app of the worker fleet: tasks `plan`, `score_job`, `requeue_expired` and beat.
+
+Start a GPU worker for one model with `selectit worker --model NAME` (or
+`celery -A workers.app worker -Q model.NAME,control --pool solo`), and the scheduler with
+`celery -A workers.app beat`. Configuration comes from the environment:
+
+- `SELECTIT_DATABASE_URL`: the curation database (PostgreSQL for a fleet).
+- `SELECTIT_BROKER_URL`: the Redis broker [redis://localhost:6379/0].
+- `SELECTIT_PLAN_INTERVAL`: seconds between scheduled plans (new datasets/models/prompts are
+  picked up without anyone running a command) [60]; `SELECTIT_REQUEUE_INTERVAL` [30] for
+  expired leases.
+- `SELECTIT_LEASE_SECONDS`, `SELECTIT_MAX_ATTEMPTS`, `SELECTIT_MAX_JOB_ATTEMPTS`: see selectit.jobs.
+- `SELECTIT_SCORER`: `module:callable` turning a model version (LLM row) into a Scorer
+  [selectit.scorer:load_scorer]; the hook to plug in another scoring backend.
+
+Tasks take ids and are idempotent: a duplicate `score_job` message finds its job not queued and
+does nothing; jobs are sent to the broker only after the transaction that created them committed.
+A job whose message was lost (the broker restarted) is sent again by `plan`/`requeue_expired`
+when its model's queue is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+
+from selectit import db, jobs
+from selectit.schema import LLM, Job
+
+log = logging.getLogger("selectit.workers")
+
+BROKER_ENV = "SELECTIT_BROKER_URL"
+DEFAULT_BROKER = "redis://localhost:6379/0"
+#: The queue of the cheap bookkeeping tasks (plan, requeue_expired).
+CONTROL_QUEUE = "control"
+#: At most this many queued jobs are re-sent per model and tick when its queue is empty.
+RESEND_LIMIT = 1000
+
+
+def _interval(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+def queue_for(model_name: str) -> str:
+    """The broker queue of a model (by name: every version of it goes to the same workers)."""
+    return f"model.{model_name}"
+
+
+app = Celery("selectit", broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],  # never pickle
+    result_serializer="json",
+    task_ignore_result=True,
+    task_acks_late=True,  # a worker killed mid-task leaves its message to be redelivered
+    worker_prefetch_multiplier=1,  # a job is long: never hoard messages other workers could run
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,  # a restarted Redis is waited for, not fatal
+    worker_pool="solo",  # a CUDA model cannot be forked
+    worker_concurrency=1,
+    task_default_queue=CONTROL_QUEUE,
+    task_create_missing_queues=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "plan": {"task": "selectit.plan", "schedule": _interval("SELECTIT_PLAN_INTERVAL", 60),
+                 # a plan nobody ran before the next one is pointless: let it expire
+                 "options": {"expires": _interval("SELECTIT_PLAN_INTERVAL", 60)}},
+        "requeue-expired": {"task": "selectit.requeue_expired",
+                            "schedule": _interval("SELECTIT_REQUEUE_INTERVAL", 30),
+                            "options": {"expires": _interval("SELECTIT_REQUEUE_INTERVAL", 30)}},
+    },
+)
+
+_engine: sa.Engine | None = None
+_engine_pid: int | None = None
+_scorers: jobs.ScorerCache | None = None
+
+
+def engine() -> sa.Engine:
+    """This process's engine (a forked child makes its own: connections do not survive fork)."""
+    global _engine, _engine_pid
+    if _engine is None or _engine_pid != os.getpid():
+        _engine = db.open_store(None)
+        _engine_pid = os.getpid()
+    return _engine
+
+
+def scorer_for(model: LLM) -> Any:
+    """The scorer of a model version, loaded once per worker process."""
+    global _scorers
+    if _scorers is None:
+        _scorers = jobs.ScorerCache()
+    return _scorers(model)
+
+
+def send_jobs(job_ids: Iterable[int], eng: sa.Engine | None = None) -> int:
+    """Send `score_job` for each job id to its model's queue; returns how many were sent."""
+    job_ids = list(job_ids)
+    if not job_ids:
+        return 0
+    with db.session_scope(eng or engine()) as session:
+        names = dict(session.execute(sa.select(Job.id, LLM.name).join(LLM, LLM.id == Job.model_id)
+                                     .where(Job.id.in_(job_ids))).tuples().all())
+    for job_id in job_ids:
+        score_job.apply_async(args=[job_id], queue=queue_for(names[job_id]))
+    return len(job_ids)
+
+
+def queue_length(name: str) -> int:
+    """Messages waiting in broker queue `name` (0 if it does not exist)."""
+    with app.connection_for_write() as conn:
+        try:
+            return conn.default_channel.queue_declare(queue=name, passive=True).message_count
+        except Exception:  # noqa: BLE001 - a queue that does not exist holds nothing
+            return 0
+
+
+def resend_lost(eng: sa.Engine | None = None) -> int:
+    """Queued jobs of a model whose broker queue is empty lost their message: send them again.
+
+    A duplicate is harmless (`score_job` of a job that is not queued does nothing).
+    """
+    eng = eng or engine()
+    with db.session_scope(eng) as session:
+        by_model = session.execute(sa.select(LLM.name, sa.func.count()).join(Job, Job.model_id == LLM.id)
+                                   .where(Job.status == "queued").group_by(LLM.name)).tuples().all()
+    sent = 0
+    for name, _n in by_model:
+        if queue_length(queue_for(name)) == 0:
+            with db.session_scope(eng) as session:
+                ids = list(session.scalars(sa.select(Job.id).join(LLM, LLM.id == Job.model_id)
+                                           .where(Job.status == "queued", LLM.name == name)
+                                           .order_by(Job.id).limit(RESEND_LIMIT)))
+            sent += send_jobs(ids, eng)
+    return sent
+
+
+@app.task(name="selectit.plan")
+def plan(dataset: str | None = None, model: str | None = None, prompt_set: str | None = None) -> dict[str, int]:
+    """Plan the missing cells into jobs and enqueue them (after the commit); resend lost ones."""
+    ids = jobs.plan(engine(), dataset=dataset, model=model, prompt_set=prompt_set, strict=False)
+    sent = send_jobs(ids)
+    resent = resend_lost()
+    if ids or resent:
+        log.info("planned %d job(s), re-sent %d", len(ids), resent)
+    return {"planned": len(ids), "sent": sent, "resent": resent}
+
+
+@app.task(name="selectit.score_job")
+def score_job(job_id: int) -> dict[str, Any]:
+    """Claim job `job_id`, score its missing cells, mark it done (a no-op if not queued)."""
+    outcome = jobs.run_job(engine(), int(job_id), scorer_for, jobs.worker_id())
+    if outcome.status == "retry":  # put back in the queue by run_job: send it again
+        send_jobs([outcome.job_id])
+    log.info("job %s: %s (%d ok, %d failed)", job_id, outcome.status, outcome.scored, outcome.failed)
+    return {"job_id": outcome.job_id, "status": outcome.status, "scored": outcome.scored, "failed": outcome.failed}
+
+
+@app.task(name="selectit.requeue_expired")
+def requeue_expired() -> dict[str, int]:
+    """Expired leases → back in the queue (or failed after N attempts); resend lost messages."""
+    ids = jobs.requeue_expired(engine())
+    send_jobs(ids)
+    resent = resend_lost()
+    if ids or resent:
+        log.info("requeued %d expired job(s), re-sent %d", len(ids), resent)
+    return {"requeued": len(ids), "resent": resent}
