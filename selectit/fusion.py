@@ -1,0 +1,753 @@
+"""The selection half of SelectIT, as SQL: DuckDB views over the curation database.
+
+`connect()` opens an in-memory DuckDB, ATTACHes the curation database READ-ONLY as `store`
+(SQLite through DuckDB's `sqlite` extension, PostgreSQL through `postgres`; both loaded from the
+binaries that the `duckdb-extension-*` PyPI packages carry, never downloaded), and defines:
+
+- `token_scores(sample_id, model_id, model, prompt_id, set_name, position, scale, s_base,
+  s_token_paper, s_token_reference, s_token)` — one row per usable cell;
+- `sentence_scores(sample_id, model_id, model, n_prompts, s_sent)`;
+- `model_scores(sample_id, n_models, s_model)`;
+- `ranking(dataset, dataset_id, sample_id, position, s_model, rank, percentile)` (rank 1 = best);
+- `selective_alpaca(dataset, rank, sample_id, instruction, input, output, s_model)` (top share).
+
+Only active model and prompt versions of the chosen models and prompt set enter the views (the
+temporary tables `chosen_models` and `chosen_prompts` say which, with each model's θ); older
+versions stay queryable by id through `store.scores`. The parameters (α, formula, θ) are fixed
+when the connection is made: the views are cheap, so a new setting is a new connection.
+
+**Tie rule.** Higher S_model first; equal S_model → the earlier position in the dataset (the
+order of the ingested file). Positions are unique within a dataset, so the order is total.
+
+**Rankable.** A sample is ranked only if every chosen (model, prompt) cell is stored with status
+`ok`; otherwise it is counted as not yet rankable (missing or failed cells), never defaulted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from selectit import db
+from selectit.errors import SelectitError
+from selectit.schema import MAX_SCALE, Dataset, Sample, Selection, SelectionSample
+
+FORMULAS = ("paper", "reference-code")
+DEFAULT_PROMPT_SET = "default"  # the built-in set (selectit.registry.DEFAULT_PROMPT_SET)
+DEFAULT_ALPHA = 0.2
+DEFAULT_TOP = 0.2
+EXPORT_FORMATS = ("alpaca-json", "jsonl", "parquet")
+TIE_RULE = "higher s_model first, then the earlier dataset position"
+
+
+class FusionError(SelectitError):
+    """A ranking, selection or export request that cannot be served as asked."""
+
+
+class ReadOnlyError(FusionError):
+    """A statement tried to change the curation database through the SQL console."""
+
+
+# --------------------------------------------------------------------------------------------
+# DuckDB with the curation database attached read-only
+# --------------------------------------------------------------------------------------------
+_EXTENSION_DIR: Path | None = None
+
+
+def _extension_path(name: str) -> Path:
+    """The extension binary shipped by the `duckdb-extension-<name>` package, as DuckDB wants it.
+
+    DuckDB derives the entry point from the file name (`sqlite_scanner_duckdb_cpp_init`), but
+    the package ships `sqlite.duckdb_extension`; a link named `sqlite_scanner.duckdb_extension`
+    in a private temporary directory makes `LOAD` find it.
+    """
+    global _EXTENSION_DIR
+    import importlib
+
+    try:
+        package = importlib.import_module(f"duckdb_extension_{name}")
+    except ImportError as exc:
+        raise FusionError(
+            f"the DuckDB {name} extension is not installed; run `pip install duckdb-extension-{name}=={duckdb.__version__}`"
+        ) from exc
+    found = sorted(Path(package.__file__).parent.glob(f"extensions/v{duckdb.__version__}/{name}.duckdb_extension"))
+    if not found:
+        raise FusionError(
+            f"duckdb-extension-{name} carries no binary for DuckDB {duckdb.__version__}; "
+            f"install the matching version: `pip install duckdb-extension-{name}=={duckdb.__version__}`"
+        )
+    if _EXTENSION_DIR is None:
+        _EXTENSION_DIR = Path(tempfile.mkdtemp(prefix="selectit-duckdb-"))
+        atexit.register(shutil.rmtree, _EXTENSION_DIR, ignore_errors=True)
+    target = _EXTENSION_DIR / f"{name}_scanner.duckdb_extension"
+    if not target.exists():
+        try:
+            target.symlink_to(found[0])
+        except OSError:  # no symlinks on this filesystem
+            shutil.copyfile(found[0], target)
+    return target
+
+
+def _libpq(url: sa.URL) -> str:
+    """A libpq key=value connection string for a SQLAlchemy PostgreSQL URL."""
+    parts: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+    }
+    parts.update({k: (v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()})
+
+    def quote(value: Any) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{k}={quote(v)}" for k, v in parts.items() if v not in (None, ""))
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the curation database attached read-only as `store`."""
+    url = make_url(db.resolve_url(db_url))
+    con = duckdb.connect(
+        config={
+            "autoinstall_known_extensions": False,  # never download anything
+            "autoload_known_extensions": False,
+            "enable_progress_bar": False,
+        }
+    )
+    if url.get_backend_name() == "sqlite":
+        path = url.database
+        if not path or path == ":memory:" or not Path(path).exists():
+            raise FusionError(f"no SQLite database at {path!r}; create it with `selectit init`")
+        con.execute(f"LOAD {_sql_str(str(_extension_path('sqlite')))}")
+        con.execute(f"ATTACH {_sql_str(str(Path(path).resolve()))} AS store (TYPE sqlite, READ_ONLY)")
+    elif url.get_backend_name() == "postgresql":
+        con.execute(f"LOAD {_sql_str(str(_extension_path('postgres')))}")
+        try:
+            con.execute(f"ATTACH {_sql_str(_libpq(url))} AS store (TYPE postgres, READ_ONLY)")
+        except duckdb.Error as exc:
+            raise FusionError(f"cannot attach {url.render_as_string(hide_password=True)}: {exc}") from exc
+    else:
+        raise FusionError(f"DuckDB cannot read a {url.get_backend_name()} database; use SQLite or PostgreSQL")
+    return con
+
+
+# --------------------------------------------------------------------------------------------
+# The views. Notation (DESIGN.md §1): p_k = stored probability of label k, K = prompts.scale.
+# --------------------------------------------------------------------------------------------
+def _token_sql(max_scale: int, formula: str) -> str:
+    """token_scores, with both formula variants; `s_token` is the chosen one.
+
+    The K-wide expressions are written out for k = 1..max_scale (the largest K of the chosen
+    prompts); terms with k > K are NULL and drop out of every sum, max and argmax.
+    """
+    ks = range(1, max_scale + 1)
+    mask = ",\n           ".join(f"CASE WHEN p.scale >= {k} THEN s.p{k} END AS p{k}" for k in ks)
+    psum = " + ".join(f"coalesce(p{k}, 0)" for k in ks)
+    # paper: P'_k = p_k / Σ_j p_j
+    paper = ", ".join(f"p{k} / psum AS a{k}" for k in ks)
+    # reference-code: P'_k = softmax_k(p_k / Σ_j p_j) = exp(a_k) / Σ_j exp(a_j); a_k ≤ 1, no overflow
+    exps = ", ".join(f"exp(a{k}) AS e{k}" for k in ks)
+    esum = " + ".join(f"coalesce(e{k}, 0)" for k in ks)
+    soft = ", ".join(f"e{k} / esum AS b{k}" for k in ks)
+
+    def argmax(v: str) -> str:  # S_base = argmax_k P'_k, 1-based; ties → the smaller k
+        return "CASE " + " ".join(f"WHEN {v}{k} = max_{v} THEN {k}" for k in ks) + " END"
+
+    def spread(v: str) -> str:  # Σ_{k=1..K} |P'_k − P'_{S_base}|, with P'_{S_base} = max_k P'_k
+        return "(" + " + ".join(f"coalesce(abs({v}{k} - max_{v}), 0)" for k in ks) + ")"
+
+    greatest = lambda v: "greatest(" + ", ".join(f"{v}{k}" for k in ks) + ")"  # noqa: E731
+    chosen = "paper" if formula == "paper" else "reference"
+    return f"""
+-- Token level, per (sample, model, prompt) cell with status ok:
+--   paper:          P'_k = p_k / Σ_j p_j
+--   reference-code: P'_k = softmax_k(p_k / Σ_j p_j)
+--   S_base  = argmax_k P'_k (1-based; ties → the smaller k)
+--   S_token = S_base × (1/(K−1)) × Σ_{{k=1..K}} |P'_k − P'_{{S_base}}|
+CREATE OR REPLACE TEMP VIEW token_scores AS
+WITH cell AS (
+    SELECT s.sample_id, s.model_id, m.model, s.prompt_id, p.set_name, p.position, p.scale,
+           {mask}
+    FROM store.scores s
+    JOIN chosen_models m ON m.model_id = s.model_id
+    JOIN chosen_prompts p ON p.prompt_id = s.prompt_id
+    WHERE s.status = 'ok'
+), normed AS (
+    -- Σp = 0 cannot be normalised: NULLIF leaves the cell without a score (not rankable).
+    SELECT *, {paper} FROM (SELECT *, NULLIF({psum}, 0) AS psum FROM cell)
+), soft AS (
+    SELECT *, {soft} FROM (SELECT *, {esum} AS esum FROM (SELECT *, {exps} FROM normed))
+), maxed AS (
+    SELECT *, {greatest('a')} AS max_a, {greatest('b')} AS max_b FROM soft
+), based AS (
+    SELECT *, {argmax('a')} AS base_a, {argmax('b')} AS base_b FROM maxed
+)
+SELECT sample_id, model_id, model, prompt_id, set_name, position, scale,
+       base_{"a" if formula == "paper" else "b"} AS s_base,
+       base_a * {spread('a')} / (scale - 1) AS s_token_paper,
+       base_b * {spread('b')} / (scale - 1) AS s_token_reference,
+       s_token_{chosen} AS s_token
+FROM based
+"""
+
+
+def _views_sql(alpha: float, n_prompts: int, n_models: int, top: float) -> str:
+    return f"""
+-- Sentence level, per (sample, model) over the K' prompts of the set (population std, ddof 0):
+--   S_sent = mean_i(S_token_i) / (1 + α × std_i(S_token_i)),   α = {alpha!r}
+-- Only pairs with all K' = {n_prompts} cells scored enter.
+CREATE OR REPLACE TEMP VIEW sentence_scores AS
+SELECT sample_id, model_id, any_value(model) AS model, count(s_token) AS n_prompts,
+       avg(s_token) / (1 + {alpha!r} * stddev_pop(s_token)) AS s_sent
+FROM token_scores
+GROUP BY sample_id, model_id
+HAVING count(s_token) = {n_prompts};
+
+-- Model level, per sample over the N chosen models:
+--   S_model = Σ_m (θ_m / Σ_n θ_n) × S_sent_m,  θ = chosen_models.theta (share = θ/Σθ)
+-- Only samples with a sentence score from all N = {n_models} models enter.
+CREATE OR REPLACE TEMP VIEW model_scores AS
+SELECT s.sample_id, count(*) AS n_models, sum(m.share * s.s_sent) AS s_model
+FROM sentence_scores s JOIN chosen_models m ON m.model_id = s.model_id
+GROUP BY s.sample_id
+HAVING count(*) = {n_models};
+
+-- Ranking per dataset. Tie rule: higher S_model first, then the earlier dataset position.
+-- percentile = rank / (rankable samples of the dataset): the top 20 % is percentile <= 0.2.
+CREATE OR REPLACE TEMP VIEW ranking AS
+SELECT d.name AS dataset, ds.dataset_id, ds.sample_id, ds.position, ms.s_model,
+       row_number() OVER w AS rank,
+       row_number() OVER w / count(*) OVER (PARTITION BY ds.dataset_id) AS percentile
+FROM model_scores ms
+JOIN store.dataset_samples ds ON ds.sample_id = ms.sample_id
+JOIN store.datasets d ON d.id = ds.dataset_id
+WINDOW w AS (PARTITION BY ds.dataset_id ORDER BY ms.s_model DESC, ds.position ASC);
+
+-- Selective Alpaca: the top share ({top!r}) of each dataset's rankable samples, in Alpaca format.
+-- Kept: rank <= floor(share × rankable) (the 1e-9 absorbs binary rounding of the share).
+CREATE OR REPLACE TEMP VIEW selective_alpaca AS
+SELECT r.dataset, r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_model
+FROM (SELECT *, count(*) OVER (PARTITION BY dataset_id) AS n_rankable FROM ranking) r
+JOIN store.samples s ON s.id = r.sample_id
+WHERE r.rank <= floor({top!r} * r.n_rankable + 1e-9);
+"""
+
+
+@dataclass(frozen=True)
+class ChosenModel:
+    model_id: int
+    name: str
+    theta: float
+    share: float
+
+
+@dataclass(frozen=True)
+class ChosenPrompt:
+    prompt_id: int
+    set_name: str
+    position: int
+    scale: int
+
+
+@dataclass(frozen=True)
+class Params:
+    """What a ranking was computed with (stored in a frozen selection's params)."""
+
+    alpha: float
+    formula: str
+    prompt_set: str
+    models: tuple[ChosenModel, ...]
+    prompts: tuple[ChosenPrompt, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "formula": self.formula,
+            "prompt_set": self.prompt_set,
+            "prompts": [[p.prompt_id, p.set_name, p.position, p.scale] for p in self.prompts],
+            "models": [{"id": m.model_id, "name": m.name, "theta": m.theta, "share": m.share} for m in self.models],
+            "tie_rule": TIE_RULE,
+        }
+
+
+def _choose_models(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str] | None, weights: dict[str, float] | None
+) -> tuple[ChosenModel, ...]:
+    rows = con.execute(
+        "SELECT id, name, weight, n_params FROM store.models WHERE CAST(active AS INTEGER) = 1 ORDER BY name, id"
+    ).fetchall()
+    active = sorted({r[1] for r in rows})
+    if models:
+        unknown = [m for m in models if m not in active]
+        if unknown:
+            raise FusionError(
+                f"no active model named {', '.join(map(repr, unknown))} "
+                f"(active: {', '.join(active) or 'none'}); register one with `selectit model add`"
+            )
+        rows = [r for r in rows if r[1] in set(models)]
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - {r[1] for r in rows})
+    if unknown:
+        raise FusionError(
+            f"--weights names {', '.join(map(repr, unknown))}, which is not among the chosen models "
+            f"({', '.join(sorted({r[1] for r in rows})) or 'none'})"
+        )
+    thetas = []
+    for model_id, name, weight, n_params in rows:
+        theta = float(weights.get(name, weight if weight is not None else n_params))
+        if not math.isfinite(theta) or theta <= 0:
+            raise FusionError(f"the weight θ of model {name!r} must be a positive number, not {theta!r}")
+        thetas.append((model_id, name, theta))
+    total = sum(t for _, _, t in thetas)
+    return tuple(ChosenModel(i, n, t, t / total) for i, n, t in thetas)
+
+
+def _choose_prompts(con: duckdb.DuckDBPyConnection, prompt_set: str) -> tuple[ChosenPrompt, ...]:
+    rows = con.execute(
+        "SELECT id, set_name, position, scale FROM store.prompts "
+        f"WHERE CAST(active AS INTEGER) = 1 AND set_name = {_sql_str(prompt_set)} ORDER BY position, id"
+    ).fetchall()
+    for _, _, _, scale in rows:
+        if not 2 <= scale <= MAX_SCALE:
+            raise FusionError(f"prompt set {prompt_set!r} has scale {scale}; the fusion needs 2 <= K <= {MAX_SCALE}")
+    return tuple(ChosenPrompt(*r) for r in rows)
+
+
+def prompt_sets(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The names of the prompt sets with active prompts."""
+    rows = con.execute(
+        "SELECT DISTINCT set_name FROM store.prompts WHERE CAST(active AS INTEGER) = 1 ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def connect(
+    db_url: str | None,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    formula: str = "paper",
+    models: list[str] | None = None,
+    prompt_set: str | None = None,
+    weights: dict[str, float] | None = None,
+    top: float = DEFAULT_TOP,
+) -> duckdb.DuckDBPyConnection:
+    """DuckDB with the curation database attached read-only as `store` and the fusion views.
+
+    `models`: names of active models (default: every active model); `prompt_set`: default
+    "default" (a set that does not exist gives empty views: `rank` says so); `weights`:
+    {model name: θ} overriding models.weight / n_params; `top`: the share in `selective_alpaca`.
+    The chosen parameters are on the connection as `con.selectit_params` (a `Params`).
+    """
+    if formula not in FORMULAS:
+        raise FusionError(f"unknown formula {formula!r}; choose one of: {', '.join(FORMULAS)}")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise FusionError(f"--alpha must be a number >= 0, not {alpha!r}")
+    if not 0 < top <= 1:
+        raise FusionError(f"--top must be a share in (0, 1], not {top!r}")
+    con = attach(db_url)
+    try:
+        chosen_models = _choose_models(con, models, weights)
+        set_name = prompt_set or DEFAULT_PROMPT_SET
+        chosen_prompts = _choose_prompts(con, set_name)
+        if prompt_set and not chosen_prompts:
+            raise FusionError(
+                f"no active prompt set named {prompt_set!r} (sets: {', '.join(prompt_sets(con)) or 'none'})"
+            )
+        # Literals, not `?` parameters: DuckDB imports pandas (about 1 s) to bind parameters.
+        con.execute("CREATE TEMP TABLE chosen_models (model_id BIGINT, model VARCHAR, theta DOUBLE, share DOUBLE)")
+        for m in chosen_models:
+            con.execute(
+                f"INSERT INTO chosen_models VALUES ({int(m.model_id)}, {_sql_str(m.name)}, {m.theta!r}, {m.share!r})"
+            )
+        con.execute("CREATE TEMP TABLE chosen_prompts (prompt_id BIGINT, set_name VARCHAR, position INTEGER, scale INTEGER)")
+        for p in chosen_prompts:
+            con.execute(
+                f"INSERT INTO chosen_prompts VALUES ({int(p.prompt_id)}, {_sql_str(p.set_name)}, {int(p.position)}, {int(p.scale)})"
+            )
+        max_scale = max((p.scale for p in chosen_prompts), default=2)
+        con.execute(_token_sql(max_scale, formula))
+        con.execute(_views_sql(float(alpha), len(chosen_prompts), len(chosen_models), float(top)))
+        params = Params(float(alpha), formula, set_name, chosen_models, chosen_prompts)
+        # The parameters travel with the connection (and are visible to ad-hoc SQL).
+        con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {_sql_str(json.dumps(params.as_json()))}::JSON AS params")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def params_of(con: duckdb.DuckDBPyConnection) -> Params:
+    """The parameters `connect()` fixed on this connection."""
+    raw = json.loads(con.execute("SELECT params::VARCHAR FROM fusion_params").fetchone()[0])
+    models = tuple(
+        ChosenModel(m["id"], m["name"], m["theta"], m["share"]) for m in raw["models"]
+    )
+    prompts = tuple(ChosenPrompt(*p) for p in raw["prompts"])
+    return Params(raw["alpha"], raw["formula"], raw["prompt_set"], models, prompts)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking a dataset, coverage, choosing the top
+# --------------------------------------------------------------------------------------------
+def dataset_id(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
+    row = con.execute(f"SELECT id FROM store.datasets WHERE name = {_sql_str(dataset)}").fetchone()
+    if row is None:
+        names = [r[0] for r in con.execute("SELECT name FROM store.datasets ORDER BY name").fetchall()]
+        raise FusionError(
+            f"no dataset named {dataset!r} (datasets: {', '.join(names) or 'none'}); "
+            f"ingest one with `selectit ingest FILE --dataset {dataset}`"
+        )
+    return int(row[0])
+
+
+def require_scoring_setup(con: duckdb.DuckDBPyConnection) -> Params:
+    """The connection's parameters, or an error when no model or no prompt set is chosen."""
+    params = params_of(con)
+    if not params.prompts:
+        sets = prompt_sets(con)
+        raise FusionError(
+            f"the prompt set {params.prompt_set!r} does not exist yet "
+            f"(sets with active prompts: {', '.join(sets) or 'none'}); score the dataset first "
+            f"(`selectit score`), or name an existing set with --prompt-set"
+        )
+    if not params.models:
+        raise FusionError("no active model is registered; add one with `selectit model add` and score the dataset")
+    return params
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """Which ranked samples to keep: a top share, the top n, or a score threshold (else all)."""
+
+    top: float | None = None
+    top_n: int | None = None
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.top, self.top_n, self.min_score) if x is not None]
+        if len(given) > 1:
+            raise FusionError("give only one of --top, --top-n and --min-score")
+        if self.top is not None and not 0 < self.top <= 1:
+            raise FusionError(f"--top must be a share in (0, 1], e.g. 0.2; got {self.top!r}")
+        if self.top_n is not None and self.top_n < 1:
+            raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
+
+    def where(self) -> str:
+        if self.top is not None:
+            return f"rank <= floor({float(self.top)!r} * n_rankable + 1e-9)"
+        if self.top_n is not None:
+            return f"rank <= {int(self.top_n)}"
+        if self.min_score is not None:
+            return f"s_model >= {float(self.min_score)!r}"
+        return "TRUE"
+
+    def describe(self) -> str:
+        if self.top is not None:
+            return f"top {self.top:.4g} share"
+        if self.top_n is not None:
+            return f"top {self.top_n}"
+        if self.min_score is not None:
+            return f"S_model >= {self.min_score:.6g}"
+        return "all rankable"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"top": self.top, "top_n": self.top_n, "min_score": self.min_score}
+
+
+@dataclass(frozen=True)
+class RankedSample:
+    rank: int
+    sample_id: int
+    position: int
+    s_model: float
+
+
+def rank_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
+    """Compute the dataset's ranking once into the temp table `dataset_ranking`; its size.
+
+    One pass over the attached scores; `chosen()` and `count_chosen()` then read the table.
+    """
+    require_scoring_setup(con)
+    ds = dataset_id(con, dataset)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE dataset_ranking AS "
+        "SELECT rank, sample_id, position, s_model, count(*) OVER () AS n_rankable "
+        f"FROM ranking WHERE dataset_id = {int(ds)} ORDER BY rank"
+    )
+    return int(con.execute("SELECT count(*) FROM dataset_ranking").fetchone()[0])
+
+
+def chosen(
+    con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion(), limit: int | None = None
+) -> list[RankedSample]:
+    """The ranked samples kept by `criterion`, best first (after `rank_dataset`)."""
+    sql = f"SELECT rank, sample_id, position, s_model FROM dataset_ranking WHERE {criterion.where()} ORDER BY rank"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [RankedSample(*r) for r in con.execute(sql).fetchall()]
+
+
+def count_chosen(con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion()) -> int:
+    return int(con.execute(f"SELECT count(*) FROM dataset_ranking WHERE {criterion.where()}").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class ModelCoverage:
+    model: str
+    model_id: int
+    ok: int
+    missing: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a dataset can be ranked with the chosen models and prompts, and why not."""
+
+    dataset: str
+    n_samples: int
+    n_rankable: int
+    n_cells_per_sample: int
+    samples_with_failed: int  # not rankable: at least one failed cell
+    samples_with_missing: int  # not rankable: some cell never scored (and none failed)
+    models: tuple[ModelCoverage, ...] = field(default_factory=tuple)
+
+    @property
+    def n_not_rankable(self) -> int:
+        return self.n_samples - self.n_rankable
+
+
+def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
+    """Cells ok / missing / failed per chosen model, and rankable samples, for one dataset."""
+    params = params_of(con)
+    ds = dataset_id(con, dataset)
+    n_prompts, n_models = len(params.prompts), len(params.models)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE coverage_cells AS
+        SELECT s.sample_id, s.model_id,
+               count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
+               count(*) FILTER (WHERE s.status <> 'ok') AS n_failed
+        FROM store.scores s
+        JOIN chosen_models m ON m.model_id = s.model_id
+        JOIN chosen_prompts p ON p.prompt_id = s.prompt_id
+        WHERE s.sample_id IN (SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(ds)})
+        GROUP BY s.sample_id, s.model_id
+        """
+    )
+    n_samples = con.execute(f"SELECT count(*) FROM store.dataset_samples WHERE dataset_id = {int(ds)}").fetchone()[0]
+    per_model = {
+        r[0]: (r[1], r[2])
+        for r in con.execute(
+            "SELECT model_id, sum(n_ok), sum(n_failed) FROM coverage_cells GROUP BY model_id"
+        ).fetchall()
+    }
+    models = []
+    for m in params.models:
+        ok, failed = (int(x) for x in per_model.get(m.model_id, (0, 0)))
+        models.append(ModelCoverage(m.name, m.model_id, ok, n_samples * n_prompts - ok - failed, failed))
+    expected = n_prompts * n_models
+    complete, with_failed = con.execute(
+        f"SELECT count(*) FILTER (WHERE ok = {int(expected)}), count(*) FILTER (WHERE failed > 0) "
+        "FROM (SELECT sample_id, sum(n_ok) AS ok, sum(n_failed) AS failed FROM coverage_cells GROUP BY sample_id)"
+    ).fetchone()
+    n_rankable = int(complete) if expected else 0
+    # A sample can only be ranked with all cells ok; the ranking may still drop one whose stored
+    # probabilities sum to 0 (cannot be normalised) — those count as rankable-in-coverage only.
+    return Coverage(
+        dataset=dataset,
+        n_samples=int(n_samples),
+        n_rankable=n_rankable,
+        n_cells_per_sample=expected,
+        samples_with_failed=int(with_failed),
+        samples_with_missing=int(n_samples) - n_rankable - int(with_failed),
+        models=tuple(models),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen selections and exports
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportRow:
+    rank: int
+    sample_id: int
+    instruction: str
+    input: str
+    output: str
+    score: float
+
+
+def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
+    return session.scalars(sa.select(Selection).where(Selection.name == name)).one_or_none()
+
+
+def freeze_selection(
+    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion
+) -> tuple[int, int, int]:
+    """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable).
+
+    The ranks, sample ids and scores are copied, so the selection never changes afterwards.
+    """
+    with db.session_scope(engine) as session:
+        existing = _selection_by_name(session, name)
+        if existing is not None:
+            raise FusionError(
+                f"a selection named {name!r} already exists ({existing.n_selected} samples, created "
+                f"{existing.created_at:%Y-%m-%d %H:%M}); choose another name, or export it with "
+                f"`selectit export --selection {name} --out FILE`"
+            )
+    n_rankable = rank_dataset(con, dataset)
+    rows = chosen(con, criterion)
+    params = params_of(con).as_json() | {
+        "dataset": dataset,
+        "criterion": criterion.as_json(),
+        "n_rankable": n_rankable,
+    }
+    with db.session_scope(engine) as session:
+        if _selection_by_name(session, name) is not None:  # created meanwhile by someone else
+            raise FusionError(f"a selection named {name!r} already exists; choose another name")
+        ds_id = session.scalars(sa.select(Dataset.id).where(Dataset.name == dataset)).one()
+        selection = Selection(name=name, dataset_id=ds_id, params=params, n_selected=len(rows))
+        session.add(selection)
+        session.flush()
+        if rows:
+            session.execute(
+                sa.insert(SelectionSample),
+                [{"selection_id": selection.id, "rank": r.rank, "sample_id": r.sample_id, "score": r.s_model} for r in rows],
+            )
+        return selection.id, len(rows), n_rankable
+
+
+def selection_rows(engine: Engine, name: str) -> list[ExportRow]:
+    """The frozen selection `name`, best first."""
+    with db.session_scope(engine) as session:
+        selection = _selection_by_name(session, name)
+        if selection is None:
+            names = session.scalars(sa.select(Selection.name).order_by(Selection.name)).all()
+            raise FusionError(
+                f"no selection named {name!r} (selections: {', '.join(names) or 'none'}); "
+                f"make one with `selectit select {name} --dataset D`"
+            )
+        result = session.execute(
+            sa.select(SelectionSample.rank, Sample.id, Sample.instruction, Sample.input, Sample.output, SelectionSample.score)
+            .join(Sample, Sample.id == SelectionSample.sample_id)
+            .where(SelectionSample.selection_id == selection.id)
+            .order_by(SelectionSample.rank)
+        )
+        return [ExportRow(*r) for r in result]
+
+
+def live_rows(con: duckdb.DuckDBPyConnection, dataset: str, criterion: Criterion) -> list[ExportRow]:
+    """The dataset's current choice, best first, with the samples' text."""
+    rank_dataset(con, dataset)
+    result = con.execute(
+        f"SELECT r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_model "
+        f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
+        f"JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank"
+    ).fetchall()
+    return [ExportRow(*r) for r in result]
+
+
+def _records(rows: Sequence[ExportRow], with_scores: bool) -> list[dict[str, Any]]:
+    records = []
+    for r in rows:
+        record: dict[str, Any] = {"instruction": r.instruction, "input": r.input or "", "output": r.output}
+        if with_scores:
+            record["score"] = r.score
+            record["rank"] = r.rank
+        records.append(record)
+    return records
+
+
+def write_export(rows: Sequence[ExportRow], out: str | os.PathLike[str], fmt: str = "alpaca-json",
+                 with_scores: bool = False) -> Path:
+    """Write `rows` to `out` (deterministic bytes), via a temp file renamed into place."""
+    if fmt not in EXPORT_FORMATS:
+        raise FusionError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    if not out.parent.exists():
+        raise FusionError(f"the directory {str(out.parent)!r} does not exist; create it first")
+    records = _records(rows, with_scores)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == "parquet":
+            os.close(fd)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            columns: dict[str, Any] = {
+                "instruction": pa.array([r["instruction"] for r in records], pa.string()),
+                "input": pa.array([r["input"] for r in records], pa.string()),
+                "output": pa.array([r["output"] for r in records], pa.string()),
+            }
+            if with_scores:
+                columns["score"] = pa.array([r["score"] for r in records], pa.float64())
+                columns["rank"] = pa.array([r["rank"] for r in records], pa.int64())
+            pq.write_table(pa.table(columns), tmp)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                if fmt == "alpaca-json":
+                    fh.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+                else:
+                    for record in records:
+                        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Ad-hoc SQL
+# --------------------------------------------------------------------------------------------
+_REFUSED_STATEMENTS = {"ATTACH", "DETACH", "LOAD", "INSTALL", "SET"}
+READ_ONLY_MESSAGE = "the curation database is read-only here"
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run ad-hoc SQL on a fusion connection: (column names, rows) of the last statement.
+
+    Writes to `store.*` fail (attached READ_ONLY); statements that could re-attach the database
+    writable, load code or change settings are refused. Temp tables of one's own are fine.
+    """
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise FusionError(f"SQL error: {exc}") from exc
+    if not statements:
+        raise FusionError("no SQL statement given")
+    for statement in statements:
+        kind = str(statement.type).rsplit(".", 1)[-1].upper()
+        if kind in _REFUSED_STATEMENTS:
+            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {kind} statements are not allowed in `selectit sql`")
+        if "postgres_execute" in statement.query.lower():
+            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: postgres_execute() is not allowed in `selectit sql`")
+    try:
+        cursor = con.execute(sql)
+        columns = [d[0] for d in cursor.description] if cursor.description else []
+        rows = cursor.fetchall() if columns else []
+    except duckdb.Error as exc:
+        if "read-only" in str(exc) or "read only" in str(exc):
+            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {exc}") from exc
+        raise FusionError(f"SQL error: {exc}") from exc
+    return columns, rows
