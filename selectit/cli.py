@@ -195,6 +195,7 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
     """
     from selectit.report import build_report
 
+    store(ctx).dispose()  # the schema must be at head before DuckDB reads it
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     result = build_report(ctx.obj["db_url"], dataset, out, models=names, prompt_set=prompt_set, alpha=alpha,
                           formula=formula, top=top)  # fmt: skip
@@ -327,6 +328,124 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: 
                      "-n", node, "--loglevel", "INFO"])
 
 
+@main.group("model")
+def model_group() -> None:
+    """Register LLMs that rate the samples (see `selectit models`).
+
+    \b
+    Example:
+      selectit model add smol --source smollm2-135m
+    """
+
+
+@model_group.command("add")
+@click.argument("name")
+@click.option("--source", required=True, metavar="HUB_ID|DIR|FILE.gguf",
+              help="A hub id (from the local cache), a model directory, a .gguf file, "
+                   "or an alias: smollm2-135m, gemma3-270m.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Weights dtype, part of the model version [default: bfloat16 on a GPU or a CPU with native "
+                   "bf16, else float32].")
+@click.option("--weight", type=float, default=None, metavar="θ",
+              help="Model-level weight [default: the parameter count].")
+@click.option("--max-tokens", type=int, default=None, metavar="N",
+              help="Context used for truncation [default: 4096, capped by the model's own].")
+@click.pass_context
+@handles_errors
+def model_add(ctx: click.Context, name: str, source: str, dtype: str | None, weight: float | None,
+              max_tokens: int | None) -> None:
+    """Register model NAME, or a new version of it (other weights or dtype).
+
+    Loads the tokenizer and config (not the weights), derives the token ids of the labels 1..9,
+    counts the parameters and fingerprints the weights. Adding the same weights and dtype again
+    changes nothing; other weights or another dtype make a new version and deactivate the old one.
+
+    \b
+    Example:
+      selectit model add smol --source smollm2-135m --dtype float32
+      selectit model add gemma --source gemma3-270m
+    """
+    from selectit import registry
+
+    with db.session_scope(store(ctx)) as session:
+        before = {m.id for m in registry.list_models(session)}
+        m = registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+        new = m.id not in before
+        row = (m.id, m.name, m.dtype, m.n_params, m.fingerprint[:12])
+    word = "added" if new else "unchanged"
+    console.print(f"model {row[1]} {word}: version {row[0]}, {row[2]}, {row[3]:,} parameters, weights {row[4]}…")
+
+
+@main.command()
+@click.pass_context
+@handles_errors
+def models(ctx: click.Context) -> None:
+    """List model versions: id, name, dtype, parameters, weight, active, source.
+
+    \b
+    Example:
+      selectit models
+    """
+    from selectit import registry
+
+    with db.session_scope(store(ctx)) as session:
+        rows = [(m.id, m.name, m.dtype, f"{m.n_params:,}", m.weight if m.weight is not None else "",
+                 "yes" if m.active else "no", m.source) for m in registry.list_models(session)]
+    print_table(None, ["id", "name", "dtype", "params", "weight", "active", "source"], rows)
+
+
+@main.group("prompts", invoke_without_command=True)
+@click.pass_context
+@handles_errors
+def prompts_group(ctx: click.Context) -> None:
+    """List prompt sets: layout, scale, active prompts and all versions.
+
+    The built-in set `default` (shared-context layout, 5 prompts, scale 1-5) is always there.
+
+    \b
+    Example:
+      selectit prompts
+      selectit prompts import prompts.txt --set ref --layout reference --first 5
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from selectit import registry
+
+    with db.session_scope(store(ctx)) as session:
+        registry.ensure_default_prompts(session)
+        rows = registry.prompt_sets(session)
+    print_table(None, ["set", "layout", "scale", "active", "versions"], rows)
+
+
+@prompts_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "set_name", required=True, help="The prompt set to create or update.")
+@click.option("--layout", type=click.Choice(["reference", "shared-context"]), required=True,
+              help="reference: the authors' layout, a line is the prompt; shared-context: a line is a template "
+                   "with {instruction} {input} {output} (\\n for line breaks) ending with ': '.")
+@click.option("--first", type=int, default=None, metavar="K", help="Use only the first K lines.")
+@click.option("--scale", type=int, default=5, show_default=True, help="Labels 1..SCALE (2 to 9).")
+@click.pass_context
+@handles_errors
+def prompts_import(ctx: click.Context, file: str, set_name: str, layout: str, first: int | None, scale: int) -> None:
+    """Make the lines of FILE the prompts of a set (one prompt per line).
+
+    A changed line makes a new prompt version and deactivates the old one; unchanged lines keep
+    their version (and their scores).
+
+    \b
+    Example:
+      selectit prompts import reference_rating_prompts.txt --set reference --layout reference --first 5
+    """
+    from selectit import registry
+
+    with db.session_scope(store(ctx)) as session:
+        rows = registry.import_prompts(session, file, set_name, layout, first=first, scale=scale)
+        ids = [p.id for p in rows]
+    console.print(f"prompt set {set_name}: {len(ids)} active prompts ({layout}, scale {scale}), "
+                  f"versions {', '.join(map(str, ids))}")
+
+
 def _print_scoring_status(engine) -> None:  # noqa: ANN001
     from selectit.jobs import status_rows
 
@@ -338,6 +457,259 @@ def _print_scoring_status(engine) -> None:  # noqa: ANN001
                  "failed jobs", "cells/min (10 min)"],
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
                   r.failed_jobs, r.cells_per_min) for r in rows])
+
+
+def _parse_weights(value: str | None) -> dict[str, float] | None:
+    if not value:
+        return None
+    weights: dict[str, float] = {}
+    for part in value.split(","):
+        name, sep, number = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            weights[name.strip()] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not NAME=θ; write e.g. --weights smol=135,gemma=270",
+                                     param_hint="--weights") from None
+    return weights
+
+
+def _fusion_options(func: F) -> F:
+    """--models, --prompt-set, --alpha, --formula, --weights: what the fusion views compute with."""
+    for option in reversed([
+        click.option("--models", default=None, metavar="A,B",
+                     help="Comma-separated model names [default: every active model]."),
+        click.option("--prompt-set", default=None, metavar="SET", help="Prompt set [default: default]."),
+        click.option("--alpha", default=0.2, show_default=True, type=float,
+                     help="α of the sentence level: mean / (1 + α·std)."),
+        click.option("--formula", default="paper", show_default=True, type=click.Choice(["paper", "reference-code"]),
+                     help="Token-level P'_k: p_k/Σp (paper) or softmax(p_k/Σp) (the authors' code)."),
+        click.option("--weights", default=None, metavar="A=θ,B=θ",
+                     help="Model-level θ per model [default: models.weight, else the parameter count]."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _criterion_options(func: F) -> F:
+    """--top / --top-n / --min-score: which part of the ranking is kept."""
+    for option in reversed([
+        click.option("--top", type=float, default=None, metavar="SHARE",
+                     help="Keep the top share of the rankable samples, rounded down [default: 0.2]."),
+        click.option("--top-n", type=click.IntRange(1), default=None, metavar="N", help="Keep the top N."),
+        click.option("--min-score", type=float, default=None, metavar="X", help="Keep S_model >= X."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _fusion_connect(ctx: click.Context, models: str | None, prompt_set: str | None, alpha: float, formula: str,
+                    weights: str | None, top: float | None = None):  # noqa: ANN202
+    from selectit import fusion
+
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    return fusion.connect(ctx.obj["db_url"], alpha=alpha, formula=formula, models=names, prompt_set=prompt_set,
+                          weights=_parse_weights(weights), top=top or fusion.DEFAULT_TOP)  # fmt: skip
+
+
+def _criterion(top: float | None, top_n: int | None, min_score: float | None, default_top: float | None):  # noqa: ANN202
+    from selectit.fusion import Criterion
+
+    if top is None and top_n is None and min_score is None:
+        top = default_top
+    return Criterion(top=top, top_n=top_n, min_score=min_score)
+
+
+def _print_coverage(cov, params) -> None:  # noqa: ANN001
+    shares = {m.model_id: m.share for m in params.models}
+    print_table(f"coverage of {cov.dataset} (prompt set {params.prompt_set}, {len(params.prompts)} prompts)",
+                ["model", "θ share", "ok", "missing", "failed"],
+                [(m.model, f"{shares[m.model_id]:.4f}", m.ok, m.missing, m.failed) for m in cov.models])
+    line = f"rankable: {cov.n_rankable} of {cov.n_samples} samples"
+    if cov.n_not_rankable:
+        line += (f" ({cov.n_not_rankable} not rankable: {cov.samples_with_missing} with missing cells, "
+                 f"{cov.samples_with_failed} with failed cells)")
+    console.print(line)
+
+
+@main.command()
+@click.option("--dataset", "-d", required=True, help="The dataset to rank.")
+@_fusion_options
+@_criterion_options
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(0), help="Rows of the ranking to show.")
+@click.pass_context
+@handles_errors
+def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, alpha: float, formula: str,
+         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int) -> None:
+    """Show the head of a dataset's ranking and how much of it is rankable yet.
+
+    S_model is recomputed from the stored ratings for any --alpha, --formula, --models or
+    --weights, without scoring anything. Ties: higher S_model first, then the earlier position
+    in the dataset. A sample is ranked only when all its (model, prompt) cells are scored ok.
+
+    \b
+    Example:
+      selectit rank --dataset alpaca --top 0.2
+      selectit rank --dataset alpaca --alpha 0.5 --formula reference-code --weights smol=1,gemma=2
+    """
+    import sqlalchemy as sa
+
+    from selectit import fusion
+    from selectit.schema import Sample
+
+    engine = store(ctx)
+    criterion = _criterion(top, top_n, min_score, None)
+    con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
+    try:
+        params = fusion.require_scoring_setup(con)
+        n_rankable = fusion.rank_dataset(con, dataset)
+        head = fusion.chosen(con, criterion, limit=limit)
+        n_chosen = fusion.count_chosen(con, criterion)
+        cov = fusion.coverage(con, dataset)
+    finally:
+        con.close()
+    with db.session_scope(engine) as session:
+        texts = dict(session.execute(sa.select(Sample.id, Sample.instruction)
+                                     .where(Sample.id.in_([r.sample_id for r in head]))).all())
+    console.print(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
+                  + ", ".join(f"{m.name} (θ {m.theta:g})" for m in params.models))
+    if head:
+        print_table(f"ranking of {dataset} ({criterion.describe()}, first {len(head)})",
+                    ["rank", "sample", "position", "score", "instruction"],
+                    [(r.rank, r.sample_id, r.position, f"{r.s_model:.6f}",
+                      " ".join(texts.get(r.sample_id, "").split())[:60]) for r in head])
+    _print_coverage(cov, params)
+    if n_rankable == 0:
+        console.print(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
+    elif criterion != fusion.Criterion():
+        console.print(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--dataset", "-d", required=True, help="The dataset to select from.")
+@_fusion_options
+@_criterion_options
+@click.pass_context
+@handles_errors
+def select(ctx: click.Context, name: str, dataset: str, models: str | None, prompt_set: str | None, alpha: float,
+           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None) -> None:
+    """Freeze the current top of a dataset's ranking as the selection NAME.
+
+    The ranks, sample ids, scores and parameters are stored, so `selectit export --selection NAME`
+    writes the same bytes later, whatever is ingested or scored meanwhile. Names are never reused.
+
+    \b
+    Example:
+      selectit select selective-alpaca-v1 --dataset alpaca --top 0.2
+      selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
+    """
+    from selectit import fusion
+
+    engine = store(ctx)
+    criterion = _criterion(top, top_n, min_score, fusion.DEFAULT_TOP)
+    con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
+    try:
+        selection_id, n, n_rankable = fusion.freeze_selection(engine, con, name, dataset, criterion)
+        cov = fusion.coverage(con, dataset)
+    finally:
+        con.close()
+    console.print(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
+                  f"({criterion.describe()}).")
+    if cov.n_not_rankable:
+        console.print(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
+                      f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
+
+
+@main.command()
+@click.option("--selection", default=None, metavar="NAME", help="A frozen selection (from `selectit select`).")
+@click.option("--dataset", "-d", default=None, help="Or: the current top of this dataset's ranking.")
+@_fusion_options
+@_criterion_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The file to write (replaced whole).")
+@click.option("--format", "fmt", default="alpaca-json", show_default=True,
+              type=click.Choice(["alpaca-json", "jsonl", "parquet"]), help="Output format.")
+@click.option("--with-scores", is_flag=True, help="Add each sample's score and rank.")
+@click.pass_context
+@handles_errors
+def export(ctx: click.Context, selection: str | None, dataset: str | None, models: str | None,
+           prompt_set: str | None, alpha: float, formula: str, weights: str | None, top: float | None,
+           top_n: int | None, min_score: float | None, out: str, fmt: str, with_scores: bool) -> None:
+    """Write a selection as Alpaca JSON, JSON lines or Parquet ({instruction, input, output}).
+
+    A frozen selection exports to the same bytes every time. The file is written to a temporary
+    name and renamed, so it is never left half-written.
+
+    \b
+    Example:
+      selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
+      selectit export --dataset alpaca --top-n 1000 --out top1000.parquet --format parquet --with-scores
+    """
+    from selectit import fusion
+
+    if (selection is None) == (dataset is None):
+        raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
+    engine = store(ctx)
+    if selection is not None:
+        rows = fusion.selection_rows(engine, selection)
+        what = f"selection {selection}"
+    else:
+        criterion = _criterion(top, top_n, min_score, fusion.DEFAULT_TOP)
+        con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
+        try:
+            fusion.require_scoring_setup(con)
+            rows = fusion.live_rows(con, dataset, criterion)
+        finally:
+            con.close()
+        what = f"{dataset} ({criterion.describe()})"
+    path = fusion.write_export(rows, out, fmt, with_scores)
+    console.print(f"wrote {len(rows)} samples of {what} to {path} ({fmt}).")
+
+
+@main.command()
+@click.argument("query")
+@_fusion_options
+@click.option("--top", type=float, default=0.2, show_default=True, metavar="SHARE",
+              help="The share kept in the selective_alpaca view.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]),
+              help="Output format.")
+@click.pass_context
+@handles_errors
+def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | None, alpha: float, formula: str,
+        weights: str | None, top: float, fmt: str) -> None:
+    """Run SQL in DuckDB over the fusion views and the curation tables (read-only).
+
+    Views: token_scores, sentence_scores, model_scores, ranking, selective_alpaca; tables
+    chosen_models, chosen_prompts; the curation tables as store.<table> (e.g. store.samples).
+    Statements that would change the curation database fail.
+
+    \b
+    Example:
+      selectit sql "SELECT dataset, count(*) FROM ranking GROUP BY dataset"
+      selectit sql "SELECT model, avg(s_sent) FROM sentence_scores GROUP BY model" --format csv
+    """
+    import csv
+    import json
+
+    from selectit import fusion
+
+    store(ctx)
+    con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights, top)
+    try:
+        columns, rows = fusion.run_sql(con, query)
+    finally:
+        con.close()
+    if not columns:
+        console.print("OK")
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt == "json":
+        click.echo(json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2, default=str))
+    else:
+        print_table(None, columns, rows)
 
 
 def print_table(title: str | None, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
