@@ -113,9 +113,9 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, skip_in
     with _ingest_progress() as progress:
         result = ingest_file(engine, file, dataset, fmt=fmt, skip_invalid=skip_invalid, progress=progress)
     if result.invalid:
-        err_console.print(f"skipped {len(result.invalid)} invalid records:", markup=False, highlight=False)
+        click.echo(f"skipped {len(result.invalid)} invalid records:", err=True)
         for line in result.invalid_report():
-            err_console.print(line, markup=False, highlight=False)
+            click.echo(line, err=True)
     click.echo(result.summary)
 
 
