@@ -206,13 +206,6 @@ def _fetch(con: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ..
     return con.execute(sql, list(params)).fetchall()
 
 
-def _selected_count(n_rankable: int, top: float) -> int:
-    """How many of the rankable samples the top share keeps (rounded down, at least 1 if any)."""
-    if n_rankable == 0:
-        return 0
-    return max(1, math.floor(top * n_rankable + 1e-9))
-
-
 @dataclass
 class _Data:
     dataset: str
@@ -226,11 +219,12 @@ class _Data:
     ranking: list[tuple[int, int, float]]  # sample, rank, s_model (rank order)
     samples: dict[int, tuple[str, str, int]]  # sample → instruction, input, output length
     coverage: list[tuple[Any, ...]]
-    n_selected: int
+    selected: list[int]  # sample ids of `selective_alpaca`, best first
 
 
-def _gather(con: Any, dataset: str, models: list[str] | None, prompt_set: str | None,
-            weights: dict[str, float] | None, top: float) -> _Data:
+def _gather(con: Any, dataset: str) -> _Data:
+    from selectit import fusion
+
     row = _fetch(con, "SELECT id FROM store.datasets WHERE name = ?", [dataset])
     if not row:
         names = [r[0] for r in _fetch(con, "SELECT name FROM store.datasets ORDER BY name")]
@@ -241,36 +235,11 @@ def _gather(con: Any, dataset: str, models: list[str] | None, prompt_set: str | 
         )
     dataset_id = int(row[0][0])
 
-    model_rows = _fetch(
-        con,
-        "SELECT id, name, n_params, weight FROM store.models WHERE CAST(active AS BOOLEAN) ORDER BY id",
-    )
-    if models:
-        model_rows = [r for r in model_rows if r[1] in models]
-    chosen = []
-    for mid, name, n_params, weight in model_rows:
-        theta = (weights or {}).get(name)
-        theta = float(theta if theta is not None else weight if weight is not None else n_params)
-        chosen.append((int(mid), str(name), theta))
-
-    # The prompt set the views use: the one asked for, else the one the token view shows.
-    set_name = prompt_set
-    if set_name is None:
-        sets = [r[0] for r in _fetch(con, "SELECT DISTINCT set_name FROM token_scores ORDER BY 1")]
-        set_name = sets[0] if len(sets) == 1 else None
-    if set_name is None:
-        from selectit.registry import DEFAULT_PROMPT_SET
-
-        set_name = DEFAULT_PROMPT_SET
-    prompts = [
-        (int(a), int(b))
-        for a, b in _fetch(
-            con,
-            "SELECT id, position FROM store.prompts WHERE CAST(active AS BOOLEAN) AND set_name = ? "
-            "ORDER BY position",
-            [set_name],
-        )
-    ]
+    # What the fusion chose (active versions; θ from --weights, models.weight or n_params).
+    params = fusion.params_of(con)
+    chosen = [(m.model_id, m.name, float(m.theta)) for m in params.models]
+    set_name = params.prompt_set
+    prompts = [(p.prompt_id, p.position) for p in params.prompts]
 
     n_samples = int(_fetch(con, "SELECT count(*) FROM store.dataset_samples WHERE dataset_id = ?", [dataset_id])[0][0])
 
@@ -292,6 +261,10 @@ def _gather(con: Any, dataset: str, models: list[str] | None, prompt_set: str | 
     ):
         token.setdefault((model, int(position)), {})[int(sample_id)] = float(s)
 
+    # The selected samples are the fusion's own `selective_alpaca` (the top share, rounded down).
+    selected = [
+        int(r[0]) for r in _fetch(con, "SELECT sample_id FROM selective_alpaca WHERE dataset = ? ORDER BY rank", [dataset])
+    ]
     ranking = [
         (int(s), int(r), float(m))
         for s, r, m in _fetch(
@@ -312,7 +285,7 @@ def _gather(con: Any, dataset: str, models: list[str] | None, prompt_set: str | 
     coverage = [(names[r[0]], *r[1:]) for r in coverage]
     return _Data(
         dataset, dataset_id, chosen, set_name, prompts, n_samples, sent, token, ranking, samples,
-        coverage, _selected_count(len(ranking), top),
+        coverage, selected,
     )  # fmt: skip
 
 
@@ -525,7 +498,7 @@ def _groups(d: _Data) -> dict[str, list[int]]:
     return {
         "full dataset": sorted(d.samples),
         "rankable": [s for s, _, _ in d.ranking],
-        "selected": [s for s, _, _ in d.ranking[: d.n_selected]],
+        "selected": d.selected,
     }
 
 
@@ -746,8 +719,8 @@ def build_report(
 ) -> ReportResult:
     """Write `out/index.html`, one PNG and CSV per plot, for `dataset` scored in `db_url`.
 
-    `models`, `prompt_set`, `alpha`, `formula` and `weights` go to `fusion.connect`; `top` is the
-    share of the rankable samples that counts as selected (rounded down, at least one).
+    `models`, `prompt_set`, `alpha`, `formula`, `weights` and `top` go to `fusion.connect`; the
+    selected samples are its `selective_alpaca` view (the top share of the rankable samples).
     """
     if not 0 < top <= 1:
         raise ReportError(f"--top must be a share in (0, 1], got {top}; e.g. --top 0.2 for the top 20%.")
@@ -762,17 +735,13 @@ def build_report(
 
     from selectit import fusion
 
-    con = fusion.connect(db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights)
+    con = fusion.connect(
+        db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights, top=top
+    )
     try:
-        d = _gather(con, dataset, models, prompt_set, weights, top)
+        d = _gather(con, dataset)
     finally:
         con.close()
-    if models:
-        unknown = sorted(set(models) - {m for _, m, _ in d.models})
-        if unknown:
-            raise ReportError(
-                f"no active model named {', '.join(unknown)}; `selectit status` lists the models."
-            )
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -795,7 +764,7 @@ def build_report(
             ("formula", formula),
             ("top share", f"{top:g}"),
             ("rankable samples", str(len(d.ranking))),
-            ("selected samples", str(d.n_selected)),
+            ("selected samples", str(len(d.selected))),
         ]
         tables: dict[str, Table] = {}
         for sec in sections:
@@ -813,7 +782,7 @@ def build_report(
         tables=tables,
         n_samples=d.n_samples,
         n_rankable=len(d.ranking),
-        n_selected=d.n_selected,
+        n_selected=len(d.selected),
     )
 
 
