@@ -237,6 +237,7 @@ def gguf_cache(src: Source, expected_sha: str | None = None) -> Path:
     state = {k: v.detach().contiguous() for k, v in state.items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared by several users
     try:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         model.config.save_pretrained(tmp)
