@@ -530,7 +530,7 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
     if cov.n_not_rankable:
         line += (f" ({cov.n_not_rankable} not rankable: {cov.samples_with_missing} with missing cells, "
                  f"{cov.samples_with_failed} with failed cells)")
-    console.print(line)
+    click.echo(line)
 
 
 @main.command()
@@ -572,7 +572,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     with db.session_scope(engine) as session:
         texts = dict(session.execute(sa.select(Sample.id, Sample.instruction)
                                      .where(Sample.id.in_([r.sample_id for r in head]))).all())
-    console.print(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
+    click.echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
                   + ", ".join(f"{m.name} (θ {m.theta:g})" for m in params.models))
     if head:
         print_table(f"ranking of {dataset} ({criterion.describe()}, first {len(head)})",
@@ -581,9 +581,9 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
                       " ".join(texts.get(r.sample_id, "").split())[:60]) for r in head])
     _print_coverage(cov, params)
     if n_rankable == 0:
-        console.print(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
+        click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion != fusion.Criterion():
-        console.print(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
+        click.echo(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
 
 
 @main.command()
@@ -615,10 +615,10 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
         cov = fusion.coverage(con, dataset)
     finally:
         con.close()
-    console.print(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
+    click.echo(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
                   f"({criterion.describe()}).")
     if cov.n_not_rankable:
-        console.print(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
+        click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
                       f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
 
 
@@ -664,7 +664,7 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
             con.close()
         what = f"{dataset} ({criterion.describe()})"
     path = fusion.write_export(rows, out, fmt, with_scores)
-    console.print(f"wrote {len(rows)} samples of {what} to {path} ({fmt}).")
+    click.echo(f"wrote {len(rows)} samples of {what} to {path} ({fmt}).")
 
 
 @main.command()
@@ -701,7 +701,7 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
     finally:
         con.close()
     if not columns:
-        console.print("OK")
+        click.echo("OK")
     elif fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)

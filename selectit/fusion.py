@@ -128,9 +128,9 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
         config={
             "autoinstall_known_extensions": False,  # never download anything
             "autoload_known_extensions": False,
-            "enable_progress_bar": False,
         }
     )
+    con.execute("SET enable_progress_bar = false")  # a session option: not allowed in config
     if url.get_backend_name() == "sqlite":
         path = url.database
         if not path or path == ":memory:" or not Path(path).exists():
