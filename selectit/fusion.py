@@ -740,8 +740,9 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[t
         kind = str(statement.type).rsplit(".", 1)[-1].upper()
         if kind in _REFUSED_STATEMENTS:
             raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {kind} statements are not allowed in `selectit sql`")
-        if "postgres_execute" in statement.query.lower():
-            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: postgres_execute() is not allowed in `selectit sql`")
+        for raw in ("postgres_execute", "postgres_query"):  # raw SQL sent to the server
+            if raw in statement.query.lower():
+                raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {raw}() is not allowed in `selectit sql`")
     try:
         cursor = con.execute(sql)
         columns = [d[0] for d in cursor.description] if cursor.description else []
