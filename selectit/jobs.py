@@ -427,7 +427,7 @@ def _cells_to_score(session: Session, job: Job) -> dict[int, list[int]]:
         sa.select(Score.sample_id, Score.prompt_id)
         .join(JobSample, sa.and_(JobSample.job_id == job.id, JobSample.sample_id == Score.sample_id))
         .where(Score.model_id == job.model_id, Score.prompt_id.in_(job.prompt_ids),
-               sa.or_(Score.status == "ok", Score.attempts >= max_cell_attempts()))).tuples())
+               sa.or_(Score.status == "ok", Score.attempts >= max_cell_attempts()))).all())
     cells: dict[int, list[int]] = {}
     for s in job.sample_ids:
         missing = [p for p in job.prompt_ids if (s, p) not in done]
@@ -488,8 +488,7 @@ def _score_batch(scorer: Scorer, requests: list[Any]) -> list[Any]:
     try:
         return list(scorer.score(requests))
     except Exception:  # noqa: BLE001 - one bad sample must not sink its neighbours
-        if len(requests) == 1:
-            raise
+        pass
     results: list[Any] = []
     for req in requests:
         try:
@@ -765,16 +764,13 @@ def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
         # A job's prompt set: that of its first prompt (a job never spans sets).
         first_prompt = (sa.select(JobPrompt.job_id, sa.func.min(JobPrompt.prompt_id).label("pid"))
                         .group_by(JobPrompt.job_id).subquery())
-        job_counts: dict[tuple[int, str, str], int] = {}
-        for m, s, st, expired, n in session.execute(
-                sa.select(Job.model_id, Prompt.set_name, Job.status,
-                          sa.and_(Job.status == "running", Job.lease_expires_at < now), sa.func.count())
-                .join(first_prompt, first_prompt.c.job_id == Job.id).join(Prompt, Prompt.id == first_prompt.c.pid)
-                .where(Job.status.in_(("queued", "running", "failed")))
-                .group_by(Job.model_id, Prompt.set_name, Job.status,
-                          sa.and_(Job.status == "running", Job.lease_expires_at < now))):
-            key = "expired" if expired else st
-            job_counts[(m, s, key)] = job_counts.get((m, s, key), 0) + n
+        state = sa.case((sa.and_(Job.status == "running", Job.lease_expires_at < now), "expired"), else_=Job.status)
+        per_job = (sa.select(Job.model_id, Prompt.set_name, state.label("state"))
+                   .join(first_prompt, first_prompt.c.job_id == Job.id).join(Prompt, Prompt.id == first_prompt.c.pid)
+                   .where(Job.status.in_(("queued", "running", "failed"))).subquery())
+        job_counts = {(m, s, st): n for m, s, st, n in session.execute(
+            sa.select(per_job.c.model_id, per_job.c.set_name, per_job.c.state, sa.func.count())
+            .group_by(per_job.c.model_id, per_job.c.set_name, per_job.c.state))}
     rows = []
     for mid, name in models:
         for set_name, k in sorted(sets.items()):

@@ -105,7 +105,7 @@ def send_jobs(job_ids: Iterable[int], eng: sa.Engine | None = None) -> int:
         return 0
     with db.session_scope(eng or engine()) as session:
         names = dict(session.execute(sa.select(Job.id, LLM.name).join(LLM, LLM.id == Job.model_id)
-                                     .where(Job.id.in_(job_ids))).tuples().all())
+                                     .where(Job.id.in_(job_ids))).all())
     for job_id in job_ids:
         score_job.apply_async(args=[job_id], queue=queue_for(names[job_id]))
     return len(job_ids)
@@ -128,7 +128,7 @@ def resend_lost(eng: sa.Engine | None = None) -> int:
     eng = eng or engine()
     with db.session_scope(eng) as session:
         by_model = session.execute(sa.select(LLM.name, sa.func.count()).join(Job, Job.model_id == LLM.id)
-                                   .where(Job.status == "queued").group_by(LLM.name)).tuples().all()
+                                   .where(Job.status == "queued").group_by(LLM.name)).all()
     sent = 0
     for name, _n in by_model:
         if queue_length(queue_for(name)) == 0:

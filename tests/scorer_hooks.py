@@ -1,0 +1,52 @@
+"""A scorer hook for the job and fleet tests (`SELECTIT_SCORER=scorer_hooks:load`).
+
+It wraps selectit's real scorer (CPU) and adds, from the environment:
+- `SELECTIT_TEST_LOG`: a file where each computed cell is appended as `worker sample model prompt`
+  (one O_APPEND write per batch, safe across processes), to check nothing is computed twice;
+- `SELECTIT_TEST_POISON`: text; a batch holding a sample whose prompt contains it raises
+  (a cell that always fails);
+- `SELECTIT_TEST_DELAY`: seconds to sleep per batch, so a test can kill a process mid-job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from selectit.jobs import worker_id
+
+
+class HookedScorer:
+    def __init__(self, inner: Any, model_id: int) -> None:
+        self.inner = inner
+        self.model_id = model_id
+
+    @property
+    def forwards(self) -> int:
+        return self.inner.forwards
+
+    def score(self, requests: Sequence[Any], progress: Any = None) -> list[Any]:
+        delay = float(os.environ.get("SELECTIT_TEST_DELAY") or 0)
+        if delay:
+            time.sleep(delay)
+        poison = os.environ.get("SELECTIT_TEST_POISON")
+        if poison and any(poison in p.text for r in requests for p in r.prompts):
+            raise RuntimeError("injected failure")
+        results = self.inner.score(requests, progress)
+        log = os.environ.get("SELECTIT_TEST_LOG")
+        if log:
+            lines = "".join(f"{worker_id()} {c.sample_id} {self.model_id} {c.prompt_id}\n" for c in results)
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, lines.encode())
+            finally:
+                os.close(fd)
+        return results
+
+
+def load(model: Any) -> HookedScorer:
+    from selectit.scorer import load_scorer
+
+    return HookedScorer(load_scorer(model, device="cpu"), model.id)
