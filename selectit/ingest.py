@@ -445,39 +445,62 @@ class _SqliteWriter(_Writer):
 
 
 class _PostgresWriter(_Writer):
-    """COPY into a temp table (psycopg 3), then INSERT … SELECT … ON CONFLICT DO NOTHING per chunk."""
+    """Per chunk: look the hashes up (= ANY), COPY only the new contents (binary, psycopg 3) into a
+    temp table and INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING their ids, then COPY the
+    memberships into a second temp table and INSERT them ON CONFLICT DO NOTHING. Re-ingesting
+    sends no text at all."""
 
     def __init__(self, conn: Connection, dataset_id: int) -> None:
         super().__init__(conn, dataset_id)
         self.cur = self.raw.cursor()
         self.cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS _selectit_ingest (pos integer, content_hash text, "
-            "instruction text, input text, output text, n_chars integer, original_id text) ON COMMIT DROP"
+            "CREATE TEMP TABLE IF NOT EXISTS _selectit_ingest (content_hash text, instruction text, "
+            "input text, output text, n_chars integer) ON COMMIT DROP"
         )
-        self.cur.execute("TRUNCATE _selectit_ingest")
+        self.cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _selectit_members (sample_id integer, position integer, "
+            "original_id text) ON COMMIT DROP"
+        )
+        self.cur.execute("TRUNCATE _selectit_ingest, _selectit_members")
+
+    def _lookup(self, hashes: list[str]) -> dict[str, int]:
+        self.cur.execute("SELECT content_hash, id FROM samples WHERE content_hash = ANY(%s)", (hashes,))
+        return dict(self.cur.fetchall())
 
     def write(self, rows: list[tuple[int, str, str, str, str, int, str | None]]) -> None:
         cur = self.cur
-        with cur.copy("COPY _selectit_ingest (pos, content_hash, instruction, input, output, n_chars, "
-                      "original_id) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute("ANALYZE _selectit_ingest")
-        cur.execute(
-            "INSERT INTO samples (content_hash, instruction, input, output, n_chars) "
-            "SELECT content_hash, instruction, input, output, n_chars FROM _selectit_ingest ORDER BY pos "
-            "ON CONFLICT (content_hash) DO NOTHING"
-        )
-        self.new_samples += max(cur.rowcount, 0)
+        ids = self._lookup([r[1] for r in rows])
+        new = [r for r in rows if r[1] not in ids]
+        if new:
+            with cur.copy("COPY _selectit_ingest (content_hash, instruction, input, output, n_chars) "
+                          "FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "text", "text", "int4"])
+                for _, h, i, n, o, c, _ in new:
+                    copy.write_row((h, i, n, o, c))
+            cur.execute(
+                "INSERT INTO samples (content_hash, instruction, input, output, n_chars) "
+                "SELECT content_hash, instruction, input, output, n_chars FROM _selectit_ingest "
+                "ON CONFLICT (content_hash) DO NOTHING RETURNING content_hash, id"
+            )
+            inserted = dict(cur.fetchall())
+            self.new_samples += len(inserted)
+            ids.update(inserted)
+            cur.execute("TRUNCATE _selectit_ingest")
+            late = [r[1] for r in new if r[1] not in ids]
+            if late:  # stored meanwhile by a concurrent ingest (it waited for that commit)
+                ids.update(self._lookup(late))
+        with cur.copy("COPY _selectit_members (sample_id, position, original_id) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", "int4", "text"])
+            for pos, h, *_, orig in rows:
+                copy.write_row((ids[h], pos, orig))
         cur.execute(
             "INSERT INTO dataset_samples (dataset_id, sample_id, position, original_id) "
-            "SELECT %s, s.id, t.pos, t.original_id FROM _selectit_ingest t "
-            "JOIN samples s ON s.content_hash = t.content_hash ORDER BY t.pos "
+            "SELECT %s, sample_id, position, original_id FROM _selectit_members "
             "ON CONFLICT (dataset_id, sample_id) DO NOTHING",
             (self.dataset_id,),
         )
         self.new_members += max(cur.rowcount, 0)
-        cur.execute("TRUNCATE _selectit_ingest")
+        cur.execute("TRUNCATE _selectit_members")
 
     def finish(self) -> None:
         self.cur.close()
