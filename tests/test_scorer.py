@@ -1,0 +1,149 @@
+"""The scoring engine against separate per-prompt forwards (the authors' way), on a tiny model and SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_model import tiny_model_dir  # noqa: F401
+
+from selectit import db, registry
+from selectit.registry import render
+from selectit.scorer import ELLIPSIS, RatingRequest, Scorer, load_scorer
+
+DEMO = Path(__file__).resolve().parent.parent / "selectit" / "data" / "alpaca_en_demo.json"
+REFERENCE_PROMPTS = Path("/work/shared/data/reference_rating_prompts.txt")
+if not REFERENCE_PROMPTS.is_file():
+    REFERENCE_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_rating_prompts.txt"
+
+
+def records(n: int, start: int = 0) -> list[dict]:
+    """n demo records short enough for the tiny model's context (its tokenizer is not efficient)."""
+    recs = json.loads(DEMO.read_text(encoding="utf-8"))
+    return [r for r in recs if len(r["instruction"] + r.get("input", "") + r["output"]) < 400][start:start + n]
+
+
+def templates(layout: str) -> list[str]:
+    if layout == "reference":
+        with open(REFERENCE_PROMPTS, encoding="utf-8") as f:
+            return f.readlines()[:5]
+    return list(registry.DEFAULT_TEMPLATES)
+
+
+def requests(recs: list[dict], layout: str, scale: int = 5) -> list[RatingRequest]:
+    ts = templates(layout)
+    return [RatingRequest(i, tuple(range(len(ts))),
+                          tuple(render(layout, t, r["instruction"], r.get("input", ""), r["output"]) for t in ts), scale)
+            for i, r in enumerate(recs)]
+
+
+@torch.inference_mode()
+def separate(scorer: Scorer, text: str, labels: list[int]) -> list[float]:
+    """The authors' way: one forward of the whole prompt, full logits, softmax at the last position."""
+    ids = scorer.tokenizer(text, return_tensors="pt").input_ids
+    probs = scorer.model(ids).logits[0, -1].float().softmax(-1)
+    return probs[labels].tolist()
+
+
+def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int]) -> float:
+    results = {(c.sample_id, c.prompt_id): c for c in scorer.score(reqs)}
+    assert len(results) == sum(len(r.prompts) for r in reqs)
+    worst = 0.0
+    for r in reqs:
+        for pid, p in zip(r.prompt_ids, r.prompts):
+            cell = results[(r.sample_id, pid)]
+            assert cell.error is None and not cell.truncated
+            expected = separate(scorer, p.text, label_ids[: r.scale])
+            assert cell.mass == pytest.approx(sum(cell.probs))
+            # relative too: the tiny model's probabilities are small, so compare log p as well
+            for a, b in zip(cell.probs, expected):
+                assert abs(a - b) <= 1e-4 and abs(a - b) <= 1e-4 * b + 1e-9
+                worst = max(worst, abs(a - b))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_model_dir):  # noqa: F811
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 's.db'}"
+    engine = db.open_store(url)
+    with db.session_scope(engine) as s:
+        model = registry.add_model(s, "tiny", str(tiny_model_dir), dtype="bfloat16")
+    engine.dispose()
+    return model
+
+
+def test_load_scorer_exact_is_float32(tiny):
+    scorer = load_scorer(tiny, device="cpu", exact=True)
+    assert scorer.dtype == torch.float32 and scorer.model_id == tiny.id and scorer.max_tokens == 1024
+    assert load_scorer(tiny, device="cpu").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("layout", ["shared-context", "reference"])
+def test_packing_equals_separate_forwards(tiny, layout):
+    scorer = load_scorer(tiny, device="cpu", exact=True, max_batch_tokens=1 << 16)
+    reqs = requests(records(4, 10), layout)  # ragged: four samples of different lengths
+    assert len({len(r.prompts[0].text) for r in reqs}) == 4
+    assert max_delta(scorer, reqs, tiny.label_ids[layout]) <= 1e-4
+    if layout == "shared-context":
+        assert scorer.forwards == 1  # 4 samples × 5 prompts in one forward
+        row = scorer._rows(0, scorer._prepare(reqs[0]))
+        assert len(row) == 1 and row[0].seg.count(0) > 100  # one packed row with a long shared prefix
+
+
+def test_probabilities_differ_between_prompts(tiny):
+    # guards the equality tests above: a mask bug must show up as a difference far above 1e-4
+    scorer = load_scorer(tiny, device="cpu", exact=True)
+    cells = scorer.score(requests(records(1), "shared-context"))
+    p1 = [c.probs for c in sorted(cells, key=lambda c: c.prompt_id)]
+    assert max(abs(a - b) / max(a, b) for a, b in zip(p1[0], p1[1])) > 0.05
+
+
+def test_truncation_keeps_the_question_and_flags(tiny):
+    scorer = load_scorer(tiny, device="cpu", exact=True)
+    scorer.max_tokens = 300
+    rec = {"instruction": "Summarize.", "input": "", "output": "word " * 400 + "THE END."}
+    short = {"instruction": "Say hi.", "input": "", "output": "Hi."}
+    reqs = requests([rec, short], "shared-context")
+    cells = {(c.sample_id, c.prompt_id): c for c in scorer.score(reqs)}
+    for k, p in enumerate(reqs[0].prompts):
+        cell = cells[(0, k)]
+        assert cell.truncated and cell.error is None and cell.n_tokens <= 300
+        ids = scorer._prepare(reqs[0]).ids[k]
+        text = scorer.tokenizer.decode(ids, skip_special_tokens=True)
+        assert text.endswith(p.tail) and ELLIPSIS in text and "THE END." in text and text.startswith(p.head)
+        # the stored probabilities are those of the truncated prompt, read where the label is
+        assert cell.probs == pytest.approx(separate(scorer, text, tiny.label_ids["shared-context"][:5]), abs=1e-4)
+    assert not any(cells[(1, k)].truncated for k in range(5))
+
+
+def test_a_failing_request_fails_only_its_cells(tiny_model_dir, tiny):  # noqa: F811
+    scorer = load_scorer(tiny, device="cpu", exact=True)
+    # A real NaN: poison the embedding of the end-of-sequence token, which only one sample contains.
+    eos = scorer.tokenizer.eos_token_id
+    with torch.no_grad():
+        scorer.model.get_input_embeddings().weight[eos] = float("nan")
+    recs = records(2) + [{"instruction": "Echo.", "input": "", "output": "x </s> y"}]
+    reqs = requests(recs, "shared-context")
+    reqs.append(RatingRequest(9, (0,), (reqs[0].prompts[0],), 12))  # an impossible scale
+    cells = scorer.score(reqs)
+    assert len(cells) == 16
+    failed = {(c.sample_id, c.prompt_id): c.error for c in cells if c.error}
+    assert set(failed) == {(2, k) for k in range(5)} | {(9, 0)}
+    assert failed[(2, 0)] == "the model produced non-finite probabilities (NaN or inf)"
+    assert failed[(9, 0)] == "scale 12 is out of range 2..9"
+    assert all(c.probs is None and c.mass is None for c in cells if c.error)
+    assert all(c.probs is not None and len(c.probs) == 5 for c in cells if not c.error)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["shared-context", "reference"])
+def test_smollm2_packing_equals_separate_forwards(tmp_path, layout):
+    engine = db.open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with db.session_scope(engine) as s:
+        model = registry.add_model(s, "smol", "smollm2-135m", dtype="float32")
+    assert model.label_ids[layout][:5] == [33, 34, 35, 36, 37] and model.n_params == 134_515_008
+    scorer = load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16)
+    reqs = requests(records(2, 3), layout)
+    assert max_delta(scorer, reqs, model.label_ids[layout]) <= 1e-4
