@@ -90,6 +90,17 @@ def _digest(instruction: str, input: str, output: str) -> str:
     return hashlib.sha256(b"%d:%s%d:%s%d:%s" % (len(i), i, len(n), n, len(o), o)).hexdigest()
 
 
+def _checked_digest(instruction: str, input: str, output: str) -> str:
+    """_digest, refusing text no backend can store (PostgreSQL text cannot hold NUL)."""
+    for name, text in (("instruction", instruction), ("input", input), ("output", output)):
+        if "\x00" in text:
+            raise _Invalid(f"field '{name}' contains a NUL character")
+    try:
+        return _digest(instruction, input, output)
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
+        raise _Invalid(f"text contains an unpaired surrogate ({exc.object[exc.start]!a})") from None
+
+
 def content_hash(instruction: str, input: str, output: str) -> str:
     """sha256 hex of the canonical fields, each preceded by its UTF-8 byte length and ``:``.
 
@@ -351,6 +362,8 @@ def _original_id(obj: dict[str, Any]) -> str | None:
     if value is None:
         return None
     value = str(value)
+    if "\x00" in value:
+        raise _Invalid("field 'id' contains a NUL character")
     if len(value) > MAX_ORIGINAL_ID:
         raise _Invalid(f"field 'id' is longer than {MAX_ORIGINAL_ID} characters")
     return value
@@ -610,6 +623,8 @@ def ingest_file(
                             fmt = result.format = shape
                     instruction, inp, output = _SHAPES[shape](obj)
                     original_id = _original_id(obj)
+                    instruction, inp, output = canonical(instruction), canonical(inp), canonical(output)
+                    digest = _checked_digest(instruction, inp, output)
                 except _Invalid as exc:
                     bad = InvalidRecord(raw.record, raw.line, str(exc))
                     if not skip_invalid:
@@ -618,8 +633,6 @@ def ingest_file(
                         raise IngestError(f"{path}, {where}: {bad.reason}. {hint}") from None
                     result.invalid.append(bad)
                     continue
-                instruction, inp, output = canonical(instruction), canonical(inp), canonical(output)
-                digest = _digest(instruction, inp, output)
                 if digest in seen:
                     continue
                 seen.add(digest)

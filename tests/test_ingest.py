@@ -320,6 +320,20 @@ def test_skip_invalid_commits_the_valid_records_and_lists_the_rest(cli, db_url: 
     assert [m[0] for m in members(db_url, "d")] == [0, 3]
 
 
+def test_text_no_backend_can_store_is_an_invalid_record(cli, db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "odd.jsonl"  # JSON escapes: a NUL in the output, a lone surrogate in the instruction
+    path.write_text(json.dumps(rec(0)) + "\n" + '{"instruction": "a", "output": "b\\u0000c"}\n'
+                    + '{"instruction": "x\\ud800", "output": "y"}\n', encoding="utf-8")
+    result = cli("ingest", path, "--dataset", "d", "--skip-invalid")
+    assert result.stdout == "d: read 3, new 1, duplicates 0, invalid 2\n"
+    assert result.stderr.splitlines() == [
+        "skipped 2 invalid records:",
+        "  record 2 (line 2): field 'output' contains a NUL character",
+        "  record 3 (line 3): text contains an unpaired surrogate ('\\ud800')",
+    ]
+    assert counts(db_url) == (1, 1, 1)
+
+
 # ---------------------------------------------------------------------------------- listing
 
 
