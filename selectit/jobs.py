@@ -83,6 +83,16 @@ def max_job_attempts() -> int:
     return int(_env_number("SELECTIT_MAX_JOB_ATTEMPTS", 3))
 
 
+def job_tokens() -> int:
+    """Estimated prompt tokens per planned job [$SELECTIT_JOB_TOKENS, 200000]."""
+    return int(_env_number("SELECTIT_JOB_TOKENS", DEFAULT_MAX_TOKENS_PER_JOB))
+
+
+def default_batch_size() -> int:
+    """Samples per committed batch of a job [$SELECTIT_BATCH_SIZE, 16]."""
+    return max(1, int(_env_number("SELECTIT_BATCH_SIZE", DEFAULT_BATCH_SIZE)))
+
+
 def lease_seconds() -> float:
     """A claim's lease, renewed after every batch [$SELECTIT_LEASE_SECONDS, 300]."""
     return _env_number("SELECTIT_LEASE_SECONDS", 300.0)
@@ -277,7 +287,7 @@ def _lock_planner(session: Session) -> None:
 
 
 def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None,
-         prompt_set: str | None = None, max_tokens_per_job: int = DEFAULT_MAX_TOKENS_PER_JOB,
+         prompt_set: str | None = None, max_tokens_per_job: int | None = None,
          max_samples_per_job: int = MAX_SAMPLES_PER_JOB, strict: bool = True) -> list[int]:
     """Create jobs for every missing cell not already in an open job; commit; return their ids.
 
@@ -287,7 +297,7 @@ def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None
         _lock_planner(session)
         scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set, strict=strict)
         rows = missing_cells(session, scope=scope, exclude_open=True)
-        chunks = list(_chunks(rows, max_tokens_per_job, max_samples_per_job))
+        chunks = list(_chunks(rows, max_tokens_per_job or job_tokens(), max_samples_per_job))
         if not chunks:
             return []
         now = utcnow()
@@ -500,7 +510,7 @@ def _score_batch(scorer: Scorer, requests: list[Any]) -> list[Any]:
 
 
 def run_job(engine: Engine, job_id: int, scorer_for: Callable[[LLM], Scorer], worker: str, *,
-            batch_size: int = DEFAULT_BATCH_SIZE, on_cells: Callable[[int, int], None] | None = None,
+            batch_size: int | None = None, on_cells: Callable[[int, int], None] | None = None,
             lease: float | None = None) -> JobOutcome:
     """Claim job `job_id`, score its still-missing cells in committed batches, mark it done.
 
@@ -530,6 +540,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: Callable[[LLM], Scorer], wo
             cells = _cells_to_score(session, job)
             prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
         sample_ids = list(cells)
+        batch_size = batch_size or default_batch_size()
         for start in range(0, len(sample_ids), batch_size):
             batch = {s: cells[s] for s in sample_ids[start:start + batch_size]}
             with db.session_scope(engine) as session:

@@ -1,0 +1,269 @@
+"""The Celery fleet: real `celery worker` and `celery beat` processes, a real Redis, PostgreSQL
+(and SQLite for one machine), the tiny test model on CPU; plus the docker-compose file.
+
+Workers score through tests/scorer_hooks.py, which logs every computed cell, so "every cell
+exactly once" is checked on what was computed, not only on what was stored.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from selectit import db
+from selectit.schema import Job, Score
+from test_jobs import DEMO, add_model, computed, seed, tiny_dir  # noqa: F401 - tiny_dir is a fixture
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+WAIT = 150  # seconds: the bound of every wait, far above a normal run on 2 cores
+
+
+class Fleet:
+    """Celery worker and beat processes of one test; everything is stopped at the end."""
+
+    def __init__(self, tmp: Path, db_url: str, broker: str, **env: str) -> None:
+        self.tmp, self.procs = tmp, {}
+        self.log = tmp / "cells.log"
+        self.env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}",
+                    "SELECTIT_DATABASE_URL": db_url, "SELECTIT_BROKER_URL": broker,
+                    "SELECTIT_SCORER": "scorer_hooks:load", "SELECTIT_TEST_LOG": str(self.log),
+                    "SELECTIT_PLAN_INTERVAL": "1", "SELECTIT_REQUEUE_INTERVAL": "1",
+                    "SELECTIT_LEASE_SECONDS": "4", "SELECTIT_JOB_TOKENS": "600", **env}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        out = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.app", *args],
+                                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp)
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, name: str, queues: str = "model.tiny,model.tiny2,control") -> subprocess.Popen:
+        return self.start(name, "worker", "-Q", queues, "--pool", "solo", "-n", f"{name}@%h",
+                          "--without-gossip", "--without-mingle", "-l", "INFO")
+
+    def beat(self) -> subprocess.Popen:
+        return self.start("beat", "beat", "-s", str(self.tmp / "beat-schedule"), "-l", "INFO")
+
+    def output(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def wait_ready(self, *names: str) -> None:
+        wait_for(lambda: all(" ready." in self.output(n) for n in names), f"workers {names} to start", self)
+
+    def describe(self) -> str:
+        return "\n".join(f"--- {n} (rc={p.poll()}):\n{self.output(n)[-3000:]}" for n, p in self.procs.items())
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for(cond: Callable[[], bool], what: str, fleet: Fleet | None = None, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{fleet.describe() if fleet else ''}")
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def fleet(tmp_path, redis_url) -> Iterator[Callable[..., Fleet]]:
+    made: list[Fleet] = []
+
+    def make(db_url: str, broker: str = redis_url, **env: str) -> Fleet:
+        import redis
+
+        redis.Redis.from_url(broker).flushdb()  # no messages of an earlier test
+        made.append(Fleet(tmp_path, db_url, broker, **env))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.stop()
+
+
+def scores(engine: sa.Engine) -> dict[tuple[int, int, int], tuple[str, int, str | None]]:
+    with db.session_scope(engine) as session:
+        return {(r.sample_id, r.model_id, r.prompt_id): (r.status, r.attempts, r.worker)
+                for r in session.scalars(sa.select(Score))}
+
+
+def settled(engine: sa.Engine, n_cells: int) -> Callable[[], bool]:
+    """All n cells stored: ok, or failed at the attempt limit (3)."""
+    def check() -> bool:
+        rows = scores(engine)
+        return len(rows) == n_cells and all(s == "ok" or a >= 3 for s, a, _ in rows.values())
+    return check
+
+
+def test_two_workers_fill_a_dataset_once_then_pick_up_a_new_model_and_dataset(
+        db_url, engine, tmp_path, tiny_dir, fleet) -> None:
+    f = fleet(db_url, SELECTIT_TEST_POISON="POISON", SELECTIT_TEST_DELAY="0.3")
+    f.worker("w1"), f.worker("w2")
+    f.wait_ready("w1", "w2")
+    first = [dict(r) for r in DEMO[:8]]
+    first[3]["instruction"] = "POISON " + first[3]["instruction"]
+    seed(engine, tmp_path, "d1", first)
+    m1 = add_model(engine, "tiny", tiny_dir)
+    f.beat()  # nobody runs a command: beat plans, and re-plans the failed cells
+    wait_for(settled(engine, 8 * 5), "the first dataset to be scored", f)
+
+    rows = scores(engine)
+    failed = {k for k, v in rows.items() if v[0] == "failed"}
+    assert len(failed) == 5 and {rows[k][1] for k in failed} == {3}  # the poisoned sample, 3 attempts
+    assert len({v[2].split(":")[1] for v in rows.values()}) == 2  # both worker processes scored
+    with db.session_scope(engine) as session:
+        errors = set(session.scalars(sa.select(Score.error).where(Score.status == "failed")))
+    assert errors == {"RuntimeError: injected failure"}
+
+    # while the workers run: a new dataset (2 samples shared with the first) and a second model
+    seed(engine, tmp_path, "d2", DEMO[6:12])
+    m2 = add_model(engine, "tiny2", tiny_dir)
+    wait_for(settled(engine, 12 * 5 * 2), "the new dataset and model to be scored", f)
+    rows = scores(engine)
+    assert {m for _, m, _ in rows} == {m1, m2}
+    assert sum(1 for v in rows.values() if v[0] == "failed") == 10  # the poison sample, both models
+    log = computed(f.log)
+    assert set(log) == {k for k, v in rows.items() if v[0] == "ok"}
+    assert max(log.values()) == 1, "a cell was computed twice"
+    assert "database is locked" not in f.describe()
+    with db.session_scope(engine) as session:
+        assert set(session.scalars(sa.select(Job.status))) == {"done"}
+
+
+def test_a_killed_worker_s_job_is_requeued_and_finished_by_the_other(
+        postgres_url, tmp_path, tiny_dir, fleet) -> None:
+    engine = db.open_store(postgres_url)
+    f = fleet(postgres_url, SELECTIT_TEST_DELAY="0.7", SELECTIT_BATCH_SIZE="1", SELECTIT_JOB_TOKENS="100000")
+    procs = {"w1": f.worker("w1"), "w2": f.worker("w2")}
+    f.wait_ready("w1", "w2")
+    seed(engine, tmp_path, "d", DEMO[:6])
+    add_model(engine, "tiny", tiny_dir)
+    f.beat()
+    wait_for(lambda: len(scores(engine)) >= 10, "the one job to be half done", f)
+    holder = next(v[2] for v in scores(engine).values())
+    victim = next(n for n, p in procs.items() if holder.endswith(f":{p.pid}"))
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    written = scores(engine)
+    assert len(written) < 30, "the job finished before its worker was killed"
+
+    wait_for(settled(engine, 30), "the other worker to finish the job", f)
+    rows = scores(engine)
+    assert {v[:2] for v in rows.values()} == {("ok", 1)}
+    survivor = {v[2] for k, v in rows.items() if k not in written}
+    assert len(survivor) == 1 and holder not in survivor
+    log = computed(f.log)
+    for cell in written:  # what the killed worker committed was not computed again
+        assert log[cell] == 1, cell
+    with db.session_scope(engine) as session:
+        (job,) = session.scalars(sa.select(Job)).all()
+    assert (job.status, job.attempts) == ("done", 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis(port: int, tmp: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    wait_for(lambda: _listening(port), "redis-server to listen")
+    return proc
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_redis_restart_mid_run_loses_nothing(postgres_url, tmp_path, tiny_dir, fleet) -> None:
+    engine = db.open_store(postgres_url)
+    port = _free_port()
+    server = _redis(port, tmp_path)
+    try:
+        f = fleet(postgres_url, broker=f"redis://127.0.0.1:{port}/0", SELECTIT_TEST_DELAY="0.5",
+                  SELECTIT_BATCH_SIZE="1")
+        f.worker("w1")
+        f.wait_ready("w1")
+        seed(engine, tmp_path, "d", DEMO[:8])
+        add_model(engine, "tiny", tiny_dir)
+        f.beat()
+        wait_for(lambda: len(scores(engine)) >= 5, "scoring to start", f)
+        server.terminate()  # no persistence: every queued message is lost
+        server.wait()
+        time.sleep(1)
+        server = _redis(port, tmp_path)
+        wait_for(settled(engine, 40), "the run to complete after the restart", f)
+        rows = scores(engine)
+        assert {v[:2] for v in rows.values()} == {("ok", 1)}
+        with db.session_scope(engine) as session:
+            assert set(session.scalars(sa.select(Job.status))) == {"done"}
+    finally:
+        server.terminate()
+        server.wait()
+
+
+# ------------------------------------------------------------------------------------ compose file
+
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+ENV_EXAMPLE = (ROOT / ".env.example").read_text()
+
+
+def test_compose_has_the_fleet_services() -> None:
+    services = COMPOSE["services"]
+    assert {"postgres", "redis", "migrate", "worker", "control", "beat", "flower"} <= set(services)
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
+    assert services["migrate"]["restart"] == "no"
+    for name in ("worker", "control", "beat"):
+        deps = services[name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["redis"]["condition"] == "service_healthy"
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert "${SELECTIT_MODEL_SOURCE" in json.dumps(services["worker"])
+
+
+def test_compose_bakes_in_no_secret_and_keeps_redis_inside() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "ports" not in COMPOSE["services"]["redis"]  # reachable on the compose network only
+    for var in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_PASSWORD"):
+        assert f"${{{var}:?" in text, f"{var} must come from the environment"
+        (value,) = [line.split("=", 1)[1] for line in ENV_EXAMPLE.splitlines() if line.startswith(f"{var}=")]
+        assert value.startswith("change-me") and value not in text
+    assert "requirepass" in json.dumps(COMPOSE["services"]["redis"]["command"])
+
+
+def test_workers_json_only_acks_late_prefetch_one() -> None:
+    from workers.app import app
+
+    conf = app.conf
+    assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
+    assert conf.task_acks_late and conf.worker_prefetch_multiplier == 1 and conf.worker_pool == "solo"
+    assert {e["task"] for e in conf.beat_schedule.values()} == {"selectit.plan", "selectit.requeue_expired"}
