@@ -31,40 +31,38 @@ MARKER = "<!-- selectit report -->"
 
 # ----------------------------------------------------------------------------------------------
 # The calculation heuristic (the paper found Selective Alpaca richer in calculation).
-# An instruction counts as a *calculation* when its instruction or input has
-#   - a number, an arithmetic operator and a number ("3 + 4", "12*7", "2^10", "5 / 2", "7 - 3"
-#     with spaces around the minus, so dates and ranges like 2020-01-01 do not count), or
-#   - a number followed by a percent sign ("15%"), or
-#   - a calculation word: calculate, compute, solve, sum, total, how many, how much, percentage,
-#     percent, average, multiply, divide, subtract, equation, arithmetic, square root, … (whole
-#     words, case-insensitive; see CALC_WORDS).
+# A sample counts as a *calculation* when
+#   - its instruction or its input holds arithmetic: a number, an operator and a number
+#     ("3 + 4", "12*7", "2^10", "5 × 3"), or with spaces around it "7 - 3", "10 / 2", "5 x 3"
+#     (unspaced "-", "/" and "x" are dates, ranges, paths and sizes: 2020-01-01, 4/4, 1920x1080);
+#   - or its instruction has a percentage ("15%") or a calculation word (CALC_WORDS: calculate,
+#     compute, solve, sum — not "sum up" —, total, how many, how much, percentage, average,
+#     multiply, divided by, subtract, equation, arithmetic, square root, …; whole words, any
+#     case). Words and percentages in the input are not counted: inputs are often passages
+#     ("cloud computing", "grew 47%") about something else.
 # It is a heuristic for a summary figure, not a classifier; the test pins it on known samples.
 # ----------------------------------------------------------------------------------------------
 CALC_WORDS = (
-    "calculate", "calculated", "calculating", "calculation", "calculations",
-    "compute", "computed", "computing", "computation",
-    "solve", "solving", "sum", "total", "how many", "how much",
-    "percentage", "percent", "average", "mean of",
-    "multiply", "multiplied", "multiplication", "divide", "divided", "division",
-    "subtract", "subtraction", "addition", "equation", "equations", "arithmetic",
-    "square root", "factorial", "remainder", "product of", "quotient",
+    "calculate", "calculated", "calculating", "calculation", "calculations", "compute", "computed",
+    "solve", "solving", "sum", "total", "how many", "how much", "percentage", "percent",
+    "average", "mean of", "multiply", "multiplied", "multiplication", "divided by",
+    "subtract", "subtraction", "equation", "equations", "arithmetic", "square root",
+    "factorial", "remainder", "product of", "quotient",
 )  # fmt: skip
 _NUM = r"\d+(?:[.,]\d+)?"
+#: Arithmetic between numbers, searched in the instruction and the input.
+ARITHMETIC_RE = re.compile(rf"{_NUM}\s*[+*×÷^]\s*{_NUM}|{_NUM}\s+[-−/x]\s+{_NUM}", re.IGNORECASE)
+#: Percentages and calculation words, searched in the instruction only.
 CALC_RE = re.compile(
-    r"|".join(
-        [
-            rf"{_NUM}\s*[+*/×÷^=x]\s*{_NUM}",  # 3+4, 12 * 7, 6x7, 2^10, 10/2
-            rf"{_NUM}\s+[-−]\s+{_NUM}",  # 7 - 3 (spaced: not a date or a range)
-            rf"{_NUM}\s*%",  # 15%
-            r"\b(?:" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in CALC_WORDS) + r")\b",
-        ]
-    ),
+    rf"{_NUM}\s*%|\b(?:"
+    + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in CALC_WORDS).replace("sum", r"sum(?!\s+up\b)")
+    + r")\b",
     re.IGNORECASE,
 )
 
 
 def is_calculation(instruction: str, input: str = "") -> bool:
-    """True when the instruction or its input looks like a calculation (see CALC_RE).
+    """True when the sample looks like a calculation (see ARITHMETIC_RE and CALC_RE).
 
     >>> is_calculation("Calculate the area of a circle with radius 4.")
     True
@@ -73,7 +71,7 @@ def is_calculation(instruction: str, input: str = "") -> bool:
     >>> is_calculation("Write a poem about the sea.", "Born on 2020-01-01")
     False
     """
-    return bool(CALC_RE.search(instruction) or CALC_RE.search(input or ""))
+    return bool(ARITHMETIC_RE.search(instruction) or ARITHMETIC_RE.search(input or "") or CALC_RE.search(instruction))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,30 +127,34 @@ def rankdata(values: Sequence[float]) -> Any:
     """Ranks 1..n, ties get the average of their ranks (as Spearman's rho needs)."""
     import numpy as np
 
-    x = np.asarray(values, dtype=float)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=float)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    _, inverse, counts = np.unique(np.asarray(values, dtype=float), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # the last rank of each distinct value, in sorted order
+    return ((ends - counts + 1 + ends) / 2.0)[inverse]
+
+
+def spearman_matrix(columns: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Spearman's rank correlation between equally long columns (Pearson on average ranks).
+
+    NaN where undefined (fewer than two values, or a constant column).
+    """
+    import numpy as np
+
+    k = len(columns)
+    if k == 0:
+        return []
+    if len(columns[0]) < 2:
+        return [[math.nan] * k for _ in range(k)]
+    ranks = np.array([rankdata(c) for c in columns])
+    ranks -= ranks.mean(axis=1, keepdims=True)
+    norms = np.sqrt((ranks**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (ranks @ ranks.T) / np.outer(norms, norms)
+    return [[float(v) if np.isfinite(v) else math.nan for v in row] for row in np.clip(rho, -1, 1)]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rank correlation (Pearson on average ranks); NaN when undefined."""
-    import numpy as np
-
-    if len(a) < 2:
-        return math.nan
-    ra, rb = rankdata(a), rankdata(b)
-    if np.all(ra == ra[0]) or np.all(rb == rb[0]):
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman's rank correlation of two series; NaN when undefined."""
+    return spearman_matrix([a, b])[0][1]
 
 
 def _round(x: Any, digits: int = 4) -> Any:
@@ -179,8 +181,11 @@ STATS_COLUMNS = ["series", "n", "mean", "std", "min", "median", "max"]
 
 
 def _histogram_table(name: str, title: str, series: dict[str, Sequence[float]], bins: int = 20,
-                     lo: float | None = None, hi: float | None = None) -> tuple[Table, Any]:
-    """Counts of every series over one set of common bin edges."""
+                     lo: float | None = None, hi: float | None = None) -> tuple[Table, Any, dict[str, Any]]:
+    """Counts of every series over one set of common bin edges: (table, edges, counts).
+
+    The plots draw these very counts (`Axes.stairs`), so the picture and the table agree.
+    """
     import numpy as np
 
     everything = np.concatenate([np.asarray(v, dtype=float) for v in series.values()] or [np.zeros(0)])
@@ -194,7 +199,7 @@ def _histogram_table(name: str, title: str, series: dict[str, Sequence[float]], 
         [_round(float(edges[i]), 4), _round(float(edges[i + 1]), 4), *(int(counts[k][i]) for k in series)]
         for i in range(bins)
     ]
-    return Table(name, title, ["bin_from", "bin_to", *series], rows), edges
+    return Table(name, title, ["bin_from", "bin_to", *series], rows), edges, counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +222,7 @@ class _Data:
     sent: dict[str, dict[int, float]]  # model → sample → S_sent
     token: dict[tuple[str, int], dict[int, float]]  # (model, position) → sample → S_token
     ranking: list[tuple[int, int, float]]  # sample, rank, s_model (rank order)
-    samples: dict[int, tuple[str, str, int]]  # sample → instruction, input, output length
+    samples: dict[int, tuple[bool, int]]  # sample → (is a calculation, output length in characters)
     coverage: list[tuple[Any, ...]]
     selected: list[int]  # sample ids of `selective_alpaca`, best first
 
@@ -253,13 +258,18 @@ def _gather(con: Any, dataset: str) -> _Data:
     ):
         sent.setdefault(model, {})[int(sample_id)] = float(s)
     token: dict[tuple[str, int], dict[int, float]] = {}
-    for model, position, sample_id, s in _fetch(
-        con,
+    cols = con.execute(
         f"SELECT v.model, v.position, v.sample_id, v.s_token FROM token_scores v {in_dataset} "
         "WHERE v.s_token IS NOT NULL ORDER BY v.model, v.position, v.sample_id",
         [dataset_id],
-    ):
-        token.setdefault((model, int(position)), {})[int(sample_id)] = float(s)
+    ).fetchnumpy()  # columns, not 5 × 52k Python tuples
+    model_col, position_col = cols["model"], cols["position"]
+    for model in dict.fromkeys(model_col.tolist()):
+        for position in dict.fromkeys(position_col[model_col == model].tolist()):
+            mask = (model_col == model) & (position_col == position)
+            token[(str(model), int(position))] = dict(
+                zip(cols["sample_id"][mask].tolist(), cols["s_token"][mask].astype(float).tolist())
+            )
 
     # The selected samples are the fusion's own `selective_alpaca` (the top share, rounded down).
     selected = [
@@ -272,7 +282,7 @@ def _gather(con: Any, dataset: str) -> _Data:
         )
     ]
     samples = {
-        int(sid): (ins or "", inp or "", int(n))
+        int(sid): (is_calculation(ins or "", inp or ""), int(n))
         for sid, ins, inp, n in _fetch(
             con,
             "SELECT s.id, s.instruction, s.input, length(s.output) FROM store.samples s "
@@ -355,11 +365,11 @@ def _sent_section(d: _Data, plt: Any, out: Path) -> Section:
     if not series:
         sec.note = "No sample has a complete sentence-level score yet: run `selectit score` first."
         return sec
-    hist, edges = _histogram_table("s_sent_histogram", "S_sent histogram (counts per bin)", series)
+    hist, edges, counts = _histogram_table("s_sent_histogram", "S_sent histogram (counts per bin)", series)
     summary = Table("s_sent_summary", "S_sent per model", STATS_COLUMNS, [_stats_row(k, v) for k, v in series.items()])
     fig, axes = plt.subplots(len(series), 1, figsize=(7, 2.2 * len(series) + 0.6), sharex=True, squeeze=False)
     for ax, (name, values) in zip(axes[:, 0], series.items()):
-        ax.hist(values, bins=edges, color="#4c72b0")
+        ax.stairs(counts[name], edges, fill=True, color="#4c72b0")
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("samples")
     axes[-1, 0].set_xlabel("S_sent")
@@ -385,7 +395,7 @@ def _token_section(d: _Data, plt: Any, out: Path) -> Section:
     if not series:
         sec.note = "No token-level score yet: run `selectit score` first."
         return sec
-    hist, edges = _histogram_table("s_token_histogram", "S_token histogram (counts per bin)", series)
+    hist, edges, counts = _histogram_table("s_token_histogram", "S_token histogram (counts per bin)", series)
     summary = Table("s_token_summary", "S_token per prompt and model", STATS_COLUMNS,
                     [_stats_row(k, v) for k, v in series.items()])  # fmt: skip
     n = len(positions)
@@ -395,9 +405,9 @@ def _token_section(d: _Data, plt: Any, out: Path) -> Section:
     for i, pos in enumerate(positions):
         ax = axes[i // cols, i % cols]
         for m in model_names:
-            values = d.token.get((m, pos), {})
-            if values:
-                ax.hist(list(values.values()), bins=edges, histtype="step", linewidth=1.5, label=m)
+            key = f"{_prompt_label(pos)} · {m}"
+            if key in counts:
+                ax.stairs(counts[key], edges, linewidth=1.5, label=m)
         ax.set_title(_prompt_label(pos), fontsize=10)
         ax.set_xlabel("S_token")
     for j in range(n, rows * cols):
@@ -414,8 +424,7 @@ def _matrix(labels: list[str], columns: dict[str, dict[int, float]]) -> tuple[li
     for values in columns.values():
         common = set(values) if common is None else common & set(values)
     ids = sorted(common or ())
-    m = [[spearman([columns[a][i] for i in ids], [columns[b][i] for i in ids]) for b in labels] for a in labels]
-    return m, len(ids)
+    return spearman_matrix([[columns[c][i] for i in ids] for c in labels]), len(ids)
 
 
 def _heatmap(ax: Any, matrix: list[list[float]], labels: list[str], title: str) -> Any:
@@ -427,7 +436,7 @@ def _heatmap(ax: Any, matrix: list[list[float]], labels: list[str], title: str) 
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            text = "–" if math.isnan(arr[i, j]) else f"{arr[i, j]:.2f}"
+            text = "–" if math.isnan(arr[i, j]) else f"{arr[i, j]:.2f}".replace("-0.00", "0.00")
             dark = not math.isnan(arr[i, j]) and abs(arr[i, j]) > 0.6
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_title(title, fontsize=10)
@@ -461,10 +470,15 @@ def _prompt_agreement_section(d: _Data, plt: Any, out: Path) -> Section:
                 rows.append([m, n, a, *(_round(by.get(b, math.nan)) for b in all_labels)])
         labels = all_labels
     sec.tables = [Table("prompt_agreement", "Spearman ρ between prompts (S_token)", ["model", "n", "prompt", *labels], rows)]
-    fig, axes = plt.subplots(1, len(per_model), figsize=(4.2 * len(per_model), 4), squeeze=False)
-    for ax, (m, lab, matrix, n) in zip(axes[0], per_model):
+    cols = min(len(per_model), 2)
+    rows = math.ceil(len(per_model) / cols)
+    side = 1.6 + 0.75 * len(labels)  # inches per heatmap, so the numbers fit in their cells
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows), squeeze=False)
+    for ax, (m, lab, matrix, n) in zip(axes.flat, per_model):
         im = _heatmap(ax, matrix, lab, f"{m} (n={n})")
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="Spearman ρ")
+    for ax in list(axes.flat)[len(per_model):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="Spearman ρ")
     sec.png = _save(fig, plt, out, sec.name, tight=False)
     return sec
 
@@ -511,7 +525,7 @@ def _length_section(d: _Data, plt: Any, out: Path) -> Section:
         "(every chosen cell scored) and the selected top share. The paper found its selection longer.",
     )  # fmt: skip
     groups = _groups(d)
-    lengths = {g: [d.samples[s][2] for s in ids] for g, ids in groups.items()}
+    lengths = {g: [d.samples[s][1] for s in ids] for g, ids in groups.items()}
     rows = []
     for g, v in lengths.items():
         a = np.asarray(v, dtype=float)
@@ -523,7 +537,7 @@ def _length_section(d: _Data, plt: Any, out: Path) -> Section:
     summary = Table("length_summary", "Response length (characters)",
                     ["group", "samples", "mean", "median", "p25", "p75", "max"], rows)  # fmt: skip
     present = {g: v for g, v in lengths.items() if v}
-    hist, edges = _histogram_table("length_histogram", "Response length histogram (counts per bin)", present, bins=30, lo=0.0)
+    hist, edges, counts = _histogram_table("length_histogram", "Response length histogram (counts per bin)", present, bins=30, lo=0.0)
     sec.tables = [summary, hist]
     if not present:
         sec.note = "The dataset is empty."
@@ -531,7 +545,8 @@ def _length_section(d: _Data, plt: Any, out: Path) -> Section:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colors = {"full dataset": "#999999", "rankable": "#4c72b0", "selected": "#dd8452"}
     for g, v in present.items():
-        ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.8, label=f"{g} (n={len(v)})", color=colors[g])
+        density = counts[g] / (len(v) * np.diff(edges))  # share of the group per character
+        ax.stairs(density, edges, linewidth=1.8, label=f"{g} (n={len(v)})", color=colors[g])
     ax.set_xlabel("response length (characters)")
     ax.set_ylabel("share of samples per character")
     ax.legend(fontsize=8)
@@ -542,15 +557,15 @@ def _length_section(d: _Data, plt: Any, out: Path) -> Section:
 def _calc_section(d: _Data, plt: Any, out: Path) -> Section:
     sec = Section(
         "calculation_share", "Calculation instructions: selected vs full dataset",
-        "Share of instructions that ask for a calculation, by a heuristic: the instruction or its input "
-        "holds numbers joined by an arithmetic operator (3 + 4, 12*7, 2^10, 7 - 3), a percentage "
-        "(15%), or a word such as calculate, compute, solve, sum, total, how many, how much, "
-        "percentage, average, multiply, divide, equation. The paper found its selection richer in "
-        "calculation.",
+        "Share of samples that ask for a calculation, by a heuristic: the instruction or its input "
+        "holds numbers joined by an arithmetic operator (3 + 4, 12*7, 2^10, 7 - 3 with spaces), or the "
+        "instruction holds a percentage (15%) or a word such as calculate, compute, solve, sum, total, "
+        "how many, how much, percentage, average, multiply, divided by, equation. The paper found its "
+        "selection richer in calculation.",
     )  # fmt: skip
     rows = []
     for g, ids in _groups(d).items():
-        n_calc = sum(1 for s in ids if is_calculation(d.samples[s][0], d.samples[s][1]))
+        n_calc = sum(1 for s in ids if d.samples[s][0])
         rows.append([g, len(ids), n_calc, _round(n_calc / len(ids)) if ids else None])
     sec.tables = [Table("calculation_share", "Calculation instructions", ["group", "samples", "calculation", "share"], rows)]
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -561,6 +576,7 @@ def _calc_section(d: _Data, plt: Any, out: Path) -> Section:
         ax.annotate(f"{r[2]}/{r[1]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)  # fmt: skip
     ax.set_ylabel("calculation instructions (%)")
+    ax.set_ylim(0, max(max(shares) * 1.15, 1.0))
     sec.png = _save(fig, plt, out, sec.name)
     return sec
 
@@ -786,4 +802,4 @@ def build_report(
     )
 
 
-__all__ = ["CALC_RE", "CALC_WORDS", "ReportError", "ReportResult", "Table", "build_report", "is_calculation", "spearman"]
+__all__ = ["ARITHMETIC_RE", "CALC_RE", "CALC_WORDS", "ReportError", "ReportResult", "Table", "build_report", "is_calculation", "rankdata", "spearman", "spearman_matrix"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import statistics
 from html.parser import HTMLParser
 from pathlib import Path
@@ -146,9 +147,18 @@ def test_the_calculation_heuristic_on_known_instructions() -> None:
     for ins, inp, _, expected in SAMPLES:
         assert is_calculation(ins, inp) is expected, (ins, inp)
     assert not is_calculation("Summarize the article.")  # "sum" is a whole word only
+    assert not is_calculation("Sum up the main points.")
+    assert is_calculation("Find the sum of the list.", "1, 5, 10")
     assert not is_calculation("List the events of 1914-1918.")  # a range, not a subtraction
-    assert is_calculation("What is 7 - 3?")
+    assert not is_calculation("Describe the image.", "https://example.org/a/4/4c/1920x1080.png")
+    assert not is_calculation("Divide this list into two paragraphs.")
+    assert not is_calculation("Summarize the passage.", "Sales grew 47% while computing costs fell.")
+    assert is_calculation("Write a function.", "a = 2 + 3")  # arithmetic counts in the input too
+    assert is_calculation("What is 7 - 3?") and is_calculation("What is 10 divided by 2?")
     assert is_calculation("What is the AVERAGE of these numbers?")
+    # The README quotes this count for the bundled demo set.
+    demo = json.loads((Path(__file__).parent.parent / "selectit/data/alpaca_en_demo.json").read_text(encoding="utf-8"))
+    assert sum(is_calculation(r["instruction"], r.get("input", "")) for r in demo) == 50
 
 
 def test_report_files_tables_and_images(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
