@@ -202,9 +202,9 @@ def _iter_json_list(path: Path, progress: Callable[[int, int], None]) -> Iterato
                           f"Nothing was ingested; wrap the records in [ … ] or write one per line (JSONL).")
     total = len(items)
     for i, obj in enumerate(items, 1):
-        if i % 1000 == 0 or i == total:
-            progress(i, total)
         yield _Raw(i, None, obj)
+        if i % 1000 == 0 or i == total:  # after the consumer counted record i
+            progress(i, total)
 
 
 def _iter_jsonl(path: Path, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
@@ -225,12 +225,12 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None]) -> Iterator[_R
             if not line.strip():
                 continue
             record += 1
-            if record % 1000 == 0:
-                progress(offset, total)
             try:
                 yield _Raw(record, lineno, json.loads(line))
             except json.JSONDecodeError as exc:
                 yield _Raw(record, lineno, error=f"invalid JSON ({exc.msg}, column {exc.colno})")
+            if record % 1000 == 0:
+                progress(offset, total)
     progress(total, total)
 
 
