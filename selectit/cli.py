@@ -177,11 +177,13 @@ def status(ctx: click.Context) -> None:
 @click.option("--alpha", default=0.2, show_default=True, type=float, help="α of the sentence level.")
 @click.option("--formula", default="paper", show_default=True, type=click.Choice(["paper", "reference-code"]),
               help="Token-level formula.")  # fmt: skip
+@click.option("--weights", default=None, metavar="A=θ,B=θ",
+              help="Model-level θ per model [default: models.weight, else the parameter count].")  # fmt: skip
 @click.option("--top", default=0.2, show_default=True, type=float, help="Share of the ranking that counts as selected.")
 @click.pass_context
 @handles_errors
 def report(ctx: click.Context, dataset: str, out: str, models: str | None, prompt_set: str | None,
-           alpha: float, formula: str, top: float) -> None:  # fmt: skip
+           alpha: float, formula: str, weights: str | None, top: float) -> None:  # fmt: skip
     """Write an HTML report with plots (and the numbers behind them) for a scored dataset.
 
     Score distributions per model and per prompt, agreement between prompts and between models,
@@ -191,14 +193,14 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
     \b
     Example:
       selectit report --dataset alpaca --out report --top 0.2
-      selectit report --dataset alpaca --out report-2 --models smollm2-135m --alpha 0.5
+      selectit report --dataset alpaca --out report-2 --models smollm2,gemma --weights smollm2=1,gemma=2
     """
     from selectit.report import build_report
 
     store(ctx).dispose()  # the schema must be at head before DuckDB reads it
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     result = build_report(ctx.obj["db_url"], dataset, out, models=names, prompt_set=prompt_set, alpha=alpha,
-                          formula=formula, top=top)  # fmt: skip
+                          formula=formula, weights=_parse_weights(weights), top=top)  # fmt: skip
     click.echo(
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."

@@ -696,6 +696,11 @@ def _render(header: list[tuple[str, str]], sections: list[Section], title: str) 
 # ----------------------------------------------------------------------------------------------
 
 
+def _theta(t: float) -> str:
+    """134515008 → '134,515,008' (parameter counts), 0.35 → '0.35' (user weights)."""
+    return f"{t:,.0f}" if t == int(t) else f"{t:g}"
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
@@ -774,7 +779,7 @@ def build_report(
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
             ("dataset", f"{d.dataset} ({d.n_samples} samples)"),
-            ("models (θ, θ/Σθ)", "; ".join(f"{m} (θ={t:g}, {t / theta_sum:.3f})" for _, m, t in d.models) or "none"),
+            ("models (θ, θ/Σθ)", "; ".join(f"{m} (θ={_theta(t)}, {t / theta_sum:.3f})" for _, m, t in d.models) or "none"),
             ("prompt set", f"{d.set_name} ({len(d.prompts)} prompts)"),
             ("α", f"{alpha:g}"),
             ("formula", formula),

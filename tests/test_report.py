@@ -265,10 +265,12 @@ def test_report_command_replaces_its_own_report(engine: sa.Engine, cli, tmp_path
     # Only m-small is chosen: the failed cell is the only thing that keeps a sample out.
     assert header["rankable samples"] == "11" and header["selected samples"] == "2"
 
-    second = cli("report", "--dataset", "demo", "--out", out, "--alpha", "0.5", "--formula", "reference-code")
+    second = cli("report", "--dataset", "demo", "--out", out, "--alpha", "0.5", "--formula", "reference-code",
+                 "--weights", "m-small=3,m-large=1")  # fmt: skip
     assert second.exit_code == 0, second.output
     header = {r[0]: r[1] for r in parse(out / "index.html").tables["table-header"]}
     assert (header["α"], header["formula"], header["rankable samples"]) == ("0.5", "reference-code", "10")
+    assert header["models (θ, θ/Σθ)"] == "m-large (θ=1, 0.250); m-small (θ=3, 0.750)"
     assert sorted(p.name for p in out.parent.iterdir()) == ["report"]  # no temporary or old copies left
 
 
