@@ -273,7 +273,8 @@ def _gather(con: Any, dataset: str) -> _Data:
 
     # The selected samples are the fusion's own `selective_alpaca` (the top share, rounded down).
     selected = [
-        int(r[0]) for r in _fetch(con, "SELECT sample_id FROM selective_alpaca WHERE dataset = ? ORDER BY rank", [dataset])
+        int(r[0])
+        for r in _fetch(con, "SELECT sample_id FROM selective_alpaca WHERE dataset = ? ORDER BY rank", [dataset])
     ]
     ranking = [
         (int(s), int(r), float(m))
@@ -469,7 +470,8 @@ def _prompt_agreement_section(d: _Data, plt: Any, out: Path) -> Section:
                 by = dict(zip(lab, matrix[i]))
                 rows.append([m, n, a, *(_round(by.get(b, math.nan)) for b in all_labels)])
         labels = all_labels
-    sec.tables = [Table("prompt_agreement", "Spearman ρ between prompts (S_token)", ["model", "n", "prompt", *labels], rows)]
+    columns = ["model", "n", "prompt", *labels]
+    sec.tables = [Table("prompt_agreement", "Spearman ρ between prompts (S_token)", columns, rows)]
     cols = min(len(per_model), 2)
     rows = math.ceil(len(per_model) / cols)
     side = 1.6 + 0.75 * len(labels)  # inches per heatmap, so the numbers fit in their cells
@@ -530,14 +532,16 @@ def _length_section(d: _Data, plt: Any, out: Path) -> Section:
     for g, v in lengths.items():
         a = np.asarray(v, dtype=float)
         if len(a):
-            rows.append([g, len(a), _round(float(a.mean()), 2), _round(float(np.median(a)), 2),
-                         _round(float(np.percentile(a, 25)), 2), _round(float(np.percentile(a, 75)), 2), int(a.max())])  # fmt: skip
+            p25, median, p75 = (_round(float(np.percentile(a, q)), 2) for q in (25, 50, 75))
+            rows.append([g, len(a), _round(float(a.mean()), 2), median, p25, p75, int(a.max())])
         else:
             rows.append([g, 0, None, None, None, None, None])
     summary = Table("length_summary", "Response length (characters)",
                     ["group", "samples", "mean", "median", "p25", "p75", "max"], rows)  # fmt: skip
     present = {g: v for g, v in lengths.items() if v}
-    hist, edges, counts = _histogram_table("length_histogram", "Response length histogram (counts per bin)", present, bins=30, lo=0.0)
+    hist, edges, counts = _histogram_table(
+        "length_histogram", "Response length histogram (counts per bin)", present, bins=30, lo=0.0
+    )
     sec.tables = [summary, hist]
     if not present:
         sec.note = "The dataset is empty."
@@ -567,7 +571,8 @@ def _calc_section(d: _Data, plt: Any, out: Path) -> Section:
     for g, ids in _groups(d).items():
         n_calc = sum(1 for s in ids if d.samples[s][0])
         rows.append([g, len(ids), n_calc, _round(n_calc / len(ids)) if ids else None])
-    sec.tables = [Table("calculation_share", "Calculation instructions", ["group", "samples", "calculation", "share"], rows)]
+    columns = ["group", "samples", "calculation", "share"]
+    sec.tables = [Table("calculation_share", "Calculation instructions", columns, rows)]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     labels = [r[0] for r in rows]
     shares = [100 * (r[3] or 0.0) for r in rows]
@@ -779,7 +784,8 @@ def build_report(
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
             ("dataset", f"{d.dataset} ({d.n_samples} samples)"),
-            ("models (θ, θ/Σθ)", "; ".join(f"{m} (θ={_theta(t)}, {t / theta_sum:.3f})" for _, m, t in d.models) or "none"),
+            ("models (θ, θ/Σθ)",
+             "; ".join(f"{m} (θ={_theta(t)}, {t / theta_sum:.3f})" for _, m, t in d.models) or "none"),  # fmt: skip
             ("prompt set", f"{d.set_name} ({len(d.prompts)} prompts)"),
             ("α", f"{alpha:g}"),
             ("formula", formula),
@@ -807,4 +813,7 @@ def build_report(
     )
 
 
-__all__ = ["ARITHMETIC_RE", "CALC_RE", "CALC_WORDS", "ReportError", "ReportResult", "Table", "build_report", "is_calculation", "rankdata", "spearman", "spearman_matrix"]
+__all__ = [
+    "ARITHMETIC_RE", "CALC_RE", "CALC_WORDS", "ReportError", "ReportResult", "Table", "build_report",
+    "is_calculation", "rankdata", "spearman", "spearman_matrix",
+]  # fmt: skip

@@ -16,7 +16,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -30,14 +29,14 @@ SAMPLES = [
     ("What is 12 * 7?", "", "84", True),
     ("How many legs does a spider have?", "", "A spider has eight legs." * 3, True),
     ("Give three tips for staying healthy.", "", "1. Eat well. 2. Sleep enough. 3. Move every day. " * 6, False),
-    ("Write a haiku about autumn.", "", "Leaves drift on cold wind\nthe maple lets go of red\nsilence fills the path", False),
+    ("Write a haiku about autumn.", "", "Leaves drift on cold wind\nthe maple lets go of red\nsilence fills", False),
     ("Summarize the text.", "The meeting on 2020-01-01 covered budgets.", "It covered budgets.", False),
     ("What is 15% of 80?", "", "Fifteen percent of 80 is 12.", True),
     ("Translate to French.", "Good morning, café owner", "Bonjour, propriétaire du café ☕", False),
     ("Solve for x.", "2x + 3 = 11", "Subtract 3 and divide by 2: x = 4. " * 4, True),
     ("Describe the water cycle.", "", "Water evaporates, condenses into clouds and falls as rain. " * 9, False),
     ("Name the capital of France.", "", "Paris.", False),
-    ("Explain photosynthesis in simple terms.", "", "Plants turn light, water and CO2 into sugar and oxygen. " * 4, False),
+    ("Explain photosynthesis simply.", "", "Plants turn light, water and CO2 into sugar and oxygen. " * 4, False),
 ]
 MODELS = [("m-small", 100), ("m-large", 300)]
 N_PROMPTS = 3
@@ -205,7 +204,8 @@ def test_report_files_tables_and_images(engine: sa.Engine, db_url: str, tmp_path
 
     # Selected vs full: recomputed from the fixture and the fusion's own ranking.
     con = fusion.connect(db_url)
-    ranked = [r[0] for r in con.execute("SELECT sample_id FROM ranking WHERE dataset = 'demo' ORDER BY rank").fetchall()]
+    ranking_sql = "SELECT sample_id FROM ranking WHERE dataset = 'demo' ORDER BY rank"
+    ranked = [r[0] for r in con.execute(ranking_sql).fetchall()]
     token = con.execute("SELECT model, position, sample_id, s_token FROM token_scores").df()
     sent = con.execute("SELECT model, sample_id, s_sent, n_prompts FROM sentence_scores").df()
     con.close()
@@ -287,7 +287,9 @@ def test_report_errors_say_what_to_do(engine: sa.Engine, cli, tmp_path: Path) ->
     (busy / "notes.txt").write_text("mine")
     result = cli("report", "--dataset", "demo", "--out", busy)
     assert result.exit_code == 1
-    assert result.output == f"Error: {busy} exists and is not a selectit report; choose another --out or empty it first.\n"
+    assert result.output == (
+        f"Error: {busy} exists and is not a selectit report; choose another --out or empty it first.\n"
+    )
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     result = cli("report", "--dataset", "demo", "--out", tmp_path / "r", "--top", "1.5")
     assert result.exit_code == 1
