@@ -6,7 +6,7 @@ plot is a PNG next to `index.html`, and the numbers behind it are a table on the
 next to the PNG. The page is written into a temporary directory and moved into place at the end,
 so an interrupted run never leaves a half-written report.
 
-matplotlib, numpy and pandas are imported inside the functions: `import selectit` stays light.
+matplotlib and numpy are imported inside the functions, so `import selectit` stays light.
 """
 
 from __future__ import annotations
