@@ -92,6 +92,7 @@ class Scorer:
         self.max_tokens = max_tokens
         self.exact = exact
         self.forwards = 0
+        self.tokens_run = 0  # real (unpadded) tokens through the model, for FLOP estimates
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 4096)
@@ -237,6 +238,7 @@ class Scorer:
         hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos,
                                           use_cache=False).last_hidden_state  # (B, T, H)
         self.forwards += 1
+        self.tokens_run += sum(len(r.tokens) for r in rows)
         b_idx = torch.tensor([b for b, r in enumerate(rows) for _ in r.label_at], device=dev)
         t_idx = torch.tensor([t for r in rows for t in r.label_at], device=dev)
         logits = self.model.get_output_embeddings()(hidden[b_idx, t_idx]).float()  # (N, V), N label positions

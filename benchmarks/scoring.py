@@ -1,0 +1,131 @@
+"""Scoring benchmark: the authors' loop vs selectit's engine, same model, same data, one run.
+
+- baseline: the authors' loop re-created: one fp32 forward per sample × prompt, batch 1, full
+  logits, the reference layout with the first 5 lines of their prompts file;
+- (a) selectit exact mode: reference layout, fp32 (label positions only, batched by length);
+- (b) selectit fast mode: shared-context layout (the `default` set, one packed forward per
+  sample for all 5 prompts), bf16.
+
+Prints samples/s, the ratios to the baseline and max |Δp| of (a) against the baseline. On a CUDA
+device it also prints the share of the GPU's bf16 peak that (b) reaches (FLOPs ≈ 2 × params ×
+tokens / time, tokens = unpadded tokens through the model).
+
+Usage: python benchmarks/scoring.py [--samples 100] [--device cpu|cuda] [--model smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from selectit import db, registry  # noqa: E402
+from selectit.scorer import RatingRequest, load_scorer  # noqa: E402
+
+DEMO = ROOT / "selectit" / "data" / "alpaca_en_demo.json"
+PROMPTS_CANDIDATES = [ROOT.parent / "shared" / "data" / "reference_rating_prompts.txt",
+                      Path("/work/shared/data/reference_rating_prompts.txt"), ROOT / "shared" / "data" /
+                      "reference_rating_prompts.txt"]
+#: Dense bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' data sheets.
+PEAKS = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
+         "L40S": 362e12, "L4": 121e12}
+
+
+def requests(recs: list[dict], layout: str, templates: list[str]) -> list[RatingRequest]:
+    return [RatingRequest(i, tuple(range(len(templates))),
+                          tuple(registry.render(layout, t, r["instruction"], r.get("input", ""), r["output"])
+                                for t in templates), 5) for i, r in enumerate(recs)]
+
+
+@torch.inference_mode()
+def baseline(model, tokenizer, reqs: list[RatingRequest], labels: list[int], device: str) -> dict:
+    """The authors' loop: batch 1, full logits, softmax at the last position."""
+    out = {}
+    for r in reqs:
+        for pid, p in zip(r.prompt_ids, r.prompts):
+            ids = tokenizer(p.text, return_tensors="pt").input_ids.to(device)
+            logits = model(ids).logits  # (1, T, V): full logits, as the reference code
+            out[(r.sample_id, pid)] = logits[0, -1].float().softmax(-1)[labels].tolist()
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default="smollm2-135m", help="a model source (alias, dir or .gguf)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak of the GPU if not known here")
+    args = ap.parse_args()
+    prompts_file = next(p for p in PROMPTS_CANDIDATES if p.is_file())
+    with open(prompts_file, encoding="utf-8") as f:
+        ref_templates = f.readlines()[:5]
+    recs = json.loads(DEMO.read_text(encoding="utf-8"))[: args.samples]
+    n = len(recs)
+
+    tmp = tempfile.mkdtemp()
+    engine = db.open_store(f"sqlite:///{tmp}/bench.db")
+    with db.session_scope(engine) as s:
+        m32 = registry.add_model(s, "bench", args.model, dtype="float32")
+        m16 = registry.add_model(s, "bench", args.model, dtype="bfloat16")
+    exact = load_scorer(m32, device=args.device, exact=True)
+    fast = load_scorer(m16, device=args.device)
+    ref_reqs = requests(recs, "reference", ref_templates)
+    shared_reqs = requests(recs, "shared-context", list(registry.DEFAULT_TEMPLATES))
+    labels = m32.label_ids["reference"][:5]
+
+    # warm-up (one sample each), not timed
+    baseline(exact.model, exact.tokenizer, ref_reqs[:1], labels, args.device)
+    exact.score(ref_reqs[:1])
+    fast.score(shared_reqs[:1])
+
+    sync(args.device)
+    t0 = time.perf_counter()
+    base = baseline(exact.model, exact.tokenizer, ref_reqs, labels, args.device)
+    sync(args.device)
+    t_base = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cells_a = exact.score(ref_reqs)
+    sync(args.device)
+    t_a = time.perf_counter() - t0
+
+    tokens_before = fast.tokens_run
+    t0 = time.perf_counter()
+    cells_b = fast.score(shared_reqs)
+    sync(args.device)
+    t_b = time.perf_counter() - t0
+    tokens_b = fast.tokens_run - tokens_before
+
+    failed = [c for c in cells_a + cells_b if c.error]
+    dp = max(abs(a - b) for c in cells_a if not c.error for a, b in zip(c.probs, base[(c.sample_id, c.prompt_id)]))
+    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"model {args.model} ({m32.n_params:,} parameters), {n} samples × 5 prompts, device {args.device} ({dev_name})")
+    print(f"baseline (authors' loop, fp32, batch 1, full logits): {n / t_base:8.2f} samples/s  ({t_base:.1f} s)")
+    print(f"(a) selectit exact, reference layout, fp32:            {n / t_a:8.2f} samples/s  ({t_a:.1f} s)  "
+          f"{t_base / t_a:.2f}× baseline, max |Δp| vs baseline {dp:.1e}")
+    print(f"(b) selectit fast, shared-context layout, bf16:        {n / t_b:8.2f} samples/s  ({t_b:.1f} s)  "
+          f"{t_base / t_b:.2f}× baseline, {fast.forwards - 1} forwards")
+    print(f"failed cells: {len(failed)}")
+    if args.device.startswith("cuda"):
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+            (v for k, v in PEAKS.items() if k in dev_name), None)
+        flops = 2 * m16.n_params * tokens_b / t_b
+        share = f"{flops / peak:.1%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else "peak unknown (--peak-tflops)"
+        print(f"(b) reaches {flops / 1e12:.1f} TFLOP/s (2 × params × {tokens_b:,} tokens / time): {share}")
+
+
+if __name__ == "__main__":
+    main()
