@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# SAMPLES=999 scores the whole demo dataset (default 100, about 5 minutes on 2 CPU cores).
 demo: venv
-	$(VENV)/bin/selectit ingest selectit/data/alpaca_en_demo.json --dataset alpaca-demo
+	$(VENV)/bin/selectit demo $(if $(SAMPLES),--samples $(SAMPLES))
 
 test: venv
 	bash tests/run.sh

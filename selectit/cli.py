@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -97,21 +98,26 @@ def init(ctx: click.Context) -> None:
               help="alpaca-json | jsonl | sharegpt | messages | parquet [default: detected].")
 @click.option("--skip-invalid", is_flag=True,
               help="Ingest the valid records and list the invalid ones, instead of failing.")
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Read only the file's first N records.")
 @click.pass_context
 @handles_errors
-def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, skip_invalid: bool) -> None:
+def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, skip_invalid: bool,
+           limit: int | None) -> None:
     """Add the records of FILE to a dataset (one transaction; duplicates stored once).
 
     \b
     Example:
       selectit ingest selectit/data/alpaca_en_demo.json --dataset alpaca-demo
       selectit ingest chats.jsonl --dataset chats --format sharegpt --skip-invalid
+      selectit ingest alpaca.json --dataset alpaca-first-100 --limit 100
     """
     from selectit.ingest import ingest_file
 
     engine = store(ctx)
     with _ingest_progress() as progress:
-        result = ingest_file(engine, file, dataset, fmt=fmt, skip_invalid=skip_invalid, progress=progress)
+        result = ingest_file(engine, file, dataset, fmt=fmt, skip_invalid=skip_invalid, progress=progress,
+                             limit=limit)
     if result.invalid:
         click.echo(f"skipped {len(result.invalid)} invalid records:", err=True)
         for line in result.invalid_report():
@@ -712,6 +718,53 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         click.echo(json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2, default=str))
     else:
         print_table(None, columns, rows)
+
+
+DEMO_DATA = db.PROJECT_ROOT / "selectit" / "data" / "alpaca_en_demo.json"
+
+
+@main.command()
+@click.option("--samples", default=100, show_default=True, type=click.IntRange(1, 999),
+              help="How many of the 999 demo records to score (999 = the full set, about 30 min here).")
+@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where selective_alpaca.json and report/ are written.")
+@click.pass_context
+def demo(ctx: click.Context, samples: int, out: str) -> None:
+    """Run the main job end to end on the bundled 999-record Alpaca demo dataset.
+
+    Each step is an ordinary selectit command, printed before it runs: ingest, register
+    SmolLM2-135M-Instruct, score, add Gemma-3-270M and score only its cells, rank with the
+    model-level fusion, export the top 20% (Selective Alpaca) and write the HTML report. A second
+    run reuses every stored score.
+
+    \b
+    Example:
+      selectit demo                  # about 5 minutes on 2 CPU cores
+      selectit demo --samples 999    # the whole demo dataset
+    """
+    subset = f"alpaca-demo-{samples}"
+    out_dir = Path(out)
+    steps = [
+        ["ingest", str(DEMO_DATA), "--dataset", "alpaca-demo"],
+        ["ingest", str(DEMO_DATA), "--dataset", subset, "--limit", str(samples)],
+        ["model", "add", "smollm2", "--source", "smollm2-135m"],
+        ["score", "--dataset", subset, "--model", "smollm2"],
+        ["model", "add", "gemma3", "--source", "gemma3-270m"],
+        # Only Gemma's cells are missing now: SmolLM2's are reused, not recomputed.
+        ["score", "--dataset", subset],
+        ["rank", "--dataset", subset, "--limit", "10"],
+        ["export", "--dataset", subset, "--top", "0.2", "--out", str(out_dir / "selective_alpaca.json")],
+        ["report", "--dataset", subset, "--out", str(out_dir / "report")],
+        ["status"],
+    ]
+    db_args = ["--db", ctx.obj["db_url"]] if ctx.obj["db_url"] else []
+    for step in steps:
+        console.print(f"\n[bold]$ selectit {' '.join(step)}[/bold]")
+        code = main.main([*db_args, *step], prog_name="selectit", standalone_mode=False)
+        if code:  # a step that was interrupted or failed ends the demo with its exit code
+            ctx.exit(code)
+    console.print(f"\nSelective Alpaca (top 20% of {subset}): {out_dir / 'selective_alpaca.json'}; "
+                  f"report: {out_dir / 'report' / 'index.html'}")
 
 
 def print_table(title: str | None, columns: list[str], rows: list[tuple[Any, ...]]) -> None:

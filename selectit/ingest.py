@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import itertools
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -547,6 +548,7 @@ def ingest_file(
     fmt: str | None = None,
     skip_invalid: bool = False,
     progress: Progress | None = None,
+    limit: int | None = None,
 ) -> IngestResult:
     """Ingest one file into `dataset` (created if new), in ONE transaction.
 
@@ -555,6 +557,7 @@ def ingest_file(
     (record number − 1), for its first occurrence only. Re-ingesting a file adds nothing.
     Raises IngestError (nothing committed) on an unreadable file or, unless `skip_invalid`, on
     the first invalid record; with `skip_invalid`, invalid records are returned in `.invalid`.
+    `limit` reads only the file's first `limit` records.
     """
     path = Path(path)
     if not path.is_file():
@@ -593,6 +596,8 @@ def ingest_file(
     else:
         raws = (_iter_json_list if container == "json" else _iter_jsonl)(path, tick)
         shape = None if detected else forced_shape
+    if limit is not None:
+        raws = itertools.islice(raws, limit)
 
     result = IngestResult(dataset=dataset, path=str(path), format=fmt)
     seen: set[str] = set()

@@ -75,6 +75,16 @@ def test_demo_ingest_then_again_adds_nothing(cli, db_url: str) -> None:
     assert counts(db_url) == (1, 985, 985)
 
 
+def test_limit_reads_only_the_first_records_and_reuses_stored_samples(cli, db_url: str) -> None:
+    assert cli("ingest", DEMO, "--dataset", "alpaca-demo").exit_code == 0
+    first_ten = cli("ingest", DEMO, "--dataset", "first-ten", "--limit", "10")
+    assert first_ten.stdout.strip() == "first-ten: read 10, new 10, duplicates 0, invalid 0"
+    # Ten memberships, but no new sample rows: they are the demo's first ten records.
+    assert counts(db_url) == (2, 985, 995)
+    records = json.loads(DEMO.read_text(encoding="utf-8"))[:10]
+    assert [row[1] for row in members(db_url, "first-ten")] == [r["instruction"] for r in records]
+
+
 def test_two_datasets_sharing_records_reuse_the_sample_rows(cli, db_url: str, tmp_path: Path) -> None:
     a = write_jsonl(tmp_path / "a.jsonl", [rec(i) for i in range(6)])
     b = write_jsonl(tmp_path / "b.jsonl", [rec(i) for i in range(4, 10)])
