@@ -55,6 +55,7 @@ MAX_SAMPLES_PER_JOB = 1_000
 DEFAULT_BATCH_SIZE = 16
 #: Characters per token for the planner's estimate (English text, BPE tokenizers).
 CHARS_PER_TOKEN = 4
+MAX_PROMPT_BITS = 60
 # An arbitrary constant key for pg_advisory_xact_lock: one planner at a time.
 PLAN_LOCK_KEY = 0x5E1EC7
 
@@ -204,35 +205,42 @@ def _ids(values: Sequence[int]) -> str:
     return ",".join(str(int(v)) for v in values) or "NULL"
 
 
-def _missing_sql(session: Session, scope: Scope, *, exclude_open: bool) -> str:
-    postgres = db.is_postgres(session.bind)
+def _missing_sql(scope: Scope, bits: dict[int, int], *, exclude_open: bool) -> str:
+    """One row per (model, sample) with work left: the bitmasks of its finished and open cells.
+
+    Work is proportional to samples × models plus the stored scores, not to every cell: each
+    prompt of the scope is one bit, scores and open jobs are summed into per-(model, sample)
+    masks (a cell has one score row and lies in at most one open job, so SUM is OR).
+    """
     ds_filter = f"WHERE dataset_id IN ({_ids(scope.dataset_ids)})" if scope.dataset_ids is not None else ""
-    agg = "string_agg(c.prompt_id::text, ',')" if postgres else "group_concat(c.prompt_id, ',')"
-    open_filter = """
-      AND NOT EXISTS (
-        SELECT 1 FROM job_samples js
-        JOIN jobs j ON j.id = js.job_id AND j.status IN ('queued', 'running')
-        JOIN job_prompts jp ON jp.job_id = js.job_id
-        WHERE js.sample_id = ss.sample_id AND j.model_id = m.id AND jp.prompt_id = p.id)""" if exclude_open else ""
-    # The set difference runs in the database: samples × models × prompts − finished scores −
-    # cells of open jobs, aggregated to one row per (model, prompt set, sample).
+    pm = ", ".join(f"({int(p)}, {b})" for p, b in bits.items())
+    models = _ids(scope.model_ids)
+    open_cte = f""",
+    o AS (
+      SELECT j.model_id, js.sample_id, SUM(pm.bit) AS bits
+      FROM jobs j
+      JOIN job_prompts jp ON jp.job_id = j.id
+      JOIN pm ON pm.prompt_id = jp.prompt_id
+      JOIN job_samples js ON js.job_id = j.id
+      WHERE j.status IN ('queued', 'running') AND j.model_id IN ({models})
+      GROUP BY j.model_id, js.sample_id)""" if exclude_open else ""
+    open_join = "LEFT JOIN o ON o.model_id = m.id AND o.sample_id = ss.sample_id" if exclude_open else ""
+    open_bits = "COALESCE(o.bits, 0)" if exclude_open else "0"
     return f"""
-    WITH sel AS (SELECT DISTINCT sample_id FROM dataset_samples {ds_filter}),
-    c AS (
-      SELECT m.id AS model_id, p.set_name, ss.sample_id, p.id AS prompt_id,
-             (s.n_chars + length(p.template)) / {CHARS_PER_TOKEN} AS tok
-      FROM sel ss
-      JOIN samples s ON s.id = ss.sample_id
-      CROSS JOIN models m
-      CROSS JOIN prompts p
-      WHERE m.id IN ({_ids(scope.model_ids)}) AND p.id IN ({_ids(scope.prompt_ids)})
-      AND NOT EXISTS (
-        SELECT 1 FROM scores sc
-        WHERE sc.sample_id = ss.sample_id AND sc.model_id = m.id AND sc.prompt_id = p.id
-          AND (sc.status = 'ok' OR sc.attempts >= :max_attempts)){open_filter}
-    )
-    SELECT c.model_id, c.set_name, c.sample_id, {agg} AS prompt_ids, SUM(c.tok) AS tok
-    FROM c GROUP BY c.model_id, c.set_name, c.sample_id
+    WITH pm(prompt_id, bit) AS (VALUES {pm}),
+    sel AS (SELECT DISTINCT sample_id FROM dataset_samples {ds_filter}),
+    d AS (
+      SELECT sc.model_id, sc.sample_id, SUM(pm.bit) AS bits
+      FROM scores sc JOIN pm ON pm.prompt_id = sc.prompt_id
+      WHERE sc.model_id IN ({models}) AND (sc.status = 'ok' OR sc.attempts >= :max_attempts)
+      GROUP BY sc.model_id, sc.sample_id){open_cte}
+    SELECT m.id, ss.sample_id, s.n_chars, COALESCE(d.bits, 0) AS done, {open_bits} AS open
+    FROM sel ss
+    JOIN samples s ON s.id = ss.sample_id
+    CROSS JOIN (SELECT id FROM models WHERE id IN ({models})) m
+    LEFT JOIN d ON d.model_id = m.id AND d.sample_id = ss.sample_id
+    {open_join}
+    WHERE (COALESCE(d.bits, 0) | {open_bits}) <> :full
     """
 
 
@@ -247,10 +255,30 @@ def missing_cells(session: Session, *, dataset: str | None = None, model: str | 
     scope = scope or resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
     if not scope.model_ids or not scope.prompt_ids:
         return []
-    sql = _missing_sql(session, scope, exclude_open=exclude_open)
-    rows = session.execute(sa.text(sql), {"max_attempts": max_cell_attempts()})
-    return [MissingRow(m, s, sid, tuple(sorted(int(x) for x in str(pids).split(","))), int(tok or 0))
-            for m, s, sid, pids, tok in rows]
+    if len(scope.prompt_ids) > MAX_PROMPT_BITS:  # one bit per prompt in a 64-bit integer
+        return [row for i in range(0, len(scope.prompt_ids), MAX_PROMPT_BITS)
+                for row in missing_cells(session, exclude_open=exclude_open, scope=Scope(
+                    scope.dataset_ids, scope.model_ids, scope.prompt_ids[i:i + MAX_PROMPT_BITS]))]
+    prompts = session.execute(sa.select(Prompt.id, Prompt.set_name, sa.func.length(Prompt.template))
+                              .where(Prompt.id.in_(scope.prompt_ids)).order_by(Prompt.id)).all()
+    bits = {pid: 1 << i for i, (pid, _, _) in enumerate(prompts)}
+    full = sum(bits.values())
+    # per prompt set: its mask and its prompts as (bit, id, template chars)
+    sets: dict[str, list[tuple[int, int, int]]] = {}
+    for pid, set_name, n in prompts:
+        sets.setdefault(set_name, []).append((bits[pid], pid, n))
+    set_masks = [(name, sum(b for b, _, _ in ps), ps) for name, ps in sets.items()]
+    rows = session.execute(sa.text(_missing_sql(scope, bits, exclude_open=exclude_open)),
+                           {"max_attempts": max_cell_attempts(), "full": full})
+    out = []
+    for model_id, sample_id, n_chars, done, open_ in rows:
+        missing = full & ~(int(done) | int(open_))
+        for name, mask, ps in set_masks:
+            if missing & mask:
+                chosen = [(pid, n) for b, pid, n in ps if missing & b]
+                tok = sum((n_chars + n) // CHARS_PER_TOKEN for _, n in chosen)
+                out.append(MissingRow(model_id, name, sample_id, tuple(pid for pid, _ in chosen), tok))
+    return out
 
 
 @dataclass
