@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_model import tiny_model_dir  # noqa: F401
+from tiny_model import build_tiny_model, tiny_model_dir  # noqa: F401
 
 from selectit import db, registry
 from selectit.registry import render
@@ -135,6 +135,20 @@ def test_a_failing_request_fails_only_its_cells(tiny_model_dir, tiny):  # noqa: 
     assert failed[(9, 0)] == "scale 12 is out of range 2..9"
     assert all(c.probs is None and c.mass is None for c in cells if c.error)
     assert all(c.probs is not None and len(c.probs) == 5 for c in cells if not c.error)
+
+
+def test_sliding_window_model_packing_equals_separate_forwards(tmp_path):
+    # A tiny Gemma-3 (sliding-window layers, window 32): prompts far longer than the window.
+    path = build_tiny_model(tmp_path / "gemma", arch="gemma3", sliding_window=32)
+    engine = db.open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with db.session_scope(engine) as s:
+        model = registry.add_model(s, "tiny-gemma", str(path), dtype="float32")
+    scorer = load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16)
+    assert scorer._sliding == 32
+    reqs = requests(records(2, 5), "shared-context")
+    assert min(len(scorer.tokenizer(r.prompts[0].text).input_ids) for r in reqs) > 100
+    assert max_delta(scorer, reqs, model.label_ids["shared-context"]) <= 1e-4
+    assert scorer.forwards == 1
 
 
 @pytest.mark.slow

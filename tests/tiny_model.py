@@ -51,14 +51,32 @@ def build_tokenizer(split_digit: str | None = None, vocab_size: int = 600):
 
 
 def build_tiny_model(path: str | Path, *, split_digit: str | None = None, seed: int = 0,
-                     max_position_embeddings: int = 1024) -> Path:
-    """Save a tiny Llama causal LM + tokenizer under `path`; returns the directory."""
+                     max_position_embeddings: int = 1024, arch: str = "llama", sliding_window: int = 32) -> Path:
+    """Save a tiny causal LM + tokenizer under `path`; returns the directory.
+
+    `arch="gemma3"` builds a tiny Gemma-3 text model whose layers alternate sliding-window
+    (`sliding_window` tokens) and full attention, to test packing on prompts longer than the window.
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(split_digit)
+    if arch == "gemma3":
+        config = Gemma3TextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+            max_position_embeddings=max_position_embeddings, sliding_window=sliding_window,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"], initializer_range=0.5,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = Gemma3ForCausalLM(config)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
