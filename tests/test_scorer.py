@@ -151,13 +151,19 @@ def test_sliding_window_model_packing_equals_separate_forwards(tmp_path):
     assert scorer.forwards == 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("layout", ["shared-context", "reference"])
-def test_smollm2_packing_equals_separate_forwards(tmp_path, layout):
-    engine = db.open_store(f"sqlite:///{tmp_path / 's.db'}")
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    engine = db.open_store(f"sqlite:///{tmp_path_factory.mktemp('smol') / 's.db'}")
     with db.session_scope(engine) as s:
         model = registry.add_model(s, "smol", "smollm2-135m", dtype="float32")
+    engine.dispose()
+    return model, load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,n", [("shared-context", 2), ("reference", 1)])
+def test_smollm2_packing_equals_separate_forwards(smollm2, layout, n):
+    model, scorer = smollm2
     assert model.label_ids[layout][:5] == [33, 34, 35, 36, 37] and model.n_params == 134_515_008
-    scorer = load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16)
-    reqs = requests(records(2, 3), layout)
+    reqs = requests(records(n, 3), layout)
     assert max_delta(scorer, reqs, model.label_ids[layout]) <= 1e-4
