@@ -744,6 +744,7 @@ def demo(ctx: click.Context, samples: int, out: str) -> None:
     """
     subset = f"alpaca-demo-{samples}"
     out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
     steps = [
         ["ingest", str(DEMO_DATA), "--dataset", "alpaca-demo"],
         ["ingest", str(DEMO_DATA), "--dataset", subset, "--limit", str(samples)],
