@@ -171,25 +171,26 @@ def main() -> None:
     ap.add_argument("--redis", required=True)
     ap.add_argument("--samples", type=int, default=60, help="samples scored (× 5 prompts) per variant")
     ap.add_argument("--plan-samples", type=int, default=1_000_000)
+    ap.add_argument("--skip-scoring", action="store_true", help="only the planning benchmark")
     args = ap.parse_args()
     from tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        model_dir = build_tiny_model(tmp / "tiny")
-        cells = args.samples * 5
-        rate_in = in_process(args.postgres, tmp, model_dir, args.samples)
-        rate_1 = fleet(args.postgres, args.redis, tmp, model_dir, args.samples, 1)
-        rate_2 = fleet(args.postgres, args.redis, tmp, model_dir, args.samples, 2)
-        print(f"scoring {cells} cells (tiny model, CPU, PostgreSQL, warm processes, 1 torch thread each):")
-        print(f"  in-process selectit score : {rate_in:8.1f} cells/s")
-        print(f"  1 celery worker           : {rate_1:8.1f} cells/s  (queue overhead: in-process / 1 worker = "
-              f"{rate_in / rate_1:.2f}x)")
-        print(f"  2 celery workers          : {rate_2:8.1f} cells/s  (2 workers / 1 worker = {rate_2 / rate_1:.2f}x)")
-        first, n_jobs, again = plan_1m(args.postgres, args.plan_samples)
-        print(f"plan {args.plan_samples:,} samples x 5 prompts x 2 models on PostgreSQL: {first:.1f} s "
-              f"({n_jobs} jobs, {args.plan_samples * 10:,} cells); planning again: {again:.1f} s, 0 new jobs")
-
+        if not args.skip_scoring:
+            model_dir = build_tiny_model(tmp / "tiny")
+            cells = args.samples * 5
+            rate_in = in_process(args.postgres, tmp, model_dir, args.samples)
+            rate_1 = fleet(args.postgres, args.redis, tmp, model_dir, args.samples, 1)
+            rate_2 = fleet(args.postgres, args.redis, tmp, model_dir, args.samples, 2)
+            print(f"scoring {cells} cells (tiny model, CPU, PostgreSQL, warm processes, 1 torch thread each):")
+            print(f"  in-process selectit score : {rate_in:8.1f} cells/s")
+            print(f"  1 celery worker           : {rate_1:8.1f} cells/s  (queue overhead: in-process / 1 worker"
+                  f" = {rate_in / rate_1:.2f}x)")
+            print(f"  2 celery workers          : {rate_2:8.1f} cells/s  (2 workers / 1 worker = {rate_2 / rate_1:.2f}x)")
+    first, n_jobs, again = plan_1m(args.postgres, args.plan_samples)
+    print(f"plan {args.plan_samples:,} samples x 5 prompts x 2 models on PostgreSQL: {first:.1f} s "
+          f"({n_jobs} jobs, {args.plan_samples * 10:,} cells); planning again: {again:.1f} s, 0 new jobs")
 
 if __name__ == "__main__":
     main()

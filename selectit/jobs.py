@@ -215,22 +215,26 @@ def _missing_sql(scope: Scope, bits: dict[int, int], *, exclude_open: bool) -> s
     ds_filter = f"WHERE dataset_id IN ({_ids(scope.dataset_ids)})" if scope.dataset_ids is not None else ""
     pm = ", ".join(f"({int(p)}, {b})" for p, b in bits.items())
     models = _ids(scope.model_ids)
+    # a job's prompts as one mask first, so the samples of open jobs are joined once, not × K'
     open_cte = f""",
-    o AS (
-      SELECT j.model_id, js.sample_id, SUM(pm.bit) AS bits
+    jb AS (
+      SELECT j.id, j.model_id, CAST(SUM(pm.bit) AS BIGINT) AS bits
       FROM jobs j
       JOIN job_prompts jp ON jp.job_id = j.id
       JOIN pm ON pm.prompt_id = jp.prompt_id
-      JOIN job_samples js ON js.job_id = j.id
       WHERE j.status IN ('queued', 'running') AND j.model_id IN ({models})
-      GROUP BY j.model_id, js.sample_id)""" if exclude_open else ""
+      GROUP BY j.id, j.model_id),
+    o AS (
+      SELECT jb.model_id, js.sample_id, CAST(SUM(jb.bits) AS BIGINT) AS bits
+      FROM jb JOIN job_samples js ON js.job_id = jb.id
+      GROUP BY jb.model_id, js.sample_id)""" if exclude_open else ""
     open_join = "LEFT JOIN o ON o.model_id = m.id AND o.sample_id = ss.sample_id" if exclude_open else ""
     open_bits = "COALESCE(o.bits, 0)" if exclude_open else "0"
     return f"""
     WITH pm(prompt_id, bit) AS (VALUES {pm}),
     sel AS (SELECT DISTINCT sample_id FROM dataset_samples {ds_filter}),
     d AS (
-      SELECT sc.model_id, sc.sample_id, SUM(pm.bit) AS bits
+      SELECT sc.model_id, sc.sample_id, CAST(SUM(pm.bit) AS BIGINT) AS bits
       FROM scores sc JOIN pm ON pm.prompt_id = sc.prompt_id
       WHERE sc.model_id IN ({models}) AND (sc.status = 'ok' OR sc.attempts >= :max_attempts)
       GROUP BY sc.model_id, sc.sample_id){open_cte}
