@@ -19,7 +19,8 @@ from selectit import db
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
+# Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 
