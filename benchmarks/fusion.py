@@ -7,6 +7,7 @@ the times and the ratio.
 
     python benchmarks/fusion.py                       # SQLite, 52k and 1M samples
     python benchmarks/fusion.py --sizes 52000         # only the 780k-row table
+    python benchmarks/fusion.py --backends postgresql --postgres-url …   # PostgreSQL only
     python benchmarks/fusion.py --postgres-url postgresql://u@127.0.0.1:5432/postgres
 
 PostgreSQL is measured too when --postgres-url (or $SELECTIT_BENCH_POSTGRES_URL) names a server
@@ -16,7 +17,6 @@ where a scratch database may be created (it is dropped afterwards).
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import sqlite3
@@ -79,6 +79,11 @@ SCORE_COLS = "sample_id, model_id, prompt_id, p1, p2, p3, p4, p5, mass, n_tokens
 
 def build_sqlite(path: Path, n_samples: int) -> str:
     url = f"sqlite:///{path}"
+    if path.exists():  # --keep: reuse a complete table from an earlier run
+        with sqlite3.connect(path) as con:
+            if con.execute("SELECT count(*) FROM scores").fetchone()[0] == n_samples * len(MODELS) * N_PROMPTS:
+                return url
+        path.unlink()
     db.upgrade(url)
     fixed = _fixed_rows(n_samples)
     con = sqlite3.connect(path)
@@ -111,6 +116,12 @@ def build_sqlite(path: Path, n_samples: int) -> str:
 
 
 def build_postgres(admin_url: str, n_samples: int) -> str:
+    """A scratch PostgreSQL database at head, filled through DuckDB's postgres extension (COPY)."""
+    import duckdb
+    import pyarrow as pa
+
+    from selectit.fusion import _extension_path, _libpq, _sql_str
+
     admin = sa.create_engine(db.resolve_url(admin_url), isolation_level="AUTOCOMMIT")
     name = f"bench_fusion_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
@@ -120,45 +131,40 @@ def build_postgres(admin_url: str, n_samples: int) -> str:
     db.upgrade(url)
     fixed = _fixed_rows(n_samples)
     engine = db.make_engine(url)
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute("INSERT INTO datasets (id, name, source) VALUES (%s, %s, %s)", fixed["datasets"][0])
-        cur.executemany(f"INSERT INTO models ({MODEL_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", fixed["models"])
-        cur.executemany(f"INSERT INTO prompts ({PROMPT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", fixed["prompts"])
-
-        def copy(table: str, columns: str, lines) -> None:  # noqa: ANN001
-            with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as cp:
-                buf = io.StringIO()
-                for i, line in enumerate(lines):
-                    buf.write(line)
-                    if i % 200_000 == 199_999:
-                        cp.write(buf.getvalue())
-                        buf = io.StringIO()
-                cp.write(buf.getvalue())
-
-        ids = range(1, n_samples + 1)
-        copy("samples", "id, content_hash, instruction, input, output, n_chars",
-             (f"{i}\t{i:064x}\tInstruction {i}\t\tOutput {i}\t20\n" for i in ids))
-        copy("dataset_samples", "dataset_id, sample_id, position", (f"1\t{i}\t{i - 1}\n" for i in ids))
-        chunk = 1_000_000 // (len(MODELS) * N_PROMPTS)
-        for start in range(0, n_samples, chunk):
-            cols = _score_columns(min(chunk, n_samples - start), seed=start)
-            frame = pd.DataFrame(cols)
-            frame["sample_id"] += start
-            for extra, value in (("n_tokens", 100), ("truncated", "f"), ("status", "ok"), ("attempts", 1)):
-                frame[extra] = value
-            text = frame.to_csv(sep="\t", header=False, index=False, float_format="%.17g")
-            with cur.copy(f"COPY scores ({SCORE_COLS}) FROM STDIN") as cp:
-                cp.write(text)
+    with engine.begin() as conn:
+        raw = conn.connection.cursor()
+        raw.execute("INSERT INTO datasets (id, name, source) VALUES (%s, %s, %s)", fixed["datasets"][0])
+        raw.executemany(f"INSERT INTO models ({MODEL_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", fixed["models"])
+        raw.executemany(f"INSERT INTO prompts ({PROMPT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", fixed["prompts"])
+    engine.dispose()
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute(f"LOAD '{_extension_path('postgres')}'")
+    con.execute(f"ATTACH {_sql_str(_libpq(sa.engine.make_url(url)))} AS pg (TYPE postgres)")
+    con.execute(
+        f"INSERT INTO pg.samples (id, content_hash, instruction, input, output, n_chars) "
+        f"SELECT i, lpad(printf('%x', i), 64, '0'), 'Instruction ' || i, '', 'Output ' || i, 20 "
+        f"FROM range(1, {n_samples + 1}) t(i)"
+    )
+    con.execute(
+        f"INSERT INTO pg.dataset_samples (dataset_id, sample_id, position) "
+        f"SELECT 1, i, i - 1 FROM range(1, {n_samples + 1}) t(i)"
+    )
+    chunk = 1_000_000 // (len(MODELS) * N_PROMPTS)
+    for start in range(0, n_samples, chunk):
+        cols = _score_columns(min(chunk, n_samples - start), seed=start)
+        cols["sample_id"] = cols["sample_id"] + start
+        con.register("chunk", pa.table(cols))
+        con.execute(
+            "INSERT INTO pg.scores (sample_id, model_id, prompt_id, p1, p2, p3, p4, p5, mass, n_tokens, truncated, "
+            "status, attempts) SELECT sample_id, model_id, prompt_id, p1, p2, p3, p4, p5, mass, 100, false, 'ok', 1 "
+            "FROM chunk"
+        )
+        con.unregister("chunk")
+    con.close()
+    with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
         for table in ("datasets", "models", "prompts", "samples"):
-            cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
-        raw.commit()
-        cur.execute("ANALYZE")
-        raw.commit()
-    finally:
-        raw.close()
-        engine.dispose()
+            conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+        conn.exec_driver_sql("ANALYZE")
     return url
 
 
@@ -205,8 +211,8 @@ def rank_pandas(url: str) -> tuple[list[int], dict[int, float]]:
     base = np.nanargmax(q, axis=1) + 1  # first maximum → the smaller k
     qmax = np.nanmax(q, axis=1)
     scores["s_token"] = base * np.nansum(np.abs(q - qmax[:, None]), axis=1) / (scores["scale"] - 1)
-    sent = scores.groupby(["sample_id", "model_id"])["s_token"].agg(["mean", lambda x: x.std(ddof=0), "count"])
-    sent.columns = ["mean", "std", "n"]
+    grouped = scores.groupby(["sample_id", "model_id"])["s_token"]
+    sent = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=0), "n": grouped.count()})
     sent = sent[sent["n"] == len(prompts)]
     sent["s_sent"] = sent["mean"] / (1 + ALPHA * sent["std"])
     sent = sent.reset_index()
@@ -247,20 +253,26 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=os.environ.get("SELECTIT_BENCH_POSTGRES_URL"))
     parser.add_argument("--workdir", default=None, help="where the SQLite files go [default: a temp dir]")
     parser.add_argument("--repeats", type=int, default=3, help="selectit runs per size (best is shown)")
+    parser.add_argument("--backends", default="sqlite,postgresql", help="which databases to measure")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the SQLite files in --workdir and reuse them on the next run")
     args = parser.parse_args()
     import platform
 
     print(f"fusion benchmark: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"{len(MODELS)} models × {N_PROMPTS} prompts, scale {SCALE}, alpha {ALPHA}, top {TOP:.0%}", flush=True)
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
+        tmp = args.workdir if args.keep and args.workdir else scratch
         for n in (int(x) for x in args.sizes.split(",")):
             n_rows = n * len(MODELS) * N_PROMPTS
-            start = time.perf_counter()
-            url = build_sqlite(Path(tmp) / f"bench_{n}.db", n)
-            print(f"  (built SQLite with {n_rows:,} score rows in {time.perf_counter() - start:.0f} s)", flush=True)
-            compare("sqlite", url, n_rows, args.repeats if n <= 100_000 else 1)
-            Path(url.split("///", 1)[1]).unlink()
-            if args.postgres_url:
+            if "sqlite" in args.backends:
+                start = time.perf_counter()
+                url = build_sqlite(Path(tmp) / f"bench_{n}.db", n)
+                print(f"  (built SQLite with {n_rows:,} score rows in {time.perf_counter() - start:.0f} s)", flush=True)
+                compare("sqlite", url, n_rows, args.repeats if n <= 100_000 else 1)
+                if not args.keep:
+                    Path(url.split("///", 1)[1]).unlink()
+            if args.postgres_url and "postgresql" in args.backends:
                 start = time.perf_counter()
                 url = build_postgres(args.postgres_url, n)
                 print(f"  (built PostgreSQL with {n_rows:,} score rows in {time.perf_counter() - start:.0f} s)", flush=True)
