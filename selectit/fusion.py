@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ def _extension_path(name: str) -> Path:
 
     DuckDB derives the entry point from the file name (`sqlite_scanner_duckdb_cpp_init`), but
     the package ships `sqlite.duckdb_extension`; a link named `sqlite_scanner.duckdb_extension`
-    in a private temporary directory makes `LOAD` find it.
+    in a directory private to this user makes `LOAD` find it.
     """
     global _EXTENSION_DIR
     import importlib
@@ -89,15 +90,32 @@ def _extension_path(name: str) -> Path:
             f"install the matching version: `pip install duckdb-extension-{name}=={duckdb.__version__}`"
         )
     if _EXTENSION_DIR is None:
-        _EXTENSION_DIR = Path(tempfile.mkdtemp(prefix="selectit-duckdb-"))
-        atexit.register(shutil.rmtree, _EXTENSION_DIR, ignore_errors=True)
+        _EXTENSION_DIR = _private_dir()
     target = _EXTENSION_DIR / f"{name}_scanner.duckdb_extension"
-    if not target.exists():
-        try:
-            target.symlink_to(found[0])
-        except OSError:  # no symlinks on this filesystem
-            shutil.copyfile(found[0], target)
+    if not (target.is_symlink() and target.resolve() == found[0].resolve()):
+        tmp = _EXTENSION_DIR / f".{name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(found[0])
+        os.replace(tmp, target)  # atomic: concurrent processes never see a half-made link
     return target
+
+
+def _private_dir() -> Path:
+    """A directory only this user can write, reused across runs (nothing left behind per run).
+
+    Falls back to a fresh temporary directory when the shared name is not ours and private.
+    """
+    base = Path(tempfile.gettempdir()) / f"selectit-duckdb-{os.getuid()}-{duckdb.__version__}"
+    try:
+        base.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = base.lstat()
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+        return base
+    fresh = Path(tempfile.mkdtemp(prefix="selectit-duckdb-"))
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+    return fresh
 
 
 def _libpq(url: sa.URL) -> str:
