@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# SAMPLES=999 scores the whole demo dataset (default 100, about 5 minutes on 2 CPU cores).
+# SAMPLES=999 scores the whole demo dataset (default 60, about 5 minutes on 2 CPU cores).
 demo: venv
 	$(VENV)/bin/selectit demo $(if $(SAMPLES),--samples $(SAMPLES))
 

@@ -725,8 +725,8 @@ DEMO_DATA = db.PROJECT_ROOT / "selectit" / "data" / "alpaca_en_demo.json"
 
 
 @main.command()
-@click.option("--samples", default=100, show_default=True, type=click.IntRange(1, 999),
-              help="How many of the 999 demo records to score (999 = the full set, about 30 min here).")
+@click.option("--samples", default=60, show_default=True, type=click.IntRange(1, 999),
+              help="How many of the 999 demo records to score (999 = the full set, about an hour on 2 CPU cores).")
 @click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Where selective_alpaca.json and report/ are written.")
 @click.pass_context
