@@ -82,7 +82,7 @@ def test_load_scorer_exact_is_float32(tiny):
 
 @pytest.mark.parametrize("layout", ["shared-context", "reference"])
 def test_packing_equals_separate_forwards(tiny, layout):
-    scorer = load_scorer(tiny, device="cpu", exact=True, max_batch_tokens=1 << 16)
+    scorer = load_scorer(tiny, device="cpu", exact=True, max_batch_tokens=1 << 16, max_padding=None)
     reqs = requests(records(4, 10), layout)  # ragged: four samples of different lengths
     assert len({len(r.prompts[0].text) for r in reqs}) == 4
     assert max_delta(scorer, reqs, tiny.label_ids[layout]) <= 1e-4
@@ -143,7 +143,7 @@ def test_sliding_window_model_packing_equals_separate_forwards(tmp_path):
     engine = db.open_store(f"sqlite:///{tmp_path / 's.db'}")
     with db.session_scope(engine) as s:
         model = registry.add_model(s, "tiny-gemma", str(path), dtype="float32")
-    scorer = load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16)
+    scorer = load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16, max_padding=None)
     assert scorer._sliding == 32
     reqs = requests(records(2, 5), "shared-context")
     assert min(len(scorer.tokenizer(r.prompts[0].text).input_ids) for r in reqs) > 100
@@ -157,7 +157,7 @@ def smollm2(tmp_path_factory):
     with db.session_scope(engine) as s:
         model = registry.add_model(s, "smol", "smollm2-135m", dtype="float32")
     engine.dispose()
-    return model, load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16)
+    return model, load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16, max_padding=None)
 
 
 @pytest.mark.slow
