@@ -155,26 +155,26 @@ def count_params(src: Source) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_tokenizer(src: Source) -> Any:
-    from transformers import AutoTokenizer
-
+def _from_source(auto_class: Any, src: Source) -> Any:
+    """`auto_class.from_pretrained` on a source: a GGUF's de-quantized cache when built, else the file."""
     if src.is_gguf:
         cached = _cache_dir_if_built(src)
         if cached is not None:
-            return AutoTokenizer.from_pretrained(cached)
-        return AutoTokenizer.from_pretrained(src.path.parent, gguf_file=src.path.name)
-    return AutoTokenizer.from_pretrained(src.path)
+            return auto_class.from_pretrained(cached)
+        return auto_class.from_pretrained(src.path.parent, gguf_file=src.path.name)
+    return auto_class.from_pretrained(src.path)
+
+
+def load_tokenizer(src: Source) -> Any:
+    from transformers import AutoTokenizer
+
+    return _from_source(AutoTokenizer, src)
 
 
 def load_config(src: Source) -> Any:
     from transformers import AutoConfig
 
-    if src.is_gguf:
-        cached = _cache_dir_if_built(src)
-        if cached is not None:
-            return AutoConfig.from_pretrained(cached)
-        return AutoConfig.from_pretrained(src.path.parent, gguf_file=src.path.name)
-    return AutoConfig.from_pretrained(src.path)
+    return _from_source(AutoConfig, src)
 
 
 def default_dtype() -> str:
