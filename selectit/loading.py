@@ -235,6 +235,10 @@ def gguf_cache(src: Source, expected_sha: str | None = None) -> Path:
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied: from_pretrained re-ties it to the embeddings
     state = {k: v.detach().contiguous() for k, v in state.items()}
+    # The cached weights are plain floats: without this, every later load is announced as a
+    # quantized GGUF checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared by several users
