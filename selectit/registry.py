@@ -19,23 +19,18 @@ No torch import here; transformers is imported inside `add_model` (tokenizer and
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from selectit.contract import LABEL_CONTEXT, SHARED_CONTEXT_END, Layout, RenderedPrompt, render  # noqa: F401
 from selectit.errors import SelectitError
 from selectit.schema import LLM, MAX_SCALE, Prompt
 
-LAYOUTS = ("reference", "shared-context")
+LAYOUTS = tuple(Layout)
 DEFAULT_PROMPT_SET = "default"
-
-#: Text right before the label in each layout: label ids are derived in this context.
-LABEL_CONTEXT = {"reference": "\nThe answer is: \n", "shared-context": "\nRating: "}
-SHARED_CONTEXT_END = ": "
 #: The context length used unless `--max-tokens` says otherwise (capped by the model's own).
 DEFAULT_MAX_TOKENS = 4096
 
@@ -60,42 +55,6 @@ class RegistryError(SelectitError):
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
-
-
-@dataclass(frozen=True)
-class RenderedPrompt:
-    head: str  # text before the response
-    response: str  # the sample's output (truncation cuts from its middle)
-    tail: str  # text after the response, ending where the label token is read
-
-    @property
-    def text(self) -> str:
-        return self.head + self.response + self.tail
-
-
-_PLACEHOLDER = re.compile(r"\{(instruction|input|output)\}")
-
-
-def _fill(template: str, values: dict[str, str]) -> str:
-    # One pass of plain replacement: text inserted for one placeholder is never re-scanned.
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-
-
-def render(layout: str, template: str, instruction: str, input: str, output: str) -> RenderedPrompt:
-    """Place a sample in a prompt template; `.text` is exactly what the model reads."""
-    if layout == "reference":
-        ins = instruction + "\n" + input if input else instruction
-        return RenderedPrompt(template + "\n" + "Instruction:" + ins + "\n" + "Response:", output,
-                              "\nThe answer is: \n")
-    if layout == "shared-context":
-        if not input:
-            template = "".join(line for line in template.splitlines(keepends=True) if "{input}" not in line)
-        before, sep, after = template.partition("{output}")
-        if not sep:
-            raise RegistryError("a shared-context template needs an {output} placeholder")
-        values = {"instruction": instruction, "input": input, "output": output}
-        return RenderedPrompt(_fill(before, values), output, _fill(after, values))
-    raise RegistryError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
 
 
 # ---------------------------------------------------------------------------------------------

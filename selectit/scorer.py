@@ -31,28 +31,10 @@ import torch
 
 from selectit.errors import SelectitError
 from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
-from selectit.registry import LABEL_CONTEXT, RenderedPrompt, label_token_ids
+from selectit.contract import LABEL_CONTEXT, CellResult, RatingRequest, RenderedPrompt
+from selectit.registry import label_token_ids
 
 ELLIPSIS = " … "
-
-
-@dataclass(frozen=True)
-class RatingRequest:
-    sample_id: int
-    prompt_ids: tuple[int, ...]  # K' prompt versions, same layout and scale
-    prompts: tuple[RenderedPrompt, ...]  # rendered, same order as prompt_ids
-    scale: int  # K
-
-
-@dataclass(frozen=True)
-class CellResult:
-    sample_id: int
-    prompt_id: int
-    probs: tuple[float, ...] | None  # p_1..p_K; None if failed
-    mass: float | None
-    n_tokens: int
-    truncated: bool
-    error: str | None = None  # set ⇒ the cell failed
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""The vocabulary every part of selectit shares: states, layouts, formulas, and the engine contract.
+
+No torch and no ORM here: the planner, the runner, the scoring engines (torch, vLLM), the
+fusion and the CLI all import this module, and it imports nothing of theirs.
+
+The engine contract (`ScoringEngine.score(requests)`):
+- each `RatingRequest` is one sample with its K' rendered prompts (same layout and scale K); the
+  result holds one `CellResult` per (request, prompt), in any order;
+- `probs[k-1]` = softmax over the **full vocabulary** at the prompt's last token, read at the
+  token id of the digit k (k = 1..K), `mass` = Σ probs; the prompt is tokenized with the
+  tokenizer's default special tokens, exactly as the model's own forward of that prompt would be;
+- a prompt longer than the model's context has the middle of its response cut, so the rating
+  question stays; the cell is `truncated`;
+- a request whose scoring fails yields failed cells (`probs=None`, `error` set); the other
+  requests go on. Never a default score.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from selectit.errors import SelectitError
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: Jobs whose cells are still owed: the planner leaves their cells out.
+OPEN_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class CellStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+
+
+class Layout(StrEnum):
+    """Where the sample sits in a rating prompt (DESIGN.md §2)."""
+
+    REFERENCE = "reference"  # the authors' code, byte for byte
+    SHARED_CONTEXT = "shared-context"  # the sample first, then the rating question
+
+
+class Formula(StrEnum):
+    """The token-level normalisation (DESIGN.md §1)."""
+
+    PAPER = "paper"  # P'_k = p_k / Σ p_j
+    REFERENCE_CODE = "reference-code"  # softmax of the above, as the authors' released code
+
+
+#: Text right before the label in each layout: label token ids are derived in this context.
+LABEL_CONTEXT: dict[Layout, str] = {Layout.REFERENCE: "\nThe answer is: \n", Layout.SHARED_CONTEXT: "\nRating: "}
+#: A shared-context template ends here: the rating digit is read right after it.
+SHARED_CONTEXT_END = ": "
+
+
+class TemplateError(SelectitError):
+    """A prompt template that cannot place a sample."""
+
+
+def choices(enum: type[StrEnum]) -> str:
+    """`a, b` — the values of an enum, for error messages."""
+    return ", ".join(m.value for m in enum)
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    head: str  # text before the response
+    response: str  # the sample's output (truncation cuts from its middle)
+    tail: str  # text after the response, ending where the label token is read
+
+    @property
+    def text(self) -> str:
+        return self.head + self.response + self.tail
+
+
+_PLACEHOLDER = re.compile(r"\{(instruction|input|output)\}")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    # One pass of plain replacement: text inserted for one placeholder is never re-scanned.
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def render(layout: str, template: str, instruction: str, input: str, output: str) -> RenderedPrompt:
+    """Place a sample in a prompt template; `.text` is exactly what the model reads.
+
+    >>> render("reference", "Rate it.\\n", "Add 1 and 1.", "", "2").text
+    'Rate it.\\n\\nInstruction:Add 1 and 1.\\nResponse:2\\nThe answer is: \\n'
+    """
+    if layout == Layout.REFERENCE:
+        ins = instruction + "\n" + input if input else instruction
+        return RenderedPrompt(template + "\n" + "Instruction:" + ins + "\n" + "Response:", output,
+                              LABEL_CONTEXT[Layout.REFERENCE])
+    if layout == Layout.SHARED_CONTEXT:
+        if not input:
+            template = "".join(line for line in template.splitlines(keepends=True) if "{input}" not in line)
+        before, sep, after = template.partition("{output}")
+        if not sep:
+            raise TemplateError("a shared-context template needs an {output} placeholder")
+        values = {"instruction": instruction, "input": input, "output": output}
+        return RenderedPrompt(_fill(before, values), output, _fill(after, values))
+    raise TemplateError(f"unknown layout {layout!r}; choose one of: {choices(Layout)}")
+
+
+@dataclass(frozen=True)
+class RatingRequest:
+    """One sample to rate with K' prompts of one prompt set."""
+
+    sample_id: int
+    prompt_ids: tuple[int, ...]  # K' prompt versions, same layout and scale
+    prompts: tuple[RenderedPrompt, ...]  # rendered, same order as prompt_ids
+    scale: int  # K
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """The raw evidence of one (sample, prompt) cell, or why it failed."""
+
+    sample_id: int
+    prompt_id: int
+    probs: tuple[float, ...] | None  # p_1..p_K; None if failed
+    mass: float | None
+    n_tokens: int
+    truncated: bool
+    error: str | None = None  # set ⇒ the cell failed
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.probs is not None
+
+    @classmethod
+    def failed(cls, sample_id: int, prompt_id: int, error: str, n_tokens: int = 0,
+               truncated: bool = False) -> CellResult:
+        return cls(sample_id, prompt_id, None, None, n_tokens, truncated, error[:2000])
+
+
+class ScoringEngine(Protocol):
+    """What a runner needs of a loaded rating model (see the module docstring)."""
+
+    def score(self, requests: Sequence[RatingRequest]) -> list[CellResult]: ...
