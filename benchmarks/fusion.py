@@ -180,12 +180,12 @@ def drop_postgres(admin_url: str, url: str) -> None:
 # --------------------------------------------------------------------------------------------
 def rank_selectit(url: str) -> tuple[list[int], dict[int, float]]:
     """selectit: connect (attach read-only, views) and rank the dataset; the top 20 % ids."""
-    from selectit import fusion
+    from selectit import fusion, selection
 
     con = fusion.connect(url, prompt_set="bench", alpha=ALPHA)
     try:
-        fusion.rank_dataset(con, "bench")
-        top = fusion.chosen(con, fusion.Criterion(top=TOP))
+        selection.rank_dataset(con, "bench")
+        top = selection.chosen(con, selection.Criterion(top=TOP))
     finally:
         con.close()
     return [r.sample_id for r in top], {r.sample_id: r.s_model for r in top}

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selectit import db
+from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_PROMPT_SET, DEFAULT_TOP, EXPORT_FORMATS, Formula
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,17 +177,70 @@ def status(ctx: click.Context) -> None:
     _print_scoring_status(store(ctx))
 
 
+def _fusion_options(func: F) -> F:
+    """--models, --prompt-set, --alpha, --formula, --weights: what the fusion views compute with.
+
+    Shared by rank, select, export, report and sql; the defaults are `selectit.fusion`'s.
+    """
+    for option in reversed([
+        click.option("--models", default=None, metavar="A,B",
+                     help="Comma-separated model names [default: every active model]."),
+        click.option("--prompt-set", default=None, metavar="SET", help=f"Prompt set [default: {DEFAULT_PROMPT_SET}]."),
+        click.option("--alpha", default=DEFAULT_ALPHA, show_default=True, type=float,
+                     help="α of the sentence level: mean / (1 + α·std)."),
+        click.option("--formula", default=DEFAULT_FORMULA.value, show_default=True,
+                     type=click.Choice([f.value for f in Formula]),
+                     help="Token-level P'_k: p_k/Σp (paper) or softmax(p_k/Σp) (the authors' code)."),
+        click.option("--weights", default=None, metavar="A=θ,B=θ",
+                     help="Model-level θ per model [default: models.weight, else the parameter count]."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _top_option(help_text: str) -> Callable[[F], F]:
+    """--top SHARE with the fusion's default (report and sql; rank/select/export: `_criterion_options`)."""
+    return click.option("--top", type=float, default=DEFAULT_TOP, show_default=True, metavar="SHARE", help=help_text)
+
+
+def _criterion_options(func: F) -> F:
+    """--top / --top-n / --min-score: which part of the ranking is kept."""
+    for option in reversed([
+        click.option("--top", type=float, default=None, metavar="SHARE",
+                     help="Keep the top share of the rankable samples, rounded down but at least one "
+                          f"[default: {DEFAULT_TOP}]."),
+        click.option("--top-n", type=click.IntRange(1), default=None, metavar="N", help="Keep the top N."),
+        click.option("--min-score", type=float, default=None, metavar="X", help="Keep S_model >= X."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _parse_models(models: str | None) -> list[str] | None:
+    return [m.strip() for m in models.split(",") if m.strip()] if models else None
+
+
+def _fusion_connect(ctx: click.Context, models: str | None, prompt_set: str | None, alpha: float, formula: str,
+                    weights: str | None, top: float = DEFAULT_TOP):  # noqa: ANN202
+    from selectit import fusion
+
+    return fusion.connect(ctx.obj["db_url"], alpha=alpha, formula=formula, models=_parse_models(models),
+                          prompt_set=prompt_set, weights=_parse_weights(weights), top=top)  # fmt: skip
+
+
+def _criterion(top: float | None, top_n: int | None, min_score: float | None, default_top: float | None):  # noqa: ANN202
+    from selectit.selection import Criterion
+
+    if top is None and top_n is None and min_score is None:
+        top = default_top
+    return Criterion(top=top, top_n=top_n, min_score=min_score)
+
+
 @main.command()
-@click.option("--dataset", required=True, help="The dataset to report on.")
+@click.option("--dataset", "-d", required=True, help="The dataset to report on.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for index.html and the plots.")
-@click.option("--models", default=None, metavar="A,B", help="Comma-separated model names [default: all active].")
-@click.option("--prompt-set", default=None, help="Prompt set [default: the default set].")
-@click.option("--alpha", default=0.2, show_default=True, type=float, help="α of the sentence level.")
-@click.option("--formula", default="paper", show_default=True, type=click.Choice(["paper", "reference-code"]),
-              help="Token-level formula.")  # fmt: skip
-@click.option("--weights", default=None, metavar="A=θ,B=θ",
-              help="Model-level θ per model [default: models.weight, else the parameter count].")  # fmt: skip
-@click.option("--top", default=0.2, show_default=True, type=float, help="Share of the ranking that counts as selected.")
+@_fusion_options
+@_top_option("Share of the ranking that counts as selected (rounded down, at least one).")
 @click.pass_context
 @handles_errors
 def report(ctx: click.Context, dataset: str, out: str, models: str | None, prompt_set: str | None,
@@ -205,9 +259,8 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
     from selectit.report import build_report
 
     store(ctx).dispose()  # the schema must be at head before DuckDB reads it
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    result = build_report(ctx.obj["db_url"], dataset, out, models=names, prompt_set=prompt_set, alpha=alpha,
-                          formula=formula, weights=_parse_weights(weights), top=top)  # fmt: skip
+    result = build_report(ctx.obj["db_url"], dataset, out, models=_parse_models(models), prompt_set=prompt_set,
+                          alpha=alpha, formula=formula, weights=_parse_weights(weights), top=top)  # fmt: skip
     click.echo(
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
@@ -484,52 +537,6 @@ def _parse_weights(value: str | None) -> dict[str, float] | None:
     return weights
 
 
-def _fusion_options(func: F) -> F:
-    """--models, --prompt-set, --alpha, --formula, --weights: what the fusion views compute with."""
-    for option in reversed([
-        click.option("--models", default=None, metavar="A,B",
-                     help="Comma-separated model names [default: every active model]."),
-        click.option("--prompt-set", default=None, metavar="SET", help="Prompt set [default: default]."),
-        click.option("--alpha", default=0.2, show_default=True, type=float,
-                     help="α of the sentence level: mean / (1 + α·std)."),
-        click.option("--formula", default="paper", show_default=True, type=click.Choice(["paper", "reference-code"]),
-                     help="Token-level P'_k: p_k/Σp (paper) or softmax(p_k/Σp) (the authors' code)."),
-        click.option("--weights", default=None, metavar="A=θ,B=θ",
-                     help="Model-level θ per model [default: models.weight, else the parameter count]."),
-    ]):
-        func = option(func)
-    return func
-
-
-def _criterion_options(func: F) -> F:
-    """--top / --top-n / --min-score: which part of the ranking is kept."""
-    for option in reversed([
-        click.option("--top", type=float, default=None, metavar="SHARE",
-                     help="Keep the top share of the rankable samples, rounded down [default: 0.2]."),
-        click.option("--top-n", type=click.IntRange(1), default=None, metavar="N", help="Keep the top N."),
-        click.option("--min-score", type=float, default=None, metavar="X", help="Keep S_model >= X."),
-    ]):
-        func = option(func)
-    return func
-
-
-def _fusion_connect(ctx: click.Context, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-                    weights: str | None, top: float | None = None):  # noqa: ANN202
-    from selectit import fusion
-
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    return fusion.connect(ctx.obj["db_url"], alpha=alpha, formula=formula, models=names, prompt_set=prompt_set,
-                          weights=_parse_weights(weights), top=top or fusion.DEFAULT_TOP)  # fmt: skip
-
-
-def _criterion(top: float | None, top_n: int | None, min_score: float | None, default_top: float | None):  # noqa: ANN202
-    from selectit.fusion import Criterion
-
-    if top is None and top_n is None and min_score is None:
-        top = default_top
-    return Criterion(top=top, top_n=top_n, min_score=min_score)
-
-
 def _print_coverage(cov, params) -> None:  # noqa: ANN001
     shares = {m.model_id: m.share for m in params.models}
     print_table(f"coverage of {cov.dataset} (prompt set {params.prompt_set}, {len(params.prompts)} prompts)",
@@ -564,7 +571,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     """
     import sqlalchemy as sa
 
-    from selectit import fusion
+    from selectit import fusion, selection
     from selectit.schema import Sample
 
     engine = store(ctx)
@@ -572,9 +579,9 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
     try:
         params = fusion.require_scoring_setup(con)
-        n_rankable = fusion.rank_dataset(con, dataset)
-        head = fusion.chosen(con, criterion, limit=limit)
-        n_chosen = fusion.count_chosen(con, criterion)
+        n_rankable = selection.rank_dataset(con, dataset)
+        head = selection.chosen(con, criterion, limit=limit)
+        n_chosen = selection.count_chosen(con, criterion)
         cov = fusion.coverage(con, dataset)
     finally:
         con.close()
@@ -591,7 +598,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     _print_coverage(cov, params)
     if n_rankable == 0:
         click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
-    elif criterion != fusion.Criterion():
+    elif criterion != selection.Criterion():
         click.echo(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
 
 
@@ -615,12 +622,13 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
     """
     from selectit import fusion
+    from selectit.selection import freeze_selection
 
     engine = store(ctx)
-    criterion = _criterion(top, top_n, min_score, fusion.DEFAULT_TOP)
+    criterion = _criterion(top, top_n, min_score, DEFAULT_TOP)
     con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
     try:
-        selection_id, n, n_rankable = fusion.freeze_selection(engine, con, name, dataset, criterion)
+        selection_id, n, n_rankable = freeze_selection(engine, con, name, dataset, criterion)
         cov = fusion.coverage(con, dataset)
     finally:
         con.close()
@@ -638,7 +646,7 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
 @_criterion_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The file to write (replaced whole).")
 @click.option("--format", "fmt", default="alpaca-json", show_default=True,
-              type=click.Choice(["alpaca-json", "jsonl", "parquet"]), help="Output format.")
+              type=click.Choice(EXPORT_FORMATS), help="Output format.")
 @click.option("--with-scores", is_flag=True, help="Add each sample's score and rank.")
 @click.pass_context
 @handles_errors
@@ -656,31 +664,31 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
       selectit export --dataset alpaca --top-n 1000 --out top1000.parquet --format parquet --with-scores
     """
     from selectit import fusion
+    from selectit.selection import live_rows, selection_rows, write_export
 
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
     engine = store(ctx)
     if selection is not None:
-        rows = fusion.selection_rows(engine, selection)
+        rows = selection_rows(engine, selection)
         what = f"selection {selection}"
     else:
-        criterion = _criterion(top, top_n, min_score, fusion.DEFAULT_TOP)
+        criterion = _criterion(top, top_n, min_score, DEFAULT_TOP)
         con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
         try:
             fusion.require_scoring_setup(con)
-            rows = fusion.live_rows(con, dataset, criterion)
+            rows = live_rows(con, dataset, criterion)
         finally:
             con.close()
         what = f"{dataset} ({criterion.describe()})"
-    path = fusion.write_export(rows, out, fmt, with_scores)
+    path = write_export(rows, out, fmt, with_scores)
     click.echo(f"wrote {len(rows)} samples of {what} to {path} ({fmt}).")
 
 
 @main.command()
 @click.argument("query")
 @_fusion_options
-@click.option("--top", type=float, default=0.2, show_default=True, metavar="SHARE",
-              help="The share kept in the selective_alpaca view.")
+@_top_option("The share kept in the selective_alpaca view (rounded down, at least one).")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]),
               help="Output format.")
 @click.pass_context

@@ -56,6 +56,15 @@ class Formula(StrEnum):
     REFERENCE_CODE = "reference-code"  # softmax of the above, as the authors' released code
 
 
+#: The built-in prompt set (created by `selectit init`); the fusion's default.
+DEFAULT_PROMPT_SET = "default"
+#: The fusion's other defaults (rank, select, export, report, sql and the library alike).
+DEFAULT_ALPHA = 0.2
+DEFAULT_TOP = 0.2  # share of the rankable samples: rounded down, at least one
+DEFAULT_FORMULA = Formula.PAPER
+#: What `selectit export` writes.
+EXPORT_FORMATS = ("alpaca-json", "jsonl", "parquet")
+
 #: Text right before the label in each layout: label token ids are derived in this context.
 LABEL_CONTEXT: dict[Layout, str] = {Layout.REFERENCE: "\nThe answer is: \n", Layout.SHARED_CONTEXT: "\nRating: "}
 #: A shared-context template ends here: the rating digit is read right after it.

@@ -8,25 +8,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-FORMULAS = ("paper", "reference-code")
+from selectit.contract import Formula, choices
 
 
-def normalized(probs: Sequence[float], formula: str = "paper") -> list[float]:
+def normalized(probs: Sequence[float], formula: str = Formula.PAPER) -> list[float]:
     """P'_k from the raw label probabilities p_1..p_K."""
     total = math.fsum(probs)
     if not total > 0:
         raise ValueError("the label probabilities sum to zero")
     q = [p / total for p in probs]
-    if formula == "paper":
+    if formula == Formula.PAPER:
         return q
-    if formula == "reference-code":  # softmax over the normalized probabilities, as the authors' code
+    if formula == Formula.REFERENCE_CODE:  # softmax over the normalized probabilities, as the authors' code
         e = [math.exp(v) for v in q]
         z = math.fsum(e)
         return [v / z for v in e]
-    raise ValueError(f"unknown formula {formula!r}; choose one of: {', '.join(FORMULAS)}")
+    raise ValueError(f"unknown formula {formula!r}; choose one of: {choices(Formula)}")
 
 
-def token_score(probs: Sequence[float], formula: str = "paper") -> tuple[int, float]:
+def token_score(probs: Sequence[float], formula: str = Formula.PAPER) -> tuple[int, float]:
     """(S_base, S_token): S_base = argmax_k P'_k (1-based, ties → smaller k),
     S_token = S_base × 1/(K−1) × Σ_k |P'_k − P'_{S_base}|."""
     q = normalized(probs, formula)

@@ -1,4 +1,4 @@
-"""The selection half of SelectIT, as SQL: DuckDB views over the curation database.
+"""The read model of SelectIT, as SQL: DuckDB views over the curation database.
 
 `connect()` opens an in-memory DuckDB, ATTACHes the curation database READ-ONLY as `store`
 (SQLite through DuckDB's `sqlite` extension, PostgreSQL through `postgres`; both loaded from the
@@ -21,6 +21,16 @@ order of the ingested file). Positions are unique within a dataset, so the order
 
 **Rankable.** A sample is ranked only if every chosen (model, prompt) cell is stored with status
 `ok`; otherwise it is counted as not yet rankable (missing or failed cells), never defaulted.
+
+**Coverage** (`coverage`, `scoring_coverage`; used by `rank`, `select`, `report` and `status`):
+a cell is *done* iff its stored status is `ok`, *failed* iff it is `failed`, and *missing*
+otherwise (never scored). A sample is complete when all its cells are done, failed when at least
+one cell failed, else missing.
+
+**Top share.** `top_share_sql`: the first floor(share × rankable) samples, but at least one when
+anything is rankable (share > 0 always).
+
+The selection/export half (criteria, frozen selections, files) is `selectit.selection`.
 """
 
 from __future__ import annotations
@@ -39,17 +49,20 @@ from typing import Any
 
 import duckdb
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import make_url
 
 from selectit import db
+from selectit.contract import (  # noqa: F401 - the defaults are part of this module's interface
+    DEFAULT_ALPHA,
+    DEFAULT_FORMULA,
+    DEFAULT_PROMPT_SET,
+    DEFAULT_TOP,
+    CellStatus,
+    Formula,
+    choices,
+)
 from selectit.errors import SelectitError
-from selectit.schema import MAX_SCALE, Dataset, Sample, Selection, SelectionSample
-
-FORMULAS = ("paper", "reference-code")
-DEFAULT_PROMPT_SET = "default"  # the built-in set (selectit.registry.DEFAULT_PROMPT_SET)
-DEFAULT_ALPHA = 0.2
-DEFAULT_TOP = 0.2
-EXPORT_FORMATS = ("alpaca-json", "jsonl", "parquet")
+from selectit.schema import MAX_SCALE
 TIE_RULE = "higher s_model first, then the earlier dataset position"
 
 
@@ -59,6 +72,39 @@ class FusionError(SelectitError):
 
 class ReadOnlyError(FusionError):
     """A statement tried to change the curation database through the SQL console."""
+
+
+# --------------------------------------------------------------------------------------------
+# One validator per knob
+# --------------------------------------------------------------------------------------------
+def validate_top(top: float) -> float:
+    """The share kept by --top: a number in (0, 1]."""
+    if not (isinstance(top, (int, float)) and math.isfinite(top) and 0 < top <= 1):
+        raise FusionError(f"--top must be a share in (0, 1], e.g. 0.2 for the top 20%; got {top!r}")
+    return float(top)
+
+
+def validate_alpha(alpha: float) -> float:
+    """α of the sentence level: a number >= 0."""
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise FusionError(f"--alpha must be a number >= 0, e.g. 0.2; got {alpha!r}")
+    return float(alpha)
+
+
+def validate_formula(formula: str) -> Formula:
+    """The token-level formula, as a `Formula`."""
+    try:
+        return Formula(formula)
+    except ValueError:
+        raise FusionError(f"unknown formula {formula!r}; choose one of: {choices(Formula)}") from None
+
+
+def top_share_sql(top: float, n_rankable: str = "n_rankable") -> str:
+    """SQL bound on `rank` for the top share: floor(share × rankable), at least one.
+
+    The 1e-9 absorbs binary rounding of the share (0.3 × 10 is 2.9999999999999996).
+    """
+    return f"greatest(1, floor({validate_top(top)!r} * {n_rankable} + 1e-9))"
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +215,7 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
 # --------------------------------------------------------------------------------------------
 # The views. Notation (DESIGN.md §1): p_k = stored probability of label k, K = prompts.scale.
 # --------------------------------------------------------------------------------------------
-def _token_sql(max_scale: int, formula: str) -> str:
+def _token_sql(max_scale: int, formula: Formula) -> str:
     """token_scores, with both formula variants; `s_token` is the chosen one.
 
     The K-wide expressions are written out for k = 1..max_scale (the largest K of the chosen
@@ -192,7 +238,7 @@ def _token_sql(max_scale: int, formula: str) -> str:
         return "(" + " + ".join(f"coalesce(abs({v}{k} - max_{v}), 0)" for k in ks) + ")"
 
     greatest = lambda v: "greatest(" + ", ".join(f"{v}{k}" for k in ks) + ")"  # noqa: E731
-    chosen = "paper" if formula == "paper" else "reference"
+    chosen = "paper" if formula == Formula.PAPER else "reference"
     return f"""
 -- Token level, per (sample, model, prompt) cell with status ok:
 --   paper:          P'_k = p_k / Σ_j p_j
@@ -206,7 +252,7 @@ WITH cell AS (
     FROM store.scores s
     JOIN chosen_models m ON m.model_id = s.model_id
     JOIN chosen_prompts p ON p.prompt_id = s.prompt_id
-    WHERE s.status = 'ok'
+    WHERE s.status = '{CellStatus.OK}'
 ), normed AS (
     -- Σp = 0 cannot be normalised: NULLIF leaves the cell without a score (not rankable).
     SELECT *, {paper} FROM (SELECT *, NULLIF({psum}, 0) AS psum FROM cell)
@@ -218,7 +264,7 @@ WITH cell AS (
     SELECT *, {argmax('a')} AS base_a, {argmax('b')} AS base_b FROM maxed
 )
 SELECT sample_id, model_id, model, prompt_id, set_name, position, scale,
-       base_{"a" if formula == "paper" else "b"} AS s_base,
+       base_{"a" if formula == Formula.PAPER else "b"} AS s_base,
        base_a * {spread('a')} / (scale - 1) AS s_token_paper,
        base_b * {spread('b')} / (scale - 1) AS s_token_reference,
        s_token_{chosen} AS s_token
@@ -259,12 +305,12 @@ JOIN store.datasets d ON d.id = ds.dataset_id
 WINDOW w AS (PARTITION BY ds.dataset_id ORDER BY ms.s_model DESC, ds.position ASC);
 
 -- Selective Alpaca: the top share ({top!r}) of each dataset's rankable samples, in Alpaca format.
--- Kept: rank <= floor(share × rankable) (the 1e-9 absorbs binary rounding of the share).
+-- Kept: rank <= floor(share × rankable), at least one (the 1e-9 absorbs binary rounding).
 CREATE OR REPLACE TEMP VIEW selective_alpaca AS
 SELECT r.dataset, r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_model
 FROM (SELECT *, count(*) OVER (PARTITION BY dataset_id) AS n_rankable FROM ranking) r
 JOIN store.samples s ON s.id = r.sample_id
-WHERE r.rank <= floor({top!r} * r.n_rankable + 1e-9);
+WHERE r.rank <= {top_share_sql(top, "r.n_rankable")};
 """
 
 
@@ -360,7 +406,7 @@ def connect(
     db_url: str | None,
     *,
     alpha: float = DEFAULT_ALPHA,
-    formula: str = "paper",
+    formula: str = DEFAULT_FORMULA,
     models: list[str] | None = None,
     prompt_set: str | None = None,
     weights: dict[str, float] | None = None,
@@ -369,16 +415,11 @@ def connect(
     """DuckDB with the curation database attached read-only as `store` and the fusion views.
 
     `models`: names of active models (default: every active model); `prompt_set`: default
-    "default" (a set that does not exist gives empty views: `rank` says so); `weights`:
+    `DEFAULT_PROMPT_SET` (a set that does not exist gives empty views: `rank` says so); `weights`:
     {model name: θ} overriding models.weight / n_params; `top`: the share in `selective_alpaca`.
     The chosen parameters are on the connection as `con.selectit_params` (a `Params`).
     """
-    if formula not in FORMULAS:
-        raise FusionError(f"unknown formula {formula!r}; choose one of: {', '.join(FORMULAS)}")
-    if not (math.isfinite(alpha) and alpha >= 0):
-        raise FusionError(f"--alpha must be a number >= 0, not {alpha!r}")
-    if not 0 < top <= 1:
-        raise FusionError(f"--top must be a share in (0, 1], not {top!r}")
+    formula, alpha, top = validate_formula(formula), validate_alpha(alpha), validate_top(top)
     con = attach(db_url)
     try:
         chosen_models = _choose_models(con, models, weights)
@@ -401,8 +442,8 @@ def connect(
             )
         max_scale = max((p.scale for p in chosen_prompts), default=2)
         con.execute(_token_sql(max_scale, formula))
-        con.execute(_views_sql(float(alpha), len(chosen_prompts), len(chosen_models), float(top)))
-        params = Params(float(alpha), formula, set_name, chosen_models, chosen_prompts)
+        con.execute(_views_sql(alpha, len(chosen_prompts), len(chosen_models), top))
+        params = Params(alpha, formula.value, set_name, chosen_models, chosen_prompts)
         # The parameters travel with the connection (and are visible to ad-hoc SQL).
         con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {_sql_str(json.dumps(params.as_json()))}::JSON AS params")
     except BaseException:
@@ -422,7 +463,7 @@ def params_of(con: duckdb.DuckDBPyConnection) -> Params:
 
 
 # --------------------------------------------------------------------------------------------
-# Ranking a dataset, coverage, choosing the top
+# Dataset lookup and coverage
 # --------------------------------------------------------------------------------------------
 def dataset_id(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
     row = con.execute(f"SELECT id FROM store.datasets WHERE name = {_sql_str(dataset)}").fetchone()
@@ -451,88 +492,32 @@ def require_scoring_setup(con: duckdb.DuckDBPyConnection) -> Params:
 
 
 @dataclass(frozen=True)
-class Criterion:
-    """Which ranked samples to keep: a top share, the top n, or a score threshold (else all)."""
-
-    top: float | None = None
-    top_n: int | None = None
-    min_score: float | None = None
-
-    def __post_init__(self) -> None:
-        given = [x for x in (self.top, self.top_n, self.min_score) if x is not None]
-        if len(given) > 1:
-            raise FusionError("give only one of --top, --top-n and --min-score")
-        if self.top is not None and not 0 < self.top <= 1:
-            raise FusionError(f"--top must be a share in (0, 1], e.g. 0.2; got {self.top!r}")
-        if self.top_n is not None and self.top_n < 1:
-            raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
-
-    def where(self) -> str:
-        if self.top is not None:
-            return f"rank <= floor({float(self.top)!r} * n_rankable + 1e-9)"
-        if self.top_n is not None:
-            return f"rank <= {int(self.top_n)}"
-        if self.min_score is not None:
-            return f"s_model >= {float(self.min_score)!r}"
-        return "TRUE"
-
-    def describe(self) -> str:
-        if self.top is not None:
-            return f"top {self.top:.4g} share"
-        if self.top_n is not None:
-            return f"top {self.top_n}"
-        if self.min_score is not None:
-            return f"S_model >= {self.min_score:.6g}"
-        return "all rankable"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"top": self.top, "top_n": self.top_n, "min_score": self.min_score}
-
-
-@dataclass(frozen=True)
-class RankedSample:
-    rank: int
-    sample_id: int
-    position: int
-    s_model: float
-
-
-def rank_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
-    """Compute the dataset's ranking once into the temp table `dataset_ranking`; its size.
-
-    One pass over the attached scores; `chosen()` and `count_chosen()` then read the table.
-    """
-    require_scoring_setup(con)
-    ds = dataset_id(con, dataset)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE dataset_ranking AS "
-        "SELECT rank, sample_id, position, s_model, count(*) OVER () AS n_rankable "
-        f"FROM ranking WHERE dataset_id = {int(ds)} ORDER BY rank"
-    )
-    return int(con.execute("SELECT count(*) FROM dataset_ranking").fetchone()[0])
-
-
-def chosen(
-    con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion(), limit: int | None = None
-) -> list[RankedSample]:
-    """The ranked samples kept by `criterion`, best first (after `rank_dataset`)."""
-    sql = f"SELECT rank, sample_id, position, s_model FROM dataset_ranking WHERE {criterion.where()} ORDER BY rank"
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    return [RankedSample(*r) for r in con.execute(sql).fetchall()]
-
-
-def count_chosen(con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion()) -> int:
-    return int(con.execute(f"SELECT count(*) FROM dataset_ranking WHERE {criterion.where()}").fetchone()[0])
-
-
-@dataclass(frozen=True)
 class ModelCoverage:
+    """Cells and samples of one model version over the active prompts of one prompt set.
+
+    A cell is done iff its status is `ok`, failed iff `failed`, missing otherwise; a sample is
+    complete when all its cells are done, failed when one failed, else missing.
+    """
+
     model: str
     model_id: int
-    ok: int
-    missing: int
-    failed: int
+    prompt_set: str
+    n_samples: int
+    n_prompts: int
+    ok: int  # cells done
+    failed: int  # cells failed
+    samples_complete: int
+    samples_failed: int
+
+    @property
+    def missing(self) -> int:
+        """Cells never scored."""
+        return self.n_samples * self.n_prompts - self.ok - self.failed
+
+    @property
+    def samples_missing(self) -> int:
+        """Samples with a cell never scored and none failed."""
+        return self.n_samples - self.samples_complete - self.samples_failed
 
 
 @dataclass(frozen=True)
@@ -552,36 +537,63 @@ class Coverage:
         return self.n_samples - self.n_rankable
 
 
-def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
-    """Cells ok / missing / failed per chosen model, and rankable samples, for one dataset."""
-    params = params_of(con)
-    ds = dataset_id(con, dataset)
-    n_prompts, n_models = len(params.prompts), len(params.models)
+def _cell_coverage(
+    con: duckdb.DuckDBPyConnection,
+    dataset: int | None,
+    models: Sequence[tuple[int, str]],
+    prompts: Sequence[tuple[int, str]],
+) -> tuple[int, list[ModelCoverage]]:
+    """The one coverage computation: (samples in scope, per model × prompt set counts).
+
+    `dataset`: a dataset id, or None for the samples of every dataset. `models`: (id, name) of
+    model versions; `prompts`: (id, set name) of prompt versions. Leaves the temp table
+    `coverage_cells` (sample_id, model_id, set_name, n_ok, n_failed) for per-sample questions.
+    """
+    scope = (f"SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(dataset)}" if dataset is not None
+             else "SELECT DISTINCT sample_id FROM store.dataset_samples")
+    n_samples = int(con.execute(f"SELECT count(*) FROM ({scope})").fetchone()[0])
+    model_rows = ", ".join(f"({int(i)})" for i, _ in models) or "(NULL)"
+    prompt_rows = ", ".join(f"({int(i)}, {_sql_str(name)})" for i, name in prompts) or "(NULL, NULL)"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE coverage_cells AS
-        SELECT s.sample_id, s.model_id,
-               count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
-               count(*) FILTER (WHERE s.status <> 'ok') AS n_failed
+        SELECT s.sample_id, s.model_id, p.set_name,
+               count(*) FILTER (WHERE s.status = '{CellStatus.OK}') AS n_ok,
+               count(*) FILTER (WHERE s.status = '{CellStatus.FAILED}') AS n_failed
         FROM store.scores s
-        JOIN chosen_models m ON m.model_id = s.model_id
-        JOIN chosen_prompts p ON p.prompt_id = s.prompt_id
-        WHERE s.sample_id IN (SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(ds)})
-        GROUP BY s.sample_id, s.model_id
+        JOIN (VALUES {model_rows}) m(model_id) ON m.model_id = s.model_id
+        JOIN (VALUES {prompt_rows}) p(prompt_id, set_name) ON p.prompt_id = s.prompt_id
+        WHERE s.sample_id IN ({scope})
+        GROUP BY s.sample_id, s.model_id, p.set_name
         """
     )
-    n_samples = con.execute(f"SELECT count(*) FROM store.dataset_samples WHERE dataset_id = {int(ds)}").fetchone()[0]
-    per_model = {
-        r[0]: (r[1], r[2])
-        for r in con.execute(
-            "SELECT model_id, sum(n_ok), sum(n_failed) FROM coverage_cells GROUP BY model_id"
+    k_of: dict[str, int] = {}
+    for _, name in prompts:
+        k_of[name] = k_of.get(name, 0) + 1
+    counts = {
+        (int(m), str(name)): tuple(int(x or 0) for x in rest)
+        for m, name, *rest in con.execute(
+            "SELECT c.model_id, c.set_name, sum(n_ok), sum(n_failed), count(*) FILTER (WHERE n_ok = k.k), "
+            "count(*) FILTER (WHERE n_failed > 0) FROM coverage_cells c "
+            f"JOIN (VALUES {', '.join(f'({_sql_str(n)}, {k})' for n, k in k_of.items()) or '(NULL, 0)'}) "
+            "k(set_name, k) ON k.set_name = c.set_name GROUP BY c.model_id, c.set_name"
         ).fetchall()
     }
-    models = []
-    for m in params.models:
-        ok, failed = (int(x) for x in per_model.get(m.model_id, (0, 0)))
-        models.append(ModelCoverage(m.name, m.model_id, ok, n_samples * n_prompts - ok - failed, failed))
-    expected = n_prompts * n_models
+    rows = [
+        ModelCoverage(name, int(model_id), set_name, n_samples, k, *counts.get((int(model_id), set_name), (0, 0, 0, 0)))
+        for model_id, name in models
+        for set_name, k in k_of.items()
+    ]
+    return n_samples, rows
+
+
+def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
+    """Cells done / missing / failed per chosen model, and rankable samples, for one dataset."""
+    params = params_of(con)
+    ds = dataset_id(con, dataset)
+    n_samples, models = _cell_coverage(con, ds, [(m.model_id, m.name) for m in params.models],
+                                       [(p.prompt_id, p.set_name) for p in params.prompts])
+    expected = len(params.prompts) * len(params.models)
     complete, with_failed = con.execute(
         f"SELECT count(*) FILTER (WHERE ok = {int(expected)}), count(*) FILTER (WHERE failed > 0) "
         "FROM (SELECT sample_id, sum(n_ok) AS ok, sum(n_failed) AS failed FROM coverage_cells GROUP BY sample_id)"
@@ -591,148 +603,28 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
     # probabilities sum to 0 (cannot be normalised) — those count as rankable-in-coverage only.
     return Coverage(
         dataset=dataset,
-        n_samples=int(n_samples),
+        n_samples=n_samples,
         n_rankable=n_rankable,
         n_cells_per_sample=expected,
         samples_with_failed=int(with_failed),
-        samples_with_missing=int(n_samples) - n_rankable - int(with_failed),
+        samples_with_missing=n_samples - n_rankable - int(with_failed),
         models=tuple(models),
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Frozen selections and exports
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExportRow:
-    rank: int
-    sample_id: int
-    instruction: str
-    input: str
-    output: str
-    score: float
+def scoring_coverage(con: duckdb.DuckDBPyConnection) -> list[ModelCoverage]:
+    """Per active model version × active prompt set, over the samples of every dataset.
 
-
-def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
-    return session.scalars(sa.select(Selection).where(Selection.name == name)).one_or_none()
-
-
-def freeze_selection(
-    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion
-) -> tuple[int, int, int]:
-    """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable).
-
-    The ranks, sample ids and scores are copied, so the selection never changes afterwards.
+    `con` is any connection with the store attached (`attach` or `connect`); `selectit status`
+    shows these rows, with the same rule as `coverage`.
     """
-    with db.session_scope(engine) as session:
-        existing = _selection_by_name(session, name)
-        if existing is not None:
-            raise FusionError(
-                f"a selection named {name!r} already exists ({existing.n_selected} samples, created "
-                f"{existing.created_at:%Y-%m-%d %H:%M}); choose another name, or export it with "
-                f"`selectit export --selection {name} --out FILE`"
-            )
-    n_rankable = rank_dataset(con, dataset)
-    rows = chosen(con, criterion)
-    params = params_of(con).as_json() | {
-        "dataset": dataset,
-        "criterion": criterion.as_json(),
-        "n_rankable": n_rankable,
-    }
-    with db.session_scope(engine) as session:
-        if _selection_by_name(session, name) is not None:  # created meanwhile by someone else
-            raise FusionError(f"a selection named {name!r} already exists; choose another name")
-        ds_id = session.scalars(sa.select(Dataset.id).where(Dataset.name == dataset)).one()
-        selection = Selection(name=name, dataset_id=ds_id, params=params, n_selected=len(rows))
-        session.add(selection)
-        session.flush()
-        if rows:
-            session.execute(
-                sa.insert(SelectionSample),
-                [{"selection_id": selection.id, "rank": r.rank, "sample_id": r.sample_id, "score": r.s_model} for r in rows],
-            )
-        return selection.id, len(rows), n_rankable
-
-
-def selection_rows(engine: Engine, name: str) -> list[ExportRow]:
-    """The frozen selection `name`, best first."""
-    with db.session_scope(engine) as session:
-        selection = _selection_by_name(session, name)
-        if selection is None:
-            names = session.scalars(sa.select(Selection.name).order_by(Selection.name)).all()
-            raise FusionError(
-                f"no selection named {name!r} (selections: {', '.join(names) or 'none'}); "
-                f"make one with `selectit select {name} --dataset D`"
-            )
-        result = session.execute(
-            sa.select(SelectionSample.rank, Sample.id, Sample.instruction, Sample.input, Sample.output, SelectionSample.score)
-            .join(Sample, Sample.id == SelectionSample.sample_id)
-            .where(SelectionSample.selection_id == selection.id)
-            .order_by(SelectionSample.rank)
-        )
-        return [ExportRow(*r) for r in result]
-
-
-def live_rows(con: duckdb.DuckDBPyConnection, dataset: str, criterion: Criterion) -> list[ExportRow]:
-    """The dataset's current choice, best first, with the samples' text."""
-    rank_dataset(con, dataset)
-    result = con.execute(
-        f"SELECT r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_model "
-        f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
-        f"JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank"
+    models = con.execute(
+        "SELECT id, name FROM store.models WHERE CAST(active AS INTEGER) = 1 ORDER BY name, id"
     ).fetchall()
-    return [ExportRow(*r) for r in result]
-
-
-def _records(rows: Sequence[ExportRow], with_scores: bool) -> list[dict[str, Any]]:
-    records = []
-    for r in rows:
-        record: dict[str, Any] = {"instruction": r.instruction, "input": r.input or "", "output": r.output}
-        if with_scores:
-            record["score"] = r.score
-            record["rank"] = r.rank
-        records.append(record)
-    return records
-
-
-def write_export(rows: Sequence[ExportRow], out: str | os.PathLike[str], fmt: str = "alpaca-json",
-                 with_scores: bool = False) -> Path:
-    """Write `rows` to `out` (deterministic bytes), via a temp file renamed into place."""
-    if fmt not in EXPORT_FORMATS:
-        raise FusionError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-    out = Path(out)
-    if not out.parent.exists():
-        raise FusionError(f"the directory {str(out.parent)!r} does not exist; create it first")
-    records = _records(rows, with_scores)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        if fmt == "parquet":
-            os.close(fd)
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            columns: dict[str, Any] = {
-                "instruction": pa.array([r["instruction"] for r in records], pa.string()),
-                "input": pa.array([r["input"] for r in records], pa.string()),
-                "output": pa.array([r["output"] for r in records], pa.string()),
-            }
-            if with_scores:
-                columns["score"] = pa.array([r["score"] for r in records], pa.float64())
-                columns["rank"] = pa.array([r["rank"] for r in records], pa.int64())
-            pq.write_table(pa.table(columns), tmp)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                if fmt == "alpaca-json":
-                    fh.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
-                else:
-                    for record in records:
-                        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    prompts = con.execute(
+        "SELECT id, set_name FROM store.prompts WHERE CAST(active AS INTEGER) = 1 ORDER BY set_name, position, id"
+    ).fetchall()
+    return _cell_coverage(con, None, models, prompts)[1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,12 +25,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from selectit.contract import LABEL_CONTEXT, SHARED_CONTEXT_END, Layout, RenderedPrompt, render  # noqa: F401
+from selectit.contract import DEFAULT_PROMPT_SET, LABEL_CONTEXT, SHARED_CONTEXT_END, Layout, RenderedPrompt, render  # noqa: F401
 from selectit.errors import SelectitError
 from selectit.schema import LLM, MAX_SCALE, Prompt
 
 LAYOUTS = tuple(Layout)
-DEFAULT_PROMPT_SET = "default"
 #: The context length used unless `--max-tokens` says otherwise (capped by the model's own).
 DEFAULT_MAX_TOKENS = 4096
 

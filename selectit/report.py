@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from selectit.errors import SelectitError
+from selectit.fusion import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
 
 #: Marks a directory as a selectit report, so a rerun may replace it (and nothing else).
 MARKER = "<!-- selectit report -->"
@@ -230,15 +231,7 @@ class _Data:
 def _gather(con: Any, dataset: str) -> _Data:
     from selectit import fusion
 
-    row = _fetch(con, "SELECT id FROM store.datasets WHERE name = ?", [dataset])
-    if not row:
-        names = [r[0] for r in _fetch(con, "SELECT name FROM store.datasets ORDER BY name")]
-        known = ", ".join(names) if names else "none yet"
-        raise ReportError(
-            f"no dataset named {dataset!r} (datasets: {known}); "
-            f"ingest it first with `selectit ingest FILE --dataset {dataset}`."
-        )
-    dataset_id = int(row[0][0])
+    dataset_id = fusion.dataset_id(con, dataset)
 
     # What the fusion chose (active versions; θ from --weights, models.weight or n_params).
     params = fusion.params_of(con)
@@ -246,7 +239,8 @@ def _gather(con: Any, dataset: str) -> _Data:
     set_name = params.prompt_set
     prompts = [(p.prompt_id, p.position) for p in params.prompts]
 
-    n_samples = int(_fetch(con, "SELECT count(*) FROM store.dataset_samples WHERE dataset_id = ?", [dataset_id])[0][0])
+    cov = fusion.coverage(con, dataset)  # the rule of `selectit rank` and `selectit status`
+    n_samples = cov.n_samples
 
     in_dataset = "JOIN store.dataset_samples d ON d.sample_id = v.sample_id AND d.dataset_id = ?"
     sent: dict[str, dict[int, float]] = {}
@@ -271,7 +265,8 @@ def _gather(con: Any, dataset: str) -> _Data:
                 zip(cols["sample_id"][mask].tolist(), cols["s_token"][mask].astype(float).tolist())
             )
 
-    # The selected samples are the fusion's own `selective_alpaca` (the top share, rounded down).
+    # The selected samples are the fusion's own `selective_alpaca` (the top share, rounded down,
+    # at least one).
     selected = [
         int(r[0])
         for r in _fetch(con, "SELECT sample_id FROM selective_alpaca WHERE dataset = ? ORDER BY rank", [dataset])
@@ -291,59 +286,14 @@ def _gather(con: Any, dataset: str) -> _Data:
             [dataset_id],
         )
     }
-    coverage = _coverage(con, dataset_id, [m[0] for m in chosen], [p[0] for p in prompts])
-    names = {m[0]: m[1] for m in chosen}
-    coverage = [(names[r[0]], *r[1:]) for r in coverage]
+    coverage = [
+        (m.model, m.n_samples, m.samples_complete, m.samples_missing, m.samples_failed, m.ok, m.failed, m.missing)
+        for m in cov.models
+    ]
     return _Data(
         dataset, dataset_id, chosen, set_name, prompts, n_samples, sent, token, ranking, samples,
         coverage, selected,
     )  # fmt: skip
-
-
-def _coverage(con: Any, dataset_id: int, model_ids: list[int], prompt_ids: list[int]) -> list[tuple[Any, ...]]:
-    """Per model: samples complete / missing / failed over the chosen prompts, and cell counts.
-
-    A sample is *complete* for a model when all its prompt cells are scored ok, *failed* when at
-    least one cell failed, else *missing* (some cell never scored).
-    """
-    if not model_ids:
-        return []
-    if not prompt_ids:
-        n = int(_fetch(con, "SELECT count(*) FROM store.dataset_samples WHERE dataset_id = ?", [dataset_id])[0][0])
-        return [(m, n, 0, n, 0, 0, 0, 0) for m in model_ids]
-    mlist = ", ".join(str(int(m)) for m in model_ids)
-    plist = ", ".join(str(int(p)) for p in prompt_ids)
-    rows = _fetch(
-        con,
-        f"""
-        WITH ds AS (SELECT sample_id FROM store.dataset_samples WHERE dataset_id = ?),
-        sc AS (
-            SELECT s.model_id, s.sample_id, s.status FROM store.scores s
-            JOIN ds ON ds.sample_id = s.sample_id
-            WHERE s.model_id IN ({mlist}) AND s.prompt_id IN ({plist})
-        ),
-        per_sample AS (
-            SELECT m.model_id, ds.sample_id,
-                   count(sc.status) FILTER (WHERE sc.status = 'ok') AS ok,
-                   count(sc.status) FILTER (WHERE sc.status = 'failed') AS failed
-            FROM (SELECT unnest([{mlist}]) AS model_id) m
-            CROSS JOIN ds
-            LEFT JOIN sc ON sc.model_id = m.model_id AND sc.sample_id = ds.sample_id
-            GROUP BY m.model_id, ds.sample_id
-        )
-        SELECT model_id,
-               count(*) AS samples,
-               count(*) FILTER (WHERE ok = {len(prompt_ids)}) AS complete,
-               count(*) FILTER (WHERE failed = 0 AND ok < {len(prompt_ids)}) AS missing,
-               count(*) FILTER (WHERE failed > 0) AS failed,
-               sum(ok) AS cells_ok,
-               sum(failed) AS cells_failed,
-               count(*) * {len(prompt_ids)} - sum(ok) - sum(failed) AS cells_missing
-        FROM per_sample GROUP BY model_id ORDER BY model_id
-        """,
-        [dataset_id],
-    )
-    return [tuple(int(v) for v in r) for r in rows]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -737,9 +687,9 @@ def build_report(
     *,
     models: list[str] | None = None,
     prompt_set: str | None = None,
-    alpha: float = 0.2,
-    formula: str = "paper",
-    top: float = 0.2,
+    alpha: float = DEFAULT_ALPHA,
+    formula: str = DEFAULT_FORMULA,
+    top: float = DEFAULT_TOP,
     weights: dict[str, float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReportResult:
@@ -748,8 +698,7 @@ def build_report(
     `models`, `prompt_set`, `alpha`, `formula`, `weights` and `top` go to `fusion.connect`; the
     selected samples are its `selective_alpaca` view (the top share of the rankable samples).
     """
-    if not 0 < top <= 1:
-        raise ReportError(f"--top must be a share in (0, 1], got {top}; e.g. --top 0.2 for the top 20%.")
+    validate_top(top)  # before anything is written
     out = Path(out)
     _prepare_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)

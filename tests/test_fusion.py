@@ -429,3 +429,77 @@ def test_export_needs_a_selection_or_a_dataset(engine, cli, tmp_path) -> None:
     assert result.output == ("Error: no selection named 'nope' (selections: none); make one with "
                              "`selectit select nope --dataset D`\n")
     assert not (tmp_path / "x.json").exists() and not list(tmp_path.glob(".x.json*"))
+
+
+# ------------------------------------------------------------------------ one read model
+def _table_row(output: str, first: str) -> list[str]:
+    """The cells of the rich table row whose first cell is `first`."""
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in:\n{output}")
+
+
+def test_one_coverage_rule_for_rank_report_and_status(engine, cli, tmp_path) -> None:
+    """done iff 'ok', failed iff 'failed', missing otherwise: the same numbers in all three views."""
+    from selectit.report import build_report
+
+    cells = {k: {m: list(v) for m, v in per.items()} for k, per in CELLS.items()}
+    cells["s2"]["B"][1] = None  # never scored
+    cells["s3"]["B"][0] = None
+    cells["s3"]["B"][2] = None
+    seed(engine, {k: {m: tuple(v) for m, v in per.items()} for k, per in cells.items()}, failed={("s3", "A", 1)})
+    # model → (cells done, missing, failed)
+    expected = {"A": (8, 0, 1), "B": (6, 3, 0)}
+
+    con = fusion.connect(url_of(engine), prompt_set="s")
+    try:
+        cov = fusion.coverage(con, "d")
+        overall = fusion.scoring_coverage(con)
+    finally:
+        con.close()
+    assert {m.model: (m.ok, m.missing, m.failed) for m in cov.models} == expected
+    assert {m.model: (m.samples_complete, m.samples_missing, m.samples_failed) for m in cov.models} == {
+        "A": (2, 0, 1), "B": (1, 2, 0)}
+    assert {(m.model, m.prompt_set): (m.ok, m.missing, m.failed) for m in overall} == {
+        ("A", "s"): expected["A"], ("B", "s"): expected["B"]}
+
+    rank = cli("rank", "--dataset", "d", "--prompt-set", "s")
+    assert rank.exit_code == 0, rank.output
+    for model, (ok, missing, failed) in expected.items():
+        assert _table_row(rank.output, model)[2:] == [str(ok), str(missing), str(failed)]
+
+    report = build_report(url_of(engine), "d", tmp_path / "report", prompt_set="s")
+    rows = {r["model"]: r for r in report.tables["coverage"].records()}
+    for model, (ok, missing, failed) in expected.items():
+        assert (rows[model]["cells_ok"], rows[model]["cells_missing"], rows[model]["cells_failed"]) == (ok, missing, failed)
+    assert (rows["A"]["complete"], rows["A"]["missing"], rows["A"]["failed"]) == (2, 0, 1)
+    assert (report.n_samples, report.n_rankable) == (3, 1)
+
+    status = cli("status")
+    assert status.exit_code == 0, status.output
+    for model, (ok, missing, failed) in expected.items():
+        assert _table_row(status.output, model)[1:5] == ["s", str(ok), str(missing), str(failed)]
+
+
+def test_a_top_share_keeps_at_least_one_sample(engine, cli, tmp_path) -> None:
+    """3 rankable samples, --top 0.2: floor(0.6) = 0, but the share keeps at least one everywhere."""
+    from selectit.report import build_report
+
+    ids = seed(engine)
+    rank = cli("rank", "--dataset", "d", "--prompt-set", "s", "--top", "0.2")
+    assert rank.exit_code == 0, rank.output
+    assert "selected: 1 of 3 rankable (top 0.2 share)" in rank.output
+    select = cli("select", "v1", "--dataset", "d", "--prompt-set", "s", "--top", "0.2")
+    assert select.exit_code == 0, select.output
+    assert "1 of 3 rankable samples" in select.output
+    for args in (["--selection", "v1"], ["--dataset", "d", "--prompt-set", "s", "--top", "0.2"]):
+        out = tmp_path / "top.jsonl"
+        assert cli("export", *args, "--out", out, "--format", "jsonl").exit_code == 0
+        assert [json.loads(line)["instruction"] for line in out.read_text().splitlines()] == ["Instruction s3"]
+    sql = cli("sql", "SELECT sample_id FROM selective_alpaca", "--prompt-set", "s", "--top", "0.2", "--format", "json")
+    assert json.loads(sql.output) == [{"sample_id": ids["s3"]}]
+    assert build_report(url_of(engine), "d", tmp_path / "report", prompt_set="s", top=0.2).n_selected == 1
+    # A share that rounds down to more than one is not changed: 0.7 × 3 = 2.1 → 2.
+    assert "selected: 2 of 3 rankable" in cli("rank", "--dataset", "d", "--prompt-set", "s", "--top", "0.7").output

@@ -280,7 +280,7 @@ def test_report_errors_say_what_to_do(engine: sa.Engine, cli, tmp_path: Path) ->
     assert result.exit_code == 1
     assert result.output == (
         "Error: no dataset named 'nope' (datasets: demo, other); "
-        "ingest it first with `selectit ingest FILE --dataset nope`.\n"
+        "ingest one with `selectit ingest FILE --dataset nope`\n"
     )
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -293,4 +293,4 @@ def test_report_errors_say_what_to_do(engine: sa.Engine, cli, tmp_path: Path) ->
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     result = cli("report", "--dataset", "demo", "--out", tmp_path / "r", "--top", "1.5")
     assert result.exit_code == 1
-    assert result.output == "Error: --top must be a share in (0, 1], got 1.5; e.g. --top 0.2 for the top 20%.\n"
+    assert result.output == "Error: --top must be a share in (0, 1], e.g. 0.2 for the top 20%; got 1.5\n"

@@ -1,0 +1,245 @@
+"""The selection half: which ranked samples to keep, frozen selections, and exports.
+
+A `Criterion` picks part of a dataset's ranking (the fusion views of `selectit.fusion`): a top
+share (rounded down, but at least one sample when anything is rankable), the top n, or a score
+threshold. `freeze_selection` copies the choice into the curation database so that
+`selection_rows` + `write_export` give the same bytes later, whatever is scored meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from selectit import db
+from selectit.contract import EXPORT_FORMATS
+from selectit.fusion import FusionError, dataset_id, params_of, require_scoring_setup, top_share_sql, validate_top
+from selectit.schema import Dataset, Sample, Selection, SelectionSample
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing from the ranking
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Criterion:
+    """Which ranked samples to keep: a top share, the top n, or a score threshold (else all).
+
+    The top share keeps floor(share × rankable) samples, at least one when any is rankable.
+    """
+
+    top: float | None = None
+    top_n: int | None = None
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.top, self.top_n, self.min_score) if x is not None]
+        if len(given) > 1:
+            raise FusionError("give only one of --top, --top-n and --min-score")
+        if self.top is not None:
+            validate_top(self.top)
+        if self.top_n is not None and self.top_n < 1:
+            raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
+
+    def where(self) -> str:
+        if self.top is not None:
+            return f"rank <= {top_share_sql(self.top)}"
+        if self.top_n is not None:
+            return f"rank <= {int(self.top_n)}"
+        if self.min_score is not None:
+            return f"s_model >= {float(self.min_score)!r}"
+        return "TRUE"
+
+    def describe(self) -> str:
+        if self.top is not None:
+            return f"top {self.top:.4g} share"
+        if self.top_n is not None:
+            return f"top {self.top_n}"
+        if self.min_score is not None:
+            return f"S_model >= {self.min_score:.6g}"
+        return "all rankable"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"top": self.top, "top_n": self.top_n, "min_score": self.min_score}
+
+
+@dataclass(frozen=True)
+class RankedSample:
+    rank: int
+    sample_id: int
+    position: int
+    s_model: float
+
+
+def rank_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
+    """Compute the dataset's ranking once into the temp table `dataset_ranking`; its size.
+
+    One pass over the attached scores; `chosen()` and `count_chosen()` then read the table.
+    """
+    require_scoring_setup(con)
+    ds = dataset_id(con, dataset)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE dataset_ranking AS "
+        "SELECT rank, sample_id, position, s_model, count(*) OVER () AS n_rankable "
+        f"FROM ranking WHERE dataset_id = {int(ds)} ORDER BY rank"
+    )
+    return int(con.execute("SELECT count(*) FROM dataset_ranking").fetchone()[0])
+
+
+def chosen(
+    con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion(), limit: int | None = None
+) -> list[RankedSample]:
+    """The ranked samples kept by `criterion`, best first (after `rank_dataset`)."""
+    sql = f"SELECT rank, sample_id, position, s_model FROM dataset_ranking WHERE {criterion.where()} ORDER BY rank"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [RankedSample(*r) for r in con.execute(sql).fetchall()]
+
+
+def count_chosen(con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion()) -> int:
+    return int(con.execute(f"SELECT count(*) FROM dataset_ranking WHERE {criterion.where()}").fetchone()[0])
+
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen selections and exports
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportRow:
+    rank: int
+    sample_id: int
+    instruction: str
+    input: str
+    output: str
+    score: float
+
+
+def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
+    return session.scalars(sa.select(Selection).where(Selection.name == name)).one_or_none()
+
+
+def freeze_selection(
+    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion
+) -> tuple[int, int, int]:
+    """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable).
+
+    The ranks, sample ids and scores are copied, so the selection never changes afterwards.
+    """
+    with db.session_scope(engine) as session:
+        existing = _selection_by_name(session, name)
+        if existing is not None:
+            raise FusionError(
+                f"a selection named {name!r} already exists ({existing.n_selected} samples, created "
+                f"{existing.created_at:%Y-%m-%d %H:%M}); choose another name, or export it with "
+                f"`selectit export --selection {name} --out FILE`"
+            )
+    n_rankable = rank_dataset(con, dataset)
+    rows = chosen(con, criterion)
+    params = params_of(con).as_json() | {
+        "dataset": dataset,
+        "criterion": criterion.as_json(),
+        "n_rankable": n_rankable,
+    }
+    with db.session_scope(engine) as session:
+        if _selection_by_name(session, name) is not None:  # created meanwhile by someone else
+            raise FusionError(f"a selection named {name!r} already exists; choose another name")
+        ds_id = session.scalars(sa.select(Dataset.id).where(Dataset.name == dataset)).one()
+        selection = Selection(name=name, dataset_id=ds_id, params=params, n_selected=len(rows))
+        session.add(selection)
+        session.flush()
+        if rows:
+            session.execute(
+                sa.insert(SelectionSample),
+                [{"selection_id": selection.id, "rank": r.rank, "sample_id": r.sample_id, "score": r.s_model} for r in rows],
+            )
+        return selection.id, len(rows), n_rankable
+
+
+def selection_rows(engine: Engine, name: str) -> list[ExportRow]:
+    """The frozen selection `name`, best first."""
+    with db.session_scope(engine) as session:
+        selection = _selection_by_name(session, name)
+        if selection is None:
+            names = session.scalars(sa.select(Selection.name).order_by(Selection.name)).all()
+            raise FusionError(
+                f"no selection named {name!r} (selections: {', '.join(names) or 'none'}); "
+                f"make one with `selectit select {name} --dataset D`"
+            )
+        result = session.execute(
+            sa.select(SelectionSample.rank, Sample.id, Sample.instruction, Sample.input, Sample.output, SelectionSample.score)
+            .join(Sample, Sample.id == SelectionSample.sample_id)
+            .where(SelectionSample.selection_id == selection.id)
+            .order_by(SelectionSample.rank)
+        )
+        return [ExportRow(*r) for r in result]
+
+
+def live_rows(con: duckdb.DuckDBPyConnection, dataset: str, criterion: Criterion) -> list[ExportRow]:
+    """The dataset's current choice, best first, with the samples' text."""
+    rank_dataset(con, dataset)
+    result = con.execute(
+        f"SELECT r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_model "
+        f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
+        f"JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank"
+    ).fetchall()
+    return [ExportRow(*r) for r in result]
+
+
+def _records(rows: Sequence[ExportRow], with_scores: bool) -> list[dict[str, Any]]:
+    records = []
+    for r in rows:
+        record: dict[str, Any] = {"instruction": r.instruction, "input": r.input or "", "output": r.output}
+        if with_scores:
+            record["score"] = r.score
+            record["rank"] = r.rank
+        records.append(record)
+    return records
+
+
+def write_export(rows: Sequence[ExportRow], out: str | os.PathLike[str], fmt: str = "alpaca-json",
+                 with_scores: bool = False) -> Path:
+    """Write `rows` to `out` (deterministic bytes), via a temp file renamed into place."""
+    if fmt not in EXPORT_FORMATS:
+        raise FusionError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    if not out.parent.exists():
+        raise FusionError(f"the directory {str(out.parent)!r} does not exist; create it first")
+    records = _records(rows, with_scores)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == "parquet":
+            os.close(fd)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            columns: dict[str, Any] = {
+                "instruction": pa.array([r["instruction"] for r in records], pa.string()),
+                "input": pa.array([r["input"] for r in records], pa.string()),
+                "output": pa.array([r["output"] for r in records], pa.string()),
+            }
+            if with_scores:
+                columns["score"] = pa.array([r["score"] for r in records], pa.float64())
+                columns["rank"] = pa.array([r["rank"] for r in records], pa.int64())
+            pq.write_table(pa.table(columns), tmp)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                if fmt == "alpaca-json":
+                    fh.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+                else:
+                    for record in records:
+                        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
