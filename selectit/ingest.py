@@ -1,20 +1,8 @@
-"""Ingest instruction data into the curation store: parse → validate → canonical hash → bulk insert.
+"""Ingest instruction data into the curation store: read (`selectit.formats`) → hash → bulk insert.
 
-Formats (detected from the extension and the first record, or forced with `fmt`):
-
-- ``alpaca-json``: a JSON list of ``{"instruction", "input", "output"}`` objects;
-- ``jsonl``: one such object per line;
-- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": …}, …]}``
-  records (optionally with a top-level ``system`` string), as a JSON list or JSONL;
-- ``messages``: OpenAI-style ``{"messages": [{"role": "system"|"user"|"assistant", "content": …}]}``
-  records, as a JSON list or JSONL;
-- ``parquet``: columns ``instruction``/``input``/``output``, or ``conversations``, or ``messages``.
-
-Multi-turn rendering: the *last* assistant turn is the response (``output``); the turns before it
-become the ``instruction``, one turn per line as ``"<Role>: <text>"`` with Role ∈ System, User,
-Assistant, Tool, joined by ``"\\n"`` (a ShareGPT top-level ``system`` comes first). A context of one
-single user turn becomes the instruction as is. ``input`` is empty; turns after the last assistant
-turn are dropped.
+`ingest_file` = the pure parse step (`formats.RecordReader`: format detection, validation,
+canonical text) + the write step here (content hash, de-duplication, dialect-specific bulk
+insert). Formats and the canonical form are described in `selectit.formats`.
 
 Canonical content hash (`content_hash`): each of instruction, input, output is put in canonical
 form (``\\r\\n`` → ``\\n``, then Unicode NFC); the hash is the sha256 hex digest of the UTF-8 bytes
@@ -29,10 +17,6 @@ One file is one transaction: any error rolls back everything from that file (wit
 from __future__ import annotations
 
 import hashlib
-import json
-import itertools
-import unicodedata
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,48 +25,29 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from selectit.db import is_postgres
-from selectit.errors import SelectitError
+from selectit.formats import (  # noqa: F401 - re-exported: the ingest interface
+    FORMATS,
+    MAX_ORIGINAL_ID,
+    IngestError,
+    InvalidRecord,
+    Progress,
+    Record,
+    RecordReader,
+    canonical,
+    detect_format,
+    render_conversation,
+)
 from selectit.schema import Dataset, utcnow
 
-FORMATS = ("alpaca-json", "jsonl", "sharegpt", "messages", "parquet")
 #: Records written per round trip (SQLite executemany); bounded memory for any file size.
 CHUNK = 20_000
-#: dataset_samples.original_id is VARCHAR(200).
-MAX_ORIGINAL_ID = 200
 #: How many invalid records `IngestResult.invalid_report` lists before summarising the rest.
 LIST_INVALID = 20
 
 SKIP_HINT = "Nothing was ingested; fix the record, or try --skip-invalid to ingest only the valid records."
 
-_SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
-    "bing": "assistant", "model": "assistant",
-    "system": "system",
-    "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant",
-}
-_MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-                  "tool": "tool", "function": "tool"}
-_ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-
-
-class IngestError(SelectitError):
-    """The file cannot be ingested; nothing from it was committed."""
-
-
-class _Invalid(Exception):
-    """One record is invalid (skippable with skip_invalid); the message is the reason."""
-
 
 # ---------------------------------------------------------------------------------------- hashing
-
-
-def canonical(text: str) -> str:
-    """The canonical form of one field: ``\\r\\n`` → ``\\n``, then Unicode NFC."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    # ASCII is always NFC; the test saves a normalisation pass on most records.
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def _digest(instruction: str, input: str, output: str) -> str:
@@ -90,16 +55,6 @@ def _digest(instruction: str, input: str, output: str) -> str:
     i, n, o = instruction.encode(), input.encode(), output.encode()
     return hashlib.sha256(b"%d:%s%d:%s%d:%s" % (len(i), i, len(n), n, len(o), o)).hexdigest()
 
-
-def _checked_digest(instruction: str, input: str, output: str) -> str:
-    """_digest, refusing text no backend can store (PostgreSQL text cannot hold NUL)."""
-    for name, text in (("instruction", instruction), ("input", input), ("output", output)):
-        if "\x00" in text:
-            raise _Invalid(f"field '{name}' contains a NUL character")
-    try:
-        return _digest(instruction, input, output)
-    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
-        raise _Invalid(f"text contains an unpaired surrogate ({exc.object[exc.start]!a})") from None
 
 
 def content_hash(instruction: str, input: str, output: str) -> str:
@@ -112,20 +67,6 @@ def content_hash(instruction: str, input: str, output: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class InvalidRecord:
-    record: int  # 1-based record number in the file
-    line: int | None  # 1-based line (JSONL), when known
-    reason: str
-
-    @property
-    def where(self) -> str:
-        return f"record {self.record}" + (f" (line {self.line})" if self.line is not None else "")
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
 
 
 @dataclass
@@ -151,260 +92,6 @@ class IngestResult:
             lines.append(f"  … and {len(self.invalid) - limit} more invalid records")
         return lines
 
-
-#: progress(records_read, units_done, units_total): units are bytes (JSON) or rows (Parquet).
-Progress = Callable[[int, int, int], None]
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-
-@dataclass
-class _Raw:
-    record: int
-    line: int | None
-    obj: Any = None
-    error: str | None = None  # set: the record could not even be parsed (skippable)
-
-
-def _decode_error(path: Path, data: bytes, base: int, exc: UnicodeDecodeError, line: int) -> IngestError:
-    offset = base + exc.start
-    return IngestError(
-        f"{path}: not valid UTF-8 at byte {offset} (line {line}, byte 0x{data[exc.start]:02x}). "
-        f"Nothing was ingested; re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} "
-        f"> fixed.json`) and ingest that."
-    )
-
-
-def _first_byte(path: Path) -> bytes:
-    with path.open("rb") as fh:
-        head = fh.read(4096)
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:]
-    return head.lstrip()[:1]
-
-
-def _iter_json_list(path: Path, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _decode_error(path, data, 0, exc, data.count(b"\n", 0, exc.start) + 1) from None
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IngestError(
-            f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg}). Nothing was "
-            f"ingested; fix the file (a JSON list cannot be read past a syntax error), or convert it to JSONL "
-            f"and use --skip-invalid."
-        ) from None
-    if not isinstance(items, list):
-        raise IngestError(f"{path}: expected a JSON list of records, got a JSON {type(items).__name__}. "
-                          f"Nothing was ingested; wrap the records in [ … ] or write one per line (JSONL).")
-    total = len(items)
-    for i, obj in enumerate(items, 1):
-        yield _Raw(i, None, obj)
-        if i % 1000 == 0 or i == total:  # after the consumer counted record i
-            progress(i, total)
-
-
-def _iter_jsonl(path: Path, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
-    total = path.stat().st_size
-    offset = 0
-    record = 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            start = offset
-            offset += len(raw)
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-                start += 3
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _decode_error(path, raw, start, exc, lineno) from None
-            if not line.strip():
-                continue
-            record += 1
-            try:
-                yield _Raw(record, lineno, json.loads(line))
-            except json.JSONDecodeError as exc:
-                yield _Raw(record, lineno, error=f"invalid JSON ({exc.msg}, column {exc.colno})")
-            if record % 1000 == 0:
-                progress(offset, total)
-    progress(total, total)
-
-
-def _iter_parquet(path: Path, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    total = pf.metadata.num_rows
-    record = 0
-    for batch in pf.iter_batches(batch_size=CHUNK):
-        for obj in batch.to_pylist():
-            record += 1
-            yield _Raw(record, None, obj)
-        progress(record, total)
-
-
-# ---------------------------------------------------------------------------------------- records
-
-
-def _text(obj: dict[str, Any], key: str, *, required: bool) -> str:
-    if key not in obj or (obj[key] is None and required):
-        if required:
-            raise _Invalid(f"missing field '{key}'")
-        return ""
-    value = obj[key]
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Invalid(f"field '{key}' is not a string (got {type(value).__name__})")
-    if required and not value.strip():
-        raise _Invalid(f"empty field '{key}'")
-    return value
-
-
-def _content(value: Any, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts: keep the text parts
-        parts = []
-        for part in value:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            else:
-                raise _Invalid(f"{where} has non-text content")
-        return "".join(parts)
-    if value is None:
-        return ""
-    raise _Invalid(f"{where} is not a string (got {type(value).__name__})")
-
-
-def render_conversation(turns: list[tuple[str, str]]) -> tuple[str, str]:
-    """(instruction, output) of a conversation given as (role, text) pairs, role ∈ system/user/assistant/tool.
-
-    The last assistant turn is the output; the turns before it are the instruction: one single
-    user turn as is, otherwise ``"<Role>: <text>"`` lines joined by ``"\\n"``.
-    """
-    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
-    if last is None:
-        raise _Invalid("no assistant turn (the last assistant turn is the response)")
-    output = turns[last][1]
-    if not output.strip():
-        raise _Invalid(f"empty response (turn {last + 1}, the last assistant turn)")
-    context = turns[:last]
-    if not context:
-        raise _Invalid("no turn before the last assistant turn (it would be the instruction)")
-    if len(context) == 1 and context[0][0] == "user":
-        instruction = context[0][1]
-    else:
-        instruction = "\n".join(f"{_ROLE_LABEL[role]}: {text}" for role, text in context)
-    if not instruction.strip():
-        raise _Invalid("empty instruction (the turns before the last assistant turn are empty)")
-    return instruction, output
-
-
-def _turns(obj: dict[str, Any], key: str) -> list[tuple[str, str]]:
-    if key not in obj or obj[key] is None:
-        raise _Invalid(f"missing field '{key}'")
-    seq = obj[key]
-    if not isinstance(seq, list):
-        raise _Invalid(f"field '{key}' is not a list (got {type(seq).__name__})")
-    sharegpt = key == "conversations"
-    role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
-    roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
-    turns: list[tuple[str, str]] = []
-    if sharegpt and isinstance(obj.get("system"), str) and obj["system"].strip():
-        turns.append(("system", obj["system"]))
-    for n, turn in enumerate(seq, 1):
-        if not isinstance(turn, dict):
-            raise _Invalid(f"{key}[{n}] is not an object")
-        role = roles.get(str(turn.get(role_key, "")).lower())
-        if role is None:
-            raise _Invalid(f"{key}[{n}] has unknown {role_key} {turn.get(role_key)!r}")
-        turns.append((role, _content(turn.get(text_key), f"{key}[{n}].{text_key}")))
-    return turns
-
-
-def _alpaca(obj: dict[str, Any]) -> tuple[str, str, str]:
-    return (_text(obj, "instruction", required=True), _text(obj, "input", required=False),
-            _text(obj, "output", required=True))
-
-
-def _sharegpt(obj: dict[str, Any]) -> tuple[str, str, str]:
-    instruction, output = render_conversation(_turns(obj, "conversations"))
-    return instruction, "", output
-
-
-def _messages(obj: dict[str, Any]) -> tuple[str, str, str]:
-    instruction, output = render_conversation(_turns(obj, "messages"))
-    return instruction, "", output
-
-
-_SHAPES: dict[str, Callable[[dict[str, Any]], tuple[str, str, str]]] = {
-    "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages,
-}
-
-
-def _shape_of(keys: list[str] | set[str]) -> str | None:
-    if "conversations" in keys:
-        return "sharegpt"
-    if "messages" in keys:
-        return "messages"
-    if "instruction" in keys or "output" in keys:
-        return "alpaca"
-    return None
-
-
-def _original_id(obj: dict[str, Any]) -> str | None:
-    value = obj.get("id")
-    if value is None:
-        return None
-    value = str(value)
-    if "\x00" in value:
-        raise _Invalid("field 'id' contains a NUL character")
-    if len(value) > MAX_ORIGINAL_ID:
-        raise _Invalid(f"field 'id' is longer than {MAX_ORIGINAL_ID} characters")
-    return value
-
-
-# ---------------------------------------------------------------------------------------- detection
-
-
-def _unknown_format(path: Path, why: str) -> IngestError:
-    return IngestError(
-        f"{path}: unknown format ({why}). Nothing was ingested; selectit reads {', '.join(FORMATS)} "
-        f"(see `selectit ingest --help`); convert the file, or pass --format if detection got it wrong."
-    )
-
-
-def detect_format(path: Path) -> tuple[str, str, str]:
-    """(format name, container, shape): container ∈ json, jsonl, parquet; shape ∈ alpaca, sharegpt, messages."""
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic == b"PAR1" or path.suffix.lower() in (".parquet", ".pq"):
-        return "parquet", "parquet", ""
-    first = _first_byte(path)
-    if not first:
-        raise IngestError(f"{path} is empty. Nothing was ingested; give a file with at least one record.")
-    if first == b"[":
-        return "alpaca-json", "json", ""
-    if first == b"{":
-        return "jsonl", "jsonl", ""
-    snippet = path.open("rb").read(20)
-    raise _unknown_format(path, f"not JSON, JSONL or Parquet; it starts with {snippet!r}")
-
-
-def _container_for(path: Path, fmt: str) -> str:
-    if fmt == "parquet":
-        return "parquet"
-    if fmt == "alpaca-json":
-        return "json"
-    if fmt == "jsonl":
-        return "jsonl"
-    return "json" if _first_byte(path) == b"[" else "jsonl"  # sharegpt / messages: either
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -559,90 +246,31 @@ def ingest_file(
     the first invalid record; with `skip_invalid`, invalid records are returned in `.invalid`.
     `limit` reads only the file's first `limit` records.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file. Nothing was ingested; check the path.")
     if not dataset or not dataset.strip() or len(dataset) > 200:
         raise IngestError("--dataset must be a non-empty name of at most 200 characters.")
-    if fmt is not None and fmt not in FORMATS:
-        raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave "
-                          f"--format out to detect it).")
-    detected = fmt is None
-    if fmt is None:
-        fmt, container, _ = detect_format(path)
-    else:
-        if path.stat().st_size == 0:
-            raise IngestError(f"{path} is empty. Nothing was ingested; give a file with at least one record.")
-        container = _container_for(path, fmt)
-    forced_shape = {"sharegpt": "sharegpt", "messages": "messages", "alpaca-json": "alpaca",
-                    "jsonl": "alpaca", "parquet": None}[fmt]
-
-    report: Progress = progress or (lambda *_: None)
-    counter = [0]
-    tick = lambda done, total: report(counter[0], done, total)  # noqa: E731
-    if container == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            names = pq.ParquetFile(path).schema_arrow.names
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
-            raise IngestError(f"{path}: cannot read it as Parquet ({exc}). Nothing was ingested; "
-                              f"check the file, or pass --format.") from None
-        shape = _shape_of(names)
-        if shape is None:
-            raise _unknown_format(path, f"Parquet columns {names}; expected instruction/input/output, "
-                                        f"conversations or messages")
-        raws = _iter_parquet(path, tick)
-    else:
-        raws = (_iter_json_list if container == "json" else _iter_jsonl)(path, tick)
-        shape = None if detected else forced_shape
-    if limit is not None:
-        raws = itertools.islice(raws, limit)
-
-    result = IngestResult(dataset=dataset, path=str(path), format=fmt)
+    records = RecordReader(path, fmt, limit=limit, progress=progress)  # the parse step: no database
+    path = records.path
+    result = IngestResult(dataset=dataset, path=str(path), format=records.format)
     seen: set[str] = set()
     with engine.begin() as conn:
         dataset_id, offset = _dataset_id(conn, dataset, str(path))
         writer = (_PostgresWriter if is_postgres(engine) else _SqliteWriter)(conn, dataset_id)
         rows: list[tuple[int, str, str, str, str, int, str | None]] = []
         try:
-            for raw in raws:
-                result.read += 1
-                counter[0] = result.read
-                try:
-                    if raw.error is not None:
-                        raise _Invalid(raw.error)
-                    obj = raw.obj
-                    if not isinstance(obj, dict):
-                        if result.read == 1 and shape is None:
-                            raise _unknown_format(path, f"the first record is a JSON {type(obj).__name__}, "
-                                                        f"not an object")
-                        raise _Invalid(f"not a JSON object (got {type(obj).__name__})")
-                    if shape is None:  # detected from the first record's fields
-                        shape = _shape_of(set(obj))
-                        if shape is None:
-                            raise _unknown_format(
-                                path, f"the first record has fields {sorted(obj)}; expected "
-                                      f"instruction/input/output, conversations or messages")
-                        if fmt in ("alpaca-json", "jsonl") and shape != "alpaca":
-                            fmt = result.format = shape
-                    instruction, inp, output = _SHAPES[shape](obj)
-                    original_id = _original_id(obj)
-                    instruction, inp, output = canonical(instruction), canonical(inp), canonical(output)
-                    digest = _checked_digest(instruction, inp, output)
-                except _Invalid as exc:
-                    bad = InvalidRecord(raw.record, raw.line, str(exc))
+            for rec in records:
+                if isinstance(rec, InvalidRecord):
                     if not skip_invalid:
-                        hint = SKIP_HINT if raw.error is None else SKIP_HINT.replace("the record", "the line")
-                        where = f"line {raw.line}" if raw.error is not None and raw.line else bad.where
-                        raise IngestError(f"{path}, {where}: {bad.reason}. {hint}") from None
-                    result.invalid.append(bad)
+                        hint = SKIP_HINT.replace("the record", "the line") if rec.unparsed else SKIP_HINT
+                        where = f"line {rec.line}" if rec.unparsed and rec.line else rec.where
+                        raise IngestError(f"{path}, {where}: {rec.reason}. {hint}")
+                    result.invalid.append(rec)
                     continue
+                digest = _digest(rec.instruction, rec.input, rec.output)
                 if digest in seen:
                     continue
                 seen.add(digest)
-                rows.append((offset + raw.record - 1, digest, instruction, inp, output,
-                             len(instruction) + len(inp) + len(output), original_id))
+                rows.append((offset + rec.number - 1, digest, rec.instruction, rec.input, rec.output,
+                             len(rec.instruction) + len(rec.input) + len(rec.output), rec.original_id))
                 if len(rows) >= CHUNK:
                     writer.write(rows)
                     rows = []
@@ -650,6 +278,8 @@ def ingest_file(
                 writer.write(rows)
         finally:
             writer.finish()
+        result.read = records.read
+        result.format = records.format
         result.new = writer.new_members
         result.new_samples = writer.new_samples
         result.duplicates = result.read - len(result.invalid) - result.new

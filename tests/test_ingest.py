@@ -366,3 +366,25 @@ def test_datasets_and_status(cli, db_url: str, tmp_path: Path) -> None:
     assert sample_counts(engine) == ([("alpha", 3), ("beta", 5)], 7)
     assert [(n, c, s) for n, c, _, s in dataset_rows(engine)] == [("alpha", 3, str(a)), ("beta", 5, str(b))]
     engine.dispose()
+
+
+def test_the_parse_step_reads_records_without_a_database(tmp_path: Path) -> None:
+    """formats.RecordReader: canonical records and invalid ones, the format refined by the first record."""
+    from selectit.formats import InvalidRecord, Record, RecordReader, read_records
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text(
+        json.dumps({"id": 7, "conversations": [{"from": "human", "value": "Hi\r\n"}, {"from": "gpt", "value": "Hello"}]})
+        + "\n{not json\n"
+        + json.dumps({"conversations": [{"from": "human", "value": "Only a question"}]}) + "\n",
+        encoding="utf-8",
+    )
+    reader = RecordReader(path)
+    assert reader.format == "jsonl"  # from the first byte; the first record refines it
+    items = list(reader)
+    assert reader.format == "sharegpt" and reader.read == 3
+    assert items[0] == Record(1, 1, "Hi\n", "", "Hello", "7")
+    assert items[1] == InvalidRecord(2, 2, "invalid JSON (Expecting property name enclosed in double quotes, column 2)")
+    assert items[1].unparsed and not items[2].unparsed
+    assert items[2].reason == "no assistant turn (the last assistant turn is the response)"
+    assert read_records(path, limit=1) == items[:1]
