@@ -38,3 +38,19 @@ def test_help_has_a_runnable_example(name: str) -> None:
     assert "Example" in result.output, f"`selectit {name} --help` has no example"
     example = result.output.split("Example", 1)[1]
     assert f"selectit {name.split()[0]}" in example, f"the example of `selectit {name}` does not run it"
+
+
+def test_the_fusion_commands_share_one_set_of_knobs() -> None:
+    """rank, select, export, report and sql: the same fusion options, with the library's defaults."""
+    from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP
+
+    def knobs(name: str) -> dict[str, tuple[object, str | None]]:
+        params = {p.name: p for p in main.commands[name].params}
+        return {k: (params[k].default, params[k].help) for k in ("models", "prompt_set", "alpha", "formula", "weights")}
+
+    first = knobs("rank")
+    assert first["alpha"][0] == DEFAULT_ALPHA and first["formula"][0] == DEFAULT_FORMULA
+    for name in ("select", "export", "report", "sql"):
+        assert knobs(name) == first, name
+    for name in ("report", "sql"):
+        assert next(p for p in main.commands[name].params if p.name == "top").default == DEFAULT_TOP
