@@ -30,7 +30,7 @@ TESTS = ROOT / "tests"
 sys.path[:0] = [str(ROOT), str(TESTS)]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from selectit import db, jobs, registry  # noqa: E402
+from selectit import db, planner, registry, runner  # noqa: E402
 from selectit.ingest import ingest_file  # noqa: E402
 
 
@@ -57,6 +57,7 @@ def seeded(admin_url: str, tmp: Path, model_dir: Path, n: int) -> tuple[str, cal
     path.write_text(json.dumps(records))
     ingest_file(engine, path, "d")
     with db.session_scope(engine) as s:
+        registry.ensure_default_prompts(s)  # what `selectit init` does
         registry.add_model(s, "tiny", str(model_dir), dtype="float32")
     return url, drop, engine
 
@@ -69,11 +70,11 @@ def n_scored(engine: sa.Engine) -> int:
 def in_process(admin_url: str, tmp: Path, model_dir: Path, n: int) -> float:
     url, drop, engine = seeded(admin_url, tmp, model_dir, n)
     try:
-        cache = jobs.ScorerCache()
+        cache = runner.ScorerCache()
         with db.session_scope(engine) as s:  # load the model before the clock, like a warm worker
             cache(registry.find_model(s, "tiny"))
         t = time.perf_counter()
-        out = jobs.score_in_process(engine, progress=False, scorer_for=cache)
+        out = runner.score_in_process(engine, scorer_for=cache)
         dt = time.perf_counter() - t
         assert out.scored == n * 5, out
         return out.scored / dt
@@ -108,7 +109,7 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, model_dir: Path, n: int, wo
         recs = json.loads((ROOT / "selectit" / "data" / "alpaca_en_demo.json").read_text())[900:900 + 2 * workers]
         warm.write_text(json.dumps(recs))
         ingest_file(engine, warm, "warm")
-        ids = jobs.plan(engine, dataset="warm", max_tokens_per_job=1)
+        ids = planner.plan(engine, dataset="warm", max_tokens_per_job=1)
         worker_app.send_jobs(ids, engine)
         deadline = time.time() + 300
         while n_scored(engine) < len(recs) * 5:
@@ -116,7 +117,7 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, model_dir: Path, n: int, wo
             time.sleep(0.2)
         base = n_scored(engine)
         t = time.perf_counter()
-        ids = jobs.plan(engine, dataset="d", max_tokens_per_job=3000)
+        ids = planner.plan(engine, dataset="d", max_tokens_per_job=3000)
         worker_app.send_jobs(ids, engine)
         while n_scored(engine) < base + n * 5:
             assert time.time() < deadline, "the fleet did not finish"
@@ -154,10 +155,10 @@ def plan_1m(admin_url: str, n: int) -> tuple[float, int, float]:
         with engine.begin() as c:
             c.exec_driver_sql("ANALYZE")
         t = time.perf_counter()
-        ids = jobs.plan(engine)
+        ids = planner.plan(engine)
         first = time.perf_counter() - t
         t = time.perf_counter()
-        assert jobs.plan(engine) == []
+        assert planner.plan(engine) == []
         again = time.perf_counter() - t
         return first, len(ids), again
     finally:

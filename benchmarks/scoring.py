@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from selectit import db, registry  # noqa: E402
-from selectit.scorer import RatingRequest, load_scorer  # noqa: E402
+from selectit.contract import RatingRequest, render  # noqa: E402
+from selectit.scorer import load_scorer  # noqa: E402
 
 DEMO = ROOT / "selectit" / "data" / "alpaca_en_demo.json"
 PROMPTS_CANDIDATES = [ROOT.parent / "shared" / "data" / "reference_rating_prompts.txt",
@@ -41,7 +42,7 @@ PEAKS = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 
 
 def requests(recs: list[dict], layout: str, templates: list[str]) -> list[RatingRequest]:
     return [RatingRequest(i, tuple(range(len(templates))),
-                          tuple(registry.render(layout, t, r["instruction"], r.get("input", ""), r["output"])
+                          tuple(render(layout, t, r["instruction"], r.get("input", ""), r["output"])
                                 for t in templates), 5) for i, r in enumerate(recs)]
 
 

@@ -86,6 +86,10 @@ def init(ctx: click.Context) -> None:
     before = db.current_revision(engine)
     db.upgrade(url)
     after = db.current_revision(engine)
+    from selectit.registry import ensure_default_prompts
+
+    with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
+        ensure_default_prompts(session)
     engine.dispose()
     if before == after:
         console.print(f"{engine.url!r} is up to date (revision {after}).")
@@ -297,10 +301,11 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score --dataset alpaca --model smollm2
       selectit score              # every dataset × active model × active prompt set
     """
-    from selectit.jobs import score_in_process
+    from selectit.runner import score_in_process
 
-    summary = score_in_process(store(ctx), dataset=dataset, model=model, prompt_set=prompt_set,
-                               progress=not quiet, batch_size=batch_size)
+    with _ScoringBar(enabled=not quiet) as bar:
+        summary = score_in_process(store(ctx), dataset=dataset, model=model, prompt_set=prompt_set,
+                                   progress=bar, batch_size=batch_size)
     line = (f"scored {summary.scored} cells, failed {summary.failed}, "
             f"skipped {summary.skipped} already scored")
     if summary.interrupted:
@@ -309,6 +314,45 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     console.print(line + ".")
     if summary.failed:
         console.print("Failed cells are retried by the next `selectit score`; `selectit status` lists them.")
+
+
+class _ScoringBar:
+    """`selectit score`'s progress bar (cells, cells/s, ETA), drawn from the runner's reports."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def __enter__(self) -> _ScoringBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def start(self, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        import time
+
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+
+        self._bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                             TextColumn("{task.fields[rate]} cells/s"), TimeRemainingColumn(), console=console)
+        self._task = self._bar.add_task("scoring", total=total, rate="–")
+        self._clock, self._t0, self._done = time.monotonic, time.monotonic(), 0
+        self._bar.start()
+
+    def advance(self, cells: int) -> None:
+        if self._bar is not None:
+            self._done += cells
+            rate = self._done / max(self._clock() - self._t0, 1e-9)
+            self._bar.update(self._task, advance=cells, rate=f"{rate:.1f}")
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
 
 
 @main.command()
@@ -329,7 +373,7 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
       export SELECTIT_DATABASE_URL=postgresql://selectit@db/selectit
       selectit plan --model smollm2
     """
-    from selectit.jobs import plan as plan_jobs
+    from selectit.planner import plan as plan_jobs
 
     engine = store(ctx)
     ids = plan_jobs(engine, dataset=dataset, model=model, prompt_set=prompt_set)
@@ -368,7 +412,7 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: 
     """
     import os
 
-    from selectit.jobs import JobError
+    from selectit.planner import JobError
     from selectit.schema import LLM
 
     engine = store(ctx)
@@ -462,7 +506,8 @@ def models(ctx: click.Context) -> None:
 def prompts_group(ctx: click.Context) -> None:
     """List prompt sets: layout, scale, active prompts and all versions.
 
-    The built-in set `default` (shared-context layout, 5 prompts, scale 1-5) is always there.
+    The built-in set `default` (shared-context layout, 5 prompts, scale 1-5) is created by
+    `selectit init`.
 
     \b
     Example:
@@ -474,7 +519,6 @@ def prompts_group(ctx: click.Context) -> None:
     from selectit import registry
 
     with db.session_scope(store(ctx)) as session:
-        registry.ensure_default_prompts(session)
         rows = registry.prompt_sets(session)
     print_table(None, ["set", "layout", "scale", "active", "versions"], rows)
 
@@ -509,7 +553,7 @@ def prompts_import(ctx: click.Context, file: str, set_name: str, layout: str, fi
 
 
 def _print_scoring_status(engine) -> None:  # noqa: ANN001
-    from selectit.jobs import status_rows
+    from selectit.status import status_rows
 
     rows = status_rows(engine)
     if not rows:

@@ -147,3 +147,37 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+# --------------------------------------------------------------------------------------------
+# Dialect differences of the job runner (PostgreSQL for a fleet, SQLite on one machine)
+# --------------------------------------------------------------------------------------------
+
+
+def upsert(session: Session, table: type) -> sa.Insert:
+    """An `INSERT` on `table` with `.on_conflict_do_update/nothing` (the same API on both dialects)."""
+    if is_postgres(session.bind):
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def lock_transaction(session: Session, key: int) -> None:
+    """Hold lock `key` until the transaction ends, so two holders of one key run one after the other.
+
+    PostgreSQL: `pg_advisory_xact_lock`. SQLite: nothing to do, every transaction already holds
+    the database's write lock from its start (`BEGIN IMMEDIATE`, see `make_engine`).
+    """
+    if is_postgres(session.bind):
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def skip_locked(query: sa.Select, session: Session) -> sa.Select:
+    """Lock the selected rows, skipping rows another transaction holds (PostgreSQL).
+
+    SQLite has no row locks; its writers are serialised by `BEGIN IMMEDIATE` instead.
+    """
+    if is_postgres(session.bind):
+        return query.with_for_update(skip_locked=True)
+    return query

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from selectit.contract import DEFAULT_PROMPT_SET, LABEL_CONTEXT, SHARED_CONTEXT_END, Layout, RenderedPrompt, render  # noqa: F401
 from selectit.errors import SelectitError
+from selectit.labels import LabelError, label_token_ids  # noqa: F401 - re-exported
 from selectit.schema import LLM, MAX_SCALE, Prompt
 
 LAYOUTS = tuple(Layout)
@@ -69,7 +69,7 @@ def _check_template(layout: str, template: str, where: str) -> None:
         raise RegistryError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     if not template.strip():
         raise RegistryError(f"{where}: the prompt is empty")
-    if layout == "shared-context":
+    if layout == Layout.SHARED_CONTEXT:
         if template.count("{output}") != 1:
             raise RegistryError(f"{where}: a shared-context prompt needs exactly one {{output}} placeholder")
         if "{instruction}" not in template:
@@ -120,7 +120,7 @@ def ensure_default_prompts(session: Session) -> list[Prompt]:
     exists = session.scalar(sa.select(sa.func.count()).select_from(Prompt).where(Prompt.set_name == DEFAULT_PROMPT_SET))
     if exists:
         return active_prompts(session, DEFAULT_PROMPT_SET)
-    return set_prompts(session, DEFAULT_PROMPT_SET, "shared-context", list(DEFAULT_TEMPLATES), scale=5)
+    return set_prompts(session, DEFAULT_PROMPT_SET, Layout.SHARED_CONTEXT, list(DEFAULT_TEMPLATES), scale=5)
 
 
 def active_prompts(session: Session, set_name: str) -> list[Prompt]:
@@ -164,7 +164,7 @@ def import_prompts(session: Session, path: str | Path, set_name: str, layout: st
     for i, line in enumerate(lines):
         if not line.strip():
             raise RegistryError(f"{path}, line {i + 1}: empty line; a prompts file holds one prompt per line")
-    if layout == "shared-context":
+    if layout == Layout.SHARED_CONTEXT:
         lines = [line.rstrip("\n").replace("\\n", "\n") for line in lines]
     return set_prompts(session, set_name, layout, lines, scale=scale)
 
@@ -185,30 +185,6 @@ def prompt_sets(session: Session) -> list[tuple[str, str, int, int, int]]:
 
 # ---------------------------------------------------------------------------------------------
 # Models
-
-
-def label_token_ids(tokenizer: Any, context: str, where: str = "") -> list[int]:
-    """Token ids of the digits 1..9 right after `context`, as this tokenizer splits them there.
-
-    The digit must be exactly one token of its own in that position (its characters shared with
-    no other token); otherwise a `RegistryError` says which label failed.
-    """
-    ids: list[int] = []
-    for k in range(1, MAX_SCALE + 1):
-        digit = str(k)
-        text = context + digit
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        start = len(context)
-        covering = [(tid, (a, b)) for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
-                    if a < start + 1 and b > start]
-        if len(covering) != 1 or covering[0][1] != (start, start + 1):
-            raise RegistryError(
-                f"{where}the label {digit!r} is not a single token after {context!r} "
-                f"(tokens {[tokenizer.convert_ids_to_tokens(t) for t, _ in covering]}); "
-                f"selectit reads each rating 1..{MAX_SCALE} as one token, so this model cannot be used"
-            )
-        ids.append(int(covering[0][0]))
-    return ids
 
 
 def add_model(session: Session, name: str, source: str, dtype: str | None = None,

@@ -23,7 +23,7 @@ a token budget; `lm_head` runs only on the label positions; the budget halves on
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 from selectit.errors import SelectitError
 from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
 from selectit.contract import LABEL_CONTEXT, CellResult, RatingRequest, RenderedPrompt
-from selectit.registry import label_token_ids
+from selectit.labels import label_token_ids
 
 ELLIPSIS = " … "
 
@@ -268,13 +268,14 @@ class Scorer:
         if err is None and probs is not None and not bool(torch.isfinite(probs).all()):
             err = "the model produced non-finite probabilities (NaN or inf)"
         if err is not None or probs is None:
-            return CellResult(req.sample_id, req.prompt_ids[k], None, None, len(prep.ids[k]), prep.truncated, err)
+            return CellResult.failed(req.sample_id, req.prompt_ids[k], err or "no probabilities", len(prep.ids[k]),
+                                     prep.truncated)
         p = tuple(float(v) for v in probs.tolist())
         return CellResult(req.sample_id, req.prompt_ids[k], p, math.fsum(p), len(prep.ids[k]), prep.truncated)
 
-    def _failed(self, req: RatingRequest, cells: Any, exc: BaseException) -> list[CellResult]:
+    def _failed(self, req: RatingRequest, cells: Iterable[int], exc: BaseException) -> list[CellResult]:
         msg = str(exc) if isinstance(exc, SelectitError) else f"{type(exc).__name__}: {exc}"
-        return [CellResult(req.sample_id, req.prompt_ids[k], None, None, 0, False, msg[:2000]) for k in cells]
+        return [CellResult.failed(req.sample_id, req.prompt_ids[k], msg) for k in cells]
 
 
 def default_device() -> str:

@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from selectit.jobs import worker_id
+from selectit.contract import CellResult, RatingRequest
+from selectit.leases import worker_id
 
 
 class HookedScorer:
@@ -27,7 +28,7 @@ class HookedScorer:
     def forwards(self) -> int:
         return self.inner.forwards
 
-    def score(self, requests: Sequence[Any], progress: Any = None) -> list[Any]:
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
         delay = float(os.environ.get("SELECTIT_TEST_DELAY") or 0)
         if delay:
             time.sleep(delay)

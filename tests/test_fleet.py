@@ -50,6 +50,14 @@ class Fleet:
         self.procs[name] = proc
         return proc
 
+    def selectit(self, name: str, *args: str) -> subprocess.Popen:
+        """A `selectit` command of the fleet's environment (`selectit worker …`), logged like the others."""
+        out = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "selectit", *args], env=self.env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=self.tmp)
+        self.procs[name] = proc
+        return proc
+
     def worker(self, name: str, queues: str = "model.tiny,model.tiny2,control") -> subprocess.Popen:
         return self.start(name, "worker", "-Q", queues, "--pool", "solo", "-n", f"{name}@%h",
                           "--without-gossip", "--without-mingle", "-l", "INFO")
@@ -179,6 +187,34 @@ def test_a_killed_worker_s_job_is_requeued_and_finished_by_the_other(
     with db.session_scope(engine) as session:
         (job,) = session.scalars(sa.select(Job)).all()
     assert (job.status, job.attempts) == ("done", 2)
+
+
+def test_selectit_worker_serves_its_model_queue(postgres_url, tmp_path, tiny_dir, fleet) -> None:
+    engine = db.open_store(postgres_url)
+    seed(engine, tmp_path, "d", DEMO[:6])
+    add_model(engine, "tiny", tiny_dir)
+    f = fleet(postgres_url)
+    f.selectit("worker", "worker", "--model", "tiny", "--no-control")
+    f.wait_ready("worker")
+    assert ".> model.tiny" in f.output("worker") and ".> control" not in f.output("worker")
+    plan = subprocess.run([sys.executable, "-m", "selectit", "plan", "--model", "tiny"], env=f.env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=WAIT)
+    assert plan.returncode == 0 and "sent" in plan.stdout, plan.stdout + plan.stderr
+    wait_for(settled(engine, 6 * 5), "`selectit worker` to score the planned jobs", f)
+    rows = scores(engine)
+    assert {v[:2] for v in rows.values()} == {("ok", 1)}
+    assert {v[2].split(":")[1] for v in rows.values()} == {str(f.procs["worker"].pid)}
+    with db.session_scope(engine) as session:
+        assert set(session.scalars(sa.select(Job.status))) == {"done"}
+
+
+def test_selectit_worker_refuses_an_unknown_model(postgres_url, tmp_path, tiny_dir) -> None:
+    engine = db.open_store(postgres_url)
+    add_model(engine, "tiny", tiny_dir)
+    out = subprocess.run([sys.executable, "-m", "selectit", "--db", postgres_url, "worker", "--model", "gpt"],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 1
+    assert out.stderr.startswith("Error: no active model named 'gpt' (models: tiny). Run `selectit model add gpt")
 
 
 def _free_port() -> int:

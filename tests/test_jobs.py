@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from selectit import db, jobs, registry
+from selectit import db, leases, planner, registry, runner, status
 from selectit.ingest import ingest_file
-from selectit.schema import Job, JobSample, Score
+from selectit.schema import Job, JobSample, Prompt, Score
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -44,6 +44,7 @@ def seed(engine: sa.Engine, tmp_path: Path, name: str, records: list[dict]) -> N
 
 def add_model(engine: sa.Engine, name: str, source: Path) -> int:
     with db.session_scope(engine) as session:
+        registry.ensure_default_prompts(session)  # what `selectit init` does
         return registry.add_model(session, name, str(source), dtype="float32").id
 
 
@@ -80,12 +81,12 @@ def score_rows(engine: sa.Engine) -> dict[tuple[int, int, int], tuple[str, int, 
 def test_plan_puts_every_missing_cell_in_exactly_one_job(engine, tmp_path, tiny_dir) -> None:
     seed(engine, tmp_path, "d", DEMO[:12])
     m1, m2 = add_model(engine, "tiny", tiny_dir), add_model(engine, "tiny2", tiny_dir)
-    ids = jobs.plan(engine, max_tokens_per_job=2_000)
+    ids = planner.plan(engine, max_tokens_per_job=2_000)
     cells = cells_of_jobs(engine)
     assert len(cells) == len(set(cells)) == 12 * 5 * 2
     assert {m for _, m, _ in cells} == {m1, m2}
     assert len(ids) > 2  # token-balanced: several chunks per model
-    assert jobs.plan(engine) == []  # planning twice enqueues nothing twice
+    assert planner.plan(engine) == []  # planning twice enqueues nothing twice
     with db.session_scope(engine) as session:  # the membership rows the anti-join uses
         assert session.scalar(sa.select(sa.func.count()).select_from(JobSample)) == 12 * 2
 
@@ -100,7 +101,7 @@ def test_jobs_are_token_balanced_chunks_of_one_model(engine, tmp_path, tiny_dir)
     # the planner's estimate: Σ over the set's prompts of (sample chars + template chars) // 4
     per_sample = {s: sum((n + len(t)) // 4 for t in templates) for s, n in n_chars.items()}
     limit = 3 * max(per_sample.values())
-    jobs.plan(engine, max_tokens_per_job=limit)
+    planner.plan(engine, max_tokens_per_job=limit)
     with db.session_scope(engine) as session:
         planned = session.scalars(sa.select(Job).order_by(Job.id)).all()
         assert sorted(s for j in planned for s in j.sample_ids) == sorted(n_chars)
@@ -112,17 +113,17 @@ def test_jobs_are_token_balanced_chunks_of_one_model(engine, tmp_path, tiny_dir)
 
 
 def test_plan_errors_say_what_to_do(engine, tmp_path, tiny_dir) -> None:
-    with pytest.raises(jobs.JobError, match=r"^no model is registered\. Run `selectit model add NAME"):
-        jobs.plan(engine)
+    with pytest.raises(planner.JobError, match=r"^no model is registered\. Run `selectit model add NAME"):
+        planner.plan(engine)
     add_model(engine, "tiny", tiny_dir)
-    with pytest.raises(jobs.JobError, match=r"^no dataset named 'nope' \(datasets: none\)\. "
+    with pytest.raises(planner.JobError, match=r"^no dataset named 'nope' \(datasets: none\)\. "
                                             r"Run `selectit ingest FILE --dataset nope` first\.$"):
-        jobs.plan(engine, dataset="nope")
-    with pytest.raises(jobs.JobError, match=r"^no active model named 'gpt' \(models: tiny\)\."):
-        jobs.plan(engine, model="gpt")
-    with pytest.raises(jobs.JobError, match=r"^no active prompt set named 'x' \(prompt sets: default\)\."):
-        jobs.plan(engine, prompt_set="x")
-    assert jobs.plan(engine, strict=False) == []  # no samples yet: nothing to do
+        planner.plan(engine, dataset="nope")
+    with pytest.raises(planner.JobError, match=r"^no active model named 'gpt' \(models: tiny\)\."):
+        planner.plan(engine, model="gpt")
+    with pytest.raises(planner.JobError, match=r"^no active prompt set named 'x' \(prompt sets: default\)\."):
+        planner.plan(engine, prompt_set="x")
+    assert planner.plan(engine, strict=False) == []  # no samples yet: nothing to do
 
 
 # ------------------------------------------------------------------------------------------ leases
@@ -132,7 +133,7 @@ def test_plan_errors_say_what_to_do(engine, tmp_path, tiny_dir) -> None:
 def one_job(engine, tmp_path, tiny_dir) -> int:
     seed(engine, tmp_path, "d", DEMO[:3])
     add_model(engine, "tiny", tiny_dir)
-    (job_id,) = jobs.plan(engine)
+    (job_id,) = planner.plan(engine)
     return job_id
 
 
@@ -142,8 +143,8 @@ def job_row(engine: sa.Engine, job_id: int) -> Job:
 
 
 def test_a_job_is_claimed_by_one_worker_only(engine, one_job) -> None:
-    assert jobs.claim(engine, one_job, "a:1")
-    assert not jobs.claim(engine, one_job, "b:2")
+    assert leases.claim(engine, one_job, "a:1")
+    assert not leases.claim(engine, one_job, "b:2")
     job = job_row(engine, one_job)
     assert (job.status, job.worker, job.attempts) == ("running", "a:1", 1)
     assert job.lease_expires_at > job.started_at
@@ -154,42 +155,42 @@ def test_postgres_claim_skips_a_locked_job_instead_of_waiting(engine, one_job) -
         pytest.skip("SKIP LOCKED is PostgreSQL's; SQLite serialises writers with BEGIN IMMEDIATE")
     with engine.connect() as holder:
         holder.execute(sa.text("SELECT id FROM jobs WHERE id = :i FOR UPDATE"), {"i": one_job})
-        assert not jobs.claim(engine, one_job, "b:2")  # returns at once: the row is locked
+        assert not leases.claim(engine, one_job, "b:2")  # returns at once: the row is locked
         holder.rollback()
-    assert jobs.claim(engine, one_job, "b:2")
+    assert leases.claim(engine, one_job, "b:2")
 
 
 def test_expired_lease_goes_back_to_the_queue_then_fails_after_n_attempts(engine, one_job, monkeypatch) -> None:
     monkeypatch.setenv("SELECTIT_MAX_JOB_ATTEMPTS", "2")
-    assert jobs.claim(engine, one_job, "elsewhere:1", lease=0)
-    assert jobs.requeue_expired(engine) == [one_job]
+    assert leases.claim(engine, one_job, "elsewhere:1", lease=0)
+    assert leases.requeue_expired(engine) == [one_job]
     job = job_row(engine, one_job)
     assert (job.status, job.attempts, job.worker) == ("queued", 1, None)
     assert job.error == "lease of elsewhere:1 expired"
-    assert jobs.claim(engine, one_job, "elsewhere:2", lease=0)
-    assert jobs.requeue_expired(engine) == []
+    assert leases.claim(engine, one_job, "elsewhere:2", lease=0)
+    assert leases.requeue_expired(engine) == []
     job = job_row(engine, one_job)
     assert job.status == "failed"
     assert job.error == "lease of elsewhere:2 expired (gave up after 2 attempts)"
     rows = score_rows(engine)  # its cells are failed cells now, retried by later plans
     assert len(rows) == 15 and {v[:2] for v in rows.values()} == {("failed", 1)}
-    (row,) = [r for r in jobs.status_rows(engine)]
+    (row,) = [r for r in status.status_rows(engine)]
     assert (row.failed, row.missing, row.failed_jobs, row.queued) == (15, 0, 1, 0)
-    assert len(jobs.plan(engine)) == 1
+    assert len(planner.plan(engine)) == 1
 
 
 def test_a_dead_local_holder_is_taken_over_without_waiting_for_its_lease(engine, one_job) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()  # its pid is now free: a holder that died
-    assert jobs.claim(engine, one_job, f"{socket.gethostname()}:{proc.pid}", lease=3600)
-    assert jobs.claim(engine, one_job, "x:1") is False
-    assert jobs.requeue_expired(engine) == [one_job]
+    assert leases.claim(engine, one_job, f"{socket.gethostname()}:{proc.pid}", lease=3600)
+    assert leases.claim(engine, one_job, "x:1") is False
+    assert leases.requeue_expired(engine) == [one_job]
     assert job_row(engine, one_job).error == f"worker {socket.gethostname()}:{proc.pid} died"
 
 
 def test_a_live_holder_keeps_its_job(engine, one_job) -> None:
-    assert jobs.claim(engine, one_job, jobs.worker_id(), lease=3600)
-    assert jobs.requeue_expired(engine) == []
+    assert leases.claim(engine, one_job, leases.worker_id(), lease=3600)
+    assert leases.requeue_expired(engine) == []
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -204,20 +205,20 @@ def test_second_score_does_no_forward_and_new_prompts_or_models_score_only_new_c
     assert "scored 30 cells, failed 0, skipped 0 already scored." in first.output
     assert sum(computed(hooks).values()) == 30
 
-    again = jobs.score_in_process(engine, progress=False)
+    again = runner.score_in_process(engine)
     assert (again.scored, again.skipped, again.forwards, again.jobs) == (0, 30, 0, 0)
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("Rate this answer from 1 to 5.\\n{instruction}\\n{output}\\nRating: \n", encoding="utf-8")
     with db.session_scope(engine) as session:
         (new_prompt,) = [p.id for p in registry.import_prompts(session, prompts, "mine", "shared-context")]
-    out = jobs.score_in_process(engine, progress=False)
+    out = runner.score_in_process(engine)
     assert (out.scored, out.skipped) == (6, 30)
     log = computed(hooks)
     assert sum(log.values()) == 36 and {p for (_, _, p), n in log.items()} >= {new_prompt}
 
     m2 = add_model(engine, "tiny2", tiny_dir)
-    out = jobs.score_in_process(engine, progress=False, model="tiny2")
+    out = runner.score_in_process(engine, model="tiny2")
     assert (out.scored, out.skipped) == (36, 0)
     log = computed(hooks)
     assert sum(log.values()) == 72 and max(log.values()) == 1  # no cell computed twice
@@ -234,16 +235,16 @@ def test_a_failing_cell_is_retried_up_to_the_limit_and_the_rest_complete(
     add_model(engine, "tiny", tiny_dir)
     monkeypatch.setenv("SELECTIT_TEST_POISON", "POISON")
     for attempt in (1, 2, 3):
-        out = jobs.score_in_process(engine, progress=False)
+        out = runner.score_in_process(engine)
         assert (out.scored, out.failed) == ((20 if attempt == 1 else 0), 5)
         failed = {k: v for k, v in score_rows(engine).items() if v[0] == "failed"}
         assert len(failed) == 5 and {v[1] for v in failed.values()} == {attempt}
-    out = jobs.score_in_process(engine, progress=False)  # at the limit: left failed, not retried
+    out = runner.score_in_process(engine)  # at the limit: left failed, not retried
     assert (out.scored, out.failed, out.skipped) == (0, 0, 25)
     with db.session_scope(engine) as session:
         errors = set(session.scalars(sa.select(Score.error).where(Score.status == "failed")))
     assert errors == {"RuntimeError: injected failure"}
-    (row,) = jobs.status_rows(engine)
+    (row,) = status.status_rows(engine)
     assert (row.done, row.failed, row.missing) == (20, 5, 0)
 
 
@@ -289,3 +290,108 @@ def test_a_killed_score_run_is_taken_over_and_every_cell_is_scored_once(
 def cells_and_status(engine: sa.Engine) -> list[str]:
     with db.session_scope(engine) as session:
         return list(session.scalars(sa.select(Job.status)))
+
+
+# ------------------------------------------------------------------------------------------ settings and scope
+
+
+def test_a_bad_setting_names_its_variable(engine, tmp_path, tiny_dir, cli, monkeypatch) -> None:
+    from selectit.settings import Settings, SettingsError
+
+    assert Settings.from_env({}) == Settings()
+    assert Settings.from_env({"SELECTIT_LEASE_SECONDS": "2.5", "SELECTIT_MAX_ATTEMPTS": ""}).lease_seconds == 2.5
+    with pytest.raises(SettingsError, match=r"^\$SELECTIT_BATCH_SIZE must be a whole number ≥ 1, not 'many'"):
+        Settings.from_env({"SELECTIT_BATCH_SIZE": "many"})
+    with pytest.raises(SettingsError, match=r"^\$SELECTIT_MAX_JOB_ATTEMPTS must be a whole number ≥ 1, not '0'"):
+        Settings.from_env({"SELECTIT_MAX_JOB_ATTEMPTS": "0"})
+    seed(engine, tmp_path, "d", DEMO[:2])
+    add_model(engine, "tiny", tiny_dir)
+    monkeypatch.setenv("SELECTIT_JOB_TOKENS", "lots")
+    out = cli("score", "-q")
+    assert out.exit_code == 1 and out.output.startswith("Error: $SELECTIT_JOB_TOKENS must be a whole number")
+    monkeypatch.setenv("SELECTIT_JOB_TOKENS", "1000")
+    monkeypatch.setenv("SELECTIT_SCORER", "no_such_module:load")
+    out = cli("score", "-q")
+    assert out.exit_code == 1 and out.output.startswith("Error: $SELECTIT_SCORER='no_such_module:load' cannot be "
+                                                        "loaded (No module named 'no_such_module')")
+    with db.session_scope(engine) as session:  # it failed before planning or claiming anything
+        assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+
+
+def test_resolving_a_scope_writes_nothing_and_a_missing_default_set_says_run_init(engine, tmp_path, tiny_dir,
+                                                                                  cli) -> None:
+    seed(engine, tmp_path, "d", DEMO[:2])
+    add_model(engine, "tiny", tiny_dir)
+    with db.session_scope(engine) as session:
+        session.execute(sa.delete(Prompt))  # a database from before the built-in set was a migration
+    assert cli("prompts").exit_code == 0  # the listing creates nothing
+    with db.session_scope(engine) as session:
+        with pytest.raises(planner.JobError, match=r"Run `selectit init` to create it"):
+            planner.resolve_scope(session)
+        assert session.scalar(sa.select(sa.func.count()).select_from(Prompt)) == 0
+    out = cli("score", "-q")
+    assert out.exit_code == 1 and "Run `selectit init` to create it" in out.output
+
+
+# ------------------------------------------------------------------------------------------ selectit plan
+
+
+def test_plan_command_creates_jobs_once_without_the_broker(engine, tmp_path, tiny_dir, cli) -> None:
+    seed(engine, tmp_path, "d", DEMO[:4])
+    add_model(engine, "tiny", tiny_dir)
+    first = cli("plan", "--no-enqueue", "--model", "tiny")
+    assert first.exit_code == 0, first.output
+    with db.session_scope(engine) as session:
+        planned = session.scalars(sa.select(Job)).all()
+        assert planned and {j.status for j in planned} == {"queued"}
+    assert f"planned {len(planned)} new job(s), sent 0 to the broker." in first.output
+    assert sorted(cells_of_jobs(engine)) == sorted(set(cells_of_jobs(engine))) and len(cells_of_jobs(engine)) == 20
+    again = cli("plan", "--no-enqueue")
+    assert again.exit_code == 0 and "planned 0 new job(s), sent 0 to the broker." in again.output
+    assert len(cells_of_jobs(engine)) == 20
+
+
+def test_plan_command_sends_each_job_to_its_model_queue(postgres_url, tmp_path, tiny_dir, redis_url) -> None:
+    import redis
+
+    engine = db.open_store(postgres_url)
+    seed(engine, tmp_path, "d", DEMO[:4])
+    add_model(engine, "tiny", tiny_dir)
+    broker = redis.Redis.from_url(redis_url)
+    broker.flushdb()
+    env = {"SELECTIT_BROKER_URL": redis_url, "SELECTIT_JOB_TOKENS": "1000"}
+    out, _ = _selectit(postgres_url, "plan", env=env).communicate(timeout=120)
+    with db.session_scope(engine) as session:
+        n_jobs = session.scalar(sa.select(sa.func.count()).select_from(Job))
+    assert n_jobs > 1 and f"planned {n_jobs} new job(s), sent {n_jobs} to the broker." in out, out
+    assert broker.llen("model.tiny") == n_jobs
+    out, _ = _selectit(postgres_url, "plan", env=env).communicate(timeout=120)
+    assert "planned 0 new job(s), sent 0 to the broker." in out, out
+    assert broker.llen("model.tiny") == n_jobs
+    broker.flushdb()
+
+
+def test_two_planners_at_once_never_put_a_cell_in_two_jobs(postgres_url, tmp_path, tiny_dir) -> None:
+    import threading
+
+    engine = db.open_store(postgres_url)
+    seed(engine, tmp_path, "d", DEMO[:40])
+    add_model(engine, "tiny", tiny_dir), add_model(engine, "tiny2", tiny_dir)
+    for round_ in range(3):  # several rounds: new samples each time, planners racing on them
+        if round_:
+            seed(engine, tmp_path, f"d{round_}", DEMO[40 * round_:40 * (round_ + 1)])
+        start = threading.Barrier(4)
+        planned: list[list[int]] = []
+
+        def one_planner() -> None:
+            start.wait()
+            planned.append(planner.plan(engine, max_tokens_per_job=3_000))
+
+        threads = [threading.Thread(target=one_planner) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(1 for ids in planned if ids) == 1  # one planner found the work, the others none
+        cells = cells_of_jobs(engine)
+        assert len(cells) == len(set(cells)) == 40 * (round_ + 1) * 5 * 2

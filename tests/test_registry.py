@@ -11,6 +11,7 @@ from tiny_model import build_tiny_model, build_tokenizer, tiny_model_dir  # noqa
 
 from selectit import db, registry
 from selectit.formulas import normalized, token_score
+from selectit.labels import LabelError, label_token_ids
 from selectit.registry import RegistryError, render
 from selectit.schema import LLM, Prompt
 
@@ -50,13 +51,13 @@ def test_label_ids_are_the_digit_tokens_in_each_layout():
     tok = build_tokenizer()
     digits = [tok.convert_tokens_to_ids(str(k)) for k in range(1, 10)]
     for context in registry.LABEL_CONTEXT.values():
-        assert registry.label_token_ids(tok, context) == digits
+        assert label_token_ids(tok, context) == digits
 
 
 def test_a_label_that_is_two_tokens_is_refused():
     tok = build_tokenizer(split_digit="7")
-    with pytest.raises(RegistryError) as err:
-        registry.label_token_ids(tok, "\nRating: ", "model 'x', layout shared-context: ")
+    with pytest.raises(LabelError) as err:
+        label_token_ids(tok, "\nRating: ", "model 'x', layout shared-context: ")
     assert str(err.value) == (
         "model 'x', layout shared-context: the label '7' is not a single token after '\\nRating: ' "
         "(tokens ['7', 'Â§']); selectit reads each rating 1..9 as one token, so this model cannot be used"
@@ -143,6 +144,7 @@ def test_prompt_errors(engine, tmp_path):
 
 
 def test_cli_prompts_import_and_list(cli, tmp_path):
+    assert cli("init").exit_code == 0  # creates the built-in set `default`
     f = tmp_path / "p.txt"
     f.write_text("{instruction}\\n{output}\\nScore: \n")
     r = cli("prompts", "import", f, "--set", "mine", "--layout", "shared-context", "--scale", "3")

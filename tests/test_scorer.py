@@ -11,7 +11,8 @@ from tiny_model import build_tiny_model, tiny_model_dir  # noqa: F401
 
 from selectit import db, registry
 from selectit.registry import render
-from selectit.scorer import ELLIPSIS, RatingRequest, Scorer, load_scorer
+from selectit.contract import RatingRequest
+from selectit.scorer import ELLIPSIS, Scorer, load_scorer
 
 DEMO = Path(__file__).resolve().parent.parent / "selectit" / "data" / "alpaca_en_demo.json"
 REFERENCE_PROMPTS = Path("/work/shared/data/reference_rating_prompts.txt")
@@ -167,3 +168,23 @@ def test_smollm2_packing_equals_separate_forwards(smollm2, layout, n):
     assert model.label_ids[layout][:5] == [33, 34, 35, 36, 37] and model.n_params == 134_515_008
     reqs = requests(records(n, 3), layout)
     assert max_delta(scorer, reqs, model.label_ids[layout]) <= 1e-4
+
+
+def test_out_of_memory_halves_the_batch_and_the_scores_stay_exact(tiny):
+    scorer = load_scorer(tiny, device="cpu", exact=True, max_batch_tokens=1 << 16, max_padding=None)
+    reqs = requests(records(4, 10), "reference")  # 20 rows of one prompt each: one batch
+    raised = []
+
+    def out_of_memory_once(_module, _args):  # noqa: ANN001, ANN202
+        if not raised:
+            raised.append(True)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = scorer.model.get_decoder().register_forward_pre_hook(out_of_memory_once)
+    try:
+        assert max_delta(scorer, reqs, tiny.label_ids["reference"]) <= 1e-4  # every cell ok and exact
+    finally:
+        handle.remove()
+    assert raised == [True]
+    assert scorer.max_batch_tokens == 1 << 15  # the budget halved for the batches that follow
+    assert scorer.forwards == 2  # the failed batch of 20 rows, run again as two halves

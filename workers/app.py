@@ -9,9 +9,12 @@ Start a GPU worker for one model with `selectit worker --model NAME` (or
 - `SELECTIT_PLAN_INTERVAL`: seconds between scheduled plans (new datasets/models/prompts are
   picked up without anyone running a command) [60]; `SELECTIT_REQUEUE_INTERVAL` [30] for
   expired leases.
-- `SELECTIT_LEASE_SECONDS`, `SELECTIT_MAX_ATTEMPTS`, `SELECTIT_MAX_JOB_ATTEMPTS`: see selectit.jobs.
-- `SELECTIT_SCORER`: `module:callable` turning a model version (LLM row) into a Scorer
+- `SELECTIT_LEASE_SECONDS`, `SELECTIT_MAX_ATTEMPTS`, `SELECTIT_MAX_JOB_ATTEMPTS`,
+  `SELECTIT_BATCH_SIZE`, `SELECTIT_JOB_TOKENS`: see `selectit.settings`.
+- `SELECTIT_SCORER`: `module:callable` turning a model version (LLM row) into a scoring engine
   [selectit.scorer:load_scorer]; the hook to plug in another scoring backend.
+
+They are read once, when the worker process imports this module (`SETTINGS`).
 
 Tasks take ids and are idempotent: a duplicate `score_job` message finds its job not queued and
 does nothing; jobs are sent to the broker only after the transaction that created them committed.
@@ -29,21 +32,23 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery
 
-from selectit import db, jobs
+from selectit import db
+from selectit.contract import JobStatus, ScoringEngine
+from selectit.leases import requeue_expired as requeue_expired_jobs
+from selectit.leases import worker_id
+from selectit.planner import plan as plan_jobs
+from selectit.runner import Outcome, ScorerCache, run_job
 from selectit.schema import LLM, Job
+from selectit.settings import Settings
 
 log = logging.getLogger("selectit.workers")
 
-BROKER_ENV = "SELECTIT_BROKER_URL"
-DEFAULT_BROKER = "redis://localhost:6379/0"
+#: This process's knobs, read once (a bad value stops the worker at start, naming the variable).
+SETTINGS = Settings.from_env()
 #: The queue of the cheap bookkeeping tasks (plan, requeue_expired).
 CONTROL_QUEUE = "control"
 #: At most this many queued jobs are re-sent per model and tick when its queue is empty.
 RESEND_LIMIT = 1000
-
-
-def _interval(name: str, default: float) -> float:
-    return float(os.environ.get(name) or default)
 
 
 def queue_for(model_name: str) -> str:
@@ -51,7 +56,7 @@ def queue_for(model_name: str) -> str:
     return f"model.{model_name}"
 
 
-app = Celery("selectit", broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
+app = Celery("selectit", broker=SETTINGS.broker_url)
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],  # never pickle
@@ -67,18 +72,17 @@ app.conf.update(
     task_create_missing_queues=True,
     worker_hijack_root_logger=False,
     beat_schedule={
-        "plan": {"task": "selectit.plan", "schedule": _interval("SELECTIT_PLAN_INTERVAL", 60),
+        "plan": {"task": "selectit.plan", "schedule": SETTINGS.plan_interval,
                  # a plan nobody ran before the next one is pointless: let it expire
-                 "options": {"expires": _interval("SELECTIT_PLAN_INTERVAL", 60)}},
-        "requeue-expired": {"task": "selectit.requeue_expired",
-                            "schedule": _interval("SELECTIT_REQUEUE_INTERVAL", 30),
-                            "options": {"expires": _interval("SELECTIT_REQUEUE_INTERVAL", 30)}},
+                 "options": {"expires": SETTINGS.plan_interval}},
+        "requeue-expired": {"task": "selectit.requeue_expired", "schedule": SETTINGS.requeue_interval,
+                            "options": {"expires": SETTINGS.requeue_interval}},
     },
 )
 
 _engine: sa.Engine | None = None
 _engine_pid: int | None = None
-_scorers: jobs.ScorerCache | None = None
+_scorers: ScorerCache | None = None
 
 
 def engine() -> sa.Engine:
@@ -90,11 +94,11 @@ def engine() -> sa.Engine:
     return _engine
 
 
-def scorer_for(model: LLM) -> Any:
-    """The scorer of a model version, loaded once per worker process."""
+def scorer_for(model: LLM) -> ScoringEngine:
+    """The scoring engine of a model version, loaded once per worker process."""
     global _scorers
     if _scorers is None:
-        _scorers = jobs.ScorerCache()
+        _scorers = ScorerCache(settings=SETTINGS)
     return _scorers(model)
 
 
@@ -128,13 +132,13 @@ def resend_lost(eng: sa.Engine | None = None) -> int:
     eng = eng or engine()
     with db.session_scope(eng) as session:
         by_model = session.execute(sa.select(LLM.name, sa.func.count()).join(Job, Job.model_id == LLM.id)
-                                   .where(Job.status == "queued").group_by(LLM.name)).all()
+                                   .where(Job.status == JobStatus.QUEUED).group_by(LLM.name)).all()
     sent = 0
     for name, _n in by_model:
         if queue_length(queue_for(name)) == 0:
             with db.session_scope(eng) as session:
                 ids = list(session.scalars(sa.select(Job.id).join(LLM, LLM.id == Job.model_id)
-                                           .where(Job.status == "queued", LLM.name == name)
+                                           .where(Job.status == JobStatus.QUEUED, LLM.name == name)
                                            .order_by(Job.id).limit(RESEND_LIMIT)))
             sent += send_jobs(ids, eng)
     return sent
@@ -143,7 +147,7 @@ def resend_lost(eng: sa.Engine | None = None) -> int:
 @app.task(name="selectit.plan")
 def plan(dataset: str | None = None, model: str | None = None, prompt_set: str | None = None) -> dict[str, int]:
     """Plan the missing cells into jobs and enqueue them (after the commit); resend lost ones."""
-    ids = jobs.plan(engine(), dataset=dataset, model=model, prompt_set=prompt_set, strict=False)
+    ids = plan_jobs(engine(), dataset=dataset, model=model, prompt_set=prompt_set, strict=False, settings=SETTINGS)
     sent = send_jobs(ids)
     resent = resend_lost()
     if ids or resent:
@@ -154,17 +158,17 @@ def plan(dataset: str | None = None, model: str | None = None, prompt_set: str |
 @app.task(name="selectit.score_job")
 def score_job(job_id: int) -> dict[str, Any]:
     """Claim job `job_id`, score its missing cells, mark it done (a no-op if not queued)."""
-    outcome = jobs.run_job(engine(), int(job_id), scorer_for, jobs.worker_id())
-    if outcome.status == "retry":  # put back in the queue by run_job: send it again
+    outcome = run_job(engine(), int(job_id), scorer_for, worker_id(), settings=SETTINGS)
+    if outcome.status == Outcome.RETRY:  # put back in the queue by run_job: send it again
         send_jobs([outcome.job_id])
     log.info("job %s: %s (%d ok, %d failed)", job_id, outcome.status, outcome.scored, outcome.failed)
-    return {"job_id": outcome.job_id, "status": outcome.status, "scored": outcome.scored, "failed": outcome.failed}
+    return {"job_id": outcome.job_id, "status": str(outcome.status), "scored": outcome.scored, "failed": outcome.failed}
 
 
 @app.task(name="selectit.requeue_expired")
 def requeue_expired() -> dict[str, int]:
     """Expired leases → back in the queue (or failed after N attempts); resend lost messages."""
-    ids = jobs.requeue_expired(engine())
+    ids = requeue_expired_jobs(engine(), SETTINGS)
     send_jobs(ids)
     resent = resend_lost()
     if ids or resent:

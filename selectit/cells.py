@@ -1,0 +1,57 @@
+"""The cells of a job: which are still owed, and storing their results.
+
+A cell is (sample, model version, prompt version); its row in `scores` is written
+insert-or-ignore, except that a stored *failed* cell is overwritten in place with attempts + 1.
+So a cell scored ok is never written twice, whoever computes it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from selectit import db
+from selectit.contract import CellResult, CellStatus
+from selectit.schema import MAX_SCALE, Job, JobSample, Score, utcnow
+
+
+def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[int, list[int]]:
+    """{sample_id: [prompt_id, …]} of the job's cells neither scored ok nor failed at the limit."""
+    done = set(session.execute(
+        sa.select(Score.sample_id, Score.prompt_id)
+        .join(JobSample, sa.and_(JobSample.job_id == job.id, JobSample.sample_id == Score.sample_id))
+        .where(Score.model_id == job.model_id, Score.prompt_id.in_(job.prompt_ids),
+               sa.or_(Score.status == CellStatus.OK, Score.attempts >= max_cell_attempts))).all())
+    cells: dict[int, list[int]] = {}
+    for s in job.sample_ids:
+        missing = [p for p in job.prompt_ids if (s, p) not in done]
+        if missing:
+            cells[s] = missing
+    return cells
+
+
+def write_results(session: Session, model_id: int, results: Sequence[CellResult], worker: str | None) -> None:
+    """Insert-or-ignore; a stored *failed* cell is overwritten in place with attempts + 1."""
+    if not results:
+        return
+    now = utcnow()
+    rows = []
+    for r in results:
+        probs = list(r.probs or ())
+        row = {"sample_id": r.sample_id, "model_id": model_id, "prompt_id": r.prompt_id,
+               "mass": r.mass, "n_tokens": r.n_tokens, "truncated": bool(r.truncated),
+               "status": str(CellStatus.OK if r.ok else CellStatus.FAILED),
+               "error": None if r.ok else (r.error or "no probabilities")[:2000],
+               "attempts": 1, "scored_at": now, "worker": worker}
+        for k in range(1, MAX_SCALE + 1):
+            row[f"p{k}"] = probs[k - 1] if k <= len(probs) else None
+        rows.append(row)
+    stmt = db.upsert(session, Score)
+    keep = ("sample_id", "model_id", "prompt_id", "attempts")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["sample_id", "model_id", "prompt_id"],
+        set_={**{c: stmt.excluded[c] for c in rows[0] if c not in keep}, "attempts": Score.attempts + 1},
+        where=Score.status == CellStatus.FAILED)
+    session.execute(stmt, rows)
