@@ -16,25 +16,25 @@ How (DESIGN.md §2): the K' token lists share a prefix C. One row C + s_1 + … 
 end of each s_i equal those of K' separate forwards. When C is short (the `reference` layout)
 packing saves nothing and costs attention, so the K' prompts go as separate rows instead (the
 cheaper of the two by a FLOP estimate). Rows are sorted by length and batched with padding under
-a token budget; `lm_head` runs only on the label positions; the budget halves on out-of-memory.
+a token budget. The model's own forward is called, so every architecture's logit processing is
+kept; it computes logits only at the label positions (`logits_to_keep`). The budget halves on
+out-of-memory.
 `exact=True` runs in float32 (|Δp| ≤ 1e-4 against separate forwards, tested).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from selectit.errors import SelectitError
+from selectit.contract import CellResult, RatingRequest
 from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
-from selectit.contract import LABEL_CONTEXT, CellResult, RatingRequest, RenderedPrompt
-from selectit.labels import label_token_ids
+from selectit.preparation import ELLIPSIS, Prepared, RequestPreparation
 
-ELLIPSIS = " … "
+__all__ = ["ELLIPSIS", "CellResult", "RatingRequest", "Scorer", "default_device", "load_scorer"]
 
 
 @dataclass
@@ -50,19 +50,12 @@ class _Row:
     label_ids: list[list[int]] = field(default_factory=list)  # per cell: token ids of 1..K
 
 
-@dataclass
-class _Prepared:
-    req: RatingRequest
-    ids: list[list[int]]  # per prompt, token ids (after truncation)
-    truncated: bool
-
-
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(exc, oom)) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
-class Scorer:
+class Scorer(RequestPreparation):
     """A loaded model that rates samples; see the module docstring for the contract."""
 
     def __init__(self, model: Any, tokenizer: Any, *, model_id: int = 0, max_tokens: int = 2048,
@@ -81,8 +74,7 @@ class Scorer:
         # Padding is computed like real tokens: a batch stops growing past this share of it
         # (measured: unbounded padding made exact mode no faster than batch 1 on 2 CPU cores).
         self.max_padding = max_padding
-        self._labels_by_context = dict(label_ids or {})  # layout → ids of "1".."9"
-        self._label_cache: dict[str, list[int]] = {}
+        self._init_labels(label_ids)
         cfg = model.config
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._hidden = int(getattr(cfg, "hidden_size", 1))
@@ -90,9 +82,13 @@ class Scorer:
         n_params = sum(p.numel() for p in model.parameters())
         embed = model.get_input_embeddings().weight.numel()
         self._flops_per_token = 2 * max(n_params - embed, 1)
-        self._sliding = getattr(cfg, "sliding_window", None) if "sliding_attention" in (
-            getattr(cfg, "layer_types", None) or ()) else None
-        self._softcap = getattr(cfg, "final_logit_softcapping", None)
+        # A custom 4-D mask is used as given, so packing must apply the model's sliding window itself:
+        # per layer type where the config lists layer types (Gemma-3, Qwen2), else on every layer
+        # (Mistral, Phi-3: a set `sliding_window` and no layer types).
+        layer_types = getattr(cfg, "layer_types", None)
+        window = getattr(cfg, "sliding_window", None)
+        self._sliding = window if (not layer_types or "sliding_attention" in layer_types) else None
+        self._sliding_everywhere = not layer_types
 
     # -- public -------------------------------------------------------------------------------
 
@@ -100,7 +96,7 @@ class Scorer:
               progress: Callable[[int], None] | None = None) -> list[CellResult]:
         """Score every (request, prompt) cell; `progress(n)` is called with cells finished."""
         results: list[CellResult] = []
-        prepared: dict[int, _Prepared] = {}
+        prepared: dict[int, Prepared] = {}
         rows: list[_Row] = []
         for i, req in enumerate(requests):
             try:
@@ -125,59 +121,18 @@ class Scorer:
             for row, probs, err in self._run(batch):
                 prep = prepared[row.req]
                 for j, cell in enumerate(row.cells):
-                    results.append(self._cell(prep, cell, None if probs is None else probs[j], err))
+                    results.append(self._cell(prep, cell, None if probs is None else probs[j].tolist(), err))
             if progress:
                 progress(sum(len(r.cells) for r in batch))
         return results
 
-    # -- preparation --------------------------------------------------------------------------
-
-    def _tokenize(self, prompts: Sequence[RenderedPrompt]) -> list[list[int]]:
-        return [list(x) for x in self.tokenizer([p.text for p in prompts])["input_ids"]]
-
-    def _prepare(self, req: RatingRequest) -> _Prepared:
-        if not 2 <= req.scale <= 9:
-            raise SelectitError(f"scale {req.scale} is out of range 2..9")
-        if len(req.prompts) != len(req.prompt_ids) or not req.prompts:
-            raise SelectitError("a request needs one rendered prompt per prompt id")
-        ids = self._tokenize(req.prompts)
-        if max(map(len, ids)) <= self.max_tokens:
-            return _Prepared(req, ids, False)
-        return _Prepared(req, self._truncate(req.prompts, ids), True)
-
-    def _truncate(self, prompts: Sequence[RenderedPrompt], ids: list[list[int]]) -> list[list[int]]:
-        """Cut the middle of each response until every prompt fits in max_tokens."""
-        out: list[list[int]] = []
-        for p, x in zip(prompts, ids):
-            resp = self.tokenizer(p.response, add_special_tokens=False)["input_ids"]
-            excess = len(x) - self.max_tokens
-            while excess > 0:
-                keep = len(resp) - excess - len(self.tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]) - 1
-                if keep < 2:
-                    raise SelectitError(
-                        f"the prompt is longer than the model's context ({self.max_tokens} tokens) even without "
-                        f"its response; raise --max-tokens on `selectit model add` or shorten the instruction"
-                    )
-                head, tail = keep - keep // 2, keep // 2
-                text = self.tokenizer.decode(resp[:head]) + ELLIPSIS + self.tokenizer.decode(resp[len(resp) - tail:])
-                x = self._tokenize([RenderedPrompt(p.head, text, p.tail)])[0]
-                excess = max(excess + 1, len(x) - self.max_tokens + excess) if len(x) > self.max_tokens else 0
-            out.append(x)
-        return out
-
-    def _labels(self, prompt: RenderedPrompt) -> list[int]:
-        for layout, context in LABEL_CONTEXT.items():
-            if prompt.tail.endswith(context) and layout in self._labels_by_context:
-                return self._labels_by_context[layout]
-        if prompt.tail not in self._label_cache:  # a custom tail: derive the ids in that context
-            self._label_cache[prompt.tail] = label_token_ids(self.tokenizer, prompt.tail[-64:])
-        return self._label_cache[prompt.tail]
+    # -- preparation (tokenizing, truncating, label ids: selectit.preparation) -------------------
 
     def _cost(self, n: int) -> float:
         # FLOPs of one row of n tokens: the dense layers plus the (fully computed) masked attention.
         return self._flops_per_token * n + 4 * self._layers * self._hidden * n * n
 
-    def _rows(self, i: int, prep: _Prepared) -> list[_Row]:
+    def _rows(self, i: int, prep: Prepared) -> list[_Row]:
         ids = prep.ids
         labels = [self._labels(p)[: prep.req.scale] for p in prep.req.prompts]
         c = 0  # longest common prefix, leaving each suffix at least one token
@@ -227,17 +182,24 @@ class Scorer:
             mask = (seg >= 0).long()
         else:
             mask = as_mask(allowed)
-            if self._sliding:  # e.g. Gemma-3: sliding layers see only the last `window` positions
-                mask = {"full_attention": mask, "sliding_attention": as_mask(allowed & (pq - pk < self._sliding))}
-        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                          use_cache=False).last_hidden_state  # (B, T, H)
+            if self._sliding:  # sliding layers see only the last `window` positions
+                windowed = as_mask(allowed & (pq - pk < self._sliding))
+                mask = windowed if self._sliding_everywhere else {"full_attention": mask, "sliding_attention": windowed}
+        # Label positions per row, padded to the batch's most (repeating the row's last one): the
+        # model's own forward computes logits there only, with all of its logit processing
+        # (Gemma's soft-cap, Granite's logits_scaling, Cohere's logit_scale, ...).
+        L = max(len(r.label_at) for r in rows)
+        keep = torch.tensor([r.label_at + r.label_at[-1:] * (L - len(r.label_at)) for r in rows], device=dev)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                            logits_to_keep=keep).logits  # (B, L, V)
         self.forwards += 1
         self.tokens_run += sum(len(r.tokens) for r in rows)
+        if logits.shape[:2] != (B, L):
+            raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)} for logits_to_keep of "
+                               f"shape {(B, L)}; this transformers version does not keep per-row positions")
         b_idx = torch.tensor([b for b, r in enumerate(rows) for _ in r.label_at], device=dev)
-        t_idx = torch.tensor([t for r in rows for t in r.label_at], device=dev)
-        logits = self.model.get_output_embeddings()(hidden[b_idx, t_idx]).float()  # (N, V), N label positions
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
+        j_idx = torch.tensor([j for r in rows for j in range(len(r.label_at))], device=dev)
+        logits = logits[b_idx, j_idx].float()  # (N, V), N label positions
         logp = torch.log_softmax(logits, dim=-1)  # (N, V): softmax over the full vocabulary
         out, n = [], 0
         for r in rows:
@@ -260,23 +222,6 @@ class Scorer:
             half = len(batch) // 2
             return self._run(batch[:half]) + self._run(batch[half:])
         return [(r, p, None) for r, p in zip(batch, probs)]
-
-    # -- results ------------------------------------------------------------------------------
-
-    def _cell(self, prep: _Prepared, k: int, probs: torch.Tensor | None, err: str | None) -> CellResult:
-        req = prep.req
-        if err is None and probs is not None and not bool(torch.isfinite(probs).all()):
-            err = "the model produced non-finite probabilities (NaN or inf)"
-        if err is not None or probs is None:
-            return CellResult.failed(req.sample_id, req.prompt_ids[k], err or "no probabilities", len(prep.ids[k]),
-                                     prep.truncated)
-        p = tuple(float(v) for v in probs.tolist())
-        return CellResult(req.sample_id, req.prompt_ids[k], p, math.fsum(p), len(prep.ids[k]), prep.truncated)
-
-    def _failed(self, req: RatingRequest, cells: Iterable[int], exc: BaseException) -> list[CellResult]:
-        msg = str(exc) if isinstance(exc, SelectitError) else f"{type(exc).__name__}: {exc}"
-        return [CellResult.failed(req.sample_id, req.prompt_ids[k], msg) for k in cells]
-
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

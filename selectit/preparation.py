@@ -1,0 +1,108 @@
+"""What every scoring engine does before and after its model runs, the same way (torch-free).
+
+Both engines (`selectit.scorer.Scorer`, torch; `selectit.vllm_engine.VllmScorer`, vLLM) inherit
+`RequestPreparation`, so a request is checked, tokenized and truncated identically and its
+cells are built by the same rules; that is what lets cells from either engine count as the same
+cell (DESIGN.md §2):
+- the prompt is tokenized with the tokenizer's default special tokens, exactly as a separate
+  forward of that prompt would be;
+- a prompt longer than the model's context (`max_tokens`) has the middle of its response cut (head
+  and tail kept, joined by " … "), so the rating question stays; the cell is `truncated`;
+- a request that cannot be prepared, or whose scoring fails, yields failed cells (`probs=None`,
+  `error` set); never a default score, and never another request's cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from selectit.contract import LABEL_CONTEXT, CellResult, RatingRequest, RenderedPrompt
+from selectit.errors import SelectitError
+from selectit.labels import label_token_ids
+
+ELLIPSIS = " … "
+
+
+@dataclass
+class Prepared:
+    """A request after tokenization: one token list per prompt (after truncation)."""
+
+    req: RatingRequest
+    ids: list[list[int]]
+    truncated: bool
+
+
+class RequestPreparation:
+    """Tokenization, truncation, label ids and cell building shared by the engines.
+
+    A subclass sets `tokenizer`, `max_tokens` and calls `_init_labels(label_ids)`.
+    """
+
+    tokenizer: Any
+    max_tokens: int
+
+    def _init_labels(self, label_ids: dict[str, list[int]] | None) -> None:
+        self._labels_by_context = dict(label_ids or {})  # layout → ids of "1".."9"
+        self._label_cache: dict[str, list[int]] = {}
+
+    def _tokenize(self, prompts: Sequence[RenderedPrompt]) -> list[list[int]]:
+        return [list(x) for x in self.tokenizer([p.text for p in prompts])["input_ids"]]
+
+    def _prepare(self, req: RatingRequest) -> Prepared:
+        if not 2 <= req.scale <= 9:
+            raise SelectitError(f"scale {req.scale} is out of range 2..9")
+        if len(req.prompts) != len(req.prompt_ids) or not req.prompts:
+            raise SelectitError("a request needs one rendered prompt per prompt id")
+        ids = self._tokenize(req.prompts)
+        if max(map(len, ids)) <= self.max_tokens:
+            return Prepared(req, ids, False)
+        return Prepared(req, self._truncate(req.prompts, ids), True)
+
+    def _truncate(self, prompts: Sequence[RenderedPrompt], ids: list[list[int]]) -> list[list[int]]:
+        """Cut the middle of each response until every prompt fits in max_tokens."""
+        out: list[list[int]] = []
+        ellipsis_len = len(self.tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"])
+        for p, x in zip(prompts, ids):
+            resp = self.tokenizer(p.response, add_special_tokens=False)["input_ids"]
+            excess = len(x) - self.max_tokens
+            while excess > 0:
+                keep = len(resp) - excess - ellipsis_len - 1
+                if keep < 2:
+                    raise SelectitError(
+                        f"the prompt is longer than the model's context ({self.max_tokens} tokens) even without "
+                        f"its response; raise --max-tokens on `selectit model add` or shorten the instruction"
+                    )
+                head, tail = keep - keep // 2, keep // 2
+                text = self.tokenizer.decode(resp[:head]) + ELLIPSIS + self.tokenizer.decode(resp[len(resp) - tail:])
+                x = self._tokenize([RenderedPrompt(p.head, text, p.tail)])[0]
+                excess = max(excess + 1, len(x) - self.max_tokens + excess) if len(x) > self.max_tokens else 0
+            out.append(x)
+        return out
+
+    def _labels(self, prompt: RenderedPrompt) -> list[int]:
+        """Token ids of the digits 1..9 in the context right before this prompt's label."""
+        for layout, context in LABEL_CONTEXT.items():
+            if prompt.tail.endswith(context) and layout in self._labels_by_context:
+                return self._labels_by_context[layout]
+        if prompt.tail not in self._label_cache:  # a custom tail: derive the ids in that context
+            self._label_cache[prompt.tail] = label_token_ids(self.tokenizer, prompt.tail[-64:])
+        return self._label_cache[prompt.tail]
+
+    def _cell(self, prep: Prepared, k: int, probs: Sequence[float] | None, err: str | None) -> CellResult:
+        """The result of prompt k of a prepared request: its K probabilities, or why it failed."""
+        req = prep.req
+        if err is None and probs is not None and not all(math.isfinite(float(v)) for v in probs):
+            err = "the model produced non-finite probabilities (NaN or inf)"
+        if err is not None or probs is None:
+            return CellResult.failed(req.sample_id, req.prompt_ids[k], err or "no probabilities", len(prep.ids[k]),
+                                     prep.truncated)
+        p = tuple(float(v) for v in probs)
+        return CellResult(req.sample_id, req.prompt_ids[k], p, math.fsum(p), len(prep.ids[k]), prep.truncated)
+
+    @staticmethod
+    def _failed(req: RatingRequest, cells: Iterable[int], exc: BaseException) -> list[CellResult]:
+        msg = str(exc) if isinstance(exc, SelectitError) else f"{type(exc).__name__}: {exc}"
+        return [CellResult.failed(req.sample_id, req.prompt_ids[k], msg) for k in cells]
