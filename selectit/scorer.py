@@ -55,6 +55,13 @@ def _is_oom(exc: BaseException) -> bool:
     return (oom is not None and isinstance(exc, oom)) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
+def _keeps_positions_per_row() -> bool:
+    """Whether this transformers takes a (B, L) `logits_to_keep`, positions per row (5.23 does, 5.19 does not)."""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
+
+
 class Scorer(RequestPreparation):
     """A loaded model that rates samples; see the module docstring for the contract."""
 
@@ -89,6 +96,7 @@ class Scorer(RequestPreparation):
         window = getattr(cfg, "sliding_window", None)
         self._sliding = window if (not layer_types or "sliding_attention" in layer_types) else None
         self._sliding_everywhere = not layer_types
+        self._keep_per_row = _keeps_positions_per_row()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -185,21 +193,22 @@ class Scorer(RequestPreparation):
             if self._sliding:  # sliding layers see only the last `window` positions
                 windowed = as_mask(allowed & (pq - pk < self._sliding))
                 mask = windowed if self._sliding_everywhere else {"full_attention": mask, "sliding_attention": windowed}
-        # Label positions per row, padded to the batch's most (repeating the row's last one): the
-        # model's own forward computes logits there only, with all of its logit processing
-        # (Gemma's soft-cap, Granite's logits_scaling, Cohere's logit_scale, ...).
-        L = max(len(r.label_at) for r in rows)
-        keep = torch.tensor([r.label_at + r.label_at[-1:] * (L - len(r.label_at)) for r in rows], device=dev)
+        # The model's own forward computes logits at the label positions only, with all of its
+        # logit processing (Gemma's soft-cap, Granite's logits_scaling, Cohere's logit_scale, ...).
+        if self._keep_per_row:  # (B, L) positions per row, padded by repeating the row's last one
+            L = max(len(r.label_at) for r in rows)
+            keep = torch.tensor([r.label_at + r.label_at[-1:] * (L - len(r.label_at)) for r in rows], device=dev)
+            cols = [j for r in rows for j in range(len(r.label_at))]
+        else:  # older transformers: one 1-D list of positions, kept in every row
+            union = sorted({t for r in rows for t in r.label_at})
+            keep = torch.tensor(union, device=dev)
+            cols = [union.index(t) for r in rows for t in r.label_at]
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                             logits_to_keep=keep).logits  # (B, L, V)
         self.forwards += 1
         self.tokens_run += sum(len(r.tokens) for r in rows)
-        if logits.shape[:2] != (B, L):
-            raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)} for logits_to_keep of "
-                               f"shape {(B, L)}; this transformers version does not keep per-row positions")
         b_idx = torch.tensor([b for b, r in enumerate(rows) for _ in r.label_at], device=dev)
-        j_idx = torch.tensor([j for r in rows for j in range(len(r.label_at))], device=dev)
-        logits = logits[b_idx, j_idx].float()  # (N, V), N label positions
+        logits = logits[b_idx, torch.tensor(cols, device=dev)].float()  # (N, V), N label positions
         logp = torch.log_softmax(logits, dim=-1)  # (N, V): softmax over the full vocabulary
         out, n = [], 0
         for r in rows:

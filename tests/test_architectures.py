@@ -129,3 +129,12 @@ def test_logit_processing_models_registered_with_the_cli(arch, tokenizer, tmp_pa
     scorer = load_scorer(model, device="cpu", exact=True)
     assert worst_delta(scorer, requests(records(2, 7), "shared-context")) <= 1e-5
     assert worst_delta(scorer, requests(records(1, 9), "reference")) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["granite", "gemma3"])
+def test_one_list_of_positions_for_older_transformers(arch, tokenizer):
+    # transformers before per-row logits_to_keep (the vLLM environment's 5.19): one 1-D list of positions
+    scorer = Scorer(build(arch, tokenizer), tokenizer, exact=True, max_batch_tokens=1 << 16, max_padding=None)
+    scorer._keep_per_row = False
+    reqs = requests(records(2, 5), "shared-context")
+    assert worst_delta(scorer, reqs[:1] + requests(records(2, 5), "reference")[1:]) <= 1e-5
