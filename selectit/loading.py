@@ -256,12 +256,25 @@ def gguf_cache(src: Source, expected_sha: str | None = None) -> Path:
     return target
 
 
-def load_hf_model(src: Source, dtype: str, device: str, expected_sha: str | None = None) -> Any:
-    """The causal LM in eval mode, in `dtype` on `device` (GGUF via the de-quantized cache)."""
+def model_dir(src: Source, expected_sha: str | None = None) -> Path:
+    """A Hugging Face directory of the weights: the source's own, or a GGUF's de-quantized cache."""
+    return gguf_cache(src, expected_sha) if src.is_gguf else src.path
+
+
+def load_hf_model(src: Source, dtype: str, device: str, expected_sha: str | None = None,
+                  device_map: str | None = None) -> Any:
+    """The causal LM in eval mode, in `dtype` on `device` (GGUF via the de-quantized cache).
+
+    `device_map="auto"` spreads the layers over every visible GPU (then CPU) instead, for a model
+    too big for one device.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = gguf_cache(src, expected_sha) if src.is_gguf else src.path
+    path = model_dir(src, expected_sha)
+    if device_map is not None:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa",
+                                                    device_map=device_map).eval()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa")
     return model.to(device).eval()
 
@@ -269,5 +282,4 @@ def load_hf_model(src: Source, dtype: str, device: str, expected_sha: str | None
 def load_hf_tokenizer_for_model(src: Source, expected_sha: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
-    path = gguf_cache(src, expected_sha) if src.is_gguf else src.path
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(model_dir(src, expected_sha))

@@ -65,6 +65,8 @@ def _keeps_positions_per_row() -> bool:
 class Scorer(RequestPreparation):
     """A loaded model that rates samples; see the module docstring for the contract."""
 
+    engine = "torch"  # provenance of the score rows it produces (with `engine_version`)
+
     def __init__(self, model: Any, tokenizer: Any, *, model_id: int = 0, max_tokens: int = 2048,
                  label_ids: dict[str, list[int]] | None = None, exact: bool = False,
                  max_batch_tokens: int | None = None, max_padding: float | None = 0.1) -> None:
@@ -82,6 +84,9 @@ class Scorer(RequestPreparation):
         # (measured: unbounded padding made exact mode no faster than batch 1 on 2 CPU cores).
         self.max_padding = max_padding
         self._init_labels(label_ids)
+        import transformers
+
+        self.engine_version = f"torch {torch.__version__}, transformers {transformers.__version__}"
         cfg = model.config
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._hidden = int(getattr(cfg, "hidden_size", 1))
@@ -237,8 +242,12 @@ def default_device() -> str:
 
 
 def load_scorer(model: Any, *, device: str | None = None, exact: bool = False,
-                max_batch_tokens: int | None = None, max_padding: float | None = 0.1) -> Scorer:
-    """A `Scorer` for a model version (an `LLM` row): loads weights in its dtype (float32 if exact)."""
+                max_batch_tokens: int | None = None, max_padding: float | None = 0.1,
+                device_map: str | None = None) -> Scorer:
+    """A `Scorer` for a model version (an `LLM` row): loads weights in its dtype (float32 if exact).
+
+    `device_map="auto"` spreads a model too big for one GPU over all of them (see `loading`).
+    """
     from selectit import loading
 
     src = loading.resolve_source(model.source)
@@ -246,7 +255,7 @@ def load_scorer(model: Any, *, device: str | None = None, exact: bool = False,
     dtype = "float32" if exact else model.dtype
     device = device or default_device()
     tokenizer = loading.load_hf_tokenizer_for_model(src, expected)
-    hf = loading.load_hf_model(src, dtype, device, expected)
+    hf = loading.load_hf_model(src, dtype, device, expected, device_map=device_map)
     return Scorer(hf, tokenizer, model_id=model.id, max_tokens=model.max_tokens,
                   label_ids=dict(model.label_ids or {}), exact=exact, max_batch_tokens=max_batch_tokens,
                   max_padding=max_padding)

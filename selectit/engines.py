@@ -1,0 +1,111 @@
+"""Which scoring engine rates the cells, with which options (torch-free).
+
+Two engines behind one contract (`selectit.contract.ScoringEngine`: `RatingRequest` →
+`CellResult`), chosen per process:
+- `torch` (default; `selectit.scorer.Scorer`): transformers' own forward, all K' prompts of a
+  sample packed in one row. The right engine on a CPU and for a single GPU; `device_map="auto"`
+  spreads a rater too big for one GPU over all visible GPUs (layer by layer, one GPU busy at a time).
+- `vllm` (`selectit.vllm_engine.VllmScorer`): vLLM with continuous batching and automatic prefix
+  caching; the engine for GPU fleets, and with tensor/pipeline parallelism for 70B raters.
+
+The options live in the environment, so `selectit score --engine vllm` and `selectit worker
+--engine vllm` hand them to every process they start: `$SELECTIT_ENGINE`,
+`$SELECTIT_DEVICE_MAP`, `$SELECTIT_TENSOR_PARALLEL_SIZE`, `$SELECTIT_PIPELINE_PARALLEL_SIZE`,
+`$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+from selectit.errors import SelectitError
+
+
+class EngineName(StrEnum):
+    TORCH = "torch"
+    VLLM = "vllm"
+
+
+class EngineError(SelectitError):
+    """An engine setting that cannot be used."""
+
+
+#: Environment variable of each option.
+ENV = {
+    "engine": "SELECTIT_ENGINE",
+    "device_map": "SELECTIT_DEVICE_MAP",
+    "tensor_parallel_size": "SELECTIT_TENSOR_PARALLEL_SIZE",
+    "pipeline_parallel_size": "SELECTIT_PIPELINE_PARALLEL_SIZE",
+    "gpu_memory_utilization": "SELECTIT_GPU_MEMORY_UTILIZATION",
+    "max_model_len": "SELECTIT_MAX_MODEL_LEN",
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    engine: str = EngineName.TORCH
+    device_map: str | None = None  # torch: "auto" spreads the model over every visible GPU
+    tensor_parallel_size: int = 1  # vllm: GPUs that split each layer
+    pipeline_parallel_size: int = 1  # vllm: GPUs (or nodes) that split the layers
+    gpu_memory_utilization: float | None = None  # vllm: share of each GPU's memory [vLLM's 0.92]
+    max_model_len: int | None = None  # vllm: context [the model version's max_tokens + 1]
+
+    def __post_init__(self) -> None:
+        if self.engine not in tuple(EngineName):
+            raise EngineError(f"unknown engine {self.engine!r} (${ENV['engine']} or --engine); "
+                              f"choose one of: {', '.join(EngineName)}")
+        if self.device_map not in (None, "auto"):
+            raise EngineError(f"--device-map {self.device_map!r} is not supported; use 'auto' or leave it unset")
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) < 1:
+                raise EngineError(f"--{name.replace('_', '-')} must be 1 or more (got {getattr(self, name)})")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise EngineError(f"--gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise EngineError(f"--max-model-len must be 2 or more (got {self.max_model_len})")
+        if self.engine == EngineName.TORCH and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
+            raise EngineError("tensor and pipeline parallelism need --engine vllm; "
+                              "the torch engine splits a model over GPUs with --device-map auto")
+
+    @classmethod
+    def from_env(cls) -> EngineOptions:
+        """The options set in the environment (unset ones take their defaults)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(ENV[f.name])
+            if not raw:
+                continue
+            kind = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
+                    "gpu_memory_utilization": float}.get(f.name, str)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise EngineError(f"${ENV[f.name]}={raw!r} is not a valid {kind.__name__}") from exc
+        return cls(**values)
+
+    def export(self) -> None:
+        """Put these options in the environment, for this process and the ones it starts."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                os.environ.pop(ENV[f.name], None)
+            else:
+                os.environ[ENV[f.name]] = str(value)
+
+
+def load_engine(model: Any) -> Any:
+    """The scoring engine for a model version (an `LLM` row), as the environment's options say.
+
+    The default `$SELECTIT_SCORER` of `selectit score` and of the workers.
+    """
+    opts = EngineOptions.from_env()
+    if opts.engine == EngineName.VLLM:
+        from selectit.vllm_engine import load_vllm_scorer
+
+        return load_vllm_scorer(model, opts)
+    from selectit.scorer import load_scorer
+
+    return load_scorer(model, device_map=opts.device_map)

@@ -1,0 +1,132 @@
+"""The vLLM scoring engine: the same contract as `selectit.scorer.Scorer`, for GPU fleets.
+
+Each cell is one vLLM request of the prompt's token ids with
+`SamplingParams(max_tokens=1, logprob_token_ids=<ids of the digits 1..K>)`: vLLM returns the
+full-vocabulary log-softmax at the prompt's last token, read at exactly those ids (its
+`raw_logprobs`, computed from the model's own logits, so soft-caps and logit scales are kept).
+`prompt_logprobs` is not used: it would turn the prefix cache off. Automatic prefix caching is on,
+so the K' prompts of a sample share the sample's KV blocks (shared-context layout) and, in the
+reference layout, all samples share each rating instruction's.
+
+Everything before and after the model is `selectit.preparation`, shared with the torch engine:
+the same tokenizer (the model version's own, loaded by transformers), the same truncation, the same
+label ids, and the same failure rule (a failing request fails only its own cells; a batch that
+raises is split until the failing cells are alone). The token ids are handed to vLLM as they are
+(`TokensPrompt`), so both engines read the same tokens.
+
+vLLM starts an engine process: a program that loads this engine must run it under
+`if __name__ == "__main__":` (the `selectit` command and Celery workers do).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from selectit.contract import CellResult, RatingRequest
+from selectit.engines import EngineOptions
+from selectit.preparation import Prepared, RequestPreparation
+
+
+class VllmScorer(RequestPreparation):
+    """A model loaded in vLLM that rates samples (see `selectit.scorer` for the contract)."""
+
+    engine = "vllm"
+
+    def __init__(self, llm: Any, tokenizer: Any, *, model_id: int = 0, max_tokens: int = 2048,
+                 label_ids: dict[str, list[int]] | None = None) -> None:
+        import vllm
+
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.max_tokens = max_tokens
+        self.forwards = 0  # `generate` calls
+        self.engine_version = f"vllm {vllm.__version__}"
+        self._init_labels(label_ids)
+
+    def score(self, requests: Sequence[RatingRequest],
+              progress: Callable[[int], None] | None = None) -> list[CellResult]:
+        """Score every (request, prompt) cell; `progress(n)` is called with cells finished."""
+        results: list[CellResult] = []
+        cells: list[tuple[Prepared, int, list[int]]] = []  # (request, prompt index, label ids)
+        for req in requests:
+            try:
+                prep = self._prepare(req)
+                cells += [(prep, k, self._labels(p)[: req.scale]) for k, p in enumerate(req.prompts)]
+            except Exception as exc:  # noqa: BLE001 - one bad request never stops the batch
+                results.extend(self._failed(req, range(len(req.prompts)), exc))
+        for (prep, k, _), (probs, err) in zip(cells, self._generate(cells)):
+            results.append(self._cell(prep, k, probs, err))
+        if progress:
+            progress(len(results))
+        return results
+
+    def _generate(self, cells: list[tuple[Prepared, int, list[int]]]) -> list[tuple[list[float] | None, str | None]]:
+        """Label probabilities per cell; a batch that raises is split in halves down to one cell."""
+        if not cells:
+            return []
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=prep.ids[k]) for prep, k, _ in cells],
+                [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=labels, detokenize=False)
+                 for _, _, labels in cells],
+                use_tqdm=False)
+            self.forwards += 1
+            if len(outputs) != len(cells):
+                raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(cells)} prompts")
+            return [(_label_probs(out, labels), None) for out, (_, _, labels) in zip(outputs, cells)]
+        except Exception as exc:  # noqa: BLE001
+            if len(cells) == 1:
+                return [(None, f"{type(exc).__name__}: {exc}"[:2000])]
+            half = len(cells) // 2
+            return self._generate(cells[:half]) + self._generate(cells[half:])
+
+
+def _label_probs(output: Any, labels: list[int]) -> list[float]:
+    """exp of the log-probabilities vLLM returned for the label ids at the first generated position."""
+    logprobs = output.outputs[0].logprobs
+    if not logprobs:
+        raise RuntimeError("vLLM returned no log-probabilities for the label tokens")
+    first = logprobs[0]
+    missing = [t for t in labels if t not in first]
+    if missing:
+        raise RuntimeError(f"vLLM returned no log-probability for label token ids {missing}")
+    return [math.exp(first[t].logprob) for t in labels]
+
+
+def load_vllm_scorer(model: Any, options: EngineOptions | None = None, *, dtype: str | None = None,
+                     **llm_kwargs: Any) -> VllmScorer:
+    """A `VllmScorer` for a model version (an `LLM` row), in its dtype unless `dtype` is given.
+
+    vLLM's context is `options.max_model_len`, by default the version's `max_tokens` + 1 (room
+    for the one generated token) capped by the model's own context; prompts are truncated to one
+    token less than it, which is the version's `max_tokens` unless that is the model's whole
+    context. `llm_kwargs` go to `vllm.LLM` as they are.
+    """
+    from vllm import LLM as VllmLLM
+
+    from selectit import loading
+
+    options = options or EngineOptions(engine="vllm")
+    src = loading.resolve_source(model.source)
+    expected = model.fingerprint if src.is_gguf else None
+    path = loading.model_dir(src, expected)
+    tokenizer = loading.load_hf_tokenizer_for_model(src, expected)
+    context = int(getattr(loading.load_config(loading.Source("dir", path, str(path))),
+                          "max_position_embeddings", 0) or 0)
+    max_model_len = options.max_model_len or min(model.max_tokens + 1, context or model.max_tokens + 1)
+    kwargs: dict[str, Any] = dict(
+        model=str(path), tokenizer=str(path), dtype=dtype or model.dtype, enable_prefix_caching=True,
+        max_model_len=max_model_len, tensor_parallel_size=options.tensor_parallel_size,
+        pipeline_parallel_size=options.pipeline_parallel_size, seed=0)
+    if options.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+    kwargs.update(llm_kwargs)
+    llm = VllmLLM(**kwargs)
+    return VllmScorer(llm, tokenizer, model_id=model.id, max_tokens=min(model.max_tokens, max_model_len - 1),
+                      label_ids=dict(model.label_ids or {}))
