@@ -627,6 +627,15 @@ def scoring_coverage(con: duckdb.DuckDBPyConnection) -> list[ModelCoverage]:
     return _cell_coverage(con, None, models, prompts)[1]
 
 
+def store_coverage(db_url: str | None) -> list[ModelCoverage]:
+    """`scoring_coverage` of the database at `db_url`, on a connection of its own."""
+    con = attach(db_url)
+    try:
+        return scoring_coverage(con)
+    finally:
+        con.close()
+
+
 # --------------------------------------------------------------------------------------------
 # Ad-hoc SQL
 # --------------------------------------------------------------------------------------------
