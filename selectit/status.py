@@ -1,7 +1,8 @@
 """Scoring status: cells and jobs per active model version × active prompt set, and throughput.
 
-Counting rule (the same as the fusion's coverage): a cell counts *done* iff its score row has
-status `ok`, *failed* iff `failed`; every other cell of the scope is *missing*.
+Cell counts come from the fusion's one coverage computation (`selectit.fusion.scoring_coverage`,
+the rule of `rank` and `report` too): a cell counts *done* iff its score row has status `ok`,
+*failed* iff `failed`; every other cell of the scope is *missing*.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from selectit import db
 from selectit.contract import CellStatus, JobStatus
-from selectit.schema import LLM, DatasetSample, Job, JobPrompt, Prompt, Score, utcnow
+from selectit.schema import Job, JobPrompt, Prompt, Score, utcnow
 
 #: A running job whose lease is over (its holder is likely gone; `requeue_expired` takes it back).
 EXPIRED = "expired"
@@ -37,18 +38,17 @@ class StatusRow:
 
 def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
     """Per active model version × active prompt set: cells and jobs, and recent throughput."""
+    from selectit import fusion  # DuckDB: only when the status is asked for
+
     now = utcnow()
     since = now - dt.timedelta(seconds=window)
+    cells = fusion.store_coverage(engine.url.render_as_string(hide_password=False))
     with db.session_scope(engine) as session:
-        n_samples = session.scalar(sa.select(sa.func.count(sa.distinct(DatasetSample.sample_id)))) or 0
-        models = session.execute(sa.select(LLM.id, LLM.name).where(LLM.active.is_(True)).order_by(LLM.name)).all()
-        sets = dict(session.execute(sa.select(Prompt.set_name, sa.func.count()).where(Prompt.active.is_(True))
-                                    .group_by(Prompt.set_name)).all())
-        cell_counts = {(m, s, st): (n, recent) for m, s, st, n, recent in session.execute(
-            sa.select(Score.model_id, Prompt.set_name, Score.status, sa.func.count(),
-                      sa.func.sum(sa.case((Score.scored_at >= since, 1), else_=0)))
-            .join(Prompt, Prompt.id == Score.prompt_id).where(Prompt.active.is_(True))
-            .group_by(Score.model_id, Prompt.set_name, Score.status))}
+        recent = {(m, s): n for m, s, n in session.execute(
+            sa.select(Score.model_id, Prompt.set_name, sa.func.count())
+            .join(Prompt, Prompt.id == Score.prompt_id)
+            .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since)
+            .group_by(Score.model_id, Prompt.set_name))}
         # A job's prompt set: that of its first prompt (a job never spans sets).
         first_prompt = (sa.select(JobPrompt.job_id, sa.func.min(JobPrompt.prompt_id).label("pid"))
                         .group_by(JobPrompt.job_id).subquery())
@@ -61,16 +61,12 @@ def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
             sa.select(per_job.c.model_id, per_job.c.set_name, per_job.c.state, sa.func.count())
             .group_by(per_job.c.model_id, per_job.c.set_name, per_job.c.state))}
     rows = []
-    for mid, name in models:
-        for set_name, k in sorted(sets.items()):
-            done, recent = cell_counts.get((mid, set_name, CellStatus.OK), (0, 0))
-            failed, _ = cell_counts.get((mid, set_name, CellStatus.FAILED), (0, 0))
+    for c in cells:  # by model name, then prompt set
+        def jobs(state: str, c: fusion.ModelCoverage = c) -> int:
+            return job_counts.get((c.model_id, c.prompt_set, state), 0)
 
-            def jobs(state: str, mid: int = mid, set_name: str = set_name) -> int:
-                return job_counts.get((mid, set_name, state), 0)
-
-            rows.append(StatusRow(
-                name, mid, set_name, done, max(0, n_samples * k - done - failed), failed,
-                jobs(JobStatus.QUEUED), jobs(JobStatus.RUNNING), jobs(EXPIRED), jobs(JobStatus.FAILED),
-                round((recent or 0) * 60.0 / window, 1)))
+        rows.append(StatusRow(
+            c.model, c.model_id, c.prompt_set, c.ok, c.missing, c.failed,
+            jobs(JobStatus.QUEUED), jobs(JobStatus.RUNNING), jobs(EXPIRED), jobs(JobStatus.FAILED),
+            round(recent.get((c.model_id, c.prompt_set), 0) * 60.0 / window, 1)))
     return rows
