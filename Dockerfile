@@ -10,7 +10,8 @@ COPY selectit ./selectit
 COPY workers ./workers
 COPY alembic ./alembic
 COPY migrations ./migrations
-RUN pip install -e '.[scoring,fleet]'
+# A regular (not editable) install: the image runs the wheel's layout, `selectit.workers` and all.
+RUN pip install '.[scoring,fleet]' && rm -rf /app/selectit /app/workers /app/alembic /app/migrations
 RUN useradd -m selectit && mkdir -p /cache && chown selectit /cache
 USER selectit
 CMD ["selectit", "--help"]

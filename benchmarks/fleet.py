@@ -96,7 +96,7 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, model_dir: Path, n: int, wo
             log = tmp / f"w{i}.log"
             logs.append(log)
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "model.tiny,control",
+                [sys.executable, "-m", "celery", "-A", "selectit.workers.app", "worker", "-Q", "model.tiny,control",
                  "--pool", "solo", "-n", f"b{i}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"],
                 env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp))
         # warm up: each worker loads torch and the model on a throwaway job before the clock

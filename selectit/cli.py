@@ -380,7 +380,7 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
     sent = 0
     if enqueue and ids:
         try:
-            from workers.app import send_jobs
+            from selectit.workers.app import send_jobs
 
             sent = send_jobs(ids, engine)
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
@@ -426,7 +426,7 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: 
                            f"Run `selectit model add {name} --source DIR|FILE.gguf` first.")
     if ctx.obj["db_url"]:
         os.environ[db.URL_ENV] = ctx.obj["db_url"]  # the worker's tasks open the same database
-    from workers.app import CONTROL_QUEUE, app, queue_for
+    from selectit.workers.app import CONTROL_QUEUE, app, queue_for
 
     queues = [queue_for(m) for m in models] + ([CONTROL_QUEUE] if control or not models else [])
     node = f"{'+'.join(models) or 'control'}@%h"
@@ -773,7 +773,7 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         print_table(None, columns, rows)
 
 
-DEMO_DATA = db.PROJECT_ROOT / "selectit" / "data" / "alpaca_en_demo.json"
+DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_en_demo.json"  # shipped in the wheel
 
 
 @main.command()

@@ -7,10 +7,10 @@ refuses a schema that is behind the code.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_URL = "sqlite:///selectit.db"
 URL_ENV = "SELECTIT_DATABASE_URL"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Waiting on a lock beats failing: several local workers share one SQLite file.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
@@ -68,16 +67,34 @@ def make_engine(url: str | None = None) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def _package_dir(package: str) -> str:
+    """The directory of a bundled package (`selectit._alembic` → the checkout's `alembic/`).
+
+    Found through the import system, so it is right for a wheel in site-packages, an editable
+    install and a plain checkout alike; those are always real directories, which Alembic needs.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreError(f"the package {package} is missing from this selectit installation; reinstall selectit")
+    return list(spec.submodule_search_locations)[0]
+
+
 def alembic_config(url: str | None = None):  # noqa: ANN201 - alembic imported lazily
+    """The Alembic configuration of the bundled environment and migrations, built in code.
+
+    `[tool.alembic]` in pyproject.toml serves `alembic …` run from a checkout; an installed
+    selectit has no pyproject.toml, so the library never reads it.
+    """
     from alembic.config import Config
 
-    pyproject = PROJECT_ROOT / "pyproject.toml"
-    if pyproject.exists():
-        cfg = Config(toml_file=str(pyproject))
-    else:  # installed without the source tree: point at the bundled directories
-        cfg = Config()
-        cfg.set_main_option("script_location", str(PROJECT_ROOT / "alembic"))
-        cfg.set_main_option("version_locations", str(PROJECT_ROOT / "migrations"))
+    cfg = Config()
+
+    def option(name: str, value: str) -> None:
+        cfg.set_main_option(name, value.replace("%", "%%"))  # ConfigParser interpolates '%'
+
+    option("script_location", _package_dir("selectit._alembic"))
+    option("version_locations", _package_dir("selectit.migrations"))
+    option("path_separator", "os")  # a path with spaces or commas is one path
     cfg.attributes["url"] = resolve_url(url)
     return cfg
 

@@ -12,21 +12,27 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from enum import StrEnum
+
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from selectit.contract import CellStatus, JobStatus, Layout
 
 #: The largest rating scale: each label must be one token, and "10" rarely is.
 MAX_SCALE = 9
@@ -36,7 +42,26 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
+#: Constraint names the database reports back; the migrations spell out the same names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def state(enum: type[StrEnum], name: str, length: int) -> Enum:
+    """A column of one of the contract's states: a VARCHAR holding the enum's *values*, with a
+    CHECK constraint `ck_<table>_<name>` (no native ENUM type: adding a state stays a plain
+    constraint change on both SQLite and PostgreSQL). Reads give the `StrEnum` member."""
+    return Enum(enum, name=name, length=length, native_enum=False, create_constraint=True,
+                values_callable=lambda members: [m.value for m in members])
+
+
 class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
@@ -114,7 +139,7 @@ class Prompt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     set_name: Mapped[str] = mapped_column(String(200))
     position: Mapped[int] = mapped_column(Integer)  # 0-based place in the set
-    layout: Mapped[str] = mapped_column(String(32))  # reference | shared-context
+    layout: Mapped[Layout] = mapped_column(state(Layout, "layout", 32))
     template: Mapped[str] = mapped_column(Text)
     text_hash: Mapped[str] = mapped_column(String(64))
     scale: Mapped[int] = mapped_column(Integer, default=5)  # K: labels 1..K
@@ -151,7 +176,7 @@ class Score(Base):
     mass: Mapped[float | None] = mapped_column(Float)
     n_tokens: Mapped[int | None] = mapped_column(Integer)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | failed
+    status: Mapped[CellStatus] = mapped_column(state(CellStatus, "status", 16), default=CellStatus.OK)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     scored_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
@@ -170,7 +195,7 @@ class Job(Base):
     prompt_ids: Mapped[list[Any]] = mapped_column(JSON)
     n_cells: Mapped[int] = mapped_column(Integer)
     est_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | failed
+    status: Mapped[JobStatus] = mapped_column(state(JobStatus, "status", 16), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the test suite against real servers: a throwaway PostgreSQL cluster and a Redis, both on
 # free loopback ports in a temporary directory, stopped again however pytest ends.
-# Usage: tests/run.sh [pytest args...]   (make test calls it)
+# Usage: tests/run.sh [pytest args...]   (make test calls it; a full run ends with tests/wheel_smoke.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -48,3 +48,13 @@ export SELECTIT_TEST_REDIS_URL="redis://127.0.0.1:$REDISPORT/0"
 export SELECTIT_TEST_REDIS_PORT="$REDISPORT" SELECTIT_TEST_TMP="$TMP"
 export SELECTIT_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping tests
 "$PY" -m pytest "$@"
+
+# Then the installed wheel from another directory (tests/wheel_smoke.sh), unless the arguments pick
+# some tests only; SELECTIT_WHEEL_SMOKE=1 or 0 forces it on or off.
+smoke=${SELECTIT_WHEEL_SMOKE:-auto}
+if [ "$smoke" = auto ]; then
+  smoke=1
+  for arg in "$@"; do case "$arg" in tests*|*.py|*::*|-k*) smoke=0 ;; esac; done
+fi
+[ "$smoke" = 1 ] && PYTHON="$PY" bash tests/wheel_smoke.sh
+exit 0

@@ -45,7 +45,7 @@ class Fleet:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         out = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.app", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "selectit.workers.app", *args],
                                 env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp)
         self.procs[name] = proc
         return proc
@@ -297,7 +297,7 @@ def test_compose_bakes_in_no_secret_and_keeps_redis_inside() -> None:
 
 
 def test_workers_json_only_acks_late_prefetch_one() -> None:
-    from workers.app import app
+    from selectit.workers.app import app
 
     conf = app.conf
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
