@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +18,12 @@ from click.testing import CliRunner, Result
 
 from selectit import db
 from selectit.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The only place outside the repository a test may read: ../shared beside it, when present.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+REFERENCE_PROMPTS = SHARED_DATA / "reference_rating_prompts.txt"
+DEMO_DATA = ROOT / "selectit" / "data" / "alpaca_en_demo.json"
 
 POSTGRES_URL = os.environ.get("SELECTIT_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("SELECTIT_TEST_REDIS_URL")
@@ -80,3 +87,19 @@ def cli(db_url: str):
         return runner.invoke(main, ["--db", db_url, *map(str, args)], input=input, catch_exceptions=False)
 
     return invoke
+
+
+def reference_prompt_lines() -> list[str]:
+    """The authors' rating prompts (../shared/data), one per line; the test skips without them."""
+    if not REFERENCE_PROMPTS.is_file():
+        pytest.skip(f"{REFERENCE_PROMPTS} is not there (the shared data beside the repository)")
+    with open(REFERENCE_PROMPTS, encoding="utf-8") as f:
+        return f.readlines()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama + tokenizer directory (tests/tiny_model.py), built once per test session (~5 s)."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from tiny_model import build_tiny_model, build_tokenizer, tiny_model_dir  # noqa: F401
+from conftest import REFERENCE_PROMPTS, reference_prompt_lines
+from tiny_model import build_tiny_model, build_tokenizer
 
 from selectit import db, registry
 from selectit.formulas import normalized, token_score
@@ -15,9 +16,6 @@ from selectit.labels import LabelError, label_token_ids
 from selectit.registry import RegistryError, render
 from selectit.schema import LLM, Prompt
 
-REFERENCE_PROMPTS = Path("/work/shared/data/reference_rating_prompts.txt")
-if not REFERENCE_PROMPTS.is_file():  # the repository-relative location of the shared data
-    REFERENCE_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_rating_prompts.txt"
 
 
 # -- token-level formulas, worked by hand ---------------------------------------------------------
@@ -67,8 +65,7 @@ def test_a_label_that_is_two_tokens_is_refused():
 # -- layouts ----------------------------------------------------------------------------------------
 
 def reference_lines() -> list[str]:
-    with open(REFERENCE_PROMPTS, encoding="utf-8") as f:
-        return f.readlines()
+    return reference_prompt_lines()
 
 
 def test_reference_layout_bytes_with_and_without_input():
@@ -108,9 +105,10 @@ def test_import_keeps_readlines_newlines_and_first(engine, tmp_path):
         assert render("reference", rows[2].template, "i", "", "o").text == "Rate C.\nInstruction:i\nResponse:o\nThe answer is: \n"
         two = registry.import_prompts(s, f, "two", "reference", first=2)
         assert [p.template for p in two] == ["Rate A.\n", "Rate B.\n"]
+    lines = reference_lines()  # skips without ../shared
     with db.session_scope(engine) as s:
         ref = registry.import_prompts(s, REFERENCE_PROMPTS, "ref", "reference", first=5)
-        assert [p.template for p in ref] == reference_lines()[:5]
+        assert [p.template for p in ref] == lines[:5]
 
 
 def test_editing_a_prompt_makes_a_new_version(engine, tmp_path):
@@ -164,7 +162,7 @@ def other_tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-other"), seed=1)
 
 
-def test_model_versions(engine, tiny_model_dir, other_tiny_dir):  # noqa: F811
+def test_model_versions(engine, tiny_model_dir, other_tiny_dir):
     with db.session_scope(engine) as s:
         a = registry.add_model(s, "tiny", str(tiny_model_dir), dtype="float32")
         assert a.n_params == 56992 and a.label_ids["reference"] == a.label_ids["shared-context"]
@@ -182,7 +180,7 @@ def test_model_versions(engine, tiny_model_dir, other_tiny_dir):  # noqa: F811
         assert s.scalar(sa.select(sa.func.count()).select_from(LLM)) == 3
 
 
-def test_cli_model_add_refuses_split_labels_and_lists(cli, tiny_model_dir, tmp_path):  # noqa: F811
+def test_cli_model_add_refuses_split_labels_and_lists(cli, tiny_model_dir, tmp_path):
     bad = build_tiny_model(tmp_path / "bad", split_digit="7")
     r = cli("model", "add", "bad", "--source", bad)
     assert r.exit_code == 1

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from tiny_model import build_tiny_model, tiny_model_dir  # noqa: F401
+from conftest import DEMO_DATA as DEMO
+from conftest import reference_prompt_lines
+from tiny_model import build_tiny_model
 
 from selectit import db, registry
 from selectit.registry import render
 from selectit.contract import RatingRequest
 from selectit.scorer import ELLIPSIS, Scorer, load_scorer
 
-DEMO = Path(__file__).resolve().parent.parent / "selectit" / "data" / "alpaca_en_demo.json"
-REFERENCE_PROMPTS = Path("/work/shared/data/reference_rating_prompts.txt")
-if not REFERENCE_PROMPTS.is_file():
-    REFERENCE_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_rating_prompts.txt"
 
 
 def records(n: int, start: int = 0) -> list[dict]:
@@ -28,8 +25,7 @@ def records(n: int, start: int = 0) -> list[dict]:
 
 def templates(layout: str) -> list[str]:
     if layout == "reference":
-        with open(REFERENCE_PROMPTS, encoding="utf-8") as f:
-            return f.readlines()[:5]
+        return reference_prompt_lines()[:5]
     return list(registry.DEFAULT_TEMPLATES)
 
 
@@ -66,7 +62,7 @@ def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int]) -
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tiny_model_dir):  # noqa: F811
+def tiny(tmp_path_factory, tiny_model_dir):
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 's.db'}"
     engine = db.open_store(url)
     with db.session_scope(engine) as s:
@@ -119,7 +115,7 @@ def test_truncation_keeps_the_question_and_flags(tiny):
     assert not any(cells[(1, k)].truncated for k in range(5))
 
 
-def test_a_failing_request_fails_only_its_cells(tiny_model_dir, tiny):  # noqa: F811
+def test_a_failing_request_fails_only_its_cells(tiny_model_dir, tiny):
     scorer = load_scorer(tiny, device="cpu", exact=True)
     # A real NaN: poison the embedding of the end-of-sequence token, which only one sample contains.
     eos = scorer.tokenizer.eos_token_id

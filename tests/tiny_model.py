@@ -103,14 +103,3 @@ if __name__ == "__main__":  # pragma: no cover - manual use: python tests/tiny_m
 
     print(build_tiny_model(sys.argv[1]))
 
-
-try:  # pytest fixtures; a test module uses them with `from tiny_model import tiny_model_dir`
-    import pytest
-
-    @pytest.fixture(scope="session")
-    def tiny_model_dir(tmp_path_factory) -> Path:
-        """A tiny Llama + tokenizer directory, built once per test session (~5 s)."""
-        return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-except ImportError:  # pragma: no cover - only the builder is needed outside pytest
-    pass
