@@ -11,6 +11,7 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -67,16 +68,29 @@ def make_engine(url: str | None = None) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+#: Where the bundled packages live in a checkout (the wheel maps them under `selectit`).
+_CHECKOUT_DIRS = {"selectit._alembic": "alembic", "selectit.migrations": "migrations"}
+
+
 def _package_dir(package: str) -> str:
     """The directory of a bundled package (`selectit._alembic` → the checkout's `alembic/`).
 
-    Found through the import system, so it is right for a wheel in site-packages, an editable
-    install and a plain checkout alike; those are always real directories, which Alembic needs.
+    Found through the import system, so it is right for a wheel in site-packages and an editable
+    install alike; those are always real directories, which Alembic needs. One exception:
+    setuptools' editable finder cannot import a directory without `__init__.py` (the Alembic
+    environment must not have one, or `alembic/` would shadow the library in a checkout), but
+    then the checkout is right beside `selectit/`.
     """
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise StoreError(f"the package {package} is missing from this selectit installation; reinstall selectit")
-    return list(spec.submodule_search_locations)[0]
+    try:
+        spec = importlib.util.find_spec(package)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    checkout = Path(__file__).resolve().parent.parent / _CHECKOUT_DIRS[package]
+    if (checkout / "env.py").is_file() or (checkout / "__init__.py").is_file():
+        return str(checkout)
+    raise StoreError(f"the package {package} is missing from this selectit installation; reinstall selectit")
 
 
 def alembic_config(url: str | None = None):  # noqa: ANN201 - alembic imported lazily

@@ -1,0 +1,1 @@
+"""The Alembic revisions of the curation database (installed as `selectit.migrations`)."""
