@@ -781,8 +781,11 @@ DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_en_demo.json"  # 
               help="How many of the 999 demo records to score (999 = the full set, about an hour on 2 CPU cores).")
 @click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Where selective_alpaca.json and report/ are written.")
+@click.option("--model", "models", multiple=True, metavar="NAME=SOURCE",
+              default=("smollm2=smollm2-135m", "gemma3=gemma3-270m"), show_default=True,
+              help="The models, in order (repeatable; the first is scored alone, then each next one adds its cells).")
 @click.pass_context
-def demo(ctx: click.Context, samples: int, out: str) -> None:
+def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) -> None:
     """Run the main job end to end on the bundled 999-record Alpaca demo dataset.
 
     Each step is an ordinary selectit command, printed before it runs: ingest, register
@@ -795,17 +798,22 @@ def demo(ctx: click.Context, samples: int, out: str) -> None:
       selectit demo                  # about 5 minutes on 2 CPU cores
       selectit demo --samples 999    # the whole demo dataset
     """
+    pairs = [m.partition("=")[::2] for m in models]
+    if not pairs or any(not name or not source for name, source in pairs):
+        raise click.BadParameter("write each model as NAME=SOURCE, e.g. --model smollm2=smollm2-135m",
+                                 param_hint="--model")
     subset = f"alpaca-demo-{samples}"
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = [
         ["ingest", str(DEMO_DATA), "--dataset", "alpaca-demo"],
         ["ingest", str(DEMO_DATA), "--dataset", subset, "--limit", str(samples)],
-        ["model", "add", "smollm2", "--source", "smollm2-135m"],
-        ["score", "--dataset", subset, "--model", "smollm2"],
-        ["model", "add", "gemma3", "--source", "gemma3-270m"],
-        # Only Gemma's cells are missing now: SmolLM2's are reused, not recomputed.
-        ["score", "--dataset", subset],
+    ]
+    for i, (name, source) in enumerate(pairs):
+        steps.append(["model", "add", name, "--source", source])
+        # After the first model only the new model's cells are missing: stored ones are reused.
+        steps.append(["score", "--dataset", subset] + (["--model", name] if i == 0 else []))
+    steps += [
         ["rank", "--dataset", subset, "--limit", "10"],
         ["export", "--dataset", subset, "--top", "0.2", "--out", str(out_dir / "selective_alpaca.json")],
         ["report", "--dataset", subset, "--out", str(out_dir / "report")],
