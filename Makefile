@@ -1,4 +1,5 @@
 # The two commands: `make demo` and `make test` do all the set-up on a fresh machine.
+# `make test` = tests/run.sh: the suite on real PostgreSQL/Redis, then the built wheel from /tmp.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -8,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	# setuptools here too: tests/wheel_smoke.sh builds the wheel with this venv's (no build isolation).
+	$(PIP) install -q --upgrade pip 'setuptools>=68'
 	# torch first and pinned: the CPU build; an unpinned torch pulls GB of CUDA packages.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[scoring,report,fleet,test]'

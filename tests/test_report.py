@@ -49,6 +49,7 @@ def build_fixture(engine: sa.Engine) -> dict[str, list[int]]:
     """Insert the scored store; returns the sample ids of dataset `demo` in position order."""
     rng = np.random.default_rng(20240216)
     with sa.orm.Session(engine) as s:
+        s.execute(sa.delete(Prompt).where(Prompt.set_name == "default"))  # stored by the migrations; ours replace it
         demo, other = Dataset(name="demo", source="test"), Dataset(name="other", source="test")
         s.add_all([demo, other])
         samples = []

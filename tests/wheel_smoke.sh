@@ -19,9 +19,15 @@ step() { echo "wheel smoke: $*" >&2; }
 step "building the wheel"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT" >/dev/null
 WHEEL=$(ls "$WORK"/dist/selectit-*.whl)
-if unzip -l "$WHEEL" | awk '{print $4}' | grep -v '^selectit' | grep -q '/'; then
-  echo "wheel smoke: the wheel holds files outside selectit/:" >&2; unzip -l "$WHEEL" >&2; exit 1
-fi
+"$PY" - "$WHEEL" <<'PY'
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+outside = [n for n in names if not n.startswith(("selectit/", "selectit-"))]
+assert not outside, f"the wheel holds files outside selectit/: {outside}"
+for part in ("selectit/workers/app.py", "selectit/_alembic/env.py", "selectit/_alembic/script.py.mako",
+             "selectit/migrations/0001_initial_schema.py", "selectit/data/alpaca_en_demo.json"):
+    assert part in names, f"the wheel lacks {part}"
+PY
 
 step "installing $(basename "$WHEEL") into a fresh venv"
 BASE=$("$PY" -c 'import sys; print(sys.base_prefix)')
