@@ -87,7 +87,7 @@ S="$V/selectit"
 if [ -n "${SELECTIT_TEST_REDIS_URL:-}" ]; then  # tests/run.sh's Redis: a real worker by the documented name
   step "celery -A selectit.workers.app worker"
   SELECTIT_BROKER_URL=$SELECTIT_TEST_REDIS_URL timeout -s INT 60 "$V/python" -m celery -A selectit.workers.app \
-    worker -Q control --pool solo --without-gossip --without-mingle -n smoke@%h >celery.log 2>&1 &
+    worker -Q control --pool solo --without-gossip --without-mingle -n smoke@%h -l INFO >celery.log 2>&1 &
   CELERY=$!
   for _ in $(seq 120); do grep -q " ready\." celery.log && break; sleep 0.5; done
   kill -INT "$CELERY" 2>/dev/null || true; wait "$CELERY" || true
