@@ -101,7 +101,7 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, model_dir: Path, n: int, wo
                 env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp))
         # warm up: each worker loads torch and the model on a throwaway job before the clock
         time.sleep(2)
-        from workers import app as worker_app
+        from selectit.workers import app as worker_app
 
         os.environ["SELECTIT_BROKER_URL"] = redis_url
         worker_app.app.conf.broker_url = redis_url

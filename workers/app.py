@@ -1,8 +1,8 @@
 """The Celery app of the worker fleet: tasks `plan`, `score_job`, `requeue_expired` and beat.
 
 Start a GPU worker for one model with `selectit worker --model NAME` (or
-`celery -A workers.app worker -Q model.NAME,control --pool solo`), and the scheduler with
-`celery -A workers.app beat`. Configuration comes from the environment:
+`celery -A selectit.workers.app worker -Q model.NAME,control --pool solo`), and the scheduler with
+`celery -A selectit.workers.app beat`. Configuration comes from the environment:
 
 - `SELECTIT_DATABASE_URL`: the curation database (PostgreSQL for a fleet).
 - `SELECTIT_BROKER_URL`: the Redis broker [redis://localhost:6379/0].
