@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from selectit import db
+from selectit import db, registry
 from selectit.schema import Job, Score
 from test_jobs import DEMO, add_model, computed, seed, tiny_dir  # noqa: F401 - tiny_dir is a fixture
 
@@ -215,6 +215,101 @@ def test_selectit_worker_refuses_an_unknown_model(postgres_url, tmp_path, tiny_d
                          capture_output=True, text=True, timeout=WAIT)
     assert out.returncode == 1
     assert out.stderr.startswith("Error: no active model named 'gpt' (models: tiny). Run `selectit model add gpt")
+
+def _jobs(engine: sa.Engine) -> list[Job]:
+    with db.session_scope(engine) as session:
+        rows = session.scalars(sa.select(Job).order_by(Job.id)).all()
+        session.expunge_all()
+        return list(rows)
+
+
+def test_control_work_never_waits_behind_model_jobs(postgres_url, tmp_path, tiny_dir, fleet) -> None:
+    """Workers on one model queue + control and no control-only worker, jobs far longer than the
+    intervals (the deployment of the issue, beat included): a SIGKILLed worker's job is requeued
+    within lease + requeue interval (+ one batch), and a dataset ingested while jobs are queued is
+    planned within one plan interval — the control work does not wait for the queue to drain."""
+    engine = db.open_store(postgres_url)
+    lease, requeue_every, plan_every, batch = 3.0, 1.0, 2.0, 0.5
+    slack = 8.0  # process start-up and a loaded 2-core machine; a job below lasts far longer
+    seed(engine, tmp_path, "d1", DEMO[:80])
+    add_model(engine, "tiny", tiny_dir)
+    with db.session_scope(engine) as session:
+        registry.ensure_default_prompts(session)
+    with db.session_scope(engine) as session:
+        per_sample = max(session.scalars(sa.text(
+            "SELECT SUM((s.n_chars + LENGTH(p.template)) / 4) FROM samples s CROSS JOIN prompts p "
+            "WHERE p.active GROUP BY s.id")))
+    # jobs of 12 samples or more: 12+ batches of `batch` seconds, far above every interval
+    f = fleet(postgres_url, SELECTIT_TEST_DELAY=str(batch), SELECTIT_BATCH_SIZE="1",
+              SELECTIT_JOB_TOKENS=str(12 * per_sample), SELECTIT_LEASE_SECONDS=str(lease),
+              SELECTIT_REQUEUE_INTERVAL=str(requeue_every), SELECTIT_PLAN_INTERVAL=str(plan_every))
+    procs = {n: f.worker(n, "model.tiny,control") for n in ("w1", "w2")}
+    f.wait_ready("w1", "w2")
+    f.beat()
+
+    def busy() -> list[Job]:  # running jobs that have written a cell
+        done = {s for s, _, _ in scores(engine)}
+        return [j for j in _jobs(engine) if j.status == "running" and done & set(j.sample_ids)]
+
+    wait_for(lambda: len(busy()) == 2, "both workers to be inside a job", f)
+    victim_job = busy()[0]
+    victim = next(n for n, p in procs.items() if victim_job.worker.endswith(f":{p.pid}"))
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    killed_at = time.monotonic()
+    assert any(j.status == "queued" for j in _jobs(engine)), f"nothing queued: {_jobs(engine)}"
+
+    def requeued() -> bool:
+        (job,) = [j for j in _jobs(engine) if j.id == victim_job.id]
+        return job.status != "running" or job.worker != victim_job.worker
+    wait_for(requeued, "the killed worker's job to be requeued", f, timeout=lease + requeue_every + batch + slack)
+    print(f"requeued {time.monotonic() - killed_at:.1f} s after the kill")
+
+    # a new dataset while the survivor is inside a job and others wait in the queue
+    seed(engine, tmp_path, "d2", DEMO[100:104])
+    with db.session_scope(engine) as session:
+        new = set(session.scalars(sa.text("SELECT sample_id FROM dataset_samples ds JOIN datasets d "
+                                          "ON d.id = ds.dataset_id WHERE d.name = 'd2'")))
+    assert any(j.status == "queued" for j in _jobs(engine))
+    wait_for(lambda: any(new & set(j.sample_ids) for j in _jobs(engine)), "the new dataset to be planned",
+             f, timeout=plan_every + slack)
+    assert any(j.status == "queued" for j in _jobs(engine) if not new & set(j.sample_ids)), \
+        "the queue drained before the new dataset was planned"
+    assert "Discarding revoked task" not in f.output("w1") + f.output("w2")
+
+
+def test_one_worker_of_the_fleet_takes_each_tick(redis_url) -> None:
+    import redis
+
+    from workers.control import RedisGate
+
+    redis.Redis.from_url(redis_url).flushdb()
+    a, b = RedisGate(redis_url), RedisGate(redis_url)
+    assert a.take("plan", 5) and not b.take("plan", 5) and not a.take("plan", 5)
+    assert b.take("requeue-expired", 5)
+    assert RedisGate("memory://").take("plan", 5)  # not Redis: no fleet to share the tick with
+    assert RedisGate(f"redis://127.0.0.1:{_free_port()}/0").take("plan", 5)  # Redis away: the tick runs
+
+
+def test_the_control_loop_survives_a_failing_tick() -> None:
+    from workers.control import ControlLoop, Tick
+
+    runs: list[float] = []
+
+    def flaky() -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            raise RuntimeError("the database is away")
+
+    loop = ControlLoop([Tick("flaky", 0.05, flaky)])
+    loop.start()
+    try:
+        wait_for(lambda: len(runs) >= 3, "the tick to run again after failing")
+    finally:
+        loop.stop()
+    n = len(runs)
+    time.sleep(0.2)
+    assert len(runs) == n  # stopped
 
 
 def _free_port() -> int:
