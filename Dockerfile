@@ -1,4 +1,4 @@
-# The selectit image of the compose fleet (migrate, workers, beat, flower).
+# The selectit image of the compose fleet (migrate, workers, flower).
 # TORCH_INDEX picks the torch build: cu128 for NVIDIA GPUs, cpu for CPU-only machines.
 FROM python:3.11-slim
 ARG TORCH_INDEX=cu128

@@ -398,11 +398,18 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
 @click.option("--pool", default="solo", show_default=True, type=click.Choice(["solo", "prefork"]),
               help="solo for a GPU (a CUDA model cannot be forked); prefork for several CPU processes.")
 @click.option("--control/--no-control", default=True, show_default=True,
-              help="Also run the bookkeeping tasks (plan, requeue_expired) of the beat scheduler.")
+              help="Also keep the fleet's clock: requeue expired leases and plan new cells on schedule, "
+                   "on a thread of this worker (one worker of the fleet does each tick).")
 @click.pass_context
 @handles_errors
 def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: str, control: bool) -> None:
     """Start a Celery worker bound to a model's queue ($SELECTIT_BROKER_URL).
+
+    With --control (the default) the worker also requeues a dead worker's job and plans new
+    datasets on schedule ($SELECTIT_REQUEUE_INTERVAL, $SELECTIT_PLAN_INTERVAL), on a thread of
+    its own, while it scores: no separate control worker or beat is needed. Celery runs
+    --without-gossip --without-mingle: workers need nothing from each other (jobs are claimed in
+    the database), and gossip raised AttributeError on every Redis restart.
 
     \b
     Example:
@@ -431,7 +438,7 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: 
     queues = [queue_for(m) for m in models] + ([CONTROL_QUEUE] if control or not models else [])
     node = f"{'+'.join(models) or 'control'}@%h"
     app.worker_main(["worker", "-Q", ",".join(queues), "--pool", pool, "--concurrency", str(concurrency),
-                     "-n", node, "--loglevel", "INFO"])
+                     "-n", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
 
 
 @main.group("model")

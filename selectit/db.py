@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -212,3 +212,18 @@ def skip_locked(query: sa.Select, session: Session) -> sa.Select:
     if is_postgres(session.bind):
         return query.with_for_update(skip_locked=True)
     return query
+
+
+def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """PostgreSQL `COPY table (columns) FROM STDIN` of `rows`, in the session's transaction."""
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def json_int_elements(session: Session, array: str, alias: str) -> tuple[str, str]:
+    """(FROM item, value expression): one row per element of the JSON array of integers `array`."""
+    if is_postgres(session.bind):
+        return f"json_array_elements_text({array}) AS {alias}(value)", f"CAST({alias}.value AS INTEGER)"
+    return f"json_each({array}) AS {alias}", f"{alias}.value"

@@ -1,4 +1,4 @@
-"""The Celery fleet: real `celery worker` and `celery beat` processes, a real Redis, PostgreSQL
+"""The Celery fleet: real `celery worker` processes, a real Redis, PostgreSQL
 (and SQLite for one machine), the tiny test model on CPU; plus the docker-compose file.
 
 Workers score through tests/scorer_hooks.py, which logs every computed cell, so "every cell
@@ -32,7 +32,7 @@ WAIT = 150  # seconds: the bound of every wait, far above a normal run on 2 core
 
 
 class Fleet:
-    """Celery worker and beat processes of one test; everything is stopped at the end."""
+    """Celery worker processes of one test; everything is stopped at the end."""
 
     def __init__(self, tmp: Path, db_url: str, broker: str, **env: str) -> None:
         self.tmp, self.procs = tmp, {}
@@ -61,9 +61,6 @@ class Fleet:
     def worker(self, name: str, queues: str = "model.tiny,model.tiny2,control") -> subprocess.Popen:
         return self.start(name, "worker", "-Q", queues, "--pool", "solo", "-n", f"{name}@%h",
                           "--without-gossip", "--without-mingle", "-l", "INFO")
-
-    def beat(self) -> subprocess.Popen:
-        return self.start("beat", "beat", "-s", str(self.tmp / "beat-schedule"), "-l", "INFO")
 
     def output(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
@@ -133,7 +130,7 @@ def test_two_workers_fill_a_dataset_once_then_pick_up_a_new_model_and_dataset(
     first[3]["instruction"] = "POISON " + first[3]["instruction"]
     seed(engine, tmp_path, "d1", first)
     m1 = add_model(engine, "tiny", tiny_dir)
-    f.beat()  # nobody runs a command: beat plans, and re-plans the failed cells
+    # nobody runs a command: the workers' control loop plans, and re-plans the failed cells
     wait_for(settled(engine, 8 * 5), "the first dataset to be scored", f)
 
     rows = scores(engine)
@@ -167,7 +164,6 @@ def test_a_killed_worker_s_job_is_requeued_and_finished_by_the_other(
     f.wait_ready("w1", "w2")
     seed(engine, tmp_path, "d", DEMO[:6])
     add_model(engine, "tiny", tiny_dir)
-    f.beat()
     wait_for(lambda: len(scores(engine)) >= 10, "the one job to be half done", f)
     holder = next(v[2] for v in scores(engine).values())
     victim = next(n for n, p in procs.items() if holder.endswith(f":{p.pid}"))
@@ -224,10 +220,10 @@ def _jobs(engine: sa.Engine) -> list[Job]:
 
 
 def test_control_work_never_waits_behind_model_jobs(postgres_url, tmp_path, tiny_dir, fleet) -> None:
-    """Workers on one model queue + control and no control-only worker, jobs far longer than the
-    intervals (the deployment of the issue, beat included): a SIGKILLed worker's job is requeued
-    within lease + requeue interval (+ one batch), and a dataset ingested while jobs are queued is
-    planned within one plan interval — the control work does not wait for the queue to drain."""
+    """`selectit worker --model tiny` processes (the model queue + control) and nothing else, jobs
+    far longer than the intervals: a SIGKILLed worker's job is requeued within lease + requeue
+    interval (+ one batch), and a dataset ingested while jobs are queued is planned within one
+    plan interval — the control work does not wait for the queue to drain."""
     engine = db.open_store(postgres_url)
     lease, requeue_every, plan_every, batch = 3.0, 1.0, 2.0, 0.5
     slack = 8.0  # process start-up and a loaded 2-core machine; a job below lasts far longer
@@ -243,9 +239,9 @@ def test_control_work_never_waits_behind_model_jobs(postgres_url, tmp_path, tiny
     f = fleet(postgres_url, SELECTIT_TEST_DELAY=str(batch), SELECTIT_BATCH_SIZE="1",
               SELECTIT_JOB_TOKENS=str(12 * per_sample), SELECTIT_LEASE_SECONDS=str(lease),
               SELECTIT_REQUEUE_INTERVAL=str(requeue_every), SELECTIT_PLAN_INTERVAL=str(plan_every))
-    procs = {n: f.worker(n, "model.tiny,control") for n in ("w1", "w2")}
+    procs = {n: f.selectit(n, "worker", "--model", "tiny") for n in ("w1", "w2")}
     f.wait_ready("w1", "w2")
-    f.beat()
+    assert ".> control" in f.output("w1") and "mingle: searching" not in f.output("w1")  # no mingle
 
     def busy() -> list[Job]:  # running jobs that have written a cell
         done = {s for s, _, _ in scores(engine)}
@@ -281,7 +277,7 @@ def test_control_work_never_waits_behind_model_jobs(postgres_url, tmp_path, tiny
 def test_one_worker_of_the_fleet_takes_each_tick(redis_url) -> None:
     import redis
 
-    from workers.control import RedisGate
+    from selectit.workers.control import RedisGate
 
     redis.Redis.from_url(redis_url).flushdb()
     a, b = RedisGate(redis_url), RedisGate(redis_url)
@@ -292,7 +288,7 @@ def test_one_worker_of_the_fleet_takes_each_tick(redis_url) -> None:
 
 
 def test_the_control_loop_survives_a_failing_tick() -> None:
-    from workers.control import ControlLoop, Tick
+    from selectit.workers.control import ControlLoop, Tick
 
     runs: list[float] = []
 
@@ -344,7 +340,6 @@ def test_a_redis_restart_mid_run_loses_nothing(postgres_url, tmp_path, tiny_dir,
         f.wait_ready("w1")
         seed(engine, tmp_path, "d", DEMO[:8])
         add_model(engine, "tiny", tiny_dir)
-        f.beat()
         wait_for(lambda: len(scores(engine)) >= 5, "scoring to start", f)
         server.terminate()  # no persistence: every queued message is lost
         server.wait()
@@ -369,10 +364,11 @@ ENV_EXAMPLE = (ROOT / ".env.example").read_text()
 
 def test_compose_has_the_fleet_services() -> None:
     services = COMPOSE["services"]
-    assert {"postgres", "redis", "migrate", "worker", "control", "beat", "flower"} <= set(services)
+    assert {"postgres", "redis", "migrate", "worker", "control", "flower"} <= set(services)
+    assert "beat" not in services  # the control worker's control loop keeps the clock
     assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("worker", "control", "beat"):
+    for name in ("worker", "control"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == "service_healthy"
@@ -392,9 +388,11 @@ def test_compose_bakes_in_no_secret_and_keeps_redis_inside() -> None:
 
 
 def test_workers_json_only_acks_late_prefetch_one() -> None:
+    from selectit.workers import app as worker_app
     from selectit.workers.app import app
 
     conf = app.conf
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
     assert conf.task_acks_late and conf.worker_prefetch_multiplier == 1 and conf.worker_pool == "solo"
-    assert {e["task"] for e in conf.beat_schedule.values()} == {"selectit.plan", "selectit.requeue_expired"}
+    assert conf.beat_schedule == {}  # the control loop of the workers keeps the clock
+    assert {t.name for t in worker_app.control_ticks()} == {"plan", "requeue-expired"}

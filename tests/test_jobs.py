@@ -395,3 +395,35 @@ def test_two_planners_at_once_never_put_a_cell_in_two_jobs(postgres_url, tmp_pat
         assert sum(1 for ids in planned if ids) == 1  # one planner found the work, the others none
         cells = cells_of_jobs(engine)
         assert len(cells) == len(set(cells)) == 40 * (round_ + 1) * 5 * 2
+
+
+def _cells_of(engine: sa.Engine, job_ids: list[int]) -> set[tuple[int, int, int]]:
+    with db.session_scope(engine) as session:
+        return {(s, j.model_id, p) for j in session.scalars(sa.select(Job).where(Job.id.in_(job_ids)))
+                for s in j.sample_ids for p in j.prompt_ids}
+
+
+def test_planning_again_finds_what_changed_since(engine, tmp_path, tiny_dir) -> None:
+    """A plan with nothing new costs one small query, yet a new dataset or a failed cell is planned."""
+    seed(engine, tmp_path, "d1", DEMO[:3])
+    add_model(engine, "tiny", tiny_dir)
+    assert planner.plan(engine) and planner.plan(engine) == []
+    seed(engine, tmp_path, "d2", DEMO[3:5])
+    with db.session_scope(engine) as session:
+        new = set(session.scalars(sa.text("SELECT sample_id FROM dataset_samples ds JOIN datasets d "
+                                          "ON d.id = ds.dataset_id WHERE d.name = 'd2'")))
+    assert {s for s, _, _ in _cells_of(engine, planner.plan(engine))} == new
+    # every job ends, its cells scored ok but one, failed below the attempt limit
+    with db.session_scope(engine) as session:
+        all_jobs = list(session.scalars(sa.select(Job.id)))
+    cells = sorted(_cells_of(engine, all_jobs))
+    with db.session_scope(engine) as session:
+        session.execute(sa.text("UPDATE jobs SET status = 'done'"))
+        session.execute(sa.text("DELETE FROM job_samples"))
+        for i, (s, m, p) in enumerate(cells):
+            session.execute(sa.text(
+                "INSERT INTO scores (sample_id, model_id, prompt_id, status, attempts, truncated, scored_at) "
+                "VALUES (:s, :m, :p, :st, 1, false, CURRENT_TIMESTAMP)"),
+                {"s": s, "m": m, "p": p, "st": "failed" if i == 0 else "ok"})
+    assert _cells_of(engine, planner.plan(engine)) == {cells[0]}
+    assert planner.plan(engine) == []

@@ -1,14 +1,18 @@
-"""The Celery app of the worker fleet: tasks `plan`, `score_job`, `requeue_expired` and beat.
+"""The Celery app of the worker fleet: tasks `plan`, `score_job`, `requeue_expired`, and the
+control loop that runs `plan` and `requeue_expired` on schedule.
 
 Start a GPU worker for one model with `selectit worker --model NAME` (or
-`celery -A selectit.workers.app worker -Q model.NAME,control --pool solo`), and the scheduler with
-`celery -A selectit.workers.app beat`. Configuration comes from the environment:
+`celery -A selectit.workers.app worker -Q model.NAME,control --pool solo --without-gossip --without-mingle`).
+Every worker that serves the `control` queue also keeps the fleet's clock on a thread of its own
+(`selectit.workers.control`): it requeues expired leases and plans new cells on schedule, whatever job
+the worker is running, and one worker of the fleet does each tick. No `celery beat` is needed.
+Configuration comes from the environment:
 
 - `SELECTIT_DATABASE_URL`: the curation database (PostgreSQL for a fleet).
 - `SELECTIT_BROKER_URL`: the Redis broker [redis://localhost:6379/0].
-- `SELECTIT_PLAN_INTERVAL`: seconds between scheduled plans (new datasets/models/prompts are
-  picked up without anyone running a command) [60]; `SELECTIT_REQUEUE_INTERVAL` [30] for
-  expired leases.
+- `SELECTIT_PLAN_INTERVAL`: seconds between the control loop's plans (new datasets/models/prompts
+  are picked up without anyone running a command) [60]; `SELECTIT_REQUEUE_INTERVAL` [30] between
+  its sweeps of expired leases.
 - `SELECTIT_LEASE_SECONDS`, `SELECTIT_MAX_ATTEMPTS`, `SELECTIT_MAX_JOB_ATTEMPTS`,
   `SELECTIT_BATCH_SIZE`, `SELECTIT_JOB_TOKENS`: see `selectit.settings`.
 - `SELECTIT_SCORER`: `module:callable` turning a model version (LLM row) into a scoring engine
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,6 +45,8 @@ from selectit.planner import plan as plan_jobs
 from selectit.runner import Outcome, ScorerCache, run_job
 from selectit.schema import LLM, Job
 from selectit.settings import Settings
+
+from . import control  # this package: `workers` in a checkout, `selectit.workers` installed
 
 log = logging.getLogger("selectit.workers")
 
@@ -71,27 +78,26 @@ app.conf.update(
     task_default_queue=CONTROL_QUEUE,
     task_create_missing_queues=True,
     worker_hijack_root_logger=False,
-    beat_schedule={
-        "plan": {"task": "selectit.plan", "schedule": SETTINGS.plan_interval,
-                 # a plan nobody ran before the next one is pointless: let it expire
-                 "options": {"expires": SETTINGS.plan_interval}},
-        "requeue-expired": {"task": "selectit.requeue_expired", "schedule": SETTINGS.requeue_interval,
-                            "options": {"expires": SETTINGS.requeue_interval}},
-    },
+    # No beat schedule: a control message queued behind a minutes-long job expired unseen (or
+    # piled up). The periodic work runs on a thread of each control worker instead (see
+    # workers/control.py), so it never waits behind a model job.
+    beat_schedule={},
 )
 
 _engine: sa.Engine | None = None
 _engine_pid: int | None = None
+_engine_lock = threading.Lock()  # the control thread and the task thread share one engine
 _scorers: ScorerCache | None = None
 
 
 def engine() -> sa.Engine:
     """This process's engine (a forked child makes its own: connections do not survive fork)."""
     global _engine, _engine_pid
-    if _engine is None or _engine_pid != os.getpid():
-        _engine = db.open_store(None)
-        _engine_pid = os.getpid()
-    return _engine
+    with _engine_lock:
+        if _engine is None or _engine_pid != os.getpid():
+            _engine = db.open_store(None)
+            _engine_pid = os.getpid()
+        return _engine
 
 
 def scorer_for(model: LLM) -> ScoringEngine:
@@ -174,3 +180,21 @@ def requeue_expired() -> dict[str, int]:
     if ids or resent:
         log.info("requeued %d expired job(s), re-sent %d", len(ids), resent)
     return {"requeued": len(ids), "resent": resent}
+
+
+def control_ticks() -> list[control.Tick]:
+    """The fleet's periodic bookkeeping: requeue expired leases, plan new cells (each also re-sends
+    the messages a broker lost)."""
+    return [control.Tick("requeue-expired", SETTINGS.requeue_interval, requeue_expired),
+            control.Tick("plan", SETTINGS.plan_interval, plan)]
+
+
+def _control_loop_for(worker: object) -> control.ControlLoop | None:
+    # The workers that serve the control queue keep the clock (`selectit worker --no-control` does not).
+    if CONTROL_QUEUE not in app.amqp.queues.consume_from:
+        return None
+    log.info("control loop: %s", ", ".join(f"{t.name} every {t.interval:g} s" for t in control_ticks()))
+    return control.ControlLoop(control_ticks(), control.RedisGate(app.conf.broker_url))
+
+
+app.steps["worker"].add(control.worker_step(_control_loop_for))
