@@ -1,19 +1,23 @@
-"""Fleet benchmark: cells/s with 1 and 2 Celery CPU workers vs in-process `selectit score` on the
-same cells (the tiny test model), and the time to plan 1M samples × 5 prompts × 2 models.
+"""Fleet benchmark: how many cells/s the bookkeeping sustains with 1, 2 and 4 Celery workers on
+PostgreSQL (an instant scorer, so only the queue and the database are measured), and the planner
+at 1M samples × 5 prompts × 2 models.
 
 Needs a PostgreSQL server (an admin URL: databases are created and dropped) and Redis:
 
     python benchmarks/fleet.py --postgres postgresql://selectit@127.0.0.1:5432/postgres \\
-        --redis redis://127.0.0.1:6379/0 [--samples 60] [--plan-samples 1000000]
+        --redis redis://127.0.0.1:6379/0 [--samples 4000] [--workers 1,2,4] [--plan-samples 1000000]
 
-Every torch process runs with one thread (OMP_NUM_THREADS=1), so 1 vs 2 workers compares
-processes, not intra-op threads.
+Workers score through `SELECTIT_SCORER=scorer_hooks:instant` (tests/scorer_hooks.py): every cell
+answered at once with a fixed distribution, no model, no torch. What remains per job is the real
+work of a worker — claim, cell lookup, committed batches of scores with lease renewal, done —
+plus a broker round trip, so cells/s here is the ceiling the bookkeeping puts on a fleet. An H100
+scoring a 7B rater at ~40% MFU does roughly 120 cells/s; the printed "GPUs" column divides by it.
+Batch size and job size are the defaults ($SELECTIT_BATCH_SIZE, $SELECTIT_JOB_TOKENS).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -28,13 +33,14 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 sys.path[:0] = [str(ROOT), str(TESTS)]
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from selectit import db, planner, registry, runner  # noqa: E402
-from selectit.ingest import ingest_file  # noqa: E402
+
+#: cells/s of one H100 scoring a 7B rater at ~40% MFU (the issue's estimate)
+GPU_CELLS_PER_S = 120.0
 
 
-def fresh_db(admin_url: str) -> tuple[str, callable]:
+def fresh_db(admin_url: str) -> tuple[str, Callable[[], None]]:
     name = f"bench_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -49,17 +55,30 @@ def fresh_db(admin_url: str) -> tuple[str, callable]:
     return url, drop
 
 
-def seeded(admin_url: str, tmp: Path, model_dir: Path, n: int) -> tuple[str, callable, sa.Engine]:
-    url, drop = fresh_db(admin_url)
-    engine = db.open_store(url)
-    records = json.loads((ROOT / "selectit" / "data" / "alpaca_en_demo.json").read_text())[:n]
-    path = tmp / "d.json"
-    path.write_text(json.dumps(records))
-    ingest_file(engine, path, "d")
+def synthetic(engine: sa.Engine, n: int, models: tuple[str, ...] = ("tiny",), first_id: int = 1,
+              dataset: str = "synthetic") -> None:
+    """`n` samples of 50–2000 characters in dataset `dataset`, the default prompt set, `models`."""
+    rnd = random.Random(first_id)
     with db.session_scope(engine) as s:
         registry.ensure_default_prompts(s)  # what `selectit init` does
-        registry.add_model(s, "tiny", str(model_dir), dtype="float32")
-    return url, drop, engine
+        ds = s.scalar(sa.text("INSERT INTO datasets (name) VALUES (:n) RETURNING id"), {"n": dataset})
+        for name in models:
+            if not s.scalar(sa.text("SELECT count(*) FROM models WHERE name = :n"), {"n": name}):
+                s.execute(sa.text(
+                    "INSERT INTO models (name, source, fingerprint, dtype, n_params, label_ids, max_tokens, active)"
+                    " VALUES (:n, 'x', :n, 'bfloat16', 1, '{}', 2048, true)"), {"n": name})
+        raw = s.connection().connection.driver_connection
+        with raw.cursor() as cur:
+            with cur.copy("COPY samples (id, content_hash, instruction, input, output, n_chars) FROM STDIN") as cp:
+                for i in range(first_id, first_id + n):
+                    out = "o" * rnd.randint(40, 1990)
+                    cp.write_row((i, f"{i:064x}", f"instruction {i}", "", out, len(out) + 12))
+            with cur.copy("COPY dataset_samples (dataset_id, sample_id, position) FROM STDIN") as cp:
+                for i in range(first_id, first_id + n):
+                    cp.write_row((ds, i, i - first_id))
+        s.execute(sa.text("SELECT setval(pg_get_serial_sequence('samples', 'id'), :m)"), {"m": first_id + n})
+    with engine.begin() as c:
+        c.exec_driver_sql("ANALYZE")
 
 
 def n_scored(engine: sa.Engine) -> int:
@@ -67,14 +86,15 @@ def n_scored(engine: sa.Engine) -> int:
         return c.execute(sa.text("SELECT count(*) FROM scores WHERE status = 'ok'")).scalar()
 
 
-def in_process(admin_url: str, tmp: Path, model_dir: Path, n: int) -> float:
-    url, drop, engine = seeded(admin_url, tmp, model_dir, n)
+def in_process(admin_url: str, n: int) -> float:
+    url, drop = fresh_db(admin_url)
+    engine = db.open_store(url)
     try:
-        cache = runner.ScorerCache()
-        with db.session_scope(engine) as s:  # load the model before the clock, like a warm worker
-            cache(registry.find_model(s, "tiny"))
+        synthetic(engine, n)
+        from scorer_hooks import instant
+
         t = time.perf_counter()
-        out = runner.score_in_process(engine, scorer_for=cache)
+        out = runner.score_in_process(engine, scorer_for=runner.ScorerCache(instant))
         dt = time.perf_counter() - t
         assert out.scored == n * 5, out
         return out.scored / dt
@@ -83,43 +103,35 @@ def in_process(admin_url: str, tmp: Path, model_dir: Path, n: int) -> float:
         drop()
 
 
-def fleet(admin_url: str, redis_url: str, tmp: Path, model_dir: Path, n: int, workers: int) -> float:
+def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int) -> float:
+    """cells/s of `workers` Celery worker processes scoring `n` samples × 5 prompts, from the plan
+    to the last cell stored."""
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    url, drop, engine = seeded(admin_url, tmp, model_dir, n)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}", "SELECTIT_DATABASE_URL": url, "SELECTIT_BROKER_URL": redis_url,
-           "SELECTIT_JOB_TOKENS": "3000"}
-    procs, logs = [], []
+    url, drop = fresh_db(admin_url)
+    engine = db.open_store(url)
+    synthetic(engine, n)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}", "SELECTIT_DATABASE_URL": url,
+           "SELECTIT_BROKER_URL": redis_url, "SELECTIT_SCORER": "scorer_hooks:instant"}
+    procs, logs = [], [tmp / f"w{i}.log" for i in range(workers)]
     try:
-        for i in range(workers):
-            log = tmp / f"w{i}.log"
-            logs.append(log)
+        for i, log in enumerate(logs):
+            # the model queue only: this benchmark plans and sends the jobs itself, at t0
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "selectit.workers.app", "worker", "-Q", "model.tiny,control",
-                 "--pool", "solo", "-n", f"b{i}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"],
-                env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp))
-        # warm up: each worker loads torch and the model on a throwaway job before the clock
-        time.sleep(2)
+                [sys.executable, "-m", "celery", "-A", "selectit.workers.app", "worker", "-Q", "model.tiny",
+                 "--pool", "solo", "-n", f"b{i}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"],
+                env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp))  # noqa: SIM115
+        deadline = time.time() + 600
+        while not all(" ready." in log.read_text() for log in logs):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "the workers did not start"
+            time.sleep(0.2)
         from selectit.workers import app as worker_app
 
-        os.environ["SELECTIT_BROKER_URL"] = redis_url
         worker_app.app.conf.broker_url = redis_url
-        warm = tmp / "warm.json"
-        recs = json.loads((ROOT / "selectit" / "data" / "alpaca_en_demo.json").read_text())[900:900 + 2 * workers]
-        warm.write_text(json.dumps(recs))
-        ingest_file(engine, warm, "warm")
-        ids = planner.plan(engine, dataset="warm", max_tokens_per_job=1)
-        worker_app.send_jobs(ids, engine)
-        deadline = time.time() + 300
-        while n_scored(engine) < len(recs) * 5:
-            assert time.time() < deadline, "warm-up did not finish"
-            time.sleep(0.2)
-        base = n_scored(engine)
         t = time.perf_counter()
-        ids = planner.plan(engine, dataset="d", max_tokens_per_job=3000)
-        worker_app.send_jobs(ids, engine)
-        while n_scored(engine) < base + n * 5:
+        worker_app.send_jobs(planner.plan(engine), engine)
+        while n_scored(engine) < n * 5:
             assert time.time() < deadline, "the fleet did not finish"
             time.sleep(0.05)
         return n * 5 / (time.perf_counter() - t)
@@ -132,35 +144,23 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, model_dir: Path, n: int, wo
         drop()
 
 
-def plan_1m(admin_url: str, n: int) -> tuple[float, int, float]:
+def plan_at_scale(admin_url: str, n: int) -> tuple[float, int, float, float]:
+    """(first plan s, jobs, re-plan s, full re-plan pass s) at n samples × 5 prompts × 2 models."""
     url, drop = fresh_db(admin_url)
     engine = db.open_store(url)
     try:
-        rnd = random.Random(0)
-        with db.session_scope(engine) as s:
-            registry.ensure_default_prompts(s)
-            s.execute(sa.text("INSERT INTO datasets (id, name) VALUES (1, 'synthetic')"))
-            for i, name in enumerate(("small", "large")):
-                s.execute(sa.text(
-                    "INSERT INTO models (id, name, source, fingerprint, dtype, n_params, label_ids, max_tokens, active)"
-                    " VALUES (:i, :n, 'x', :f, 'bfloat16', 1, '{}', 2048, true)"), {"i": i + 1, "n": name, "f": name})
-            raw = s.connection().connection.driver_connection
-            with raw.cursor() as cur:
-                with cur.copy("COPY samples (id, content_hash, instruction, input, output, n_chars) FROM STDIN") as cp:
-                    for i in range(1, n + 1):
-                        cp.write_row((i, f"{i:064x}", "i", "", "o", rnd.randint(50, 2000)))
-                with cur.copy("COPY dataset_samples (dataset_id, sample_id, position) FROM STDIN") as cp:
-                    for i in range(1, n + 1):
-                        cp.write_row((1, i, i - 1))
-        with engine.begin() as c:
-            c.exec_driver_sql("ANALYZE")
+        synthetic(engine, n, models=("small", "large"))
         t = time.perf_counter()
         ids = planner.plan(engine)
         first = time.perf_counter() - t
         t = time.perf_counter()
         assert planner.plan(engine) == []
         again = time.perf_counter() - t
-        return first, len(ids), again
+        planner.forget_settled()  # the pass a changed input (a new dataset, a failed cell) costs
+        t = time.perf_counter()
+        assert planner.plan(engine) == []
+        full = time.perf_counter() - t
+        return first, len(ids), again, full
     finally:
         engine.dispose()
         drop()
@@ -170,28 +170,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--postgres", required=True, help="admin URL of a PostgreSQL server")
     ap.add_argument("--redis", required=True)
-    ap.add_argument("--samples", type=int, default=60, help="samples scored (× 5 prompts) per variant")
+    ap.add_argument("--samples", type=int, default=4000, help="samples scored (× 5 prompts) per variant")
+    ap.add_argument("--workers", default="1,2,4", help="worker counts to measure")
     ap.add_argument("--plan-samples", type=int, default=1_000_000)
     ap.add_argument("--skip-scoring", action="store_true", help="only the planning benchmark")
+    ap.add_argument("--skip-planning", action="store_true", help="only the scoring benchmark")
     args = ap.parse_args()
-    from tiny_model import build_tiny_model
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    if not args.skip_scoring:
+        cells = args.samples * 5
+        rate_in = in_process(args.postgres, args.samples)
+        print(f"{cells:,} cells, instant scorer, PostgreSQL, default batch and job sizes:")
+        print(f"  in-process selectit score : {rate_in:8.0f} cells/s")
+        with tempfile.TemporaryDirectory() as d:
+            rates = {}
+            for w in (int(x) for x in args.workers.split(",")):
+                rates[w] = fleet(args.postgres, args.redis, Path(d), args.samples, w)
+                base = rates[min(rates)]
+                print(f"  {w} celery worker{'s' if w > 1 else ' '}          : {rates[w]:8.0f} cells/s "
+                      f"({rates[w] / w:6.0f} per worker, {rates[w] / base:4.2f}x {min(rates)} worker, "
+                      f"= {rates[w] / GPU_CELLS_PER_S:4.0f} GPUs at {GPU_CELLS_PER_S:.0f} cells/s)")
+        counts = sorted(rates)
+        knee = next((a for a, b in zip(counts, counts[1:]) if rates[b] < 1.1 * rates[a]), None)
+        if knee is None:
+            print(f"  not saturated at {counts[-1]} workers (each step added 10% or more)")
+        else:
+            print(f"  saturates at {knee} worker(s), {rates[knee]:.0f} cells/s: more workers add less than 10% "
+                  f"(workers, PostgreSQL and Redis share this machine's {os.cpu_count()} CPUs)")
+    if not args.skip_planning:
+        first, n_jobs, again, full = plan_at_scale(args.postgres, args.plan_samples)
+        print(f"plan {args.plan_samples:,} samples x 5 prompts x 2 models on PostgreSQL: {first:.1f} s "
+              f"({n_jobs} jobs, {args.plan_samples * 10:,} cells); planning again: {again:.2f} s, 0 new jobs "
+              f"(a full pass, as after a new dataset elsewhere or a failed cell: {full:.1f} s)")
 
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        if not args.skip_scoring:
-            model_dir = build_tiny_model(tmp / "tiny")
-            cells = args.samples * 5
-            rate_in = in_process(args.postgres, tmp, model_dir, args.samples)
-            rate_1 = fleet(args.postgres, args.redis, tmp, model_dir, args.samples, 1)
-            rate_2 = fleet(args.postgres, args.redis, tmp, model_dir, args.samples, 2)
-            print(f"scoring {cells} cells (tiny model, CPU, PostgreSQL, warm processes, 1 torch thread each):")
-            print(f"  in-process selectit score : {rate_in:8.1f} cells/s")
-            print(f"  1 celery worker           : {rate_1:8.1f} cells/s  (queue overhead: in-process / 1 worker"
-                  f" = {rate_in / rate_1:.2f}x)")
-            print(f"  2 celery workers          : {rate_2:8.1f} cells/s  (2 workers / 1 worker = {rate_2 / rate_1:.2f}x)")
-    first, n_jobs, again = plan_1m(args.postgres, args.plan_samples)
-    print(f"plan {args.plan_samples:,} samples x 5 prompts x 2 models on PostgreSQL: {first:.1f} s "
-          f"({n_jobs} jobs, {args.plan_samples * 10:,} cells); planning again: {again:.1f} s, 0 new jobs")
 
 if __name__ == "__main__":
     main()

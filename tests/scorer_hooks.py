@@ -6,6 +6,9 @@ It wraps selectit's real scorer (CPU) and adds, from the environment:
 - `SELECTIT_TEST_POISON`: text; a batch holding a sample whose prompt contains it raises
   (a cell that always fails);
 - `SELECTIT_TEST_DELAY`: seconds to sleep per batch, so a test can kill a process mid-job.
+
+`SELECTIT_SCORER=scorer_hooks:instant` answers every cell at once with a fixed distribution (no
+model, no torch): what is left is the bookkeeping, which the fleet benchmark measures.
 """
 
 from __future__ import annotations
@@ -51,3 +54,17 @@ def load(model: Any) -> HookedScorer:
     from selectit.scorer import load_scorer
 
     return HookedScorer(load_scorer(model, device="cpu"), model.id)
+
+
+class InstantScorer:
+    """Every cell answered at once with the same distribution over 1..K."""
+
+    forwards = 0
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        return [CellResult(r.sample_id, p, tuple(1.0 / r.scale for _ in range(r.scale)), 1.0, 100, False)
+                for r in requests for p in r.prompt_ids]
+
+
+def instant(model: Any) -> InstantScorer:
+    return InstantScorer()
