@@ -1,6 +1,21 @@
 """selectit: SelectIT data selection as a database-backed, incremental curation system.
 
 Importable without torch: the scoring engine (`selectit.scorer`) imports torch itself.
+`selectit.open(url)` returns a `selectit.api.Store` (imported on first use).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["open", "Store", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import selectit` stays cheap (no SQLAlchemy, DuckDB or Arrow until the API is used).
+    if name in ("open", "Store"):
+        from selectit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'selectit' has no attribute {name!r}")

@@ -1,0 +1,894 @@
+"""Writing a selection the way fine-tuning tools read it, with a dataset card that says where it came from.
+
+Formats (`EXPORT_FORMATS`):
+
+- ``original``: each selected record exactly as it was ingested (the bytes of its JSON object or
+  JSONL line, or its Parquet/Arrow/CSV row), in the input's own container;
+- ``alpaca-json`` / ``jsonl``: ``{"instruction", "input", "output"}`` (+ ``system`` when the source
+  had one) as a JSON list or one object per line;
+- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"observation", "value": …}], "system": …}``
+  (LLaMA-Factory's sharegpt formatting);
+- ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": …}]}`` (TRL,
+  axolotl, OpenAI), one object per line;
+- ``parquet``: the alpaca columns;
+- ``hf-dataset``: a directory written by ``datasets.Dataset.save_to_disk`` (alpaca columns plus
+  ``messages``), loadable with ``datasets.load_from_disk``.
+
+A conversation keeps its turns and system prompt when the source record had them (they are read
+back from the kept original); a record without an original (ingested by an older selectit) is
+written from the stored instruction/input/output.
+
+Every export writes a dataset card (``README.md`` with YAML front matter: the provenance) and, with
+``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selectit.errors import SelectitError
+
+EXPORT_FORMATS = ("original", "alpaca-json", "jsonl", "sharegpt", "messages", "parquet", "hf-dataset")
+#: The file name used inside an output directory, per format.
+DATA_FILE = {"alpaca-json": "data.json", "jsonl": "data.jsonl", "sharegpt": "data.json",
+             "messages": "data.jsonl", "parquet": "data.parquet"}
+#: The container of each ingest format, when it is exported as the original.
+ORIGINAL_SUFFIX = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "tsv": ".tsv",
+                   "arrow": ".arrow", "hf-dir": ""}
+CARD_NAME = "README.md"
+LLAMAFACTORY_INFO = "dataset_info.json"
+
+_SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}
+_SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
+    "bing": "assistant", "model": "assistant", "function_call": "assistant",
+    "system": "system",
+    "tool": "tool", "function": "tool", "observation": "tool",
+}
+_MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+                  "tool": "tool", "function": "tool"}
+
+
+class ExportError(SelectitError):
+    """An export that cannot be written as asked."""
+
+
+# --------------------------------------------------------------------------------------------
+# What is exported
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One ingested file: where a record's original came from and how its container looked."""
+
+    ingest_id: int
+    path: str
+    sha256: str
+    format: str  # alpaca-json | jsonl | sharegpt | messages | parquet | csv | tsv | arrow | hf-dir
+    container: str  # json | jsonl | parquet | csv | tsv | arrow | hf-dir
+    layout: dict[str, Any] = field(default_factory=dict)  # container style / Arrow schema / CSV header
+    column_map: dict[str, str] = field(default_factory=dict)  # selectit field → the file's column
+
+
+@dataclass(frozen=True)
+class Item:
+    """One selected sample: its stored text, its score and, when kept, its original record."""
+
+    rank: int
+    sample_id: int
+    instruction: str
+    input: str
+    output: str
+    s_model: float
+    original: str | None = None  # the record's JSON text (exact bytes for JSON/JSONL inputs)
+    source: Source | None = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """--with-scores: S_sent per model and S_token per (model, prompt position) of each sample."""
+
+    s_sent: dict[int, dict[str, float]]  # sample id → model → S_sent
+    s_token: dict[int, dict[str, dict[str, float]]]  # sample id → model → "p<position>" → S_token
+
+
+@dataclass
+class ExportResult:
+    data: Path  # the data file (or the hf-dataset directory)
+    format: str  # the format written (``original`` resolved to the input's container)
+    card: Path | None = None
+    dataset_info: Path | None = None
+    n: int = 0
+    note: str | None = None  # why the default format was not `original`
+
+
+# --------------------------------------------------------------------------------------------
+# Records in each shape
+# --------------------------------------------------------------------------------------------
+def _text(value: Any) -> str:
+    """Text of a message content: a string, or a list of text parts (``text`` or ``value``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(str(p.get("text", p.get("value", ""))) for p in value if isinstance(p, dict))
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    system: str | None
+    turns: tuple[tuple[str, str], ...]  # (role ∈ user/assistant/tool, text), system turns excluded
+
+
+def conversation(item: Item) -> Conversation:
+    """The item as a conversation: from its original turns when it had them, else one exchange."""
+    obj = _original_object(item)
+    if obj is not None:
+        key = "conversations" if isinstance(obj.get("conversations"), list) else (
+            "messages" if isinstance(obj.get("messages"), list) else None)
+        if key is not None:
+            sharegpt = key == "conversations"
+            role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
+            roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
+            system = obj.get("system") if sharegpt and isinstance(obj.get("system"), str) else None
+            turns: list[tuple[str, str]] = []
+            for turn in obj[key]:
+                if not isinstance(turn, dict):
+                    continue
+                role = roles.get(str(turn.get(role_key, "")).lower(), "user")
+                text = _text(turn.get(text_key))
+                if role == "system":
+                    system = text if not system else system + "\n" + text
+                else:
+                    turns.append((role, text))
+            return Conversation(system or None, tuple(turns))
+    alpaca = alpaca_record(item)
+    user = alpaca["instruction"] + ("\n" + alpaca["input"] if alpaca["input"] else "")
+    return Conversation(alpaca.get("system"), (("user", user), ("assistant", alpaca["output"])))
+
+
+def _original_object(item: Item) -> dict[str, Any] | None:
+    if item.original is None:
+        return None
+    obj = json.loads(item.original)
+    return obj if isinstance(obj, dict) else None
+
+
+def alpaca_record(item: Item) -> dict[str, str]:
+    """``{"instruction", "input", "output"}`` (+ ``system``): an alpaca-shaped original's own fields
+    (through the column map), else the stored text (a conversation flattened as at ingest)."""
+    obj = _original_object(item)
+    source = item.source
+    if obj is not None and source is not None and not (
+            isinstance(obj.get("conversations"), list) or isinstance(obj.get("messages"), list)):
+        cmap = source.column_map or {}
+
+        def get(name: str) -> str:
+            value = obj.get(cmap.get(name, name))
+            return value if isinstance(value, str) else ("" if value is None else str(value))
+
+        record = {"instruction": get("instruction"), "input": get("input"), "output": get("output")}
+        system = get("system")
+        if system:
+            record["system"] = system
+        if record["instruction"] and record["output"]:
+            return record
+    return {"instruction": item.instruction, "input": item.input or "", "output": item.output}
+
+
+def sharegpt_record(item: Item) -> dict[str, Any]:
+    conv = conversation(item)
+    record: dict[str, Any] = {"conversations": [{"from": _SHAREGPT_FROM[r], "value": t} for r, t in conv.turns]}
+    if conv.system:
+        record["system"] = conv.system
+    return record
+
+
+def messages_record(item: Item) -> dict[str, Any]:
+    conv = conversation(item)
+    messages = ([{"role": "system", "content": conv.system}] if conv.system else [])
+    messages += [{"role": r, "content": t} for r, t in conv.turns]
+    return {"messages": messages}
+
+
+def _score_fields(item: Item, scores: Scores | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"rank": item.rank, "s_model": item.s_model}
+    if scores is not None:
+        fields["s_sent"] = scores.s_sent.get(item.sample_id, {})
+        fields["s_token"] = scores.s_token.get(item.sample_id, {})
+    return fields
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temporary path beside `out`, renamed onto it on success (never a half-written file)."""
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _write_json_list(out: Path, texts: Sequence[str], layout: dict[str, Any] | None = None) -> None:
+    """A JSON list of already-serialised records, in the container style of `layout` (the source
+    file's whitespace between ``[``, records and ``]``), else ``json.dumps(indent=2)``'s."""
+    layout = layout or {}
+    open_ws = layout.get("open", "\n  ")
+    sep = layout.get("sep", ",\n  ")
+    close_ws = layout.get("close", "\n")
+    end = layout.get("end", "\n")
+    with _replacing(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        if not texts:
+            fh.write("[]" + end)
+        else:
+            fh.write("[" + open_ws + sep.join(texts) + close_ws + "]" + end)
+
+
+def _write_lines(out: Path, texts: Sequence[str], ending: str = "\n") -> None:
+    with _replacing(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        for text in texts:
+            fh.write(text + ending)
+
+
+def _indented(record: dict[str, Any]) -> str:
+    """A record as it sits in a ``json.dumps(records, indent=2)`` list."""
+    return json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n  ")
+
+
+def _arrow_table(rows: list[dict[str, Any]], layout: dict[str, Any] | None = None):  # noqa: ANN202
+    import pyarrow as pa
+
+    schema = None
+    if layout and layout.get("schema"):
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(layout["schema"])))
+    if schema is not None:
+        extra = [k for k in (rows[0] if rows else {}) if k not in schema.names]
+        if extra:  # --with-scores columns: appended to the source schema
+            inferred = pa.Table.from_pylist([{k: r[k] for k in extra} for r in rows]).schema
+            schema = pa.schema(list(schema) + list(inferred))
+        return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(rows)
+
+
+def _write_parquet(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None = None) -> None:
+    import pyarrow.parquet as pq
+
+    table = _arrow_table(rows, layout) if rows or layout else _empty_alpaca()
+    with _replacing(out) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _write_arrow(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None) -> None:
+    import pyarrow as pa
+
+    table = _arrow_table(rows, layout)
+    with _replacing(out) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _write_csv(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any], delimiter: str) -> None:
+    import csv
+
+    columns = list(layout.get("columns") or (rows[0].keys() if rows else []))
+    extra = [k for k in (rows[0] if rows else {}) if k not in columns]
+    with _replacing(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, delimiter=delimiter, lineterminator=layout.get("newline", "\n"))
+        writer.writerow(columns + extra)
+        for row in rows:
+            writer.writerow([_csv_cell(row.get(c)) for c in columns + extra])
+
+
+def _csv_cell(value: Any) -> Any:
+    return _dump(value) if isinstance(value, (dict, list)) else ("" if value is None else value)
+
+
+def _empty_alpaca():  # noqa: ANN202
+    import pyarrow as pa
+
+    return pa.table({c: pa.array([], pa.string()) for c in ("instruction", "input", "output")})
+
+
+def datasets_offline():  # noqa: ANN201 - the `datasets` module
+    """Import Hugging Face `datasets` with the hub switched off: nothing is fetched at run time."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ExportError("this needs the Hugging Face `datasets` library; install it with "
+                          "`pip install 'selectit[hf]'` (or `pip install datasets`)") from exc
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _write_hf_dataset(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None = None) -> None:
+    """A `save_to_disk` directory, replacing `out` as a whole (only if it is one selectit could have written)."""
+    import shutil
+
+    hf = datasets_offline()
+    table = _arrow_table(rows, layout) if rows or layout else _empty_alpaca()
+    if out.exists() and not (out / "state.json").exists():
+        raise ExportError(f"{out} exists and is not a saved dataset; give a new directory for --format hf-dataset")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf.Dataset(table).save_to_disk(str(tmp / "ds"))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp / "ds", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resolve_original(items: Sequence[Item]) -> Source:
+    """The one source container every item's original shares (else a clear error)."""
+    missing = [i for i in items if i.original is None or i.source is None]
+    if missing:
+        raise ExportError(
+            f"{len(missing)} of the {len(items)} selected samples have no kept original (ingested by an older "
+            f"selectit, or stored directly); export a converted form instead, e.g. --format alpaca-json, "
+            f"or ingest the file into a new dataset and select again"
+        )
+    containers = {i.source.container for i in items}  # type: ignore[union-attr]
+    if len(containers) > 1:
+        raise ExportError(
+            f"the selected records come from files of different kinds ({', '.join(sorted(containers))}), so "
+            f"there is no one original format; choose one with --format (jsonl, messages, sharegpt, …)"
+        )
+    first = items[0].source
+    assert first is not None
+    if first.container in ("parquet", "arrow", "hf-dir", "csv", "tsv"):
+        layouts = {json.dumps(i.source.layout, sort_keys=True) for i in items}  # type: ignore[union-attr]
+        if len(layouts) > 1:
+            raise ExportError(
+                f"the selected records come from {first.container} files with different columns, so they "
+                f"cannot share one original table; choose a converted format with --format"
+            )
+    return first
+
+
+def _original_rows(items: Sequence[Item], with_scores: bool, scores: Scores | None) -> list[dict[str, Any]]:
+    rows = []
+    for item in items:
+        row = json.loads(item.original)  # type: ignore[arg-type]
+        if with_scores:
+            row.update(_score_fields(item, scores))
+        rows.append(row)
+    return rows
+
+
+def _original_texts(items: Sequence[Item], with_scores: bool, scores: Scores | None) -> list[str]:
+    if not with_scores:
+        return [item.original for item in items]  # type: ignore[misc]  # the exact bytes as ingested
+    return [_dump(row) for row in _original_rows(items, True, scores)]
+
+
+def data_path(out: Path, fmt: str, source: Source | None = None) -> Path:
+    """The data file (or directory) an export to `out` writes: `out` itself, or a file inside
+    `out` when it is a directory (or ends with a slash)."""
+    if fmt == "hf-dataset" or (fmt == "original" and source is not None and source.container == "hf-dir"):
+        return out
+    if out.is_dir() or str(out).endswith(os.sep):
+        if fmt == "original" and source is not None:
+            return out / ("data" + ORIGINAL_SUFFIX[source.container])
+        return out / DATA_FILE[fmt]
+    return out
+
+
+def write_export(
+    items: Sequence[Item],
+    out: str | os.PathLike[str],
+    fmt: str = "alpaca-json",
+    *,
+    with_scores: bool = False,
+    scores: Scores | None = None,
+    card: dict[str, Any] | None = None,
+    llamafactory: str | None = None,
+) -> ExportResult:
+    """Write `items` (best first) to `out` in `fmt`; the card and the LLaMA-Factory entry beside it.
+
+    `out` is a file, or a directory that receives ``data.<ext>``; ``hf-dataset`` makes `out` a
+    ``save_to_disk`` directory. `card` is the provenance (see `card_text`); `llamafactory` is the
+    name under which the entry is merged into ``dataset_info.json`` beside the data.
+    Data files are written to a temporary name and renamed: never left half-written.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    source = _resolve_original(items) if fmt == "original" and items else None
+    if fmt == "original" and not items:
+        fmt = "alpaca-json"  # nothing selected: an empty list in the default converted form
+    path = data_path(out, fmt, source)
+    if not path.parent.exists():
+        raise ExportError(f"the directory {str(path.parent)!r} does not exist; create it first")
+    written = fmt if source is None else source.format
+    if fmt == "original":
+        assert source is not None
+        container = source.container
+        if container == "json":
+            texts = _original_texts(items, with_scores, scores)
+            if with_scores and source.layout.get("open", "\n  ") == "\n  ":
+                texts = [_indented(json.loads(t)) for t in texts]
+            _write_json_list(path, texts, source.layout)
+        elif container == "jsonl":
+            _write_lines(path, _original_texts(items, with_scores, scores), source.layout.get("newline", "\n"))
+        elif container == "parquet":
+            _write_parquet(path, _original_rows(items, with_scores, scores), source.layout)
+        elif container == "arrow":
+            _write_arrow(path, _original_rows(items, with_scores, scores), source.layout)
+        elif container in ("csv", "tsv"):
+            _write_csv(path, _original_rows(items, with_scores, scores), source.layout,
+                       "\t" if container == "tsv" else source.layout.get("delimiter", ","))
+        elif container == "hf-dir":
+            _write_hf_dataset(path, _original_rows(items, with_scores, scores), source.layout)
+        else:  # pragma: no cover - every ingest container is listed above
+            raise ExportError(f"cannot write {container} originals")
+    else:
+        shape: Callable[[Item], dict[str, Any]] = {
+            "alpaca-json": alpaca_record, "jsonl": alpaca_record, "parquet": alpaca_record,
+            "sharegpt": sharegpt_record, "messages": messages_record, "hf-dataset": _hf_record,
+        }[fmt]
+        records = []
+        for item in items:
+            record = shape(item)
+            if with_scores:
+                record.update(_score_fields(item, scores))
+            records.append(record)
+        if fmt in ("alpaca-json", "sharegpt"):
+            _write_json_list(path, [_indented(r) for r in records])
+        elif fmt in ("jsonl", "messages"):
+            _write_lines(path, [_dump(r) for r in records])
+        elif fmt == "parquet":
+            _write_parquet(path, _uniform(records))
+        else:
+            _write_hf_dataset(path, _uniform(records))
+    result = ExportResult(data=path, format=written, n=len(items))
+    home = path if path.is_dir() else path.parent
+    if card is not None:
+        result.card = home / CARD_NAME if path.is_dir() or out.is_dir() else path.with_name(path.name + ".README.md")
+        result.card.write_text(card_text(card, path, written, len(items)), encoding="utf-8")
+    if llamafactory is not None:
+        if path.is_dir():
+            raise ExportError("--llamafactory needs a data file (alpaca-json, jsonl, sharegpt, messages, parquet "
+                              "or an original JSON/JSONL/Parquet/CSV file), not a dataset directory")
+        entry = llamafactory_entry(path, written if source is None else "original", source)
+        result.dataset_info = merge_dataset_info(path.parent / LLAMAFACTORY_INFO, llamafactory, entry)
+    return result
+
+
+def _hf_record(item: Item) -> dict[str, Any]:
+    record: dict[str, Any] = dict(alpaca_record(item))
+    record.setdefault("system", "")
+    record["messages"] = messages_record(item)["messages"]
+    return record
+
+
+def _uniform(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every record with the same keys (Arrow wants one schema): missing optional text → ""."""
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r))
+    return [{k: r.get(k, "") for k in keys} for r in records]
+
+
+# --------------------------------------------------------------------------------------------
+# LLaMA-Factory's dataset_info.json
+# --------------------------------------------------------------------------------------------
+def llamafactory_entry(path: Path, fmt: str, source: Source | None = None) -> dict[str, Any]:
+    """The `dataset_info.json` entry LLaMA-Factory needs to load `path` (its documented schema:
+    file_name, file_sha1, formatting ∈ alpaca/sharegpt, columns, tags)."""
+    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+    entry: dict[str, Any] = {"file_name": path.name, "file_sha1": sha1}
+    shape = fmt
+    if fmt == "original":
+        assert source is not None
+        if source.container in ("arrow", "hf-dir"):
+            raise ExportError("LLaMA-Factory reads json, jsonl, csv and parquet files; export the Arrow records "
+                              "with --format parquet (or jsonl) for --llamafactory")
+        shape = source.format if source.format in ("sharegpt", "messages") else "alpaca"
+    if shape in ("sharegpt", "messages"):
+        key = "conversations" if shape == "sharegpt" else "messages"
+        entry["formatting"] = "sharegpt"
+        entry["columns"] = {"messages": key}
+        records = _json_records(path)
+        if any(isinstance(r.get("system"), str) for r in records):
+            entry["columns"]["system"] = "system"
+        if shape == "messages":
+            entry["tags"] = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                             "assistant_tag": "assistant", "observation_tag": "tool", "system_tag": "system"}
+        else:
+            seen = {str(t.get("from")) for r in records for t in r.get(key, []) if isinstance(t, dict)}
+            tags = {}
+            if "human" not in seen and "user" in seen:
+                tags["user_tag"] = "user"
+            if "gpt" not in seen and "assistant" in seen:
+                tags["assistant_tag"] = "assistant"
+            if tags:
+                entry["tags"] = tags
+    else:
+        cmap = dict(source.column_map) if (fmt == "original" and source is not None) else {}
+        columns = {"prompt": cmap.get("instruction", "instruction"), "query": cmap.get("input", "input"),
+                   "response": cmap.get("output", "output")}
+        if fmt == "original" or _has_system(path):
+            names = _column_names(path)
+            if cmap.get("system", "system") in names:
+                columns["system"] = cmap.get("system", "system")
+            if columns["query"] not in names:
+                del columns["query"]
+        entry["columns"] = columns
+    return entry
+
+
+def _json_records(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return [r for r in json.loads(text) if isinstance(r, dict)]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _column_names(path: Path) -> set[str]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.ParquetFile(path).schema_arrow.names)
+    if path.suffix in (".csv", ".tsv"):
+        import csv
+
+        with path.open(encoding="utf-8", newline="") as fh:
+            return set(next(csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else ","), []))
+    names: set[str] = set()
+    for record in _json_records(path):
+        names.update(record)
+    return names
+
+
+def _has_system(path: Path) -> bool:
+    return "system" in _column_names(path)
+
+
+def merge_dataset_info(info: Path, name: str, entry: dict[str, Any]) -> Path:
+    """Add (or replace) `name` in the `dataset_info.json` at `info`, keeping every other entry."""
+    current: dict[str, Any] = {}
+    if info.exists():
+        try:
+            current = json.loads(info.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ExportError(f"{info} is not valid JSON ({exc.msg}, line {exc.lineno}); fix or remove it, "
+                              f"then export again with --llamafactory") from None
+        if not isinstance(current, dict):
+            raise ExportError(f"{info} is not a JSON object of datasets; fix or remove it")
+    current[name] = entry
+    with _replacing(info) as tmp:
+        tmp.write_text(json.dumps(current, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset card
+# --------------------------------------------------------------------------------------------
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a double-quoted YAML string
+
+
+def to_yaml(value: Any, indent: int = 0) -> list[str]:
+    """Block-style YAML of dicts, lists and scalars (strings double-quoted, so always safe)."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{pad}{key}:")
+                lines.extend(to_yaml(v, indent + 2))
+            else:
+                lines.append(f"{pad}{key}: {_yaml_scalar(v) if not isinstance(v, (dict, list)) else ('{}' if isinstance(v, dict) else '[]')}")
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)) and v:
+                sub = to_yaml(v, indent + 2)
+                lines.append(f"{pad}- {sub[0].lstrip()}")
+                lines.extend(sub[1:])
+            else:
+                lines.append(f"{pad}- {_yaml_scalar(v)}")
+    else:
+        lines.append(pad + _yaml_scalar(value))
+    return lines
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "n>10M"
+
+
+def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int) -> str:
+    """The dataset card: YAML front matter (Hub metadata + the `selectit` provenance) and a summary."""
+    name = provenance.get("name") or data.stem
+    front = {
+        "pretty_name": name,
+        "tags": ["selectit", "instruction-tuning", "data-selection"],
+        "size_categories": [_size_category(n)],
+        "task_categories": ["text-generation"],
+        "configs": [{"config_name": "default", "data_files": data.name}] if not data.is_dir() else [],
+        "selectit": provenance | {"export_format": fmt, "data_file": data.name},
+    }
+    if not front["configs"]:
+        del front["configs"]
+    lines = ["---", *to_yaml(front), "---", "", f"# {name}", ""]
+    p = provenance
+    criterion = p.get("criterion") or {}
+    lines += [
+        f"{n} records selected by [SelectIT](https://arxiv.org/abs/2402.16705) self-reflection "
+        f"(selectit {p.get('selectit_version', '?')}, {p.get('created_at', '?')}), written as `{fmt}` to `{data.name}`.",
+        "",
+        f"- dataset: `{p.get('dataset')}` ({p.get('counts', {}).get('dataset_samples', '?')} samples, "
+        f"{p.get('counts', {}).get('rankable', '?')} rankable)",
+        f"- kept: {p.get('counts', {}).get('selected', n)} ({_criterion_text(criterion)})",
+        f"- α = {p.get('alpha')}, formula `{p.get('formula')}`, fusion engine {p.get('engine')}",
+        f"- prompt set `{p.get('prompt_set', {}).get('name') if isinstance(p.get('prompt_set'), dict) else p.get('prompt_set')}`",
+    ]
+    for m in p.get("models", []):
+        lines.append(f"- model `{m.get('name')}` (version {m.get('id')}, {m.get('dtype')}, fingerprint "
+                     f"{str(m.get('fingerprint', ''))[:12]}, θ {m.get('theta')})")
+    for f in p.get("source_files", []):
+        lines.append(f"- source file `{f.get('path')}` ({f.get('format')}, sha256 {str(f.get('sha256', ''))[:16]}…)")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _criterion_text(criterion: dict[str, Any]) -> str:
+    if criterion.get("top") is not None:
+        return f"top {criterion['top']:g} share"
+    if criterion.get("top_n") is not None:
+        return f"top {criterion['top_n']}"
+    if criterion.get("min_score") is not None:
+        return f"S_model >= {criterion['min_score']:g}"
+    return "all rankable"
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------------------------
+# From the curation database: a frozen selection or the live top of a dataset
+# --------------------------------------------------------------------------------------------
+def _chunks(values: Sequence[int], size: int = 5000) -> Iterator[Sequence[int]]:
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
+
+
+def _memberships(conn: Any, dataset_id: int, sample_ids: Sequence[int]) -> dict[int, tuple[int, str | None, int | None]]:
+    """sample id → (position, original, ingest id) of its membership in the dataset."""
+    import sqlalchemy as sa
+
+    from selectit.schema import DatasetSample as M
+
+    found: dict[int, tuple[int, str | None, int | None]] = {}
+    for chunk in _chunks(list(sample_ids)):
+        rows = conn.execute(sa.select(M.sample_id, M.position, M.original, M.ingest_id)
+                            .where(M.dataset_id == dataset_id, M.sample_id.in_(chunk)))
+        found.update({sid: (pos, orig, ing) for sid, pos, orig, ing in rows})
+    return found
+
+
+def _sources(conn: Any, ids: set[int]) -> dict[int, Source]:
+    import sqlalchemy as sa
+
+    from selectit.schema import Ingest
+
+    rows = conn.execute(sa.select(Ingest.id, Ingest.path, Ingest.sha256, Ingest.format, Ingest.container, Ingest.layout,
+                  Ingest.column_map).where(Ingest.id.in_(sorted(ids))))
+    return {r[0]: Source(r[0], r[1], r[2], r[3], r[4], r[5] or {}, r[6] or {}) for r in rows}
+
+
+def _source_files(conn: Any, dataset_id: int) -> list[dict[str, Any]]:
+    import sqlalchemy as sa
+
+    from selectit.schema import Ingest
+
+    rows = conn.execute(sa.select(Ingest.path, Ingest.sha256, Ingest.format, Ingest.n_read, Ingest.created_at)
+                        .where(Ingest.dataset_id == dataset_id).order_by(Ingest.id))
+    return [{"path": p, "sha256": h, "format": f, "records": n, "ingested_at": str(t)[:19]} for p, h, f, n, t in rows]
+
+
+def _model_rows(conn: Any, params: Any) -> list[dict[str, Any]]:
+    import sqlalchemy as sa
+
+    from selectit.schema import LLM
+
+    by_id = {m.id: m for m in conn.execute(sa.select(LLM.id, LLM.name, LLM.source, LLM.fingerprint, LLM.dtype,
+                                                       LLM.n_params).where(LLM.id.in_([m.model_id for m in params.models])))}
+    out = []
+    for m in params.models:
+        row = by_id.get(m.model_id)
+        out.append({"name": m.name, "id": m.model_id, "source": row.source if row else None,
+                    "fingerprint": row.fingerprint if row else None, "dtype": row.dtype if row else None,
+                    "n_params": row.n_params if row else None, "theta": m.theta, "share": m.share})
+    return out
+
+
+def _prompt_rows(conn: Any, params: Any) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from selectit.schema import Prompt
+
+    ids = [p.prompt_id for p in params.prompts]
+    by_id = {p.id: p for p in conn.execute(sa.select(Prompt.id, Prompt.position, Prompt.layout, Prompt.scale,
+                                                       Prompt.text_hash).where(Prompt.id.in_(ids)))}
+    return {"name": params.prompt_set, "prompts": [
+        {"version": p.prompt_id, "position": p.position, "layout": by_id[p.prompt_id].layout if p.prompt_id in by_id else None,
+         "scale": p.scale, "text_hash": by_id[p.prompt_id].text_hash if p.prompt_id in by_id else None}
+        for p in params.prompts]}
+
+
+def _scores(db_url: str | None, params: Any, sample_ids: Sequence[int]) -> Scores:
+    """S_sent per model and S_token per (model, prompt position) under exactly `params`' models and prompts."""
+    import pyarrow as pa
+
+    from selectit import fusion
+
+    con = fusion.connect_pinned(db_url, params)
+    try:
+        con.execute("SET threads = 1")  # one summation order: the same bytes on every export
+        con.register("export_ids", pa.table({"sample_id": pa.array(list(sample_ids), pa.int64())}))
+        s_sent: dict[int, dict[str, float]] = {}
+        for sid, model, value in con.execute(
+                "SELECT s.sample_id, s.model, s.s_sent FROM sentence_scores s JOIN export_ids USING (sample_id) "
+                "ORDER BY s.sample_id, s.model").fetchall():
+            s_sent.setdefault(sid, {})[model] = value
+        s_token: dict[int, dict[str, dict[str, float]]] = {}
+        for sid, model, position, value in con.execute(
+                "SELECT t.sample_id, t.model, t.position, t.s_token FROM token_scores t JOIN export_ids USING (sample_id) "
+                "ORDER BY t.sample_id, t.model, t.position").fetchall():
+            s_token.setdefault(sid, {}).setdefault(model, {})[f"p{position}"] = value
+    finally:
+        con.close()
+    return Scores(s_sent, s_token)
+
+
+def export_selection(
+    engine: Any,
+    db_url: str | None,
+    out: str | os.PathLike[str],
+    *,
+    selection: str | None = None,
+    dataset: str | None = None,
+    fmt: str | None = None,
+    order: str = "rank",
+    with_scores: bool = False,
+    llamafactory: bool | str | None = False,
+    card: bool = True,
+    top: float | None = None,
+    top_n: int | None = None,
+    min_score: float | None = None,
+    alpha: float = 0.2,
+    formula: str = "paper",
+    weights: dict[str, float] | None = None,
+    models: list[str] | None = None,
+    prompt_set: str | None = None,
+) -> ExportResult:
+    """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`.
+
+    `fmt` None: ``original`` when every selected record kept its original (and they share one kind
+    of file), else ``alpaca-json`` (`ExportResult.note` says why). `order`: ``rank`` (best first)
+    or ``dataset`` (the order of the ingested files).
+    """
+    import duckdb
+    import sqlalchemy as sa
+
+    from selectit import __version__, fusion, selection as sel
+    from selectit.schema import Dataset, DatasetSample, Selection, SelectionSample
+
+    if (selection is None) == (dataset is None):
+        raise ExportError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
+    if fmt is not None and fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    if order not in ("rank", "dataset"):
+        raise ExportError(f"--order must be rank or dataset, not {order!r}")
+    if selection is not None:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(Selection.id, Selection.dataset_id, Selection.params)
+                               .where(Selection.name == selection)).first()
+            if row is None:
+                names = conn.execute(sa.select(Selection.name).order_by(Selection.name)).scalars().all()
+                raise ExportError(f"no selection named {selection!r} (selections: {', '.join(names) or 'none'}); "
+                                  f"make one with `selectit select {selection} --dataset D`")
+            selection_id, dataset_id, raw_params = row
+            ranked = conn.execute(sa.select(SelectionSample.rank, SelectionSample.sample_id, SelectionSample.score)
+                                  .where(SelectionSample.selection_id == selection_id)
+                                  .order_by(SelectionSample.rank)).all()
+            dataset = conn.execute(sa.select(Dataset.name).where(Dataset.id == dataset_id)).scalar_one()
+        params = fusion.Params.from_json(raw_params)
+        criterion = raw_params.get("criterion") or {}
+        n_rankable = raw_params.get("n_rankable")
+    else:
+        criterion_obj = sel.Criterion(top=top, top_n=top_n, min_score=min_score) if (
+            top is not None or top_n is not None or min_score is not None) else sel.Criterion(top=fusion.DEFAULT_TOP)
+        con = fusion.connect(db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set,
+                             weights=weights)
+        try:
+            params = fusion.require_scoring_setup(con)
+            n_rankable = sel.rank_dataset(con, dataset)
+            ranked = [(r.rank, r.sample_id, r.s_model) for r in sel.chosen(con, criterion_obj)]
+            dataset_id = fusion.dataset_id(con, dataset)
+        finally:
+            con.close()
+        criterion = criterion_obj.as_json()
+    ids = [sid for _, sid, _ in ranked]
+    with engine.connect() as conn:
+        from selectit.schema import Sample
+
+        texts: dict[int, tuple[str, str, str]] = {}
+        for chunk in _chunks(ids):
+            for sid, i, n, o in conn.execute(sa.select(Sample.id, Sample.instruction, Sample.input, Sample.output)
+                                             .where(Sample.id.in_(chunk))):
+                texts[sid] = (i, n or "", o)
+        members = _memberships(conn, dataset_id, ids)
+        sources = _sources(conn, {m[2] for m in members.values() if m[2] is not None})
+        n_samples = conn.execute(sa.select(sa.func.count()).select_from(DatasetSample)
+                                 .where(DatasetSample.dataset_id == dataset_id)).scalar_one()
+        provenance = {
+            "name": selection or dataset,
+            "selection": selection,
+            "dataset": dataset,
+            "source_files": _source_files(conn, dataset_id),
+            "models": _model_rows(conn, params),
+            "prompt_set": _prompt_rows(conn, params),
+            "alpha": params.alpha,
+            "formula": params.formula,
+            "engine": f"duckdb {duckdb.__version__}",
+            "tie_rule": fusion.TIE_RULE,
+            "criterion": criterion,
+            "counts": {"dataset_samples": int(n_samples), "rankable": n_rankable, "selected": len(ranked)},
+            "selectit_version": __version__,
+            "created_at": now_utc(),
+        }
+    items = []
+    for rank, sid, score in ranked:
+        position, original, ingest_id = members.get(sid, (0, None, None))
+        items.append((position, Item(rank, sid, *texts[sid], float(score), original,
+                                     sources.get(ingest_id) if ingest_id is not None else None)))
+    if order == "dataset":
+        items.sort(key=lambda pair: pair[0])
+    chosen_items = [item for _, item in items]
+    note = None
+    if fmt is None:
+        try:
+            _resolve_original(chosen_items) if chosen_items else None
+            fmt = "original"
+        except ExportError as exc:
+            fmt, note = "alpaca-json", f"wrote alpaca-json: {exc}"
+    scores = _scores(db_url, params, ids) if with_scores else None
+    name = llamafactory if isinstance(llamafactory, str) and llamafactory else (selection or dataset)
+    result = write_export(chosen_items, out, fmt, with_scores=with_scores, scores=scores,
+                          card=provenance if card else None, llamafactory=name if llamafactory not in (False, None) else None)
+    result.note = note
+    return result
