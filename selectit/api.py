@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectit import db
+from selectit.contract import DEFAULT_TOP
 
 if TYPE_CHECKING:
     import duckdb
@@ -68,7 +69,7 @@ class Store:
     # -- data in ----------------------------------------------------------------------------
     def ingest(self, path: str | os.PathLike[str], dataset: str, *, format: str | None = None,
                map: dict[str, str] | str | None = None, split: str | None = None,
-               skip_invalid: bool = False, limit: int | None = None) -> IngestResult:
+               skip_invalid: bool = False, limit: int | None = None, progress: Any = None) -> IngestResult:
         """Add the records of `path` (a file or a ``save_to_disk`` directory) to `dataset`.
 
         `map` names the file's columns for selectit's fields, e.g.
@@ -78,7 +79,7 @@ class Store:
         from selectit.ingest import ingest_file
 
         return ingest_file(self.engine, path, dataset, fmt=format, skip_invalid=skip_invalid, limit=limit,
-                           **_ingest_extras(map, split))
+                           column_map=map, split=split, progress=progress)
 
     def datasets(self) -> pa.Table:
         """name, samples, created, source of every dataset."""
@@ -113,7 +114,7 @@ class Store:
         from selectit import fusion
 
         con = fusion.connect(self.url, alpha=alpha, formula=formula, models=list(models) if models else None,
-                             prompt_set=prompt_set, weights=weights, top=top or fusion.DEFAULT_TOP)
+                             prompt_set=prompt_set, weights=weights, top=top or DEFAULT_TOP)
         try:
             yield con
         finally:
@@ -127,33 +128,34 @@ class Store:
         Recomputed from the stored ratings for any α, formula, models or weights. `top`/`top_n`/
         `min_score` keep only part of it (default: every rankable sample).
         """
-        from selectit import fusion
+        from selectit.selection import Criterion, rank_dataset
 
-        criterion = fusion.Criterion(top=top, top_n=top_n, min_score=min_score)
+        criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            fusion.rank_dataset(con, dataset)
+            rank_dataset(con, dataset)
             return con.execute(
                 "SELECT r.rank, r.sample_id, r.position, r.s_model, s.instruction, s.input, s.output "
                 f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
                 "JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank"
-            ).fetch_arrow_table()
+            ).to_arrow_table()
 
     def select(self, name: str, dataset: str, *, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                prompt_set: str | None = None) -> SelectionInfo:
         """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%)."""
-        from selectit import fusion
+        from selectit.selection import Criterion, freeze_selection
 
         if top is None and top_n is None and min_score is None:
-            top = fusion.DEFAULT_TOP
-        criterion = fusion.Criterion(top=top, top_n=top_n, min_score=min_score)
+            top = DEFAULT_TOP
+        criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            selection_id, n, n_rankable = fusion.freeze_selection(self.engine, con, name, dataset, criterion)
+            selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
         return SelectionInfo(name, selection_id, dataset, n, n_rankable)
 
     def export(self, out: str | os.PathLike[str], *, selection: str | None = None, dataset: str | None = None,
-               format: str | None = None, with_scores: bool = False, llamafactory: bool | str = False,
+               format: str | None = None, order: str = "rank", with_scores: bool = False,
+               llamafactory: bool | str | None = False,
                card: bool = True, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
@@ -166,6 +168,7 @@ class Store:
         from selectit.export import export_selection
 
         return export_selection(self.engine, self.url, out, selection=selection, dataset=dataset, fmt=format,
+                                order=order,
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
                                 top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
                                 weights=weights, models=list(models) if models else None,
@@ -182,17 +185,6 @@ class Store:
                           top=top) as con:
             columns, rows = fusion.run_sql(con, query)
         return pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(columns)})
-
-
-def _ingest_extras(column_map: dict[str, str] | str | None, split: str | None) -> dict[str, Any]:
-    extras: dict[str, Any] = {}
-    if column_map:
-        from selectit.ingest import parse_column_map
-
-        extras["column_map"] = parse_column_map(column_map) if isinstance(column_map, str) else dict(column_map)
-    if split:
-        extras["split"] = split
-    return extras
 
 
 def open(url: str | Path | None = None) -> Store:  # noqa: A001 - selectit.open mirrors sqlite_utils.Database

@@ -98,37 +98,49 @@ def init(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @click.option("--dataset", "-d", required=True, help="Dataset name (created if new; re-ingesting adds nothing).")
 @click.option("--format", "fmt", metavar="FORMAT", default=None,
-              help="alpaca-json | jsonl | sharegpt | messages | parquet [default: detected].")
+              help="alpaca-json | jsonl | sharegpt | messages | parquet | csv | tsv | arrow | hf-dir "
+                   "[default: detected].")
+@click.option("--map", "column_map", metavar="FIELD=COLUMN,…", default=None,
+              help="Read other schemas: which column holds instruction, input, output, system (or prompt, "
+                   "completion), e.g. instruction=question,output=response.")
+@click.option("--split", default=None, metavar="NAME", help="The split of a saved DatasetDict directory.")
 @click.option("--skip-invalid", is_flag=True,
               help="Ingest the valid records and list the invalid ones, instead of failing.")
 @click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
               help="Read only the file's first N records.")
 @click.pass_context
 @handles_errors
-def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, skip_invalid: bool,
-           limit: int | None) -> None:
-    """Add the records of FILE to a dataset (one transaction; duplicates stored once).
+def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_map: str | None,
+           split: str | None, skip_invalid: bool, limit: int | None) -> None:
+    """Add the records of FILE (or a save_to_disk directory) to a dataset (one transaction;
+    duplicates stored once). Each record is kept as it was, for `export --format original`.
 
     \b
     Example:
       selectit ingest selectit/data/alpaca_en_demo.json --dataset alpaca-demo
       selectit ingest chats.jsonl --dataset chats --format sharegpt --skip-invalid
       selectit ingest alpaca.json --dataset alpaca-first-100 --limit 100
+      selectit ingest dolly.jsonl --dataset dolly --map input=context,output=response
+      selectit ingest saved_dataset/ --dataset orca --split train --map instruction=question,output=response,system=system_prompt
     """
-    from selectit.ingest import ingest_file
-
-    engine = store(ctx)
-    with _ingest_progress() as progress:
-        result = ingest_file(engine, file, dataset, fmt=fmt, skip_invalid=skip_invalid, progress=progress,
-                             limit=limit)
+    with _api_store(ctx) as api_store, _ingest_progress() as progress:
+        result = api_store.ingest(file, dataset, format=fmt, map=column_map, split=split, skip_invalid=skip_invalid,
+                                  limit=limit, progress=progress)
     if result.invalid:
         click.echo(f"skipped {len(result.invalid)} invalid records:", err=True)
         for line in result.invalid_report():
             click.echo(line, err=True)
     click.echo(result.summary)
+
+
+def _api_store(ctx: click.Context):  # noqa: ANN202 - a selectit.api.Store
+    """The library's `Store` on the command's database (the CLI is a thin layer over it)."""
+    from selectit.api import Store
+
+    return Store(ctx.obj["db_url"])
 
 
 def _ingest_progress():  # noqa: ANN202 - a context manager yielding the callback
@@ -695,45 +707,56 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
 @click.option("--dataset", "-d", default=None, help="Or: the current top of this dataset's ranking.")
 @_fusion_options
 @_criterion_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The file to write (replaced whole).")
-@click.option("--format", "fmt", default="alpaca-json", show_default=True,
-              type=click.Choice(EXPORT_FORMATS), help="Output format.")
-@click.option("--with-scores", is_flag=True, help="Add each sample's score and rank.")
+@click.option("--out", required=True, type=click.Path(),
+              help="The file to write (replaced whole), or a directory for data.<ext> and the card.")
+@click.option("--format", "fmt", default=None, type=click.Choice(EXPORT_FORMATS),
+              help="Output format [default: original, the records as ingested, when every one was kept; "
+                   "else alpaca-json].")
+@click.option("--order", default="rank", show_default=True, type=click.Choice(["rank", "dataset"]),
+              help="Best first, or the order of the ingested files.")
+@click.option("--with-scores", is_flag=True,
+              help="Add rank, s_model, s_sent per model and s_token per model and prompt.")
+@click.option("--llamafactory", is_flag=False, flag_value="", default=None, metavar="[NAME]",
+              help="Also merge the entry LLaMA-Factory needs into dataset_info.json beside the data "
+                   "[NAME default: the selection or dataset].")
+@click.option("--card/--no-card", default=True, show_default=True,
+              help="Write the dataset card (README.md with the provenance) beside the data.")
 @click.pass_context
 @handles_errors
 def export(ctx: click.Context, selection: str | None, dataset: str | None, models: str | None,
            prompt_set: str | None, alpha: float, formula: str, weights: str | None, top: float | None,
-           top_n: int | None, min_score: float | None, out: str, fmt: str, with_scores: bool) -> None:
-    """Write a selection as Alpaca JSON, JSON lines or Parquet ({instruction, input, output}).
+           top_n: int | None, min_score: float | None, out: str, fmt: str | None, order: str, with_scores: bool,
+           llamafactory: str | None, card: bool) -> None:
+    """Write a selection for training: the records as ingested, or a format fine-tuning tools read.
 
-    A frozen selection exports to the same bytes every time. The file is written to a temporary
-    name and renamed, so it is never left half-written.
+    Formats: original (default: each record exactly as it was ingested, in the input's format),
+    alpaca-json, jsonl, sharegpt, messages, parquet, hf-dataset (a save_to_disk directory). A
+    dataset card (README.md, YAML front matter) records the provenance: source files and hashes,
+    models, prompts, α, formula, counts. A frozen selection exports to the same data bytes every
+    time; files are written to a temporary name and renamed, never left half-written.
 
     \b
     Example:
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
+      selectit export --selection selective-alpaca-v1 --out data/ --format sharegpt --llamafactory
       selectit export --dataset alpaca --top-n 1000 --out top1000.parquet --format parquet --with-scores
     """
-    from selectit import fusion
-    from selectit.selection import live_rows, selection_rows, write_export
-
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
-    engine = store(ctx)
-    if selection is not None:
-        rows = selection_rows(engine, selection)
-        what = f"selection {selection}"
-    else:
-        criterion = _criterion(top, top_n, min_score, DEFAULT_TOP)
-        con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
-        try:
-            fusion.require_scoring_setup(con)
-            rows = live_rows(con, dataset, criterion)
-        finally:
-            con.close()
-        what = f"{dataset} ({criterion.describe()})"
-    path = write_export(rows, out, fmt, with_scores)
-    click.echo(f"wrote {len(rows)} samples of {what} to {path} ({fmt}).")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    with _api_store(ctx) as api_store:
+        result = api_store.export(out, selection=selection, dataset=dataset, format=fmt, order=order,
+                                  with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
+                                  top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
+                                  weights=_parse_weights(weights), models=names, prompt_set=prompt_set)
+    what = f"selection {selection}" if selection else f"{dataset}"
+    if result.note:
+        click.echo(result.note, err=True)
+    shown = f"original {result.format}" if (fmt or "original") == "original" and not result.note else result.format
+    click.echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
+    for extra in (result.card, result.dataset_info):
+        if extra is not None:
+            click.echo(f"wrote {extra}")
 
 
 @main.command()

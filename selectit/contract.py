@@ -63,7 +63,7 @@ DEFAULT_ALPHA = 0.2
 DEFAULT_TOP = 0.2  # share of the rankable samples: rounded down, at least one
 DEFAULT_FORMULA = Formula.PAPER
 #: What `selectit export` writes.
-EXPORT_FORMATS = ("alpaca-json", "jsonl", "parquet")
+EXPORT_FORMATS = ("original", "alpaca-json", "jsonl", "sharegpt", "messages", "parquet", "hf-dataset")
 
 #: Text right before the label in each layout: label token ids are derived in this context.
 LABEL_CONTEXT: dict[Layout, str] = {Layout.REFERENCE: "\nThe answer is: \n", Layout.SHARED_CONTEXT: "\nRating: "}

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selectit.contract import DEFAULT_TOP, EXPORT_FORMATS
 from selectit.errors import SelectitError
 
-EXPORT_FORMATS = ("original", "alpaca-json", "jsonl", "sharegpt", "messages", "parquet", "hf-dataset")
 #: The file name used inside an output directory, per format.
 DATA_FILE = {"alpaca-json": "data.json", "jsonl": "data.jsonl", "sharegpt": "data.json",
              "messages": "data.jsonl", "parquet": "data.parquet"}
@@ -308,23 +308,11 @@ def _empty_alpaca():  # noqa: ANN202
     return pa.table({c: pa.array([], pa.string()) for c in ("instruction", "input", "output")})
 
 
-def datasets_offline():  # noqa: ANN201 - the `datasets` module
-    """Import Hugging Face `datasets` with the hub switched off: nothing is fetched at run time."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ExportError("this needs the Hugging Face `datasets` library; install it with "
-                          "`pip install 'selectit[hf]'` (or `pip install datasets`)") from exc
-    datasets.disable_progress_bars()
-    return datasets
-
-
 def _write_hf_dataset(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None = None) -> None:
     """A `save_to_disk` directory, replacing `out` as a whole (only if it is one selectit could have written)."""
     import shutil
+
+    from selectit.formats import datasets_offline
 
     hf = datasets_offline()
     table = _arrow_table(rows, layout) if rows or layout else _empty_alpaca()
@@ -831,7 +819,7 @@ def export_selection(
         n_rankable = raw_params.get("n_rankable")
     else:
         criterion_obj = sel.Criterion(top=top, top_n=top_n, min_score=min_score) if (
-            top is not None or top_n is not None or min_score is not None) else sel.Criterion(top=fusion.DEFAULT_TOP)
+            top is not None or top_n is not None or min_score is not None) else sel.Criterion(top=DEFAULT_TOP)
         con = fusion.connect(db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set,
                              weights=weights)
         try:

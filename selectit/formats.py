@@ -11,7 +11,21 @@ Formats (detected from the extension and the first record, or forced with `fmt`)
   records (optionally with a top-level ``system`` string), as a JSON list or JSONL;
 - ``messages``: OpenAI-style ``{"messages": [{"role": "system"|"user"|"assistant", "content": …}]}``
   records, as a JSON list or JSONL;
-- ``parquet``: columns ``instruction``/``input``/``output``, or ``conversations``, or ``messages``.
+- ``parquet``: columns ``instruction``/``input``/``output``, or ``conversations``, or ``messages``;
+- ``csv`` / ``tsv``: a header row naming the columns, then one record per row (all text);
+- ``arrow``: an Arrow IPC file or stream (``.arrow``, ``.arrows``, ``.feather``), columns as Parquet's;
+- ``hf-dir``: a directory written by ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` with
+  ``split``), read offline with Hugging Face ``datasets``.
+
+Message content may be a string or a list of text parts, ``{"type": "text", "text"|"value": …}``.
+An alpaca-shaped record may carry a ``system`` prompt: the instruction is then rendered like a
+conversation, ``"System: <system>\nUser: <instruction>"``. A column map (``--map
+instruction=question,input=context,output=response,system=system_prompt``; ``prompt`` and
+``completion`` name ``instruction`` and ``output``) reads other schemas: Dolly, OpenOrca, TRL.
+
+Each record keeps its **original**: the exact text of its JSON object or JSONL line, or its row
+(Parquet, Arrow, CSV, ``save_to_disk``) as compact JSON; `RecordReader.layout` keeps what the
+container looked like (JSON list whitespace, line ending, CSV header, Arrow schema).
 
 Multi-turn rendering: the *last* assistant turn is the response (``output``); the turns before it
 become the ``instruction``, one turn per line as ``"<Role>: <text>"`` with Role ∈ System, User,
@@ -28,15 +42,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from selectit.errors import SelectitError
 
-FORMATS = ("alpaca-json", "jsonl", "sharegpt", "messages", "parquet")
+FORMATS = ("alpaca-json", "jsonl", "sharegpt", "messages", "parquet", "csv", "tsv", "arrow", "hf-dir")
+#: The container each format is read from ("" → a JSON list or JSONL, from the first byte).
+_CONTAINER = {"alpaca-json": "json", "jsonl": "jsonl", "sharegpt": "", "messages": "", "parquet": "parquet",
+              "csv": "csv", "tsv": "tsv", "arrow": "arrow", "hf-dir": "hf-dir"}
+_TABULAR = ("parquet", "csv", "tsv", "arrow", "hf-dir")
 #: Parquet rows read per batch; bounded memory for any file size.
 CHUNK = 20_000
 #: dataset_samples.original_id is VARCHAR(200).
@@ -72,6 +91,7 @@ class Record(NamedTuple):
     input: str
     output: str
     original_id: str | None  # the record's own `id`, if any
+    original: str | None = None  # the record as it was in the file (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,7 @@ class _Raw:
     line: int | None
     obj: Any = None
     error: str | None = None  # set: the record could not even be parsed (skippable)
+    text: str | None = None  # the record's original text
 
 
 def _decode_error(path: Path, data: bytes, base: int, exc: UnicodeDecodeError, line: int) -> IngestError:
@@ -146,31 +167,107 @@ def _first_byte(path: Path) -> bytes:
     return head.lstrip()[:1]
 
 
-def _iter_json_list(path: Path, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def compact(obj: Any) -> str:
+    """A row (Parquet, Arrow, CSV) as the compact JSON text kept as its original."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    import base64
+    import datetime as dt
+    import decimal
+
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode()
+    raise TypeError(f"a value of type {type(value).__name__} cannot be kept")
+
+
+def _schema_layout(schema) -> dict[str, Any]:  # noqa: ANN001 - pyarrow.Schema
+    import base64
+
+    return {"schema": base64.b64encode(schema.serialize().to_pybytes()).decode()}
+
+
+def _iter_json_list(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
+    """The records of a JSON list, each with its exact text; `layout` gets the whitespace around them."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _decode_error(path, data, 0, exc, data.count(b"\n", 0, exc.start) + 1) from None
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IngestError(
+    decoder = json.JSONDecoder()
+
+    def syntax_error(exc: json.JSONDecodeError) -> IngestError:
+        return IngestError(
             f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg}). Nothing was "
             f"ingested; fix the file (a JSON list cannot be read past a syntax error), or convert it to JSONL "
-            f"and use --skip-invalid."
-        ) from None
-    if not isinstance(items, list):
+            f"and use --skip-invalid.")
+
+    i = _WS.match(text).end()
+    if i >= len(text) or text[i] != "[":
+        try:  # say what the document is instead, as before
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise syntax_error(exc) from None
         raise IngestError(f"{path}: expected a JSON list of records, got a JSON {type(items).__name__}. "
                           f"Nothing was ingested; wrap the records in [ … ] or write one per line (JSONL).")
-    total = len(items)
-    for i, obj in enumerate(items, 1):
-        yield _Raw(i, None, obj)
-        if i % 1000 == 0 or i == total:  # after the consumer counted record i
-            progress(i, total)
+    total = len(text)
+    i += 1
+    start = _WS.match(text, i).end()
+    layout["open"] = text[i:start]
+    record = 0
+    last_end = None
+    pos = start
+    while True:
+        if pos < total and text[pos] == "]":
+            break
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise syntax_error(exc) from None
+        record += 1
+        yield _Raw(record, None, obj, text=text[pos:end])
+        if record % 1000 == 0:
+            progress(end, total)
+        after = _WS.match(text, end).end()
+        if after < total and text[after] == ",":
+            nxt = _WS.match(text, after + 1).end()
+            if record == 1:
+                layout["sep"] = text[end:nxt]
+            pos = nxt
+            last_end = None
+            continue
+        last_end = end
+        pos = after
+        if pos >= total or text[pos] != "]":
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise syntax_error(exc) from None
+        break
+    close_at = pos
+    layout["close"] = text[last_end:close_at] if last_end is not None else ""
+    tail = text[close_at + 1:]
+    if tail.strip():
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise syntax_error(exc) from None
+    layout["end"] = tail
+    layout.setdefault("sep", "," + layout["open"])
+    progress(total, total)
 
 
-def _iter_jsonl(path: Path, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
+def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
     total = path.stat().st_size
     offset = 0
     record = 0
@@ -178,9 +275,11 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None]) -> Iterator[_R
         for lineno, raw in enumerate(fh, 1):
             start = offset
             offset += len(raw)
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-                start += 3
+            if lineno == 1:
+                layout["newline"] = "\r\n" if raw.endswith(b"\r\n") else "\n"
+                if raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                    start += 3
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -188,8 +287,9 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None]) -> Iterator[_R
             if not line.strip():
                 continue
             record += 1
+            text = line[:-2] if line.endswith("\r\n") else (line[:-1] if line.endswith("\n") else line)
             try:
-                yield _Raw(record, lineno, json.loads(line))
+                yield _Raw(record, lineno, json.loads(line), text=text)
             except json.JSONDecodeError as exc:
                 yield _Raw(record, lineno, error=f"invalid JSON ({exc.msg}, column {exc.colno})")
             if record % 1000 == 0:
@@ -197,17 +297,118 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None]) -> Iterator[_R
     progress(total, total)
 
 
-def _iter_parquet(path: Path, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
+def _iter_batches(batches: Iterator[Any], total: int, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
+    record = 0
+    for batch in batches:
+        for obj in batch.to_pylist():
+            record += 1
+            yield _Raw(record, None, obj, text=compact(obj))
+        progress(record, total)
+
+
+def _iter_parquet(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    total = pf.metadata.num_rows
-    record = 0
-    for batch in pf.iter_batches(batch_size=CHUNK):
-        for obj in batch.to_pylist():
-            record += 1
-            yield _Raw(record, None, obj)
-        progress(record, total)
+    layout.update(_schema_layout(pf.schema_arrow))
+    yield from _iter_batches(pf.iter_batches(batch_size=CHUNK), pf.metadata.num_rows, progress)
+
+
+def _open_arrow(path: Path):  # noqa: ANN202 - (schema, batches, rows or -1)
+    import pyarrow as pa
+
+    try:
+        reader = pa.ipc.open_file(str(path))
+        return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches)), sum(
+            reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_stream(str(path))
+        return reader.schema, iter(reader), -1
+
+
+def _iter_arrow(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
+    schema, batches, total = _open_arrow(path)
+    layout.update(_schema_layout(schema))
+    yield from _iter_batches(batches, total, progress)
+
+
+def _iter_csv(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any],
+              delimiter: str) -> Iterator[_Raw]:
+    import csv
+
+    total = path.stat().st_size
+    with path.open("rb") as fh:
+        first = fh.readline()
+    layout["newline"] = "\r\n" if first.endswith(b"\r\n") else "\n"
+    layout["delimiter"] = delimiter
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, None)
+            if not header:
+                raise IngestError(f"{path} has no header row. Nothing was ingested; the first line must name "
+                                  f"the columns (e.g. instruction,input,output).")
+            layout["columns"] = header
+            record = 0
+            for row in reader:
+                if not row or row == [""]:
+                    continue
+                record += 1
+                line = reader.line_num
+                if len(row) != len(header):
+                    yield _Raw(record, line, error=f"{len(row)} fields where the header has {len(header)}")
+                    continue
+                obj = dict(zip(header, row))
+                yield _Raw(record, line, obj, text=compact(obj))
+                if record % 1000 == 0:
+                    progress(min(fh.tell(), total), total)
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}). Nothing was ingested; "
+                          f"re-encode the file as UTF-8 and ingest that.") from None
+    progress(total, total)
+
+
+def datasets_offline():  # noqa: ANN201 - the `datasets` module
+    """Import Hugging Face `datasets` with the hub switched off: nothing is fetched at run time."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import datasets
+    except ImportError as exc:
+        raise SelectitError("this needs the Hugging Face `datasets` library; install it with "
+                            "`pip install 'selectit[hf]'` (or `pip install datasets`)") from exc
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def hf_dataset(path: Path, split: str | None):  # noqa: ANN201 - datasets.Dataset
+    """The `datasets.Dataset` saved at `path` (a `DatasetDict` needs `split`), loaded offline."""
+    hf = datasets_offline()
+    if (path / "dataset_dict.json").exists():
+        splits = sorted(json.loads((path / "dataset_dict.json").read_text())["splits"])
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split is None:
+            raise IngestError(f"{path} holds a DatasetDict with the splits {', '.join(splits)}; choose one with "
+                              f"--split (e.g. --split {'train' if 'train' in splits else splits[0]}). Nothing was ingested.")
+        if split not in splits:
+            raise IngestError(f"{path} has no split {split!r} (splits: {', '.join(splits)}). Nothing was ingested; "
+                              f"choose one with --split.")
+        return hf.load_from_disk(str(path / split))
+    if split is not None:
+        raise IngestError(f"{path} is a single Dataset, not a DatasetDict; leave --split out. Nothing was ingested.")
+    return hf.load_from_disk(str(path))
+
+
+def _iter_hf_dir(ds: Any, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
+    if ds._indices is not None:  # noqa: SLF001 - a selected/filtered dataset: materialise its rows
+        ds = ds.flatten_indices()
+    table = ds.data.table
+    layout.update(_schema_layout(table.schema))
+    yield from _iter_batches(iter(table.to_batches(max_chunksize=CHUNK)), table.num_rows, progress)
 
 
 def _text(obj: dict[str, Any], key: str, *, required: bool) -> str:
@@ -231,8 +432,9 @@ def _content(value: Any, where: str) -> str:
     if isinstance(value, list):  # OpenAI content parts: keep the text parts
         parts = []
         for part in value:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
+            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(text, str):
+                parts.append(text)
             else:
                 raise _Invalid(f"{where} has non-text content")
         return "".join(parts)
@@ -287,22 +489,28 @@ def _turns(obj: dict[str, Any], key: str) -> list[tuple[str, str]]:
     return turns
 
 
-def _alpaca(obj: dict[str, Any]) -> tuple[str, str, str]:
-    return (_text(obj, "instruction", required=True), _text(obj, "input", required=False),
-            _text(obj, "output", required=True))
+def _alpaca(obj: dict[str, Any], column_map: dict[str, str] | None = None) -> tuple[str, str, str]:
+    cmap = column_map or {}
+    instruction = _text(obj, cmap.get("instruction", "instruction"), required=True)
+    inp = _text(obj, cmap.get("input", "input"), required=False)
+    output = _text(obj, cmap.get("output", "output"), required=True)
+    system = _text(obj, cmap.get("system", "system"), required=False)
+    if system.strip():  # rendered as a conversation's system turn is
+        instruction = f"{_ROLE_LABEL['system']}: {system}\n{_ROLE_LABEL['user']}: {instruction}"
+    return instruction, inp, output
 
 
-def _sharegpt(obj: dict[str, Any]) -> tuple[str, str, str]:
+def _sharegpt(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
     instruction, output = render_conversation(_turns(obj, "conversations"))
     return instruction, "", output
 
 
-def _messages(obj: dict[str, Any]) -> tuple[str, str, str]:
+def _messages(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
     instruction, output = render_conversation(_turns(obj, "messages"))
     return instruction, "", output
 
 
-_SHAPES: dict[str, Callable[[dict[str, Any]], tuple[str, str, str]]] = {
+_SHAPES: dict[str, Callable[[dict[str, Any], dict[str, str] | None], tuple[str, str, str]]] = {
     "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages,
 }
 
@@ -317,8 +525,8 @@ def _shape_of(keys: list[str] | set[str]) -> str | None:
     return None
 
 
-def _original_id(obj: dict[str, Any]) -> str | None:
-    value = obj.get("id")
+def _original_id(obj: dict[str, Any], key: str = "id") -> str | None:
+    value = obj.get(key)
     if value is None:
         return None
     value = str(value)
@@ -327,6 +535,52 @@ def _original_id(obj: dict[str, Any]) -> str | None:
     if len(value) > MAX_ORIGINAL_ID:
         raise _Invalid(f"field 'id' is longer than {MAX_ORIGINAL_ID} characters")
     return value
+
+
+# ---------------------------------------------------------------------------------------- column map
+
+MAP_FIELDS = ("instruction", "input", "output", "system", "id")
+MAP_ALIASES = {"prompt": "instruction", "completion": "output"}
+#: Columns that usually hold a field, for the hint when a record lacks the field.
+_LIKELY = {"instruction": ("question", "prompt", "query", "instruction_text"),
+           "input": ("context", "input_text"),
+           "output": ("response", "answer", "completion", "output_text", "target"),
+           "system": ("system_prompt",)}
+
+
+def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
+    """``"instruction=question,output=response"`` → {"instruction": "question", "output": "response"}."""
+    if not spec:
+        return {}
+    pairs = spec.items() if isinstance(spec, dict) else (p.partition("=")[::2] for p in spec.split(",") if p.strip())
+    result: dict[str, str] = {}
+    for target, column in pairs:
+        target, column = target.strip(), column.strip()
+        name = MAP_ALIASES.get(target, target)
+        if name not in MAP_FIELDS:
+            raise IngestError(f"--map {target}={column}: unknown field {target!r}; map instruction, input, output, "
+                              f"system (or prompt, completion), e.g. --map instruction=question,output=response")
+        if not column:
+            raise IngestError(f"--map {target}=: give the column that holds {name}, e.g. --map {target}=question")
+        result[name] = column
+    return result
+
+
+def map_hint(fields: Sequence[str]) -> str:
+    """``--map output=response`` for a file whose records name the fields otherwise (or "")."""
+    have = set(fields)
+    pairs = [f"{name}={col}" for name, cols in _LIKELY.items() if name not in have
+             for col in cols[:] if col in have][:4]
+    seen: set[str] = set()
+    pairs = [p for p in pairs if not (p.split("=")[0] in seen or seen.add(p.split("=")[0]))]
+    return f"--map {','.join(pairs)}" if pairs else ""
+
+
+def check_map(path: Path, column_map: dict[str, str], columns: Sequence[str]) -> None:
+    for name, column in column_map.items():
+        if column not in columns:
+            raise IngestError(f"{path}: --map {name}={column} names a column the file does not have; its columns "
+                              f"are {', '.join(sorted(columns))}. Nothing was ingested; fix --map.")
 
 
 # ---------------------------------------------------------------------------------------- detection
@@ -339,12 +593,27 @@ def _unknown_format(path: Path, why: str) -> IngestError:
     )
 
 
+_SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".arrow": "arrow",
+                   ".arrows": "arrow", ".feather": "arrow", ".ipc": "arrow"}
+
+
 def detect_format(path: Path) -> tuple[str, str, str]:
-    """(format name, container, shape): container ∈ json, jsonl, parquet; shape ∈ alpaca, sharegpt, messages."""
+    """(format name, container, shape): container ∈ json, jsonl, parquet, csv, tsv, arrow, hf-dir;
+    shape ∈ alpaca, sharegpt, messages ("" when the records must say)."""
+    if path.is_dir():
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return "hf-dir", "hf-dir", ""
+        raise IngestError(f"{path} is a directory but not one written by `datasets` save_to_disk (no state.json or "
+                          f"dataset_dict.json). Nothing was ingested; give a file, or a saved dataset directory.")
     with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic == b"PAR1" or path.suffix.lower() in (".parquet", ".pq"):
+        magic = fh.read(6)
+    if magic[:4] == b"PAR1":
         return "parquet", "parquet", ""
+    if magic == b"ARROW1":
+        return "arrow", "arrow", ""
+    by_suffix = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if by_suffix is not None:
+        return by_suffix, by_suffix, ""
     first = _first_byte(path)
     if not first:
         raise IngestError(f"{path} is empty. Nothing was ingested; give a file with at least one record.")
@@ -353,16 +622,13 @@ def detect_format(path: Path) -> tuple[str, str, str]:
     if first == b"{":
         return "jsonl", "jsonl", ""
     snippet = path.open("rb").read(20)
-    raise _unknown_format(path, f"not JSON, JSONL or Parquet; it starts with {snippet!r}")
+    raise _unknown_format(path, f"not JSON, JSONL, Parquet, CSV or Arrow; it starts with {snippet!r}")
 
 
 def _container_for(path: Path, fmt: str) -> str:
-    if fmt == "parquet":
-        return "parquet"
-    if fmt == "alpaca-json":
-        return "json"
-    if fmt == "jsonl":
-        return "jsonl"
+    container = _CONTAINER[fmt]
+    if container:
+        return container
     return "json" if _first_byte(path) == b"[" else "jsonl"  # sharegpt / messages: either
 
 
@@ -375,52 +641,92 @@ class RecordReader:
     Opening it checks the file and detects its format (raising `IngestError` before anything is
     read); iterating reads it once. `format` is the detected format, refined by the first record
     (an `alpaca-json` / `jsonl` file of conversations is `sharegpt` or `messages`); `read` counts
-    the records read so far. Unreadable files raise `IngestError` while iterating.
+    the records read so far; `container` and `layout` say how the records sat in the file (filled
+    while reading). `column_map` maps selectit's fields to the file's columns (see
+    `parse_column_map`); `split` picks a split of a saved `DatasetDict`. Unreadable files raise
+    `IngestError` while iterating.
     """
 
     def __init__(self, path: str | Path, fmt: str | None = None, *, limit: int | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, column_map: dict[str, str] | str | None = None,
+                 split: str | None = None) -> None:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise IngestError(f"{path}: no such file. Nothing was ingested; check the path.")
         if fmt is not None and fmt not in FORMATS:
             raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave "
                               f"--format out to detect it).")
+        if path.is_dir() and fmt not in (None, "hf-dir"):
+            raise IngestError(f"{path} is a directory; --format {fmt} reads a file. Nothing was ingested.")
         self.path = path
         self.limit = limit
         self.read = 0
+        self.split = split
+        self.column_map = parse_column_map(column_map)
+        self.layout: dict[str, Any] = {}
         self._report: Progress = progress or (lambda *_: None)
         self._detected = fmt is None
         if fmt is None:
-            fmt, self._container, _ = detect_format(path)
+            fmt, self.container, _ = detect_format(path)
         else:
-            if path.stat().st_size == 0:
+            if path.is_file() and path.stat().st_size == 0:
                 raise IngestError(f"{path} is empty. Nothing was ingested; give a file with at least one record.")
-            self._container = _container_for(path, fmt)
+            self.container = _container_for(path, fmt)
+        if split is not None and self.container != "hf-dir":
+            raise IngestError(f"--split picks a split of a saved DatasetDict directory; {path} is a {fmt} file. "
+                              f"Nothing was ingested; leave --split out.")
         self.format = fmt
         self._shape: str | None = None
-        if self._container == "parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                names = pq.ParquetFile(path).schema_arrow.names
-            except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
-                raise IngestError(f"{path}: cannot read it as Parquet ({exc}). Nothing was ingested; "
-                                  f"check the file, or pass --format.") from None
-            self._shape = _shape_of(names)
+        self._columns: list[str] | None = None
+        self._hf = None
+        if self.container in _TABULAR:
+            names = self._column_names()
+            self._columns = names
+            check_map(path, self.column_map, names)
+            self._shape = "alpaca" if self.column_map else _shape_of(names)
             if self._shape is None:
-                raise _unknown_format(path, f"Parquet columns {names}; expected instruction/input/output, "
-                                            f"conversations or messages")
+                hint = map_hint(names)
+                raise _unknown_format(path, f"columns {names}; expected instruction/input/output, "
+                                            f"conversations or messages" + (f", or map them: {hint}" if hint else ""))
         elif not self._detected:
             self._shape = {"sharegpt": "sharegpt", "messages": "messages", "alpaca-json": "alpaca",
                            "jsonl": "alpaca"}[fmt]
 
+    def _column_names(self) -> list[str]:
+        path = self.path
+        try:
+            if self.container == "parquet":
+                import pyarrow.parquet as pq
+
+                return pq.ParquetFile(path).schema_arrow.names
+            if self.container == "arrow":
+                return _open_arrow(path)[0].names
+            if self.container == "hf-dir":
+                self._hf = hf_dataset(path, self.split)
+                return list(self._hf.column_names)
+            import csv
+
+            with path.open(encoding="utf-8-sig", newline="") as fh:
+                return next(csv.reader(fh, delimiter="\t" if self.container == "tsv" else ","), [])
+        except IngestError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyarrow, datasets and csv raise several kinds
+            raise IngestError(f"{path}: cannot read it as {self.format} ({exc}). Nothing was ingested; "
+                              f"check the file, or pass --format.") from None
+
     def _raws(self) -> Iterator[_Raw]:
         tick = lambda done, total: self._report(self.read, done, total)  # noqa: E731
-        if self._container == "parquet":
-            raws = _iter_parquet(self.path, tick)
+        c, layout = self.container, self.layout
+        if c == "parquet":
+            raws = _iter_parquet(self.path, tick, layout)
+        elif c == "arrow":
+            raws = _iter_arrow(self.path, tick, layout)
+        elif c in ("csv", "tsv"):
+            raws = _iter_csv(self.path, tick, layout, "\t" if c == "tsv" else ",")
+        elif c == "hf-dir":
+            raws = _iter_hf_dir(self._hf, tick, layout)
         else:
-            raws = (_iter_json_list if self._container == "json" else _iter_jsonl)(self.path, tick)
+            raws = (_iter_json_list if c == "json" else _iter_jsonl)(self.path, tick, layout)
         return itertools.islice(raws, self.limit) if self.limit is not None else raws
 
     def __iter__(self) -> Iterator[Record | InvalidRecord]:
@@ -429,7 +735,20 @@ class RecordReader:
             try:
                 yield self._parse(raw)
             except _Invalid as exc:
+                if self.read == 1 and raw.error is None and isinstance(raw.obj, dict):
+                    self._explain_first(raw.obj, str(exc))
                 yield InvalidRecord(raw.record, raw.line, str(exc), unparsed=raw.error is not None)
+
+    def _explain_first(self, obj: dict[str, Any], reason: str) -> None:
+        """A first record that lacks a field is most likely another schema: say so, and how to map it."""
+        if not reason.startswith("missing field"):
+            return
+        hint = map_hint(list(obj))
+        raise IngestError(
+            f"{self.path}, record 1: {reason}; the first record has fields {sorted(obj)}. Nothing was ingested; "
+            + (f"map the columns, e.g. {hint}" if hint else "map the columns with --map, e.g. --map output=answer")
+            + " (or fix the record)."
+        )
 
     def _parse(self, raw: _Raw) -> Record:
         if raw.error is not None:
@@ -440,21 +759,28 @@ class RecordReader:
                 raise _unknown_format(self.path, f"the first record is a JSON {type(obj).__name__}, not an object")
             raise _Invalid(f"not a JSON object (got {type(obj).__name__})")
         if self._shape is None:  # detected from the first record's fields
-            self._shape = _shape_of(set(obj))
+            if self.column_map:
+                check_map(self.path, self.column_map, list(obj))
+                self._shape = "alpaca"
+            else:
+                self._shape = _shape_of(set(obj))
             if self._shape is None:
+                hint = map_hint(list(obj))
                 raise _unknown_format(
                     self.path, f"the first record has fields {sorted(obj)}; expected "
-                               f"instruction/input/output, conversations or messages")
+                               f"instruction/input/output, conversations or messages"
+                               + (f", or map them: {hint}" if hint else ""))
             if self.format in ("alpaca-json", "jsonl") and self._shape != "alpaca":
                 self.format = self._shape
-        instruction, inp, output = _SHAPES[self._shape](obj)
-        original_id = _original_id(obj)
+        instruction, inp, output = _SHAPES[self._shape](obj, self.column_map)
+        original_id = _original_id(obj, self.column_map.get("id", "id"))
         instruction, inp, output = canonical(instruction), canonical(inp), canonical(output)
         _check_storable(instruction, inp, output)
-        return Record(raw.record, raw.line, instruction, inp, output, original_id)
+        return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text)
 
 
-def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None = None) -> list[Record | InvalidRecord]:
+def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None = None,
+                 column_map: dict[str, str] | str | None = None) -> list[Record | InvalidRecord]:
     """All records of a file (small files, tests and tools; `ingest_file` streams a `RecordReader`).
 
     Example:
@@ -464,4 +790,4 @@ def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None 
         >>> read_records(f)[0].output
         'Hello\\n'
     """
-    return list(RecordReader(path, fmt, limit=limit))
+    return list(RecordReader(path, fmt, limit=limit, column_map=column_map))

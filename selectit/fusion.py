@@ -350,6 +350,12 @@ class Params:
             "tie_rule": TIE_RULE,
         }
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Params:
+        """The parameters stored by `as_json` (e.g. in a frozen selection's params)."""
+        models = tuple(ChosenModel(m["id"], m["name"], m["theta"], m["share"]) for m in raw["models"])
+        return cls(raw["alpha"], raw["formula"], raw["prompt_set"], models, tuple(ChosenPrompt(*p) for p in raw["prompts"]))
+
 
 def _choose_models(
     con: duckdb.DuckDBPyConnection, models: Sequence[str] | None, weights: dict[str, float] | None
@@ -429,23 +435,39 @@ def connect(
             raise FusionError(
                 f"no active prompt set named {prompt_set!r} (sets: {', '.join(prompt_sets(con)) or 'none'})"
             )
-        # Literals, not `?` parameters: DuckDB imports pandas (about 1 s) to bind parameters.
-        con.execute("CREATE TEMP TABLE chosen_models (model_id BIGINT, model VARCHAR, theta DOUBLE, share DOUBLE)")
-        for m in chosen_models:
-            con.execute(
-                f"INSERT INTO chosen_models VALUES ({int(m.model_id)}, {_sql_str(m.name)}, {m.theta!r}, {m.share!r})"
-            )
-        con.execute("CREATE TEMP TABLE chosen_prompts (prompt_id BIGINT, set_name VARCHAR, position INTEGER, scale INTEGER)")
-        for p in chosen_prompts:
-            con.execute(
-                f"INSERT INTO chosen_prompts VALUES ({int(p.prompt_id)}, {_sql_str(p.set_name)}, {int(p.position)}, {int(p.scale)})"
-            )
-        max_scale = max((p.scale for p in chosen_prompts), default=2)
-        con.execute(_token_sql(max_scale, formula))
-        con.execute(_views_sql(alpha, len(chosen_prompts), len(chosen_models), top))
-        params = Params(alpha, formula.value, set_name, chosen_models, chosen_prompts)
-        # The parameters travel with the connection (and are visible to ad-hoc SQL).
-        con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {_sql_str(json.dumps(params.as_json()))}::JSON AS params")
+        _define_views(con, Params(alpha, formula.value, set_name, chosen_models, chosen_prompts), top)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) -> None:
+    """The chosen_models / chosen_prompts tables, the fusion views and fusion_params for `params`."""
+    # Literals, not `?` parameters: DuckDB imports pandas (about 1 s) to bind parameters.
+    con.execute("CREATE TEMP TABLE chosen_models (model_id BIGINT, model VARCHAR, theta DOUBLE, share DOUBLE)")
+    for m in params.models:
+        con.execute(
+            f"INSERT INTO chosen_models VALUES ({int(m.model_id)}, {_sql_str(m.name)}, {m.theta!r}, {m.share!r})"
+        )
+    con.execute("CREATE TEMP TABLE chosen_prompts (prompt_id BIGINT, set_name VARCHAR, position INTEGER, scale INTEGER)")
+    for p in params.prompts:
+        con.execute(
+            f"INSERT INTO chosen_prompts VALUES ({int(p.prompt_id)}, {_sql_str(p.set_name)}, {int(p.position)}, {int(p.scale)})"
+        )
+    max_scale = max((p.scale for p in params.prompts), default=2)
+    con.execute(_token_sql(max_scale, Formula(params.formula)))
+    con.execute(_views_sql(float(params.alpha), len(params.prompts), len(params.models), top))
+    # The parameters travel with the connection (and are visible to ad-hoc SQL).
+    con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {_sql_str(json.dumps(params.as_json()))}::JSON AS params")
+
+
+def connect_pinned(db_url: str | None, params: Params, top: float = DEFAULT_TOP) -> duckdb.DuckDBPyConnection:
+    """Like `connect`, but with exactly the model and prompt versions (and θ) of `params`, active
+    or not: a frozen selection's scores are recomputed as they were."""
+    con = attach(db_url)
+    try:
+        _define_views(con, params, validate_top(top))
     except BaseException:
         con.close()
         raise

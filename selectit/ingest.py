@@ -35,9 +35,10 @@ from selectit.formats import (  # noqa: F401 - re-exported: the ingest interface
     RecordReader,
     canonical,
     detect_format,
+    parse_column_map,
     render_conversation,
 )
-from selectit.schema import Dataset, utcnow
+from selectit.schema import Dataset, Ingest, utcnow
 
 #: Records written per round trip (SQLite executemany); bounded memory for any file size.
 CHUNK = 20_000
@@ -97,17 +98,22 @@ class IngestResult:
 # ---------------------------------------------------------------------------------------- writing
 
 
+#: (position, content hash, instruction, input, output, n_chars, original id, original record)
+Row = tuple[int, str, str, str, str, int, "str | None", "str | None"]
+
+
 class _Writer:
     """Writes one file's rows inside the caller's transaction; counts new samples and memberships."""
 
-    def __init__(self, conn: Connection, dataset_id: int) -> None:
+    def __init__(self, conn: Connection, dataset_id: int, ingest_id: int) -> None:
         self.conn = conn
         self.dataset_id = dataset_id
+        self.ingest_id = ingest_id
         self.raw = conn.connection.driver_connection
         self.new_samples = 0
         self.new_members = 0
 
-    def write(self, rows: list[tuple[int, str, str, str, str, int, str | None]]) -> None:
+    def write(self, rows: list[Row]) -> None:
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -117,26 +123,26 @@ class _Writer:
 class _SqliteWriter(_Writer):
     """executemany INSERT … ON CONFLICT DO NOTHING per chunk; the hash → id map is an index lookup."""
 
-    def __init__(self, conn: Connection, dataset_id: int) -> None:
-        super().__init__(conn, dataset_id)
+    def __init__(self, conn: Connection, dataset_id: int, ingest_id: int) -> None:
+        super().__init__(conn, dataset_id, ingest_id)
         self.cur = self.raw.cursor()
         # A large page cache keeps the content_hash index in memory during a big ingest.
         self.old_cache = self.cur.execute("PRAGMA cache_size").fetchone()[0]
         self.cur.execute("PRAGMA cache_size=-262144")  # 256 MiB
 
-    def write(self, rows: list[tuple[int, str, str, str, str, int, str | None]]) -> None:
+    def write(self, rows: list[Row]) -> None:
         cur = self.cur
         cur.executemany(
             "INSERT INTO samples (content_hash, instruction, input, output, n_chars) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (content_hash) DO NOTHING",
-            [(h, i, n, o, c) for _, h, i, n, o, c, _ in rows],
+            [(h, i, n, o, c) for _, h, i, n, o, c, _, _ in rows],
         )
         self.new_samples += max(cur.rowcount, 0)
         cur.executemany(
-            "INSERT INTO dataset_samples (dataset_id, sample_id, position, original_id) "
-            "SELECT ?, id, ?, ? FROM samples WHERE content_hash = ? "
+            "INSERT INTO dataset_samples (dataset_id, sample_id, position, original_id, ingest_id, original) "
+            "SELECT ?, id, ?, ?, ?, ? FROM samples WHERE content_hash = ? "
             "ON CONFLICT (dataset_id, sample_id) DO NOTHING",
-            [(self.dataset_id, p, orig, h) for p, h, _, _, _, _, orig in rows],
+            [(self.dataset_id, p, orig, self.ingest_id, record, h) for p, h, _, _, _, _, orig, record in rows],
         )
         self.new_members += max(cur.rowcount, 0)
 
@@ -151,8 +157,8 @@ class _PostgresWriter(_Writer):
     memberships into a second temp table and INSERT them ON CONFLICT DO NOTHING. Re-ingesting
     sends no text at all."""
 
-    def __init__(self, conn: Connection, dataset_id: int) -> None:
-        super().__init__(conn, dataset_id)
+    def __init__(self, conn: Connection, dataset_id: int, ingest_id: int) -> None:
+        super().__init__(conn, dataset_id, ingest_id)
         self.cur = self.raw.cursor()
         self.cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _selectit_ingest (content_hash text, instruction text, "
@@ -160,7 +166,7 @@ class _PostgresWriter(_Writer):
         )
         self.cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _selectit_members (sample_id integer, position integer, "
-            "original_id text) ON COMMIT DROP"
+            "original_id text, original text) ON COMMIT DROP"
         )
         self.cur.execute("TRUNCATE _selectit_ingest, _selectit_members")
 
@@ -168,7 +174,7 @@ class _PostgresWriter(_Writer):
         self.cur.execute("SELECT content_hash, id FROM samples WHERE content_hash = ANY(%s)", (hashes,))
         return dict(self.cur.fetchall())
 
-    def write(self, rows: list[tuple[int, str, str, str, str, int, str | None]]) -> None:
+    def write(self, rows: list[Row]) -> None:
         cur = self.cur
         ids = self._lookup([r[1] for r in rows])
         new = [r for r in rows if r[1] not in ids]
@@ -176,7 +182,7 @@ class _PostgresWriter(_Writer):
             with cur.copy("COPY _selectit_ingest (content_hash, instruction, input, output, n_chars) "
                           "FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "text", "text", "text", "int4"])
-                for _, h, i, n, o, c, _ in new:
+                for _, h, i, n, o, c, _, _ in new:
                     copy.write_row((h, i, n, o, c))
             cur.execute(
                 "INSERT INTO samples (content_hash, instruction, input, output, n_chars) "
@@ -190,15 +196,16 @@ class _PostgresWriter(_Writer):
             late = [r[1] for r in new if r[1] not in ids]
             if late:  # stored meanwhile by a concurrent ingest (it waited for that commit)
                 ids.update(self._lookup(late))
-        with cur.copy("COPY _selectit_members (sample_id, position, original_id) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int4", "int4", "text"])
-            for pos, h, *_, orig in rows:
-                copy.write_row((ids[h], pos, orig))
+        with cur.copy("COPY _selectit_members (sample_id, position, original_id, original) "
+                      "FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", "int4", "text", "text"])
+            for pos, h, *_, orig, record in rows:
+                copy.write_row((ids[h], pos, orig, record))
         cur.execute(
-            "INSERT INTO dataset_samples (dataset_id, sample_id, position, original_id) "
-            "SELECT %s, sample_id, position, original_id FROM _selectit_members "
+            "INSERT INTO dataset_samples (dataset_id, sample_id, position, original_id, ingest_id, original) "
+            "SELECT %s, sample_id, position, original_id, %s, original FROM _selectit_members "
             "ON CONFLICT (dataset_id, sample_id) DO NOTHING",
-            (self.dataset_id,),
+            (self.dataset_id, self.ingest_id),
         )
         self.new_members += max(cur.rowcount, 0)
         cur.execute("TRUNCATE _selectit_members")
@@ -236,6 +243,8 @@ def ingest_file(
     skip_invalid: bool = False,
     progress: Progress | None = None,
     limit: int | None = None,
+    column_map: dict[str, str] | str | None = None,
+    split: str | None = None,
 ) -> IngestResult:
     """Ingest one file into `dataset` (created if new), in ONE transaction.
 
@@ -244,18 +253,27 @@ def ingest_file(
     (record number − 1), for its first occurrence only. Re-ingesting a file adds nothing.
     Raises IngestError (nothing committed) on an unreadable file or, unless `skip_invalid`, on
     the first invalid record; with `skip_invalid`, invalid records are returned in `.invalid`.
-    `limit` reads only the file's first `limit` records.
+    `limit` reads only the file's first `limit` records. `column_map` names the file's columns for
+    selectit's fields ({"instruction": "question", …} or "instruction=question,…"); `split` picks a
+    split of a saved DatasetDict directory. Each membership keeps its record's original and the
+    file (an `ingests` row: path, sha256, format, layout), for `export --format original`.
     """
     if not dataset or not dataset.strip() or len(dataset) > 200:
         raise IngestError("--dataset must be a non-empty name of at most 200 characters.")
-    records = RecordReader(path, fmt, limit=limit, progress=progress)  # the parse step: no database
+    records = RecordReader(path, fmt, limit=limit, progress=progress, column_map=column_map,
+                           split=split)  # the parse step: no database
     path = records.path
+    sha256, size = file_digest(path)
     result = IngestResult(dataset=dataset, path=str(path), format=records.format)
     seen: set[str] = set()
     with engine.begin() as conn:
         dataset_id, offset = _dataset_id(conn, dataset, str(path))
-        writer = (_PostgresWriter if is_postgres(engine) else _SqliteWriter)(conn, dataset_id)
-        rows: list[tuple[int, str, str, str, str, int, str | None]] = []
+        ingest_id = conn.execute(sa.insert(Ingest).values(
+            dataset_id=dataset_id, path=str(path), sha256=sha256, size=size, format=records.format,
+            container=records.container, layout={}, column_map=records.column_map or None, split=split,
+            n_read=0, n_new=0, created_at=utcnow()).returning(Ingest.id)).scalar_one()
+        writer = (_PostgresWriter if is_postgres(engine) else _SqliteWriter)(conn, dataset_id, ingest_id)
+        rows: list[Row] = []
         try:
             for rec in records:
                 if isinstance(rec, InvalidRecord):
@@ -270,7 +288,8 @@ def ingest_file(
                     continue
                 seen.add(digest)
                 rows.append((offset + rec.number - 1, digest, rec.instruction, rec.input, rec.output,
-                             len(rec.instruction) + len(rec.input) + len(rec.output), rec.original_id))
+                             len(rec.instruction) + len(rec.input) + len(rec.output), rec.original_id,
+                             rec.original))
                 if len(rows) >= CHUNK:
                     writer.write(rows)
                     rows = []
@@ -283,7 +302,24 @@ def ingest_file(
         result.new = writer.new_members
         result.new_samples = writer.new_samples
         result.duplicates = result.read - len(result.invalid) - result.new
+        conn.execute(sa.update(Ingest).where(Ingest.id == ingest_id).values(
+            format=records.format, layout=records.layout, n_read=result.read, n_new=result.new))
     return result
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256 hex, bytes) of a file, or of a directory's files (names and contents, in name order)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    size = 0
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+    return h.hexdigest(), size
 
 
 # ---------------------------------------------------------------------------------------- listing

@@ -102,6 +102,32 @@ class DatasetSample(Base):
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer)
     original_id: Mapped[str | None] = mapped_column(String(200))
+    # The file this membership came from, and the record as it was there (exact JSON text, or a
+    # Parquet/Arrow/CSV row as compact JSON): `selectit export --format original` writes it back.
+    ingest_id: Mapped[int | None] = mapped_column(ForeignKey("ingests.id", ondelete="SET NULL"))
+    original: Mapped[str | None] = mapped_column(Text)
+
+
+class Ingest(Base):
+    """One ingested file: its hash and format, and how its container looked (for exporting back)."""
+
+    __tablename__ = "ingests"
+    __table_args__ = (Index("ix_ingests_dataset", "dataset_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the file (of a save_to_disk directory's files)
+    size: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(32))  # alpaca-json | jsonl | sharegpt | messages | parquet | …
+    container: Mapped[str] = mapped_column(String(16))  # json | jsonl | parquet | csv | tsv | arrow | hf-dir
+    # JSON list whitespace, JSONL line ending, CSV header, or the Arrow schema (base64 IPC).
+    layout: Mapped[dict[str, Any]] = mapped_column(JSON)
+    column_map: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # selectit field → the file's column
+    split: Mapped[str | None] = mapped_column(String(200))  # of a DatasetDict
+    n_read: Mapped[int] = mapped_column(Integer)
+    n_new: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
 
 
 class LLM(Base):

@@ -3,17 +3,12 @@
 A `Criterion` picks part of a dataset's ranking (the fusion views of `selectit.fusion`): a top
 share (rounded down, but at least one sample when anything is rankable), the top n, or a score
 threshold. `freeze_selection` copies the choice into the curation database so that
-`selection_rows` + `write_export` give the same bytes later, whatever is scored meanwhile.
+`selectit.export` writes the same records later, whatever is scored meanwhile.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -21,9 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from selectit import db
-from selectit.contract import EXPORT_FORMATS
 from selectit.fusion import FusionError, dataset_id, params_of, require_scoring_setup, top_share_sql, validate_top
-from selectit.schema import Dataset, Sample, Selection, SelectionSample
+from selectit.schema import Dataset, Selection, SelectionSample
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,16 +106,6 @@ def count_chosen(con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterio
 # --------------------------------------------------------------------------------------------
 # Frozen selections and exports
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExportRow:
-    rank: int
-    sample_id: int
-    instruction: str
-    input: str
-    output: str
-    score: float
-
-
 def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
     return session.scalars(sa.select(Selection).where(Selection.name == name)).one_or_none()
 
@@ -161,85 +145,3 @@ def freeze_selection(
                 [{"selection_id": selection.id, "rank": r.rank, "sample_id": r.sample_id, "score": r.s_model} for r in rows],
             )
         return selection.id, len(rows), n_rankable
-
-
-def selection_rows(engine: Engine, name: str) -> list[ExportRow]:
-    """The frozen selection `name`, best first."""
-    with db.session_scope(engine) as session:
-        selection = _selection_by_name(session, name)
-        if selection is None:
-            names = session.scalars(sa.select(Selection.name).order_by(Selection.name)).all()
-            raise FusionError(
-                f"no selection named {name!r} (selections: {', '.join(names) or 'none'}); "
-                f"make one with `selectit select {name} --dataset D`"
-            )
-        result = session.execute(
-            sa.select(SelectionSample.rank, Sample.id, Sample.instruction, Sample.input, Sample.output, SelectionSample.score)
-            .join(Sample, Sample.id == SelectionSample.sample_id)
-            .where(SelectionSample.selection_id == selection.id)
-            .order_by(SelectionSample.rank)
-        )
-        return [ExportRow(*r) for r in result]
-
-
-def live_rows(con: duckdb.DuckDBPyConnection, dataset: str, criterion: Criterion) -> list[ExportRow]:
-    """The dataset's current choice, best first, with the samples' text."""
-    rank_dataset(con, dataset)
-    result = con.execute(
-        f"SELECT r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_model "
-        f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
-        f"JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank"
-    ).fetchall()
-    return [ExportRow(*r) for r in result]
-
-
-def _records(rows: Sequence[ExportRow], with_scores: bool) -> list[dict[str, Any]]:
-    records = []
-    for r in rows:
-        record: dict[str, Any] = {"instruction": r.instruction, "input": r.input or "", "output": r.output}
-        if with_scores:
-            record["score"] = r.score
-            record["rank"] = r.rank
-        records.append(record)
-    return records
-
-
-def write_export(rows: Sequence[ExportRow], out: str | os.PathLike[str], fmt: str = "alpaca-json",
-                 with_scores: bool = False) -> Path:
-    """Write `rows` to `out` (deterministic bytes), via a temp file renamed into place."""
-    if fmt not in EXPORT_FORMATS:
-        raise FusionError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-    out = Path(out)
-    if not out.parent.exists():
-        raise FusionError(f"the directory {str(out.parent)!r} does not exist; create it first")
-    records = _records(rows, with_scores)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        if fmt == "parquet":
-            os.close(fd)
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            columns: dict[str, Any] = {
-                "instruction": pa.array([r["instruction"] for r in records], pa.string()),
-                "input": pa.array([r["input"] for r in records], pa.string()),
-                "output": pa.array([r["output"] for r in records], pa.string()),
-            }
-            if with_scores:
-                columns["score"] = pa.array([r["score"] for r in records], pa.float64())
-                columns["rank"] = pa.array([r["rank"] for r in records], pa.int64())
-            pq.write_table(pa.table(columns), tmp)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                if fmt == "alpaca-json":
-                    fh.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
-                else:
-                    for record in records:
-                        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
-

@@ -224,7 +224,7 @@ def test_original_needs_kept_originals_and_one_kind_of_file(cli_sqlite, tmp_path
 
 # ------------------------------------------------------------------------------------ export formats
 def load_json(path: Path):  # noqa: ANN201
-    from selectit.export import datasets_offline
+    from selectit.formats import datasets_offline
 
     return datasets_offline().load_dataset("json", data_files=str(path), split="train")
 
@@ -271,7 +271,7 @@ def test_alpaca_shaped_exports_load_with_datasets(chats, tmp_path: Path, fmt: st
     cli, _ = chats
     out = tmp_path / name
     ok(cli("export", "--selection", "all", "--out", out, "--format", fmt, "--order", "dataset"))
-    from selectit.export import datasets_offline
+    from selectit.formats import datasets_offline
 
     hf = datasets_offline()
     ds = (hf.load_dataset("parquet", data_files=str(out), split="train") if fmt == "parquet" else load_json(out))
@@ -284,7 +284,7 @@ def test_hf_dataset_directory_loads_from_disk_with_its_card(chats, tmp_path: Pat
     cli, _ = chats
     out = tmp_path / "hf"
     ok(cli("export", "--selection", "all", "--out", out, "--format", "hf-dataset", "--with-scores"))
-    from selectit.export import datasets_offline
+    from selectit.formats import datasets_offline
 
     ds = datasets_offline().load_from_disk(str(out))
     assert len(ds) == 3 and {"instruction", "input", "output", "messages", "s_model", "rank"} <= set(ds.column_names)
@@ -371,7 +371,7 @@ def llamafactory_examples(info_dir: Path, name: str) -> list[list[tuple[str, str
     assert set(entry.get("columns", {})) <= LF_COLUMNS and set(entry.get("tags", {})) <= LF_TAGS
     path = info_dir / entry["file_name"]
     assert hashlib.sha1(path.read_bytes()).hexdigest() == entry["file_sha1"]
-    from selectit.export import datasets_offline
+    from selectit.formats import datasets_offline
 
     kind = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix, "json")
     rows = datasets_offline().load_dataset(kind, data_files=str(path), split="train").to_list()
@@ -478,7 +478,7 @@ def test_column_map_errors_name_the_column_and_the_file_s_columns(cli_sqlite, tm
     result = cli_sqlite("ingest", path, "--dataset", "d")
     assert result.exit_code == 1
     assert "the first record has fields ['category', 'context', 'instruction', 'response']" in result.output
-    assert "--map output=response" in result.output  # the hint names the likely column
+    assert "map the columns, e.g. --map input=context,output=response" in result.output  # the likely columns
     result = cli_sqlite("ingest", path, "--dataset", "d", "--map", "answer=response")
     assert result.exit_code == 1
     assert result.output == ("Error: --map answer=response: unknown field 'answer'; map instruction, input, output, "
@@ -517,10 +517,11 @@ def test_arrow_ipc_file_and_stream(cli_sqlite, tmp_path: Path) -> None:
 
 
 def test_save_to_disk_directory_and_dataset_dict_split(cli_sqlite, tmp_path: Path) -> None:
-    from selectit.export import datasets_offline
+    from selectit.formats import datasets_offline
 
     hf = datasets_offline()
-    hf.Dataset.from_list(ALPACA[:3]).save_to_disk(str(tmp_path / "ds"))
+    rows = [{k: v for k, v in r.items() if k != "id"} for r in ALPACA[:3]]  # (ids of mixed types)
+    hf.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
     ok(cli_sqlite("ingest", tmp_path / "ds", "--dataset", "d"))
     assert [r[0] for r in stored(cli_sqlite.url)] == [r["instruction"] for r in ALPACA[:3]]
     hf.DatasetDict({"train": hf.Dataset.from_list(DOLLY), "test": hf.Dataset.from_list(DOLLY[:1])}).save_to_disk(
