@@ -740,15 +740,12 @@ class RecordReader:
                 yield InvalidRecord(raw.record, raw.line, str(exc), unparsed=raw.error is not None)
 
     def _explain_first(self, obj: dict[str, Any], reason: str) -> None:
-        """A first record that lacks a field is most likely another schema: say so, and how to map it."""
-        if not reason.startswith("missing field"):
-            return
-        hint = map_hint(list(obj))
-        raise IngestError(
-            f"{self.path}, record 1: {reason}; the first record has fields {sorted(obj)}. Nothing was ingested; "
-            + (f"map the columns, e.g. {hint}" if hint else "map the columns with --map, e.g. --map output=answer")
-            + " (or fix the record)."
-        )
+        """A first record that lacks a field but has a column that usually holds it is another
+        schema: say so, and which --map would read it (else it is an ordinary invalid record)."""
+        hint = map_hint(list(obj)) if reason.startswith("missing field") and not self.column_map else ""
+        if hint:
+            raise IngestError(f"{self.path}, record 1: {reason}; the first record has fields {sorted(obj)}. "
+                              f"Nothing was ingested; map the columns, e.g. {hint} (or fix the record).")
 
     def _parse(self, raw: _Raw) -> Record:
         if raw.error is not None:

@@ -394,8 +394,13 @@ def test_frozen_selection_exports_identical_bytes_after_new_scores(engine, cli, 
         assert cli("export", "--selection", "v1", "--out", path, "--format", fmt, "--with-scores").exit_code == 0
     first = {fmt: p.read_bytes() for fmt, p in paths.items()}
     lines = first["jsonl"].decode().splitlines()
+    # S_model, and S_sent / S_token recomputed with the selection's models and prompts (worked above).
     assert json.loads(lines[0]) == {"instruction": "Instruction s3", "input": "", "output": "Output s3 ✓",
-                                    "score": pytest.approx(PAPER_02["s3"], rel=1e-12), "rank": 1}
+                                    "rank": 1, "s_model": pytest.approx(PAPER_02["s3"], rel=1e-12),
+                                    "s_sent": {"A": pytest.approx(0.5 / (1 + 0.2 * math.sqrt(1 / 24)), rel=1e-12),
+                                               "B": 3.0},
+                                    "s_token": {"A": {"p0": 0.25, "p1": 0.75, "p2": 0.5},
+                                                "B": {"p0": 3.0, "p1": 3.0, "p2": 3.0}}}
     # New scores arrive: model C rates s1 far above the rest; new data is ingested too.
     with session_scope(engine) as s:
         c = LLM(name="C", source="test", fingerprint="c" * 8, dtype="float32", n_params=10_000,

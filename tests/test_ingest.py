@@ -289,22 +289,24 @@ def test_non_utf8(cli, db_url: str, tmp_path: Path) -> None:
 
 
 def test_unknown_format(cli, db_url: str, tmp_path: Path) -> None:
-    csv = tmp_path / "data.csv"
-    csv.write_text("instruction,output\na,b\n", encoding="utf-8")
-    tail = ("Nothing was ingested; selectit reads alpaca-json, jsonl, sharegpt, messages, parquet (see "
-            "`selectit ingest --help`); convert the file, or pass --format if detection got it wrong.")
+    text = tmp_path / "data.txt"
+    text.write_text("instruction: a\noutput: b\n", encoding="utf-8")
+    tail = ("Nothing was ingested; selectit reads alpaca-json, jsonl, sharegpt, messages, parquet, csv, tsv, arrow, "
+            "hf-dir (see `selectit ingest --help`); convert the file, or pass --format if detection got it wrong.")
     assert_failed_and_nothing_committed(
-        cli("ingest", csv, "--dataset", "d"), db_url,
-        f"{csv}: unknown format (not JSON, JSONL or Parquet; it starts with b'instruction,output\\na'). {tail}")
+        cli("ingest", text, "--dataset", "d"), db_url,
+        f"{text}: unknown format (not JSON, JSONL, Parquet, CSV or Arrow; it starts with b'instruction: a\\noutpu'). "
+        f"{tail}")
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": "q", "answer": "a"}])
     assert_failed_and_nothing_committed(
         cli("ingest", other, "--dataset", "d"), db_url,
         f"{other}: unknown format (the first record has fields ['answer', 'question']; expected "
-        f"instruction/input/output, conversations or messages). {tail}")
+        f"instruction/input/output, conversations or messages, or map them: --map instruction=question,"
+        f"output=answer). {tail}")
     assert_failed_and_nothing_committed(
-        cli("ingest", other, "--dataset", "d", "--format", "csv"), db_url,
-        "unknown format 'csv'; choose one of alpaca-json, jsonl, sharegpt, messages, parquet (or leave "
-        "--format out to detect it).")
+        cli("ingest", other, "--dataset", "d", "--format", "xml"), db_url,
+        "unknown format 'xml'; choose one of alpaca-json, jsonl, sharegpt, messages, parquet, csv, tsv, arrow, "
+        "hf-dir (or leave --format out to detect it).")
 
 
 # ---------------------------------------------------------------------------------- --skip-invalid
@@ -383,7 +385,8 @@ def test_the_parse_step_reads_records_without_a_database(tmp_path: Path) -> None
     assert reader.format == "jsonl"  # from the first byte; the first record refines it
     items = list(reader)
     assert reader.format == "sharegpt" and reader.read == 3
-    assert items[0] == Record(1, 1, "Hi\n", "", "Hello", "7")
+    first_line = path.read_text(encoding="utf-8").splitlines()[0]
+    assert items[0] == Record(1, 1, "Hi\n", "", "Hello", "7", first_line)  # the line kept as it was
     assert items[1] == InvalidRecord(2, 2, "invalid JSON (Expecting property name enclosed in double quotes, column 2)")
     assert items[1].unparsed and not items[2].unparsed
     assert items[2].reason == "no assistant turn (the last assistant turn is the response)"
