@@ -371,12 +371,12 @@ def _original_texts(items: Sequence[Item], with_scores: bool, scores: Scores | N
     return [_dump(row) for row in _original_rows(items, True, scores)]
 
 
-def data_path(out: Path, fmt: str, source: Source | None = None) -> Path:
+def data_path(out: Path, fmt: str, source: Source | None = None, as_dir: bool = False) -> Path:
     """The data file (or directory) an export to `out` writes: `out` itself, or a file inside
-    `out` when it is a directory (or ends with a slash)."""
+    `out` when it is a directory (or `as_dir`: it was given with a trailing slash)."""
     if fmt == "hf-dataset" or (fmt == "original" and source is not None and source.container == "hf-dir"):
         return out
-    if out.is_dir() or str(out).endswith(os.sep):
+    if out.is_dir() or as_dir:
         if fmt == "original" and source is not None:
             return out / ("data" + ORIGINAL_SUFFIX[source.container])
         return out / DATA_FILE[fmt]
@@ -402,11 +402,14 @@ def write_export(
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    as_dir = str(out).endswith(("/", os.sep))
     out = Path(out)
     source = _resolve_original(items) if fmt == "original" and items else None
     if fmt == "original" and not items:
         fmt = "alpaca-json"  # nothing selected: an empty list in the default converted form
-    path = data_path(out, fmt, source)
+    path = data_path(out, fmt, source, as_dir)
+    if as_dir and not out.exists() and out.parent.exists():
+        out.mkdir()
     if not path.parent.exists():
         raise ExportError(f"the directory {str(path.parent)!r} does not exist; create it first")
     written = fmt if source is None else source.format
@@ -453,7 +456,8 @@ def write_export(
     result = ExportResult(data=path, format=written, n=len(items))
     home = path if path.is_dir() else path.parent
     if card is not None:
-        result.card = home / CARD_NAME if path.is_dir() or out.is_dir() else path.with_name(path.name + ".README.md")
+        in_dir = path.is_dir() or out.is_dir()
+        result.card = home / CARD_NAME if in_dir else path.with_name(path.name + ".README.md")
         result.card.write_text(card_text(card, path, written, len(items)), encoding="utf-8")
     if llamafactory is not None:
         if path.is_dir():

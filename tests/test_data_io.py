@@ -296,8 +296,7 @@ def test_hf_dataset_directory_loads_from_disk_with_its_card(chats, tmp_path: Pat
 def test_card_records_the_provenance(chats, tmp_path: Path) -> None:
     cli, source = chats
     out = tmp_path / "export"
-    out.mkdir()
-    ok(cli("export", "--selection", "all", "--out", out, "--format", "jsonl"))
+    ok(cli("export", "--selection", "all", "--out", f"{out}/", "--format", "jsonl"))  # a new directory
     assert (out / "data.jsonl").exists()
     meta = front_matter(out / "README.md")
     assert meta["configs"] == [{"config_name": "default", "data_files": "data.jsonl"}]
