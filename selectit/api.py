@@ -101,9 +101,12 @@ class Store:
             return registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens).id
 
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-              progress: bool = False) -> Any:
-        """Score the missing cells in this process (loads torch); a summary of what was done."""
-        from selectit.jobs import score_in_process
+              progress: Any = None) -> Any:
+        """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
+
+        `progress`: an object with ``start(total)`` and ``advance(n)`` (the CLI passes its bar).
+        """
+        from selectit.runner import score_in_process
 
         return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, progress=progress)
 
