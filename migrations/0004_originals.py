@@ -17,7 +17,7 @@ from alembic import op
 
 
 revision: str = "0004"
-down_revision: str | None = "0002"  # TEMP until 0003 lands
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
