@@ -5,8 +5,8 @@ the file; a Parquet/Arrow/CSV row as compact JSON), `dataset_samples.ingest_id` 
 from; `ingests` keeps the file's path, sha256, format and container layout, so an export can give
 the records back in the input's own format. Rows ingested before this revision have neither.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-22
 """
 
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
