@@ -5,6 +5,11 @@ jobs — token-balanced chunks of `samples × prompts` for one model version —
 runners (`selectit.runner`) claim and score them. Planning is idempotent: a cell already in a
 queued or running job is left out, and two planners run one after the other (a transaction
 lock), so no cell is ever in two open jobs.
+
+At scale (a million samples × models × prompts) the work stays in the database: one row per
+sample carrying a bit per (model, prompt) cell kind, only samples with work left reach Python,
+jobs are written with COPY and their membership rows are expanded from the jobs' own JSON lists
+by one INSERT … SELECT.
 """
 
 from __future__ import annotations
@@ -313,7 +318,9 @@ def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None
          settings: Settings | None = None) -> list[int]:
     """Create jobs for every missing cell not already in an open job; commit; return their ids.
 
-    Idempotent: planning twice, or two planners at once, never put a cell in two open jobs.
+    Idempotent: planning twice, or two planners at once, never put a cell in two open jobs. A
+    plan whose inputs are those of this process's last plan of the same scope returns at once
+    (`_settled`): what the control loop runs every minute costs one small query, not a pass.
     """
     settings = settings or Settings.from_env()
     with db.session_scope(engine) as session:
