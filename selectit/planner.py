@@ -8,7 +8,7 @@ lock), so no cell is ever in two open jobs.
 
 At scale (a million samples × models × prompts) the work stays in the database: one row per
 sample carrying a bit per (model, prompt) cell kind, only samples with work left reach Python,
-jobs are written with COPY and their membership rows are expanded from the jobs' own JSON lists
+jobs are written with COPY (PostgreSQL) and their membership rows are expanded from the jobs' own JSON lists
 by one INSERT … SELECT.
 """
 
