@@ -222,6 +222,13 @@ def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterab
             copy.write_row(row)
 
 
+def copy_text(session: Session, table: str, columns: Sequence[str], text: str) -> None:
+    """PostgreSQL `COPY table (columns) FROM STDIN` of `text` (tab-separated lines) in one write."""
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy.write(text)
+
+
 def json_int_elements(session: Session, array: str, alias: str) -> tuple[str, str]:
     """(FROM item, value expression): one row per element of the JSON array of integers `array`."""
     if is_postgres(session.bind):

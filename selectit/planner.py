@@ -355,8 +355,12 @@ def _insert_jobs(session: Session, planned: list[Chunk]) -> list[int]:
                                        "status", "attempts", "created_at"],
                      ((i, r["model_id"], json.dumps(r["sample_ids"]), json.dumps(r["prompt_ids"]), r["n_cells"],
                        r["est_tokens"], r["status"], 0, now) for i, r in zip(ids, rows)))
-    else:
-        ids = list(session.scalars(sa.insert(Job).returning(Job.id, sort_by_parameter_order=True), rows))
+        # Membership rows by COPY too: it fills pages in batches, an INSERT … SELECT row by row.
+        for table, member, attr in (("job_prompts", "prompt_id", "prompt_ids"), ("job_samples", "sample_id", "sample_ids")):
+            db.copy_text(session, table, ["job_id", member],
+                         "".join(f"{j}\t{m}\n" for j, c in zip(ids, planned) for m in getattr(c, attr)))
+        return ids
+    ids = list(session.scalars(sa.insert(Job).returning(Job.id, sort_by_parameter_order=True), rows))
     # Membership rows straight from the jobs' JSON lists, inside the database: no Python per row.
     for table, column, member in (("job_prompts", "prompt_ids", "prompt_id"), ("job_samples", "sample_ids", "sample_id")):
         elements, value = db.json_int_elements(session, f"j.{column}", "e")
