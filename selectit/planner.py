@@ -7,9 +7,9 @@ queued or running job is left out, and two planners run one after the other (a t
 lock), so no cell is ever in two open jobs.
 
 At scale (a million samples × models × prompts) the work stays in the database: one row per
-sample carrying a bit per (model, prompt) cell kind, only samples with work left reach Python,
-jobs are written with COPY (PostgreSQL) and their membership rows are expanded from the jobs' own JSON lists
-by one INSERT … SELECT.
+sample carrying a bit per (model, prompt) cell kind, and only samples with work left reach
+Python; chunking is one pass over them; jobs and their membership rows are written by COPY on
+PostgreSQL.
 """
 
 from __future__ import annotations
