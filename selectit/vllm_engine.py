@@ -63,6 +63,10 @@ class VllmScorer(RequestPreparation):
             progress(len(results))
         return results
 
+    def close(self) -> None:
+        """Stop vLLM's engine process and free its memory (the scorer is unusable after)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def _generate(self, cells: list[tuple[Prepared, int, list[int]]]) -> list[tuple[list[float] | None, str | None]]:
         """Label probabilities per cell; a batch that raises is split in halves down to one cell."""
         if not cells:

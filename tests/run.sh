@@ -49,12 +49,23 @@ export SELECTIT_TEST_REDIS_PORT="$REDISPORT" SELECTIT_TEST_TMP="$TMP"
 export SELECTIT_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping tests
 "$PY" -m pytest "$@"
 
-# Then the installed wheel from another directory (tests/wheel_smoke.sh), unless the arguments pick
-# some tests only; SELECTIT_WHEEL_SMOKE=1 or 0 forces it on or off.
-smoke=${SELECTIT_WHEEL_SMOKE:-auto}
-if [ "$smoke" = auto ]; then
-  smoke=1
-  for arg in "$@"; do case "$arg" in tests*|*.py|*::*|-k*) smoke=0 ;; esac; done
+# A whole-suite run (no arguments picking some tests) goes on with the vLLM engine's tests in its
+# own environment (`make venv-vllm`; SELECTIT_TEST_VLLM=1 or 0 forces them on or off), then with
+# the installed wheel from another directory (tests/wheel_smoke.sh; SELECTIT_WHEEL_SMOKE=1 or 0).
+whole=1
+for arg in "$@"; do case "$arg" in tests*|*.py|*::*|-k*) whole=0 ;; esac; done
+vllm=${SELECTIT_TEST_VLLM:-auto}
+VLLM_PY=${VLLM_PYTHON:-.venv-vllm/bin/python}
+if [ "$vllm" = auto ]; then
+  vllm=$whole
+  # `make test` builds it; a bare tests/run.sh without it says so and goes on
+  [ "$vllm" = 1 ] && [ ! -x "$VLLM_PY" ] && { echo "tests/run.sh: no $VLLM_PY: the vLLM tests are left out (make venv-vllm)"; vllm=0; }
 fi
+if [ "$vllm" = 1 ]; then
+  [ -x "$VLLM_PY" ] || { echo "tests/run.sh: $VLLM_PY is missing; run \`make venv-vllm\` (or SELECTIT_TEST_VLLM=0)" >&2; exit 1; }
+  "$VLLM_PY" -m pytest -q tests/test_vllm_engine.py
+fi
+smoke=${SELECTIT_WHEEL_SMOKE:-auto}
+[ "$smoke" = auto ] && smoke=$whole
 [ "$smoke" = 1 ] && PYTHON="$PY" bash tests/wheel_smoke.sh
 exit 0

