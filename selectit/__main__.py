@@ -1,3 +1,4 @@
 from selectit.cli import main
 
-main(prog_name="selectit")
+if __name__ == "__main__":  # the vLLM engine starts processes that re-import this module
+    main(prog_name="selectit")

@@ -32,8 +32,12 @@ def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[i
     return cells
 
 
-def write_results(session: Session, model_id: int, results: Sequence[CellResult], worker: str | None) -> None:
-    """Insert-or-ignore; a stored *failed* cell is overwritten in place with attempts + 1."""
+def write_results(session: Session, model_id: int, results: Sequence[CellResult], worker: str | None,
+                  engine: str | None = None, engine_version: str | None = None) -> None:
+    """Insert-or-ignore; a stored *failed* cell is overwritten in place with attempts + 1.
+
+    `engine` and `engine_version` are the provenance of the results (see `Score.engine`).
+    """
     if not results:
         return
     now = utcnow()
@@ -44,7 +48,8 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
                "mass": r.mass, "n_tokens": r.n_tokens, "truncated": bool(r.truncated),
                "status": str(CellStatus.OK if r.ok else CellStatus.FAILED),
                "error": None if r.ok else (r.error or "no probabilities")[:2000],
-               "attempts": 1, "scored_at": now, "worker": worker}
+               "attempts": 1, "scored_at": now, "worker": worker,
+               "engine": engine, "engine_version": engine_version}
         for k in range(1, MAX_SCALE + 1):
             row[f"p{k}"] = probs[k - 1] if k <= len(probs) else None
         rows.append(row)

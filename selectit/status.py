@@ -34,6 +34,7 @@ class StatusRow:
     expired: int
     failed_jobs: int
     cells_per_min: float  # ok cells scored in the last `window` seconds, per minute
+    by_engine: tuple[tuple[str, int], ...] = ()  # ok cells per engine (`unknown`: stored before provenance)
 
 
 def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
@@ -49,6 +50,13 @@ def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
             .join(Prompt, Prompt.id == Score.prompt_id)
             .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since)
             .group_by(Score.model_id, Prompt.set_name))}
+        per_engine: dict[tuple[int, str], list[tuple[str, int]]] = {}
+        for m, s, eng, n in session.execute(
+                sa.select(Score.model_id, Prompt.set_name, Score.engine, sa.func.count())
+                .join(Prompt, Prompt.id == Score.prompt_id)
+                .where(Prompt.active.is_(True), Score.status == CellStatus.OK)
+                .group_by(Score.model_id, Prompt.set_name, Score.engine)):
+            per_engine.setdefault((m, s), []).append((eng or "unknown", n))
         # A job's prompt set: that of its first prompt (a job never spans sets).
         first_prompt = (sa.select(JobPrompt.job_id, sa.func.min(JobPrompt.prompt_id).label("pid"))
                         .group_by(JobPrompt.job_id).subquery())
@@ -68,5 +76,6 @@ def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
         rows.append(StatusRow(
             c.model, c.model_id, c.prompt_set, c.ok, c.missing, c.failed,
             jobs(JobStatus.QUEUED), jobs(JobStatus.RUNNING), jobs(EXPIRED), jobs(JobStatus.FAILED),
-            round(recent.get((c.model_id, c.prompt_set), 0) * 60.0 / window, 1)))
+            round(recent.get((c.model_id, c.prompt_set), 0) * 60.0 / window, 1),
+            tuple(sorted(per_engine.get((c.model_id, c.prompt_set), ())))))
     return rows

@@ -130,6 +130,7 @@ def load_vllm_scorer(model: Any, options: EngineOptions | None = None, *, dtype:
         pipeline_parallel_size=options.pipeline_parallel_size, seed=0)
     if options.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+    kwargs.update(options.llm_kwargs())
     kwargs.update(llm_kwargs)
     llm = VllmLLM(**kwargs)
     return VllmScorer(llm, tokenizer, model_id=model.id, max_tokens=min(model.max_tokens, max_model_len - 1),

@@ -26,6 +26,7 @@ class HookedScorer:
     def __init__(self, inner: Any, model_id: int) -> None:
         self.inner = inner
         self.model_id = model_id
+        self.engine, self.engine_version = inner.engine, inner.engine_version  # provenance
 
     @property
     def forwards(self) -> int:
