@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="a model source (alias, dir or .gguf)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak of the GPU if not known here")
     ap.add_argument("--no-vllm", action="store_true", help="leave out the vLLM engine lines")
+    ap.add_argument("--vllm-args", default=None, metavar="JSON",
+                    help='more vllm.LLM arguments, e.g. \'{"enforce_eager": true}\' (no graph compilation)')
     args = ap.parse_args()
     prompts_file = next(p for p in PROMPTS_CANDIDATES if p.is_file())
     with open(prompts_file, encoding="utf-8") as f:
@@ -119,18 +121,19 @@ def main() -> None:
     t_b = time.perf_counter() - t0
     tokens_b = fast.tokens_run - tokens_before
 
-    vllm_lines = None if args.no_vllm else run_vllm(m32, m16, ref_reqs, shared_reqs)
+    vllm_lines = None if args.no_vllm else run_vllm(m32, m16, ref_reqs, shared_reqs, args.vllm_args)
     failed = [c for c in cells_a + cells_b if c.error]
     dp = max(abs(a - b) for c in cells_a if not c.error for a, b in zip(c.probs, base[(c.sample_id, c.prompt_id)]))
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"model {args.model} ({m32.n_params:,} parameters), {n} samples × 5 prompts, device {args.device} ({dev_name})")
+    print(f"engines: {exact.engine_version}" + (f"; {vllm_lines[6]}" if vllm_lines else ""))
     print(f"baseline (authors' loop, fp32, batch 1, full logits): {n / t_base:8.2f} samples/s  ({t_base:.1f} s)")
     print(f"(a) selectit exact, reference layout, fp32:            {n / t_a:8.2f} samples/s  ({t_a:.1f} s)  "
           f"{t_base / t_a:.2f}× baseline, max |Δp| vs baseline {dp:.1e}")
     print(f"(b) selectit fast, shared-context layout, bf16:        {n / t_b:8.2f} samples/s  ({t_b:.1f} s)  "
           f"{t_base / t_b:.2f}× baseline, {fast.forwards - 1} forwards")
     if vllm_lines is not None:
-        cells_c, t_c, cells_d, t_d, tokens_d, load_vllm = vllm_lines
+        cells_c, t_c, cells_d, t_d, tokens_d, _, _ = vllm_lines
         failed += [c for c in cells_c + cells_d if c.error]
         dp_c = max(abs(a - b) for c in cells_c if not c.error
                    for a, b in zip(c.probs, base[(c.sample_id, c.prompt_id)]))
@@ -152,8 +155,10 @@ def main() -> None:
             print(f"{name} reaches {flops / 1e12:.1f} TFLOP/s (2 × params × {tokens:,} tokens / time): {share}")
 
 
-def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRequest]) -> tuple | None:
+def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRequest],
+             vllm_args: str | None) -> tuple | None:
     """(c) and (d): cells and seconds of each, prompt tokens of (d), and the load seconds of both."""
+    from selectit.engines import EngineOptions
     from selectit.vllm_engine import load_vllm_scorer
 
     try:
@@ -162,7 +167,8 @@ def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRe
         print("(vLLM is not installed here: run with .venv-vllm/bin/python for the vLLM lines)")
         return None
     t0 = time.perf_counter()
-    v32 = load_vllm_scorer(m32)
+    opts = EngineOptions(engine="vllm", vllm_args=vllm_args)
+    v32 = load_vllm_scorer(m32, opts)
     load = time.perf_counter() - t0
     v32.score(ref_reqs[:1])  # warm-up, not timed
     t0 = time.perf_counter()
@@ -171,14 +177,16 @@ def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRe
     v32.close()  # one engine at a time: free its memory
     del v32
     t0 = time.perf_counter()
-    v16 = load_vllm_scorer(m16)
+    v16 = load_vllm_scorer(m16, opts)
     load += time.perf_counter() - t0
     v16.score(shared_reqs[:1])
     t0 = time.perf_counter()
     cells_d = v16.score(shared_reqs)
     t_d = time.perf_counter() - t0
     tokens_d = sum(c.n_tokens for c in cells_d)
-    return cells_c, t_c, cells_d, t_d, tokens_d, load
+    version = v16.engine_version
+    v16.close()
+    return cells_c, t_c, cells_d, t_d, tokens_d, load, version
 
 
 if __name__ == "__main__":

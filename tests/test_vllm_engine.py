@@ -10,6 +10,7 @@ load a model on 2 cores: the engine is loaded once for the module, the worker te
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from test_scorer import records, requests  # noqa: E402
+from test_scorer import REFERENCE_PROMPTS, records, requests  # noqa: E402
 
 from selectit import db, registry  # noqa: E402
 from selectit.contract import RatingRequest  # noqa: E402
@@ -120,5 +121,70 @@ def test_a_failing_request_fails_only_its_cells(engines):
     assert len(cells) == 16
     failed = {(c.sample_id, c.prompt_id): c.error for c in cells if c.error}
     assert set(failed) == {(7, k) for k in range(5)} | {(9, 0)}
-    assert "maximum model length" in failed[(7, 0)] and failed[(9, 0)] == "scale 12 is out of range 2..9"
+    assert "maximum context length" in failed[(7, 0)] and failed[(9, 0)] == "scale 12 is out of range 2..9"
     assert all(c.probs is not None and len(c.probs) == 5 for c in cells if not c.error)
+
+
+def selectit(db_url: str, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "selectit", "--db", db_url, *args],
+                            env={**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, postgres_url, redis_url, tmp_path):
+    import redis
+    import sqlalchemy as sa
+
+    from selectit.contract import render
+    from selectit.schema import Prompt, Sample, Score
+
+    _, torch_scorer, vllm_scorer = engines
+    redis.Redis.from_url(redis_url).flushdb()
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records(2, 3)), encoding="utf-8")
+    env = {"SELECTIT_BROKER_URL": redis_url, "SELECTIT_VLLM_ARGS": json.dumps(vllm_options()),
+           "SELECTIT_SCORER": ""}
+    for args in (["ingest", str(data), "--dataset", "d"],
+                 ["model", "add", "smol", "--source", "smollm2-135m", "--dtype", "float32"],
+                 ["prompts", "import", str(REFERENCE_PROMPTS), "--set", "ref", "--layout", "reference", "--first", "5"],
+                 ["plan", "--model", "smol", "--prompt-set", "ref"]):
+        out, _ = selectit(postgres_url, *args, env=env).communicate(timeout=300)
+        assert "Error" not in out, out
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "selectit", "--db", postgres_url, "worker", "--model", "smol", "--no-control",
+         "--engine", "vllm"], env={**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", **env},
+        stdout=log, stderr=subprocess.STDOUT)
+    engine = db.open_store(postgres_url)
+    try:
+        deadline = time.monotonic() + 900  # a vLLM load takes minutes on a busy 2-core machine
+        n = 0
+        while time.monotonic() < deadline and worker.poll() is None:
+            with db.session_scope(engine) as s:
+                n = s.scalar(sa.select(sa.func.count()).select_from(Score))
+            if n == 10:
+                break
+            time.sleep(2)
+        assert n == 10, (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
+        with db.session_scope(engine) as s:
+            rows = s.execute(sa.select(Score, Sample, Prompt).join(Sample, Sample.id == Score.sample_id)
+                             .join(Prompt, Prompt.id == Score.prompt_id)).all()
+            stored = [(score.status, score.engine, score.engine_version,
+                       (score.p1, score.p2, score.p3, score.p4, score.p5),
+                       render("reference", prompt.template, sample.instruction, sample.input, sample.output))
+                      for score, sample, prompt in rows]
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        engine.dispose()
+    assert {(st, e, v) for st, e, v, _, _ in stored} == {("ok", "vllm", vllm_scorer.engine_version)}
+    # the worker's cells are the torch engine's probabilities
+    reqs = [RatingRequest(i, (0,), (prompt,), 5) for i, (*_, prompt) in enumerate(stored)]
+    expected = by_cell(torch_scorer.score(reqs))
+    for i, (*_, probs, _) in enumerate(stored):
+        assert max(abs(a - b) for a, b in zip(probs, expected[(i, 0)].probs)) <= 1e-4
