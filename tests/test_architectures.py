@@ -20,6 +20,7 @@ from tiny_model import build_tokenizer
 
 from selectit import db
 from selectit.cli import main
+from selectit.contract import RatingRequest, render
 from selectit.schema import LLM
 from selectit.scorer import Scorer, load_scorer
 
@@ -53,6 +54,19 @@ def _config(arch: str, tok):
     if arch == "mistral":
         return tf.MistralConfig(**COMMON, **ids, sliding_window=WINDOW)
     raise ValueError(arch)
+
+
+#: Rating lines in the authors' style, for the reference layout (the suite needs no shared data here).
+REFERENCE_LINES = ["Rate how well the response follows the instruction, from 1 to 5.\n",
+                   "Is the response accurate? Answer with a score from 1 to 5.\n",
+                   "Score the helpfulness of the response (1 = poor, 5 = excellent).\n"]
+
+
+def reference_requests(recs: list[dict]) -> list[RatingRequest]:
+    """The reference layout: short shared prefixes, so one row per prompt (no packing)."""
+    return [RatingRequest(i, tuple(range(len(REFERENCE_LINES))),
+                          tuple(render("reference", t, r["instruction"], r.get("input", ""), r["output"])
+                                for t in REFERENCE_LINES), 5) for i, r in enumerate(recs)]
 
 
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3", "granite", "cohere", "phi3", "mistral"]
@@ -105,7 +119,7 @@ def test_packed_and_unpacked_scoring_equal_separate_forwards(arch, tokenizer):
     assert worst_delta(scorer, shared) <= 1e-5
     assert scorer.forwards == 1
     # reference: one row per prompt, ragged, right-padded with a plain padding mask
-    reference = requests(records(2, 5), "reference")
+    reference = reference_requests(records(2, 5))
     assert len(scorer._rows(0, scorer._prepare(reference[0]))) == len(reference[0].prompts)
     assert worst_delta(scorer, reference) <= 1e-5
     # both in one batch: unpacked rows under the 4-D mask too
@@ -128,7 +142,7 @@ def test_logit_processing_models_registered_with_the_cli(arch, tokenizer, tmp_pa
     engine.dispose()
     scorer = load_scorer(model, device="cpu", exact=True)
     assert worst_delta(scorer, requests(records(2, 7), "shared-context")) <= 1e-5
-    assert worst_delta(scorer, requests(records(1, 9), "reference")) <= 1e-5
+    assert worst_delta(scorer, reference_requests(records(1, 9))) <= 1e-5
 
 
 @pytest.mark.parametrize("arch", ["granite", "gemma3"])
@@ -137,4 +151,4 @@ def test_one_list_of_positions_for_older_transformers(arch, tokenizer):
     scorer = Scorer(build(arch, tokenizer), tokenizer, exact=True, max_batch_tokens=1 << 16, max_padding=None)
     scorer._keep_per_row = False
     reqs = requests(records(2, 5), "shared-context")
-    assert worst_delta(scorer, reqs[:1] + requests(records(2, 5), "reference")[1:]) <= 1e-5
+    assert worst_delta(scorer, reqs[:1] + reference_requests(records(2, 5))[1:]) <= 1e-5

@@ -21,7 +21,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from test_scorer import REFERENCE_PROMPTS, records, requests  # noqa: E402
+from conftest import REFERENCE_PROMPTS, reference_prompt_lines  # noqa: E402
+from test_scorer import records, requests  # noqa: E402
 
 from selectit import db, registry  # noqa: E402
 from selectit.contract import RatingRequest  # noqa: E402
@@ -139,6 +140,7 @@ def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, po
     from selectit.schema import Prompt, Sample, Score
 
     _, torch_scorer, vllm_scorer = engines
+    reference_prompt_lines()  # skips without the shared data
     redis.Redis.from_url(redis_url).flushdb()
     data = tmp_path / "d.json"
     data.write_text(json.dumps(records(2, 3)), encoding="utf-8")
