@@ -26,7 +26,8 @@ class HookedScorer:
     def __init__(self, inner: Any, model_id: int) -> None:
         self.inner = inner
         self.model_id = model_id
-        self.engine, self.engine_version = inner.engine, inner.engine_version  # provenance
+        self.engine = getattr(inner, "engine", None)  # provenance of the rows it writes
+        self.engine_version = getattr(inner, "engine_version", None)
 
     @property
     def forwards(self) -> int:

@@ -16,7 +16,8 @@ Configuration comes from the environment:
 - `SELECTIT_LEASE_SECONDS`, `SELECTIT_MAX_ATTEMPTS`, `SELECTIT_MAX_JOB_ATTEMPTS`,
   `SELECTIT_BATCH_SIZE`, `SELECTIT_JOB_TOKENS`: see `selectit.settings`.
 - `SELECTIT_SCORER`: `module:callable` turning a model version (LLM row) into a scoring engine
-  [selectit.scorer:load_scorer]; the hook to plug in another scoring backend.
+  [selectit.engines:load_engine: the torch or vLLM engine, as `SELECTIT_ENGINE` says]; the hook
+  to plug in another scoring backend.
 
 They are read once, when the worker process imports this module (`SETTINGS`).
 

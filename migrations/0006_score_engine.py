@@ -3,8 +3,8 @@
 `scores.engine` (`torch` | `vllm`) and `scores.engine_version` (e.g. "torch 2.13.0+cpu,
 transformers 5.23.0" or "vllm 0.32.0"); NULL for cells stored before this revision.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-22
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
