@@ -18,6 +18,7 @@ The engine contract (`ScoringEngine.score(requests)`):
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -73,6 +74,35 @@ SHARED_CONTEXT_END = ": "
 
 class TemplateError(SelectitError):
     """A prompt template that cannot place a sample."""
+
+
+class InvalidNameError(SelectitError):
+    """A dataset, model, prompt set or selection name that cannot be stored as given."""
+
+
+#: Names are at most this long (the VARCHAR(200) name columns).
+MAX_NAME = 200
+
+
+def valid_name(value: str, what: str) -> str:
+    """`value` in Unicode NFC, or an error: a name is one non-empty line of printable text.
+
+    NFC makes `café` typed on any keyboard one name; a line break would forge extra rows in
+    every listing, so control characters are refused.
+
+    >>> valid_name("cafe\u0301", "dataset") == "caf\u00e9"
+    True
+    """
+    name = unicodedata.normalize("NFC", value)
+    if not name.strip():
+        raise InvalidNameError(f"the {what} name is empty; give a name such as 'alpaca-v1'")
+    bad = next((c for c in name if unicodedata.category(c) == "Cc" or c in "\u2028\u2029"), None)
+    if bad is not None:
+        raise InvalidNameError(f"the {what} name {name!r} holds the control character {bad!r}; "
+                               f"a name is one line of printable text")
+    if len(name) > MAX_NAME:
+        raise InvalidNameError(f"the {what} name is {len(name)} characters long; use at most {MAX_NAME}")
+    return name
 
 
 def choices(enum: type[StrEnum]) -> str:

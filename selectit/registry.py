@@ -19,12 +19,21 @@ No torch import here; transformers is imported inside `add_model` (tokenizer and
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from selectit.contract import DEFAULT_PROMPT_SET, LABEL_CONTEXT, SHARED_CONTEXT_END, Layout, RenderedPrompt, render  # noqa: F401
+from selectit.contract import (  # noqa: F401 - render and RenderedPrompt are re-exported
+    DEFAULT_PROMPT_SET,
+    LABEL_CONTEXT,
+    SHARED_CONTEXT_END,
+    Layout,
+    RenderedPrompt,
+    render,
+    valid_name,
+)
 from selectit.errors import SelectitError
 from selectit.labels import LabelError, label_token_ids  # noqa: F401 - re-exported
 from selectit.schema import LLM, MAX_SCALE, Prompt
@@ -32,6 +41,8 @@ from selectit.schema import LLM, MAX_SCALE, Prompt
 LAYOUTS = tuple(Layout)
 #: The context length used unless `--max-tokens` says otherwise (capped by the model's own).
 DEFAULT_MAX_TOKENS = 4096
+#: A context shorter than this cannot hold a rating prompt: every cell would fail.
+MIN_MAX_TOKENS = 16
 
 _DEFAULT_HEAD = (
     "Below is an instruction for an AI assistant and the assistant's response.\n\n"
@@ -74,6 +85,15 @@ def _check_template(layout: str, template: str, where: str) -> None:
             raise RegistryError(f"{where}: a shared-context prompt needs exactly one {{output}} placeholder")
         if "{instruction}" not in template:
             raise RegistryError(f"{where}: a shared-context prompt needs an {{instruction}} placeholder")
+        lines = template.splitlines()
+        for n, line in enumerate(lines, 1):
+            # A line holding {input} is dropped for a sample without input: anything else on it
+            # (the instruction, the response, the rating question) would be dropped with it.
+            if "{input}" in line and ("{instruction}" in line or "{output}" in line or n == len(lines)):
+                raise RegistryError(
+                    f"{where}: the line {line!r} holds {{input}} and more; that line is dropped when a sample has "
+                    f"no input, so put {{input}} on a line of its own (e.g. 'Input:\\n{{input}}\\n')"
+                )
         if not template.endswith(SHARED_CONTEXT_END):
             raise RegistryError(
                 f"{where}: a shared-context prompt must end with {SHARED_CONTEXT_END!r}, where the rating digit "
@@ -83,6 +103,7 @@ def _check_template(layout: str, template: str, where: str) -> None:
 
 def set_prompts(session: Session, set_name: str, layout: str, templates: list[str], scale: int = 5) -> list[Prompt]:
     """Make `templates` the active prompts of `set_name` (positions 0..n-1), versioning changes."""
+    set_name = valid_name(set_name, "prompt set")
     if not 2 <= scale <= MAX_SCALE:
         raise RegistryError(f"scale {scale} is out of range; use 2 to {MAX_SCALE} (each label must be one digit)")
     if not templates:
@@ -196,25 +217,29 @@ def add_model(session: Session, name: str, source: str, dtype: str | None = None
     """
     from selectit import loading
 
+    name = valid_name(name, "model")
     if dtype is not None and dtype not in loading.DTYPES:
         raise RegistryError(f"unknown dtype {dtype!r}; choose one of: {', '.join(loading.DTYPES)}")
-    if weight is not None and not weight > 0:
-        raise RegistryError(f"--weight must be positive (got {weight})")
+    if weight is not None and not (math.isfinite(weight) and weight > 0):
+        raise RegistryError(f"--weight must be a positive finite number, e.g. 135e6 (got {weight})")
+    if max_tokens is not None and max_tokens < MIN_MAX_TOKENS:
+        raise RegistryError(f"--max-tokens must be at least {MIN_MAX_TOKENS} tokens (got {max_tokens}); "
+                            f"leave it out for the default, {DEFAULT_MAX_TOKENS} capped by the model's own context")
     src = loading.resolve_source(source)
     dtype = dtype or loading.default_dtype()
-    fp = loading.fingerprint(src)
+    fp = _reading(src, loading.fingerprint)
     versions = session.scalars(sa.select(LLM).where(LLM.name == name).order_by(LLM.id)).all()
     same = next((v for v in versions if v.fingerprint == fp and v.dtype == dtype), None)
     if same is None:
-        tokenizer = loading.load_tokenizer(src)
-        config = loading.load_config(src)
+        tokenizer = _reading(src, loading.load_tokenizer)
+        config = _reading(src, loading.load_config)
         labels = {layout: label_token_ids(tokenizer, ctx, f"model {name!r}, layout {layout}: ")
                   for layout, ctx in LABEL_CONTEXT.items()}
         ctx_len = int(getattr(config, "max_position_embeddings", 0) or 0) or DEFAULT_MAX_TOKENS
         # Aliases and hub ids are kept as typed (they resolve on any worker); paths are made absolute.
         stored = src.given if (src.given in loading.ALIASES or not Path(src.given).expanduser().exists()) else str(src.path)
         same = LLM(name=name, source=stored,
-                   fingerprint=fp, dtype=dtype, n_params=loading.count_params(src), weight=weight,
+                   fingerprint=fp, dtype=dtype, n_params=_reading(src, loading.count_params), weight=weight,
                    label_ids=labels, max_tokens=min(max_tokens or DEFAULT_MAX_TOKENS, ctx_len), active=True)
         session.add(same)
     else:
@@ -228,6 +253,20 @@ def add_model(session: Session, name: str, source: str, dtype: str | None = None
     same.active = True
     session.flush()
     return same
+
+
+def _reading(src: Any, read: Any) -> Any:
+    """`read(src)`, with any failure to parse the files turned into one clear error."""
+    try:
+        return read(src)
+    except SelectitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gguf, safetensors and transformers raise many kinds
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RegistryError(
+            f"{src.given}: cannot read the model ({reason}); give a valid .gguf file or a Hugging Face model "
+            f"directory (config.json, tokenizer and *.safetensors)"
+        ) from exc
 
 
 def find_model(session: Session, name: str) -> LLM:
