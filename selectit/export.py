@@ -28,7 +28,9 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import contextvars
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -212,15 +214,62 @@ def _score_fields(item: Item, scores: Scores | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+#: Files no export may replace: the curation database's own (set by `export_selection`).
+_PROTECTED: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("protected", default=())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def export_target(out: str | os.PathLike[str], protect: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """The regular file an export to `out` replaces: `out` itself, or the file its symlinks lead to.
+
+    Refused: one of the `protect` files (the curation database's own, under any name, symlink or
+    hard link), and anything that is not a regular file (a device, a FIFO, a socket, a directory).
+    """
+    out = Path(out)
+    target = Path(os.path.realpath(out))
+    for guarded in protect:
+        same = target == Path(os.path.realpath(guarded))
+        if not same and target.exists() and Path(guarded).exists():
+            same = os.path.samefile(target, guarded)  # a hard link
+        if same:
+            raise ExportError(f"{out} is the curation database ({guarded}); an export never replaces it. "
+                              f"Choose another --out file")
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+        raise ExportError(f"{out} is not a regular file (a device, FIFO, socket or directory); an export writes "
+                          f"a regular file: choose another --out path")
+    if not target.parent.is_dir():
+        raise ExportError(f"the directory {str(target.parent)!r} does not exist; create it first")
+    return target
+
+
 @contextmanager
 def _replacing(out: Path) -> Iterator[Path]:
-    """A temporary path beside `out`, renamed onto it on success (never a half-written file)."""
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    """A temporary path beside `out`, renamed onto it on success (never a half-written file).
+
+    A symlink is followed (the link stays); a replaced file keeps its mode, a new one gets the
+    umask's; the data is flushed to disk before the rename, so a full disk replaces nothing.
+    """
+    target = export_target(out, _PROTECTED.get())
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise ExportError(f"cannot write into {str(target.parent)!r}: {exc.strerror}") from exc
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        os.replace(tmp, out)
+        os.chmod(tmp, mode)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}; nothing was replaced") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -880,7 +929,12 @@ def export_selection(
             fmt, note = "alpaca-json", f"wrote alpaca-json: {exc}"
     scores = _scores(db_url, params, ids) if with_scores else None
     name = llamafactory if isinstance(llamafactory, str) and llamafactory else (selection or dataset)
-    result = write_export(chosen_items, out, fmt, with_scores=with_scores, scores=scores,
-                          card=provenance if card else None, llamafactory=name if llamafactory not in (False, None) else None)
+    token = _PROTECTED.set(tuple(fusion.store_files(db_url)))
+    try:
+        result = write_export(chosen_items, out, fmt, with_scores=with_scores, scores=scores,
+                              card=provenance if card else None,
+                              llamafactory=name if llamafactory not in (False, None) else None)
+    finally:
+        _PROTECTED.reset(token)
     result.note = note
     return result

@@ -39,9 +39,11 @@ import atexit
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,7 @@ from selectit.contract import (  # noqa: F401 - the defaults are part of this mo
     CellStatus,
     Formula,
     choices,
+    valid_name,
 )
 from selectit.errors import SelectitError
 from selectit.schema import MAX_SCALE
@@ -164,8 +167,27 @@ def _private_dir() -> Path:
     return fresh
 
 
-def _libpq(url: sa.URL) -> str:
-    """A libpq key=value connection string for a SQLAlchemy PostgreSQL URL."""
+#: Seconds to wait for PostgreSQL to answer a connection (also used by `selectit.db`).
+CONNECT_TIMEOUT_ENV = "SELECTIT_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 10
+#: libpq settings that are secrets: they go into a DuckDB secret, never into the visible path.
+_SECRET_KEYS = {"host": "HOST", "port": "PORT", "dbname": "DATABASE", "user": "USER", "password": "PASSWORD"}
+
+
+def connect_timeout() -> int:
+    """$SELECTIT_CONNECT_TIMEOUT (seconds, default 10): how long to wait for a database to answer."""
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_CONNECT_TIMEOUT
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise FusionError(f"${CONNECT_TIMEOUT_ENV} must be a whole number of seconds >= 1, not {raw!r}")
+    return value
+
+
+def _libpq_parts(url: sa.URL) -> dict[str, str]:
+    """libpq keywords for a SQLAlchemy PostgreSQL URL (empty values left out)."""
     parts: dict[str, Any] = {
         "host": url.host,
         "port": url.port,
@@ -174,41 +196,99 @@ def _libpq(url: sa.URL) -> str:
         "password": url.password,
     }
     parts.update({k: (v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()})
+    return {k: str(v) for k, v in parts.items() if v not in (None, "")}
 
-    def quote(value: Any) -> str:
-        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    return " ".join(f"{k}={quote(v)}" for k, v in parts.items() if v not in (None, ""))
+def _libpq(parts: dict[str, str] | sa.URL) -> str:
+    """A libpq key=value connection string (of keywords, or of a whole URL)."""
+    if isinstance(parts, sa.URL):
+        parts = _libpq_parts(parts)
+
+    def quote(value: str) -> str:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{k}={quote(v)}" for k, v in parts.items())
 
 
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sqlite_file(db_url: str | None) -> Path | None:
+    """The file of a SQLite store URL (plain or URI form, `sqlite:///file:PATH?mode=ro&uri=true`); else None."""
+    url = make_url(db.resolve_url(db_url))
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    path = url.database
+    if str(url.query.get("uri", "")).lower() in ("true", "1") and path.startswith("file:"):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+    return Path(path)
+
+
+def store_files(db_url: str | None) -> list[Path]:
+    """The files that make up a SQLite store (database, WAL, shared memory, journal); [] for a server."""
+    path = sqlite_file(db_url)
+    if path is None:
+        return []
+    return [path] + [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+
+
+def _one_line(exc: BaseException) -> str:
+    """DuckDB's message without its multi-line `LINE 1: …^` pointer, on one line."""
+    text = str(exc).split("\n\nLINE ", 1)[0]
+    return " ".join(text.split())
+
+
 def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the curation database attached read-only as `store`."""
+    """An in-memory DuckDB with the curation database attached read-only as `store`.
+
+    Right after the ATTACH external access is turned off: nothing but the attached store can be
+    read or written from here on (the views keep working; the extensions read the store through
+    their own connections). The PostgreSQL password goes into a DuckDB secret, shown redacted.
+    """
     url = make_url(db.resolve_url(db_url))
     con = duckdb.connect(
         config={
             "autoinstall_known_extensions": False,  # never download anything
             "autoload_known_extensions": False,
+            "allow_unredacted_secrets": False,
         }
     )
-    con.execute("SET enable_progress_bar = false")  # a session option: not allowed in config
-    if url.get_backend_name() == "sqlite":
-        path = url.database
-        if not path or path == ":memory:" or not Path(path).exists():
-            raise FusionError(f"no SQLite database at {path!r}; create it with `selectit init`")
-        con.execute(f"LOAD {_sql_str(str(_extension_path('sqlite')))}")
-        con.execute(f"ATTACH {_sql_str(str(Path(path).resolve()))} AS store (TYPE sqlite, READ_ONLY)")
-    elif url.get_backend_name() == "postgresql":
-        con.execute(f"LOAD {_sql_str(str(_extension_path('postgres')))}")
-        try:
-            con.execute(f"ATTACH {_sql_str(_libpq(url))} AS store (TYPE postgres, READ_ONLY)")
-        except duckdb.Error as exc:
-            raise FusionError(f"cannot attach {url.render_as_string(hide_password=True)}: {exc}") from exc
-    else:
-        raise FusionError(f"DuckDB cannot read a {url.get_backend_name()} database; use SQLite or PostgreSQL")
+    try:
+        con.execute("SET enable_progress_bar = false")  # a session option: not allowed in config
+        if url.get_backend_name() == "sqlite":
+            path = sqlite_file(db_url)
+            if path is None or not path.is_file():
+                raise FusionError(f"no SQLite database at {str(path)!r}; create it with `selectit init`")
+            con.execute(f"LOAD {_sql_str(str(_extension_path('sqlite')))}")
+            try:
+                con.execute(f"ATTACH {_sql_str(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
+            except duckdb.Error as exc:
+                raise FusionError(f"cannot read the SQLite database {str(path)!r}: {_one_line(exc)}") from exc
+        elif url.get_backend_name() == "postgresql":
+            con.execute(f"LOAD {_sql_str(str(_extension_path('postgres')))}")
+            parts = _libpq_parts(url)
+            secret = ", ".join(f"{_SECRET_KEYS[k]} {_sql_str(v)}" for k, v in parts.items() if k in _SECRET_KEYS)
+            # Not secret, so visible in duckdb_databases(): how long to wait, and a session whose
+            # transactions are read-only even after a COMMIT (the role is the real guarantee).
+            visible = {"connect_timeout": str(connect_timeout()),
+                       "options": "-c default_transaction_read_only=on",
+                       "application_name": "selectit-fusion"}
+            visible.update({k: v for k, v in parts.items() if k not in _SECRET_KEYS})
+            con.execute(f"CREATE TEMPORARY SECRET selectit_store (TYPE postgres, {secret})")
+            try:
+                con.execute(f"ATTACH {_sql_str(_libpq(visible))} AS store "
+                            f"(TYPE postgres, SECRET selectit_store, READ_ONLY)")
+            except duckdb.Error as exc:
+                raise FusionError(
+                    f"cannot attach {url.render_as_string(hide_password=True)}: {_one_line(exc)}"
+                ) from exc
+        else:
+            raise FusionError(f"DuckDB cannot read a {url.get_backend_name()} database; use SQLite or PostgreSQL")
+        con.execute("SET enable_external_access = false")
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -426,6 +506,8 @@ def connect(
     The chosen parameters are on the connection as `con.selectit_params` (a `Params`).
     """
     formula, alpha, top = validate_formula(formula), validate_alpha(alpha), validate_top(top)
+    if prompt_set:
+        prompt_set = valid_name(prompt_set, "prompt set")
     con = attach(db_url)
     try:
         chosen_models = _choose_models(con, models, weights)
@@ -488,6 +570,8 @@ def params_of(con: duckdb.DuckDBPyConnection) -> Params:
 # Dataset lookup and coverage
 # --------------------------------------------------------------------------------------------
 def dataset_id(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
+    """The id of the dataset named `dataset` (in NFC, as stored), or an error listing the names."""
+    dataset = valid_name(dataset, "dataset")
     row = con.execute(f"SELECT id FROM store.datasets WHERE name = {_sql_str(dataset)}").fetchone()
     if row is None:
         names = [r[0] for r in con.execute("SELECT name FROM store.datasets ORDER BY name").fetchall()]
@@ -661,35 +745,96 @@ def store_coverage(db_url: str | None) -> list[ModelCoverage]:
 # --------------------------------------------------------------------------------------------
 # Ad-hoc SQL
 # --------------------------------------------------------------------------------------------
-_REFUSED_STATEMENTS = {"ATTACH", "DETACH", "LOAD", "INSTALL", "SET"}
+#: Statement types the console runs; all others (COPY, EXPORT, CALL, SET, ATTACH, LOAD, PRAGMA
+#: settings, transactions, …) are refused. Writes to `store.*` fail: it is attached READ_ONLY.
+_ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN", "CREATE", "INSERT", "UPDATE", "DELETE", "DROP", "ALTER"}
+#: Functions the console refuses wherever they are called: they run SQL given as a string (past
+#: this check), send raw SQL to the server, or read files through the extensions' own I/O.
+_REFUSED_FUNCTIONS = {"query", "query_table", "json_execute_serialized_sql", "enable_logging",
+                      "disable_logging", "truncate_duckdb_logs", "getenv", "glob", "sniff_csv"}
+_REFUSED_PREFIXES = ("postgres_", "sqlite_", "read_", "parquet_")
 READ_ONLY_MESSAGE = "the curation database is read-only here"
+
+
+_NAME = re.compile(r'"(?:[^"]|"")*"|[\w$]+')
+
+
+def _function_calls(sql: str) -> list[str]:
+    """Names called as functions in `sql`, lower-case: every name token followed by `(`.
+
+    DuckDB's own tokenizer is used, so a name inside a string literal, a quoted alias or a
+    comment is not a call, and `"QUERY" /* x */ (…)` or `system.main.query(…)` are.
+    """
+    tokens = duckdb.tokenize(sql)
+    names = []
+    for (start, kind), nxt in zip(tokens, tokens[1:] + [(len(sql), None)]):
+        if kind not in (duckdb.token_type.identifier, duckdb.token_type.keyword):
+            continue
+        after = nxt[0]
+        if nxt[1] != duckdb.token_type.operator or not sql[after:after + 1] == "(":
+            continue
+        found = _NAME.match(sql, start)
+        if found is None:
+            continue
+        name = found.group(0)
+        if name.startswith('"'):
+            name = name[1:-1].replace('""', '"')
+        names.append(name.lower())
+    return names
+
+
+def check_console_sql(sql: str) -> list[str]:
+    """The statements of `sql`, or a `ReadOnlyError` for anything the console refuses."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise FusionError(f"SQL error: {_one_line(exc)}") from exc
+    if not statements:
+        raise FusionError("no SQL statement given; e.g. `selectit sql \"SELECT * FROM ranking LIMIT 5\"`")
+    for statement in statements:
+        kind = str(statement.type).rsplit(".", 1)[-1].upper()
+        if kind not in _ALLOWED_STATEMENTS:
+            if kind == "???":  # e.g. UPDATE EXTENSIONS
+                kind = " ".join(statement.query.split()[:2]).upper()
+            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {kind} statements are not allowed in `selectit sql`")
+    for name in _function_calls(sql):
+        if name in _REFUSED_FUNCTIONS or name.startswith(_REFUSED_PREFIXES):
+            raise ReadOnlyError(
+                f"{READ_ONLY_MESSAGE}: {name}() is not allowed in `selectit sql` (it reads files or runs SQL "
+                f"the console cannot check); query the views and store.<table> instead"
+            )
+    return [s.query for s in statements]
+
+
+def seal(con: duckdb.DuckDBPyConnection) -> None:
+    """No file at all from here on (not even the store's own), and no setting can change again."""
+    if con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+        return
+    con.execute("SET enable_external_access = false")
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")
+    con.execute("SET lock_configuration = true")
 
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run ad-hoc SQL on a fusion connection: (column names, rows) of the last statement.
 
-    Writes to `store.*` fail (attached READ_ONLY); statements that could re-attach the database
-    writable, load code or change settings are refused. Temp tables of one's own are fine.
+    Only queries and statements on one's own temporary tables run: writes to `store.*` fail
+    (attached READ_ONLY), and the connection is sealed first — no file can be read or written,
+    no setting changed. Statements that load code, attach, copy or export, and the functions
+    that read files or send raw SQL to the server (`query()`, `postgres_*`, `sqlite_*`, `read_*`),
+    are refused by parsing the SQL, never by matching its text.
     """
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise FusionError(f"SQL error: {exc}") from exc
-    if not statements:
-        raise FusionError("no SQL statement given")
-    for statement in statements:
-        kind = str(statement.type).rsplit(".", 1)[-1].upper()
-        if kind in _REFUSED_STATEMENTS:
-            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {kind} statements are not allowed in `selectit sql`")
-        for raw in ("postgres_execute", "postgres_query"):  # raw SQL sent to the server
-            if raw in statement.query.lower():
-                raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {raw}() is not allowed in `selectit sql`")
+    check_console_sql(sql)
+    seal(con)
     try:
         cursor = con.execute(sql)
         columns = [d[0] for d in cursor.description] if cursor.description else []
         rows = cursor.fetchall() if columns else []
     except duckdb.Error as exc:
-        if "read-only" in str(exc) or "read only" in str(exc):
-            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {exc}") from exc
-        raise FusionError(f"SQL error: {exc}") from exc
+        message = _one_line(exc)
+        if "read-only" in message or "read only" in message:
+            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {message}") from exc
+        if isinstance(exc, duckdb.PermissionException):
+            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}, and the console reads and writes no files: {message}") from exc
+        raise FusionError(f"SQL error: {message}") from exc
     return columns, rows

@@ -8,6 +8,7 @@ threshold. `freeze_selection` copies the choice into the curation database so th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from selectit import db
+from selectit.contract import valid_name
 from selectit.fusion import FusionError, dataset_id, params_of, require_scoring_setup, top_share_sql, validate_top
 from selectit.schema import Dataset, Selection, SelectionSample
 
@@ -42,6 +44,8 @@ class Criterion:
             validate_top(self.top)
         if self.top_n is not None and self.top_n < 1:
             raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise FusionError(f"--min-score must be a finite number, e.g. 0.5; got {self.min_score!r}")
 
     def where(self) -> str:
         if self.top is not None:
@@ -117,6 +121,7 @@ def freeze_selection(
 
     The ranks, sample ids and scores are copied, so the selection never changes afterwards.
     """
+    name = valid_name(name, "selection")
     with db.session_scope(engine) as session:
         existing = _selection_by_name(session, name)
         if existing is not None:
@@ -135,7 +140,7 @@ def freeze_selection(
     with db.session_scope(engine) as session:
         if _selection_by_name(session, name) is not None:  # created meanwhile by someone else
             raise FusionError(f"a selection named {name!r} already exists; choose another name")
-        ds_id = session.scalars(sa.select(Dataset.id).where(Dataset.name == dataset)).one()
+        ds_id = session.scalars(sa.select(Dataset.id).where(Dataset.name == valid_name(dataset, "dataset"))).one()
         selection = Selection(name=name, dataset_id=ds_id, params=params, n_selected=len(rows))
         session.add(selection)
         session.flush()
