@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
@@ -159,6 +160,74 @@ def _decode_error(path: Path, data: bytes, base: int, exc: UnicodeDecodeError, l
     )
 
 
+def _json_type(value: Any) -> str:
+    """How JSON calls the type of a parsed value (for messages: never a Python type name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+class _NotJson(ValueError):
+    """Parsed text that JSON does not allow (NaN, Infinity) or that Python cannot hold."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not valid JSON")
+
+
+def _loads(text: str) -> Any:
+    """json.loads, with what cannot be a record turned into `_NotJson`: NaN/Infinity literals,
+    nesting deeper than Python's recursion limit, integers longer than Python converts."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise _NotJson("nested too deeply (arrays or objects inside each other beyond Python's limit)") from None
+    except _NotJson:
+        raise
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise _NotJson(f"a number too long to read ({str(exc).split(';')[0]})") from None
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """UTF-16 or UTF-32 (by BOM, or by the NUL bytes around ASCII), else None."""
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
+                      (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE")):
+        if head.startswith(bom):
+            return name
+    if len(head) >= 4 and head[0] and not head[1] and not head[2] and not head[3]:
+        return "UTF-32LE"
+    if len(head) >= 4 and not head[0] and not head[1] and not head[2] and head[3]:
+        return "UTF-32BE"
+    if len(head) >= 2 and head[0] and not head[1]:
+        return "UTF-16LE"
+    if len(head) >= 2 and not head[0] and head[1]:
+        return "UTF-16BE"
+    return None
+
+
+def _check_encoding(path: Path) -> None:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    wide = _wide_encoding(head)
+    if wide is not None:
+        raise IngestError(
+            f"{path}: the file is {wide[:6]} text ({wide}), not UTF-8. Nothing was ingested; re-encode it as UTF-8 "
+            f"(e.g. `iconv -f {wide} -t UTF-8 {path.name} > fixed.json`) and ingest that."
+        )
+
+
 def _first_byte(path: Path) -> bytes:
     with path.open("rb") as fh:
         head = fh.read(4096)
@@ -204,7 +273,7 @@ def _iter_json_list(path: Path, progress: Callable[[int, int], None], layout: di
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _decode_error(path, data, 0, exc, data.count(b"\n", 0, exc.start) + 1) from None
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=_no_constant)
 
     def syntax_error(exc: json.JSONDecodeError) -> IngestError:
         return IngestError(
@@ -218,7 +287,7 @@ def _iter_json_list(path: Path, progress: Callable[[int, int], None], layout: di
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise syntax_error(exc) from None
-        raise IngestError(f"{path}: expected a JSON list of records, got a JSON {type(items).__name__}. "
+        raise IngestError(f"{path}: expected a JSON list of records, got {_json_type(items)}. "
                           f"Nothing was ingested; wrap the records in [ … ] or write one per line (JSONL).")
     total = len(text)
     i += 1
@@ -234,6 +303,18 @@ def _iter_json_list(path: Path, progress: Callable[[int, int], None], layout: di
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise syntax_error(exc) from None
+        except (RecursionError, ValueError) as exc:  # too deep, NaN, a number too long: this item only
+            end = _value_end(text, pos)
+            record += 1
+            yield _Raw(record, None, error=str(exc) if isinstance(exc, _NotJson) else (
+                "nested too deeply (arrays or objects inside each other beyond Python's limit)"
+                if isinstance(exc, RecursionError) else f"a number too long to read ({str(exc).split(';')[0]})"))
+            after = _WS.match(text, end).end()
+            if after < total and text[after] == ",":
+                pos = _WS.match(text, after + 1).end()
+                continue
+            pos = after
+            break
         record += 1
         yield _Raw(record, None, obj, text=text[pos:end])
         if record % 1000 == 0:
@@ -267,6 +348,34 @@ def _iter_json_list(path: Path, progress: Callable[[int, int], None], layout: di
     progress(total, total)
 
 
+def _value_end(text: str, pos: int) -> int:
+    """Where the JSON value starting at `pos` ends, found without recursion (strings respected)."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(pos, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                if depth == 0:
+                    return i + 1
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth <= 0:
+                return i + 1 if depth == 0 else i
+        elif depth == 0 and (ch == "," or ch.isspace()):
+            return i
+    return len(text)
+
+
 def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
     total = path.stat().st_size
     offset = 0
@@ -288,10 +397,14 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[s
                 continue
             record += 1
             text = line[:-2] if line.endswith("\r\n") else (line[:-1] if line.endswith("\n") else line)
+            line = text  # an error at the end is at the end of the line, not "column 1"
             try:
-                yield _Raw(record, lineno, json.loads(line), text=text)
+                yield _Raw(record, lineno, _loads(line), text=text)
             except json.JSONDecodeError as exc:
-                yield _Raw(record, lineno, error=f"invalid JSON ({exc.msg}, column {exc.colno})")
+                cut = ": the line ends before the record does" if exc.pos >= len(line.rstrip()) else ""
+                yield _Raw(record, lineno, error=f"invalid JSON ({exc.msg}, column {exc.colno}{cut})")
+            except _NotJson as exc:
+                yield _Raw(record, lineno, error=str(exc))
             if record % 1000 == 0:
                 progress(offset, total)
     progress(total, total)
@@ -420,7 +533,7 @@ def _text(obj: dict[str, Any], key: str, *, required: bool) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise _Invalid(f"field '{key}' is not a string (got {type(value).__name__})")
+        raise _Invalid(f"field '{key}' is not a string (got {_json_type(value)})")
     if required and not value.strip():
         raise _Invalid(f"empty field '{key}'")
     return value
@@ -440,7 +553,7 @@ def _content(value: Any, where: str) -> str:
         return "".join(parts)
     if value is None:
         return ""
-    raise _Invalid(f"{where} is not a string (got {type(value).__name__})")
+    raise _Invalid(f"{where} is not a string (got {_json_type(value)})")
 
 
 def render_conversation(turns: list[tuple[str, str]]) -> tuple[str, str]:
@@ -472,7 +585,7 @@ def _turns(obj: dict[str, Any], key: str) -> list[tuple[str, str]]:
         raise _Invalid(f"missing field '{key}'")
     seq = obj[key]
     if not isinstance(seq, list):
-        raise _Invalid(f"field '{key}' is not a list (got {type(seq).__name__})")
+        raise _Invalid(f"field '{key}' is not a list (got {_json_type(seq)})")
     sharegpt = key == "conversations"
     role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
     roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
@@ -529,6 +642,9 @@ def _original_id(obj: dict[str, Any], key: str = "id") -> str | None:
     value = obj.get(key)
     if value is None:
         return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise _Invalid(f"field 'id' must be a string or a number (got {_json_type(value)})")
     value = str(value)
     if "\x00" in value:
         raise _Invalid("field 'id' contains a NUL character")
@@ -658,6 +774,8 @@ class RecordReader:
                               f"--format out to detect it).")
         if path.is_dir() and fmt not in (None, "hf-dir"):
             raise IngestError(f"{path} is a directory; --format {fmt} reads a file. Nothing was ingested.")
+        if path.is_file() and path.suffix.lower() not in (".parquet", ".pq") and fmt != "parquet":
+            _check_encoding(path)
         self.path = path
         self.limit = limit
         self.read = 0
@@ -738,6 +856,9 @@ class RecordReader:
                 if self.read == 1 and raw.error is None and isinstance(raw.obj, dict):
                     self._explain_first(raw.obj, str(exc))
                 yield InvalidRecord(raw.record, raw.line, str(exc), unparsed=raw.error is not None)
+        if self.read == 0:  # `[]`, or a Parquet file without rows: like an empty file, an error
+            raise IngestError(f"{self.path} holds no records. Nothing was ingested; give a file with at least "
+                              f"one record.")
 
     def _explain_first(self, obj: dict[str, Any], reason: str) -> None:
         """A first record that lacks a field but has a column that usually holds it is another
@@ -753,8 +874,8 @@ class RecordReader:
         obj = raw.obj
         if not isinstance(obj, dict):
             if self.read == 1 and self._shape is None:
-                raise _unknown_format(self.path, f"the first record is a JSON {type(obj).__name__}, not an object")
-            raise _Invalid(f"not a JSON object (got {type(obj).__name__})")
+                raise _unknown_format(self.path, f"the first record is {_json_type(obj)}, not an object")
+            raise _Invalid(f"not a JSON object (got {_json_type(obj)})")
         if self._shape is None:  # detected from the first record's fields
             if self.column_map:
                 check_map(self.path, self.column_map, list(obj))

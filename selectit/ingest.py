@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from selectit.db import is_postgres
@@ -38,6 +39,7 @@ from selectit.formats import (  # noqa: F401 - re-exported: the ingest interface
     parse_column_map,
     render_conversation,
 )
+from selectit.contract import valid_name
 from selectit.schema import Dataset, Ingest, utcnow
 
 #: Records written per round trip (SQLite executemany); bounded memory for any file size.
@@ -219,9 +221,12 @@ def _dataset_id(conn: Connection, name: str, source: str) -> tuple[int, int]:
     table = Dataset.__table__
     found = conn.execute(sa.select(table.c.id).where(table.c.name == name)).scalar()
     if found is None:
-        found = conn.execute(
-            sa.insert(table).values(name=name, source=source, created_at=utcnow()).returning(table.c.id)
-        ).scalar_one()
+        # Two ingests may create the same new dataset at once: the second waits for the first's
+        # commit (the unique name), then does nothing and reads the row the first created.
+        insert = (postgresql.insert if is_postgres(conn.engine) else sqlite.insert)(table)
+        conn.execute(insert.values(name=name, source=source, created_at=utcnow())
+                     .on_conflict_do_nothing(index_elements=[table.c.name]))
+        found = conn.execute(sa.select(table.c.id).where(table.c.name == name)).scalar_one()
     if is_postgres(conn.engine):  # SQLite holds the whole database with BEGIN IMMEDIATE
         conn.execute(sa.text("SELECT id FROM datasets WHERE id = :id FOR UPDATE"), {"id": found})
     nxt = conn.execute(
@@ -258,8 +263,7 @@ def ingest_file(
     split of a saved DatasetDict directory. Each membership keeps its record's original and the
     file (an `ingests` row: path, sha256, format, layout), for `export --format original`.
     """
-    if not dataset or not dataset.strip() or len(dataset) > 200:
-        raise IngestError("--dataset must be a non-empty name of at most 200 characters.")
+    dataset = valid_name(dataset, "dataset")
     records = RecordReader(path, fmt, limit=limit, progress=progress, column_map=column_map,
                            split=split)  # the parse step: no database
     path = records.path

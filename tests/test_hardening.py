@@ -608,11 +608,12 @@ def test_21_messages_speak_json(cli, db_url: str, tmp_path: Path, content: str, 
         assert python_name not in line
 
 
-@pytest.mark.parametrize("bad_id", [[1, 2], {"a": 1}, True, float("nan")])
-def test_21_an_id_must_be_a_string_or_a_number(cli, db_url: str, tmp_path: Path, bad_id: object) -> None:
+@pytest.mark.parametrize("bad_id, phrase", [([1, 2], "field 'id'"), ({"a": 1}, "field 'id'"), (True, "field 'id'"),
+                                            (float("nan"), "NaN is not valid JSON")])
+def test_21_an_id_must_be_a_string_or_a_number(cli, db_url: str, tmp_path: Path, bad_id: object, phrase: str) -> None:
     path = tmp_path / "ids.json"
     path.write_text(json.dumps([{"instruction": "i", "output": "o", "id": bad_id}]))
-    assert_one_error(invoke("--db", db_url, "ingest", path, "--dataset", "ids"), "field 'id'")
+    assert_one_error(invoke("--db", db_url, "ingest", path, "--dataset", "ids"), phrase)
     path.write_text(json.dumps([{"instruction": "i", "output": "o", "id": 7}, {"instruction": "j", "output": "o",
                                                                                "id": "x-1"}]))
     assert cli("ingest", path, "--dataset", "ids").exit_code == 0

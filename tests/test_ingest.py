@@ -240,7 +240,7 @@ def test_malformed_json_list(cli, db_url: str, tmp_path: Path) -> None:
     ({"instruction": "x"}, "record 2", "missing field 'output'"),
     ({"instruction": "  ", "output": "y"}, "record 2", "empty field 'instruction'"),
     ({"input": "x", "output": "y"}, "record 2", "missing field 'instruction'"),
-    ({"instruction": "x", "output": 3}, "record 2", "field 'output' is not a string (got int)"),
+    ({"instruction": "x", "output": 3}, "record 2", "field 'output' is not a string (got a number)"),
 ])
 def test_missing_or_empty_field_in_json_list(cli, db_url: str, tmp_path: Path, record, where, reason) -> None:
     path = write_json(tmp_path / "bad.json", [rec(0), record, rec(2)])
