@@ -5,6 +5,7 @@ Every command's help ends with a runnable example; errors say what to do next an
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -29,19 +30,87 @@ class UserError(click.ClickException):
     """An error the user can fix; printed as `Error: …` with exit code 1."""
 
 
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def explain_store_error(exc: BaseException, url: str | None) -> str | None:
+    """What a driver's error says about the database, in one line with the next step; else None."""
+    import sqlalchemy as sa
+
+    from selectit.fusion import sqlite_file
+
+    if isinstance(exc, db.StoreError) and exc.__cause__ is not None:
+        return explain_store_error(exc.__cause__, url)
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    try:
+        shown = sa.make_url(db.resolve_url(url)).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        shown = "the database"
+    reason = _one_line(exc.orig if exc.orig is not None else exc)
+    low = reason.lower()
+    path = sqlite_file(url) if shown.startswith("sqlite") else None
+    if "file is not a database" in low:
+        return (f"{path} is not a SQLite database ({reason}); give the path of a selectit database, "
+                f"or a new file name to create one")
+    if "readonly database" in low or "read-only" in low:
+        return (f"the database {shown} is read-only ({reason}); this command writes to it: open it writable, "
+                f"or work on a copy")
+    if "unable to open database file" in low:
+        if path is not None and path.is_dir():
+            return f"{path} is a directory, not a SQLite database file; give a file path, e.g. {path / 'selectit.db'}"
+        return f"cannot open the SQLite database {shown} ({reason}); check that its directory exists and is writable"
+    if "timeout expired" in low or "timed out" in low:
+        return (f"{shown} did not answer within {db.connect_timeout()} s; check the host and port, or wait longer "
+                f"with ${db.CONNECT_TIMEOUT_ENV}")
+    if shown.startswith("postgresql") and isinstance(exc, sa.exc.OperationalError):
+        return f"cannot connect to {shown}: {reason}"
+    return f"the database {shown} refused the command: {reason}"
+
+
 def handles_errors(func: F) -> F:
-    """Turn the library's own errors into clean `Error: …` messages (no traceback)."""
+    """Turn the library's and the drivers' errors into one clean `Error: …` line (no traceback)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import sqlalchemy as sa
+
         from selectit.errors import SelectitError
 
         try:
             return func(*args, **kwargs)
-        except (db.StoreError, SelectitError) as exc:
-            raise UserError(str(exc)) from exc
+        except (db.StoreError, SelectitError, sa.exc.DBAPIError) as exc:
+            ctx = click.get_current_context(silent=True)
+            url = ctx.find_root().obj.get("db_url") if ctx and ctx.find_root().obj else None
+            message = explain_store_error(exc, url) if not isinstance(exc, SelectitError) else None
+            raise UserError(_one_line(message or str(exc))) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _checked_url(url: str | None) -> str | None:
+    """`--db` / $SELECTIT_DATABASE_URL as given, refusing what no command could open."""
+    import sqlalchemy as sa
+
+    if url is None and os.environ.get(db.URL_ENV) is not None and not os.environ[db.URL_ENV].strip():
+        raise UserError(f"${db.URL_ENV} is set but empty; unset it to use ./selectit.db, or give a database URL")
+    if url is not None and not url.strip():
+        raise UserError("--db is empty; give a database URL, e.g. --db sqlite:///selectit.db "
+                        "or --db postgresql://user@host/selectit")
+    try:
+        parsed = sa.make_url(db.resolve_url(url))
+    except sa.exc.ArgumentError:
+        raise UserError(f"{url!r} is not a database URL; give e.g. sqlite:///selectit.db or "
+                        f"postgresql://user@host/selectit") from None
+    supported = "selectit stores its data in SQLite (sqlite:///FILE) or PostgreSQL (postgresql://…, psycopg 3)"
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise UserError(f"{supported}, not {parsed.get_backend_name()}")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise UserError(f"{supported}; the driver of {parsed.drivername!r} cannot be loaded ({exc})") from None
+    return url
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -64,6 +133,7 @@ def main(ctx: click.Context, db_url: str | None) -> None:
       selectit status
     """
     ctx.obj = {"db_url": db_url}
+    ctx.obj["db_url"] = _checked_url(db_url)
 
 
 def store(ctx: click.Context):  # noqa: ANN201

@@ -27,6 +27,23 @@ class StoreError(Exception):
     """A problem with the curation database that the user can act on."""
 
 
+#: Seconds to wait for a PostgreSQL server to answer a connection (a silent server never hangs us).
+CONNECT_TIMEOUT_ENV = "SELECTIT_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+def connect_timeout() -> int:
+    """$SELECTIT_CONNECT_TIMEOUT in whole seconds (default 10)."""
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_CONNECT_TIMEOUT
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StoreError(f"${CONNECT_TIMEOUT_ENV} must be a whole number of seconds >= 1, not {raw!r}")
+    return value
+
+
 def resolve_url(url: str | None = None) -> str:
     """The database URL: explicit, else $SELECTIT_DATABASE_URL, else ./selectit.db.
 
@@ -65,7 +82,8 @@ def make_engine(url: str | None = None) -> Engine:
             dbapi_conn.isolation_level = None
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    connect_args = {"connect_timeout": connect_timeout()} if url.startswith("postgresql") else {}
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 #: Where the bundled packages live in a checkout (the wheel maps them under `selectit`).

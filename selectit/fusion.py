@@ -167,23 +167,8 @@ def _private_dir() -> Path:
     return fresh
 
 
-#: Seconds to wait for PostgreSQL to answer a connection (also used by `selectit.db`).
-CONNECT_TIMEOUT_ENV = "SELECTIT_CONNECT_TIMEOUT"
-DEFAULT_CONNECT_TIMEOUT = 10
 #: libpq settings that are secrets: they go into a DuckDB secret, never into the visible path.
 _SECRET_KEYS = {"host": "HOST", "port": "PORT", "dbname": "DATABASE", "user": "USER", "password": "PASSWORD"}
-
-
-def connect_timeout() -> int:
-    """$SELECTIT_CONNECT_TIMEOUT (seconds, default 10): how long to wait for a database to answer."""
-    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
-    try:
-        value = int(raw) if raw else DEFAULT_CONNECT_TIMEOUT
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise FusionError(f"${CONNECT_TIMEOUT_ENV} must be a whole number of seconds >= 1, not {raw!r}")
-    return value
 
 
 def _libpq_parts(url: sa.URL) -> dict[str, str]:
@@ -271,7 +256,7 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
             secret = ", ".join(f"{_SECRET_KEYS[k]} {_sql_str(v)}" for k, v in parts.items() if k in _SECRET_KEYS)
             # Not secret, so visible in duckdb_databases(): how long to wait, and a session whose
             # transactions are read-only even after a COMMIT (the role is the real guarantee).
-            visible = {"connect_timeout": str(connect_timeout()),
+            visible = {"connect_timeout": str(db.connect_timeout()),
                        "options": "-c default_transaction_read_only=on",
                        "application_name": "selectit-fusion"}
             visible.update({k: v for k, v in parts.items() if k not in _SECRET_KEYS})
