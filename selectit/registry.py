@@ -80,6 +80,8 @@ def _check_template(layout: str, template: str, where: str) -> None:
         raise RegistryError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     if not template.strip():
         raise RegistryError(f"{where}: the prompt is empty")
+    if "\x00" in template:  # PostgreSQL text cannot hold it, and no tokenizer means it
+        raise RegistryError(f"{where}: the prompt contains a NUL character; remove it")
     if layout == Layout.SHARED_CONTEXT:
         if template.count("{output}") != 1:
             raise RegistryError(f"{where}: a shared-context prompt needs exactly one {{output}} placeholder")
