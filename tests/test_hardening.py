@@ -24,7 +24,6 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from test_fusion import seed
-from tiny_model import tiny_model_dir  # noqa: F401 - a fixture
 
 from selectit import db, fusion
 from selectit.cli import main
@@ -487,7 +486,7 @@ def test_15_a_silent_server_times_out(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- 16. broken model sources
-def test_16_junk_model_sources(cli, db_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+def test_16_junk_model_sources(cli, db_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + bytes(100))
     assert_one_error(invoke("--db", db_url, "model", "add", "j", "--source", junk), "junk.gguf")
@@ -507,7 +506,7 @@ def test_16_junk_model_sources(cli, db_url: str, tmp_path: Path, tiny_model_dir:
     ("--weight", "inf", "--weight"), ("--weight", "nan", "--weight"), ("--weight", "1e309", "--weight"),
     ("--weight", "0", "--weight"), ("--weight", "-1", "--weight"),
 ])
-def test_17_model_add_refuses_bad_numbers(cli, db_url: str, tiny_model_dir: Path, option: str, value: str,  # noqa: F811
+def test_17_model_add_refuses_bad_numbers(cli, db_url: str, tiny_model_dir: Path, option: str, value: str,
                                           phrase: str) -> None:
     assert cli("model", "add", "tiny", "--source", tiny_model_dir, "--dtype", "float32").exit_code == 0
     before = snapshot(db_url)

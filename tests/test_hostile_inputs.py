@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from test_fusion import seed
 from test_hardening import invoke, snapshot, sqlite_path
-from tiny_model import tiny_model_dir  # noqa: F401 - a fixture
 
 from selectit import db
 
@@ -121,7 +120,7 @@ HOSTILE_NAMES = ["", " ", "\t", "two\nlines", "cr\rname", "nul\x00name", "esc\x1
                  "line\u2028sep", "x" * 201]
 
 
-def test_hostile_names(seeded: str, tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+def test_hostile_names(seeded: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     data = tmp_path / "a.json"
     data.write_text(json.dumps([GOOD]))
     prompts = tmp_path / "p.txt"
@@ -171,7 +170,7 @@ def test_hostile_prompt_files_and_options(seeded: str, tmp_path: Path) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_hostile_model_sources_and_numbers(seeded: str, tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+def test_hostile_model_sources_and_numbers(seeded: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + bytes(64))
     empty = tmp_path / "empty.gguf"
