@@ -17,6 +17,8 @@ trap 'rm -rf "$WORK"' EXIT
 step() { echo "wheel smoke: $*" >&2; }
 
 step "building the wheel"
+# setuptools reuses ./build: a stale one would put files of an older tree into the wheel.
+rm -rf "$ROOT/build"
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT" >/dev/null
 WHEEL=$(ls "$WORK"/dist/selectit-*.whl)
 "$PY" - "$WHEEL" <<'PY'
