@@ -287,10 +287,12 @@ def chunks(rows: Iterable[tuple[int, tuple[int, ...], str, int, int]], max_token
 
 
 # The inputs of a plan that found (or left) nothing missing, per database and scope: planning
-# again with the same inputs cannot find anything new, so beat's periodic plan costs one cheap
-# query instead of a pass over every sample. Only new work changes them: linked samples (ingest),
-# failed cells (their count and attempts); the scope itself is the key. Cells scored ok and jobs
-# created or finished leave them as they are — nothing becomes missing that way.
+# again with the same inputs cannot find anything new, so the control loop's periodic plan costs
+# one cheap query instead of a pass over every sample. Only new work changes them: linked samples
+# (ingest), failed cells (their count and attempts); the scope itself is the key. Cells scored ok
+# and jobs created or finished leave them as they are. One exception is not in the inputs: a
+# failed cell below the attempt limit inside an open job becomes missing when that job ends, with
+# no input changing — so a plan that sees such a cell is never remembered as settled.
 _settled: dict[tuple[str, Scope, int], tuple[int, ...]] = {}
 
 
@@ -308,7 +310,10 @@ def _inputs(session: Session, scope: Scope, settings: Settings) -> tuple[int, ..
         f"(SELECT COUNT(*) FROM scores WHERE status = '{CellStatus.FAILED}' "
         f" AND model_id IN ({ids_sql(scope.model_ids)})), "
         f"(SELECT COALESCE(SUM(attempts), 0) FROM scores WHERE status = '{CellStatus.FAILED}' "
-        f" AND model_id IN ({ids_sql(scope.model_ids)}))")).one()
+        f" AND model_id IN ({ids_sql(scope.model_ids)})), "
+        f"(SELECT COUNT(*) FROM scores WHERE status = '{CellStatus.FAILED}' "
+        f" AND model_id IN ({ids_sql(scope.model_ids)}) AND attempts < :max_attempts)"),
+        {"max_attempts": settings.max_cell_attempts}).one()
     return tuple(int(v) for v in row)
 
 
@@ -336,7 +341,8 @@ def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None
         rows = _missing_by_kind(session, scope, settings, exclude_open=True)
         planned = chunks(rows, max_tokens_per_job or settings.job_tokens, max_samples_per_job)
         ids = _insert_jobs(session, planned) if planned else []
-    _settled[key] = inputs  # committed: every cell missing at `inputs` is in a job now
+    if inputs[-1] == 0:  # no failed cell left to retry, so none can come free when a job ends
+        _settled[key] = inputs  # committed: every cell missing at `inputs` is in a job now
     return ids
 
 

@@ -123,10 +123,6 @@ def settled(engine: sa.Engine, n_cells: int) -> Callable[[], bool]:
 
 def test_two_workers_fill_a_dataset_once_then_pick_up_a_new_model_and_dataset(
         db_url, engine, tmp_path, tiny_dir, fleet) -> None:
-    if db_url.startswith("sqlite"):
-        # Seen once on a fresh machine: on SQLite the control loop stopped planning the retry of
-        # failed cells after a burst of jobs (open; the PostgreSQL run below is the fleet's store).
-        pytest.skip("the two-worker fleet on SQLite can stall re-planning failed cells (open bug)")
     f = fleet(db_url, SELECTIT_TEST_POISON="POISON", SELECTIT_TEST_DELAY="0.3")
     f.worker("w1"), f.worker("w2")
     f.wait_ready("w1", "w2")

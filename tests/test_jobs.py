@@ -427,3 +427,20 @@ def test_planning_again_finds_what_changed_since(engine, tmp_path, tiny_dir) -> 
                 {"s": s, "m": m, "p": p, "st": "failed" if i == 0 else "ok"})
     assert _cells_of(engine, planner.plan(engine)) == {cells[0]}
     assert planner.plan(engine) == []
+
+
+def test_a_failed_cell_of_a_job_still_open_at_the_last_plan_is_retried_when_the_job_ends(
+        engine, one_job) -> None:
+    """The fleet's race: a batch's failed cell is committed a moment before its job is marked done;
+    a plan in between sees nothing missing (the cell is in an open job). The plan after the job
+    ends must still retry the cell, though no ingest or failure happened in between."""
+    cell, *others = sorted(_cells_of(engine, [one_job]))
+    with db.session_scope(engine) as session:  # the job's last batch: one cell failed, the rest ok
+        for (s, m, p), st in [(cell, "failed"), *((c, "ok") for c in others)]:
+            session.execute(sa.text(
+                "INSERT INTO scores (sample_id, model_id, prompt_id, status, attempts, truncated, scored_at) "
+                "VALUES (:s, :m, :p, :st, 1, false, CURRENT_TIMESTAMP)"), {"s": s, "m": m, "p": p, "st": st})
+    assert planner.plan(engine) == []  # the failed cell is still in its open job
+    with db.session_scope(engine) as session:
+        session.execute(sa.text("UPDATE jobs SET status = 'done'"))
+    assert _cells_of(engine, planner.plan(engine)) == {cell}
