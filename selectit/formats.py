@@ -11,6 +11,9 @@ Formats (detected from the extension and the first record, or forced with `fmt`)
   records (optionally with a top-level ``system`` string), as a JSON list or JSONL;
 - ``messages``: OpenAI-style ``{"messages": [{"role": "system"|"user"|"assistant", "content": …}]}``
   records, as a JSON list or JSONL;
+- TRL's prompt-completion records, ``{"prompt": …, "completion": …}``, read in any of the JSON and
+  tabular formats: two strings (the instruction and the output), or two message lists (the
+  conversational form: rendered as one conversation, prompt turns then completion turns);
 - ``parquet``: columns ``instruction``/``input``/``output``, or ``conversations``, or ``messages``;
 - ``csv`` / ``tsv``: a header row naming the columns, then one record per row (all text);
 - ``arrow``: an Arrow IPC file or stream (``.arrow``, ``.arrows``, ``.feather``), columns as Parquet's;
@@ -623,8 +626,16 @@ def _messages(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[
     return instruction, "", output
 
 
+def _prompt_completion(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
+    """TRL's prompt-completion records: two strings (standard) or two message lists (conversational)."""
+    if isinstance(obj.get("prompt"), list) or isinstance(obj.get("completion"), list):
+        instruction, output = render_conversation(_turns(obj, "prompt") + _turns(obj, "completion"))
+        return instruction, "", output
+    return _text(obj, "prompt", required=True), "", _text(obj, "completion", required=True)
+
+
 _SHAPES: dict[str, Callable[[dict[str, Any], dict[str, str] | None], tuple[str, str, str]]] = {
-    "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages,
+    "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "prompt-completion": _prompt_completion,
 }
 
 
@@ -635,6 +646,8 @@ def _shape_of(keys: list[str] | set[str]) -> str | None:
         return "messages"
     if "instruction" in keys or "output" in keys:
         return "alpaca"
+    if "prompt" in keys and "completion" in keys:
+        return "prompt-completion"
     return None
 
 
@@ -804,8 +817,8 @@ class RecordReader:
             self._shape = "alpaca" if self.column_map else _shape_of(names)
             if self._shape is None:
                 hint = map_hint(names)
-                raise _unknown_format(path, f"columns {names}; expected instruction/input/output, "
-                                            f"conversations or messages" + (f", or map them: {hint}" if hint else ""))
+                raise _unknown_format(path, f"columns {names}; expected instruction/input/output, conversations, "
+                                            f"messages or prompt/completion" + (f", or map them: {hint}" if hint else ""))
         elif not self._detected:
             self._shape = {"sharegpt": "sharegpt", "messages": "messages", "alpaca-json": "alpaca",
                            "jsonl": "alpaca"}[fmt]
@@ -886,9 +899,9 @@ class RecordReader:
                 hint = map_hint(list(obj))
                 raise _unknown_format(
                     self.path, f"the first record has fields {sorted(obj)}; expected "
-                               f"instruction/input/output, conversations or messages"
+                               f"instruction/input/output, conversations, messages or prompt/completion"
                                + (f", or map them: {hint}" if hint else ""))
-            if self.format in ("alpaca-json", "jsonl") and self._shape != "alpaca":
+            if self.format in ("alpaca-json", "jsonl") and self._shape in ("sharegpt", "messages"):
                 self.format = self._shape
         instruction, inp, output = _SHAPES[self._shape](obj, self.column_map)
         original_id = _original_id(obj, self.column_map.get("id", "id"))

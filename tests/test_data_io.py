@@ -467,6 +467,35 @@ def test_column_map_ingests_other_schemas(cli, db_url: str, tmp_path: Path, reco
     assert (tmp_path / "back.jsonl").read_bytes() == path.read_bytes()
 
 
+TRL_CONVERSATIONAL = [
+    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky colour?"}],
+     "completion": [{"role": "assistant", "content": "Blue."}]},
+    {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "4"}]},
+]
+
+
+@pytest.mark.parametrize("records, expected", [
+    (TRL, [("The sky is", "", " blue."), ("Water boils at", "", " 100 °C.")]),
+    (TRL_CONVERSATIONAL, [("System: Be brief.\nUser: Sky colour?", "", "Blue."), ("2+2?", "", "4")]),
+], ids=["standard", "conversational"])
+def test_trl_prompt_completion_records_need_no_map(cli, db_url: str, tmp_path: Path, records, expected) -> None:
+    """TRL's two prompt-completion forms are recognised from their fields, in JSONL and Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = write_jsonl(tmp_path / "trl.jsonl", records)
+    assert ok(cli("ingest", path, "--dataset", "d")).endswith("d: read 2, new 2, duplicates 0, invalid 0\n")
+    assert stored(db_url) == expected
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "trl.parquet")
+    assert ok(cli("ingest", tmp_path / "trl.parquet", "--dataset", "p")).endswith(
+        "p: read 2, new 2, duplicates 0, invalid 0\n")
+    assert stored(db_url, "p") == expected
+    score_everything(db_url)
+    ok(cli("select", "all", "--dataset", "d", "--prompt-set", "s", "--top", "1"))
+    ok(cli("export", "--selection", "all", "--out", tmp_path / "back.jsonl", "--order", "dataset"))
+    assert (tmp_path / "back.jsonl").read_bytes() == path.read_bytes()
+
+
 def test_column_map_errors_name_the_column_and_the_file_s_columns(cli_sqlite, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "dolly.jsonl", DOLLY)
     result = cli_sqlite("ingest", path, "--dataset", "d", "--map", "input=context,output=answer")

@@ -44,19 +44,26 @@ def separate(scorer: Scorer, text: str, labels: list[int]) -> list[float]:
     return probs[labels].tolist()
 
 
-def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int]) -> float:
+def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int] | None = None, *,
+              rel: float | None = 1e-4) -> float:
+    """Largest |Δp| between the engine's cells and one separate forward per prompt.
+
+    `label_ids`: the label tokens (default: the scorer's own for each prompt). `rel`: each
+    probability must also agree to this relative error (the tiny model's probabilities are
+    small, so compare log p as well); None checks the absolute error only.
+    """
     results = {(c.sample_id, c.prompt_id): c for c in scorer.score(reqs)}
     assert len(results) == sum(len(r.prompts) for r in reqs)
     worst = 0.0
     for r in reqs:
         for pid, p in zip(r.prompt_ids, r.prompts):
             cell = results[(r.sample_id, pid)]
-            assert cell.error is None and not cell.truncated
-            expected = separate(scorer, p.text, label_ids[: r.scale])
+            assert cell.error is None and not cell.truncated, cell.error
+            labels = (label_ids if label_ids is not None else scorer._labels(p))[: r.scale]
+            expected = separate(scorer, p.text, labels)
             assert cell.mass == pytest.approx(sum(cell.probs))
-            # relative too: the tiny model's probabilities are small, so compare log p as well
             for a, b in zip(cell.probs, expected):
-                assert abs(a - b) <= 1e-4 and abs(a - b) <= 1e-4 * b + 1e-9
+                assert rel is None or abs(a - b) <= rel * b + 1e-9
                 worst = max(worst, abs(a - b))
     return worst
 
