@@ -200,6 +200,15 @@ class ScorerCache:
         """Forward passes run by the engines so far (those that count them)."""
         return sum(getattr(s, "forwards", 0) for s in self.scorers.values())
 
+    def close(self) -> None:
+        """Close the engines that hold resources (vLLM's engine process: left open, the
+        interpreter waits for it at exit forever)."""
+        scorers, self.scorers = list(self.scorers.values()), {}
+        for scorer in scorers:
+            close = getattr(scorer, "close", None)
+            if close is not None:
+                close()
+
 
 # --------------------------------------------------------------------------------------------
 # In-process scoring (`selectit score`)
@@ -288,5 +297,8 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                     progress.note(f"job {job_id} failed: {out.error}")
     except KeyboardInterrupt:
         summary.interrupted = True
-    summary.forwards = getattr(cache, "forwards", 0)
+    finally:
+        summary.forwards = getattr(cache, "forwards", 0)
+        if scorer_for is None:  # the engines this run loaded end with it
+            cache.close()
     return summary

@@ -132,26 +132,79 @@ def selectit(db_url: str, *args: str, env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, postgres_url, redis_url, tmp_path):
-    import redis
+def stored_cells(db_url: str) -> list[tuple]:
+    """(status, engine, engine version, probabilities, rendered prompt) of every score row."""
     import sqlalchemy as sa
 
     from selectit.contract import render
     from selectit.schema import Prompt, Sample, Score
 
+    engine = db.open_store(db_url)
+    try:
+        with db.session_scope(engine) as s:
+            rows = s.execute(sa.select(Score, Sample, Prompt).join(Sample, Sample.id == Score.sample_id)
+                             .join(Prompt, Prompt.id == Score.prompt_id)
+                             .order_by(Score.sample_id, Score.prompt_id)).all()
+            return [(score.status, score.engine, score.engine_version,
+                     (score.p1, score.p2, score.p3, score.p4, score.p5),
+                     render("reference", prompt.template, sample.instruction, sample.input, sample.output))
+                    for score, sample, prompt in rows]
+    finally:
+        engine.dispose()
+
+
+def assert_torch_probabilities(torch_scorer, stored: list[tuple]) -> None:
+    """Each stored cell's probabilities are the torch engine's for its rendered prompt (≤ 1e-4)."""
+    reqs = [RatingRequest(i, (0,), (prompt,), 5) for i, (*_, prompt) in enumerate(stored)]
+    expected = by_cell(torch_scorer.score(reqs))
+    for i, (*_, probs, _) in enumerate(stored):
+        assert max(abs(a - b) for a, b in zip(probs, expected[(i, 0)].probs)) <= 1e-4
+
+
+def register(db_url: str, tmp_path: Path, env: dict[str, str]) -> None:
+    """A 2-sample dataset, SmolLM2 in fp32 and the first 5 reference prompts, through the CLI."""
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records(2, 3)), encoding="utf-8")
+    for args in (["ingest", str(data), "--dataset", "d"],
+                 ["model", "add", "smol", "--source", "smollm2-135m", "--dtype", "float32"],
+                 ["prompts", "import", str(REFERENCE_PROMPTS), "--set", "ref", "--layout", "reference", "--first", "5"]):
+        out, _ = selectit(db_url, *args, env=env).communicate(timeout=300)
+        assert "Error" not in out, out
+
+
+def test_selectit_score_with_the_vllm_engine_reproduces_the_torch_engine(engines, tmp_path):
+    """`selectit score --engine vllm` on a SQLite file: every cell ok, recorded as vLLM's, and
+    the torch engine's probabilities on the reference layout; `status` counts them per engine."""
+    _, torch_scorer, vllm_scorer = engines
+    reference_prompt_lines()  # skips without the shared data
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    env = {"SELECTIT_VLLM_ARGS": json.dumps(vllm_options()), "SELECTIT_SCORER": ""}
+    register(db_url, tmp_path, env)
+    run = selectit(db_url, "score", "--model", "smol", "--prompt-set", "ref", "--engine", "vllm", "-q", env=env)
+    out, _ = run.communicate(timeout=900)  # a vLLM load takes minutes on a busy 2-core machine
+    assert run.returncode == 0, out[-4000:]
+    stored = stored_cells(db_url)
+    assert len(stored) == 2 * 5
+    assert {(st, e, v) for st, e, v, _, _ in stored} == {("ok", "vllm", vllm_scorer.engine_version)}
+    assert_torch_probabilities(torch_scorer, stored)
+    status, _ = selectit(db_url, "status", env={**env, "COLUMNS": "200"}).communicate(timeout=300)  # no wrapping
+    assert "vllm 10" in status, status
+
+
+def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, postgres_url, redis_url, tmp_path):
+    import redis
+    import sqlalchemy as sa
+
+    from selectit.schema import Score
+
     _, torch_scorer, vllm_scorer = engines
     reference_prompt_lines()  # skips without the shared data
     redis.Redis.from_url(redis_url).flushdb()
-    data = tmp_path / "d.json"
-    data.write_text(json.dumps(records(2, 3)), encoding="utf-8")
     env = {"SELECTIT_BROKER_URL": redis_url, "SELECTIT_VLLM_ARGS": json.dumps(vllm_options()),
            "SELECTIT_SCORER": ""}
-    for args in (["ingest", str(data), "--dataset", "d"],
-                 ["model", "add", "smol", "--source", "smollm2-135m", "--dtype", "float32"],
-                 ["prompts", "import", str(REFERENCE_PROMPTS), "--set", "ref", "--layout", "reference", "--first", "5"],
-                 ["plan", "--model", "smol", "--prompt-set", "ref"]):
-        out, _ = selectit(postgres_url, *args, env=env).communicate(timeout=300)
-        assert "Error" not in out, out
+    register(postgres_url, tmp_path, env)
+    out, _ = selectit(postgres_url, "plan", "--model", "smol", "--prompt-set", "ref", env=env).communicate(timeout=300)
+    assert "Error" not in out, out
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
         [sys.executable, "-m", "selectit", "--db", postgres_url, "worker", "--model", "smol", "--no-control",
@@ -168,13 +221,6 @@ def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, po
                 break
             time.sleep(2)
         assert n == 10, (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
-        with db.session_scope(engine) as s:
-            rows = s.execute(sa.select(Score, Sample, Prompt).join(Sample, Sample.id == Score.sample_id)
-                             .join(Prompt, Prompt.id == Score.prompt_id)).all()
-            stored = [(score.status, score.engine, score.engine_version,
-                       (score.p1, score.p2, score.p3, score.p4, score.p5),
-                       render("reference", prompt.template, sample.instruction, sample.input, sample.output))
-                      for score, sample, prompt in rows]
     finally:
         worker.terminate()
         try:
@@ -184,9 +230,6 @@ def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, po
             worker.wait()
         log.close()
         engine.dispose()
+    stored = stored_cells(postgres_url)
     assert {(st, e, v) for st, e, v, _, _ in stored} == {("ok", "vllm", vllm_scorer.engine_version)}
-    # the worker's cells are the torch engine's probabilities
-    reqs = [RatingRequest(i, (0,), (prompt,), 5) for i, (*_, prompt) in enumerate(stored)]
-    expected = by_cell(torch_scorer.score(reqs))
-    for i, (*_, probs, _) in enumerate(stored):
-        assert max(abs(a - b) for a, b in zip(probs, expected[(i, 0)].probs)) <= 1e-4
+    assert_torch_probabilities(torch_scorer, stored)  # the worker's cells are the torch engine's

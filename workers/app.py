@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from celery import Celery
+from celery import Celery, signals
 
 from selectit import db
 from selectit.contract import JobStatus, ScoringEngine
@@ -149,6 +149,14 @@ def resend_lost(eng: sa.Engine | None = None) -> int:
                                            .order_by(Job.id).limit(RESEND_LIMIT)))
             sent += send_jobs(ids, eng)
     return sent
+
+
+@signals.worker_shutdown.connect
+def close_scorers(**_: Any) -> None:
+    """Close the loaded engines as the worker stops: an open vLLM engine process would keep the
+    worker from exiting."""
+    if _scorers is not None:
+        _scorers.close()
 
 
 @app.task(name="selectit.plan")
