@@ -301,7 +301,7 @@ def test_unknown_format(cli, db_url: str, tmp_path: Path) -> None:
     assert_failed_and_nothing_committed(
         cli("ingest", other, "--dataset", "d"), db_url,
         f"{other}: unknown format (the first record has fields ['answer', 'question']; expected "
-        f"instruction/input/output, conversations or messages, or map them: --map instruction=question,"
+        f"instruction/input/output, conversations, messages or prompt/completion, or map them: --map instruction=question,"
         f"output=answer). {tail}")
     assert_failed_and_nothing_committed(
         cli("ingest", other, "--dataset", "d", "--format", "xml"), db_url,
