@@ -224,12 +224,14 @@ def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, po
     finally:
         worker.terminate()
         try:
-            worker.wait(timeout=60)
+            exited = worker.wait(timeout=120)  # a warm shutdown closes the vLLM engine process
         except subprocess.TimeoutExpired:
+            exited = None
             worker.kill()
             worker.wait()
         log.close()
         engine.dispose()
+    assert exited == 0, "the worker did not stop on SIGTERM\n" + (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
     stored = stored_cells(postgres_url)
     assert {(st, e, v) for st, e, v, _, _ in stored} == {("ok", "vllm", vllm_scorer.engine_version)}
     assert_torch_probabilities(torch_scorer, stored)  # the worker's cells are the torch engine's
