@@ -176,7 +176,7 @@ def init(ctx: click.Context) -> None:
 @click.option("--map", "column_map", metavar="FIELD=COLUMN,…", default=None,
               help="Read other schemas: which column holds instruction, input, output, system (or prompt, "
                    "completion), e.g. instruction=question,output=response.")
-@click.option("--split", default=None, metavar="NAME", help="The split of a saved DatasetDict directory.")
+@click.option("--split", default=None, metavar="NAME", help="The split of a saved DatasetDict directory or a Hub dataset.")
 @click.option("--skip-invalid", is_flag=True,
               help="Ingest the valid records and list the invalid ones, instead of failing.")
 @click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
@@ -185,8 +185,9 @@ def init(ctx: click.Context) -> None:
 @handles_errors
 def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_map: str | None,
            split: str | None, skip_invalid: bool, limit: int | None) -> None:
-    """Add the records of FILE (or a save_to_disk directory) to a dataset (one transaction;
-    duplicates stored once). Each record is kept as it was, for `export --format original`.
+    """Add the records of FILE (or a save_to_disk directory, or an OWNER/NAME Hub dataset from the
+    local Hugging Face cache, offline) to a dataset (one transaction; duplicates stored once). Each
+    record is kept as it was, for `export --format original`.
 
     \b
     Example:
@@ -195,6 +196,7 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
       selectit ingest alpaca.json --dataset alpaca-first-100 --limit 100
       selectit ingest dolly.jsonl --dataset dolly --map input=context,output=response
       selectit ingest saved_dataset/ --dataset orca --split train --map instruction=question,output=response,system=system_prompt
+      selectit ingest tatsu-lab/alpaca --dataset alpaca --split train
     """
     with _api_store(ctx) as api_store, _ingest_progress() as progress:
         result = api_store.ingest(file, dataset, format=fmt, map=column_map, split=split, skip_invalid=skip_invalid,

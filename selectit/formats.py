@@ -18,7 +18,9 @@ Formats (detected from the extension and the first record, or forced with `fmt`)
 - ``csv`` / ``tsv``: a header row naming the columns, then one record per row (all text);
 - ``arrow``: an Arrow IPC file or stream (``.arrow``, ``.arrows``, ``.feather``), columns as Parquet's;
 - ``hf-dir``: a directory written by ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` with
-  ``split``), read offline with Hugging Face ``datasets``.
+  ``split``), read offline with Hugging Face ``datasets``; also a Hugging Face Hub dataset id,
+  ``owner/name``, that names no file: read as the same rows from the local Hugging Face cache only
+  (`hub_dataset`), nothing downloaded.
 
 Message content may be a string or a list of text parts, ``{"type": "text", "text"|"value": …}``.
 An alpaca-shaped record may carry a ``system`` prompt: the instruction is then rendered like a
@@ -49,6 +51,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -519,6 +522,96 @@ def hf_dataset(path: Path, split: str | None):  # noqa: ANN201 - datasets.Datase
     return hf.load_from_disk(str(path))
 
 
+#: A Hugging Face Hub dataset id, ``owner/name`` (the hub's repo name rules, loosely).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def hub_id(path: str | Path) -> str | None:
+    """`path` as a Hub dataset id when it names no file and reads like ``owner/name``, else None.
+
+    >>> hub_id("tatsu-lab/alpaca"), hub_id("alpaca.json"), hub_id("../x/y")
+    ('tatsu-lab/alpaca', None, None)
+    """
+    text = str(path)
+    if ".." in text or not _HUB_ID.fullmatch(text) or Path(text).exists():
+        return None
+    return text
+
+
+@contextmanager
+def _hub_offline(hf: Any) -> Iterator[None]:
+    """Offline for this call even when `datasets` was imported with the hub on (it reads the
+    environment once, at import), and without its "using the cached version" warnings."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hf.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE, hf.logging.get_verbosity()
+    hf.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    hf.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved[:2]
+        hf.logging.set_verbosity(saved[2])
+
+
+def hub_dataset(repo_id: str, split: str | None) -> tuple[Any, Path]:
+    """(the `datasets.Dataset` of `split`, the local directory it was read from) for Hub dataset
+    `repo_id`, from the local Hugging Face cache only: the hub cache's snapshot (what
+    `hf download --repo-type dataset` or an earlier `load_dataset` left, ``refs/main`` → its
+    commit), else the `datasets` cache of an earlier `load_dataset(repo_id)`. HF_HOME,
+    HF_HUB_CACHE and HF_DATASETS_CACHE are respected. `split` defaults to the only split, else
+    ``train``."""
+    try:
+        hf = datasets_offline()
+    except SelectitError:
+        raise IngestError(f"{repo_id}: no such file, and reading it as a Hugging Face Hub dataset from the local "
+                          f"cache needs the `datasets` library. Nothing was ingested; install it with "
+                          f"`pip install 'selectit[hf]'`, or give a file.") from None
+    import huggingface_hub
+    import huggingface_hub.constants as hub_constants
+    from datasets.naming import camelcase_to_snakecase
+
+    owner, name = repo_id.split("/")
+    datasets_cache = Path(hf.config.HF_DATASETS_CACHE)
+    candidates: list[tuple[str, Path]] = []
+    try:
+        snapshot = huggingface_hub.snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
+        candidates.append((snapshot, Path(snapshot)))
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, or an id the hub library refuses
+        pass
+    prepared = datasets_cache / f"{owner}___{camelcase_to_snakecase(name)}"
+    if prepared.is_dir():
+        candidates.append((repo_id, prepared))
+    if not candidates:
+        raise IngestError(
+            f"{repo_id} is not a file and not a dataset in the local Hugging Face cache (HF_HOME="
+            f"{hub_constants.HF_HOME}; looked in {hub_constants.HF_HUB_CACHE} and {datasets_cache}). Nothing was "
+            f"ingested; download it first where there is network, e.g. `hf download --repo-type dataset {repo_id}` "
+            f"(`huggingface-cli download` with older huggingface_hub), copy the cache here, or give a file.")
+    failure: Exception | None = None
+    for source, local in candidates:  # the first that loads; a snapshot without data falls through
+        try:
+            with _hub_offline(hf):
+                splits = hf.load_dataset(source)
+            break
+        except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
+            failure = exc
+    else:
+        raise IngestError(f"{repo_id}: found in the local Hugging Face cache ({candidates[0][1]}) but cannot read it "
+                          f"offline ({type(failure).__name__}: {failure}). Nothing was ingested; download it again "
+                          f"where there is network, or give a file.")
+    names = sorted(splits)
+    if split is None:
+        split = names[0] if len(names) == 1 else "train" if "train" in names else None
+        if split is None:
+            raise IngestError(f"{repo_id} has the splits {', '.join(names)} and none is called train; choose one "
+                              f"with --split (e.g. --split {names[0]}). Nothing was ingested.")
+    if split not in names:
+        raise IngestError(f"{repo_id} has no split {split!r} (splits: {', '.join(names)}). Nothing was ingested; "
+                          f"choose one with --split.")
+    return splits[split], local
+
+
 def _iter_hf_dir(ds: Any, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
     if ds._indices is not None:  # noqa: SLF001 - a selected/filtered dataset: materialise its rows
         ds = ds.flatten_indices()
@@ -780,11 +873,18 @@ class RecordReader:
                  progress: Progress | None = None, column_map: dict[str, str] | str | None = None,
                  split: str | None = None) -> None:
         path = Path(path)
-        if not path.exists():
+        self.hub_id = hub_id(path)
+        if not path.exists() and self.hub_id is None:
             raise IngestError(f"{path}: no such file. Nothing was ingested; check the path.")
         if fmt is not None and fmt not in FORMATS:
             raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave "
                               f"--format out to detect it).")
+        if self.hub_id is not None and fmt not in (None, "hf-dir"):
+            raise IngestError(f"{path}: no such file (read as a Hugging Face Hub dataset, it is hf-dir rows, not "
+                              f"{fmt}). Nothing was ingested; check the path, or leave --format out.")
+        #: What the ingest record names (the file, or the hub id) and the local files it digests.
+        self.source = self.hub_id or str(path)
+        self.local = path
         if path.is_dir() and fmt not in (None, "hf-dir"):
             raise IngestError(f"{path} is a directory; --format {fmt} reads a file. Nothing was ingested.")
         if path.is_file() and path.suffix.lower() not in (".parquet", ".pq") and fmt != "parquet":
@@ -797,14 +897,17 @@ class RecordReader:
         self.layout: dict[str, Any] = {}
         self._report: Progress = progress or (lambda *_: None)
         self._detected = fmt is None
-        if fmt is None:
+        if self.hub_id is not None:
+            fmt, self.container = "hf-dir", "hf-dir"
+        elif fmt is None:
             fmt, self.container, _ = detect_format(path)
         else:
             if path.is_file() and path.stat().st_size == 0:
                 raise IngestError(f"{path} is empty. Nothing was ingested; give a file with at least one record.")
             self.container = _container_for(path, fmt)
         if split is not None and self.container != "hf-dir":
-            raise IngestError(f"--split picks a split of a saved DatasetDict directory; {path} is a {fmt} file. "
+            raise IngestError(f"--split picks a split of a saved DatasetDict directory or a Hub dataset; {path} "
+                              f"is a {fmt} file. "
                               f"Nothing was ingested; leave --split out.")
         self.format = fmt
         self._shape: str | None = None
@@ -832,6 +935,9 @@ class RecordReader:
                 return pq.ParquetFile(path).schema_arrow.names
             if self.container == "arrow":
                 return _open_arrow(path)[0].names
+            if self.container == "hf-dir" and self.hub_id is not None:
+                self._hf, self.local = hub_dataset(self.hub_id, self.split)
+                return list(self._hf.column_names)
             if self.container == "hf-dir":
                 self._hf = hf_dataset(path, self.split)
                 return list(self._hf.column_names)

@@ -260,20 +260,22 @@ def ingest_file(
     the first invalid record; with `skip_invalid`, invalid records are returned in `.invalid`.
     `limit` reads only the file's first `limit` records. `column_map` names the file's columns for
     selectit's fields ({"instruction": "question", …} or "instruction=question,…"); `split` picks a
-    split of a saved DatasetDict directory. Each membership keeps its record's original and the
+    split of a saved DatasetDict directory or Hub dataset. A `path` that names no file but reads
+    like ``owner/name`` is a Hugging Face Hub dataset, read from the local cache only (the
+    ingest record names the id). Each membership keeps its record's original and the
     file (an `ingests` row: path, sha256, format, layout), for `export --format original`.
     """
     dataset = valid_name(dataset, "dataset")
     records = RecordReader(path, fmt, limit=limit, progress=progress, column_map=column_map,
                            split=split)  # the parse step: no database
-    path = records.path
-    sha256, size = file_digest(path)
+    path = records.source  # the file, or the Hub dataset id read from the local cache
+    sha256, size = file_digest(records.local)
     result = IngestResult(dataset=dataset, path=str(path), format=records.format)
     seen: set[str] = set()
     with engine.begin() as conn:
-        dataset_id, offset = _dataset_id(conn, dataset, str(path))
+        dataset_id, offset = _dataset_id(conn, dataset, path)
         ingest_id = conn.execute(sa.insert(Ingest).values(
-            dataset_id=dataset_id, path=str(path), sha256=sha256, size=size, format=records.format,
+            dataset_id=dataset_id, path=path, sha256=sha256, size=size, format=records.format,
             container=records.container, layout={}, column_map=records.column_map or None, split=split,
             n_read=0, n_new=0, created_at=utcnow()).returning(Ingest.id)).scalar_one()
         writer = (_PostgresWriter if is_postgres(engine) else _SqliteWriter)(conn, dataset_id, ingest_id)
