@@ -70,7 +70,8 @@ class Store:
     def ingest(self, path: str | os.PathLike[str], dataset: str, *, format: str | None = None,
                map: dict[str, str] | str | None = None, split: str | None = None,
                skip_invalid: bool = False, limit: int | None = None, progress: Any = None) -> IngestResult:
-        """Add the records of `path` (a file or a ``save_to_disk`` directory) to `dataset`.
+        """Add the records of `path` (a file, a ``save_to_disk`` directory, or an ``owner/name`` Hugging
+        Face Hub dataset read offline from the local cache) to `dataset`.
 
         `map` names the file's columns for selectit's fields, e.g.
         ``{"instruction": "question", "output": "response"}`` or the CLI's
