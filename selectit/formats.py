@@ -503,6 +503,12 @@ def datasets_offline():  # noqa: ANN201 - the `datasets` module
     return datasets
 
 
+def _check_split(where: str | Path, split: str, splits: Sequence[str]) -> None:
+    if split not in splits:
+        raise IngestError(f"{where} has no split {split!r} (splits: {', '.join(splits)}). Nothing was ingested; "
+                          f"choose one with --split.")
+
+
 def hf_dataset(path: Path, split: str | None):  # noqa: ANN201 - datasets.Dataset
     """The `datasets.Dataset` saved at `path` (a `DatasetDict` needs `split`), loaded offline."""
     hf = datasets_offline()
@@ -513,9 +519,7 @@ def hf_dataset(path: Path, split: str | None):  # noqa: ANN201 - datasets.Datase
         if split is None:
             raise IngestError(f"{path} holds a DatasetDict with the splits {', '.join(splits)}; choose one with "
                               f"--split (e.g. --split {'train' if 'train' in splits else splits[0]}). Nothing was ingested.")
-        if split not in splits:
-            raise IngestError(f"{path} has no split {split!r} (splits: {', '.join(splits)}). Nothing was ingested; "
-                              f"choose one with --split.")
+        _check_split(path, split, splits)
         return hf.load_from_disk(str(path / split))
     if split is not None:
         raise IngestError(f"{path} is a single Dataset, not a DatasetDict; leave --split out. Nothing was ingested.")
@@ -606,9 +610,7 @@ def hub_dataset(repo_id: str, split: str | None) -> tuple[Any, Path]:
         if split is None:
             raise IngestError(f"{repo_id} has the splits {', '.join(names)} and none is called train; choose one "
                               f"with --split (e.g. --split {names[0]}). Nothing was ingested.")
-    if split not in names:
-        raise IngestError(f"{repo_id} has no split {split!r} (splits: {', '.join(names)}). Nothing was ingested; "
-                          f"choose one with --split.")
+    _check_split(repo_id, split, names)
     return splits[split], local
 
 
@@ -730,6 +732,10 @@ def _prompt_completion(obj: dict[str, Any], _map: dict[str, str] | None = None) 
 _SHAPES: dict[str, Callable[[dict[str, Any], dict[str, str] | None], tuple[str, str, str]]] = {
     "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "prompt-completion": _prompt_completion,
 }
+
+
+#: The fields by which `_shape_of` recognises a record, for the errors that list them.
+_SHAPE_FIELDS = "instruction/input/output, conversations, messages or prompt/completion"
 
 
 def _shape_of(keys: list[str] | set[str]) -> str | None:
@@ -920,8 +926,8 @@ class RecordReader:
             self._shape = "alpaca" if self.column_map else _shape_of(names)
             if self._shape is None:
                 hint = map_hint(names)
-                raise _unknown_format(path, f"columns {names}; expected instruction/input/output, conversations, "
-                                            f"messages or prompt/completion" + (f", or map them: {hint}" if hint else ""))
+                raise _unknown_format(path, f"columns {names}; expected {_SHAPE_FIELDS}"
+                                            + (f", or map them: {hint}" if hint else ""))
         elif not self._detected:
             self._shape = {"sharegpt": "sharegpt", "messages": "messages", "alpaca-json": "alpaca",
                            "jsonl": "alpaca"}[fmt]
@@ -1004,8 +1010,7 @@ class RecordReader:
             if self._shape is None:
                 hint = map_hint(list(obj))
                 raise _unknown_format(
-                    self.path, f"the first record has fields {sorted(obj)}; expected "
-                               f"instruction/input/output, conversations, messages or prompt/completion"
+                    self.path, f"the first record has fields {sorted(obj)}; expected {_SHAPE_FIELDS}"
                                + (f", or map them: {hint}" if hint else ""))
             if self.format in ("alpaca-json", "jsonl") and self._shape in ("sharegpt", "messages"):
                 self.format = self._shape
