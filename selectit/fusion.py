@@ -278,7 +278,7 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
 
 
 # --------------------------------------------------------------------------------------------
-# The views. Notation (DESIGN.md §1): p_k = stored probability of label k, K = prompts.scale.
+# The views (docs/method.md §5). Notation: p_k = stored probability of label k, K = prompts.scale.
 # --------------------------------------------------------------------------------------------
 def _token_sql(max_scale: int, formula: Formula) -> str:
     """token_scores, with both formula variants; `s_token` is the chosen one.
