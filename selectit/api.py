@@ -1,4 +1,4 @@
-"""The Python API: the library under the CLI, for notebooks and scripts.
+"""The Python API: the one door to selectit, for the CLI, notebooks and scripts.
 
     >>> import selectit
     >>> store = selectit.open("sqlite:///selectit.db")          # doctest: +SKIP
@@ -8,6 +8,9 @@
 `open(url)` gives a `Store` on a curation database (created on first use; an older schema is
 refused with the command that upgrades it). Tables come back as `pyarrow.Table`
 (``.to_pandas()`` where pandas is installed). Nothing here imports torch until `score()` runs.
+
+Every `selectit` command is one `Store` method: the CLI parses options, calls it and prints what
+it returns, so both raise the same `selectit.errors.SelectitError` messages.
 """
 
 from __future__ import annotations
@@ -20,15 +23,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectit import db
-from selectit.contract import DEFAULT_TOP
+from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP
+from selectit.errors import SelectitError
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
+    from selectit.engines import EngineOptions
     from selectit.export import ExportResult
+    from selectit.fusion import Coverage, Params
     from selectit.ingest import IngestResult
+    from selectit.report import ReportResult
+    from selectit.schema import LLM
+    from selectit.selection import Criterion
+    from selectit.status import StatusRow
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,79 @@ class SelectionInfo:
     dataset: str
     n_selected: int
     n_rankable: int
+    coverage: Coverage | None = None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model version (`selectit models`)."""
+
+    id: int
+    name: str
+    dtype: str
+    n_params: int
+    weight: float | None
+    active: bool
+    source: str
+    fingerprint: str
+    added: bool = False  # `add_model`: a new version (else the same weights and dtype were known)
+
+    @classmethod
+    def of(cls, row: LLM, *, added: bool = False) -> ModelVersion:
+        return cls(row.id, row.name, row.dtype, row.n_params, row.weight, bool(row.active), row.source,
+                   row.fingerprint, added)
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """What `selectit status` shows: samples per dataset, distinct samples, scoring per model × set."""
+
+    samples_per_dataset: list[tuple[str, int]]
+    distinct_samples: int
+    scoring: list[StatusRow]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    planned: int  # new jobs
+    sent: int  # sent to the broker
+
+
+@dataclass(frozen=True)
+class RankSummary:
+    """What `selectit rank` shows: the parameters, the head of the ranking (with each sample's
+    instruction), how many samples are rankable and kept, and the dataset's coverage."""
+
+    dataset: str
+    params: Params
+    criterion: Criterion
+    head: pa.Table  # rank, sample_id, position, s_model, instruction
+    n_rankable: int
+    n_chosen: int
+    coverage: Coverage
+
+
+@dataclass(frozen=True)
+class InitResult:
+    url: str  # shown without its password
+    before: str | None  # the revision found (None: an empty database)
+    after: str
+
+
+def init(url: str | None = None) -> InitResult:
+    """Create the database at `url`, or upgrade it to the current schema (`selectit init`)."""
+    from selectit.registry import ensure_default_prompts
+
+    engine = db.make_engine(url)
+    try:
+        before = db.current_revision(engine)
+        db.upgrade(url)
+        after = db.current_revision(engine)
+        with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
+            ensure_default_prompts(session)
+        return InitResult(repr(engine.url), before, after or "")
+    finally:
+        engine.dispose()
 
 
 class Store:
@@ -92,24 +175,86 @@ class Store:
         return pa.table({"name": [r[0] for r in rows], "samples": [r[1] for r in rows],
                          "created": [r[2] for r in rows], "source": [r[3] for r in rows]})
 
-    # -- scoring ----------------------------------------------------------------------------
+    def status(self) -> StoreStatus:
+        """Samples per dataset, distinct samples stored, and cells and jobs per model × prompt set."""
+        from selectit.ingest import sample_counts
+        from selectit.status import status_rows
+
+        per_dataset, total = sample_counts(self.engine)
+        return StoreStatus(per_dataset, total, status_rows(self.engine))
+
+    # -- models and prompts -----------------------------------------------------------------
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,
-                  max_tokens: int | None = None) -> int:
-        """Register model `name` from `source` (hub id, directory, .gguf or an alias); its version id."""
+                  max_tokens: int | None = None) -> ModelVersion:
+        """Register model `name` from `source` (hub id, directory, .gguf or an alias); its version."""
         from selectit import registry
 
         with db.session_scope(self.engine) as session:
-            return registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens).id
+            before = {m.id for m in registry.list_models(session)}
+            row = registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+            return ModelVersion.of(row, added=row.id not in before)
 
+    def models(self) -> list[ModelVersion]:
+        """Every model version, by name then id."""
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            return [ModelVersion.of(m) for m in registry.list_models(session)]
+
+    def prompt_sets(self) -> list[tuple[str, str, int, int, int]]:
+        """(set, layout, scale, active prompts, versions) of every prompt set."""
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            return registry.prompt_sets(session)
+
+    def import_prompts(self, path: str | os.PathLike[str], set_name: str, layout: str, *,
+                       first: int | None = None, scale: int = 5) -> list[int]:
+        """Make the lines of `path` the prompts of `set_name`; the ids of its active prompt versions."""
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            return [p.id for p in registry.import_prompts(session, path, set_name, layout, first=first, scale=scale)]
+
+    # -- scoring ----------------------------------------------------------------------------
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-              progress: Any = None) -> Any:
+              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None) -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
 
         `progress`: an object with ``start(total)`` and ``advance(n)`` (the CLI passes its bar).
+        `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
         """
         from selectit.runner import score_in_process
 
-        return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, progress=progress)
+        return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
+                                progress=progress, batch_size=batch_size, engine_options=engine)
+
+    def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
+             enqueue: bool = True) -> PlanResult:
+        """Turn the missing cells into jobs and (with `enqueue`) send them to the workers' queues."""
+        from selectit.planner import plan as plan_jobs
+
+        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set)
+        sent = 0
+        if enqueue and ids:
+            try:
+                from selectit.workers.app import send_jobs
+
+                sent = send_jobs(ids, self.engine)
+            except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
+                raise SelectitError(
+                    f"planned {len(ids)} job(s), but sending them to the broker failed: {exc}. "
+                    "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
+                    "and run `selectit plan` again, or let the beat scheduler re-send them.") from exc
+        return PlanResult(len(ids), sent)
+
+    def require_models(self, names: Sequence[str]) -> None:
+        """Fail with `NoSuchModel` unless every name is an active model (a worker's queues)."""
+        from selectit import lookups
+
+        if names:
+            with db.session_scope(self.engine) as session:
+                lookups.active_models(session, names)
 
     # -- fusion -----------------------------------------------------------------------------
     @contextmanager
@@ -124,44 +269,57 @@ class Store:
         finally:
             con.close()
 
-    def rank(self, dataset: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
-             models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None,
-             top_n: int | None = None, min_score: float | None = None) -> pa.Table:
+    def rank_summary(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+                     weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+                     prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
+                     min_score: float | None = None, limit: int | None = None) -> RankSummary:
+        """The head of `dataset`'s ranking (`limit` rows of those kept), its size and its coverage."""
+        from selectit import fusion, selection
+
+        criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
+        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
+            params = fusion.require_scoring_setup(con)
+            n_rankable = selection.rank_dataset(con, dataset)
+            head = selection.chosen_with_texts(con, criterion, limit=limit, columns=("instruction",))
+            n_chosen = selection.count_chosen(con, criterion)
+            cov = fusion.coverage(con, dataset)
+        return RankSummary(dataset, params, criterion, head, n_rankable, n_chosen, cov)
+
+    def rank(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+             weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+             prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
+             min_score: float | None = None) -> pa.Table:
         """The dataset's ranking, best first: rank, sample_id, position, s_model, instruction, input, output.
 
         Recomputed from the stored ratings for any α, formula, models or weights. `top`/`top_n`/
         `min_score` keep only part of it (default: every rankable sample).
         """
-        from selectit.selection import Criterion, rank_dataset
+        from selectit import selection
 
-        criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
+        criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            rank_dataset(con, dataset)
-            return con.execute(
-                "SELECT r.rank, r.sample_id, r.position, r.s_model, s.instruction, s.input, s.output "
-                f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
-                "JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank"
-            ).to_arrow_table()
+            selection.rank_dataset(con, dataset)
+            return selection.chosen_with_texts(con, criterion)
 
     def select(self, name: str, dataset: str, *, top: float | None = None, top_n: int | None = None,
-               min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
+               min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                prompt_set: str | None = None) -> SelectionInfo:
         """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%)."""
+        from selectit import fusion
         from selectit.selection import Criterion, freeze_selection
 
-        if top is None and top_n is None and min_score is None:
-            top = DEFAULT_TOP
-        criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
+        criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
             selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
-        return SelectionInfo(name, selection_id, dataset, n, n_rankable)
+            cov = fusion.coverage(con, dataset)
+        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov)
 
     def export(self, out: str | os.PathLike[str], *, selection: str | None = None, dataset: str | None = None,
                format: str | None = None, order: str = "rank", with_scores: bool = False,
                llamafactory: bool | str | None = False,
                card: bool = True, top: float | None = None, top_n: int | None = None,
-               min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
+               min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                prompt_set: str | None = None) -> ExportResult:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
@@ -171,6 +329,8 @@ class Store:
         """
         from selectit.export import export_selection
 
+        if (selection is None) == (dataset is None):
+            raise SelectitError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
         return export_selection(self.engine, self.url, out, selection=selection, dataset=dataset, fmt=format,
                                 order=order,
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
@@ -178,16 +338,34 @@ class Store:
                                 weights=weights, models=list(models) if models else None,
                                 prompt_set=prompt_set)
 
-    def sql(self, query: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
-            models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None) -> pa.Table:
-        """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""
-        import pyarrow as pa
+    def report(self, dataset: str, out: str | os.PathLike[str], *, alpha: float = DEFAULT_ALPHA,
+               formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None,
+               models: Sequence[str] | None = None, prompt_set: str | None = None,
+               top: float = DEFAULT_TOP) -> ReportResult:
+        """Write an HTML report of `dataset`'s ratings and its top share to the directory `out`."""
+        from selectit.report import build_report
 
+        return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,
+                            alpha=alpha, formula=formula, weights=weights, top=top)
+
+    def query(self, query: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+              weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+              prompt_set: str | None = None, top: float | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Read-only SQL (DuckDB) over the fusion views and the curation tables: (columns, rows)."""
         from selectit import fusion
 
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights,
                           top=top) as con:
-            columns, rows = fusion.run_sql(con, query)
+            return fusion.run_sql(con, query)
+
+    def sql(self, query: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+            weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+            prompt_set: str | None = None, top: float | None = None) -> pa.Table:
+        """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""
+        import pyarrow as pa
+
+        columns, rows = self.query(query, alpha=alpha, formula=formula, weights=weights, models=models,
+                                   prompt_set=prompt_set, top=top)
         return pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(columns)})
 
 

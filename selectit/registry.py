@@ -273,11 +273,9 @@ def _reading(src: Any, read: Any) -> Any:
 
 def find_model(session: Session, name: str) -> LLM:
     """The active version of model `name`."""
-    row = session.scalar(sa.select(LLM).where(LLM.name == name, LLM.active.is_(True)))
-    if row is None:
-        raise RegistryError(f"no active model named {name!r}; see `selectit models`, or add it with "
-                            f"`selectit model add {name} --source …`")
-    return row
+    from selectit import lookups
+
+    return lookups.active_model(session, name)
 
 
 def list_models(session: Session) -> list[LLM]:
