@@ -150,20 +150,35 @@ class Store:
         return f"<selectit.Store {self.engine.url.render_as_string(hide_password=True)}>"
 
     # -- data in ----------------------------------------------------------------------------
-    def ingest(self, path: str | os.PathLike[str], dataset: str, *, format: str | None = None,
+    def ingest(self, data: str | os.PathLike[str] | Any, dataset: str, *, format: str | None = None,
                map: dict[str, str] | str | None = None, split: str | None = None,
                skip_invalid: bool = False, limit: int | None = None, progress: Any = None) -> IngestResult:
-        """Add the records of `path` (a file, a ``save_to_disk`` directory, or an ``owner/name`` Hugging
-        Face Hub dataset read offline from the local cache) to `dataset`.
+        """Add the records of `data` to `dataset`: a file, a ``save_to_disk`` directory, an
+        ``owner/name`` Hugging Face Hub dataset read offline from the local cache, or a table in
+        memory (a ``pyarrow.Table``, a pandas ``DataFrame`` or a ``datasets.Dataset``).
 
         `map` names the file's columns for selectit's fields, e.g.
         ``{"instruction": "question", "output": "response"}`` or the CLI's
         ``"instruction=question,output=response"``.
+
+            >>> store.ingest(pd.DataFrame({"instruction": ["Hi"], "output": ["Hello"]}), "greetings")  # doctest: +SKIP
         """
+        import tempfile
+
         from selectit.ingest import ingest_file
 
-        return ingest_file(self.engine, path, dataset, fmt=format, skip_invalid=skip_invalid, limit=limit,
-                           column_map=map, split=split, progress=progress)
+        table = _as_arrow(data)
+        if table is None:
+            return ingest_file(self.engine, data, dataset, fmt=format, skip_invalid=skip_invalid, limit=limit,
+                               column_map=map, split=split, progress=progress)
+        import pyarrow.parquet as pq
+
+        # The reader's one path for tables: a Parquet file that lives as long as the ingest.
+        with tempfile.TemporaryDirectory(prefix="selectit-ingest-") as tmp:
+            path = Path(tmp) / "records.parquet"
+            pq.write_table(table, path)
+            return ingest_file(self.engine, path, dataset, fmt="parquet", skip_invalid=skip_invalid, limit=limit,
+                               column_map=map, progress=progress, source=f"<in-memory {type(data).__name__}>")
 
     def datasets(self) -> pa.Table:
         """name, samples, created, source of every dataset."""
@@ -221,11 +236,16 @@ class Store:
               progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None) -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
 
-        `progress`: an object with ``start(total)`` and ``advance(n)`` (the CLI passes its bar).
+        `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
+        an object with ``start(total)`` and ``advance(n)`` (the CLI passes its own bar).
         `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
+
+            >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
         from selectit.runner import score_in_process
 
+        if progress is True:
+            progress = _TqdmProgress()
         return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                                 progress=progress, batch_size=batch_size, engine_options=engine)
 
@@ -315,6 +335,37 @@ class Store:
             cov = fusion.coverage(con, dataset)
         return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov)
 
+    def selection(self, name: str) -> pa.Table:
+        """The frozen selection `name`, best first: rank, sample_id, score (its S_model when frozen),
+        instruction, input, output, position and original_id in its dataset, and ``original`` (the
+        record as ingested, JSON text; null where it was not kept).
+
+            >>> store.selection("demo-top").to_pandas().head()  # doctest: +SKIP
+        """
+        from selectit import lookups
+
+        with db.session_scope(self.engine) as session:
+            found = lookups.selection(session, name)
+            selection_id, dataset_id = found.id, found.dataset_id
+        with self._duckdb() as con:
+            return con.execute(
+                "SELECT ss.rank, ss.sample_id, ss.score, s.instruction, s.input, s.output, "
+                "m.position, m.original_id, m.original "
+                "FROM store.selection_samples ss JOIN store.samples s ON s.id = ss.sample_id "
+                "LEFT JOIN store.dataset_samples m ON m.sample_id = ss.sample_id AND m.dataset_id = ? "
+                "WHERE ss.selection_id = ? ORDER BY ss.rank", [dataset_id, selection_id]).to_arrow_table()
+
+    @contextmanager
+    def _duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDB with the curation database attached read-only as `store` (no fusion views)."""
+        from selectit import fusion
+
+        con = fusion.attach(self.url)
+        try:
+            yield con
+        finally:
+            con.close()
+
     def export(self, out: str | os.PathLike[str], *, selection: str | None = None, dataset: str | None = None,
                format: str | None = None, order: str = "rank", with_scores: bool = False,
                llamafactory: bool | str | None = False,
@@ -367,6 +418,46 @@ class Store:
         columns, rows = self.query(query, alpha=alpha, formula=formula, weights=weights, models=models,
                                    prompt_set=prompt_set, top=top)
         return pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(columns)})
+
+
+class _TqdmProgress:
+    """`Store.score(progress=True)`: a tqdm.auto bar (a widget in notebooks, text in terminals)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, unit="cell", desc="scoring", smoothing=0.1)
+
+    def advance(self, cells: int) -> None:
+        if self._bar is not None:
+            self._bar.update(cells)
+            if self._bar.n >= (self._bar.total or 0):
+                self._bar.close()
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+
+
+def _as_arrow(data: Any) -> pa.Table | None:
+    """`data` as a `pyarrow.Table` when it is a table in memory (Arrow, pandas, datasets), else None."""
+    if isinstance(data, (str, os.PathLike)):
+        return None
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    # By package and class name: neither pandas nor datasets is imported unless the caller did.
+    kind = f"{type(data).__module__.partition('.')[0]}.{type(data).__name__}"
+    if kind == "pandas.DataFrame":
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if kind == "datasets.Dataset":
+        return data.with_format("arrow")[:]
+    raise SelectitError(f"cannot ingest a {kind}: give a path, a pyarrow.Table, a pandas DataFrame "
+                        f"or a datasets.Dataset")
 
 
 def open(url: str | Path | None = None) -> Store:  # noqa: A001 - selectit.open mirrors sqlite_utils.Database

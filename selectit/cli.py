@@ -823,7 +823,24 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         print_table(None, columns, rows)
 
 
-DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_en_demo.json"  # shipped in the wheel
+@main.command("demo-data")
+@click.argument("path", type=click.Path())
+@handles_errors
+def demo_data(path: str) -> None:
+    """Write the bundled demo dataset (999 Alpaca records) to PATH, a new file or a directory.
+
+    The data ships inside the package, so a pip install can follow the README without a clone.
+
+    \b
+    Example:
+      selectit demo-data alpaca_en_demo.json
+      selectit ingest alpaca_en_demo.json --dataset alpaca-demo
+    """
+    from selectit.data import write_demo_data
+
+    click.echo(f"wrote {write_demo_data(path)} (999 Alpaca-format records)")
+
+
 
 
 @main.command()
@@ -848,6 +865,8 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
       selectit demo                  # about 5 minutes on 2 CPU cores
       selectit demo --samples 999    # the whole demo dataset
     """
+    from selectit.data import DEMO_DATA
+
     pairs = [m.partition("=")[::2] for m in models]
     if not pairs or any(not name or not source for name, source in pairs):
         raise click.BadParameter("write each model as NAME=SOURCE, e.g. --model smollm2=smollm2-135m",
