@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from selectit.contract import CellResult, RatingRequest
+from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
 from selectit.preparation import ELLIPSIS, Prepared, RequestPreparation
 
@@ -62,7 +62,7 @@ def _keeps_positions_per_row() -> bool:
     return hasattr(modeling_utils, "slice_logits_to_keep")
 
 
-class Scorer(RequestPreparation):
+class Scorer(RequestPreparation, ScoringEngine):
     """A loaded model that rates samples; see the module docstring for the contract."""
 
     engine = "torch"  # provenance of the score rows it produces (with `engine_version`)
