@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from selectit.errors import SelectitError
 
@@ -225,3 +225,33 @@ class ScoringEngine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: most engines hold nothing to release
         """Release what the engine holds (an engine process, a client); the default holds nothing."""
+
+
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+
+
+def split_on_failure(items: Sequence[Item], run: Callable[[list[Item]], Sequence[Out]],
+                     on_error: Callable[[Exception], None] | None = None) -> list[tuple[Item, Out | None, str | None]]:
+    """`run(items)` as (item, output, None) per item; where it raises, the items are split in halves
+    until each failing item is alone and gets (item, None, "Type: message"). One failing sample
+    never sinks its neighbours. `on_error(exc)` sees every failure (e.g. to shrink a batch on OOM).
+
+    >>> split_on_failure([1, 2, 3], lambda xs: [1 / (x - 2) for x in xs])[1]
+    (2, None, 'ZeroDivisionError: division by zero')
+    """
+    items = list(items)
+    if not items:
+        return []
+    try:
+        outputs = list(run(items))
+        if len(outputs) != len(items):
+            raise RuntimeError(f"{len(outputs)} results for {len(items)} inputs")
+    except Exception as exc:  # noqa: BLE001 - isolated below, reported per item
+        if on_error is not None:
+            on_error(exc)
+        if len(items) == 1:
+            return [(items[0], None, f"{type(exc).__name__}: {exc}"[:2000])]
+        half = len(items) // 2
+        return split_on_failure(items[:half], run, on_error) + split_on_failure(items[half:], run, on_error)
+    return [(item, out, None) for item, out in zip(items, outputs)]

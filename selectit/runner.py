@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from selectit import db
 from selectit.cells import cells_to_score, write_results
-from selectit.contract import CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, render
+from selectit.contract import (CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, render,
+                               split_on_failure)
 from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
 from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
@@ -73,18 +74,17 @@ def _requests(session: Session, cells: dict[int, list[int]], prompts: dict[int, 
 
 
 def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest]) -> list[CellResult]:
-    """Score a batch; if the whole batch raises, isolate the requests that fail on their own."""
-    try:
-        return list(scorer.score(requests))
-    except Exception:  # noqa: BLE001 - one bad sample must not sink its neighbours
-        pass
+    """Score a batch; where the engine raises, isolate the requests that fail on their own."""
+    def per_request(reqs: list[RatingRequest]) -> list[list[CellResult]]:
+        owner = {(r.sample_id, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
+        grouped: list[list[CellResult]] = [[] for _ in reqs]
+        for cell in scorer.score(reqs):
+            grouped[owner[cell.sample_id, cell.prompt_id]].append(cell)
+        return grouped
+
     results: list[CellResult] = []
-    for req in requests:
-        try:
-            results.extend(scorer.score([req]))
-        except Exception as exc:  # noqa: BLE001
-            err = f"{type(exc).__name__}: {exc}"
-            results.extend(CellResult.failed(req.sample_id, p, err) for p in req.prompt_ids)
+    for req, cells, err in split_on_failure(requests, per_request):
+        results.extend(cells if err is None else (CellResult.failed(req.sample_id, p, err) for p in req.prompt_ids))
     return results
 
 

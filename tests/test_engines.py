@@ -142,3 +142,24 @@ def test_a_third_party_engine_from_an_entry_point_is_picked_by_name(tmp_path, ti
     assert set(rows) == {("echo", "echo 1.0 for tiny (engine option: echo)", 0.05, 0.4, 0.9, 7)}
     refused = selectit("score", "--engine", "onnx")
     assert refused.returncode == 2 and "'onnx' is not one of 'torch', 'vllm', 'echo'" in refused.stderr
+
+
+def test_split_on_failure_isolates_the_failing_items_and_keeps_order() -> None:
+    from selectit.contract import split_on_failure
+
+    calls: list[list[int]] = []
+    errors: list[str] = []
+
+    def run(xs: list[int]) -> list[float]:
+        calls.append(xs)
+        return [10 / (x - 3) for x in xs]
+
+    out = split_on_failure([1, 2, 3, 4, 5], run, lambda exc: errors.append(type(exc).__name__))
+    assert out == [(1, -5.0, None), (2, -10.0, None), (3, None, "ZeroDivisionError: division by zero"),
+                   (4, 10.0, None), (5, 5.0, None)]
+    # halves, down to the failing item alone: [1..5] → [1,2] ok, [3,4,5] → [3] fails, [4,5] ok
+    assert calls == [[1, 2, 3, 4, 5], [1, 2], [3, 4, 5], [3], [4, 5]]
+    assert errors == ["ZeroDivisionError"] * 3
+    # a run that answers too few is a failure too: [1, 2] gets one answer, then each alone gets one
+    short = split_on_failure([1, 2], lambda xs: [0])
+    assert short == [(1, 0, None), (2, 0, None)]
