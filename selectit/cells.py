@@ -16,6 +16,9 @@ from selectit import db
 from selectit.contract import CellResult, CellStatus
 from selectit.schema import MAX_SCALE, Job, JobSample, Score, utcnow
 
+#: Rows per multi-row INSERT on PostgreSQL: ~22 parameters a row stays far below its 65,535.
+PG_ROWS_PER_STATEMENT = 1000
+
 
 def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[int, list[int]]:
     """{sample_id: [prompt_id, …]} of the job's cells neither scored ok nor failed at the limit."""
@@ -55,8 +58,17 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
         rows.append(row)
     stmt = db.upsert(session, Score)
     keep = ("sample_id", "model_id", "prompt_id", "attempts")
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["sample_id", "model_id", "prompt_id"],
-        set_={**{c: stmt.excluded[c] for c in rows[0] if c not in keep}, "attempts": Score.attempts + 1},
-        where=Score.status == CellStatus.FAILED)
-    session.execute(stmt, rows)
+
+    def on_conflict(ins: sa.Insert) -> sa.Insert:
+        return ins.on_conflict_do_update(
+            index_elements=["sample_id", "model_id", "prompt_id"],
+            set_={**{c: ins.excluded[c] for c in rows[0] if c not in keep}, "attempts": Score.attempts + 1},
+            where=Score.status == CellStatus.FAILED)
+
+    if db.is_postgres(session.bind):
+        # One multi-row INSERT … VALUES (…), (…) ON CONFLICT per chunk: one statement, one round trip
+        # per batch (an executemany is a statement per row on the server).
+        for start in range(0, len(rows), PG_ROWS_PER_STATEMENT):
+            session.execute(on_conflict(stmt.values(rows[start:start + PG_ROWS_PER_STATEMENT])))
+    else:  # SQLite: executemany of one prepared statement, in-process, no round trips to save
+        session.execute(on_conflict(stmt), rows)

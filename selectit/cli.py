@@ -688,7 +688,7 @@ def prompts_import(ctx: click.Context, file: str, set_name: str, layout: str, fi
 
 
 def _print_scoring_status(engine) -> None:  # noqa: ANN001
-    from selectit.status import status_rows
+    from selectit.status import status_rows, tick_rows
 
     rows = status_rows(engine)
     if not rows:
@@ -699,6 +699,12 @@ def _print_scoring_status(engine) -> None:  # noqa: ANN001
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
                   r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
                  for r in rows])
+    ticks = tick_rows(engine)
+    if ticks:
+        print_table("control ticks of the worker fleet (last run, UTC)",
+                    ["tick", "last run", "worker", "seconds", "runs", "last error"],
+                    [(t.name, f"{t.started_at:%Y-%m-%d %H:%M:%S}", t.worker, f"{t.seconds:.2f}", t.runs,
+                      f"{t.error} (at {t.failed_at:%H:%M:%S})" if t.error else "–") for t in ticks])
 
 
 def _parse_weights(value: str | None) -> dict[str, float] | None:

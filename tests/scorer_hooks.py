@@ -70,3 +70,20 @@ class InstantScorer:
 
 def instant(model: Any) -> InstantScorer:
     return InstantScorer()
+
+
+class EmulatedGPU(InstantScorer):
+    """`InstantScorer` that first sleeps `SELECTIT_TEST_GPU_MS` ms per cell, standing for a GPU
+    forward (a sleep releases the GIL, as a CUDA kernel does): the fleet benchmark measures how
+    much of the GPU's time the bookkeeping around it costs."""
+
+    def __init__(self) -> None:
+        self.seconds_per_cell = float(os.environ.get("SELECTIT_TEST_GPU_MS") or 0) / 1000.0
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        time.sleep(self.seconds_per_cell * sum(len(r.prompt_ids) for r in requests))
+        return super().score(requests, progress)
+
+
+def gpu(model: Any) -> EmulatedGPU:
+    return EmulatedGPU()
