@@ -16,9 +16,6 @@ from selectit import db
 from selectit.contract import CellResult, CellStatus
 from selectit.schema import MAX_SCALE, Job, JobSample, Score, utcnow
 
-#: Rows per multi-row INSERT on PostgreSQL: ~22 parameters a row stays far below its 65,535.
-PG_ROWS_PER_STATEMENT = 1000
-
 
 def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[int, list[int]]:
     """{sample_id: [prompt_id, …]} of the job's cells neither scored ok nor failed at the limit."""
@@ -56,19 +53,31 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
         for k in range(1, MAX_SCALE + 1):
             row[f"p{k}"] = probs[k - 1] if k <= len(probs) else None
         rows.append(row)
-    stmt = db.upsert(session, Score)
-    keep = ("sample_id", "model_id", "prompt_id", "attempts")
-
-    def on_conflict(ins: sa.Insert) -> sa.Insert:
-        return ins.on_conflict_do_update(
-            index_elements=["sample_id", "model_id", "prompt_id"],
-            set_={**{c: ins.excluded[c] for c in rows[0] if c not in keep}, "attempts": Score.attempts + 1},
-            where=Score.status == CellStatus.FAILED)
-
     if db.is_postgres(session.bind):
-        # One multi-row INSERT … VALUES (…), (…) ON CONFLICT per chunk: one statement, one round trip
-        # per batch (an executemany is a statement per row on the server).
-        for start in range(0, len(rows), PG_ROWS_PER_STATEMENT):
-            session.execute(on_conflict(stmt.values(rows[start:start + PG_ROWS_PER_STATEMENT])))
-    else:  # SQLite: executemany of one prepared statement, in-process, no round trips to save
-        session.execute(on_conflict(stmt), rows)
+        # One statement per batch from one array per column: its text never changes, so it is
+        # compiled once and prepared by the server after a few runs (a multi-row VALUES list
+        # is compiled anew for every batch size; an executemany is a statement per row).
+        session.execute(_PG_UPSERT, {c: [row[c] for row in rows] for c in _COLUMNS})
+        return
+    stmt = db.upsert(session, Score)  # SQLite: executemany of one statement, in-process
+    keep = ("sample_id", "model_id", "prompt_id", "attempts")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["sample_id", "model_id", "prompt_id"],
+        set_={**{c: stmt.excluded[c] for c in rows[0] if c not in keep}, "attempts": Score.attempts + 1},
+        where=Score.status == CellStatus.FAILED)
+    session.execute(stmt, rows)
+
+
+#: (column, PostgreSQL array type) of a score row, in `write_results`' row order.
+_COLUMNS = {"sample_id": "integer", "model_id": "integer", "prompt_id": "integer",
+            **{f"p{k}": "double precision" for k in range(1, MAX_SCALE + 1)},
+            "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "status": "text",
+            "error": "text", "attempts": "integer", "scored_at": "timestamp", "worker": "text",
+            "engine": "text", "engine_version": "text"}
+_KEY = ("sample_id", "model_id", "prompt_id")
+_PG_UPSERT = sa.text(
+    f"INSERT INTO scores ({', '.join(_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in _COLUMNS.items())}) "
+    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in (*_KEY, "attempts"))
+    + ", attempts = scores.attempts + 1 WHERE scores.status = 'failed'")
