@@ -125,6 +125,8 @@ class Run:
     pg_cpu_s: float  # CPU seconds of the PostgreSQL server's processes during the run
     wal_bytes: int
     redis_commands: int
+    table_bytes: int = 0  # `scores` with its indexes and TOAST at the end of the run
+    index_bytes: int = 0
 
     @property
     def rate(self) -> float:
@@ -209,7 +211,11 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
         cpu1, wal1, cmd1 = pg_server_cpu(engine), wal_lsn(engine), rds.info("stats")["total_commands_processed"]
         with engine.connect() as c:  # the last cell's write time: the poll's granularity is not counted
             last = c.execute(sa.text("SELECT max(scored_at) FROM scores")).scalar()
-        return Run(n * 5, len(job_ids), (last - t0).total_seconds(), cpu1 - cpu0, wal1 - wal0, cmd1 - cmd0)
+            c.exec_driver_sql("VACUUM ANALYZE scores")
+            size, index = c.execute(sa.text(
+                "SELECT pg_total_relation_size('scores'), pg_indexes_size('scores')")).one()
+        return Run(n * 5, len(job_ids), (last - t0).total_seconds(), cpu1 - cpu0, wal1 - wal0, cmd1 - cmd0,
+                   size, index)
     finally:
         for p in procs:
             p.terminate()
@@ -241,7 +247,8 @@ def gpu_runs(args: argparse.Namespace) -> None:
                           f"{100 * r.rate / ideal:5.1f}% of ideal {ideal:.0f} | per stored cell: PostgreSQL "
                           f"{1e6 * r.pg_cpu_s / r.cells:5.0f} µs CPU, {r.wal_bytes / r.cells:5.0f} B WAL | Redis "
                           f"{r.redis_commands / r.jobs:4.0f} commands per job ({r.jobs} jobs, {r.seconds:.1f} s, "
-                          f"load {os.getloadavg()[0]:.1f})", flush=True)
+                          f"load {os.getloadavg()[0]:.1f}) | scores: {r.table_bytes / r.cells:.0f} B a row, "
+                          f"{r.index_bytes / r.cells:.0f} B of it indexes", flush=True)
     print(f"best of {args.repeat} (share of ideal):")
     for (w, label), r in best.items():
         print(f"  {w} worker{'s' if w > 1 else ' '} {label:13}: {100 * r.rate / (w * 1000 / ms):5.1f}%")

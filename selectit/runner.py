@@ -116,7 +116,9 @@ class BatchWriter:
     def __init__(self, engine: Engine, job_id: int, model_id: int, worker: str, lease: float,
                  engine_name: str | None, engine_version: str | None) -> None:
         self._args = (engine, job_id, model_id, worker, lease, engine_name, engine_version)
-        self._queue: queue.Queue[list[CellResult] | None] = queue.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        self._queue: queue.Queue[tuple[list[CellResult], bool] | None] = queue.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        #: After `close()`: True if the last batch's transaction also marked the job done.
+        self.finished = False
         self._committed: collections.deque[tuple[int, int]] = collections.deque()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"selectit-writer-{job_id}", daemon=True)
@@ -128,15 +130,18 @@ class BatchWriter:
         try:
             with engine.connect() as conn:  # this thread's own connection for the whole job
                 while True:
-                    results = self._queue.get()
-                    if results is None:
+                    item = self._queue.get()
+                    if item is None:
                         ended = True
                         break
+                    results, last = item
                     if self._error is not None:
                         continue  # drain: nothing more is written after a failure
                     with Session(bind=conn) as session, session.begin():
                         write_results(session, model_id, results, worker, engine_name, engine_version)
                         still_ours = heartbeat(session, job_id, worker, lease)
+                        if last and still_ours:  # the job's end rides on its last batch's commit
+                            self.finished = mark_done(session, job_id, worker)
                     n_failed = sum(1 for r in results if not r.ok)
                     self._committed.append((len(results) - n_failed, n_failed))
                     if not still_ours:
@@ -150,9 +155,10 @@ class BatchWriter:
         if self._error is not None:
             raise self._error
 
-    def put(self, results: list[CellResult]) -> None:
+    def put(self, results: list[CellResult], last: bool = False) -> None:
+        """Hand a scored batch over; `last`: the job's last one (its commit marks the job done)."""
         self._check()
-        self._queue.put(results)
+        self._queue.put((results, last))
 
     def close(self) -> None:
         """Wait until every batch handed over is written (or the writer failed)."""
@@ -176,6 +182,16 @@ class BatchWriter:
         while self._committed:
             out.append(self._committed.popleft())
         return out
+
+
+def mark_done(session: Session, job_id: int, worker: str) -> bool:
+    """Mark `worker`'s running job done and drop its membership rows; False if it is not its own."""
+    res = session.execute(sa.update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+                          .values(status=str(JobStatus.DONE), finished_at=utcnow(), lease_expires_at=None))
+    if res.rowcount != 1:
+        return False
+    session.execute(sa.delete(JobSample).where(JobSample.job_id == job_id))
+    return True
 
 
 def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
@@ -231,19 +247,16 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
                        for start in range(0, len(sample_ids), batch_size)]
         writer = BatchWriter(engine, job_id, job.model_id, worker, lease, getattr(scorer, "engine", None),
                              getattr(scorer, "engine_version", None))
-        for requests in batches:
-            writer.put(_score_batch(scorer, requests))
+        for i, requests in enumerate(batches):
+            writer.put(_score_batch(scorer, requests), last=i == len(batches) - 1)
             report(writer)
         writer.close()
         report(writer)
-        with db.session_scope(engine) as session:
-            res = session.execute(sa.update(Job).where(Job.id == job_id, Job.worker == worker,
-                                                       Job.status == JobStatus.RUNNING)
-                                  .values(status=str(JobStatus.DONE), finished_at=utcnow(), lease_expires_at=None))
-            if res.rowcount == 1:
-                session.execute(sa.delete(JobSample).where(JobSample.job_id == job_id))
-            else:
-                outcome.status = Outcome.LOST
+        if not batches:  # nothing left to score: no batch to carry the end
+            with db.session_scope(engine) as session:
+                writer.finished = mark_done(session, job_id, worker)
+        if not writer.finished:
+            outcome.status = Outcome.LOST
     except _Lost:
         writer.abandon()
         report(writer)
