@@ -107,10 +107,11 @@ class BatchWriter:
     """Writes a job's scored batches and renews its lease, on a thread with its own connection,
     so the scorer never waits for the database between forwards.
 
-    `put(results)` hands a batch over (it blocks while `WRITE_QUEUE_BATCHES` batches already
-    wait); `close()` waits for the last write. A write error or a lost lease is raised by the
-    next `put`/`close`. Each batch is one transaction: its cells (one set-based statement) and
-    the lease renewal, so a batch is stored whole or not at all.
+    `put(results, last)` hands a batch over (it blocks while `WRITE_QUEUE_BATCHES` batches
+    already wait); `close()` waits for the last write. A write error or a lost lease is raised by
+    the next `put`/`close`. Each batch is one transaction: its cells (one set-based statement) and
+    the lease renewal — and for the last batch, the job marked done — so a batch is stored whole
+    or not at all.
     """
 
     def __init__(self, engine: Engine, job_id: int, model_id: int, worker: str, lease: float,

@@ -8,7 +8,8 @@ It wraps selectit's real scorer (CPU) and adds, from the environment:
 - `SELECTIT_TEST_DELAY`: seconds to sleep per batch, so a test can kill a process mid-job.
 
 `SELECTIT_SCORER=scorer_hooks:instant` answers every cell at once with a fixed distribution (no
-model, no torch): what is left is the bookkeeping, which the fleet benchmark measures.
+model, no torch): what is left is the bookkeeping, which the fleet benchmark measures;
+`scorer_hooks:gpu` does the same after sleeping `SELECTIT_TEST_GPU_MS` ms a cell (an emulated GPU).
 """
 
 from __future__ import annotations
