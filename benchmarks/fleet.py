@@ -211,7 +211,8 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
         cpu1, wal1, cmd1 = pg_server_cpu(engine), wal_lsn(engine), rds.info("stats")["total_commands_processed"]
         with engine.connect() as c:  # the last cell's write time: the poll's granularity is not counted
             last = c.execute(sa.text("SELECT max(scored_at) FROM scores")).scalar()
-            c.exec_driver_sql("VACUUM ANALYZE scores")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.exec_driver_sql("VACUUM ANALYZE scores")  # the table's size at rest (free space map, no dead rows)
             size, index = c.execute(sa.text(
                 "SELECT pg_total_relation_size('scores'), pg_indexes_size('scores')")).one()
         return Run(n * 5, len(job_ids), (last - t0).total_seconds(), cpu1 - cpu0, wal1 - wal0, cmd1 - cmd0,

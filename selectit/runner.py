@@ -71,6 +71,20 @@ def _requests(session: Session, cells: dict[int, list[int]], prompts: dict[int, 
     return requests
 
 
+def _in_batches(requests: list[RatingRequest], batch_size: int) -> list[list[RatingRequest]]:
+    """`requests` (grouped by sample) cut into batches of `batch_size` samples."""
+    batches: list[list[RatingRequest]] = []
+    samples_in_last = 0
+    for i, req in enumerate(requests):
+        if i == 0 or req.sample_id != requests[i - 1].sample_id:  # a new sample
+            if not batches or samples_in_last == batch_size:
+                batches.append([])
+                samples_in_last = 0
+            samples_in_last += 1
+        batches[-1].append(req)
+    return batches
+
+
 def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest]) -> list[CellResult]:
     """Score a batch; if the whole batch raises, isolate the requests that fail on their own."""
     try:
@@ -243,9 +257,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             job = session.get(Job, job_id)
             cells = cells_to_score(session, job, settings.max_cell_attempts)
             prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
-            sample_ids = list(cells)
-            batches = [_requests(session, {s: cells[s] for s in sample_ids[start:start + batch_size]}, prompts)
-                       for start in range(0, len(sample_ids), batch_size)]
+            batches = _in_batches(_requests(session, cells, prompts), batch_size)
         writer = BatchWriter(engine, job_id, job.model_id, worker, lease, getattr(scorer, "engine", None),
                              getattr(scorer, "engine_version", None))
         for i, requests in enumerate(batches):
