@@ -12,6 +12,7 @@ No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
 import queue
 import threading
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -27,14 +28,17 @@ from sqlalchemy.orm import Session
 
 from selectit import db
 from selectit.cells import cells_to_score, write_results
-from selectit.contract import CellResult, JobStatus, RatingRequest, ScoringEngine, render
+from selectit.contract import CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, render
 from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
 from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
 from selectit.settings import Settings, SettingsError, variable
 
+if TYPE_CHECKING:
+    from selectit.engines import EngineOptions
+
 #: A model version → its loaded scoring engine.
-ScorerFor = Callable[[LLM], ScoringEngine]
+ScorerFor = Callable[[ModelSpec], ScoringEngine]
 
 
 class Outcome(StrEnum):
@@ -231,7 +235,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             return JobOutcome(job_id, Outcome.SKIPPED)
         model = session.get(LLM, job.model_id)
     try:
-        scorer = scorer_for(model)
+        scorer = scorer_for(ModelSpec.of(model))
     except Exception as exc:  # noqa: BLE001 - recorded on the job, retried up to its limit
         if claim(engine, job_id, worker, lease=lease):
             status = release(engine, job_id, worker, settings=settings,
@@ -258,8 +262,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             cells = cells_to_score(session, job, settings.max_cell_attempts)
             prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
             batches = _in_batches(_requests(session, cells, prompts), batch_size)
-        writer = BatchWriter(engine, job_id, job.model_id, worker, lease, getattr(scorer, "engine", None),
-                             getattr(scorer, "engine_version", None))
+        writer = BatchWriter(engine, job_id, job.model_id, worker, lease, scorer.engine, scorer.engine_version)
         for i, requests in enumerate(batches):
             writer.put(_score_batch(scorer, requests), last=i == len(batches) - 1)
             report(writer)
@@ -294,20 +297,54 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
 # --------------------------------------------------------------------------------------------
 
 
-def default_scorer_factory(settings: Settings | None = None) -> ScorerFor:
+def default_scorer_factory(settings: Settings | None = None,
+                           engine_options: EngineOptions | None = None) -> ScorerFor:
     """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default
-    `selectit.engines:load_engine`: the torch or the vLLM engine, as `$SELECTIT_ENGINE` says.
+    `selectit.engines:load_engine`: the torch or the vLLM engine, as `engine_options` (default:
+    `$SELECTIT_ENGINE` and friends) say.
 
     The hook lets a deployment plug in another scoring backend (and the tests inject faults);
     `selectit score` and the Celery workers both go through it.
     """
     spec = (settings or Settings.from_env()).scorer
+    if spec == Settings.scorer:
+        from selectit.engines import load_engine
+
+        return functools.partial(load_engine, options=engine_options)
+    # Deprecated: engines are registered by name now (the `selectit.engines` entry points).
     module, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr or "load_scorer")
+        hook = getattr(importlib.import_module(module), attr or "load_scorer")
     except (ImportError, AttributeError) as exc:
         raise SettingsError(f"${variable('scorer')}={spec!r} cannot be loaded ({exc}); set it to "
                             "module:function or unset it to use selectit's own scorer.") from exc
+    return lambda model: _HookEngine.of(hook(model))
+
+
+class _HookEngine(ScoringEngine):
+    """What a `$SELECTIT_SCORER` hook returned, held to the engine contract."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.engine = getattr(inner, "engine", None) or "hook"  # type: ignore[misc]
+        self.engine_version = getattr(inner, "engine_version", None) or type(inner).__qualname__
+
+    @classmethod
+    def of(cls, inner: object) -> ScoringEngine:
+        return inner if isinstance(inner, ScoringEngine) else cls(inner)
+
+    @property  # type: ignore[override]
+    def forwards(self) -> int:
+        return int(getattr(self.inner, "forwards", 0))
+
+    def score(self, requests: Sequence[RatingRequest],
+              progress: Callable[[int], None] | None = None) -> list[CellResult]:
+        return list(self.inner.score(requests, progress))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 class ScorerCache:
@@ -318,7 +355,7 @@ class ScorerCache:
         self._settings = settings
         self.scorers: dict[int, ScoringEngine] = {}
 
-    def __call__(self, model: LLM) -> ScoringEngine:
+    def __call__(self, model: ModelSpec) -> ScoringEngine:
         if model.id not in self.scorers:
             if self._load is None:
                 self._load = default_scorer_factory(self._settings)
@@ -328,16 +365,14 @@ class ScorerCache:
     @property
     def forwards(self) -> int:
         """Forward passes run by the engines so far (those that count them)."""
-        return sum(getattr(s, "forwards", 0) for s in self.scorers.values())
+        return sum(s.forwards for s in self.scorers.values())
 
     def close(self) -> None:
         """Close the engines that hold resources (vLLM's engine process: left open, the
         interpreter waits for it at exit forever)."""
         scorers, self.scorers = list(self.scorers.values()), {}
         for scorer in scorers:
-            close = getattr(scorer, "close", None)
-            if close is not None:
-                close()
+            scorer.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +407,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                      prompt_set: str | None = None, progress: ScoreProgress | None = None,
                      batch_size: int | None = None, scorer_for: ScorerFor | None = None,
                      worker: str | None = None, poll: float = 1.0,
-                     settings: Settings | None = None) -> ScoreSummary:
+                     settings: Settings | None = None, engine_options: EngineOptions | None = None) -> ScoreSummary:
     """Plan the missing cells of the scope and run the jobs here, through `run_job`.
 
     Jobs left `running` by a killed run on this host are taken over at once (their `host:pid`
@@ -382,7 +417,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     settings = settings or Settings.from_env()
     worker = worker or worker_id()
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
-    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings))
+    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options))
     summary = ScoreSummary()
     with db.session_scope(engine) as session:
         scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
