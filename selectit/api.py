@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from selectit.report import ReportResult
     from selectit.schema import LLM
     from selectit.selection import Criterion
-    from selectit.status import StatusRow
+    from selectit.status import StatusRow, TickRow
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class StoreStatus:
     samples_per_dataset: list[tuple[str, int]]
     distinct_samples: int
     scoring: list[StatusRow]
+    control_ticks: list[TickRow] = field(default_factory=list)  # the fleet's clock: last run of each tick
 
 
 @dataclass(frozen=True)
@@ -196,10 +197,10 @@ class Store:
     def status(self) -> StoreStatus:
         """Samples per dataset, distinct samples stored, and cells and jobs per model × prompt set."""
         from selectit.ingest import sample_counts
-        from selectit.status import status_rows
+        from selectit.status import status_rows, tick_rows
 
         per_dataset, total = sample_counts(self.engine)
-        return StoreStatus(per_dataset, total, status_rows(self.engine))
+        return StoreStatus(per_dataset, total, status_rows(self.engine), tick_rows(self.engine))
 
     # -- models and prompts -----------------------------------------------------------------
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,

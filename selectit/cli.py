@@ -252,6 +252,7 @@ def status(ctx: click.Context) -> None:
     print_table("samples", ["dataset", "samples"], status.samples_per_dataset)
     console.print(f"distinct samples stored: {status.distinct_samples}")
     _print_scoring_status(status.scoring)
+    _print_control_ticks(status.control_ticks)
 
 
 def _fusion_options(func: F) -> F:
@@ -634,6 +635,14 @@ def _print_scoring_status(rows: list[Any]) -> None:
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
                   r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
                  for r in rows])
+
+
+def _print_control_ticks(ticks: list[Any]) -> None:
+    if ticks:
+        print_table("control ticks of the worker fleet (last run, UTC)",
+                    ["tick", "last run", "worker", "seconds", "runs", "last error"],
+                    [(t.name, f"{t.started_at:%Y-%m-%d %H:%M:%S}", t.worker, f"{t.seconds:.2f}", t.runs,
+                      f"{t.error} (at {t.failed_at:%H:%M:%S})" if t.error else "–") for t in ticks])
 
 
 def _parse_weights(value: str | None) -> dict[str, float] | None:

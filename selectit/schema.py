@@ -236,6 +236,22 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
+class ControlTick(Base):
+    """The last run of each piece of the fleet's periodic bookkeeping (`plan`, `requeue-expired`):
+    when, by which worker, how long it took, and its error if it failed (`selectit status`)."""
+
+    __tablename__ = "control_ticks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    seconds: Mapped[float] = mapped_column(Float)
+    runs: Mapped[int] = mapped_column(Integer, default=1)
+    #: The error of the last run (None: it succeeded); `failed_at`: when a run last failed.
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
 class JobSample(Base):
     """The samples of an *open* job, so the planner can exclude their cells in SQL (rows are
     deleted when the job ends; `Job.sample_ids` keeps the record). No foreign key and no index
