@@ -178,6 +178,38 @@ class Store:
                                 weights=weights, models=list(models) if models else None,
                                 prompt_set=prompt_set)
 
+    def diagnose(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
+                 alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None) -> pa.Table:
+        """Rater health of `dataset`: the `rater_health` rows (per model, then per prompt; the
+        fusion row last) with label mass, decisiveness, collapse, agreement and truncation, and a
+        `warning` column (the lines of `health_warnings`, joined by newlines; "" when none).
+
+        >>> selectit.open("selectit.db").diagnose("alpaca").to_pandas()   # doctest: +SKIP
+        """
+        import pyarrow as pa
+
+        from selectit import health
+
+        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
+            rows = health.diagnose(con, dataset)
+        found = health.judge(rows)
+        for r in rows:
+            r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
+        columns = [*health.COLUMNS, "warning"]
+        return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
+
+    def health_warnings(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
+                        selection: str | None = None, alpha: float = 0.2, formula: str = "paper",
+                        weights: dict[str, float] | None = None) -> list[str]:
+        """The rater health warnings of `dataset` (or of the frozen `selection`'s dataset and
+        models), one line each; [] when every figure is within its threshold (`selectit.health`)."""
+        from selectit import health
+
+        if selection is not None:
+            return health.selection_warnings(self.engine, self.url, selection)
+        return health.warnings_for(self.url, dataset, alpha=alpha, formula=formula,
+                                   models=list(models) if models else None, prompt_set=prompt_set, weights=weights)
+
     def sql(self, query: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
             models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None) -> pa.Table:
         """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""

@@ -353,6 +353,8 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
     )
+    _print_health_warnings(ctx, dataset, models=_parse_models(models), prompt_set=prompt_set, alpha=alpha,
+                           formula=formula, weights=_parse_weights(weights))
 
 
 def _scope_options(func: F) -> F:
@@ -690,14 +692,18 @@ def prompts_import(ctx: click.Context, file: str, set_name: str, layout: str, fi
 def _print_scoring_status(engine) -> None:  # noqa: ANN001
     from selectit.status import status_rows
 
+    from selectit.health import store_words
+
     rows = status_rows(engine)
     if not rows:
         return
+    words = store_words(engine.url.render_as_string(hide_password=False), sorted({r.prompt_set for r in rows}))
     print_table("scoring (per model × prompt set)",
                 ["model", "prompt set", "done", "missing", "failed", "queued", "running", "expired",
-                 "failed jobs", "cells/min (10 min)", "done by engine"],
+                 "failed jobs", "cells/min (10 min)", "done by engine", "health"],
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
-                  r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
+                  r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–",
+                  words.get((r.model, r.prompt_set), "–") if r.done else "–")
                  for r in rows])
 
 
@@ -780,6 +786,8 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
         click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion != selection.Criterion():
         click.echo(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
+    _print_health_warnings(ctx, dataset, models=_parse_models(models), prompt_set=prompt_set, alpha=alpha,
+                           formula=formula, weights=_parse_weights(weights))
 
 
 @main.command()
@@ -817,6 +825,7 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
     if cov.n_not_rankable:
         click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
                       f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
+    _print_health_warnings(ctx, dataset, selection=name)
 
 
 @main.command()
@@ -874,6 +883,77 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
     for extra in (result.card, result.dataset_info):
         if extra is not None:
             click.echo(f"wrote {extra}")
+    _print_health_warnings(ctx, dataset, selection=selection, models=names, prompt_set=prompt_set, alpha=alpha,
+                           formula=formula, weights=_parse_weights(weights))
+
+
+def _print_health_warnings(ctx: click.Context, dataset: str | None, *, selection: str | None = None,
+                           **fusion_options: Any) -> None:
+    """The rater health warnings on stderr, one line each (never changes the exit code)."""
+    from selectit.errors import SelectitError
+
+    try:
+        with _api_store(ctx) as api_store:
+            lines = api_store.health_warnings(dataset or "", selection=selection, **fusion_options)
+    except SelectitError as exc:  # the command itself already succeeded: say why there is no check
+        lines = [f"rater health not checked: {_one_line(str(exc))}"]
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+@main.command()
+@click.option("--dataset", "-d", required=True, help="The dataset whose ratings to check.")
+@click.option("--models", default=None, metavar="A,B", help="Comma-separated model names [default: every active model].")
+@click.option("--prompt-set", default=None, metavar="SET", help=f"Prompt set [default: {DEFAULT_PROMPT_SET}].")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]),
+              help="A table and the warnings, or JSON (rows, warnings, thresholds).")
+@click.pass_context
+@handles_errors
+def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, fmt: str) -> None:
+    """Check the raters: can their ratings of a dataset be trusted?
+
+    Per model (and per prompt): the label mass (how much probability the rater puts on the label
+    digits at all; median and 10th percentile), the mean max P' (decisiveness), the share of cells
+    with the most common S_base (collapse), the share of truncated cells, and Spearman ρ between
+    the model's prompts, between models and with the response length. A figure past its threshold
+    (README: "Can I trust these ratings?") prints a warning naming the rater and what to do.
+
+    \b
+    Example:
+      selectit diagnose --dataset alpaca
+      selectit diagnose --dataset alpaca --models smollm2 --format json
+    """
+    import dataclasses
+    import json
+
+    from selectit import health
+
+    with _api_store(ctx) as api_store:
+        table = api_store.diagnose(dataset, models=_parse_models(models), prompt_set=prompt_set)
+    rows = table.to_pylist()
+    warnings = [line for r in rows for line in r["warning"].splitlines()]
+    if fmt == "json":
+        click.echo(json.dumps({"dataset": dataset, "rows": rows, "warnings": warnings,
+                               "thresholds": dataclasses.asdict(health.THRESHOLDS)}, ensure_ascii=False, indent=2))
+        return
+    print_table(f"rater health of {dataset}",
+                ["model", "prompt", "cells", "label mass (median)", "p10", "mean max P'", "collapse",
+                 "truncated", "ρ prompts", "ρ models", "ρ length"],
+                [(r["model"] or "(all models)", "all" if r["level"] != "prompt" else str(r["position"]), r["cells"],
+                  _fmt(r["mass_median"]), _fmt(r["mass_p10"]), _fmt(r["mean_max_p"]),
+                  "–" if r["collapse_share"] is None else f"{100 * r['collapse_share']:.0f}% → {r['collapse_base']}",
+                  "–" if r["truncated_share"] is None else f"{100 * r['truncated_share']:.0f}%",
+                  _fmt(r["rho_prompts"], 2), _fmt(r["rho_models"], 2), _fmt(r["rho_length"], 2)) for r in rows])
+    for line in warnings:
+        click.echo(f"warning: {line}")
+    if not warnings:
+        click.echo("no warnings: every figure is within its threshold.")
 
 
 @main.command()

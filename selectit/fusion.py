@@ -9,7 +9,9 @@ binaries that the `duckdb-extension-*` PyPI packages carry, never downloaded), a
 - `sentence_scores(sample_id, model_id, model, n_prompts, s_sent)`;
 - `model_scores(sample_id, n_models, s_model)`;
 - `ranking(dataset, dataset_id, sample_id, position, s_model, rank, percentile)` (rank 1 = best);
-- `selective_alpaca(dataset, rank, sample_id, instruction, input, output, s_model)` (top share).
+- `selective_alpaca(dataset, rank, sample_id, instruction, input, output, s_model)` (top share);
+- `rater_health(dataset, level, model_id, model, prompt_set, prompt_id, position, cells, …)`: how far
+  the raters can be trusted (label mass, decisiveness, collapse, agreement; `health_sql`).
 
 Only active model and prompt versions of the chosen models and prompt set enter the views (the
 temporary tables `chosen_models` and `chosen_prompts` say which, with each model's θ); older
@@ -313,6 +315,7 @@ def _token_sql(max_scale: int, formula: Formula) -> str:
 CREATE OR REPLACE TEMP VIEW token_scores AS
 WITH cell AS (
     SELECT s.sample_id, s.model_id, m.model, s.prompt_id, p.set_name, p.position, p.scale,
+           CAST(s.truncated AS INTEGER) AS truncated,
            {mask}
     FROM store.scores s
     JOIN chosen_models m ON m.model_id = s.model_id
@@ -332,7 +335,10 @@ SELECT sample_id, model_id, model, prompt_id, set_name, position, scale,
        base_{"a" if formula == Formula.PAPER else "b"} AS s_base,
        base_a * {spread('a')} / (scale - 1) AS s_token_paper,
        base_b * {spread('b')} / (scale - 1) AS s_token_reference,
-       s_token_{chosen} AS s_token
+       s_token_{chosen} AS s_token,
+       coalesce(psum, 0) AS mass,  -- Σ_k p_k: how much the rater answers with a label at all
+       max_{"a" if formula == Formula.PAPER else "b"} AS p_max,  -- max_k P'_k of the chosen formula
+       truncated
 FROM based
 """
 
@@ -376,6 +382,133 @@ SELECT r.dataset, r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_mod
 FROM (SELECT *, count(*) OVER (PARTITION BY dataset_id) AS n_rankable FROM ranking) r
 JOIN store.samples s ON s.id = r.sample_id
 WHERE r.rank <= {top_share_sql(top, "r.n_rankable")};
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Rater health: can the ratings be trusted? (thresholds and warnings: `selectit.health`)
+# --------------------------------------------------------------------------------------------
+#: The samples a health figure is computed over: (dataset, sample_id, response_chars).
+DATASET_SCOPE = """
+SELECT d.name AS dataset, ds.sample_id, length(s.output) AS response_chars
+FROM store.dataset_samples ds JOIN store.datasets d ON d.id = ds.dataset_id JOIN store.samples s ON s.id = ds.sample_id
+"""
+#: Every stored sample of any dataset once, as the dataset '*' (what `selectit status` reports).
+ALL_SAMPLES_SCOPE = """
+SELECT '*' AS dataset, s.id AS sample_id, length(s.output) AS response_chars
+FROM store.samples s WHERE s.id IN (SELECT sample_id FROM store.dataset_samples)
+"""
+
+
+def _spearman(source: str, keys: str) -> str:
+    """Spearman ρ of x and y per group `keys` over the rows of `source` (columns keys, x, y).
+
+    ρ = Pearson correlation of the ranks, tied values sharing their mean rank (as
+    scipy.stats.spearmanr); NULL when either side is constant (ρ undefined) or under 3 rows.
+    """
+    return f"""
+    SELECT {keys}, count(*) AS n,
+           CASE WHEN count(*) >= 3 AND var_pop(rx) > 0 AND var_pop(ry) > 0 THEN corr(rx, ry) END AS rho
+    FROM (SELECT {keys},
+                 rank() OVER (PARTITION BY {keys} ORDER BY x)
+                   + (count(*) OVER (PARTITION BY {keys}, x) - 1) / 2.0 AS rx,
+                 rank() OVER (PARTITION BY {keys} ORDER BY y)
+                   + (count(*) OVER (PARTITION BY {keys}, y) - 1) / 2.0 AS ry
+          FROM ({source}) WHERE x IS NOT NULL AND y IS NOT NULL)
+    GROUP BY {keys}"""
+
+
+def _cell_figures(keys: str) -> str:
+    """Label mass, decisiveness, collapse and truncation over the health cells, per `keys`.
+
+    collapse_base is the most common S_base (ties → the smaller), collapse_share its share.
+    """
+    return f"""
+    SELECT {keys}, count(*) AS cells, count(DISTINCT sample_id) AS samples, any_value(scale) AS scale,
+           median(mass) AS mass_median, quantile_cont(mass, 0.1) AS mass_p10, avg(p_max) AS mean_max_p,
+           avg(truncated) AS truncated_share
+    FROM health_cells GROUP BY {keys}"""
+
+
+def health_sql(scope: str) -> str:
+    """The rater health figures over the samples of `scope` (see `DATASET_SCOPE`), one row per
+    (dataset, level, model, prompt): level `prompt` (one prompt of a model), `model` (all its
+    prompts) and `fusion` (the chosen models together; model NULL). Columns:
+
+    cells (usable cells counted), samples, scale K, mass_median / mass_p10 (median and 10th
+    percentile of Σ_k p_k), mean_max_p (mean max_k P'_k), collapse_base / collapse_share (the most
+    common S_base and the share of cells that get it), truncated_share, rho_prompts (median
+    Spearman ρ of S_token between two prompts of the model, over the pairs; for a prompt: the
+    pairs it is in), rho_models (median ρ of S_sent between two models; for a model: its pairs),
+    rho_length (ρ of S_sent — S_model for the fusion row — with the response's length in
+    characters), rho_pairs (how many pairs the median is over). ρ is over the samples both
+    sides scored; the figures use the connection's formula, α and models.
+    """
+    rho_pairs = _spearman(
+        "SELECT a.dataset, a.model_id, a.prompt_id AS pa, b.prompt_id AS pb, a.s_token AS x, b.s_token AS y "
+        "FROM health_cells a JOIN health_cells b ON a.dataset = b.dataset AND a.model_id = b.model_id "
+        "AND a.sample_id = b.sample_id AND a.position < b.position",
+        "dataset, model_id, pa, pb")
+    model_pairs = _spearman(
+        "SELECT a.dataset, a.model_id AS ma, b.model_id AS mb, a.s_sent AS x, b.s_sent AS y "
+        "FROM health_sent a JOIN health_sent b ON a.dataset = b.dataset AND a.sample_id = b.sample_id "
+        "AND a.model_id < b.model_id",
+        "dataset, ma, mb")
+    sent_length = _spearman("SELECT dataset, model_id, s_sent AS x, response_chars AS y FROM health_sent",
+                            "dataset, model_id")
+    model_length = _spearman(
+        "SELECT sc.dataset, m.s_model AS x, sc.response_chars AS y FROM model_scores m JOIN scope sc USING (sample_id)",
+        "dataset")
+    mode = """(SELECT {keys}, first(s_base ORDER BY n DESC, s_base) AS collapse_base, max(n) / sum(n) AS collapse_share
+               FROM (SELECT {keys}, s_base, count(*) AS n FROM health_cells WHERE s_base IS NOT NULL
+                     GROUP BY {keys}, s_base) GROUP BY {keys})"""
+    return f"""
+WITH scope AS ({scope}),
+health_cells AS (
+    SELECT sc.dataset, sc.response_chars, t.* FROM token_scores t JOIN scope sc USING (sample_id)
+), health_sent AS (
+    SELECT sc.dataset, sc.response_chars, s.* FROM sentence_scores s JOIN scope sc USING (sample_id)
+), prompt_pairs AS ({rho_pairs}
+), model_pairs AS ({model_pairs}
+), per_prompt AS ({_cell_figures("dataset, model_id, prompt_id")}
+), per_model AS ({_cell_figures("dataset, model_id")}
+), prompt_rho AS (
+    SELECT dataset, model_id, prompt_id, median(rho) AS rho_prompts, count(rho) AS rho_pairs
+    FROM (SELECT dataset, model_id, pa AS prompt_id, rho FROM prompt_pairs
+          UNION ALL SELECT dataset, model_id, pb, rho FROM prompt_pairs)
+    GROUP BY dataset, model_id, prompt_id
+), model_rho AS (
+    SELECT dataset, model_id, median(rho) AS rho_prompts, count(rho) AS rho_pairs FROM prompt_pairs GROUP BY ALL
+), model_agree AS (
+    SELECT dataset, model_id, median(rho) AS rho_models FROM (
+        SELECT dataset, ma AS model_id, rho FROM model_pairs UNION ALL SELECT dataset, mb, rho FROM model_pairs)
+    GROUP BY ALL
+)
+SELECT f.dataset, 'prompt' AS level, f.model_id, m.model, p.set_name AS prompt_set, f.prompt_id, p.position,
+       f.cells, f.samples, f.scale, f.mass_median, f.mass_p10, f.mean_max_p, c.collapse_base, c.collapse_share,
+       f.truncated_share, r.rho_prompts, NULL::DOUBLE AS rho_models, NULL::DOUBLE AS rho_length, r.rho_pairs
+FROM per_prompt f
+JOIN chosen_models m USING (model_id)
+JOIN chosen_prompts p USING (prompt_id)
+LEFT JOIN {mode.format(keys="dataset, model_id, prompt_id")} c USING (dataset, model_id, prompt_id)
+LEFT JOIN prompt_rho r USING (dataset, model_id, prompt_id)
+UNION ALL
+SELECT f.dataset, 'model', f.model_id, m.model, (SELECT any_value(set_name) FROM chosen_prompts), NULL, NULL,
+       f.cells, f.samples, f.scale, f.mass_median, f.mass_p10, f.mean_max_p, c.collapse_base, c.collapse_share,
+       f.truncated_share, r.rho_prompts, a.rho_models, l.rho, r.rho_pairs
+FROM per_model f
+JOIN chosen_models m USING (model_id)
+LEFT JOIN {mode.format(keys="dataset, model_id")} c USING (dataset, model_id)
+LEFT JOIN model_rho r USING (dataset, model_id)
+LEFT JOIN model_agree a USING (dataset, model_id)
+LEFT JOIN ({sent_length}) l USING (dataset, model_id)
+UNION ALL
+SELECT f.dataset, 'fusion', NULL, NULL, (SELECT any_value(set_name) FROM chosen_prompts), NULL, NULL,
+       f.cells, coalesce(l.n, 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT median(rho) FROM model_pairs mp WHERE mp.dataset = f.dataset), l.rho,
+       (SELECT count(rho) FROM model_pairs mp WHERE mp.dataset = f.dataset)
+FROM (SELECT dataset, sum(cells) AS cells FROM per_model GROUP BY dataset) f
+LEFT JOIN ({model_length}) l USING (dataset)
 """
 
 
@@ -525,6 +658,7 @@ def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) ->
     max_scale = max((p.scale for p in params.prompts), default=2)
     con.execute(_token_sql(max_scale, Formula(params.formula)))
     con.execute(_views_sql(float(params.alpha), len(params.prompts), len(params.models), top))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE)}")
     # The parameters travel with the connection (and are visible to ad-hoc SQL).
     con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {_sql_str(json.dumps(params.as_json()))}::JSON AS params")
 
