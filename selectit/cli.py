@@ -697,14 +697,18 @@ def _print_scoring_status(engine) -> None:  # noqa: ANN001
     rows = status_rows(engine)
     if not rows:
         return
-    words = store_words(engine.url.render_as_string(hide_password=False), sorted({r.prompt_set for r in rows}))
     print_table("scoring (per model × prompt set)",
                 ["model", "prompt set", "done", "missing", "failed", "queued", "running", "expired",
-                 "failed jobs", "cells/min (10 min)", "done by engine", "health"],
+                 "failed jobs", "cells/min (10 min)", "done by engine"],
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
-                  r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–",
-                  words.get((r.model, r.prompt_set), "–") if r.done else "–")
+                  r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
                  for r in rows])
+    scored = sorted({r.prompt_set for r in rows if r.done})
+    words = store_words(engine.url.render_as_string(hide_password=False), scored)
+    if words:
+        print_table("rater health (every stored sample; details: selectit diagnose)", ["model", "prompt set", "health"],
+                    [(r.model, r.prompt_set, words[(r.model, r.prompt_set)])
+                     for r in rows if (r.model, r.prompt_set) in words])
 
 
 def _parse_weights(value: str | None) -> dict[str, float] | None:

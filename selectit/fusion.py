@@ -405,6 +405,8 @@ def _spearman(source: str, keys: str) -> str:
 
     ρ = Pearson correlation of the ranks, tied values sharing their mean rank (as
     scipy.stats.spearmanr); NULL when either side is constant (ρ undefined) or under 3 rows.
+    Values are compared at 12 decimals: two ways of summing the same probabilities can differ in
+    the last bit, and that must not break a tie.
     """
     return f"""
     SELECT {keys}, count(*) AS n,
@@ -414,7 +416,8 @@ def _spearman(source: str, keys: str) -> str:
                    + (count(*) OVER (PARTITION BY {keys}, x) - 1) / 2.0 AS rx,
                  rank() OVER (PARTITION BY {keys} ORDER BY y)
                    + (count(*) OVER (PARTITION BY {keys}, y) - 1) / 2.0 AS ry
-          FROM ({source}) WHERE x IS NOT NULL AND y IS NOT NULL)
+          FROM (SELECT * REPLACE (round(x, 12) AS x, round(y, 12) AS y) FROM ({source}))
+          WHERE x IS NOT NULL AND y IS NOT NULL)
     GROUP BY {keys}"""
 
 

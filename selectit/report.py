@@ -565,6 +565,28 @@ def _coverage_section(d: _Data, plt: Any, out: Path) -> Section:
     return sec
 
 
+def _health_section(con: Any, dataset: str) -> Section:
+    """Rater health (`selectit.health`): the figures per model and prompt, and the warnings."""
+    from selectit import health
+
+    try:
+        rows = health.diagnose(con, dataset)
+    except SelectitError as exc:  # e.g. no model chosen: the coverage section says what to do
+        return Section("rater-health", "Rater health", "Nothing to judge yet.", note=str(exc))
+    warnings = [w.text for w in health.judge(rows)]
+    sec = Section(
+        "rater-health", "Rater health",
+        "Can these ratings be trusted? Label mass: the probability the rater puts on the label digits at all "
+        "(median, 10th percentile); mean max P': how decided it is; collapse: the share of cells with the most "
+        "common S_base; ρ: Spearman correlation between a model's prompts, between models and with the "
+        "response length. Thresholds: README, \"Can I trust these ratings?\".",
+        note=("Warnings: " + " • ".join(warnings)) if warnings else "No warnings: every figure is within its threshold.",
+    )
+    sec.tables = [Table("rater_health", "Rater health per model and prompt", list(health.COLUMNS),
+                        [[_round(r[c]) for c in health.COLUMNS] for r in rows])]
+    return sec
+
+
 def _save(fig: Any, plt: Any, out: Path, name: str, tight: bool = True) -> str:
     if tight:
         fig.tight_layout()
@@ -715,6 +737,7 @@ def build_report(
     )
     try:
         d = _gather(con, dataset)
+        health_section = _health_section(con, dataset)
     finally:
         con.close()
 
@@ -724,7 +747,7 @@ def build_report(
             _coverage_section, _sent_section, _token_section, _prompt_agreement_section,
             _model_agreement_section, _length_section, _calc_section,
         )  # fmt: skip
-        sections = []
+        sections = [health_section]
         for build in builders:
             sec = build(d, plt, tmp)
             if progress:
