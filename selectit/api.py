@@ -40,6 +40,7 @@ class SelectionInfo:
     dataset: str
     n_selected: int
     n_rankable: int
+    how: str = ""  # how the samples were chosen, e.g. "top 0.2 share" or "random 0.2 share, seed 1"
 
 
 class Store:
@@ -146,16 +147,36 @@ class Store:
     def select(self, name: str, dataset: str, *, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None) -> SelectionInfo:
-        """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%)."""
-        from selectit.selection import Criterion, freeze_selection
+               prompt_set: str | None = None, random: float | None = None, seed: int = 0,
+               by: str = "score") -> SelectionInfo:
+        """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%).
 
-        if top is None and top_n is None and min_score is None:
-            top = DEFAULT_TOP
-        criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
+        Controls for ablations, from the same rankable samples and with the same size rules:
+        ``random=0.2, seed=1`` draws 20% at random (the same ids on every store), and
+        ``by="length", top=0.2`` keeps the 20% with the longest responses.
+        """
+        from selectit.fusion import FusionError
+        from selectit.selection import Control, Criterion, freeze_selection
+
+        criterion: Criterion | Control
+        if by not in ("score", "length"):
+            raise FusionError(f"--by must be score or length, not {by!r}")
+        if random is not None:
+            if by != "score" or top is not None or top_n is not None or min_score is not None:
+                raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
+                                  "--min-score or --by")
+            criterion = Control("random", top=random, seed=seed)
+        elif by == "length":
+            if min_score is not None:
+                raise FusionError("--by length keeps the longest responses: give --top or --top-n, not --min-score")
+            criterion = Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
+        else:
+            if top is None and top_n is None and min_score is None:
+                top = DEFAULT_TOP
+            criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
             selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
-        return SelectionInfo(name, selection_id, dataset, n, n_rankable)
+        return SelectionInfo(name, selection_id, dataset, n, n_rankable, criterion.describe())
 
     def export(self, out: str | os.PathLike[str], *, selection: str | None = None, dataset: str | None = None,
                format: str | None = None, order: str = "rank", with_scores: bool = False,

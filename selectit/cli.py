@@ -727,6 +727,16 @@ def _parse_weights(value: str | None) -> dict[str, float] | None:
     return weights
 
 
+def _selection_coverage(api_store, dataset: str, models: list[str] | None, prompt_set: str | None):  # noqa: ANN001, ANN202
+    from selectit import fusion
+
+    con = fusion.connect(api_store.url, models=models, prompt_set=prompt_set)
+    try:
+        return fusion.coverage(con, dataset)
+    finally:
+        con.close()
+
+
 def _print_coverage(cov, params) -> None:  # noqa: ANN001
     shares = {m.model_id: m.share for m in params.models}
     print_table(f"coverage of {cov.dataset} (prompt set {params.prompt_set}, {len(params.prompts)} prompts)",
@@ -799,33 +809,41 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
 @click.option("--dataset", "-d", required=True, help="The dataset to select from.")
 @_fusion_options
 @_criterion_options
+@click.option("--random", "random_share", type=float, default=None, metavar="SHARE",
+              help="A control: draw SHARE of the rankable samples at random (same size rule as --top).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The seed of --random.")
+@click.option("--by", type=click.Choice(["score", "length"]), default="score", show_default=True,
+              help="score: SelectIT's ranking; length: a control of the longest responses (with --top/--top-n).")
 @click.pass_context
 @handles_errors
 def select(ctx: click.Context, name: str, dataset: str, models: str | None, prompt_set: str | None, alpha: float,
-           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None) -> None:
+           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None,
+           random_share: float | None, seed: int, by: str) -> None:
     """Freeze the current top of a dataset's ranking as the selection NAME.
 
     The ranks, sample ids, scores and parameters are stored, so `selectit export --selection NAME`
     writes the same bytes later, whatever is ingested or scored meanwhile. Names are never reused.
 
+    Controls for an honest ablation come from the same rankable samples with the same size rule,
+    and are frozen and exported the same way (their card says how they were drawn): --random
+    SHARE (a seeded hash of each sample's content, so every store draws the same ids) and --by
+    length (the longest responses).
+
     \b
     Example:
       selectit select selective-alpaca-v1 --dataset alpaca --top 0.2
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
+      selectit select random-20 --dataset alpaca --random 0.2 --seed 1
+      selectit select longest-20 --dataset alpaca --by length --top 0.2
     """
-    from selectit import fusion
-    from selectit.selection import freeze_selection
-
-    engine = store(ctx)
-    criterion = _criterion(top, top_n, min_score, DEFAULT_TOP)
-    con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
-    try:
-        selection_id, n, n_rankable = freeze_selection(engine, con, name, dataset, criterion)
-        cov = fusion.coverage(con, dataset)
-    finally:
-        con.close()
-    click.echo(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
-                  f"({criterion.describe()}).")
+    names = _parse_models(models)
+    with _api_store(ctx) as api_store:
+        info = api_store.select(name, dataset, top=top, top_n=top_n, min_score=min_score, alpha=alpha,
+                                formula=formula, weights=_parse_weights(weights), models=names,
+                                prompt_set=prompt_set, random=random_share, seed=seed, by=by)
+        cov = _selection_coverage(api_store, dataset, names, prompt_set)
+    click.echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
+               f"{dataset} ({info.how}).")
     if cov.n_not_rankable:
         click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
                       f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")

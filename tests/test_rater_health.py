@@ -209,10 +209,13 @@ def test_a_rater_that_rates_everything_the_same_is_flagged_by_collapse(cli, db_u
     assert report["thresholds"]["collapse_share"] == health.THRESHOLDS.collapse_share
     for args in (["select", "v1", "--dataset", "d"], ["export", "--selection", "v1", "--out", tmp_path / "v1.json"],
                  ["export", "--dataset", "d", "--out", tmp_path / "top.json"],
-                 ["report", "--dataset", "d", "--out", tmp_path / "report"]):
+                 ["report", "--dataset", "d", "--out", tmp_path / "report"],
+                 ["select", "ctl", "--dataset", "d", "--random", "0.5", "--seed", "1"],
+                 ["export", "--selection", "ctl", "--out", tmp_path / "ctl.json", "--format", "original"]):
         result = cli(*args)
         assert result.exit_code == 0, result.output
         assert result.stderr.count("warning: rater same: 100% of cells get S_base 4") == 1, args
+    assert len(json.loads((tmp_path / "ctl.json").read_text(encoding="utf-8"))) == 6  # the records as ingested
     page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert page.index("Rater health") < page.index("Coverage") and "100% of cells get S_base 4" in page
     assert "collapsed" in cli("status").stdout
