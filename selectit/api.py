@@ -112,6 +112,17 @@ class Store:
 
         return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, progress=progress)
 
+    def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
+                 engine: str | None = None, tokenizer: bool = True) -> list[Any]:
+        """What scoring the missing cells would cost, per model version (`selectit.estimate.Estimate`):
+        cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
+        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
+        from selectit.engines import EngineOptions
+        from selectit.estimate import estimate
+
+        return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
+                        scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
+
     # -- fusion -----------------------------------------------------------------------------
     @contextmanager
     def _fusion(self, *, alpha: float, formula: str, models: Sequence[str] | None, prompt_set: str | None,

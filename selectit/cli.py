@@ -410,10 +410,12 @@ def _export_engine_options(given: dict[str, Any]) -> None:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Samples per committed batch (a kill loses at most one batch).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--estimate", is_flag=True,
+              help="Only print what scoring would cost (cells, prompt tokens, forwards, time); score and write nothing.")
 @click.pass_context
 @handles_errors
 def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-          batch_size: int, quiet: bool, **engine_options: Any) -> None:
+          batch_size: int, quiet: bool, estimate: bool, **engine_options: Any) -> None:
     """Score the missing (sample, model, prompt) cells here, in this process.
 
     Only cells never scored (or failed, below the attempt limit) are computed, through the same
@@ -425,8 +427,13 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score --dataset alpaca --model smollm2
       selectit score              # every dataset × active model × active prompt set
       selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
+      selectit score --dataset alpaca --estimate   # the cost first: tokens, forwards, time
     """
     from selectit.runner import score_in_process
+
+    if estimate:
+        _print_estimates(ctx, dataset, model, prompt_set, engine_options.get("engine"))
+        return
 
     _export_engine_options(engine_options)
     with _ScoringBar(enabled=not quiet) as bar:
@@ -440,6 +447,16 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     console.print(line + ".")
     if summary.failed:
         console.print("Failed cells are retried by the next `selectit score`; `selectit status` lists them.")
+
+
+def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
+                     engine: str | None) -> None:
+    """`score --estimate` / `plan --dry-run`: the cost per model version, one line each."""
+    with _api_store(ctx) as api_store:
+        estimates = api_store.estimate(dataset=dataset, model=model, prompt_set=prompt_set, engine=engine)
+    for e in estimates:
+        click.echo(e.line())
+    click.echo("Nothing was scored or written (estimate only).")
 
 
 class _ScoringBar:
@@ -485,10 +502,12 @@ class _ScoringBar:
 @_scope_options
 @click.option("--enqueue/--no-enqueue", default=True, show_default=True,
               help="Send the new jobs to the broker ($SELECTIT_BROKER_URL).")
+@click.option("--dry-run", is_flag=True,
+              help="Only print what scoring would cost (cells, prompt tokens, forwards, time); plan and write nothing.")
 @click.pass_context
 @handles_errors
 def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-         enqueue: bool) -> None:
+         enqueue: bool, dry_run: bool) -> None:
     """Turn the missing cells into jobs and send them to the workers' queues now.
 
     The beat scheduler does the same every $SELECTIT_PLAN_INTERVAL seconds; planning twice never
@@ -498,8 +517,13 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
     Example:
       export SELECTIT_DATABASE_URL=postgresql://selectit@db/selectit
       selectit plan --model smollm2
+      selectit plan --dry-run      # the cost first: tokens, forwards, time per model
     """
     from selectit.planner import plan as plan_jobs
+
+    if dry_run:
+        _print_estimates(ctx, dataset, model, prompt_set, None)
+        return
 
     engine = store(ctx)
     ids = plan_jobs(engine, dataset=dataset, model=model, prompt_set=prompt_set)

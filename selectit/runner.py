@@ -27,7 +27,7 @@ from selectit.cells import cells_to_score, write_results
 from selectit.contract import CellResult, JobStatus, RatingRequest, ScoringEngine, render
 from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
-from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
+from selectit.schema import LLM, Job, JobSample, Prompt, Sample, Throughput, utcnow
 from selectit.settings import Settings, SettingsError, variable
 
 #: A model version → its loaded scoring engine.
@@ -118,6 +118,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     if not claim(engine, job_id, worker, lease=lease):
         return JobOutcome(job_id, Outcome.SKIPPED)
     outcome = JobOutcome(job_id, Outcome.DONE)
+    started = time.monotonic()  # after the model load: the rate `score --estimate` uses
     try:
         with db.session_scope(engine) as session:
             job = session.get(Job, job_id)
@@ -147,6 +148,11 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
                                   .values(status=str(JobStatus.DONE), finished_at=utcnow(), lease_expires_at=None))
             if res.rowcount == 1:
                 session.execute(sa.delete(JobSample).where(JobSample.job_id == job_id))
+                if outcome.scored + outcome.failed:
+                    session.add(Throughput(model_id=job.model_id, engine=getattr(scorer, "engine", None) or "unknown",
+                                           engine_version=getattr(scorer, "engine_version", None), worker=worker,
+                                           job_id=job_id, cells=outcome.scored + outcome.failed,
+                                           tokens=job.est_tokens or 0, seconds=time.monotonic() - started))
             else:
                 outcome.status = Outcome.LOST
     except KeyboardInterrupt:
