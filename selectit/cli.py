@@ -730,7 +730,7 @@ def _print_scoring_status(engine) -> None:  # noqa: ANN001
     scored = sorted({r.prompt_set for r in rows if r.done})
     words = store_words(engine.url.render_as_string(hide_password=False), scored)
     if words:
-        print_table("rater health (every stored sample; details: selectit diagnose)", ["model", "prompt set", "health"],
+        print_table("rater health (details: selectit diagnose)", ["model", "prompt set", "health"],
                     [(r.model, r.prompt_set, words[(r.model, r.prompt_set)])
                      for r in rows if (r.model, r.prompt_set) in words])
 

@@ -48,7 +48,7 @@ class Estimate:
 
     def line(self) -> str:
         eta = (f"about {_duration(self.seconds)} at {self.cells_per_second:.3g} cells/s "
-               f"(the last {RECENT_JOBS} jobs or fewer on {self.engine})" if self.seconds is not None
+               f"({self.engine}, this store's last {RECENT_JOBS} jobs at most)" if self.seconds is not None
                else f"no time: no {self.engine} run of {self.model} is recorded yet")
         return (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
                 f"({self.tokens_from}), {self.forwards} forwards; {eta}")
