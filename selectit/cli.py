@@ -727,12 +727,18 @@ def _print_scoring_status(engine) -> None:  # noqa: ANN001
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
                   r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
                  for r in rows])
+    from selectit.engines import EngineOptions
+    from selectit.estimate import time_left
+
     scored = sorted({r.prompt_set for r in rows if r.done})
     words = store_words(engine.url.render_as_string(hide_password=False), scored)
-    if words:
-        print_table("rater health (details: selectit diagnose)", ["model", "prompt set", "health"],
-                    [(r.model, r.prompt_set, words[(r.model, r.prompt_set)])
-                     for r in rows if (r.model, r.prompt_set) in words])
+    missing: dict[int, int] = {}
+    for r in rows:
+        missing[r.model_id] = missing.get(r.model_id, 0) + r.missing
+    left = time_left(engine, missing, EngineOptions.from_env().engine)
+    print_table("rater health (see selectit diagnose) and time left",
+                ["model", "prompt set", "health", "time left (all sets)"],
+                [(r.model, r.prompt_set, words.get((r.model, r.prompt_set), "–"), left[r.model_id]) for r in rows])
 
 
 def _parse_weights(value: str | None) -> dict[str, float] | None:

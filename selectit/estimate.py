@@ -47,14 +47,14 @@ class Estimate:
     seconds: float | None  # the estimated time, None without a record
 
     def line(self) -> str:
-        eta = (f"about {_duration(self.seconds)} at {self.cells_per_second:.3g} cells/s "
+        eta = (f"about {duration(self.seconds)} at {self.cells_per_second:.3g} cells/s "
                f"({self.engine}, this store's last {RECENT_JOBS} jobs at most)" if self.seconds is not None
                else f"no time: no {self.engine} run of {self.model} is recorded yet")
         return (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
                 f"({self.tokens_from}), {self.forwards} forwards; {eta}")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -69,6 +69,13 @@ def recorded_rate(session: sa.orm.Session, model_id: int, engine: str) -> float 
               .order_by(Throughput.recorded_at.desc(), Throughput.id.desc()).limit(RECENT_JOBS).subquery())
     cells, seconds = session.execute(sa.select(sa.func.sum(recent.c.cells), sa.func.sum(recent.c.seconds))).one()
     return float(cells) / float(seconds) if cells and seconds else None
+
+
+def time_left(engine: Engine, missing: dict[int, int], scoring_engine: str = "torch") -> dict[int, str]:
+    """model version id → the time its `missing` cells take at its recorded rate ("–" without one)."""
+    with db.session_scope(engine) as session:
+        rates = {m: recorded_rate(session, m, scoring_engine) for m in missing}
+    return {m: (duration(n / rates[m]) if rates[m] and n else ("0 s" if not n else "–")) for m, n in missing.items()}
 
 
 def _token_counter(model: LLM):  # noqa: ANN202 - (counter of texts, or None)

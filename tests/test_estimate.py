@@ -59,6 +59,9 @@ def test_estimates_write_nothing_and_count_the_tokens_the_scorer_sees(cli, db_ur
     line = cli("score", "--dataset", "d12", "--estimate").stdout
     assert "tiny: 20 cells missing over 4 samples" in line and f"at {rate:.3g} cells/s" in line
     assert "no time" not in line
+    from selectit.estimate import duration
+
+    assert duration(20 / rate) in cli("status").stdout  # the time left per model, at the same rate
 
 
 def test_estimate_errors_say_what_to_do(cli) -> None:
