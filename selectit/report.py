@@ -587,6 +587,42 @@ def _health_section(con: Any, dataset: str) -> Section:
     return sec
 
 
+def _controls_section(con: Any, d: _Data, top: float) -> Section:
+    """The selected top share beside two controls of the same size from the same rankable samples
+    (`selectit select --random` with seed 0, `--by length`): overlap, length, calculation share."""
+    import statistics
+
+    from selectit.selection import Control, control_rows, rank_dataset
+
+    sec = Section(
+        "controls", "SelectIT vs control selections",
+        "For an honest ablation, fine-tune on the SelectIT selection and on a control of the same size "
+        "from the same rankable samples: a random draw (`selectit select NAME --random SHARE --seed 0`) and "
+        "the longest responses (`selectit select NAME --by length --top SHARE`). Overlap: samples shared "
+        "with the SelectIT selection.",
+    )  # fmt: skip
+    if not d.ranking:
+        sec.note = "Nothing is rankable yet: no selection to compare."
+        return sec
+    rank_dataset(con, d.dataset)
+    groups = {
+        "SelectIT (top share)": d.selected,
+        "random control (seed 0)": [r.sample_id for r in control_rows(con, Control("random", top=top))],
+        "longest responses": [r.sample_id for r in control_rows(con, Control("length", top=top))],
+    }
+    chosen = set(d.selected)
+    rows = []
+    for name, ids in groups.items():
+        lengths = [d.samples[s][1] for s in ids]
+        n_calc = sum(1 for s in ids if d.samples[s][0])
+        rows.append([name, len(ids), len(chosen & set(ids)), _round(statistics.fmean(lengths), 2),
+                     _round(float(statistics.median(lengths)), 2), _round(n_calc / len(ids))])
+    sec.tables = [Table("controls", "SelectIT selection and controls of the same size",
+                        ["selection", "samples", "overlap with SelectIT", "mean length", "median length",
+                         "calculation share"], rows)]
+    return sec
+
+
 def _save(fig: Any, plt: Any, out: Path, name: str, tight: bool = True) -> str:
     if tight:
         fig.tight_layout()
@@ -738,6 +774,7 @@ def build_report(
     try:
         d = _gather(con, dataset)
         health_section = _health_section(con, dataset)
+        controls_section = _controls_section(con, d, top)
     finally:
         con.close()
 
@@ -753,6 +790,7 @@ def build_report(
             if progress:
                 progress(sec.title)
             sections.append(sec)
+        sections.append(controls_section)
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
             ("dataset", f"{d.dataset} ({d.n_samples} samples)"),

@@ -103,3 +103,23 @@ def test_control_options_say_what_is_wrong(sqlite_url: str) -> None:
         assert result.exit_code == 1 and "Error:" in result.output and text in result.output, result.output
     with session_scope(db.open_store(sqlite_url)) as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Selection)) == 0  # nothing half-written
+
+
+def test_report_compares_the_selection_with_both_controls(sqlite_url: str, tmp_path) -> None:
+    from selectit.report import build_report
+
+    _seeded(sqlite_url)
+    for args in (["sel", "--top", "0.3"], ["rnd", "--random", "0.3"], ["long", "--by", "length", "--top", "0.3"]):
+        assert _run(sqlite_url, "select", args[0], "--dataset", "d", "--prompt-set", "s", *args[1:]).exit_code == 0
+    result = build_report(sqlite_url, "d", tmp_path / "report", prompt_set="s", top=0.3)
+    rows = {r["selection"]: r for r in result.tables["controls"].records()}
+    chosen = {r[0] for r in _selected(sqlite_url, "sel")}
+    for label, name in (("SelectIT (top share)", "sel"), ("random control (seed 0)", "rnd"),
+                        ("longest responses", "long")):
+        frozen = _selected(sqlite_url, name)  # the frozen selection of the same control, by hand
+        lengths = [len(output) for _, _, output in frozen]
+        assert rows[label]["samples"] == len(frozen) == 3
+        assert rows[label]["overlap with SelectIT"] == len(chosen & {r[0] for r in frozen})
+        assert rows[label]["mean length"] == round(sum(lengths) / len(lengths), 2)
+    page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert "SelectIT vs control selections" in page
