@@ -343,6 +343,11 @@ FROM based
 """
 
 
+def s_sent_sql(alpha: float) -> str:
+    """S_sent = mean(S_token) / (1 + α × std_pop(S_token)), as an aggregate over `s_token`."""
+    return f"avg(s_token) / (1 + {float(alpha)!r} * stddev_pop(s_token))"
+
+
 def _views_sql(alpha: float, n_prompts: int, n_models: int, top: float) -> str:
     return f"""
 -- Sentence level, per (sample, model) over the K' prompts of the set (population std, ddof 0):
@@ -350,7 +355,7 @@ def _views_sql(alpha: float, n_prompts: int, n_models: int, top: float) -> str:
 -- Only pairs with all K' = {n_prompts} cells scored enter.
 CREATE OR REPLACE TEMP VIEW sentence_scores AS
 SELECT sample_id, model_id, any_value(model) AS model, count(s_token) AS n_prompts,
-       avg(s_token) / (1 + {alpha!r} * stddev_pop(s_token)) AS s_sent
+       {s_sent_sql(alpha)} AS s_sent
 FROM token_scores
 GROUP BY sample_id, model_id
 HAVING count(s_token) = {n_prompts};
@@ -400,25 +405,19 @@ FROM store.samples s WHERE s.id IN (SELECT sample_id FROM store.dataset_samples)
 """
 
 
-def _spearman(source: str, keys: str) -> str:
-    """Spearman ρ of x and y per group `keys` over the rows of `source` (columns keys, x, y).
+def _avg_rank(value: str, partition: str) -> str:
+    """The rank of `value` within `partition`, tied values sharing their mean rank (as
+    scipy.stats.rankdata). Values are compared at 12 decimals: two ways of summing the same
+    probabilities can differ in the last bit, and that must not break a tie."""
+    v = f"round({value}, 12)"
+    return (f"(rank() OVER (PARTITION BY {partition} ORDER BY {v}) "
+            f"+ (count(*) OVER (PARTITION BY {partition}, {v}) - 1) / 2.0)")
 
-    ρ = Pearson correlation of the ranks, tied values sharing their mean rank (as
-    scipy.stats.spearmanr); NULL when either side is constant (ρ undefined) or under 3 rows.
-    Values are compared at 12 decimals: two ways of summing the same probabilities can differ in
-    the last bit, and that must not break a tie.
-    """
-    return f"""
-    SELECT {keys}, count(*) AS n,
-           CASE WHEN count(*) >= 3 AND var_pop(rx) > 0 AND var_pop(ry) > 0 THEN corr(rx, ry) END AS rho
-    FROM (SELECT {keys},
-                 rank() OVER (PARTITION BY {keys} ORDER BY x)
-                   + (count(*) OVER (PARTITION BY {keys}, x) - 1) / 2.0 AS rx,
-                 rank() OVER (PARTITION BY {keys} ORDER BY y)
-                   + (count(*) OVER (PARTITION BY {keys}, y) - 1) / 2.0 AS ry
-          FROM (SELECT * REPLACE (round(x, 12) AS x, round(y, 12) AS y) FROM ({source}))
-          WHERE x IS NOT NULL AND y IS NOT NULL)
-    GROUP BY {keys}"""
+
+def _rho(rx: str, ry: str) -> str:
+    """Spearman ρ as the Pearson correlation of the ranks; NULL when a side is constant (ρ
+    undefined) or under 3 samples."""
+    return f"CASE WHEN count(*) >= 3 AND var_pop({rx}) > 0 AND var_pop({ry}) > 0 THEN corr({rx}, {ry}) END"
 
 
 def _cell_figures(keys: str) -> str:
@@ -433,7 +432,7 @@ def _cell_figures(keys: str) -> str:
     FROM health_cells GROUP BY {keys}"""
 
 
-def health_sql(scope: str) -> str:
+def health_sql(scope: str, params: Params) -> str:
     """The rater health figures over the samples of `scope` (see `DATASET_SCOPE`), one row per
     (dataset, level, model, prompt): level `prompt` (one prompt of a model), `model` (all its
     prompts) and `fusion` (the chosen models together; model NULL). Columns:
@@ -444,35 +443,57 @@ def health_sql(scope: str) -> str:
     Spearman ρ of S_token between two prompts of the model, over the pairs; for a prompt: the
     pairs it is in), rho_models (median ρ of S_sent between two models; for a model: its pairs),
     rho_length (ρ of S_sent — S_model for the fusion row — with the response's length in
-    characters), rho_pairs (how many pairs the median is over). ρ is over the samples both
-    sides scored; the figures use the connection's formula, α and models.
+    characters), rho_pairs (how many pairs the median is over). ρ between prompts is over the
+    samples the model scored with every prompt, ρ between models over the samples every chosen
+    model scored; the figures use the connection's formula, α and models.
     """
-    rho_pairs = _spearman(
-        "SELECT a.dataset, a.model_id, a.prompt_id AS pa, b.prompt_id AS pb, a.s_token AS x, b.s_token AS y "
-        "FROM health_cells a JOIN health_cells b ON a.dataset = b.dataset AND a.model_id = b.model_id "
-        "AND a.sample_id = b.sample_id AND a.position < b.position",
-        "dataset, model_id, pa, pb")
-    model_pairs = _spearman(
-        "SELECT a.dataset, a.model_id AS ma, b.model_id AS mb, a.s_sent AS x, b.s_sent AS y "
-        "FROM health_sent a JOIN health_sent b ON a.dataset = b.dataset AND a.sample_id = b.sample_id "
-        "AND a.model_id < b.model_id",
-        "dataset, ma, mb")
-    sent_length = _spearman("SELECT dataset, model_id, s_sent AS x, response_chars AS y FROM health_sent",
-                            "dataset, model_id")
-    model_length = _spearman(
-        "SELECT sc.dataset, m.s_model AS x, sc.response_chars AS y FROM model_scores m JOIN scope sc USING (sample_id)",
-        "dataset")
+    # Ranks are taken once per prompt (per model) over a fixed set of samples, so every pair is
+    # a join and a correlation, not a sort: S_token over the samples the model scored with every
+    # prompt (those with an S_sent), S_sent over the samples every chosen model scored.
     mode = """(SELECT {keys}, first(s_base ORDER BY n DESC, s_base) AS collapse_base, max(n) / sum(n) AS collapse_share
                FROM (SELECT {keys}, s_base, count(*) AS n FROM health_cells WHERE s_base IS NOT NULL
                      GROUP BY {keys}, s_base) GROUP BY {keys})"""
+    # MATERIALIZED: each is read several times below; inlined, every read would scan the store again.
     return f"""
-WITH scope AS ({scope}),
-health_cells AS (
+WITH scope AS MATERIALIZED ({scope}),
+health_cells AS MATERIALIZED (
     SELECT sc.dataset, sc.response_chars, t.* FROM token_scores t JOIN scope sc USING (sample_id)
-), health_sent AS (
-    SELECT sc.dataset, sc.response_chars, s.* FROM sentence_scores s JOIN scope sc USING (sample_id)
-), prompt_pairs AS ({rho_pairs}
-), model_pairs AS ({model_pairs}
+), health_sent AS MATERIALIZED (  -- sentence_scores' S_sent, from the cells above (no second scan)
+    SELECT dataset, model_id, sample_id, any_value(response_chars) AS response_chars,
+           {s_sent_sql(params.alpha)} AS s_sent
+    FROM health_cells GROUP BY dataset, model_id, sample_id HAVING count(s_token) = {len(params.prompts)}
+), health_model AS (  -- S_model as the model_scores view computes it, from the sentence scores above
+    SELECT h.dataset, h.sample_id, any_value(h.response_chars) AS response_chars, sum(m.share * h.s_sent) AS s_model
+    FROM health_sent h JOIN chosen_models m USING (model_id)
+    GROUP BY h.dataset, h.sample_id HAVING count(*) = (SELECT count(*) FROM chosen_models)
+), token_ranks AS MATERIALIZED (
+    SELECT c.dataset, c.model_id, c.prompt_id, c.position, c.sample_id,
+           {_avg_rank("c.s_token", "c.dataset, c.model_id, c.prompt_id")} AS r
+    FROM health_cells c SEMI JOIN health_sent h USING (dataset, model_id, sample_id)
+), sent_ranks AS MATERIALIZED (
+    SELECT dataset, model_id, sample_id,
+           {_avg_rank("s_sent", "dataset, model_id")} AS r_sent,
+           {_avg_rank("response_chars", "dataset, model_id")} AS r_len
+    FROM health_sent h
+), shared_ranks AS (  -- S_sent ranked over the samples every chosen model scored
+    SELECT dataset, model_id, sample_id, {_avg_rank("s_sent", "dataset, model_id")} AS r
+    FROM health_sent h SEMI JOIN health_model USING (dataset, sample_id)
+), prompt_pairs AS (
+    SELECT a.dataset, a.model_id, a.prompt_id AS pa, b.prompt_id AS pb, count(*) AS n, {_rho("a.r", "b.r")} AS rho
+    FROM token_ranks a JOIN token_ranks b ON a.dataset = b.dataset AND a.model_id = b.model_id
+         AND a.sample_id = b.sample_id AND a.position < b.position
+    GROUP BY ALL
+), model_pairs AS (
+    SELECT a.dataset, a.model_id AS ma, b.model_id AS mb, count(*) AS n, {_rho("a.r", "b.r")} AS rho
+    FROM shared_ranks a JOIN shared_ranks b ON a.dataset = b.dataset AND a.sample_id = b.sample_id
+         AND a.model_id < b.model_id
+    GROUP BY ALL
+), sent_length AS (
+    SELECT dataset, model_id, count(*) AS n, {_rho("r_sent", "r_len")} AS rho FROM sent_ranks GROUP BY ALL
+), model_length AS (
+    SELECT dataset, count(*) AS n, {_rho("rs", "rl")} AS rho FROM (
+        SELECT dataset, {_avg_rank("s_model", "dataset")} AS rs, {_avg_rank("response_chars", "dataset")} AS rl
+        FROM health_model) GROUP BY ALL
 ), per_prompt AS ({_cell_figures("dataset, model_id, prompt_id")}
 ), per_model AS ({_cell_figures("dataset, model_id")}
 ), prompt_rho AS (
@@ -504,14 +525,14 @@ JOIN chosen_models m USING (model_id)
 LEFT JOIN {mode.format(keys="dataset, model_id")} c USING (dataset, model_id)
 LEFT JOIN model_rho r USING (dataset, model_id)
 LEFT JOIN model_agree a USING (dataset, model_id)
-LEFT JOIN ({sent_length}) l USING (dataset, model_id)
+LEFT JOIN sent_length l USING (dataset, model_id)
 UNION ALL
 SELECT f.dataset, 'fusion', NULL, NULL, (SELECT any_value(set_name) FROM chosen_prompts), NULL, NULL,
        f.cells, coalesce(l.n, 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT median(rho) FROM model_pairs mp WHERE mp.dataset = f.dataset), l.rho,
        (SELECT count(rho) FROM model_pairs mp WHERE mp.dataset = f.dataset)
 FROM (SELECT dataset, sum(cells) AS cells FROM per_model GROUP BY dataset) f
-LEFT JOIN ({model_length}) l USING (dataset)
+LEFT JOIN model_length l USING (dataset)
 """
 
 
@@ -661,7 +682,7 @@ def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) ->
     max_scale = max((p.scale for p in params.prompts), default=2)
     con.execute(_token_sql(max_scale, Formula(params.formula)))
     con.execute(_views_sql(float(params.alpha), len(params.prompts), len(params.models), top))
-    con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE)}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE, params)}")
     # The parameters travel with the connection (and are visible to ad-hoc SQL).
     con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {_sql_str(json.dumps(params.as_json()))}::JSON AS params")
 

@@ -128,13 +128,15 @@ COLUMNS = ("dataset", "level", "model_id", "model", "prompt_set", "prompt_id", "
 _ORDER = ("ORDER BY level = 'fusion', model, model_id, level = 'prompt', position, prompt_id")
 
 
-def diagnose(con: duckdb.DuckDBPyConnection, dataset: str) -> list[dict[str, Any]]:
+def diagnose(con: duckdb.DuckDBPyConnection, dataset: str, *, prompts: bool = True) -> list[dict[str, Any]]:
     """The `rater_health` rows of `dataset` on a fusion connection: per model, its own row then
-    one per prompt; the fusion row last."""
+    one per prompt; the fusion row last. `prompts=False` leaves the prompt rows out (the
+    warnings need only the others, and skipping them is cheaper)."""
     fusion.require_scoring_setup(con)
     fusion.dataset_id(con, dataset)  # an error naming the datasets when there is no such one
     name = fusion._sql_str(valid_name(dataset, "dataset"))
-    cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM rater_health WHERE dataset = {name} {_ORDER}")
+    levels = "" if prompts else " AND level <> 'prompt'"
+    cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM rater_health WHERE dataset = {name}{levels} {_ORDER}")
     return [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
 
 
@@ -145,7 +147,8 @@ def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str]
     for set_name in sets:
         con = fusion.connect(db_url, prompt_set=set_name)
         try:
-            cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM ({fusion.health_sql(fusion.ALL_SAMPLES_SCOPE)})")
+            every_sample = fusion.health_sql(fusion.ALL_SAMPLES_SCOPE, fusion.params_of(con))
+            cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM ({every_sample}) WHERE level <> 'prompt'")
             rows = [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
         finally:
             con.close()
@@ -160,7 +163,7 @@ def warnings_for(db_url: str | None, dataset: str, **fusion_options: Any) -> lis
     """The warning lines for `dataset` under the fusion options of `fusion.connect` (models, …)."""
     con = fusion.connect(db_url, **fusion_options)
     try:
-        return [w.text for w in judge(diagnose(con, dataset))]
+        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
     finally:
         con.close()
 
@@ -169,7 +172,7 @@ def warnings_for_params(db_url: str | None, dataset: str, params: fusion.Params)
     """The warning lines for `dataset` under exactly `params` (a frozen selection's)."""
     con = fusion.connect_pinned(db_url, params)
     try:
-        return [w.text for w in judge(diagnose(con, dataset))]
+        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
     finally:
         con.close()
 

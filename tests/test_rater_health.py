@@ -79,7 +79,7 @@ def _expected(cells: dict, ids: dict, truncated: set, alpha: float = 0.2) -> dic
         pair_rhos = []
         for a in range(N_PROMPTS):
             for b in range(a + 1, N_PROMPTS):
-                common = sorted(set(tokens[(m, a)]) & set(tokens[(m, b)]))
+                common = sorted(s_sent[m])  # the samples the model scored with every prompt
                 pair_rhos.append(_spearman([tokens[(m, a)][s][1] for s in common],
                                            [tokens[(m, b)][s][1] for s in common]))
         sids = sorted(s_sent[m])
@@ -232,7 +232,7 @@ def test_status_health_over_every_sample(engine: sa.Engine) -> None:
     assert set(words) == {("A", "s"), ("B", "s")} and set(words.values()) <= {"ok", *health.WORDS}
     con = fusion.connect(url_of(engine), prompt_set="s")
     try:  # '*' covers each stored sample once: the same cells as the dataset's own rows
-        cells = con.execute(f"SELECT model, cells FROM ({fusion.health_sql(fusion.ALL_SAMPLES_SCOPE)}) "
+        cells = con.execute(f"SELECT model, cells FROM ({fusion.health_sql(fusion.ALL_SAMPLES_SCOPE, fusion.params_of(con))}) "
                             "WHERE level = 'model' ORDER BY model").fetchall()
     finally:
         con.close()
