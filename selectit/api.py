@@ -52,6 +52,7 @@ class SelectionInfo:
     n_selected: int
     n_rankable: int
     coverage: Coverage | None = None
+    how: str = ""  # how the samples were chosen, e.g. "top 0.2 share" or "random 0.2 share, seed 1"
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,25 @@ class Store:
             with db.session_scope(self.engine) as session:
                 lookups.active_models(session, names)
 
+    def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
+                 engine: str | None = None, tokenizer: bool = True) -> list[Any]:
+        """What scoring the missing cells would cost, per model version (`selectit.estimate.Estimate`):
+        cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
+        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
+        from selectit.engines import EngineOptions
+        from selectit.estimate import estimate
+
+        return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
+                        scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
+
+    def time_left(self, missing: dict[int, int]) -> dict[int, str]:
+        """model version id → how long its `missing` cells take at the rate recorded for
+        $SELECTIT_ENGINE (else torch); "–" without a record (`selectit status`)."""
+        from selectit.engines import EngineOptions
+        from selectit.estimate import time_left
+
+        return time_left(self.engine, missing, EngineOptions.from_env().engine)
+
     # -- fusion -----------------------------------------------------------------------------
     @contextmanager
     def _fusion(self, *, alpha: float, formula: str, models: Sequence[str] | None, prompt_set: str | None,
@@ -329,16 +349,36 @@ class Store:
     def select(self, name: str, dataset: str, *, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None) -> SelectionInfo:
-        """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%)."""
-        from selectit import fusion
-        from selectit.selection import Criterion, freeze_selection
+               prompt_set: str | None = None, random: float | None = None, seed: int = 0,
+               by: str = "score") -> SelectionInfo:
+        """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%).
 
-        criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
+        Controls for ablations, from the same rankable samples and with the same size rules:
+        ``random=0.2, seed=1`` draws 20% at random (the same ids on every store), and
+        ``by="length", top=0.2`` keeps the 20% with the longest responses.
+        """
+        from selectit import fusion
+        from selectit.fusion import FusionError
+        from selectit.selection import Control, Criterion, freeze_selection
+
+        criterion: Criterion | Control
+        if by not in ("score", "length"):
+            raise FusionError(f"--by must be score or length, not {by!r}")
+        if random is not None:
+            if by != "score" or top is not None or top_n is not None or min_score is not None:
+                raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
+                                  "--min-score or --by")
+            criterion = Control("random", top=random, seed=seed)
+        elif by == "length":
+            if min_score is not None:
+                raise FusionError("--by length keeps the longest responses: give --top or --top-n, not --min-score")
+            criterion = Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
+        else:
+            criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
             selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
             cov = fusion.coverage(con, dataset)
-        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov)
+        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov, criterion.describe())
 
     def selection(self, name: str) -> pa.Table:
         """The frozen selection `name`, best first: rank, sample_id, score (its S_model when frozen),
@@ -393,6 +433,44 @@ class Store:
                                 top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
                                 weights=weights, models=list(models) if models else None,
                                 prompt_set=prompt_set)
+
+    def diagnose(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
+                 alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None) -> pa.Table:
+        """Rater health of `dataset`: the `rater_health` rows (per model, then per prompt; the
+        fusion row last) with label mass, decisiveness, collapse, agreement and truncation, and a
+        `warning` column (the lines of `health_warnings`, joined by newlines; "" when none).
+
+        >>> selectit.open("selectit.db").diagnose("alpaca").to_pandas()   # doctest: +SKIP
+        """
+        import pyarrow as pa
+
+        from selectit import health
+
+        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
+            rows = health.diagnose(con, dataset)
+        found = health.judge(rows)
+        for r in rows:
+            r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
+        columns = [*health.COLUMNS, "warning"]
+        return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
+
+    def health_words(self, prompt_sets: Sequence[str]) -> dict[tuple[str, str], str]:
+        """(model, prompt set) → a one-word rater health over every stored sample (`selectit status`)."""
+        from selectit import health
+
+        return health.store_words(self.url, prompt_sets)
+
+    def health_warnings(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
+                        selection: str | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+                        weights: dict[str, float] | None = None) -> list[str]:
+        """The rater health warnings of `dataset` (or of the frozen `selection`'s dataset and
+        models), one line each; [] when every figure is within its threshold (`selectit.health`)."""
+        from selectit import health
+
+        if selection is not None:
+            return health.selection_warnings(self.engine, self.url, selection)
+        return health.warnings_for(self.url, dataset, alpha=alpha, formula=formula,
+                                   models=list(models) if models else None, prompt_set=prompt_set, weights=weights)
 
     def report(self, dataset: str, out: str | os.PathLike[str], *, alpha: float = DEFAULT_ALPHA,
                formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None,

@@ -685,8 +685,11 @@ def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int) -> str:
     lines = ["---", *to_yaml(front), "---", "", f"# {name}", ""]
     p = provenance
     criterion = p.get("criterion") or {}
+    how = ("drawn as a control (not by SelectIT) from the samples that" if criterion.get("control")
+           else "selected by")
     lines += [
-        f"{n} records selected by [SelectIT](https://arxiv.org/abs/2402.16705) self-reflection "
+        f"{n} records {how} [SelectIT](https://arxiv.org/abs/2402.16705) self-reflection "
+        f"{'ranks ' if criterion.get('control') else ''}"
         f"(selectit {p.get('selectit_version', '?')}, {p.get('created_at', '?')}), written as `{fmt}` to `{data.name}`.",
         "",
         f"- dataset: `{p.get('dataset')}` ({p.get('counts', {}).get('dataset_samples', '?')} samples, "
@@ -705,6 +708,12 @@ def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int) -> str:
 
 
 def _criterion_text(criterion: dict[str, Any]) -> str:
+    if criterion.get("control") == "random":
+        size = f"{criterion['top']:g} share" if criterion.get("top") is not None else f"{criterion.get('top_n')}"
+        return f"control: random {size} of the rankable samples, seed {criterion.get('seed')}"
+    if criterion.get("control") == "length":
+        size = f"top {criterion['top']:g} share" if criterion.get("top") is not None else f"top {criterion.get('top_n')}"
+        return f"control: the longest responses, {size} of the rankable samples"
     if criterion.get("top") is not None:
         return f"top {criterion['top']:g} share"
     if criterion.get("top_n") is not None:

@@ -565,6 +565,64 @@ def _coverage_section(d: _Data, plt: Any, out: Path) -> Section:
     return sec
 
 
+def _health_section(con: Any, dataset: str) -> Section:
+    """Rater health (`selectit.health`): the figures per model and prompt, and the warnings."""
+    from selectit import health
+
+    try:
+        rows = health.diagnose(con, dataset)
+    except SelectitError as exc:  # e.g. no model chosen: the coverage section says what to do
+        return Section("rater-health", "Rater health", "Nothing to judge yet.", note=str(exc))
+    warnings = [w.text for w in health.judge(rows)]
+    sec = Section(
+        "rater-health", "Rater health",
+        "Can these ratings be trusted? Label mass: the probability the rater puts on the label digits at all "
+        "(median, 10th percentile); mean max P': how decided it is; collapse: the share of cells with the most "
+        "common S_base; ρ: Spearman correlation between a model's prompts, between models and with the "
+        "response length. Thresholds: README, \"Can I trust these ratings?\".",
+        note=("Warnings: " + " • ".join(warnings)) if warnings else "No warnings: every figure is within its threshold.",
+    )
+    sec.tables = [Table("rater_health", "Rater health per model and prompt", list(health.COLUMNS),
+                        [[_round(r[c]) for c in health.COLUMNS] for r in rows])]
+    return sec
+
+
+def _controls_section(con: Any, d: _Data, top: float) -> Section:
+    """The selected top share beside two controls of the same size from the same rankable samples
+    (`selectit select --random` with seed 0, `--by length`): overlap, length, calculation share."""
+    import statistics
+
+    from selectit.selection import Control, control_rows, rank_dataset
+
+    sec = Section(
+        "controls", "SelectIT vs control selections",
+        "For an honest ablation, fine-tune on the SelectIT selection and on a control of the same size "
+        "from the same rankable samples: a random draw (`selectit select NAME --random SHARE --seed 0`) and "
+        "the longest responses (`selectit select NAME --by length --top SHARE`). Overlap: samples shared "
+        "with the SelectIT selection.",
+    )  # fmt: skip
+    if not d.ranking:
+        sec.note = "Nothing is rankable yet: no selection to compare."
+        return sec
+    rank_dataset(con, d.dataset)
+    groups = {
+        "SelectIT (top share)": d.selected,
+        "random control (seed 0)": [r.sample_id for r in control_rows(con, Control("random", top=top))],
+        "longest responses": [r.sample_id for r in control_rows(con, Control("length", top=top))],
+    }
+    chosen = set(d.selected)
+    rows = []
+    for name, ids in groups.items():
+        lengths = [d.samples[s][1] for s in ids]
+        n_calc = sum(1 for s in ids if d.samples[s][0])
+        rows.append([name, len(ids), len(chosen & set(ids)), _round(statistics.fmean(lengths), 2),
+                     _round(float(statistics.median(lengths)), 2), _round(n_calc / len(ids))])
+    sec.tables = [Table("controls", "SelectIT selection and controls of the same size",
+                        ["selection", "samples", "overlap with SelectIT", "mean length", "median length",
+                         "calculation share"], rows)]
+    return sec
+
+
 def _save(fig: Any, plt: Any, out: Path, name: str, tight: bool = True) -> str:
     if tight:
         fig.tight_layout()
@@ -715,6 +773,8 @@ def build_report(
     )
     try:
         d = _gather(con, dataset)
+        health_section = _health_section(con, dataset)
+        controls_section = _controls_section(con, d, top)
     finally:
         con.close()
 
@@ -724,12 +784,13 @@ def build_report(
             _coverage_section, _sent_section, _token_section, _prompt_agreement_section,
             _model_agreement_section, _length_section, _calc_section,
         )  # fmt: skip
-        sections = []
+        sections = [health_section]
         for build in builders:
             sec = build(d, plt, tmp)
             if progress:
                 progress(sec.title)
             sections.append(sec)
+        sections.append(controls_section)
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
             ("dataset", f"{d.dataset} ({d.n_samples} samples)"),

@@ -32,7 +32,7 @@ from selectit.contract import (CellResult, JobStatus, ModelSpec, RatingRequest, 
                                split_on_failure)
 from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
-from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
+from selectit.schema import LLM, Job, JobSample, Prompt, Sample, Throughput, utcnow
 from selectit.settings import Settings, SettingsError, variable
 
 if TYPE_CHECKING:
@@ -245,6 +245,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     if not claim(engine, job_id, worker, lease=lease):
         return JobOutcome(job_id, Outcome.SKIPPED)
     outcome = JobOutcome(job_id, Outcome.DONE)
+    started = time.monotonic()  # after the model load: the rate `score --estimate` uses
 
     def report(writer: BatchWriter) -> None:
         for ok, failed in writer.committed():
@@ -273,6 +274,12 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
                 writer.finished = mark_done(session, job_id, worker)
         if not writer.finished:
             outcome.status = Outcome.LOST
+        elif outcome.scored + outcome.failed:
+            with db.session_scope(engine) as session:
+                session.add(Throughput(model_id=job.model_id, engine=scorer.engine or "unknown",
+                                       engine_version=scorer.engine_version, worker=worker, job_id=job_id,
+                                       cells=outcome.scored + outcome.failed, tokens=job.est_tokens or 0,
+                                       seconds=time.monotonic() - started))
     except _Lost:
         writer.abandon()
         report(writer)

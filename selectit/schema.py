@@ -272,6 +272,25 @@ class JobPrompt(Base):
     prompt_id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
+class Throughput(Base):
+    """How fast a finished job scored: cells and seconds (model load excluded), per model version
+    and engine. `score --estimate` and `plan --dry-run` turn the recent rate into a time."""
+
+    __tablename__ = "throughput"
+    __table_args__ = (Index("ix_throughput_model_engine", "model_id", "engine", "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    engine: Mapped[str] = mapped_column(String(16))  # torch | vllm | the scorer hook's, else "unknown"
+    engine_version: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    cells: Mapped[int] = mapped_column(Integer)  # cells written (ok or failed)
+    tokens: Mapped[int] = mapped_column(BigInteger)  # the planner's token estimate of the job
+    seconds: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
 class Selection(Base):
     """A named, frozen selection: its parameters and chosen samples, exportable byte for byte."""
 

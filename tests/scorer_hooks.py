@@ -88,3 +88,22 @@ class EmulatedGPU(InstantScorer):
 
 def gpu(model: Any) -> EmulatedGPU:
     return EmulatedGPU()
+
+
+class FixedScorer:
+    """Every cell answered with the same decided distribution (most mass on K−1): a rater that
+    rates every sample the same, for the collapse check."""
+
+    forwards = 0
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        out = []
+        for r in requests:
+            probs = [0.1] * r.scale
+            probs[r.scale - 2] = 0.6
+            out += [CellResult(r.sample_id, p, tuple(probs), sum(probs), 100, False) for p in r.prompt_ids]
+        return out
+
+
+def fixed(model: Any) -> FixedScorer:
+    return FixedScorer()
