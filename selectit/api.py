@@ -163,11 +163,13 @@ class Store:
                card: bool = True, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None) -> ExportResult:
+               prompt_set: str | None = None, overwrite: bool = False, card_paths: bool = False) -> ExportResult:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
 
         `format` defaults to ``original`` (the records as ingested, in the input's format) when
-        every selected record kept its original, else ``alpaca-json``.
+        every selected record kept its original, else ``alpaca-json``. `out` a directory (existing,
+        or ending with ``/``): the files are named after the entry. Existing files are replaced only
+        when `out` names them or this export wrote them for the same entry, unless `overwrite`.
         """
         from selectit.export import export_selection
 
@@ -176,7 +178,7 @@ class Store:
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
                                 top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
                                 weights=weights, models=list(models) if models else None,
-                                prompt_set=prompt_set)
+                                prompt_set=prompt_set, overwrite=overwrite, card_paths=card_paths)
 
     def sql(self, query: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
             models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None) -> pa.Table:

@@ -825,7 +825,9 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
 @_fusion_options
 @_criterion_options
 @click.option("--out", required=True, type=click.Path(),
-              help="The file to write (replaced whole), or a directory for data.<ext> and the card.")
+              help="The file to write (replaced whole), or a directory (existing, or ending with '/') that "
+                   "receives NAME.<ext> and NAME.README.md, NAME being the entry (--llamafactory NAME, the "
+                   "selection or the dataset).")
 @click.option("--format", "fmt", default=None, type=click.Choice(EXPORT_FORMATS),
               help="Output format [default: original, the records as ingested, when every one was kept; "
                    "else alpaca-json].")
@@ -838,25 +840,33 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
                    "[NAME default: the selection or dataset].")
 @click.option("--card/--no-card", default=True, show_default=True,
               help="Write the dataset card (README.md with the provenance) beside the data.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing files this export did not write for the same entry (an ingested "
+                   "source file, a file of another tool); never the curation database.")
+@click.option("--card-paths", is_flag=True,
+              help="Record the source files' full paths in the card (default: file name and sha256).")
 @click.pass_context
 @handles_errors
 def export(ctx: click.Context, selection: str | None, dataset: str | None, models: str | None,
            prompt_set: str | None, alpha: float, formula: str, weights: str | None, top: float | None,
            top_n: int | None, min_score: float | None, out: str, fmt: str | None, order: str, with_scores: bool,
-           llamafactory: str | None, card: bool) -> None:
+           llamafactory: str | None, card: bool, overwrite: bool, card_paths: bool) -> None:
     """Write a selection for training: the records as ingested, or a format fine-tuning tools read.
 
     Formats: original (default: each record exactly as it was ingested, in the input's format),
     alpaca-json, jsonl, sharegpt, messages, parquet, hf-dataset (a save_to_disk directory). A
     dataset card (README.md, YAML front matter) records the provenance: source files and hashes,
     models, prompts, α, formula, counts. A frozen selection exports to the same data bytes every
-    time; files are written to a temporary name and renamed, never left half-written.
+    time. Every target is checked first and all files are renamed into place at the end: an export
+    replaces only the file named by --out and the files it wrote itself for the same entry
+    (--overwrite for others), never the curation database.
 
     \b
     Example:
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
       selectit export --selection selective-alpaca-v1 --out data/ --format sharegpt --llamafactory
       selectit export --dataset alpaca --top-n 1000 --out top1000.parquet --format parquet --with-scores
+      selectit export --selection selective-alpaca-v1 --out alpaca.json --overwrite --card-paths
     """
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
@@ -865,7 +875,8 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
         result = api_store.export(out, selection=selection, dataset=dataset, format=fmt, order=order,
                                   with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
                                   top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
-                                  weights=_parse_weights(weights), models=names, prompt_set=prompt_set)
+                                  weights=_parse_weights(weights), models=names, prompt_set=prompt_set,
+                                  overwrite=overwrite, card_paths=card_paths)
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
         click.echo(result.note, err=True)
