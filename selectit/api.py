@@ -180,6 +180,18 @@ class Store:
                                 weights=weights, models=list(models) if models else None,
                                 prompt_set=prompt_set, overwrite=overwrite, card_paths=card_paths)
 
+    def report(self, dataset: str, out: str | os.PathLike[str], *, models: Sequence[str] | None = None,
+               prompt_set: str | None = None, alpha: float = 0.2, formula: str = "paper",
+               weights: dict[str, float] | None = None, top: float | None = None) -> Any:
+        """Write the HTML report of `dataset` into the directory `out` (a `selectit.report.ReportResult`).
+
+        A rerun replaces only the files the previous report wrote there (its manifest lists them).
+        """
+        from selectit.report import build_report
+
+        return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,
+                            alpha=alpha, formula=formula, weights=weights, top=top or DEFAULT_TOP)
+
     def sql(self, query: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
             models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None) -> pa.Table:
         """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""

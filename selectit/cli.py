@@ -147,15 +147,16 @@ def store(ctx: click.Context):  # noqa: ANN201
 def init(ctx: click.Context) -> None:
     """Create the database, or upgrade it to the current schema.
 
+    Only an empty (or new) database becomes a store; another application's database is refused,
+    naming its tables.
+
     \b
     Example:
       selectit --db postgresql://selectit@localhost/selectit init
     """
     url = ctx.obj["db_url"]
+    before, after = db.init_store(url)
     engine = db.make_engine(url)
-    before = db.current_revision(engine)
-    db.upgrade(url)
-    after = db.current_revision(engine)
     from selectit.registry import ensure_default_prompts
 
     with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
@@ -337,18 +338,17 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
 
     Score distributions per model and per prompt, agreement between prompts and between models,
     the selected top share vs the full dataset (response length, calculation instructions) and
-    coverage. DIR is replaced as a whole when it already holds a report.
+    coverage. A rerun into the same DIR replaces only the files the previous report wrote (listed in
+    DIR/.selectit-manifest.json); anything else in DIR is left alone.
 
     \b
     Example:
       selectit report --dataset alpaca --out report --top 0.2
       selectit report --dataset alpaca --out report-2 --models smollm2,gemma --weights smollm2=1,gemma=2
     """
-    from selectit.report import build_report
-
-    store(ctx).dispose()  # the schema must be at head before DuckDB reads it
-    result = build_report(ctx.obj["db_url"], dataset, out, models=_parse_models(models), prompt_set=prompt_set,
-                          alpha=alpha, formula=formula, weights=_parse_weights(weights), top=top)  # fmt: skip
+    with _api_store(ctx) as api_store:  # the schema must be at head before DuckDB reads it
+        result = api_store.report(dataset, out, models=_parse_models(models), prompt_set=prompt_set,
+                                  alpha=alpha, formula=formula, weights=_parse_weights(weights), top=top)
     click.echo(
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
