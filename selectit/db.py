@@ -168,12 +168,31 @@ def _foreign_store_error(engine: Engine, tables: list[str]) -> StoreError:
     )
 
 
+def _refuse_foreign_sqlite(url: str | None) -> None:
+    """Refuse another application's SQLite database before `make_engine` connects: its WAL pragma
+    would rewrite the file's header. Read with a plain connection, which changes nothing."""
+    resolved = resolve_url(url)
+    if not resolved.startswith("sqlite"):
+        return
+    plain = sa.create_engine(resolved)
+    try:
+        if current_revision(plain) is None:
+            tables = _foreign_tables(plain)
+            if tables:
+                raise _foreign_store_error(plain, tables)
+    except sa.exc.DBAPIError as exc:
+        raise StoreError(f"cannot open the database {plain.url!r}: {exc.orig}") from None
+    finally:
+        plain.dispose()
+
+
 def init_store(url: str | None = None) -> tuple[str | None, str]:
     """Create the store in an empty (or new) database, or upgrade a selectit one; (before, after) revisions.
 
     A database that holds other tables and no selectit revision is refused, naming its tables: init
     never adds selectit's tables to another application's database.
     """
+    _refuse_foreign_sqlite(url)
     engine = make_engine(url)
     try:
         before = current_revision(engine)
@@ -193,8 +212,10 @@ def open_store(url: str | None = None) -> Engine:
     """An engine on a database whose schema is at head.
 
     A brand-new, empty database is initialised on the spot (nothing can be lost); one that holds
-    tables at an older revision is refused with the command that upgrades it.
+    tables at an older revision is refused with the command that upgrades it; another application's
+    database is refused, naming its tables.
     """
+    _refuse_foreign_sqlite(url)
     engine = make_engine(url)
     try:
         current = current_revision(engine)

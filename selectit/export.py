@@ -432,7 +432,8 @@ def export_layout(out: Path, fmt: str, entry: str, source: Source | None = None,
     """
     stem = file_stem(entry)
     if fmt == "hf-dataset" or (fmt == "original" and source is not None and source.container == "hf-dir"):
-        directory = out / stem if as_dir or (out.is_dir() and not is_saved_dataset(out)) else out
+        inside = out.is_dir() and not out.is_symlink() and not is_saved_dataset(out)
+        directory = out / stem if as_dir or inside else out
         return Layout(directory, directory / CARD_NAME, in_dir=directory != out, named=directory == out)
     if as_dir or out.is_dir():
         suffix = ORIGINAL_SUFFIX[source.container] if fmt == "original" and source is not None else DATA_SUFFIX[fmt]

@@ -27,7 +27,7 @@ from typing import Any
 
 from selectit.errors import SelectitError
 from selectit.fusion import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
-from selectit.writer import Writer, read_manifest
+from selectit.writer import MANIFEST, Writer, read_manifest
 
 #: Marked the index.html of reports written before the manifest (`selectit.writer.MANIFEST`) listed their files.
 MARKER = "<!-- selectit report -->"
@@ -675,7 +675,8 @@ def _prepare_out(out: Path) -> bool:
         return False
     if not out.is_dir():
         raise ReportError(f"{out} is a file; give --out a directory (it is created if missing).")
-    if read_manifest(real):
+    if (real / MANIFEST).exists():
+        read_manifest(real)  # a clear error when it is not one
         return False
     index = real / "index.html"
     legacy = False

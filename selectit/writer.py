@@ -10,7 +10,7 @@ Rules (the README's Safety section states them for users):
   symlink or hard link;
 - only regular files: a directory, FIFO, socket or device in the way is refused;
 - an existing file is replaced only when the user named it (``--out FILE``; followed through a
-  symlink, the link stays), when ``--overwrite`` is given, or when the manifest of its directory
+  symlink, the link stays; not an SQLite database or an ingested source file), when ``--overwrite`` is given, or when the manifest of its directory
   (`MANIFEST`) records that selectit wrote it for the same entry and it is unchanged since;
   a symlink the user did not name is never written through;
 - a shared index (LLaMA-Factory's ``dataset_info.json``) is rewritten as a whole, keeping its other
@@ -95,6 +95,15 @@ def owned(path: Path, entry: str, manifest: dict[str, dict[str, Any]] | None = N
     except FileNotFoundError:
         return False
     return record.get("sha256") == sha256_file(path)
+
+
+def _is_sqlite(path: Path) -> bool:
+    """An SQLite database file (its header): no export or report data looks like one."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -182,7 +191,8 @@ class Writer:
                              f"writes regular files only: choose another --out")
         if rst is not None and not self.overwrite and not shared:
             if named:
-                reason = self.refuse_named(real) if self.refuse_named else None
+                reason = "a SQLite database" if _is_sqlite(real) else (
+                    self.refuse_named(real) if self.refuse_named else None)
                 if reason:
                     raise WriteError(f"{path} is {reason}; pass --overwrite to replace it, or choose another --out")
             elif not owned(real, self.entry, self.manifest(real.parent)):
@@ -201,7 +211,7 @@ class Writer:
         if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
             raise WriteError(f"{directory} is not a directory; choose another --out")
         real = Path(os.path.realpath(directory))
-        if not real.parent.is_dir():
+        if not real.parent.is_dir() and real.parent not in self.new_dirs:
             raise WriteError(f"the directory {str(directory.parent)!r} does not exist; create it first")
         self.new_dirs.add(real)
         return real
@@ -224,7 +234,7 @@ class Writer:
     def stage(self, path: Path, fill: Callable[[Path], Any]) -> Path:
         """Write `path`'s new content to a temporary file beside it with `fill(tmp)`; the temporary path."""
         target = self._target(path)
-        target.real.parent.mkdir(exist_ok=True)  # a directory this command creates (0777 & ~umask)
+        target.real.parent.mkdir(parents=True, exist_ok=True)  # a directory this command creates (0777 & ~umask)
         try:
             fd, name = tempfile.mkstemp(prefix=f".{target.real.name}.", suffix=".tmp", dir=target.real.parent)
         except OSError as exc:
