@@ -163,7 +163,8 @@ class Store:
                card: bool = True, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None, overwrite: bool = False, card_paths: bool = False) -> ExportResult:
+               prompt_set: str | None = None, overwrite: bool = False, card_paths: bool = False,
+               require_complete: bool = False) -> ExportResult:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
 
         `format` defaults to ``original`` (the records as ingested, in the input's format) when
@@ -178,7 +179,8 @@ class Store:
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
                                 top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
                                 weights=weights, models=list(models) if models else None,
-                                prompt_set=prompt_set, overwrite=overwrite, card_paths=card_paths)
+                                prompt_set=prompt_set, overwrite=overwrite, card_paths=card_paths,
+                                require_complete=require_complete)
 
     def report(self, dataset: str, out: str | os.PathLike[str], *, models: Sequence[str] | None = None,
                prompt_set: str | None = None, alpha: float = 0.2, formula: str = "paper",

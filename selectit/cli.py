@@ -85,6 +85,13 @@ def handles_errors(func: F) -> F:
             url = ctx.find_root().obj.get("db_url") if ctx and ctx.find_root().obj else None
             message = explain_store_error(exc, url) if not isinstance(exc, SelectitError) else None
             raise UserError(_one_line(message or str(exc))) from exc
+        except ImportError as exc:
+            from selectit.errors import missing_extra
+
+            missing = missing_extra(exc)
+            if missing is None:
+                raise
+            raise UserError(str(missing)) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -303,6 +310,17 @@ def _criterion_options(func: F) -> F:
     ]):
         func = option(func)
     return func
+
+
+def _require_complete_option(func: F) -> F:
+    return click.option("--require-complete", is_flag=True,
+                        help="Refuse a dataset that is only partly scored (default: one warning line with "
+                             "the rankable and dataset counts).")(func)
+
+
+def _warn(text: str | None) -> None:
+    if text:
+        click.echo(f"Warning: {text}", err=True)
 
 
 def _parse_models(models: str | None) -> list[str] | None:
@@ -734,10 +752,12 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
 @_fusion_options
 @_criterion_options
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(0), help="Rows of the ranking to show.")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int) -> None:
+         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int,
+         require_complete: bool) -> None:
     """Show the head of a dataset's ranking and how much of it is rankable yet.
 
     S_model is recomputed from the stored ratings for any --alpha, --formula, --models or
@@ -748,6 +768,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     Example:
       selectit rank --dataset alpaca --top 0.2
       selectit rank --dataset alpaca --alpha 0.5 --formula reference-code --weights smol=1,gemma=2
+      selectit rank --dataset alpaca --top 0.2 --require-complete
     """
     import sqlalchemy as sa
 
@@ -763,6 +784,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
         head = selection.chosen(con, criterion, limit=limit)
         n_chosen = selection.count_chosen(con, criterion)
         cov = fusion.coverage(con, dataset)
+        warning = selection.partial_warning(cov, require_complete)
     finally:
         con.close()
     with db.session_scope(engine) as session:
@@ -780,6 +802,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
         click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion != selection.Criterion():
         click.echo(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
+        _warn(warning)
 
 
 @main.command()
@@ -787,10 +810,12 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
 @click.option("--dataset", "-d", required=True, help="The dataset to select from.")
 @_fusion_options
 @_criterion_options
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def select(ctx: click.Context, name: str, dataset: str, models: str | None, prompt_set: str | None, alpha: float,
-           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None) -> None:
+           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None,
+           require_complete: bool) -> None:
     """Freeze the current top of a dataset's ranking as the selection NAME.
 
     The ranks, sample ids, scores and parameters are stored, so `selectit export --selection NAME`
@@ -800,23 +825,23 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
     Example:
       selectit select selective-alpaca-v1 --dataset alpaca --top 0.2
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
+      selectit select full-only --dataset alpaca --top 0.2 --require-complete
     """
     from selectit import fusion
-    from selectit.selection import freeze_selection
+    from selectit.selection import freeze_selection, partial_warning
 
     engine = store(ctx)
     criterion = _criterion(top, top_n, min_score, DEFAULT_TOP)
     con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
     try:
+        fusion.require_scoring_setup(con)
+        warning = partial_warning(fusion.coverage(con, dataset), require_complete)  # before anything is frozen
         selection_id, n, n_rankable = freeze_selection(engine, con, name, dataset, criterion)
-        cov = fusion.coverage(con, dataset)
     finally:
         con.close()
     click.echo(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
                   f"({criterion.describe()}).")
-    if cov.n_not_rankable:
-        click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
-                      f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
+    _warn(warning)
 
 
 @main.command()
@@ -845,12 +870,13 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
                    "source file, a file of another tool); never the curation database.")
 @click.option("--card-paths", is_flag=True,
               help="Record the source files' full paths in the card (default: file name and sha256).")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def export(ctx: click.Context, selection: str | None, dataset: str | None, models: str | None,
            prompt_set: str | None, alpha: float, formula: str, weights: str | None, top: float | None,
            top_n: int | None, min_score: float | None, out: str, fmt: str | None, order: str, with_scores: bool,
-           llamafactory: str | None, card: bool, overwrite: bool, card_paths: bool) -> None:
+           llamafactory: str | None, card: bool, overwrite: bool, card_paths: bool, require_complete: bool) -> None:
     """Write a selection for training: the records as ingested, or a format fine-tuning tools read.
 
     Formats: original (default: each record exactly as it was ingested, in the input's format),
@@ -876,10 +902,11 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
                                   with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
                                   top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
                                   weights=_parse_weights(weights), models=names, prompt_set=prompt_set,
-                                  overwrite=overwrite, card_paths=card_paths)
+                                  overwrite=overwrite, card_paths=card_paths, require_complete=require_complete)
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
         click.echo(result.note, err=True)
+    _warn(result.warning)
     shown = f"original {result.format}" if (fmt or "original") == "original" and not result.note else result.format
     click.echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
     for extra in (result.card, result.dataset_info):

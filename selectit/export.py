@@ -18,8 +18,10 @@ A conversation keeps its turns and system prompt when the source record had them
 back from the kept original); a record without an original (ingested by an older selectit) is
 written from the stored instruction/input/output.
 
-Every export writes a dataset card (``README.md`` with YAML front matter: the provenance) and, with
-``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file.
+Every export writes a dataset card (YAML front matter: the provenance) and, with
+``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file. In a
+directory the files are named after the entry (``DIR/<entry>.<ext>``, ``DIR/<entry>.README.md``).
+Every file goes through `selectit.writer.Writer`: all targets checked first, renamed at the end.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class ExportResult:
     dataset_info: Path | None = None
     n: int = 0
     note: str | None = None  # why the default format was not `original`
+    warning: str | None = None  # the dataset is only partly rankable (`selection.partial_warning`)
 
 
 # --------------------------------------------------------------------------------------------
@@ -933,6 +936,7 @@ def export_selection(
     prompt_set: str | None = None,
     overwrite: bool = False,
     card_paths: bool = False,
+    require_complete: bool = False,
 ) -> ExportResult:
     """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`.
 
@@ -940,7 +944,8 @@ def export_selection(
     of file), else ``alpaca-json`` (`ExportResult.note` says why). `order`: ``rank`` (best first)
     or ``dataset`` (the order of the ingested files). `overwrite`: replace files the export did not
     write for this entry (never the store's). `card_paths`: the card records the sources' full
-    paths (default: file name and sha256).
+    paths (default: file name and sha256). `require_complete`: refuse a partly scored dataset
+    (else `ExportResult.warning` says how much of it is rankable).
     """
     import duckdb
     import sqlalchemy as sa
@@ -956,6 +961,7 @@ def export_selection(
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
     if order not in ("rank", "dataset"):
         raise ExportError(f"--order must be rank or dataset, not {order!r}")
+    warning = None
     if selection is not None:
         with engine.connect() as conn:
             row = conn.execute(sa.select(Selection.id, Selection.dataset_id, Selection.params)
@@ -980,6 +986,7 @@ def export_selection(
         try:
             params = fusion.require_scoring_setup(con)
             n_rankable = sel.rank_dataset(con, dataset)
+            warning = sel.partial_warning(fusion.coverage(con, dataset), require_complete)
             ranked = [(r.rank, r.sample_id, r.s_model) for r in sel.chosen(con, criterion_obj)]
             dataset_id = fusion.dataset_id(con, dataset)
         finally:
@@ -1038,4 +1045,5 @@ def export_selection(
                           llamafactory=name if llamafactory not in (False, None) else None,
                           overwrite=overwrite, protect=fusion.store_files(db_url), sources=ingested)
     result.note = note
+    result.warning = warning
     return result

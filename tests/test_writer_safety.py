@@ -388,3 +388,53 @@ def test_every_writing_command_leaves_foreign_files_the_store_and_links_alone(tm
     with sqlite3.connect(foreign) as con:
         assert con.execute("SELECT x FROM t").fetchall() == [("keep me",)]
     assert not (out / "trap.json").exists() and not (out / "all.jsonl").exists()
+
+
+# ------------------------------------------------------- 17.8 a missing extra is one Error line
+@pytest.mark.parametrize(("module", "extra", "args"), [
+    ("matplotlib", "report", ["report", "--dataset", "d", "--prompt-set", "s", "--out", "rep"]),
+    ("datasets", "hf", ["export", "--selection", "all", "--out", "ds", "--format", "hf-dataset"]),
+])
+def test_a_missing_optional_dependency_names_its_extra(tmp_path: Path, module: str, extra: str, args: list) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    make_store(url, tmp_path / "alpaca.json")
+    # The module is absent for this process: `import module` raises ModuleNotFoundError, as without the extra.
+    code = (f"import sys; sys.modules[{module!r}] = None; from selectit.cli import run; "
+            f"sys.argv = ['selectit'] + sys.argv[1:]; run()")
+    proc = subprocess.run([sys.executable, "-c", code, "--db", url, *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: this needs "), lines
+    assert module in lines[0] and f"`pip install 'selectit[{extra}]'`" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("store.db")) == ["alpaca.json"]
+
+
+# ------------------------------------------------------- 17.9 a partly scored dataset says so
+def test_a_partly_scored_dataset_warns_and_require_complete_refuses(store: str, tmp_path: Path) -> None:
+    from selectit.schema import Sample, Score
+
+    engine = db.open_store(store)
+    with engine.begin() as conn:
+        first = conn.execute(sa.select(sa.func.min(Sample.id))).scalar_one()
+        conn.execute(sa.delete(Score).where(Score.sample_id == first))  # 3 of the 4 samples stay rankable
+    engine.dispose()
+    out = tmp_path / "half.json"
+    common = ["--dataset", "d", "--prompt-set", "s", "--top", "0.5"]
+    for args in (["export", *common, "--out", out, "--format", "jsonl"], ["select", "half", *common],
+                 ["rank", *common]):
+        result = invoke("--db", store, *args)
+        ok(result)
+        warnings = [line for line in result.output.splitlines() if line.startswith("Warning:")]
+        assert warnings == [
+            "Warning: only 3 of 4 samples of d are rankable (1 with missing cells, 0 with failed cells), and the "
+            "selection is taken from those; finish scoring with `selectit score --dataset d`"], result.output
+    assert len(out.read_text().splitlines()) == 1  # floor(0.5 × 3)
+    before = snapshot(store)
+    for args in (["export", *common, "--out", tmp_path / "no.json"], ["select", "never", *common],
+                 ["rank", *common]):
+        one_error(invoke("--db", store, *args, "--require-complete"), "only 3 of 4 samples", "--require-complete")
+    assert not (tmp_path / "no.json").exists() and snapshot(store) == before
