@@ -192,7 +192,8 @@ class Store:
         from selectit.report import build_report
 
         return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,
-                            alpha=alpha, formula=formula, weights=weights, top=top or DEFAULT_TOP)
+                            alpha=alpha, formula=formula, weights=weights,
+                            top=DEFAULT_TOP if top is None else top)
 
     def sql(self, query: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
             models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None) -> pa.Table:

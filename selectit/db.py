@@ -181,7 +181,7 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
             if tables:
                 raise _foreign_store_error(plain, tables)
     except sa.exc.DBAPIError as exc:
-        raise StoreError(f"cannot open the database {plain.url!r}: {exc.orig}") from None
+        raise StoreError(f"cannot open the database {plain.url!r}: {exc.orig}") from exc
     finally:
         plain.dispose()
 

@@ -533,7 +533,9 @@ def write_export(
     if llamafactory is not None and source is not None and source.container == "arrow":
         raise ExportError("LLaMA-Factory reads json, jsonl, csv and parquet files; export the Arrow records "
                           "with --format parquet (or jsonl) for --llamafactory")
-    w = Writer(entry=llamafactory or entry, protect=[Path(p) for p in protect], overwrite=overwrite,
+    # In a directory the files belong to the entry; a named FILE and its card belong to that file.
+    owner = (llamafactory or entry) if layout.in_dir else f"--out {layout.data.name}"
+    w = Writer(entry=owner, protect=[Path(p) for p in protect], overwrite=overwrite,
                refuse_named=_source_check(sources))
     if layout.in_dir and not out.exists():
         w.new_dir(out)
