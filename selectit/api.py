@@ -53,6 +53,7 @@ class SelectionInfo:
     n_rankable: int
     coverage: Coverage | None = None
     how: str = ""  # how the samples were chosen, e.g. "top 0.2 share" or "random 0.2 share, seed 1"
+    warning: str | None = None  # only part of the dataset was rankable
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class RankSummary:
     n_rankable: int
     n_chosen: int
     coverage: Coverage
+    warning: str | None = None  # only part of the dataset is rankable
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,12 @@ class InitResult:
 
 
 def init(url: str | None = None) -> InitResult:
-    """Create the database at `url`, or upgrade it to the current schema (`selectit init`)."""
+    """Create the store in an empty (or new) database at `url`, or upgrade a selectit one (`selectit init`)."""
     from selectit.registry import ensure_default_prompts
 
+    before, after = db.init_store(url)  # refuses another application's database
     engine = db.make_engine(url)
     try:
-        before = db.current_revision(engine)
-        db.upgrade(url)
-        after = db.current_revision(engine)
         with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
             ensure_default_prompts(session)
         return InitResult(repr(engine.url), before, after or "")
@@ -317,8 +317,12 @@ class Store:
     def rank_summary(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                      weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                      prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
-                     min_score: float | None = None, limit: int | None = None) -> RankSummary:
-        """The head of `dataset`'s ranking (`limit` rows of those kept), its size and its coverage."""
+                     min_score: float | None = None, limit: int | None = None,
+                     require_complete: bool = False) -> RankSummary:
+        """The head of `dataset`'s ranking (`limit` rows of those kept), its size and its coverage.
+
+        A partly scored dataset gives a `warning`, or with `require_complete` an `IncompleteScoring` error.
+        """
         from selectit import fusion, selection
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
@@ -328,7 +332,8 @@ class Store:
             head = selection.chosen_with_texts(con, criterion, limit=limit, columns=("instruction",))
             n_chosen = selection.count_chosen(con, criterion)
             cov = fusion.coverage(con, dataset)
-        return RankSummary(dataset, params, criterion, head, n_rankable, n_chosen, cov)
+        warning = selection.partial_warning(cov, require_complete)
+        return RankSummary(dataset, params, criterion, head, n_rankable, n_chosen, cov, warning)
 
     def rank(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
              weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
@@ -350,16 +355,17 @@ class Store:
                min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                prompt_set: str | None = None, random: float | None = None, seed: int = 0,
-               by: str = "score") -> SelectionInfo:
+               by: str = "score", require_complete: bool = False) -> SelectionInfo:
         """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%).
 
         Controls for ablations, from the same rankable samples and with the same size rules:
         ``random=0.2, seed=1`` draws 20% at random (the same ids on every store), and
-        ``by="length", top=0.2`` keeps the 20% with the longest responses.
+        ``by="length", top=0.2`` keeps the 20% with the longest responses. A partly scored dataset
+        gives a `warning`, or with `require_complete` an `IncompleteScoring` error (nothing frozen).
         """
         from selectit import fusion
         from selectit.fusion import FusionError
-        from selectit.selection import Control, Criterion, freeze_selection
+        from selectit.selection import Control, Criterion, freeze_selection, partial_warning
 
         criterion: Criterion | Control
         if by not in ("score", "length"):
@@ -376,9 +382,11 @@ class Store:
         else:
             criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
+            fusion.require_scoring_setup(con)
             cov = fusion.coverage(con, dataset)
-        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov, criterion.describe())
+            warning = partial_warning(cov, require_complete)  # before anything is frozen
+            selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
+        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov, criterion.describe(), warning)
 
     def selection(self, name: str) -> pa.Table:
         """The frozen selection `name`, best first: rank, sample_id, score (its S_model when frozen),
@@ -417,11 +425,14 @@ class Store:
                card: bool = True, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None) -> ExportResult:
+               prompt_set: str | None = None, overwrite: bool = False, card_paths: bool = False,
+               require_complete: bool = False) -> ExportResult:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
 
         `format` defaults to ``original`` (the records as ingested, in the input's format) when
-        every selected record kept its original, else ``alpaca-json``.
+        every selected record kept its original, else ``alpaca-json``. `out` a directory (existing,
+        or ending with ``/``): the files are named after the entry. Existing files are replaced only
+        when `out` names them or this export wrote them for the same entry, unless `overwrite`.
         """
         from selectit.export import export_selection
 
@@ -432,7 +443,8 @@ class Store:
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
                                 top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
                                 weights=weights, models=list(models) if models else None,
-                                prompt_set=prompt_set)
+                                prompt_set=prompt_set, overwrite=overwrite, card_paths=card_paths,
+                                require_complete=require_complete)
 
     def diagnose(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
                  alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None) -> pa.Table:
@@ -476,7 +488,10 @@ class Store:
                formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None,
                models: Sequence[str] | None = None, prompt_set: str | None = None,
                top: float = DEFAULT_TOP) -> ReportResult:
-        """Write an HTML report of `dataset`'s ratings and its top share to the directory `out`."""
+        """Write an HTML report of `dataset`'s ratings and its top share to the directory `out`.
+
+        A rerun replaces only the files the previous report wrote there (its manifest lists them).
+        """
         from selectit.report import build_report
 
         return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,

@@ -85,6 +85,13 @@ def handles_errors(func: F) -> F:
             url = ctx.find_root().obj.get("db_url") if ctx and ctx.find_root().obj else None
             message = explain_store_error(exc, url) if not isinstance(exc, SelectitError) else None
             raise UserError(_one_line(message or str(exc))) from exc
+        except ImportError as exc:
+            from selectit.errors import missing_extra
+
+            missing = missing_extra(exc)
+            if missing is None:
+                raise
+            raise UserError(str(missing)) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -152,6 +159,9 @@ def store(ctx: click.Context):  # noqa: ANN201 - a selectit.api.Store
 @handles_errors
 def init(ctx: click.Context) -> None:
     """Create the database, or upgrade it to the current schema.
+
+    Only an empty (or new) database becomes a store; another application's database is refused,
+    naming its tables.
 
     \b
     Example:
@@ -294,6 +304,17 @@ def _criterion_options(func: F) -> F:
     return func
 
 
+def _require_complete_option(func: F) -> F:
+    return click.option("--require-complete", is_flag=True,
+                        help="Refuse a dataset that is only partly scored (default: one warning line with "
+                             "the rankable and dataset counts).")(func)
+
+
+def _warn(text: str | None) -> None:
+    if text:
+        click.echo(f"Warning: {text}", err=True)
+
+
 def _parse_models(models: str | None) -> list[str] | None:
     return [m.strip() for m in models.split(",") if m.strip()] if models else None
 
@@ -318,7 +339,8 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
 
     Score distributions per model and per prompt, agreement between prompts and between models,
     the selected top share vs the full dataset (response length, calculation instructions) and
-    coverage. DIR is replaced as a whole when it already holds a report.
+    coverage. A rerun into the same DIR replaces only the files the previous report wrote (listed in
+    DIR/.selectit-manifest.json); anything else in DIR is left alone.
 
     \b
     Example:
@@ -710,10 +732,12 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
 @_fusion_options
 @_criterion_options
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(0), help="Rows of the ranking to show.")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int) -> None:
+         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int,
+         require_complete: bool) -> None:
     """Show the head of a dataset's ranking and how much of it is rankable yet.
 
     S_model is recomputed from the stored ratings for any --alpha, --formula, --models or
@@ -724,8 +748,10 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     Example:
       selectit rank --dataset alpaca --top 0.2
       selectit rank --dataset alpaca --alpha 0.5 --formula reference-code --weights smol=1,gemma=2
+      selectit rank --dataset alpaca --top 0.2 --require-complete
     """
     summary = store(ctx).rank_summary(dataset, top=top, top_n=top_n, min_score=min_score, limit=limit,
+                                      require_complete=require_complete,
                                       **_fusion_args(models, prompt_set, alpha, formula, weights))
     params, criterion, head = summary.params, summary.criterion, summary.head.to_pylist()
     click.echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
@@ -740,6 +766,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
         click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion.where() != "TRUE":
         click.echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
+        _warn(summary.warning)
     _print_health_warnings(ctx, dataset, **_fusion_args(models, prompt_set, alpha, formula, weights))
 
 
@@ -753,11 +780,12 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
 @click.option("--seed", type=int, default=0, show_default=True, help="The seed of --random.")
 @click.option("--by", type=click.Choice(["score", "length"]), default="score", show_default=True,
               help="score: SelectIT's ranking; length: a control of the longest responses (with --top/--top-n).")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def select(ctx: click.Context, name: str, dataset: str, models: str | None, prompt_set: str | None, alpha: float,
            formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None,
-           random_share: float | None, seed: int, by: str) -> None:
+           random_share: float | None, seed: int, by: str, require_complete: bool) -> None:
     """Freeze the current top of a dataset's ranking as the selection NAME.
 
     The ranks, sample ids, scores and parameters are stored, so `selectit export --selection NAME`
@@ -774,15 +802,14 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
       selectit select random-20 --dataset alpaca --random 0.2 --seed 1
       selectit select longest-20 --dataset alpaca --by length --top 0.2
+      selectit select full-only --dataset alpaca --top 0.2 --require-complete
     """
     info = store(ctx).select(name, dataset, top=top, top_n=top_n, min_score=min_score, random=random_share,
-                             seed=seed, by=by, **_fusion_args(models, prompt_set, alpha, formula, weights))
+                             seed=seed, by=by, require_complete=require_complete,
+                             **_fusion_args(models, prompt_set, alpha, formula, weights))
     click.echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
                f"{dataset} ({info.how}).")
-    cov = info.coverage
-    if cov.n_not_rankable:
-        click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
-                      f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
+    _warn(info.warning)
     _print_health_warnings(ctx, dataset, selection=name)
 
 
@@ -792,7 +819,9 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
 @_fusion_options
 @_criterion_options
 @click.option("--out", required=True, type=click.Path(),
-              help="The file to write (replaced whole), or a directory for data.<ext> and the card.")
+              help="The file to write (replaced whole), or a directory (existing, or ending with '/') that "
+                   "receives NAME.<ext> and NAME.README.md, NAME being the entry (--llamafactory NAME, the "
+                   "selection or the dataset).")
 @click.option("--format", "fmt", default=None, type=click.Choice(EXPORT_FORMATS),
               help="Output format [default: original, the records as ingested, when every one was kept; "
                    "else alpaca-json].")
@@ -805,35 +834,46 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
                    "[NAME default: the selection or dataset].")
 @click.option("--card/--no-card", default=True, show_default=True,
               help="Write the dataset card (README.md with the provenance) beside the data.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing files this export did not write for the same entry (an ingested "
+                   "source file, a file of another tool); never the curation database.")
+@click.option("--card-paths", is_flag=True,
+              help="Record the source files' full paths in the card (default: file name and sha256).")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def export(ctx: click.Context, selection: str | None, dataset: str | None, models: str | None,
            prompt_set: str | None, alpha: float, formula: str, weights: str | None, top: float | None,
            top_n: int | None, min_score: float | None, out: str, fmt: str | None, order: str, with_scores: bool,
-           llamafactory: str | None, card: bool) -> None:
+           llamafactory: str | None, card: bool, overwrite: bool, card_paths: bool, require_complete: bool) -> None:
     """Write a selection for training: the records as ingested, or a format fine-tuning tools read.
 
     Formats: original (default: each record exactly as it was ingested, in the input's format),
     alpaca-json, jsonl, sharegpt, messages, parquet, hf-dataset (a save_to_disk directory). A
     dataset card (README.md, YAML front matter) records the provenance: source files and hashes,
     models, prompts, α, formula, counts. A frozen selection exports to the same data bytes every
-    time; files are written to a temporary name and renamed, never left half-written.
+    time. Every target is checked first and all files are renamed into place at the end: an export
+    replaces only the file named by --out and the files it wrote itself for the same entry
+    (--overwrite for others), never the curation database.
 
     \b
     Example:
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
       selectit export --selection selective-alpaca-v1 --out data/ --format sharegpt --llamafactory
       selectit export --dataset alpaca --top-n 1000 --out top1000.parquet --format parquet --with-scores
+      selectit export --selection selective-alpaca-v1 --out alpaca.json --overwrite --card-paths
     """
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
     result = store(ctx).export(out, selection=selection, dataset=dataset, format=fmt, order=order,
                                with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
-                               top_n=top_n, min_score=min_score,
+                               top_n=top_n, min_score=min_score, overwrite=overwrite, card_paths=card_paths,
+                               require_complete=require_complete,
                                **_fusion_args(models, prompt_set, alpha, formula, weights))
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
         click.echo(result.note, err=True)
+    _warn(result.warning)
     shown = f"original {result.format}" if (fmt or "original") == "original" and not result.note else result.format
     click.echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
     for extra in (result.card, result.dataset_info):

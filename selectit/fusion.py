@@ -213,11 +213,18 @@ def sqlite_file(db_url: str | None) -> Path | None:
 
 
 def store_files(db_url: str | None) -> list[Path]:
-    """The files that make up a SQLite store (database, WAL, shared memory, journal); [] for a server."""
+    """The files that make up a SQLite store (database, WAL, shared memory, journal); [] for a server.
+
+    SQLite names the WAL after the database's real path, so the names are derived from the resolved
+    path (a store reached through a symlink) as well as from the path as given.
+    """
     path = sqlite_file(db_url)
     if path is None:
         return []
-    return [path] + [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+    files: list[Path] = []
+    for base in dict.fromkeys([path, Path(os.path.realpath(path))]):
+        files += [base] + [Path(f"{base}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+    return files
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,8 +3,9 @@
 Everything is read through the DuckDB fusion views (`selectit.fusion.connect`), so the page shows
 exactly what `selectit rank` would compute for the same α, formula, models and prompt set. Every
 plot is a PNG next to `index.html`, and the numbers behind it are a table on the page and a CSV
-next to the PNG. The page is written into a temporary directory and moved into place at the end,
-so an interrupted run never leaves a half-written report.
+next to the PNG. The files are made in a private temporary directory, then written into the
+report directory through `selectit.writer` (every target checked first, renamed into place): a
+rerun replaces only the files the previous report wrote (its manifest lists them), never anything else.
 
 matplotlib and numpy are imported inside the functions, so `import selectit` stays light.
 """
@@ -26,8 +27,9 @@ from typing import Any
 
 from selectit.errors import SelectitError
 from selectit.fusion import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
+from selectit.writer import MANIFEST, Writer, read_manifest
 
-#: Marks a directory as a selectit report, so a rerun may replace it (and nothing else).
+#: Marked the index.html of reports written before the manifest (`selectit.writer.MANIFEST`) listed their files.
 MARKER = "<!-- selectit report -->"
 
 # ----------------------------------------------------------------------------------------------
@@ -714,28 +716,56 @@ def _theta(t: float) -> str:
     return f"{t:,.0f}" if t == int(t) else f"{t:g}"
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise ReportError(f"{out} is a file; give --out a directory (it is created if missing).")
-        index = out / "index.html"
-        is_report = index.exists() and MARKER in index.read_text(encoding="utf-8", errors="replace")[:4000]
-        if any(out.iterdir()) and not is_report:
-            raise ReportError(
-                f"{out} exists and is not a selectit report; choose another --out or empty it first."
-            )
+def _prepare_out(out: Path) -> bool:
+    """Check the report directory before anything is computed; True for a report written by an older
+    selectit (no manifest: its index.html carries `MARKER`), whose files of the same names may be
+    replaced.
+
+    Refused: a file; `.` or an ancestor of the working directory; a non-empty directory that holds
+    no selectit report.
+    """
+    real = Path(os.path.realpath(out))
+    cwd = Path(os.getcwd())
+    if real == cwd or real in cwd.parents:
+        raise ReportError(f"--out {out} is the working directory or one of its parents; give the report a "
+                          f"directory of its own (e.g. --out report)")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ReportError(f"{out} is a file; give --out a directory (it is created if missing).")
+    if (real / MANIFEST).exists():
+        read_manifest(real)  # a clear error when it is not one
+        return False
+    index = real / "index.html"
+    legacy = False
+    if index.is_file() and not index.is_symlink():
+        with open(index, encoding="utf-8", errors="replace") as fh:
+            legacy = MARKER in fh.read(4000)
+    if not legacy and any(real.iterdir()):
+        raise ReportError(f"{out} exists and is not a selectit report; choose another --out or empty it first.")
+    return legacy
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp` with renames only, so readers see the old or the new report."""
-    old = None
+def _write_files(staged: Path, out: Path, protect: Sequence[Path], legacy: bool) -> None:
+    """Copy the report's files from `staged` into `out` through the guarded writer: every target is
+    checked first, files the previous report wrote and this one does not are removed, nothing else."""
+    w = Writer(entry="report", protect=protect, overwrite=legacy)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        w.new_dir(out)
+    names = sorted(p.name for p in staged.iterdir() if p.name != "index.html") + ["index.html"]
+    for name in names:  # index.html last: the page appears when its images are there
+        w.plan(out / name)
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rmdir(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        for name, record in read_manifest(Path(os.path.realpath(out))).items():
+            if record.get("entry") == "report" and name not in names:
+                w.plan_stale(out / name)
+    try:
+        for name in names:
+            w.stage(out / name, lambda tmp, n=name: shutil.copyfile(staged / n, tmp))
+        w.commit()
+    finally:
+        w.abort()
 
 
 def build_report(
@@ -757,9 +787,10 @@ def build_report(
     selected samples are its `selective_alpaca` view (the top share of the rankable samples).
     """
     validate_top(top)  # before anything is written
+    if not str(out).strip():
+        raise ReportError("--out is empty; give the report's directory (e.g. --out report)")
     out = Path(out)
-    _prepare_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    legacy = _prepare_out(out)
 
     import matplotlib
 
@@ -778,7 +809,7 @@ def build_report(
     finally:
         con.close()
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix="selectit-report-"))  # private: the files are staged here first
     try:
         builders = (
             _coverage_section, _sent_section, _token_section, _prompt_agreement_section,
@@ -809,10 +840,9 @@ def build_report(
                 _write_csv(t, tmp / f"{t.name}.csv")
                 tables[t.name] = t
         (tmp / "index.html").write_text(_render(header, sections, f"selectit report: {d.dataset}"), encoding="utf-8")
-        _move_into_place(tmp, out)
-    except BaseException:
+        _write_files(tmp, out, [Path(p) for p in fusion.store_files(db_url)], legacy)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ReportResult(
         index=out / "index.html",
         pngs=tuple(s.png for s in sections if s.png),

@@ -254,3 +254,23 @@ def freeze_selection(
                 [{"selection_id": selection.id, "rank": r.rank, "sample_id": r.sample_id, "score": r.s_model} for r in rows],
             )
         return selection.id, len(rows), n_rankable
+
+
+class IncompleteScoring(FusionError):
+    """--require-complete on a dataset that is only partly scored."""
+
+
+def partial_warning(cov: Any, require_complete: bool = False) -> str | None:
+    """One line when only part of the dataset is rankable (a selection then takes its share of the
+    rankable samples only); None when every sample is. `require_complete` makes it an error.
+
+    `cov` is `fusion.coverage(con, dataset)`.
+    """
+    if not cov.n_not_rankable:
+        return None
+    text = (f"only {cov.n_rankable} of {cov.n_samples} samples of {cov.dataset} are rankable "
+            f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells), and the "
+            f"selection is taken from those; finish scoring with `selectit score --dataset {cov.dataset}`")
+    if require_complete:
+        raise IncompleteScoring(text + ", or leave out --require-complete")
+    return text
