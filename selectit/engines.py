@@ -134,6 +134,10 @@ def load_engine(model: Any) -> Any:
         from selectit.vllm_engine import load_vllm_scorer
 
         return load_vllm_scorer(model, opts)
-    from selectit.scorer import load_scorer
+    from selectit.timing import phase
 
+    with phase("model load: torch + transformers imports"):
+        import transformers  # noqa: F401
+
+        from selectit.scorer import load_scorer
     return load_scorer(model, device_map=opts.device_map)

@@ -29,6 +29,7 @@ from selectit.leases import claim, heartbeat, release, requeue_expired, worker_i
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
 from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
 from selectit.settings import Settings, SettingsError, variable
+from selectit.timing import phase
 
 #: A model version → its loaded scoring engine.
 ScorerFor = Callable[[LLM], ScoringEngine]
@@ -108,7 +109,8 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             return JobOutcome(job_id, Outcome.SKIPPED)
         model = session.get(LLM, job.model_id)
     try:
-        scorer = scorer_for(model)
+        with phase("model load"):
+            scorer = scorer_for(model)
     except Exception as exc:  # noqa: BLE001 - recorded on the job, retried up to its limit
         if claim(engine, job_id, worker, lease=lease):
             status = release(engine, job_id, worker, settings=settings,
@@ -119,17 +121,18 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         return JobOutcome(job_id, Outcome.SKIPPED)
     outcome = JobOutcome(job_id, Outcome.DONE)
     try:
-        with db.session_scope(engine) as session:
+        with phase("DB reads"), db.session_scope(engine) as session:
             job = session.get(Job, job_id)
             cells = cells_to_score(session, job, settings.max_cell_attempts)
             prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
         sample_ids = list(cells)
         for start in range(0, len(sample_ids), batch_size):
             batch = {s: cells[s] for s in sample_ids[start:start + batch_size]}
-            with db.session_scope(engine) as session:
+            with phase("DB reads"), db.session_scope(engine) as session:
                 requests = _requests(session, batch, prompts)
-            results = _score_batch(scorer, requests)
-            with db.session_scope(engine) as session:
+            with phase("scoring"):
+                results = _score_batch(scorer, requests)
+            with phase("DB writes"), db.session_scope(engine) as session:
                 write_results(session, job.model_id, results, worker, getattr(scorer, "engine", None),
                               getattr(scorer, "engine_version", None))
                 still_ours = heartbeat(session, job_id, worker, lease)
@@ -141,7 +144,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             if not still_ours:
                 outcome.status = Outcome.LOST
                 return outcome
-        with db.session_scope(engine) as session:
+        with phase("DB writes"), db.session_scope(engine) as session:
             res = session.execute(sa.update(Job).where(Job.id == job_id, Job.worker == worker,
                                                        Job.status == JobStatus.RUNNING)
                                   .values(status=str(JobStatus.DONE), finished_at=utcnow(), lease_expires_at=None))
@@ -254,12 +257,13 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
     cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings))
     summary = ScoreSummary()
-    with db.session_scope(engine) as session:
-        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
-        n_missing = sum(len(r.prompt_ids) for r in missing_cells(session, scope, settings=settings))
-        summary.skipped = total_cells(session, scope) - n_missing
-    requeue_expired(engine, settings)
-    plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
+    with phase("planning"):
+        with db.session_scope(engine) as session:
+            scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
+            n_missing = sum(len(r.prompt_ids) for r in missing_cells(session, scope, settings=settings))
+            summary.skipped = total_cells(session, scope) - n_missing
+        requeue_expired(engine, settings)
+        plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
     if progress:
         progress.start(n_missing)
 
@@ -272,7 +276,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     try:
         tried: set[int] = set()
         while True:
-            with db.session_scope(engine) as session:
+            with phase("DB reads"), db.session_scope(engine) as session:
                 open_jobs = open_jobs_in_scope(session, scope)
             todo = [j for j, status, _ in open_jobs if status == JobStatus.QUEUED and j not in tried]
             if not todo:
