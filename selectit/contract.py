@@ -3,7 +3,8 @@
 No torch and no ORM here: the planner, the runner, the scoring engines (torch, vLLM), the
 fusion and the CLI all import this module, and it imports nothing of theirs.
 
-The engine contract (`ScoringEngine.score(requests)`):
+The engine contract (`ScoringEngine`: `score(requests)`, `close()`, `engine`, `engine_version`,
+`forwards`; engines are loaded by name from a `ModelSpec`, see `selectit.engines`):
 - each `RatingRequest` is one sample with its K' rendered prompts (same layout and scale K); the
   result holds one `CellResult` per (request, prompt), in any order;
 - `probs[k-1]` = softmax over the **full vocabulary** at the prompt's last token, read at the
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, ClassVar
 
 from selectit.errors import SelectitError
 
@@ -44,14 +46,14 @@ class CellStatus(StrEnum):
 
 
 class Layout(StrEnum):
-    """Where the sample sits in a rating prompt (DESIGN.md §2)."""
+    """Where the sample sits in a rating prompt (docs/method.md §2)."""
 
     REFERENCE = "reference"  # the authors' code, byte for byte
     SHARED_CONTEXT = "shared-context"  # the sample first, then the rating question
 
 
 class Formula(StrEnum):
-    """The token-level normalisation (DESIGN.md §1)."""
+    """The token-level normalisation (docs/method.md §5)."""
 
     PAPER = "paper"  # P'_k = p_k / Σ p_j
     REFERENCE_CODE = "reference-code"  # softmax of the above, as the authors' released code
@@ -182,7 +184,44 @@ class CellResult:
         return cls(sample_id, prompt_id, None, None, n_tokens, truncated, error[:2000])
 
 
-class ScoringEngine(Protocol):
-    """What a runner needs of a loaded rating model (see the module docstring)."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model version as an engine sees it: a value, not a database row."""
 
-    def score(self, requests: Sequence[RatingRequest]) -> list[CellResult]: ...
+    id: int
+    name: str
+    source: str  # hub id, local directory, .gguf file or alias
+    fingerprint: str
+    dtype: str
+    max_tokens: int  # context used for truncation
+    label_ids: dict[str, list[int]]  # layout → token ids of the labels 1..9
+    n_params: int = 0
+
+    @classmethod
+    def of(cls, row: Any) -> ModelSpec:
+        """The spec of a `models` row (or anything with the same attributes)."""
+        return cls(row.id, row.name, row.source, row.fingerprint, row.dtype, row.max_tokens,
+                   dict(row.label_ids or {}), int(row.n_params or 0))
+
+
+class ScoringEngine(ABC):
+    """A loaded rating model: what the runner needs of every engine (see the module docstring).
+
+    An engine is registered by name (`selectit.engines`): its loader takes a `ModelSpec` and the
+    `EngineOptions` and returns a `ScoringEngine`.
+    """
+
+    #: The engine's name, recorded on every score row it writes ("torch", "vllm", …).
+    engine: ClassVar[str] = ""
+    #: What computed the probabilities, e.g. "torch 2.13.0, transformers 5.23.0" (set when loaded).
+    engine_version: str = ""
+    #: Forward passes (or requests) run so far, for throughput figures.
+    forwards: int = 0
+
+    @abstractmethod
+    def score(self, requests: Sequence[RatingRequest],
+              progress: Callable[[int], None] | None = None) -> list[CellResult]:
+        """One `CellResult` per (request, prompt); `progress(n)` is called as cells are finished."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most engines hold nothing to release
+        """Release what the engine holds (an engine process, a client); the default holds nothing."""

@@ -11,12 +11,13 @@ No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,15 +25,18 @@ from sqlalchemy.orm import Session
 
 from selectit import db
 from selectit.cells import cells_to_score, write_results
-from selectit.contract import CellResult, JobStatus, RatingRequest, ScoringEngine, render
+from selectit.contract import CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, render
 from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
 from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
 from selectit.settings import Settings, SettingsError, variable
 from selectit.timing import phase
 
+if TYPE_CHECKING:
+    from selectit.engines import EngineOptions
+
 #: A model version → its loaded scoring engine.
-ScorerFor = Callable[[LLM], ScoringEngine]
+ScorerFor = Callable[[ModelSpec], ScoringEngine]
 
 
 class Outcome(StrEnum):
@@ -110,7 +114,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         model = session.get(LLM, job.model_id)
     try:
         with phase("model load"):
-            scorer = scorer_for(model)
+            scorer = scorer_for(ModelSpec.of(model))
     except Exception as exc:  # noqa: BLE001 - recorded on the job, retried up to its limit
         if claim(engine, job_id, worker, lease=lease):
             status = release(engine, job_id, worker, settings=settings,
@@ -133,8 +137,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             with phase("scoring"):
                 results = _score_batch(scorer, requests)
             with phase("DB writes"), db.session_scope(engine) as session:
-                write_results(session, job.model_id, results, worker, getattr(scorer, "engine", None),
-                              getattr(scorer, "engine_version", None))
+                write_results(session, job.model_id, results, worker, scorer.engine, scorer.engine_version)
                 still_ours = heartbeat(session, job_id, worker, lease)
             n_failed = sum(1 for r in results if not r.ok)
             outcome.scored += len(results) - n_failed
@@ -167,20 +170,54 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
 # --------------------------------------------------------------------------------------------
 
 
-def default_scorer_factory(settings: Settings | None = None) -> ScorerFor:
+def default_scorer_factory(settings: Settings | None = None,
+                           engine_options: EngineOptions | None = None) -> ScorerFor:
     """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default
-    `selectit.engines:load_engine`: the torch or the vLLM engine, as `$SELECTIT_ENGINE` says.
+    `selectit.engines:load_engine`: the torch or the vLLM engine, as `engine_options` (default:
+    `$SELECTIT_ENGINE` and friends) say.
 
     The hook lets a deployment plug in another scoring backend (and the tests inject faults);
     `selectit score` and the Celery workers both go through it.
     """
     spec = (settings or Settings.from_env()).scorer
+    if spec == Settings.scorer:
+        from selectit.engines import load_engine
+
+        return functools.partial(load_engine, options=engine_options)
+    # Deprecated: engines are registered by name now (the `selectit.engines` entry points).
     module, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr or "load_scorer")
+        hook = getattr(importlib.import_module(module), attr or "load_scorer")
     except (ImportError, AttributeError) as exc:
         raise SettingsError(f"${variable('scorer')}={spec!r} cannot be loaded ({exc}); set it to "
                             "module:function or unset it to use selectit's own scorer.") from exc
+    return lambda model: _HookEngine.of(hook(model))
+
+
+class _HookEngine(ScoringEngine):
+    """What a `$SELECTIT_SCORER` hook returned, held to the engine contract."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.engine = getattr(inner, "engine", None) or "hook"  # type: ignore[misc]
+        self.engine_version = getattr(inner, "engine_version", None) or type(inner).__qualname__
+
+    @classmethod
+    def of(cls, inner: object) -> ScoringEngine:
+        return inner if isinstance(inner, ScoringEngine) else cls(inner)
+
+    @property  # type: ignore[override]
+    def forwards(self) -> int:
+        return int(getattr(self.inner, "forwards", 0))
+
+    def score(self, requests: Sequence[RatingRequest],
+              progress: Callable[[int], None] | None = None) -> list[CellResult]:
+        return list(self.inner.score(requests, progress))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 class ScorerCache:
@@ -191,7 +228,7 @@ class ScorerCache:
         self._settings = settings
         self.scorers: dict[int, ScoringEngine] = {}
 
-    def __call__(self, model: LLM) -> ScoringEngine:
+    def __call__(self, model: ModelSpec) -> ScoringEngine:
         if model.id not in self.scorers:
             if self._load is None:
                 self._load = default_scorer_factory(self._settings)
@@ -201,16 +238,14 @@ class ScorerCache:
     @property
     def forwards(self) -> int:
         """Forward passes run by the engines so far (those that count them)."""
-        return sum(getattr(s, "forwards", 0) for s in self.scorers.values())
+        return sum(s.forwards for s in self.scorers.values())
 
     def close(self) -> None:
         """Close the engines that hold resources (vLLM's engine process: left open, the
         interpreter waits for it at exit forever)."""
         scorers, self.scorers = list(self.scorers.values()), {}
         for scorer in scorers:
-            close = getattr(scorer, "close", None)
-            if close is not None:
-                close()
+            scorer.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +280,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                      prompt_set: str | None = None, progress: ScoreProgress | None = None,
                      batch_size: int | None = None, scorer_for: ScorerFor | None = None,
                      worker: str | None = None, poll: float = 1.0,
-                     settings: Settings | None = None) -> ScoreSummary:
+                     settings: Settings | None = None, engine_options: EngineOptions | None = None) -> ScoreSummary:
     """Plan the missing cells of the scope and run the jobs here, through `run_job`.
 
     Jobs left `running` by a killed run on this host are taken over at once (their `host:pid`
@@ -255,7 +290,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     settings = settings or Settings.from_env()
     worker = worker or worker_id()
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
-    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings))
+    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options))
     summary = ScoreSummary()
     with phase("planning"):
         with db.session_scope(engine) as session:

@@ -11,7 +11,7 @@ Contract of `Scorer.score(requests)`:
 - a request whose scoring fails (NaN, an exception, out of memory even alone) yields failed cells
   (`probs=None`, `error` set); the other requests go on. Never a default score.
 
-How (DESIGN.md §2): the K' token lists share a prefix C. One row C + s_1 + … + s_K' is run with a
+How (docs/method.md §4): the K' token lists share a prefix C. One row C + s_1 + … + s_K' is run with a
 4-D mask where each suffix sees C and itself (position ids restart at len(C)); its logits at the
 end of each s_i equal those of K' separate forwards. When C is short (the `reference` layout)
 packing saves nothing and costs attention, so the K' prompts go as separate rows instead (the
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from selectit.contract import CellResult, RatingRequest
+from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
 from selectit.preparation import ELLIPSIS, Prepared, RequestPreparation
 
@@ -63,7 +63,7 @@ def _keeps_positions_per_row() -> bool:
     return hasattr(modeling_utils, "slice_logits_to_keep")
 
 
-class Scorer(RequestPreparation):
+class Scorer(RequestPreparation, ScoringEngine):
     """A loaded model that rates samples; see the module docstring for the contract."""
 
     engine = "torch"  # provenance of the score rows it produces (with `engine_version`)

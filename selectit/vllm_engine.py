@@ -24,12 +24,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from selectit.contract import CellResult, RatingRequest
+from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.engines import EngineOptions
 from selectit.preparation import Prepared, RequestPreparation
 
 
-class VllmScorer(RequestPreparation):
+class VllmScorer(RequestPreparation, ScoringEngine):
     """A model loaded in vLLM that rates samples (see `selectit.scorer` for the contract)."""
 
     engine = "vllm"
