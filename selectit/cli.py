@@ -557,8 +557,7 @@ def model_group() -> None:
                    "or an alias: smollm2-135m, gemma3-270m.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "int8"]), default=None,
               help="Weights dtype, part of the model version; int8 = linear layers quantised to int8 (CPU only) "
-                   "[default: bfloat16 on a GPU or a CPU with native bf16, int8 on a CPU with int8 dot-product "
-                   "units (VNNI/AMX), else float32].")
+                   "[default: bfloat16 on a GPU or a CPU with native bf16, else float32].")
 @click.option("--weight", type=float, default=None, metavar="θ",
               help="Model-level weight [default: the parameter count].")
 @click.option("--max-tokens", type=int, default=None, metavar="N",

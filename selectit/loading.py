@@ -204,11 +204,19 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def default_dtype(features: frozenset[str] | None = None, cuda: bool | None = None) -> str:
-    """The fast dtype of this machine: bfloat16 on a GPU or on a CPU with native bf16, int8 on a
-    CPU with int8 dot-product units but no bf16 (VNNI/AMX int8), else float32.
+#: Whether a CPU with int8 dot-product units but no bf16 defaults to int8. Off: on the demo data
+#: int8 moved too many ratings against float32 (benchmarks/RESULTS.md), so such a CPU defaults
+#: to float32 and int8 stays a choice (`--dtype int8`).
+INT8_BY_DEFAULT = False
 
-    >>> default_dtype(frozenset({"avx512f", "avx512_vnni"}), cuda=False)
+
+def default_dtype(features: frozenset[str] | None = None, cuda: bool | None = None,
+                  int8: bool = INT8_BY_DEFAULT) -> str:
+    """The fast dtype of this machine: bfloat16 on a GPU or on a CPU with native bf16; on a CPU
+    with int8 dot-product units (VNNI/AMX int8) but no bf16, int8 if `int8` (see
+    `INT8_BY_DEFAULT`); else float32.
+
+    >>> default_dtype(frozenset({"avx512f", "avx512_vnni"}), cuda=False, int8=True)
     'int8'
     """
     if cuda if cuda is not None else _cuda_available():
@@ -216,7 +224,7 @@ def default_dtype(features: frozenset[str] | None = None, cuda: bool | None = No
     features = cpu_features() if features is None else features
     if features & BF16_FLAGS:
         return "bfloat16"
-    if features & INT8_FLAGS:
+    if int8 and features & INT8_FLAGS:
         return "int8"
     return "float32"
 
@@ -379,10 +387,12 @@ def quantize_int8(model: Any) -> Any:
     import warnings
 
     import torch
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     head = model.get_output_embeddings()
-    linears = {name: default_dynamic_qconfig for name, mod in model.named_modules()
+    # One scale per output channel: a per-tensor scale let a few large weights flatten the rest
+    # (measured: a third of the cells changed their S_base on the demo).
+    linears = {name: per_channel_dynamic_qconfig for name, mod in model.named_modules()
                if isinstance(mod, torch.nn.Linear) and mod is not head}
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -39,7 +39,10 @@ def test_cpu_features_read_x86_and_arm_cpuinfo():
     ({"avx2"}, True, "bfloat16"),  # a GPU
 ])
 def test_default_dtype_by_cpu_features(flags, cuda, expected):
-    assert loading.default_dtype(frozenset(flags), cuda=cuda) == expected
+    assert loading.default_dtype(frozenset(flags), cuda=cuda, int8=True) == expected
+    # int8 off by default (its agreement with float32 on the demo was poor): float32 in its place
+    plain = "float32" if expected == "int8" else expected
+    assert loading.default_dtype(frozenset(flags), cuda=cuda, int8=False) == plain
 
 
 def test_half_precision_warning_only_on_a_cpu_without_bf16():
@@ -47,7 +50,7 @@ def test_half_precision_warning_only_on_a_cpu_without_bf16():
     line = loading.half_precision_warning("bfloat16", no_bf16, cuda=False)
     assert line is not None and "\n" not in line
     assert line.startswith("Warning: this CPU has no native bf16") and "× the time of float32" in line
-    assert "--dtype int8" in line  # what this CPU's default would be
+    assert f"--dtype {loading.default_dtype(no_bf16, cuda=False)}" in line  # what this CPU's default is
     assert loading.half_precision_warning("bfloat16", no_bf16 | {"avx512_bf16"}, cuda=False) is None
     assert loading.half_precision_warning("bfloat16", no_bf16, cuda=True) is None
     assert loading.half_precision_warning("float32", no_bf16, cuda=False) is None
