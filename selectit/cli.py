@@ -6,6 +6,7 @@ Every command's help ends with a runnable example; errors say what to do next an
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -21,13 +22,56 @@ from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_PROMPT_SET
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def for_terminal(text: str) -> str:
+    """`text` with control characters (C0 but newline and tab, DEL, C1, line/paragraph separators,
+    bidi overrides) written as escapes, so stored data cannot drive the terminal (retitle it,
+    clear it, reorder a line). Files and pipes get the exact text instead.
+
+    >>> for_terminal("a\x1b]0;title\x07b")
+    'a\\x1b]0;title\\x07b'
+    """
+    def escape(found: re.Match[str]) -> str:
+        code = ord(found.group(0))
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(escape, text)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _PlainConsole(Console):
+    """A rich console that prints every string as it is: no markup (`[/INST]` in a LLaMA-2
+    prompt is text, not a closing tag), no `:emoji:` codes, control characters escaped on a terminal."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Any:  # noqa: ANN401 - rich's Text
+        return super().render_str(for_terminal(text) if self.is_terminal else text, **kwargs)
+
+
 # Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
+console = _PlainConsole(width=None if sys.stdout.isatty() else 120, markup=False, emoji=False)
+err_console = _PlainConsole(stderr=True, markup=False, emoji=False)
+
+
+def echo(text: Any = "", err: bool = False) -> None:
+    """`click.echo`, with control characters escaped when the stream is a terminal and the exact
+    text (escape sequences included, which click would strip) in files and pipes."""
+    text = str(text)
+    click.echo(for_terminal(text) if _is_terminal(sys.stderr if err else sys.stdout) else text, err=err, color=True)
 
 
 class UserError(click.ClickException):
     """An error the user can fix; printed as `Error: …` with exit code 1."""
+
+    def format_message(self) -> str:
+        return for_terminal(self.message) if _is_terminal(sys.stderr) else self.message
 
 
 def _one_line(text: str) -> str:
@@ -202,10 +246,10 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
         result = api_store.ingest(file, dataset, format=fmt, map=column_map, split=split, skip_invalid=skip_invalid,
                                   limit=limit, progress=progress)
     if result.invalid:
-        click.echo(f"skipped {len(result.invalid)} invalid records:", err=True)
+        echo(f"skipped {len(result.invalid)} invalid records:", err=True)
         for line in result.invalid_report():
-            click.echo(line, err=True)
-    click.echo(result.summary)
+            echo(line, err=True)
+    echo(result.summary)
 
 
 def _api_store(ctx: click.Context):  # noqa: ANN202 - a selectit.api.Store
@@ -349,7 +393,7 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
     store(ctx).dispose()  # the schema must be at head before DuckDB reads it
     result = build_report(ctx.obj["db_url"], dataset, out, models=_parse_models(models), prompt_set=prompt_set,
                           alpha=alpha, formula=formula, weights=_parse_weights(weights), top=top)  # fmt: skip
-    click.echo(
+    echo(
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
     )
@@ -726,7 +770,7 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
     if cov.n_not_rankable:
         line += (f" ({cov.n_not_rankable} not rankable: {cov.samples_with_missing} with missing cells, "
                  f"{cov.samples_with_failed} with failed cells)")
-    click.echo(line)
+    echo(line)
 
 
 @main.command()
@@ -768,7 +812,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     with db.session_scope(engine) as session:
         texts = dict(session.execute(sa.select(Sample.id, Sample.instruction)
                                      .where(Sample.id.in_([r.sample_id for r in head]))).all())
-    click.echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
+    echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
                   + ", ".join(f"{m.name} (θ {m.theta:g})" for m in params.models))
     if head:
         print_table(f"ranking of {dataset} ({criterion.describe()}, first {len(head)})",
@@ -777,9 +821,9 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
                       " ".join(texts.get(r.sample_id, "").split())[:60]) for r in head])
     _print_coverage(cov, params)
     if n_rankable == 0:
-        click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
+        echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion != selection.Criterion():
-        click.echo(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
+        echo(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
 
 
 @main.command()
@@ -812,10 +856,10 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
         cov = fusion.coverage(con, dataset)
     finally:
         con.close()
-    click.echo(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
+    echo(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
                   f"({criterion.describe()}).")
     if cov.n_not_rankable:
-        click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
+        echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
                       f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
 
 
@@ -868,12 +912,12 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
                                   weights=_parse_weights(weights), models=names, prompt_set=prompt_set)
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
-        click.echo(result.note, err=True)
+        echo(result.note, err=True)
     shown = f"original {result.format}" if (fmt or "original") == "original" and not result.note else result.format
-    click.echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
+    echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
     for extra in (result.card, result.dataset_info):
         if extra is not None:
-            click.echo(f"wrote {extra}")
+            echo(f"wrote {extra}")
 
 
 @main.command()
@@ -909,13 +953,17 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
     finally:
         con.close()
     if not columns:
-        click.echo("OK")
+        echo("OK")
     elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
+        echo(buffer.getvalue().removesuffix("\n"))
     elif fmt == "json":
-        click.echo(json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2, default=str))
+        echo(json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2, default=str))
     else:
         print_table(None, columns, rows)
 
@@ -968,7 +1016,7 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
     ]
     db_args = ["--db", ctx.obj["db_url"]] if ctx.obj["db_url"] else []
     for step in steps:
-        console.print(f"\n[bold]$ selectit {' '.join(step)}[/bold]")
+        console.print(f"\n$ selectit {' '.join(step)}", style="bold")
         code = main.main([*db_args, *step], prog_name="selectit", standalone_mode=False)
         if code:  # a step that was interrupted or failed ends the demo with its exit code
             ctx.exit(code)
