@@ -673,7 +673,7 @@ def models(ctx: click.Context) -> None:
     """
     from selectit import registry
 
-    with db.session_scope(store(ctx)) as session:
+    with db.read_scope(store(ctx)) as session:
         rows = [(m.id, m.name, m.dtype, f"{m.n_params:,}", m.weight if m.weight is not None else "",
                  "yes" if m.active else "no", m.source) for m in registry.list_models(session)]
     print_table(None, ["id", "name", "dtype", "params", "weight", "active", "source"], rows)
@@ -697,7 +697,7 @@ def prompts_group(ctx: click.Context) -> None:
         return
     from selectit import registry
 
-    with db.session_scope(store(ctx)) as session:
+    with db.read_scope(store(ctx)) as session:
         rows = registry.prompt_sets(session)
     print_table(None, ["set", "layout", "scale", "active", "versions"], rows)
 
@@ -809,7 +809,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
         cov = fusion.coverage(con, dataset)
     finally:
         con.close()
-    with db.session_scope(engine) as session:
+    with db.read_scope(engine) as session:
         texts = dict(session.execute(sa.select(Sample.id, Sample.instruction)
                                      .where(Sample.id.in_([r.sample_id for r in head]))).all())
     echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "

@@ -56,6 +56,31 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
+#: Execution option that marks an engine's transactions as reads (see `reading`).
+_READ_ONLY_OPTION = "selectit_read_only"
+
+
+def reading(engine: Engine) -> Engine:
+    """`engine` for transactions that only read: on SQLite they begin deferred, so they never
+    wait for (or block) a writer; on PostgreSQL nothing changes. Writes stay on `engine` itself.
+
+    >>> reading(make_engine("sqlite://")).get_execution_options()["selectit_read_only"]
+    True
+    """
+    return engine.execution_options(**{_READ_ONLY_OPTION: True})
+
+
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Session]:
+    """A session that only reads (deferred on SQLite, see `reading`), rolled back at the end."""
+    session = sessionmaker(reading(engine), expire_on_commit=False)()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
 def make_engine(url: str | None = None) -> Engine:
     url = resolve_url(url)
     if url.startswith("sqlite"):
@@ -71,10 +96,13 @@ def make_engine(url: str | None = None) -> Engine:
             cur.close()
 
         @sa.event.listens_for(engine, "begin")
-        def _sqlite_begin_immediate(conn) -> None:  # noqa: ANN001
-            # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of
-            # one failing with "database is locked" when it upgrades a read lock.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _sqlite_begin(conn) -> None:  # noqa: ANN001
+            # A writer takes the write lock at BEGIN, so two writers queue on busy_timeout instead
+            # of one failing with "database is locked" when it upgrades a read lock. A reader
+            # (`reading(engine)`) begins deferred: under WAL it reads the last commit beside a
+            # running writer, instead of waiting for a long ingest to end.
+            deferred = conn.get_execution_options().get(_READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         # Let SQLAlchemy's `begin` event issue BEGIN itself (pysqlite's own is disabled).
         @sa.event.listens_for(engine, "connect", insert=True)
@@ -163,8 +191,8 @@ def open_store(url: str | None = None) -> Engine:
     """
     engine = make_engine(url)
     try:
-        current = current_revision(engine)
-        if current is None and _is_empty(engine):
+        current = current_revision(reading(engine))
+        if current is None and _is_empty(reading(engine)):
             upgrade(url)
             return engine
     except sa.exc.OperationalError as exc:
@@ -215,8 +243,8 @@ def upsert(session: Session, table: type) -> sa.Insert:
 def lock_transaction(session: Session, key: int) -> None:
     """Hold lock `key` until the transaction ends, so two holders of one key run one after the other.
 
-    PostgreSQL: `pg_advisory_xact_lock`. SQLite: nothing to do, every transaction already holds
-    the database's write lock from its start (`BEGIN IMMEDIATE`, see `make_engine`).
+    PostgreSQL: `pg_advisory_xact_lock`. SQLite: nothing to do, every writing transaction already
+    holds the database's write lock from its start (`BEGIN IMMEDIATE`, see `make_engine`).
     """
     if is_postgres(session.bind):
         session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from selectit import db
 from selectit.db import is_postgres
 from selectit.formats import (  # noqa: F401 - re-exported: the ingest interface
     FORMATS,
@@ -333,7 +334,7 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 def dataset_rows(engine: Engine) -> list[tuple[str, int, str, str | None]]:
     """(name, samples, created, source) for every dataset, by name."""
-    with engine.connect() as conn:
+    with db.reading(engine).connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT d.name, COUNT(m.sample_id), d.created_at, d.source FROM datasets d "
             "LEFT JOIN dataset_samples m ON m.dataset_id = d.id "
@@ -344,7 +345,7 @@ def dataset_rows(engine: Engine) -> list[tuple[str, int, str, str | None]]:
 
 def sample_counts(engine: Engine) -> tuple[list[tuple[str, int]], int]:
     """([(dataset, samples)], total distinct samples stored)."""
-    with engine.connect() as conn:
+    with db.reading(engine).connect() as conn:
         per = conn.execute(sa.text(
             "SELECT d.name, COUNT(m.sample_id) FROM datasets d "
             "LEFT JOIN dataset_samples m ON m.dataset_id = d.id GROUP BY d.id, d.name ORDER BY d.name"
