@@ -79,38 +79,8 @@ def _one_line(text: str) -> str:
 
 
 def explain_store_error(exc: BaseException, url: str | None) -> str | None:
-    """What a driver's error says about the database, in one line with the next step; else None."""
-    import sqlalchemy as sa
-
-    from selectit.fusion import sqlite_file
-
-    if isinstance(exc, db.StoreError) and exc.__cause__ is not None:
-        return explain_store_error(exc.__cause__, url)
-    if not isinstance(exc, sa.exc.DBAPIError):
-        return None
-    try:
-        shown = sa.make_url(db.resolve_url(url)).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        shown = "the database"
-    reason = _one_line(exc.orig if exc.orig is not None else exc)
-    low = reason.lower()
-    path = sqlite_file(url) if shown.startswith("sqlite") else None
-    if "file is not a database" in low:
-        return (f"{path} is not a SQLite database ({reason}); give the path of a selectit database, "
-                f"or a new file name to create one")
-    if "readonly database" in low or "read-only" in low:
-        return (f"the database {shown} is read-only ({reason}); this command writes to it: open it writable, "
-                f"or work on a copy")
-    if "unable to open database file" in low:
-        if path is not None and path.is_dir():
-            return f"{path} is a directory, not a SQLite database file; give a file path, e.g. {path / 'selectit.db'}"
-        return f"cannot open the SQLite database {shown} ({reason}); check that its directory exists and is writable"
-    if "timeout expired" in low or "timed out" in low:
-        return (f"{shown} did not answer within {db.connect_timeout()} s; check the host and port, or wait longer "
-                f"with ${db.CONNECT_TIMEOUT_ENV}")
-    if shown.startswith("postgresql") and isinstance(exc, sa.exc.OperationalError):
-        return f"cannot connect to {shown}: {reason}"
-    return f"the database {shown} refused the command: {reason}"
+    """What a driver's error says about the database, in one line (see `db.explain_error`)."""
+    return db.explain_error(exc, url)
 
 
 def handles_errors(func: F) -> F:
@@ -135,25 +105,10 @@ def handles_errors(func: F) -> F:
 
 def _checked_url(url: str | None) -> str | None:
     """`--db` / $SELECTIT_DATABASE_URL as given, refusing what no command could open."""
-    import sqlalchemy as sa
-
-    if url is None and os.environ.get(db.URL_ENV) is not None and not os.environ[db.URL_ENV].strip():
-        raise UserError(f"${db.URL_ENV} is set but empty; unset it to use ./selectit.db, or give a database URL")
-    if url is not None and not url.strip():
-        raise UserError("--db is empty; give a database URL, e.g. --db sqlite:///selectit.db "
-                        "or --db postgresql://user@host/selectit")
     try:
-        parsed = sa.make_url(db.resolve_url(url))
-    except sa.exc.ArgumentError:
-        raise UserError(f"{url!r} is not a database URL; give e.g. sqlite:///selectit.db or "
-                        f"postgresql://user@host/selectit") from None
-    supported = "selectit stores its data in SQLite (sqlite:///FILE) or PostgreSQL (postgresql://…, psycopg 3)"
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise UserError(f"{supported}, not {parsed.get_backend_name()}")
-    try:
-        parsed.get_dialect().import_dbapi()
-    except (sa.exc.NoSuchModuleError, ImportError) as exc:
-        raise UserError(f"{supported}; the driver of {parsed.drivername!r} cannot be loaded ({exc})") from None
+        db.check_url(url)
+    except db.StoreError as exc:
+        raise UserError(str(exc)) from None
     return url
 
 
@@ -206,9 +161,9 @@ def init(ctx: click.Context) -> None:
         ensure_default_prompts(session)
     engine.dispose()
     if before == after:
-        console.print(f"{engine.url!r} is up to date (revision {after}).")
+        console.print(f"{db.shown_url(url)} is up to date (revision {after}).")
     else:
-        console.print(f"{engine.url!r} upgraded: {before or 'empty'} → {after}.")
+        console.print(f"{db.shown_url(url)} upgraded: {before or 'empty'} → {after}.")
 
 
 @main.command()
