@@ -188,7 +188,23 @@ class Store:
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights,
                           top=top) as con:
             columns, rows = fusion.run_sql(con, query)
-        return pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(columns)})
+        # By position: a query may name two columns alike (SELECT 1 AS a, 2 AS a).
+        return pa.Table.from_arrays([_arrow_column([r[i] for r in rows]) for i in range(len(columns))],
+                                    names=columns)
+
+
+def _arrow_column(values: list[Any]) -> pa.Array:
+    """An Arrow array of one result column; integers beyond 64 bits (DuckDB's HUGEINT) as decimals."""
+    import decimal
+
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (OverflowError, pa.ArrowInvalid):
+        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+            return pa.array([None if v is None else decimal.Decimal(v) for v in values], type=pa.decimal256(76, 0))
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
 def open(url: str | Path | None = None) -> Store:  # noqa: A001 - selectit.open mirrors sqlite_utils.Database

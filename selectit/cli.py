@@ -184,7 +184,7 @@ def init(ctx: click.Context) -> None:
 @handles_errors
 def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_map: str | None,
            split: str | None, skip_invalid: bool, limit: int | None) -> None:
-    """Add the records of FILE (or a save_to_disk directory, or an OWNER/NAME Hub dataset from the
+    """Add the records of FILE (`-` for standard input; or a save_to_disk directory, or an OWNER/NAME Hub dataset from the
     local Hugging Face cache, offline) to a dataset (one transaction; duplicates stored once). Each
     record is kept as it was, for `export --format original`.
 
@@ -196,6 +196,7 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
       selectit ingest dolly.jsonl --dataset dolly --map input=context,output=response
       selectit ingest saved_dataset/ --dataset orca --split train --map instruction=question,output=response,system=system_prompt
       selectit ingest tatsu-lab/alpaca --dataset alpaca --split train
+      cat chats.jsonl | selectit ingest - --dataset chats --format jsonl
     """
     with _api_store(ctx) as api_store, _ingest_progress() as progress:
         result = api_store.ingest(file, dataset, format=fmt, map=column_map, split=split, skip_invalid=skip_invalid,
@@ -500,17 +501,19 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
 
     engine = store(ctx)
     ids = plan_jobs(engine, dataset=dataset, model=model, prompt_set=prompt_set)
-    sent = 0
-    if enqueue and ids:
+    sent = resent = 0
+    if enqueue:
         try:
-            from selectit.workers.app import send_jobs
+            from selectit.workers.app import resend_lost, send_jobs
 
             sent = send_jobs(ids, engine)
+            resent = resend_lost(engine)  # queued earlier but never sent (a failed plan, a lost broker)
         except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
-            raise UserError(f"planned {len(ids)} job(s), but sending them to the broker failed: {exc}. "
+            raise UserError(f"planned {len(ids)} job(s), but sending jobs to the broker failed: {exc}. "
                             "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
                             "and run `selectit plan` again, or let the beat scheduler re-send them.") from exc
-    console.print(f"planned {len(ids)} new job(s), sent {sent} to the broker.")
+    console.print(f"planned {len(ids)} new job(s), sent {sent} to the broker"
+                  + (f"; re-sent {resent} queued job(s) whose queue was empty." if resent else "."))
 
 
 @main.command()
@@ -918,7 +921,9 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         writer.writerows(rows)
         echo(buffer.getvalue().removesuffix("\n"))
     elif fmt == "json":
-        echo(json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2, default=str))
+        keys = fusion.unique_names(columns)
+        echo(json.dumps([dict(zip(keys, map(fusion.json_value, r))) for r in rows], ensure_ascii=False, indent=2,
+                        default=str, allow_nan=False))
     else:
         print_table(None, columns, rows)
 

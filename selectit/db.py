@@ -71,6 +71,9 @@ def check_url(url: str | None) -> sa.URL:
     except ValueError as exc:  # e.g. a port that is not a number
         raise StoreError(f"the database URL has a bad part ({exc}); write e.g. "
                          f"postgresql://user@host:5432/selectit") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise StoreError(f"the database URL has a bad part (port {parsed.port} is not in 1-65535); write e.g. "
+                         f"postgresql://user@host:5432/selectit")
     supported = "selectit stores its data in SQLite (sqlite:///FILE) or PostgreSQL (postgresql://…, psycopg 3)"
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"{supported}, not {parsed.get_backend_name()}")

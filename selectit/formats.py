@@ -882,6 +882,9 @@ class RecordReader:
         self.hub_id = hub_id(path)
         if not path.exists() and self.hub_id is None:
             raise IngestError(f"{path}: no such file. Nothing was ingested; check the path.")
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise IngestError(f"{path} is not a regular file (a device, pipe or socket could be endless). Nothing "
+                              f"was ingested; give a file, or `-` to read the records from standard input.")
         if fmt is not None and fmt not in FORMATS:
             raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave "
                               f"--format out to detect it).")

@@ -17,6 +17,8 @@ One file is one transaction: any error rolls back everything from that file (wit
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,8 +253,9 @@ def ingest_file(
     limit: int | None = None,
     column_map: dict[str, str] | str | None = None,
     split: str | None = None,
+    _source: str | None = None,
 ) -> IngestResult:
-    """Ingest one file into `dataset` (created if new), in ONE transaction.
+    """Ingest one file (`-`: standard input) into `dataset` (created if new), in ONE transaction.
 
     Each valid record becomes a sample (stored once per distinct content hash, shared across
     datasets) and a membership at position = (dataset's next free position before this file) +
@@ -267,9 +270,15 @@ def ingest_file(
     file (an `ingests` row: path, sha256, format, layout), for `export --format original`.
     """
     dataset = valid_name(dataset, "dataset")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise IngestError(f"limit must be a whole number of records >= 1, not {limit!r}")
+    if str(path) == STDIN:
+        with _stdin_copy() as copy:
+            return ingest_file(engine, copy, dataset, fmt=fmt, skip_invalid=skip_invalid, progress=progress,
+                               limit=limit, column_map=column_map, split=split, _source=STDIN_SOURCE)
     records = RecordReader(path, fmt, limit=limit, progress=progress, column_map=column_map,
                            split=split)  # the parse step: no database
-    path = records.source  # the file, or the Hub dataset id read from the local cache
+    path = _source or records.source  # the file, or the Hub dataset id read from the local cache
     sha256, size = file_digest(records.local)
     result = IngestResult(dataset=dataset, path=str(path), format=records.format)
     seen: set[str] = set()
@@ -312,6 +321,25 @@ def ingest_file(
         conn.execute(sa.update(Ingest).where(Ingest.id == ingest_id).values(
             format=records.format, layout=records.layout, n_read=result.read, n_new=result.new))
     return result
+
+
+#: The path that means standard input, and what the ingest record names then.
+STDIN = "-"
+STDIN_SOURCE = "<stdin>"
+
+
+@contextmanager
+def _stdin_copy() -> Iterator[Path]:
+    """Standard input copied to a private temporary file (read twice: format detection, records)."""
+    import shutil
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="selectit-stdin-") as tmp:
+        copy = Path(tmp) / "stdin"
+        with open(copy, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out)
+        yield copy
 
 
 def file_digest(path: Path) -> tuple[str, int]:
