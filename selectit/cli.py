@@ -305,7 +305,14 @@ def _criterion_options(func: F) -> F:
 
 
 def _parse_models(models: str | None) -> list[str] | None:
-    return [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if models is None:
+        return None
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter(f"{models!r} names no model; write e.g. --models smol,gemma", param_hint="--models")
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"{models!r} names a model twice", param_hint="--models")
+    return names
 
 
 def _fusion_connect(ctx: click.Context, models: str | None, prompt_set: str | None, alpha: float, formula: str,
@@ -712,6 +719,8 @@ def _parse_weights(value: str | None) -> dict[str, float] | None:
         try:
             if not sep or not name.strip():
                 raise ValueError
+            if name.strip() in weights:
+                raise click.BadParameter(f"{value!r} gives model {name.strip()!r} two weights", param_hint="--weights")
             weights[name.strip()] = float(number)
         except ValueError:
             raise click.BadParameter(f"{part!r} is not NAME=θ; write e.g. --weights smol=135,gemma=270",
@@ -862,7 +871,10 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
     """
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if selection is not None and (top, top_n, min_score) != (None, None, None):
+        raise UserError(f"--selection {selection} is frozen with its own criterion; --top, --top-n and --min-score "
+                        f"choose from the current ranking and go with --dataset")
+    names = _parse_models(models)
     with _api_store(ctx) as api_store:
         result = api_store.export(out, selection=selection, dataset=dataset, format=fmt, order=order,
                                   with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,

@@ -459,8 +459,14 @@ def _choose_models(
         if not math.isfinite(theta) or theta <= 0:
             raise FusionError(f"the weight θ of model {name!r} must be a positive number, not {theta!r}")
         thetas.append((model_id, name, theta))
-    total = sum(t for _, _, t in thetas)
-    return tuple(ChosenModel(i, n, t, t / total) for i, n, t in thetas)
+    # Only the ratios count: scaled by the largest θ first, the sum cannot overflow (1e308 + 1e308).
+    largest = max((t for _, _, t in thetas), default=1.0)
+    scaled = [t / largest for _, _, t in thetas]
+    total = sum(scaled)
+    if not (math.isfinite(total) and total > 0):
+        raise FusionError(f"the weights θ ({', '.join(f'{n}={t!r}' for _, n, t in thetas)}) do not sum to a "
+                          f"finite positive number; give weights of similar size, e.g. --weights a=1,b=2")
+    return tuple(ChosenModel(i, n, t, x / total) for (i, n, t), x in zip(thetas, scaled))
 
 
 def _choose_prompts(con: duckdb.DuckDBPyConnection, prompt_set: str) -> tuple[ChosenPrompt, ...]:
@@ -500,8 +506,10 @@ def connect(
     The chosen parameters are on the connection as `con.selectit_params` (a `Params`).
     """
     formula, alpha, top = validate_formula(formula), validate_alpha(alpha), validate_top(top)
-    if prompt_set:
+    if prompt_set is not None:  # "" is a mistake, not the default
         prompt_set = valid_name(prompt_set, "prompt set")
+    if models is not None and len(set(models)) != len(models):
+        raise FusionError(f"--models names a model twice: {', '.join(models)}")
     con = attach(db_url)
     try:
         chosen_models = _choose_models(con, models, weights)

@@ -168,3 +168,39 @@ def test_store_sql_keeps_hugeint_and_duplicate_columns(engine, db_url: str) -> N
                                            "['inf'::DOUBLE, 1.5] AS l", "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == [{"a": 1, "a_2": 2, "h": huge, "x": None, "l": [None, 1.5]}]
+
+
+# ------------------------------------------------------------------------------ items: validation
+def _ranking(db_url: str, weights: str) -> list[str]:
+    result = invoke("--db", db_url, "sql", "SELECT sample_id, s_model FROM ranking ORDER BY rank", "--format", "csv",
+                    "--prompt-set", "s", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()
+
+
+def test_huge_weights_keep_their_ratio(engine, db_url: str) -> None:
+    seed_scores(engine)
+    # θ_A = θ_B either way: the same shares, so the same ranking and scores (the sum 2e308 overflowed to inf)
+    assert _ranking(db_url, "A=1e308,B=1e308") == _ranking(db_url, "A=1,B=1")
+    assert _ranking(db_url, "A=1e308,B=3e307") == _ranking(db_url, "A=10,B=3")
+
+
+@pytest.mark.parametrize("args", [
+    ["rank", "--dataset", "d", "--prompt-set", "s", "--weights", "A=1,A=2"],
+    ["rank", "--dataset", "d", "--prompt-set", "s", "--models", "A,A"],
+    ["rank", "--dataset", "d", "--prompt-set", "s", "--models", ","],
+    ["rank", "--dataset", "d", "--prompt-set", ""],
+])
+def test_ambiguous_fusion_options_are_refused(engine, db_url: str, args: list[str]) -> None:
+    seed_scores(engine)
+    result = invoke("--db", db_url, *args)
+    assert result.exit_code in (1, 2) and "Error: " in result.output and "Traceback" not in result.output, result.output
+
+
+def test_export_of_a_frozen_selection_refuses_criterion_options(engine, db_url: str, tmp_path: Path) -> None:
+    seed_scores(engine)
+    frozen = invoke("--db", db_url, "select", "v1", "--dataset", "d", "--prompt-set", "s", "--top", "0.5")
+    assert frozen.exit_code == 0, frozen.output
+    out = tmp_path / "out.json"
+    assert_one_error(invoke("--db", db_url, "export", "--selection", "v1", "--top-n", "1", "--out", out), "frozen")
+    assert not out.exists()
