@@ -204,3 +204,15 @@ def test_export_of_a_frozen_selection_refuses_criterion_options(engine, db_url: 
     out = tmp_path / "out.json"
     assert_one_error(invoke("--db", db_url, "export", "--selection", "v1", "--top-n", "1", "--out", out), "frozen")
     assert not out.exists()
+
+
+def test_report_prints_model_names_with_math_characters_as_text(engine, db_url: str, tmp_path: Path) -> None:
+    from test_fusion import T1, T2, T3
+
+    names = ("$x^$", "\\foo_{")
+    seed_scores(engine, {"s1": {names[0]: (T1, T2, T3), names[1]: (T3, T1, T2)},
+                         "s2": {names[0]: (T2, T2, T1), names[1]: (T1, T1, T3)}})
+    result = invoke("--db", db_url, "report", "--dataset", "d", "--prompt-set", "s", "--out", tmp_path / "rep")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
+    assert "$x^$" in page or "$x^$".replace("$", "&#36;") in page or "x^" in page
