@@ -99,6 +99,13 @@ def handles_errors(func: F) -> F:
             url = ctx.find_root().obj.get("db_url") if ctx and ctx.find_root().obj else None
             message = explain_store_error(exc, url) if not isinstance(exc, SelectitError) else None
             raise UserError(_one_line(message or str(exc))) from exc
+        except OSError as exc:  # a file that cannot be written: no permission, a full disk
+            if exc.strerror is None:
+                raise
+            ctx = click.get_current_context(silent=True)
+            target = exc.filename if exc.filename is not None else (ctx.params.get("out") if ctx else None)
+            where = f"{os.fsdecode(target)}: " if target is not None else ""
+            raise UserError(_one_line(f"{where}{exc.strerror}")) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -112,7 +119,21 @@ def _checked_url(url: str | None) -> str | None:
     return url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Utf8Group(click.Group):
+    """The command group, refusing arguments that are not UTF-8 (a file name in another encoding
+    arrives as lone surrogates, which no database, file or terminal can take)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"the argument {os.fsencode(arg)!r} is not valid UTF-8; rename the file, "
+                                f"or give names and text in UTF-8") from None
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Utf8Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--db",
     "db_url",

@@ -64,6 +64,11 @@ def check_url(url: str | None) -> sa.URL:
         raise StoreError("the database URL is empty; give one, e.g. --db sqlite:///selectit.db "
                          "or --db postgresql://user@host/selectit")
     try:
+        resolve_url(url).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"the database URL {os.fsencode(resolve_url(url))!r} is not valid UTF-8; "
+                         f"give the database a UTF-8 name") from None
+    try:
         parsed = sa.make_url(resolve_url(url))
     except sa.exc.ArgumentError:
         raise StoreError(f"{url!r} is not a database URL; give e.g. sqlite:///selectit.db or "

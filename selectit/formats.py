@@ -67,6 +67,8 @@ _TABULAR = ("parquet", "csv", "tsv", "arrow", "hf-dir")
 CHUNK = 20_000
 #: dataset_samples.original_id is VARCHAR(200).
 MAX_ORIGINAL_ID = 200
+#: The most one record (a JSON line, a CSV field) may take; longer ones are refused, not read whole.
+MAX_RECORD_BYTES = 64 * 2**20
 
 _SHAREGPT_ROLES = {
     "human": "user", "user": "user",
@@ -387,7 +389,10 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[s
     offset = 0
     record = 0
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
+            if len(raw) > MAX_RECORD_BYTES:  # never hold an endless line in memory
+                raise IngestError(f"{path}, line {lineno}: longer than {MAX_RECORD_BYTES // 2**20} MiB, the most one "
+                                  f"record may take. Nothing was ingested; is this a JSON Lines file?")
             start = offset
             offset += len(raw)
             if lineno == 1:
@@ -419,6 +424,7 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[s
 def _iter_batches(batches: Iterator[Any], total: int, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
     record = 0
     for batch in batches:
+        batch.validate(full=True)  # corrupt offsets: ArrowInvalid here, not a crash in to_pylist
         for obj in batch.to_pylist():
             record += 1
             yield _Raw(record, None, obj, text=compact(obj))
@@ -460,6 +466,7 @@ def _iter_csv(path: Path, progress: Callable[[int, int], None], layout: dict[str
         first = fh.readline()
     layout["newline"] = "\r\n" if first.endswith(b"\r\n") else "\n"
     layout["delimiter"] = delimiter
+    csv.field_size_limit(MAX_RECORD_BYTES)  # the default, 131,072 characters, is less than a long response
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, delimiter=delimiter)
@@ -484,7 +491,15 @@ def _iter_csv(path: Path, progress: Callable[[int, int], None], layout: dict[str
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}). Nothing was ingested; "
                           f"re-encode the file as UTF-8 and ingest that.") from None
+    except csv.Error as exc:  # e.g. a field longer than MAX_RECORD_BYTES
+        raise IngestError(f"{path}, line {reader.line_num + 1}: {exc}. Nothing was ingested.") from None
     progress(total, total)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def datasets_offline():  # noqa: ANN201 - the `datasets` module
@@ -952,6 +967,7 @@ class RecordReader:
                 return list(self._hf.column_names)
             import csv
 
+            csv.field_size_limit(MAX_RECORD_BYTES)
             with path.open(encoding="utf-8-sig", newline="") as fh:
                 return next(csv.reader(fh, delimiter="\t" if self.container == "tsv" else ","), [])
         except IngestError:
@@ -975,8 +991,22 @@ class RecordReader:
             raws = (_iter_json_list if c == "json" else _iter_jsonl)(self.path, tick, layout)
         return itertools.islice(raws, self.limit) if self.limit is not None else raws
 
+    def _read(self) -> Iterator[_Raw]:
+        """`_raws`, with a file that breaks off while being read (a corrupt Parquet page, a truncated
+        Arrow stream, an unreadable disk) as one `IngestError` naming it and where."""
+        import pyarrow as pa
+
+        try:
+            yield from self._raws()
+        except IngestError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            where = f"after record {self.read}" if self.read else "at its start"
+            raise IngestError(f"{self.path}: cannot read it as {self.format} {where} ({_short(exc)}). Nothing was "
+                              f"ingested; check the file.") from None
+
     def __iter__(self) -> Iterator[Record | InvalidRecord]:
-        for raw in self._raws():
+        for raw in self._read():
             self.read += 1
             try:
                 yield self._parse(raw)

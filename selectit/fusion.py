@@ -459,6 +459,8 @@ def _choose_models(
         if not math.isfinite(theta) or theta <= 0:
             raise FusionError(f"the weight θ of model {name!r} must be a positive number, not {theta!r}")
         thetas.append((model_id, name, theta))
+    if not thetas:
+        return ()
     # Only the ratios count: scaled by the largest θ first, the sum cannot overflow (1e308 + 1e308).
     largest = max((t for _, _, t in thetas), default=1.0)
     scaled = [t / largest for _, _, t in thetas]
