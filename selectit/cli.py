@@ -892,6 +892,10 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
     """
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
+    if llamafactory:  # the entry's name in dataset_info.json: one line, like every name
+        from selectit.contract import valid_name
+
+        llamafactory = valid_name(llamafactory, "LLaMA-Factory dataset")
     if selection is not None and (top, top_n, min_score) != (None, None, None):
         raise UserError(f"--selection {selection} is frozen with its own criterion; --top, --top-n and --min-score "
                         f"choose from the current ranking and go with --dataset")

@@ -474,6 +474,10 @@ def _iter_csv(path: Path, progress: Callable[[int, int], None], layout: dict[str
             if not header:
                 raise IngestError(f"{path} has no header row. Nothing was ingested; the first line must name "
                                   f"the columns (e.g. instruction,input,output).")
+            doubled = sorted({c for c in header if header.count(c) > 1})
+            if doubled:
+                raise IngestError(f"{path}: the header names the column {', '.join(map(repr, doubled))} twice; one "
+                                  f"value would be lost. Nothing was ingested; rename the columns.")
             layout["columns"] = header
             record = 0
             for row in reader:
@@ -703,6 +707,8 @@ def _turns(obj: dict[str, Any], key: str) -> list[tuple[str, str]]:
     role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
     roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
     turns: list[tuple[str, str]] = []
+    if sharegpt and obj.get("system") is not None and not isinstance(obj["system"], str):
+        raise _Invalid(f"field 'system' is not text (got {_json_type(obj['system'])})")
     if sharegpt and isinstance(obj.get("system"), str) and obj["system"].strip():
         turns.append(("system", obj["system"]))
     for n, turn in enumerate(seq, 1):
@@ -805,6 +811,8 @@ def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
                               f"system (or prompt, completion), e.g. --map instruction=question,output=response")
         if not column:
             raise IngestError(f"--map {target}=: give the column that holds {name}, e.g. --map {target}=question")
+        if name in result:
+            raise IngestError(f"--map maps {name} twice ({result[name]} and {column}); give one column per field")
         result[name] = column
     return result
 

@@ -158,7 +158,7 @@ def active_prompts(session: Session, set_name: str) -> list[Prompt]:
 def read_prompt_lines(path: str | Path) -> list[str]:
     """Lines with Python `readlines()` semantics: each keeps its newline, the last may have none."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # a BOM is no part of the first prompt
             text = f.read()
     except FileNotFoundError:
         raise RegistryError(f"{path}: no such file") from None

@@ -216,3 +216,36 @@ def test_report_prints_model_names_with_math_characters_as_text(engine, db_url: 
     assert result.exit_code == 0, result.output
     page = (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
     assert "$x^$" in page or "$x^$".replace("$", "&#36;") in page or "x^" in page
+
+
+def test_names_and_columns_that_would_be_read_wrong_are_refused(engine, db_url: str, tmp_path: Path) -> None:
+    seed_scores(engine)
+    data = tmp_path / "a.jsonl"
+    data.write_text(GOOD)
+    before = snapshot(db_url)
+    for name in ("\u200b\u200b", "\u2066\u2069", "evil\u202etxt.exe"):
+        assert_one_error(invoke("--db", db_url, "ingest", data, "--dataset", name), "name")
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text("instruction,output,output\nSay hi.,Hi.,Bye.\n")
+    assert_one_error(invoke("--db", db_url, "ingest", doubled, "--dataset", "x"), "'output' twice")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"q": "Say hi.", "a": "Hi.", "b": "Bye."}\n')
+    assert_one_error(invoke("--db", db_url, "ingest", qa, "--dataset", "x", "--map", "instruction=q,output=a,output=b"),
+                     "output twice")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"system": ["be nice"], "conversations": [{"from": "human", "value": "hi"},
+                                                                          {"from": "gpt", "value": "hello"}]}) + "\n")
+    assert_one_error(invoke("--db", db_url, "ingest", chat, "--dataset", "x"), "'system' is not text")
+    out = tmp_path / "o.json"
+    assert_one_error(invoke("--db", db_url, "export", "--dataset", "d", "--prompt-set", "s", "--out", out,
+                            "--llamafactory", "two\nlines"), "LLaMA-Factory")
+    assert not out.exists() and snapshot(db_url) == before
+
+
+def test_a_bom_is_no_part_of_the_first_prompt(engine, db_url: str, tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes("\ufeffRate it: \n".encode())
+    result = invoke("--db", db_url, "prompts", "import", prompts, "--set", "bom", "--layout", "reference")
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT template FROM prompts WHERE set_name = 'bom'")).scalar_one() == "Rate it: \n"
