@@ -249,3 +249,38 @@ def test_a_bom_is_no_part_of_the_first_prompt(engine, db_url: str, tmp_path: Pat
     assert result.exit_code == 0, result.output
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT template FROM prompts WHERE set_name = 'bom'")).scalar_one() == "Rate it: \n"
+
+
+def test_long_fields_and_lines(sqlite_url: str, tmp_path: Path, monkeypatch) -> None:
+    long = "x" * 200_000  # over csv's default limit of 131,072 characters
+    data = tmp_path / "long.csv"
+    data.write_text(f"instruction,input,output\nSay it.,,{long}\n")
+    result = invoke("--db", sqlite_url, "ingest", data, "--dataset", "long")
+    assert result.exit_code == 0 and "new 1" in result.output, result.output
+    from selectit import formats
+
+    monkeypatch.setattr(formats, "MAX_RECORD_BYTES", 1000)  # a line beyond the record-size limit is not read whole
+    lines = tmp_path / "long.jsonl"
+    lines.write_text(GOOD + json.dumps({"instruction": "a", "input": "", "output": "y" * 5000}) + "\n")
+    assert_one_error(invoke("--db", sqlite_url, "ingest", lines, "--dataset", "lines"), "line 2", "long.jsonl")
+    assert_one_error(invoke("--db", sqlite_url, "ingest", data, "--dataset", "long2"), "long.csv", "field larger")
+
+
+def test_unwritable_and_full_targets_give_one_error_line(engine, db_url: str, tmp_path: Path) -> None:
+    seed_scores(engine)
+    for args in (["report", "--dataset", "d", "--prompt-set", "s", "--out", "/proc/selectit-report"],
+                 ["export", "--dataset", "d", "--prompt-set", "s", "--out", "/proc/selectit.json"]):
+        assert_one_error(invoke("--db", db_url, *args), "/proc")
+    if os.geteuid() != 0:
+        return  # a small full disk needs a tmpfs mount
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(full)], check=False).returncode:
+        return
+    try:
+        (full / "pad").write_bytes(b"\0" * 28_000)
+        line = assert_one_error(invoke("--db", db_url, "report", "--dataset", "d", "--prompt-set", "s", "--out",
+                                       full / "rep"), "No space left on device")
+        assert str(full / "rep") in line or str(full) in line, line
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
