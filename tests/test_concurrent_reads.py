@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_fusion import seed
-from test_hardening import invoke
+from guards import invoke
 
 from selectit import db
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from test_fusion import seed
-from test_hardening import assert_one_error, invoke, snapshot, sqlite_path
+from guards import assert_one_error, invoke, snapshot, sqlite_path
 
 from selectit import db, fusion
 

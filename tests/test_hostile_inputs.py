@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
 import pytest
 from test_fusion import seed
-from test_hardening import invoke, snapshot, sqlite_path
+from guards import invoke, snapshot, sqlite_path
 
 from selectit import db
 
@@ -149,7 +148,7 @@ def test_hostile_files_on_ingest(seeded: str, tmp_path: Path) -> None:
 
 HOSTILE_NAMES = ["", " ", "\t", "two\nlines", "cr\rname", "nul\x00name", "esc\x1b[2Jname", "bell\x07",
                  "line\u2028sep", "x" * 201, "c1\x9bname", "osc\x1b]0;title\x07",
-                 os.fsdecode(b"caf\xe9"), os.fsdecode(b"\xff\xfe")]  # the last two: non-UTF-8 bytes in argv
+                 "caf\udce9", "\udcff\udcfe"]  # the last two: non-UTF-8 bytes in argv (as Python decodes them)
 
 
 def test_hostile_names(seeded: str, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -297,6 +296,8 @@ def test_store_unchanged_by_a_refused_command_is_checked(seeded: str) -> None:
 
 
 def test_non_regular_and_non_utf8_files_on_ingest(seeded: str, tmp_path: Path) -> None:
+    import os
+
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
     good = tmp_path / "good.jsonl"
@@ -320,8 +321,6 @@ MARKUP_TEXT = "[INST] <<SYS>> [/INST] [bold]kept[/bold] [/] :smile: \x1b]0;title
 
 def test_markup_and_controls_in_every_name_and_text_field_print_verbatim(seeded: str, tmp_path: Path,
                                                                           tiny_model_dir: Path) -> None:
-    from test_hardening import invoke
-
     record = {"instruction": MARKUP_TEXT, "input": MARKUP_TEXT + " in", "output": MARKUP_TEXT + " out",
               "system": MARKUP_TEXT + " sys"}
     prompts = tmp_path / "p.txt"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from test_fusion import seed as seed_scores
-from test_hardening import assert_one_error, invoke, snapshot
+from guards import assert_one_error, invoke, snapshot
 from test_jobs import DEMO, _selectit, add_model
 from test_jobs import seed as seed_dataset
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from test_fusion import seed
-from test_hardening import invoke
+from guards import invoke
 
 from selectit.db import session_scope
 from selectit.schema import Sample
