@@ -90,6 +90,7 @@ class StoreStatus:
 class PlanResult:
     planned: int  # new jobs
     sent: int  # sent to the broker
+    resent: int = 0  # queued earlier but never sent (a failed plan, a lost broker), sent now
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def init(url: str | None = None) -> InitResult:
     try:
         with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
             ensure_default_prompts(session)
-        return InitResult(repr(engine.url), before, after or "")
+        return InitResult(db.shown_url(url), before, after or "")
     finally:
         engine.dispose()
 
@@ -218,14 +219,14 @@ class Store:
         """Every model version, by name then id."""
         from selectit import registry
 
-        with db.session_scope(self.engine) as session:
+        with db.read_scope(self.engine) as session:
             return [ModelVersion.of(m) for m in registry.list_models(session)]
 
     def prompt_sets(self) -> list[tuple[str, str, int, int, int]]:
         """(set, layout, scale, active prompts, versions) of every prompt set."""
         from selectit import registry
 
-        with db.session_scope(self.engine) as session:
+        with db.read_scope(self.engine) as session:
             return registry.prompt_sets(session)
 
     def import_prompts(self, path: str | os.PathLike[str], set_name: str, layout: str, *,
@@ -261,18 +262,19 @@ class Store:
         from selectit.planner import plan as plan_jobs
 
         ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings)
-        sent = 0
-        if enqueue and ids:
+        sent = resent = 0
+        if enqueue:
             try:
-                from selectit.workers.app import send_jobs
+                from selectit.workers.app import resend_lost, send_jobs
 
                 sent = send_jobs(ids, self.engine)
+                resent = resend_lost(self.engine)  # queued earlier but never sent
             except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
                 raise SelectitError(
-                    f"planned {len(ids)} job(s), but sending them to the broker failed: {exc}. "
+                    f"planned {len(ids)} job(s), but sending jobs to the broker failed: {exc}. "
                     "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
-                    "and run `selectit plan` again, or let the beat scheduler re-send them.") from exc
-        return PlanResult(len(ids), sent)
+                    "and run `selectit plan` again, or let the workers' control loop re-send them.") from exc
+        return PlanResult(len(ids), sent, resent)
 
     def require_models(self, names: Sequence[str]) -> None:
         """Fail with `NoSuchModel` unless every name is an active model (a worker's queues)."""
@@ -438,6 +440,13 @@ class Store:
 
         if (selection is None) == (dataset is None):
             raise SelectitError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
+        if selection is not None and (top, top_n, min_score) != (None, None, None):
+            raise SelectitError(f"--selection {selection} is frozen with its own criterion; --top, --top-n and "
+                                f"--min-score choose from the current ranking and go with --dataset")
+        if llamafactory:  # the entry's name in dataset_info.json: one line, like every name
+            from selectit.contract import valid_name
+
+            llamafactory = valid_name(llamafactory, "LLaMA-Factory dataset")
         return export_selection(self.engine, self.url, out, selection=selection, dataset=dataset, fmt=format,
                                 order=order,
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
@@ -515,7 +524,23 @@ class Store:
 
         columns, rows = self.query(query, alpha=alpha, formula=formula, weights=weights, models=models,
                                    prompt_set=prompt_set, top=top)
-        return pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(columns)})
+        # By position: a query may name two columns alike (SELECT 1 AS a, 2 AS a).
+        return pa.Table.from_arrays([_arrow_column([r[i] for r in rows]) for i in range(len(columns))],
+                                    names=columns)
+
+
+def _arrow_column(values: list[Any]) -> pa.Array:
+    """An Arrow array of one result column; integers beyond 64 bits (DuckDB's HUGEINT) as decimals."""
+    import decimal
+
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (OverflowError, pa.ArrowInvalid):
+        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+            return pa.array([None if v is None else decimal.Decimal(v) for v in values], type=pa.decimal256(76, 0))
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
 class _TqdmProgress:

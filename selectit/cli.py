@@ -6,6 +6,7 @@ Every command's help ends with a runnable example; errors say what to do next an
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -21,13 +22,56 @@ from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_PROMPT_SET
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def for_terminal(text: str) -> str:
+    """`text` with control characters (C0 but newline and tab, DEL, C1, line/paragraph separators,
+    bidi overrides) written as escapes, so stored data cannot drive the terminal (retitle it,
+    clear it, reorder a line). Files and pipes get the exact text instead.
+
+    >>> for_terminal("a\x1b]0;title\x07b")
+    'a\\x1b]0;title\\x07b'
+    """
+    def escape(found: re.Match[str]) -> str:
+        code = ord(found.group(0))
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(escape, text)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _PlainConsole(Console):
+    """A rich console that prints every string as it is: no markup (`[/INST]` in a LLaMA-2
+    prompt is text, not a closing tag), no `:emoji:` codes, control characters escaped on a terminal."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Any:  # noqa: ANN401 - rich's Text
+        return super().render_str(for_terminal(text) if self.is_terminal else text, **kwargs)
+
+
 # Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
+console = _PlainConsole(width=None if sys.stdout.isatty() else 120, markup=False, emoji=False)
+err_console = _PlainConsole(stderr=True, markup=False, emoji=False)
+
+
+def echo(text: Any = "", err: bool = False) -> None:
+    """`click.echo`, with control characters escaped when the stream is a terminal and the exact
+    text (escape sequences included, which click would strip) in files and pipes."""
+    text = str(text)
+    click.echo(for_terminal(text) if _is_terminal(sys.stderr if err else sys.stdout) else text, err=err, color=True)
 
 
 class UserError(click.ClickException):
     """An error the user can fix; printed as `Error: …` with exit code 1."""
+
+    def format_message(self) -> str:
+        return for_terminal(self.message) if _is_terminal(sys.stderr) else self.message
 
 
 def _one_line(text: str) -> str:
@@ -35,38 +79,8 @@ def _one_line(text: str) -> str:
 
 
 def explain_store_error(exc: BaseException, url: str | None) -> str | None:
-    """What a driver's error says about the database, in one line with the next step; else None."""
-    import sqlalchemy as sa
-
-    from selectit.fusion import sqlite_file
-
-    if isinstance(exc, db.StoreError) and exc.__cause__ is not None:
-        return explain_store_error(exc.__cause__, url)
-    if not isinstance(exc, sa.exc.DBAPIError):
-        return None
-    try:
-        shown = sa.make_url(db.resolve_url(url)).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        shown = "the database"
-    reason = _one_line(exc.orig if exc.orig is not None else exc)
-    low = reason.lower()
-    path = sqlite_file(url) if shown.startswith("sqlite") else None
-    if "file is not a database" in low:
-        return (f"{path} is not a SQLite database ({reason}); give the path of a selectit database, "
-                f"or a new file name to create one")
-    if "readonly database" in low or "read-only" in low:
-        return (f"the database {shown} is read-only ({reason}); this command writes to it: open it writable, "
-                f"or work on a copy")
-    if "unable to open database file" in low:
-        if path is not None and path.is_dir():
-            return f"{path} is a directory, not a SQLite database file; give a file path, e.g. {path / 'selectit.db'}"
-        return f"cannot open the SQLite database {shown} ({reason}); check that its directory exists and is writable"
-    if "timeout expired" in low or "timed out" in low:
-        return (f"{shown} did not answer within {db.connect_timeout()} s; check the host and port, or wait longer "
-                f"with ${db.CONNECT_TIMEOUT_ENV}")
-    if shown.startswith("postgresql") and isinstance(exc, sa.exc.OperationalError):
-        return f"cannot connect to {shown}: {reason}"
-    return f"the database {shown} refused the command: {reason}"
+    """What a driver's error says about the database, in one line (see `db.explain_error`)."""
+    return db.explain_error(exc, url)
 
 
 def handles_errors(func: F) -> F:
@@ -92,35 +106,41 @@ def handles_errors(func: F) -> F:
             if missing is None:
                 raise
             raise UserError(str(missing)) from exc
+        except OSError as exc:  # a file that cannot be written: no permission, a full disk
+            if exc.strerror is None:
+                raise
+            ctx = click.get_current_context(silent=True)
+            target = exc.filename if exc.filename is not None else (ctx.params.get("out") if ctx else None)
+            where = f"{os.fsdecode(target)}: " if target is not None else ""
+            raise UserError(_one_line(f"{where}{exc.strerror}")) from exc
 
     return wrapper  # type: ignore[return-value]
 
 
 def _checked_url(url: str | None) -> str | None:
     """`--db` / $SELECTIT_DATABASE_URL as given, refusing what no command could open."""
-    import sqlalchemy as sa
-
-    if url is None and os.environ.get(db.URL_ENV) is not None and not os.environ[db.URL_ENV].strip():
-        raise UserError(f"${db.URL_ENV} is set but empty; unset it to use ./selectit.db, or give a database URL")
-    if url is not None and not url.strip():
-        raise UserError("--db is empty; give a database URL, e.g. --db sqlite:///selectit.db "
-                        "or --db postgresql://user@host/selectit")
     try:
-        parsed = sa.make_url(db.resolve_url(url))
-    except sa.exc.ArgumentError:
-        raise UserError(f"{url!r} is not a database URL; give e.g. sqlite:///selectit.db or "
-                        f"postgresql://user@host/selectit") from None
-    supported = "selectit stores its data in SQLite (sqlite:///FILE) or PostgreSQL (postgresql://…, psycopg 3)"
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise UserError(f"{supported}, not {parsed.get_backend_name()}")
-    try:
-        parsed.get_dialect().import_dbapi()
-    except (sa.exc.NoSuchModuleError, ImportError) as exc:
-        raise UserError(f"{supported}; the driver of {parsed.drivername!r} cannot be loaded ({exc})") from None
+        db.check_url(url)
+    except db.StoreError as exc:
+        raise UserError(str(exc)) from None
     return url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Utf8Group(click.Group):
+    """The command group, refusing arguments that are not UTF-8 (a file name in another encoding
+    arrives as lone surrogates, which no database, file or terminal can take)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"the argument {os.fsencode(arg)!r} is not valid UTF-8; rename the file, "
+                                f"or give names and text in UTF-8") from None
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Utf8Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--db",
     "db_url",
@@ -194,7 +214,7 @@ def init(ctx: click.Context) -> None:
 @handles_errors
 def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_map: str | None,
            split: str | None, skip_invalid: bool, limit: int | None) -> None:
-    """Add the records of FILE (or a save_to_disk directory, or an OWNER/NAME Hub dataset from the
+    """Add the records of FILE (`-` for standard input; or a save_to_disk directory, or an OWNER/NAME Hub dataset from the
     local Hugging Face cache, offline) to a dataset (one transaction; duplicates stored once). Each
     record is kept as it was, for `export --format original`.
 
@@ -206,15 +226,16 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
       selectit ingest dolly.jsonl --dataset dolly --map input=context,output=response
       selectit ingest saved_dataset/ --dataset orca --split train --map instruction=question,output=response,system=system_prompt
       selectit ingest tatsu-lab/alpaca --dataset alpaca --split train
+      cat chats.jsonl | selectit ingest - --dataset chats --format jsonl
     """
     with _ingest_progress() as progress:
         result = store(ctx).ingest(file, dataset, format=fmt, map=column_map, split=split, skip_invalid=skip_invalid,
                                   limit=limit, progress=progress)
     if result.invalid:
-        click.echo(f"skipped {len(result.invalid)} invalid records:", err=True)
+        echo(f"skipped {len(result.invalid)} invalid records:", err=True)
         for line in result.invalid_report():
-            click.echo(line, err=True)
-    click.echo(result.summary)
+            echo(line, err=True)
+    echo(result.summary)
 
 
 def _ingest_progress():  # noqa: ANN202 - a context manager yielding the callback
@@ -312,11 +333,18 @@ def _require_complete_option(func: F) -> F:
 
 def _warn(text: str | None) -> None:
     if text:
-        click.echo(f"Warning: {text}", err=True)
+        echo(f"Warning: {text}", err=True)
 
 
 def _parse_models(models: str | None) -> list[str] | None:
-    return [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if models is None:
+        return None
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter(f"{models!r} names no model; write e.g. --models smol,gemma", param_hint="--models")
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"{models!r} names a model twice", param_hint="--models")
+    return names
 
 
 def _fusion_args(models: str | None, prompt_set: str | None, alpha: float, formula: str,
@@ -348,7 +376,7 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
       selectit report --dataset alpaca --out report-2 --models smollm2,gemma --weights smollm2=1,gemma=2
     """
     result = store(ctx).report(dataset, out, top=top, **_fusion_args(models, prompt_set, alpha, formula, weights))
-    click.echo(
+    echo(
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
     )
@@ -469,8 +497,8 @@ def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None,
     """`score --estimate` / `plan --dry-run`: the cost per model version, one line each."""
     estimates = store(ctx).estimate(dataset=dataset, model=model, prompt_set=prompt_set, engine=engine)
     for e in estimates:
-        click.echo(e.line())
-    click.echo("Nothing was scored or written (estimate only).")
+        echo(e.line())
+    echo("Nothing was scored or written (estimate only).")
 
 
 class _ScoringBar:
@@ -537,7 +565,8 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
         _print_estimates(ctx, dataset, model, prompt_set, None)
         return
     result = store(ctx).plan(dataset=dataset, model=model, prompt_set=prompt_set, enqueue=enqueue)
-    console.print(f"planned {result.planned} new job(s), sent {result.sent} to the broker.")
+    console.print(f"planned {result.planned} new job(s), sent {result.sent} to the broker"
+                  + (f"; re-sent {result.resent} queued job(s) whose queue was empty." if result.resent else "."))
 
 
 @main.command()
@@ -732,6 +761,8 @@ def _parse_weights(value: str | None) -> dict[str, float] | None:
         try:
             if not sep or not name.strip():
                 raise ValueError
+            if name.strip() in weights:
+                raise click.BadParameter(f"{value!r} gives model {name.strip()!r} two weights", param_hint="--weights")
             weights[name.strip()] = float(number)
         except ValueError:
             raise click.BadParameter(f"{part!r} is not NAME=θ; write e.g. --weights smol=135,gemma=270",
@@ -748,7 +779,7 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
     if cov.n_not_rankable:
         line += (f" ({cov.n_not_rankable} not rankable: {cov.samples_with_missing} with missing cells, "
                  f"{cov.samples_with_failed} with failed cells)")
-    click.echo(line)
+    echo(line)
 
 
 @main.command()
@@ -778,7 +809,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
                                       require_complete=require_complete,
                                       **_fusion_args(models, prompt_set, alpha, formula, weights))
     params, criterion, head = summary.params, summary.criterion, summary.head.to_pylist()
-    click.echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
+    echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
                   + ", ".join(f"{m.name} (θ {m.theta:g})" for m in params.models))
     if head:
         print_table(f"ranking of {dataset} ({criterion.describe()}, first {len(head)})",
@@ -787,9 +818,9 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
                       " ".join((r["instruction"] or "").split())[:60]) for r in head])
     _print_coverage(summary.coverage, params)
     if summary.n_rankable == 0:
-        click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
+        echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion.where() != "TRUE":
-        click.echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
+        echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
         _warn(summary.warning)
     _print_health_warnings(ctx, dataset, **_fusion_args(models, prompt_set, alpha, formula, weights))
 
@@ -831,7 +862,7 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
     info = store(ctx).select(name, dataset, top=top, top_n=top_n, min_score=min_score, random=random_share,
                              seed=seed, by=by, require_complete=require_complete,
                              **_fusion_args(models, prompt_set, alpha, formula, weights))
-    click.echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
+    echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
                f"{dataset} ({info.how}).")
     _warn(info.warning)
     _print_health_warnings(ctx, dataset, selection=name)
@@ -896,13 +927,13 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
                                **_fusion_args(models, prompt_set, alpha, formula, weights))
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
-        click.echo(result.note, err=True)
+        echo(result.note, err=True)
     _warn(result.warning)
     shown = f"original {result.format}" if (fmt or "original") == "original" and not result.note else result.format
-    click.echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
+    echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
     for extra in (result.card, result.dataset_info):
         if extra is not None:
-            click.echo(f"wrote {extra}")
+            echo(f"wrote {extra}")
     _print_health_warnings(ctx, dataset, selection=selection, **_fusion_args(models, prompt_set, alpha, formula,
                                                                              weights))
 
@@ -917,7 +948,7 @@ def _print_health_warnings(ctx: click.Context, dataset: str | None, *, selection
     except SelectitError as exc:  # the command itself already succeeded: say why there is no check
         lines = [f"rater health not checked: {_one_line(str(exc))}"]
     for line in lines:
-        click.echo(f"warning: {line}", err=True)
+        echo(f"warning: {line}", err=True)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -957,7 +988,7 @@ def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: s
     rows = table.to_pylist()
     warnings = [line for r in rows for line in r["warning"].splitlines()]
     if fmt == "json":
-        click.echo(json.dumps({"dataset": dataset, "rows": rows, "warnings": warnings,
+        echo(json.dumps({"dataset": dataset, "rows": rows, "warnings": warnings,
                                "thresholds": dataclasses.asdict(health.THRESHOLDS)}, ensure_ascii=False, indent=2))
         return
     print_table(f"rater health of {dataset}",
@@ -969,9 +1000,9 @@ def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: s
                   "–" if r["truncated_share"] is None else f"{100 * r['truncated_share']:.0f}%",
                   _fmt(r["rho_prompts"], 2), _fmt(r["rho_models"], 2), _fmt(r["rho_length"], 2)) for r in rows])
     for line in warnings:
-        click.echo(f"warning: {line}")
+        echo(f"warning: {line}")
     if not warnings:
-        click.echo("no warnings: every figure is within its threshold.")
+        echo("no warnings: every figure is within its threshold.")
 
 
 @main.command()
@@ -1000,13 +1031,19 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
 
     columns, rows = store(ctx).query(query, top=top, **_fusion_args(models, prompt_set, alpha, formula, weights))
     if not columns:
-        click.echo("OK")
+        echo("OK")
     elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
+        echo(buffer.getvalue().removesuffix("\n"))
     elif fmt == "json":
-        click.echo(json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2, default=str))
+        keys = fusion.unique_names(columns)
+        echo(json.dumps([dict(zip(keys, map(fusion.json_value, r))) for r in rows], ensure_ascii=False, indent=2,
+                        default=str, allow_nan=False))
     else:
         print_table(None, columns, rows)
 
@@ -1026,7 +1063,7 @@ def demo_data(path: str) -> None:
     """
     from selectit.data import write_demo_data
 
-    click.echo(f"wrote {write_demo_data(path)} (999 Alpaca-format records)")
+    echo(f"wrote {write_demo_data(path)} (999 Alpaca-format records)")
 
 
 
@@ -1078,7 +1115,7 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
     ]
     db_args = ["--db", ctx.obj["db_url"]] if ctx.obj["db_url"] else []
     for step in steps:
-        console.print(f"\n[bold]$ selectit {' '.join(step)}[/bold]")
+        console.print(f"\n$ selectit {' '.join(step)}", style="bold")
         code = main.main([*db_args, *step], prog_name="selectit", standalone_mode=False)
         if code:  # a step that was interrupted or failed ends the demo with its exit code
             ctx.exit(code)

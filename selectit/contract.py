@@ -86,6 +86,10 @@ class InvalidNameError(SelectitError):
 MAX_NAME = 200
 
 
+#: Bidirectional embeddings, overrides and isolates (U+202A-202E, U+2066-2069).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def valid_name(value: str, what: str) -> str:
     """`value` in Unicode NFC, or an error: a name is one non-empty line of printable text.
 
@@ -102,6 +106,13 @@ def valid_name(value: str, what: str) -> str:
     if bad is not None:
         raise InvalidNameError(f"the {what} name {name!r} holds the control character {bad!r}; "
                                f"a name is one line of printable text")
+    bidi = next((c for c in name if c in _BIDI_CONTROLS), None)
+    if bidi is not None:  # it would show the name's letters in another order than they are stored
+        raise InvalidNameError(f"the {what} name {name!r} holds the bidirectional control {bidi!r}; "
+                               f"a name is one line of printable text")
+    if all(unicodedata.category(c) in ("Cf", "Zs", "Mn") for c in name):
+        raise InvalidNameError(f"the {what} name {name!r} shows nothing (only invisible characters); "
+                               f"give a name such as 'alpaca-v1'")
     if len(name) > MAX_NAME:
         raise InvalidNameError(f"the {what} name is {len(name)} characters long; use at most {MAX_NAME}")
     return name

@@ -17,14 +17,113 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from selectit.errors import SelectitError
+
 DEFAULT_URL = "sqlite:///selectit.db"
 URL_ENV = "SELECTIT_DATABASE_URL"
 # Waiting on a lock beats failing: several local workers share one SQLite file.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
-class StoreError(Exception):
+class StoreError(SelectitError):
     """A problem with the curation database that the user can act on."""
+
+
+#: What to write instead of a secret in a URL that is shown.
+MASK = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a URL query parameter carries a secret (`password`, `sslpassword`, a token…)."""
+    low = key.lower()
+    return any(word in low for word in ("password", "secret", "token", "passphrase"))
+
+
+def shown_url(url: str | sa.URL | None) -> str:
+    """The database URL for messages: the password and every secret-bearing query parameter masked.
+
+    >>> shown_url("postgresql://u:pw@h/db?sslpassword=k&sslmode=require")
+    'postgresql+psycopg://u:***@h/db?sslmode=require&sslpassword=***'
+    """
+    try:
+        parsed = url if isinstance(url, sa.URL) else sa.make_url(resolve_url(url))
+    except (sa.exc.ArgumentError, ValueError):
+        return "the database URL"
+    placeholder = "selectitmasked"  # survives URL quoting, unlike '*'
+    masked = {k: placeholder for k in parsed.query if is_secret_key(k)}
+    shown = parsed.update_query_dict(masked).render_as_string(hide_password=True)
+    return shown.replace(placeholder, MASK)
+
+
+def check_url(url: str | None) -> sa.URL:
+    """The parsed database URL, or a `StoreError` for one no command could open: empty, not a
+    URL, a bad port, another database than SQLite or PostgreSQL, a driver that is missing."""
+    if url is None and os.environ.get(URL_ENV) is not None and not os.environ[URL_ENV].strip():
+        raise StoreError(f"${URL_ENV} is set but empty; unset it to use ./selectit.db, or give a database URL")
+    if url is not None and not str(url).strip():
+        raise StoreError("the database URL is empty; give one, e.g. --db sqlite:///selectit.db "
+                         "or --db postgresql://user@host/selectit")
+    try:
+        resolve_url(url).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"the database URL {os.fsencode(resolve_url(url))!r} is not valid UTF-8; "
+                         f"give the database a UTF-8 name") from None
+    try:
+        parsed = sa.make_url(resolve_url(url))
+    except sa.exc.ArgumentError:
+        raise StoreError(f"{url!r} is not a database URL; give e.g. sqlite:///selectit.db or "
+                         f"postgresql://user@host/selectit") from None
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise StoreError(f"the database URL has a bad part ({exc}); write e.g. "
+                         f"postgresql://user@host:5432/selectit") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise StoreError(f"the database URL has a bad part (port {parsed.port} is not in 1-65535); write e.g. "
+                         f"postgresql://user@host:5432/selectit")
+    supported = "selectit stores its data in SQLite (sqlite:///FILE) or PostgreSQL (postgresql://…, psycopg 3)"
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(f"{supported}, not {parsed.get_backend_name()}")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"{supported}; the driver of {parsed.drivername!r} cannot be loaded ({exc})") from None
+    return parsed
+
+
+def _one_line(text: object) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def explain_error(exc: BaseException, url: str | None) -> str | None:
+    """What a driver's error says about the database, in one line with the next step; else None."""
+    from selectit.fusion import sqlite_file
+
+    if isinstance(exc, StoreError) and exc.__cause__ is not None:
+        return explain_error(exc.__cause__, url)
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    shown = shown_url(url)
+    reason = _one_line(exc.orig if exc.orig is not None else exc)
+    low = reason.lower()
+    path = sqlite_file(url) if shown.startswith("sqlite") else None
+    if "file is not a database" in low:
+        return (f"{path} is not a SQLite database ({reason}); give the path of a selectit database, "
+                f"or a new file name to create one")
+    if "readonly database" in low or "read-only" in low:
+        return (f"the database {shown} is read-only ({reason}); this command writes to it: open it writable, "
+                f"or work on a copy")
+    if "unable to open database file" in low:
+        if path is not None and path.is_dir():
+            return f"{path} is a directory, not a SQLite database file; give a file path, e.g. {path / 'selectit.db'}"
+        return f"cannot open the SQLite database {shown} ({reason}); check that its directory exists and is writable"
+    if "disk i/o error" in low or "database or disk is full" in low:
+        return (f"cannot write the database {shown} ({reason}); check that its disk has space "
+                f"(No space left on device?) and is writable")
+    if "timeout expired" in low or "timed out" in low:
+        return (f"{shown} did not answer within {connect_timeout()} s; check the host and port, or wait longer "
+                f"with ${CONNECT_TIMEOUT_ENV}")
+    if shown.startswith("postgresql") and isinstance(exc, sa.exc.OperationalError):
+        return f"cannot connect to {shown}: {reason}"
+    return f"the database {shown} refused the command: {reason}"
 
 
 #: Seconds to wait for a PostgreSQL server to answer a connection (a silent server never hangs us).
@@ -56,8 +155,42 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
+#: Execution option that marks an engine's transactions as reads (see `reading`).
+_READ_ONLY_OPTION = "selectit_read_only"
+
+
+def reading(engine: Engine) -> Engine:
+    """`engine` for transactions that only read: on SQLite they begin deferred, so they never
+    wait for (or block) a writer; on PostgreSQL nothing changes. Writes stay on `engine` itself.
+
+    >>> reading(make_engine("sqlite://")).get_execution_options()["selectit_read_only"]
+    True
+    """
+    return engine.execution_options(**{_READ_ONLY_OPTION: True})
+
+
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Session]:
+    """A session that only reads (deferred on SQLite, see `reading`), rolled back at the end."""
+    session = sessionmaker(reading(engine), expire_on_commit=False)()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
 def make_engine(url: str | None = None) -> Engine:
-    url = resolve_url(url)
+    """An engine on `url` (SQLite: WAL, busy timeout, writers BEGIN IMMEDIATE); a `StoreError` for
+    a URL whose parts the driver refuses (`?timeout=abc`, `?check_same_thread=maybe`)."""
+    check_url(url)
+    try:
+        return _create_engine(resolve_url(url))
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"the database URL {shown_url(url)} has a bad part: {exc}") from None
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
@@ -71,10 +204,13 @@ def make_engine(url: str | None = None) -> Engine:
             cur.close()
 
         @sa.event.listens_for(engine, "begin")
-        def _sqlite_begin_immediate(conn) -> None:  # noqa: ANN001
-            # Take the write lock at BEGIN, so two writers queue on busy_timeout instead of
-            # one failing with "database is locked" when it upgrades a read lock.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _sqlite_begin(conn) -> None:  # noqa: ANN001
+            # A writer takes the write lock at BEGIN, so two writers queue on busy_timeout instead
+            # of one failing with "database is locked" when it upgrades a read lock. A reader
+            # (`reading(engine)`) begins deferred: under WAL it reads the last commit beside a
+            # running writer, instead of waiting for a long ingest to end.
+            deferred = conn.get_execution_options().get(_READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         # Let SQLAlchemy's `begin` event issue BEGIN itself (pysqlite's own is disabled).
         @sa.event.listens_for(engine, "connect", insert=True)
@@ -147,8 +283,20 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (creating the SQLite file if needed)."""
     from alembic import command
+    from alembic.util import CommandError
 
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as exc:
+        engine = make_engine(url)
+        try:
+            current = current_revision(reading(engine))
+        finally:
+            engine.dispose()
+        if current is not None and _newer_revision(current):
+            raise StoreError(f"the database {shown_url(url)} was created by a newer selectit (schema revision "
+                             f"{current}); upgrade selectit") from None
+        raise StoreError(f"cannot upgrade the database {shown_url(url)}: {exc}") from exc
 
 
 def _is_empty(engine: Engine) -> bool:
@@ -218,25 +366,48 @@ def open_store(url: str | None = None) -> Engine:
     _refuse_foreign_sqlite(url)
     engine = make_engine(url)
     try:
-        current = current_revision(engine)
-        if current is None and _is_empty(engine):
+        current = current_revision(reading(engine))
+        if current is None and _is_empty(reading(engine)):
             upgrade(url)
             return engine
-    except sa.exc.OperationalError as exc:
-        raise StoreError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        raise StoreError(explain_error(exc, url) or f"cannot open the database {shown_url(url)}") from exc
     head = head_revision()
     if current is None:
         tables = _foreign_tables(engine)
         engine.dispose()
         raise _foreign_store_error(engine, tables)
     if current != head:
-        where = f"--db {resolve_url(url)} " if url else ""
+        engine.dispose()
+        if current is not None and _newer_revision(current):
+            raise StoreError(
+                f"the database {shown_url(url)} was created by a newer selectit (schema revision {current}; "
+                f"this selectit knows up to {head}); upgrade selectit"
+            )
+        where = f"--db {shown_url(url)} " if url else ""
         state = f"at revision {current}"
         raise StoreError(
-            f"the database {engine.url!r} is {state}, but this selectit needs revision {head}. "
+            f"the database {shown_url(url)} is {state}, but this selectit needs revision {head}. "
             f"Run `selectit {where}init` to upgrade it."
         )
     return engine
+
+
+def _newer_revision(revision: str) -> bool:
+    """Whether `revision` comes from a newer selectit: unknown to these migrations, and numbered
+    after their head (the revisions are numbered 0001, 0002, …)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    try:
+        if scripts.get_revision(revision) is not None:
+            return False
+    except (CommandError, KeyError):
+        pass
+    head = scripts.get_current_head() or ""
+    return revision.isdigit() and head.isdigit() and int(revision) > int(head)
 
 
 @contextmanager
@@ -274,8 +445,8 @@ def upsert(session: Session, table: type) -> sa.Insert:
 def lock_transaction(session: Session, key: int) -> None:
     """Hold lock `key` until the transaction ends, so two holders of one key run one after the other.
 
-    PostgreSQL: `pg_advisory_xact_lock`. SQLite: nothing to do, every transaction already holds
-    the database's write lock from its start (`BEGIN IMMEDIATE`, see `make_engine`).
+    PostgreSQL: `pg_advisory_xact_lock`. SQLite: nothing to do, every writing transaction already
+    holds the database's write lock from its start (`BEGIN IMMEDIATE`, see `make_engine`).
     """
     if is_postgres(session.bind):
         session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})

@@ -67,6 +67,8 @@ _TABULAR = ("parquet", "csv", "tsv", "arrow", "hf-dir")
 CHUNK = 20_000
 #: dataset_samples.original_id is VARCHAR(200).
 MAX_ORIGINAL_ID = 200
+#: The most one record (a JSON line, a CSV field) may take; longer ones are refused, not read whole.
+MAX_RECORD_BYTES = 64 * 2**20
 
 _SHAREGPT_ROLES = {
     "human": "user", "user": "user",
@@ -387,7 +389,10 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[s
     offset = 0
     record = 0
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
+            if len(raw) > MAX_RECORD_BYTES:  # never hold an endless line in memory
+                raise IngestError(f"{path}, line {lineno}: longer than {MAX_RECORD_BYTES // 2**20} MiB, the most one "
+                                  f"record may take. Nothing was ingested; is this a JSON Lines file?")
             start = offset
             offset += len(raw)
             if lineno == 1:
@@ -419,6 +424,7 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[s
 def _iter_batches(batches: Iterator[Any], total: int, progress: Callable[[int, int], None]) -> Iterator[_Raw]:
     record = 0
     for batch in batches:
+        batch.validate(full=True)  # corrupt offsets: ArrowInvalid here, not a crash in to_pylist
         for obj in batch.to_pylist():
             record += 1
             yield _Raw(record, None, obj, text=compact(obj))
@@ -460,6 +466,7 @@ def _iter_csv(path: Path, progress: Callable[[int, int], None], layout: dict[str
         first = fh.readline()
     layout["newline"] = "\r\n" if first.endswith(b"\r\n") else "\n"
     layout["delimiter"] = delimiter
+    csv.field_size_limit(MAX_RECORD_BYTES)  # the default, 131,072 characters, is less than a long response
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh, delimiter=delimiter)
@@ -467,6 +474,10 @@ def _iter_csv(path: Path, progress: Callable[[int, int], None], layout: dict[str
             if not header:
                 raise IngestError(f"{path} has no header row. Nothing was ingested; the first line must name "
                                   f"the columns (e.g. instruction,input,output).")
+            doubled = sorted({c for c in header if header.count(c) > 1})
+            if doubled:
+                raise IngestError(f"{path}: the header names the column {', '.join(map(repr, doubled))} twice; one "
+                                  f"value would be lost. Nothing was ingested; rename the columns.")
             layout["columns"] = header
             record = 0
             for row in reader:
@@ -484,7 +495,15 @@ def _iter_csv(path: Path, progress: Callable[[int, int], None], layout: dict[str
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}). Nothing was ingested; "
                           f"re-encode the file as UTF-8 and ingest that.") from None
+    except csv.Error as exc:  # e.g. a field longer than MAX_RECORD_BYTES
+        raise IngestError(f"{path}, line {reader.line_num + 1}: {exc}. Nothing was ingested.") from None
     progress(total, total)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def datasets_offline():  # noqa: ANN201 - the `datasets` module
@@ -688,6 +707,8 @@ def _turns(obj: dict[str, Any], key: str) -> list[tuple[str, str]]:
     role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
     roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
     turns: list[tuple[str, str]] = []
+    if sharegpt and obj.get("system") is not None and not isinstance(obj["system"], str):
+        raise _Invalid(f"field 'system' is not text (got {_json_type(obj['system'])})")
     if sharegpt and isinstance(obj.get("system"), str) and obj["system"].strip():
         turns.append(("system", obj["system"]))
     for n, turn in enumerate(seq, 1):
@@ -790,6 +811,8 @@ def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
                               f"system (or prompt, completion), e.g. --map instruction=question,output=response")
         if not column:
             raise IngestError(f"--map {target}=: give the column that holds {name}, e.g. --map {target}=question")
+        if name in result:
+            raise IngestError(f"--map maps {name} twice ({result[name]} and {column}); give one column per field")
         result[name] = column
     return result
 
@@ -882,6 +905,9 @@ class RecordReader:
         self.hub_id = hub_id(path)
         if not path.exists() and self.hub_id is None:
             raise IngestError(f"{path}: no such file. Nothing was ingested; check the path.")
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise IngestError(f"{path} is not a regular file (a device, pipe or socket could be endless). Nothing "
+                              f"was ingested; give a file, or `-` to read the records from standard input.")
         if fmt is not None and fmt not in FORMATS:
             raise IngestError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave "
                               f"--format out to detect it).")
@@ -949,6 +975,7 @@ class RecordReader:
                 return list(self._hf.column_names)
             import csv
 
+            csv.field_size_limit(MAX_RECORD_BYTES)
             with path.open(encoding="utf-8-sig", newline="") as fh:
                 return next(csv.reader(fh, delimiter="\t" if self.container == "tsv" else ","), [])
         except IngestError:
@@ -972,8 +999,22 @@ class RecordReader:
             raws = (_iter_json_list if c == "json" else _iter_jsonl)(self.path, tick, layout)
         return itertools.islice(raws, self.limit) if self.limit is not None else raws
 
+    def _read(self) -> Iterator[_Raw]:
+        """`_raws`, with a file that breaks off while being read (a corrupt Parquet page, a truncated
+        Arrow stream, an unreadable disk) as one `IngestError` naming it and where."""
+        import pyarrow as pa
+
+        try:
+            yield from self._raws()
+        except IngestError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            where = f"after record {self.read}" if self.read else "at its start"
+            raise IngestError(f"{self.path}: cannot read it as {self.format} {where} ({_short(exc)}). Nothing was "
+                              f"ingested; check the file.") from None
+
     def __iter__(self) -> Iterator[Record | InvalidRecord]:
-        for raw in self._raws():
+        for raw in self._read():
             self.read += 1
             try:
                 yield self._parse(raw)

@@ -169,8 +169,11 @@ def _private_dir() -> Path:
     return fresh
 
 
-#: libpq settings that are secrets: they go into a DuckDB secret, never into the visible path.
+#: libpq settings that go into a DuckDB secret, never into the visible path (with every
+#: secret-bearing query parameter, `db.is_secret_key`).
 _SECRET_KEYS = {"host": "HOST", "port": "PORT", "dbname": "DATABASE", "user": "USER", "password": "PASSWORD"}
+#: The console's PostgreSQL session: every transaction read-only, even after a COMMIT.
+_READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 
 
 def _libpq_parts(url: sa.URL) -> dict[str, str]:
@@ -262,21 +265,27 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
         elif url.get_backend_name() == "postgresql":
             con.execute(f"LOAD {_sql_str(str(_extension_path('postgres')))}")
             parts = _libpq_parts(url)
-            secret = ", ".join(f"{_SECRET_KEYS[k]} {_sql_str(v)}" for k, v in parts.items() if k in _SECRET_KEYS)
+            hidden = {k: v for k, v in parts.items() if k in _SECRET_KEYS or db.is_secret_key(k)}
+            # DuckDB hands every key of the secret to libpq and shows them redacted.
+            secret = ", ".join(f"{_SECRET_KEYS.get(k, k.upper())} {_sql_str(v)}" for k, v in hidden.items())
             # Not secret, so visible in duckdb_databases(): how long to wait, and a session whose
             # transactions are read-only even after a COMMIT (the role is the real guarantee).
-            visible = {"connect_timeout": str(db.connect_timeout()),
-                       "options": "-c default_transaction_read_only=on",
-                       "application_name": "selectit-fusion"}
-            visible.update({k: v for k, v in parts.items() if k not in _SECRET_KEYS})
+            # The URL's own `options` come first: the last `-c` of a setting wins, so read-only does.
+            visible = {"connect_timeout": str(db.connect_timeout()), "application_name": "selectit-fusion"}
+            visible.update({k: v for k, v in parts.items() if k not in hidden})
+            visible["options"] = " ".join(filter(None, [parts.get("options", ""), _READ_ONLY_OPTIONS]))
             con.execute(f"CREATE TEMPORARY SECRET selectit_store (TYPE postgres, {secret})")
             try:
                 con.execute(f"ATTACH {_sql_str(_libpq(visible))} AS store "
                             f"(TYPE postgres, SECRET selectit_store, READ_ONLY)")
+                read_only = con.execute(
+                    "SELECT * FROM postgres_query('store', 'SELECT current_setting(''default_transaction_read_only'')')"
+                ).fetchone()[0]
             except duckdb.Error as exc:
-                raise FusionError(
-                    f"cannot attach {url.render_as_string(hide_password=True)}: {_one_line(exc)}"
-                ) from exc
+                raise FusionError(f"cannot attach {db.shown_url(url)}: {_one_line(exc)}") from exc
+            if read_only != "on":
+                raise FusionError(f"the session on {db.shown_url(url)} is not read-only "
+                                  f"(default_transaction_read_only = {read_only}); check the URL's options=")
         else:
             raise FusionError(f"DuckDB cannot read a {url.get_backend_name()} database; use SQLite or PostgreSQL")
         con.execute("SET enable_external_access = false")
@@ -611,8 +620,16 @@ def _choose_models(
         if not math.isfinite(theta) or theta <= 0:
             raise FusionError(f"the weight θ of model {name!r} must be a positive number, not {theta!r}")
         thetas.append((model_id, name, theta))
-    total = sum(t for _, _, t in thetas)
-    return tuple(ChosenModel(i, n, t, t / total) for i, n, t in thetas)
+    if not thetas:
+        return ()
+    # Only the ratios count: scaled by the largest θ first, the sum cannot overflow (1e308 + 1e308).
+    largest = max((t for _, _, t in thetas), default=1.0)
+    scaled = [t / largest for _, _, t in thetas]
+    total = sum(scaled)
+    if not (math.isfinite(total) and total > 0):
+        raise FusionError(f"the weights θ ({', '.join(f'{n}={t!r}' for _, n, t in thetas)}) do not sum to a "
+                          f"finite positive number; give weights of similar size, e.g. --weights a=1,b=2")
+    return tuple(ChosenModel(i, n, t, x / total) for (i, n, t), x in zip(thetas, scaled))
 
 
 def _choose_prompts(con: duckdb.DuckDBPyConnection, prompt_set: str) -> tuple[ChosenPrompt, ...]:
@@ -652,8 +669,10 @@ def connect(
     The chosen parameters are on the connection as `con.selectit_params` (a `Params`).
     """
     formula, alpha, top = validate_formula(formula), validate_alpha(alpha), validate_top(top)
-    if prompt_set:
+    if prompt_set is not None:  # "" is a mistake, not the default
         prompt_set = valid_name(prompt_set, "prompt set")
+    if models is not None and len(set(models)) != len(models):
+        raise FusionError(f"--models names a model twice: {', '.join(models)}")
     con = attach(db_url)
     try:
         chosen_models = _choose_models(con, models, weights)
@@ -895,7 +914,8 @@ _ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN", "CREATE", "INSERT", "UPDATE", "DELET
 #: Functions the console refuses wherever they are called: they run SQL given as a string (past
 #: this check), send raw SQL to the server, or read files through the extensions' own I/O.
 _REFUSED_FUNCTIONS = {"query", "query_table", "json_execute_serialized_sql", "enable_logging",
-                      "disable_logging", "truncate_duckdb_logs", "getenv", "glob", "sniff_csv"}
+                      "disable_logging", "truncate_duckdb_logs", "getenv", "glob", "sniff_csv",
+                      "checkpoint", "force_checkpoint"}
 _REFUSED_PREFIXES = ("postgres_", "sqlite_", "read_", "parquet_")
 READ_ONLY_MESSAGE = "the curation database is read-only here"
 
@@ -927,20 +947,79 @@ def _function_calls(sql: str) -> list[str]:
     return names
 
 
-def check_console_sql(sql: str) -> list[str]:
-    """The statements of `sql`, or a `ReadOnlyError` for anything the console refuses."""
+_PARSER: duckdb.DuckDBPyConnection | None = None
+
+
+def _sealed_parser() -> duckdb.DuckDBPyConnection:
+    """A sealed in-memory DuckDB that only parses: DuckDB expands some statements while parsing
+    them (`IMPORT DATABASE 'dir'` reads dir/schema.sql), so the check must open no file either."""
+    global _PARSER
+    if _PARSER is None:
+        parser = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        seal(parser)
+        _PARSER = parser
+    return _PARSER
+
+
+def _explained(query: str) -> str:
+    """The statement an `EXPLAIN [ANALYZE] [(options)] …` statement explains (and may run)."""
+    tokens = [(start, kind) for start, kind in duckdb.tokenize(query) if kind != duckdb.token_type.comment]
+    i = 1  # past EXPLAIN
+    while i < len(tokens):
+        start, kind = tokens[i]
+        word = query[start:].split(None, 1)[0].upper() if kind == duckdb.token_type.keyword else ""
+        if word in ("ANALYZE", "ANALYSE", "VERBOSE"):
+            i += 1
+        elif query[start] == "(" and kind == duckdb.token_type.operator:
+            depth = 0
+            while i < len(tokens):
+                text = query[tokens[i][0]] if tokens[i][1] == duckdb.token_type.operator else ""
+                depth += (text == "(") - (text == ")")
+                i += 1
+                if depth == 0:
+                    break
+        else:
+            return query[start:]
+    return ""
+
+
+def _check_statement(parser: duckdb.DuckDBPyConnection, statement: Any) -> None:
+    kind = str(statement.type).rsplit(".", 1)[-1].upper()
+    if kind not in _ALLOWED_STATEMENTS:
+        if kind == "???":  # e.g. UPDATE EXTENSIONS
+            kind = " ".join(statement.query.split()[:2]).upper()
+        raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {kind} statements are not allowed in `selectit sql`")
+    if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs the statement: the same rules apply to it
+        explained = _explained(statement.query)
+        inner = _parse(parser, explained) if explained.strip() else []
+        if not inner:
+            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: the console cannot tell what this EXPLAIN explains")
+        for one in inner:
+            _check_statement(parser, one)
+
+
+def _parse(parser: duckdb.DuckDBPyConnection, sql: str) -> list[Any]:
     try:
-        statements = duckdb.extract_statements(sql)
+        return parser.extract_statements(sql)
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyError(f"{READ_ONLY_MESSAGE}, and the console reads and writes no files: "
+                            f"{_one_line(exc)}") from None
     except duckdb.Error as exc:
-        raise FusionError(f"SQL error: {_one_line(exc)}") from exc
+        raise FusionError(f"SQL error: {_one_line(exc)}") from None
+
+
+def check_console_sql(sql: str) -> list[str]:
+    """The statements of `sql`, or a `ReadOnlyError` for anything the console refuses.
+
+    Parsed on a sealed connection (nothing is read while checking); an `EXPLAIN` is checked by
+    the statement it explains.
+    """
+    parser = _sealed_parser()
+    statements = _parse(parser, sql)
     if not statements:
         raise FusionError("no SQL statement given; e.g. `selectit sql \"SELECT * FROM ranking LIMIT 5\"`")
     for statement in statements:
-        kind = str(statement.type).rsplit(".", 1)[-1].upper()
-        if kind not in _ALLOWED_STATEMENTS:
-            if kind == "???":  # e.g. UPDATE EXTENSIONS
-                kind = " ".join(statement.query.split()[:2]).upper()
-            raise ReadOnlyError(f"{READ_ONLY_MESSAGE}: {kind} statements are not allowed in `selectit sql`")
+        _check_statement(parser, statement)
     for name in _function_calls(sql):
         if name in _REFUSED_FUNCTIONS or name.startswith(_REFUSED_PREFIXES):
             raise ReadOnlyError(
@@ -982,3 +1061,39 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[t
             raise ReadOnlyError(f"{READ_ONLY_MESSAGE}, and the console reads and writes no files: {message}") from exc
         raise FusionError(f"SQL error: {message}") from exc
     return columns, rows
+
+
+def unique_names(columns: Sequence[str]) -> list[str]:
+    """Column names made unique for JSON objects: a repeated `a` becomes `a_2`, `a_3`, …
+
+    >>> unique_names(["a", "b", "a", "a_2"])
+    ['a', 'b', 'a_3', 'a_2']
+    """
+    taken = set(columns)
+    seen: set[str] = set()
+    out = []
+    for name in columns:
+        if name in seen:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            taken.add(f"{name}_{n}")
+            name = f"{name}_{n}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def json_value(value: Any) -> Any:
+    """A result value for JSON: NaN and ±Infinity (no JSON numbers) become null.
+
+    >>> [json_value(float("nan")), json_value(1.5), json_value("x")]
+    [None, 1.5, 'x']
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return value

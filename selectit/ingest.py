@@ -17,6 +17,8 @@ One file is one transaction: any error rolls back everything from that file (wit
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from selectit import db
 from selectit.db import is_postgres
 from selectit.formats import (  # noqa: F401 - re-exported: the ingest interface
     FORMATS,
@@ -252,7 +255,7 @@ def ingest_file(
     split: str | None = None,
     source: str | None = None,
 ) -> IngestResult:
-    """Ingest one file into `dataset` (created if new), in ONE transaction.
+    """Ingest one file (`-`: standard input) into `dataset` (created if new), in ONE transaction.
 
     Each valid record becomes a sample (stored once per distinct content hash, shared across
     datasets) and a membership at position = (dataset's next free position before this file) +
@@ -267,6 +270,12 @@ def ingest_file(
     file (an `ingests` row: path, sha256, format, layout), for `export --format original`.
     """
     dataset = valid_name(dataset, "dataset")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise IngestError(f"limit must be a whole number of records >= 1, not {limit!r}")
+    if str(path) == STDIN:
+        with _stdin_copy() as copy:
+            return ingest_file(engine, copy, dataset, fmt=fmt, skip_invalid=skip_invalid, progress=progress,
+                               limit=limit, column_map=column_map, split=split, source=STDIN_SOURCE)
     records = RecordReader(path, fmt, limit=limit, progress=progress, column_map=column_map,
                            split=split)  # the parse step: no database
     path = source or records.source  # the file, the Hub dataset id, or what the caller names (a table in memory)
@@ -314,6 +323,25 @@ def ingest_file(
     return result
 
 
+#: The path that means standard input, and what the ingest record names then.
+STDIN = "-"
+STDIN_SOURCE = "<stdin>"
+
+
+@contextmanager
+def _stdin_copy() -> Iterator[Path]:
+    """Standard input copied to a private temporary file (read twice: format detection, records)."""
+    import shutil
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="selectit-stdin-") as tmp:
+        copy = Path(tmp) / "stdin"
+        with open(copy, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out)
+        yield copy
+
+
 def file_digest(path: Path) -> tuple[str, int]:
     """(sha256 hex, bytes) of a file, or of a directory's files (names and contents, in name order)."""
     h = hashlib.sha256()
@@ -334,7 +362,7 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 def dataset_rows(engine: Engine) -> list[tuple[str, int, str, str | None]]:
     """(name, samples, created, source) for every dataset, by name."""
-    with engine.connect() as conn:
+    with db.reading(engine).connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT d.name, COUNT(m.sample_id), d.created_at, d.source FROM datasets d "
             "LEFT JOIN dataset_samples m ON m.dataset_id = d.id "
@@ -345,7 +373,7 @@ def dataset_rows(engine: Engine) -> list[tuple[str, int, str, str | None]]:
 
 def sample_counts(engine: Engine) -> tuple[list[tuple[str, int]], int]:
     """([(dataset, samples)], total distinct samples stored)."""
-    with engine.connect() as conn:
+    with db.reading(engine).connect() as conn:
         per = conn.execute(sa.text(
             "SELECT d.name, COUNT(m.sample_id) FROM datasets d "
             "LEFT JOIN dataset_samples m ON m.dataset_id = d.id GROUP BY d.id, d.name ORDER BY d.name"

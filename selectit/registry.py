@@ -43,6 +43,8 @@ LAYOUTS = tuple(Layout)
 DEFAULT_MAX_TOKENS = 4096
 #: A context shorter than this cannot hold a rating prompt: every cell would fail.
 MIN_MAX_TOKENS = 16
+#: No context is longer (and the column is a 32-bit integer on PostgreSQL).
+MAX_MAX_TOKENS = 2**31 - 1
 
 _DEFAULT_HEAD = (
     "Below is an instruction for an AI assistant and the assistant's response.\n\n"
@@ -156,7 +158,7 @@ def active_prompts(session: Session, set_name: str) -> list[Prompt]:
 def read_prompt_lines(path: str | Path) -> list[str]:
     """Lines with Python `readlines()` semantics: each keeps its newline, the last may have none."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # a BOM is no part of the first prompt
             text = f.read()
     except FileNotFoundError:
         raise RegistryError(f"{path}: no such file") from None
@@ -227,17 +229,27 @@ def add_model(session: Session, name: str, source: str, dtype: str | None = None
     if max_tokens is not None and max_tokens < MIN_MAX_TOKENS:
         raise RegistryError(f"--max-tokens must be at least {MIN_MAX_TOKENS} tokens (got {max_tokens}); "
                             f"leave it out for the default, {DEFAULT_MAX_TOKENS} capped by the model's own context")
+    if max_tokens is not None and max_tokens > MAX_MAX_TOKENS:
+        raise RegistryError(f"--max-tokens {max_tokens} is beyond any model's context (at most {MAX_MAX_TOKENS})")
     src = loading.resolve_source(source)
     dtype = dtype or loading.default_dtype()
     fp = _reading(src, loading.fingerprint)
     versions = session.scalars(sa.select(LLM).where(LLM.name == name).order_by(LLM.id)).all()
     same = next((v for v in versions if v.fingerprint == fp and v.dtype == dtype), None)
+    config = _reading(src, loading.load_config)
+    declared = getattr(config, "max_position_embeddings", None)
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)
+                                 or not MIN_MAX_TOKENS <= declared):
+        raise RegistryError(f"{source}: the model's config gives max_position_embeddings {declared!r}, not a context "
+                            f"length of at least {MIN_MAX_TOKENS} tokens; fix its config.json")
+    ctx_len = declared or DEFAULT_MAX_TOKENS
+    if max_tokens is not None and declared is not None and max_tokens > declared:
+        raise RegistryError(f"--max-tokens {max_tokens} is beyond the context of model {name!r} ({declared} tokens); "
+                            f"give at most {declared}")
     if same is None:
         tokenizer = _reading(src, loading.load_tokenizer)
-        config = _reading(src, loading.load_config)
         labels = {layout: label_token_ids(tokenizer, ctx, f"model {name!r}, layout {layout}: ")
                   for layout, ctx in LABEL_CONTEXT.items()}
-        ctx_len = int(getattr(config, "max_position_embeddings", 0) or 0) or DEFAULT_MAX_TOKENS
         # Aliases and hub ids are kept as typed (they resolve on any worker); paths are made absolute.
         stored = src.given if (src.given in loading.ALIASES or not Path(src.given).expanduser().exists()) else str(src.path)
         same = LLM(name=name, source=stored,

@@ -795,6 +795,7 @@ def build_report(
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
+    matplotlib.rcParams["text.parse_math"] = False  # labels are names as stored: `$x$`, `\foo` are text
     import matplotlib.pyplot as plt
 
     from selectit import fusion

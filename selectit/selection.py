@@ -112,7 +112,7 @@ def chosen(
     """The ranked samples kept by `criterion`, best first (after `rank_dataset`)."""
     sql = f"SELECT rank, sample_id, position, s_model FROM dataset_ranking WHERE {criterion.where()} ORDER BY rank"
     if limit is not None:
-        sql += f" LIMIT {int(limit)}"
+        sql += f" LIMIT {min(int(limit), 2**63 - 1)}"  # beyond BIGINT: every row
     return [RankedSample(*r) for r in con.execute(sql).fetchall()]
 
 

@@ -58,6 +58,8 @@ class Settings:
     scorer: str = "selectit.engines:load_engine"
     #: The Celery broker of the fleet.
     broker_url: str = "redis://localhost:6379/0"
+    #: Seconds to wait for the broker to accept a connection or answer (a silent one never hangs us).
+    broker_timeout: float = 10.0
     #: Seconds between the beat scheduler's plans, and between its expired-lease sweeps.
     plan_interval: float = 60.0
     requeue_interval: float = 30.0
@@ -89,6 +91,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "lease_seconds": ("SELECTIT_LEASE_SECONDS", _number(float, 0)),
     "scorer": ("SELECTIT_SCORER", _hook),
     "broker_url": ("SELECTIT_BROKER_URL", lambda _name, raw: raw),
+    "broker_timeout": ("SELECTIT_BROKER_TIMEOUT", _number(float, 0.1)),
     "plan_interval": ("SELECTIT_PLAN_INTERVAL", _number(float, 0.1)),
     "requeue_interval": ("SELECTIT_REQUEUE_INTERVAL", _number(float, 0.1)),
 }

@@ -44,7 +44,7 @@ def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
     now = utcnow()
     since = now - dt.timedelta(seconds=window)
     cells = fusion.store_coverage(engine.url.render_as_string(hide_password=False))
-    with db.session_scope(engine) as session:
+    with db.read_scope(engine) as session:
         recent = {(m, s): n for m, s, n in session.execute(
             sa.select(Score.model_id, Prompt.set_name, sa.func.count())
             .join(Prompt, Prompt.id == Score.prompt_id)

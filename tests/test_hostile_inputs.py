@@ -100,6 +100,36 @@ def hostile_files() -> dict[str, bytes]:
     files["text-named.parquet"] = good
     files["random-bytes.json"] = bytes(rng.randrange(256) for _ in range(2000))
     files["csv.json"] = b"instruction,output\nhi,there\n"
+    files.update(corrupt_columnar_files())
+    return files
+
+
+def corrupt_columnar_files() -> dict[str, bytes]:
+    """Real Parquet and Arrow files of 3,000 records, broken in their middle: a Parquet data page
+    overwritten, an Arrow file's record batch body overwritten, an Arrow stream cut short."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([{"instruction": f"Say {i} " + "x" * 40, "input": "", "output": f"Out {i} " + "y" * 40}
+                                  for i in range(3000)])
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=1000, compression="NONE")
+    parquet = bytearray(sink.getvalue())
+    page = pq.ParquetFile(io.BytesIO(bytes(parquet))).metadata.row_group(1).column(0).data_page_offset
+    parquet[page + 10:page + 400] = b"\xab" * 390
+    files = {"corrupt-page.parquet": bytes(parquet)}
+    for name, new in (("arrow", pa.ipc.new_file), ("arrows", pa.ipc.new_stream)):
+        sink = pa.BufferOutputStream()
+        with new(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=1000)
+        data = bytearray(sink.getvalue().to_pybytes())
+        if name == "arrow":
+            data[len(data) // 2:len(data) // 2 + 3000] = b"\xff" * 3000
+            files["corrupt-body.arrow"] = bytes(data)
+        else:
+            files["truncated-stream.arrows"] = bytes(data[:len(data) * 2 // 3])
     return files
 
 
@@ -117,7 +147,8 @@ def test_hostile_files_on_ingest(seeded: str, tmp_path: Path) -> None:
 
 
 HOSTILE_NAMES = ["", " ", "\t", "two\nlines", "cr\rname", "nul\x00name", "esc\x1b[2Jname", "bell\x07",
-                 "line\u2028sep", "x" * 201]
+                 "line\u2028sep", "x" * 201, "c1\x9bname", "osc\x1b]0;title\x07",
+                 "caf\udce9", "\udcff\udcfe"]  # the last two: non-UTF-8 bytes in argv (as Python decodes them)
 
 
 def test_hostile_names(seeded: str, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -262,3 +293,60 @@ def test_store_unchanged_by_a_refused_command_is_checked(seeded: str) -> None:
     problems = _violations(seeded, [("a valid selection", ["select", "ok", "--dataset", "d", "--prompt-set", "s"])])
     assert any("exit 0" in p for p in problems) and any("store changed" in p for p in problems)
     assert db.resolve_url(seeded)  # the URL stays usable
+
+
+def test_non_regular_and_non_utf8_files_on_ingest(seeded: str, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(GOOD) + "\n")
+    odd = tmp_path / os.fsdecode(b"caf\xe9.jsonl")
+    odd.write_text(json.dumps(GOOD) + "\n")
+    cases = [(f"{path} as {fmt}", ["ingest", path, "--dataset", "hostile", *(["--format", fmt] if fmt else [])])
+             for path in ("/dev/zero", "/dev/null", fifo) for fmt in (None, "jsonl", "csv", "parquet")]
+    cases += [("non-UTF-8 file name", ["ingest", odd, "--dataset", "hostile"]),
+              ("non-UTF-8 --out", ["export", "--dataset", "d", "--prompt-set", "s", "--out",
+                                   tmp_path / os.fsdecode(b"out\xff.json")]),
+              ("non-UTF-8 SQL", ["sql", os.fsdecode(b"SELECT '\xff'")])]
+    problems = _violations(seeded, cases, created=[tmp_path / os.fsdecode(b"out\xff.json")])
+    assert not problems, "\n".join(problems)
+
+
+#: Names and texts that are valid but look like rich markup, emoji codes or terminal controls.
+MARKUP_NAMES = ["x[/y]", "[bold]b[/bold]", "[/INST]", ":thumbs_up:", "a[link=http://x]b", "\\[x]"]
+MARKUP_TEXT = "[INST] <<SYS>> [/INST] [bold]kept[/bold] [/] :smile: \x1b]0;title\x07 \x1b[2J \x9b1m"
+
+
+def test_markup_and_controls_in_every_name_and_text_field_print_verbatim(seeded: str, tmp_path: Path,
+                                                                          tiny_model_dir: Path) -> None:
+    record = {"instruction": MARKUP_TEXT, "input": MARKUP_TEXT + " in", "output": MARKUP_TEXT + " out",
+              "system": MARKUP_TEXT + " sys"}
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Rate [/x] :smile: {instruction} {output}: \n")
+    problems = []
+    for i, name in enumerate(MARKUP_NAMES):
+        data = tmp_path / f"{i}[b]d:smile:.jsonl"
+        data.write_text(json.dumps({**record, "output": f"{record['output']} {i}"}) + "\n")
+        steps = [["ingest", data, "--dataset", name],
+                 ["prompts", "import", prompts, "--set", name, "--layout", "shared-context"],
+                 ["model", "add", name, "--source", tiny_model_dir, "--dtype", "float32"],
+                 ["select", name, "--dataset", "d", "--prompt-set", "s", "--models", "A,B"]]
+        for args in steps:
+            result = invoke("--db", seeded, *args)
+            if result.exit_code != 0 or result.exception is not None and not isinstance(result.exception, SystemExit):
+                problems.append(f"{args[0]} {name!r}: exit {result.exit_code}: {result.output[:300]!r}")
+    for args in (["status"], ["datasets"], ["models"], ["prompts"], ["rank", "--dataset", "d", "--prompt-set", "s"],
+                 ["sql", "SELECT instruction, input, output FROM store.samples"],
+                 ["sql", "SELECT name FROM store.selections", "--format", "json"]):
+        result = invoke("--db", seeded, *args)
+        if result.exit_code != 0:
+            problems.append(f"{args[0]}: exit {result.exit_code}: {result.output[:300]!r}")
+        elif args[0] in ("datasets", "models", "prompts") and not all(n in result.output for n in MARKUP_NAMES):
+            problems.append(f"{args[0]}: a name was changed on output: {result.output[:600]!r}")
+    csv_out = invoke("--db", seeded, "sql", "SELECT instruction FROM store.samples WHERE instruction LIKE '%[/INST]%' "
+                                            "LIMIT 1", "--format", "csv").output
+    if MARKUP_TEXT not in csv_out:  # a pipe gets the exact text, controls included
+        problems.append(f"sql csv changed the text: {csv_out!r}")
+    assert not problems, "\n".join(problems)

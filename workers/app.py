@@ -9,7 +9,8 @@ the worker is running, and one worker of the fleet does each tick. No `celery be
 Configuration comes from the environment:
 
 - `SELECTIT_DATABASE_URL`: the curation database (PostgreSQL for a fleet).
-- `SELECTIT_BROKER_URL`: the Redis broker [redis://localhost:6379/0].
+- `SELECTIT_BROKER_URL`: the Redis broker [redis://localhost:6379/0]; `SELECTIT_BROKER_TIMEOUT`:
+  seconds to wait for it to connect or answer [10].
 - `SELECTIT_PLAN_INTERVAL`: seconds between the control loop's plans (new datasets/models/prompts
   are picked up without anyone running a command) [60]; `SELECTIT_REQUEUE_INTERVAL` [30] between
   its sweeps of expired leases.
@@ -74,6 +75,13 @@ app.conf.update(
     worker_prefetch_multiplier=1,  # a job is long: never hoard messages other workers could run
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # a restarted Redis is waited for, not fatal
+    # A broker that accepts the connection and never answers fails a send after a few tries,
+    # never hangs it: every socket operation and connection attempt is bounded.
+    broker_connection_timeout=SETTINGS.broker_timeout,
+    broker_transport_options={"socket_timeout": SETTINGS.broker_timeout,
+                              "socket_connect_timeout": SETTINGS.broker_timeout,
+                              "max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+    task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
     worker_pool="solo",  # a CUDA model cannot be forked
     worker_concurrency=1,
     task_default_queue=CONTROL_QUEUE,
