@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -84,13 +85,15 @@ def test_controls_export_in_every_format_with_their_card(db_url: str, tmp_path) 
         for fmt in [f for f in EXPORT_FORMATS if f != "original"]:
             out = tmp_path / f"{name}-{fmt}"
             if fmt != "hf-dataset":  # hf-dataset writes a new directory of its own
-                out.mkdir()  # a directory: data.<ext> and the card go in it
+                out.mkdir()  # a directory: NAME.<ext> and NAME.README.md go in it
             result = _run(db_url, "export", "--selection", name, "--out", out, "--format", fmt, "--with-scores")
             assert result.exit_code == 0, (fmt, result.output)
-            card = (out / "README.md").read_text(encoding="utf-8")
+            (card_path,) = [line.removeprefix("wrote ") for line in result.stdout.splitlines()
+                            if line.startswith("wrote ") and line.endswith("README.md")]
+            card = Path(card_path).read_text(encoding="utf-8")
             assert how in card and "drawn as a control" in card, fmt
             assert f"wrote {expected} samples" in result.stdout
-        data = json.loads((tmp_path / f"{name}-alpaca-json" / "data.json").read_text(encoding="utf-8"))
+        data = json.loads((tmp_path / f"{name}-alpaca-json" / f"{name}.json").read_text(encoding="utf-8"))
         assert len(data) == expected
 
 
