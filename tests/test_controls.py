@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -85,16 +86,16 @@ def test_controls_export_in_every_format_with_their_card(db_url: str, tmp_path) 
         for fmt in [f for f in EXPORT_FORMATS if f != "original"]:
             out = tmp_path / f"{name}-{fmt}"
             if fmt != "hf-dataset":  # hf-dataset writes a new directory of its own
-                out.mkdir()  # a directory: NAME.<ext> and NAME.README.md go in it
+                out.mkdir()  # a directory: the data and its card go in it, named after the selection
             result = _run(db_url, "export", "--selection", name, "--out", out, "--format", fmt, "--with-scores")
             assert result.exit_code == 0, (fmt, result.output)
-            (card_path,) = [line.removeprefix("wrote ") for line in result.stdout.splitlines()
-                            if line.startswith("wrote ") and line.endswith("README.md")]
-            card = Path(card_path).read_text(encoding="utf-8")
+            written = [line[len("wrote "):] for line in result.stdout.splitlines() if line.startswith("wrote ")]
+            card = next(Path(w) for w in written if w.endswith("README.md")).read_text(encoding="utf-8")
             assert how in card and "drawn as a control" in card, fmt
             assert f"wrote {expected} samples" in result.stdout
-        data = json.loads((tmp_path / f"{name}-alpaca-json" / f"{name}.json").read_text(encoding="utf-8"))
-        assert len(data) == expected
+            if fmt == "alpaca-json":
+                data = re.search(r" to (.+) \(", written[0]).group(1)
+                assert len(json.loads(Path(data).read_text(encoding="utf-8"))) == expected
 
 
 def test_control_options_say_what_is_wrong(sqlite_url: str) -> None:
