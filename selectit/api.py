@@ -310,7 +310,7 @@ class Store:
         from selectit import fusion
 
         con = fusion.connect(self.url, alpha=alpha, formula=formula, models=list(models) if models else None,
-                             prompt_set=prompt_set, weights=weights, top=top or DEFAULT_TOP)
+                             prompt_set=prompt_set, weights=weights, top=DEFAULT_TOP if top is None else top)
         try:
             yield con
         finally:
