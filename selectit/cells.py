@@ -46,6 +46,7 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
         probs = list(r.probs or ())
         row = {"sample_id": r.sample_id, "model_id": model_id, "prompt_id": r.prompt_id,
                "mass": r.mass, "n_tokens": r.n_tokens, "truncated": bool(r.truncated),
+               "partial": bool(r.ok and r.partial),
                "status": str(CellStatus.OK if r.ok else CellStatus.FAILED),
                "error": None if r.ok else (r.error or "no probabilities")[:2000],
                "attempts": 1, "scored_at": now, "worker": worker,

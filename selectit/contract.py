@@ -171,6 +171,7 @@ class CellResult:
     n_tokens: int
     truncated: bool
     error: str | None = None  # set ⇒ the cell failed
+    partial: bool = False  # a label's probability was not returned (top-k mode): it counts as 0
 
     @property
     def ok(self) -> bool:

@@ -1,18 +1,22 @@
 """Which scoring engine rates the cells, with which options (torch-free).
 
-Two engines behind one contract (`selectit.contract.ScoringEngine`: `RatingRequest` →
+Three engines behind one contract (`selectit.contract.ScoringEngine`: `RatingRequest` →
 `CellResult`), chosen per process:
 - `torch` (default; `selectit.scorer.Scorer`): transformers' own forward, all K' prompts of a
   sample packed in one row. The right engine on a CPU and for a single GPU; `device_map="auto"`
   spreads a rater too big for one GPU over all visible GPUs (layer by layer, one GPU busy at a time).
 - `vllm` (`selectit.vllm_engine.VllmScorer`): vLLM with continuous batching and automatic prefix
   caching; the engine for GPU fleets, and with tensor/pipeline parallelism for 70B raters.
+- `openai` (`selectit.openai_engine.OpenAIScorer`): an OpenAI-compatible server that already
+  serves the model (registered with `selectit model add NAME --endpoint URL --served-model ID`);
+  no GPU in the worker. A model registered with an endpoint is always scored this way.
 
 The options live in the environment, so `selectit score --engine vllm` and `selectit worker
 --engine vllm` hand them to every process they start: `$SELECTIT_ENGINE`,
 `$SELECTIT_DEVICE_MAP`, `$SELECTIT_TENSOR_PARALLEL_SIZE`, `$SELECTIT_PIPELINE_PARALLEL_SIZE`,
 `$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`, `$SELECTIT_VLLM_ARGS` (more
-`vllm.LLM` arguments as JSON).
+`vllm.LLM` arguments as JSON), and for `openai` `$SELECTIT_OPENAI_CONCURRENCY`,
+`$SELECTIT_LOGPROBS_TOP`, `$SELECTIT_REQUEST_TIMEOUT`, `$SELECTIT_MAX_RETRIES`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from selectit.errors import SelectitError
 class EngineName(StrEnum):
     TORCH = "torch"
     VLLM = "vllm"
+    OPENAI = "openai"
 
 
 class EngineError(SelectitError):
@@ -43,6 +48,10 @@ ENV = {
     "gpu_memory_utilization": "SELECTIT_GPU_MEMORY_UTILIZATION",
     "max_model_len": "SELECTIT_MAX_MODEL_LEN",
     "vllm_args": "SELECTIT_VLLM_ARGS",
+    "concurrency": "SELECTIT_OPENAI_CONCURRENCY",
+    "logprobs_top": "SELECTIT_LOGPROBS_TOP",
+    "request_timeout": "SELECTIT_REQUEST_TIMEOUT",
+    "max_retries": "SELECTIT_MAX_RETRIES",
 }
 
 
@@ -55,6 +64,10 @@ class EngineOptions:
     gpu_memory_utilization: float | None = None  # vllm: share of each GPU's memory [vLLM's 0.92]
     max_model_len: int | None = None  # vllm: context [the model version's max_tokens + 1]
     vllm_args: str | None = None  # vllm: more `vllm.LLM` arguments, a JSON object, e.g. {"enforce_eager": true}
+    concurrency: int = 32  # openai: requests in flight at once
+    logprobs_top: int | None = None  # openai: top-k mode (labels outside the top K count 0); None: exact
+    request_timeout: float = 120.0  # openai: seconds one request may take before it is retried
+    max_retries: int = 8  # openai: retries of a request (429, 5xx, timeout) before its cell fails
 
     def __post_init__(self) -> None:
         if self.engine not in tuple(EngineName):
@@ -71,6 +84,14 @@ class EngineOptions:
             raise EngineError(f"--max-model-len must be 2 or more (got {self.max_model_len})")
         if self.vllm_args is not None:
             self.llm_kwargs()  # checked now, not in a worker
+        if self.concurrency < 1:
+            raise EngineError(f"--concurrency must be 1 or more (got {self.concurrency})")
+        if self.logprobs_top is not None and self.logprobs_top < 1:
+            raise EngineError(f"--logprobs-top must be 1 or more (got {self.logprobs_top})")
+        if not self.request_timeout > 0:
+            raise EngineError(f"--request-timeout must be a positive number of seconds (got {self.request_timeout})")
+        if self.max_retries < 0:
+            raise EngineError(f"--max-retries must be 0 or more (got {self.max_retries})")
         if self.engine == EngineName.TORCH and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise EngineError("tensor and pipeline parallelism need --engine vllm; "
                               "the torch engine splits a model over GPUs with --device-map auto")
@@ -96,7 +117,8 @@ class EngineOptions:
             if not raw:
                 continue
             kind = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
-                    "gpu_memory_utilization": float}.get(f.name, str)
+                    "gpu_memory_utilization": float, "concurrency": int, "logprobs_top": int,
+                    "request_timeout": float, "max_retries": int}.get(f.name, str)
             try:
                 values[f.name] = kind(raw)
             except ValueError as exc:
@@ -126,9 +148,14 @@ def require_vllm() -> None:
 def load_engine(model: Any) -> Any:
     """The scoring engine for a model version (an `LLM` row), as the environment's options say.
 
-    The default `$SELECTIT_SCORER` of `selectit score` and of the workers.
+    The default `$SELECTIT_SCORER` of `selectit score` and of the workers. A model registered
+    with an endpoint is scored through it whatever the engine; `openai` with a local model is an error.
     """
     opts = EngineOptions.from_env()
+    if getattr(model, "endpoint", None) or opts.engine == EngineName.OPENAI:
+        from selectit.openai_engine import load_openai_scorer
+
+        return load_openai_scorer(model, opts)
     if opts.engine == EngineName.VLLM:
         require_vllm()
         from selectit.vllm_engine import load_vllm_scorer

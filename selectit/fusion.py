@@ -446,7 +446,14 @@ def _choose_models(
         )
     thetas = []
     for model_id, name, weight, n_params in rows:
-        theta = float(weights.get(name, weight if weight is not None else n_params))
+        theta = weights.get(name, weight if weight is not None else n_params)
+        if theta is None and len(rows) == 1:
+            theta = 1.0  # a model alone has the whole weight, whatever its θ
+        if theta is None:
+            raise FusionError(f"model {name!r} has no weight θ: it is served by an endpoint, whose parameter count "
+                              f"is unknown. Give it one with --weights {name}=θ, or re-add it with --weight θ or "
+                              f"--params N")
+        theta = float(theta)
         if not math.isfinite(theta) or theta <= 0:
             raise FusionError(f"the weight θ of model {name!r} must be a positive number, not {theta!r}")
         thetas.append((model_id, name, theta))
