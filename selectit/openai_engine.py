@@ -51,6 +51,8 @@ ECHO = "echo"
 VOLATILE_MODEL_FIELDS = ("created", "permission")
 #: Answers worth another try: rate limits, overload, server errors.
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: Answers that say the key is wrong: no probing goes on after them.
+REFUSED = ("HTTP 401", "HTTP 403")
 
 
 class EndpointError(SelectitError):
@@ -302,14 +304,14 @@ class OpenAIScorer(RequestPreparation):
         self.model_id = model_id
         self.max_tokens = max_tokens
         self.top_k = top_k
-        self.method = method  # exact mode: TOKEN_IDS or ECHO; None → probed on first use
+        self.method = method  # TOKEN_IDS, ECHO or "top-K"; None → probed on first use
         self.token_ids_as_keys = token_ids_as_keys  # send vLLM's return_tokens_as_token_ids
         self.forwards = 0  # cells scored (one server forward each in the token-ids and top-k modes)
         self._init_labels(label_ids)
 
     @property
     def mode(self) -> str:
-        return f"top-{self.top_k}" if self.top_k else f"exact ({self.method or 'not probed'})"
+        return f"top-{self.top_k}" if self.top_k else f"exact ({self.method or 'not probed yet'})"
 
     @property
     def engine_version(self) -> str:
@@ -327,41 +329,55 @@ class OpenAIScorer(RequestPreparation):
     # --- probing -------------------------------------------------------------------------------
 
     def probe(self) -> str:
-        """Find how this server gives exact label probabilities; sets and returns `method`.
+        """Find how this server gives the label probabilities; sets and returns `method`.
 
-        One short request with `logprob_token_ids`: answered with every asked id → one request per
-        cell. Else `echo` (K requests per cell), checked the same way; a server with neither is an
-        error that names `--logprobs-top`.
+        Exact mode: one short request with `logprob_token_ids`; answered with every asked id → one
+        request per cell. Else `echo` (K requests per cell), checked the same way; a server with
+        neither is an error that names `--logprobs-top`. A server that refuses vLLM's
+        `return_tokens_as_token_ids` is read by token text instead (both modes).
         """
         ids = self.tokenizer("Rating: ", add_special_tokens=True)["input_ids"]
-        labels = next(iter(self._labels_by_context.values()), None) or [0, 1]
-        labels = list(labels[:2])
+        labels = list((next(iter(self._labels_by_context.values()), None) or [0, 1])[:2])
+
+        async def ask(session: _Session, body: dict[str, Any], prompt: list[int] = ids) -> dict[str, Any]:
+            try:
+                return await session.post("/completions", self._body(prompt, **body))
+            except RequestFailed as exc:
+                if "return_tokens_as_token_ids" not in str(exc) or not self.token_ids_as_keys:
+                    raise
+                self.token_ids_as_keys = False  # a strict server: key the logprobs by token text
+                return await session.post("/completions", self._body(prompt, **body))
 
         async def work(session: _Session) -> str:
+            if self.top_k:
+                first_position_logprobs(await ask(session, {"max_tokens": 1, "logprobs": self.top_k}), labels,
+                                        self.tokenizer)
+                return f"top-{self.top_k}"
             try:
-                answer = await session.post("/completions", self._body(
-                    ids, max_tokens=1, logprobs=1, logprob_token_ids=labels))
-                got = first_position_logprobs(answer, labels, self.tokenizer)
-                if all(t in got for t in labels):
+                answer = await ask(session, {"max_tokens": 1, "logprobs": 1, "logprob_token_ids": labels})
+                if all(t in first_position_logprobs(answer, labels, self.tokenizer) for t in labels):
                     return TOKEN_IDS
             except RequestFailed as exc:
-                if "return_tokens_as_token_ids" in str(exc) and self.token_ids_as_keys:
-                    self.token_ids_as_keys = False  # a strict server: key the logprobs by token text
-                    return await work(session)
+                if str(exc).startswith(REFUSED):
+                    raise
             except RuntimeError:
-                pass
-            answer = await session.post("/completions", self._body(ids + [labels[0]], max_tokens=0, echo=True,
-                                                                   logprobs=0))
+                pass  # a server without logprob_token_ids
+            answer = await ask(session, {"max_tokens": 0, "echo": True, "logprobs": 0}, ids + [labels[0]])
             echoed_logprob(answer, len(ids), labels[0], self.tokenizer)
             return ECHO
 
         try:
             self.method = self.client.run(work)
         except (RequestFailed, RuntimeError) as exc:
+            host, served = self.client.endpoint.host, self.client.endpoint.served_model
+            if str(exc).startswith(REFUSED):
+                raise EndpointError(f"{host} refused the request ({exc}); check the API key "
+                                    f"(${self.client.endpoint.api_key_env or 'none given: --api-key-env'})") from exc
+            if self.top_k:
+                raise EndpointError(f"{host} ({served}) gives no top log-probabilities: {exc}") from exc
             raise EndpointError(
-                f"{self.client.endpoint.host} ({self.client.endpoint.served_model}) gives neither the "
-                f"log-probabilities of chosen tokens nor echoed prompt log-probabilities ({exc}); "
-                f"use --logprobs-top K (labels outside the top K count as 0)") from exc
+                f"{host} ({served}) gives neither the log-probabilities of chosen tokens nor echoed prompt "
+                f"log-probabilities ({exc}); use --logprobs-top K (labels outside the top K count as 0)") from exc
         return self.method
 
     # --- scoring -------------------------------------------------------------------------------
@@ -369,7 +385,7 @@ class OpenAIScorer(RequestPreparation):
     def score(self, requests: Sequence[RatingRequest],
               progress: Callable[[int], None] | None = None) -> list[CellResult]:
         """Score every (request, prompt) cell; `progress(n)` is called with cells finished."""
-        if not self.top_k and self.method is None:
+        if self.method is None:
             self.probe()
         results: list[CellResult] = []
         cells: list[tuple[Prepared, int, list[int]]] = []
@@ -467,6 +483,5 @@ def load_openai_scorer(model: Any, options: Any = None, **client_kwargs: Any) ->
                             max_retries=options.max_retries, **client_kwargs)
     scorer = OpenAIScorer(client, tokenizer, model_id=model.id, max_tokens=model.max_tokens,
                           label_ids=dict(model.label_ids or {}), top_k=options.logprobs_top)
-    if not scorer.top_k:
-        scorer.probe()
+    scorer.probe()
     return scorer
