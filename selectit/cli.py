@@ -790,6 +790,9 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
         line += (f" ({cov.n_not_rankable} not rankable: {cov.samples_with_missing} with missing cells, "
                  f"{cov.samples_with_failed} with failed cells)")
     click.echo(line)
+    if cov.cells_partial:
+        click.echo(f"warning: {cov.cells_partial} cells are partial (scored with --logprobs-top: a label outside "
+                   f"the server's top K counted as 0)")
 
 
 @main.command()

@@ -157,6 +157,17 @@ class FakeServer:
             "tokens": [self._key(chosen)], "token_logprobs": [last[chosen].item()], "top_logprobs": [top]}}]}
 
 
+@pytest.fixture(autouse=True)
+def clean_engine_env(monkeypatch):
+    """No engine setting from outside, and whatever a command exports (`--engine openai`,
+    `--logprobs-top`) is undone after the test."""
+    from selectit.engines import ENV
+
+    for name in ENV.values():
+        monkeypatch.setenv(name, "")  # recorded, so the teardown restores the variable's absence
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="module")
 def tiny_version(tmp_path_factory, tiny_model_dir):
     """The tiny model as a local model version (float32), and the torch engine's exact scorer."""
@@ -436,3 +447,20 @@ def test_a_failing_request_list_is_still_one_result_per_cell(server, tiny_versio
     cells = scorer_for(server, tiny_version).score(reqs)
     assert len(cells) == 11
     assert [c.error for c in cells if not c.ok] == ["scale 12 is out of range 2..9"]
+
+
+def test_top_k_cells_are_stored_partial_and_rank_says_how_many(server, tiny_model_dir, cli, engine, tmp_path):
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records(2)), encoding="utf-8")
+    assert cli("init").exit_code == 0
+    assert cli("ingest", data, "--dataset", "d").exit_code == 0
+    assert cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "tiny", "--tokenizer",
+               tiny_model_dir, "--api-key-env", "TINY_KEY").exit_code == 0
+    out = cli("score", "-q", "--engine", "openai", "--logprobs-top", "2")
+    assert out.exit_code == 0 and "scored 10 cells, failed 0" in out.output, out.output
+    with db.session_scope(engine) as s:
+        rows = s.execute(sa.select(Score.engine_version, Score.partial, Score.mass)).all()
+    assert {(v, p) for v, p, _ in rows} == {(f"{server.url}, model tiny, top-2", True)}
+    out = cli("rank", "--dataset", "d")
+    assert out.exit_code == 0, out.output
+    assert "warning: 10 cells are partial (scored with --logprobs-top" in out.output
