@@ -156,7 +156,15 @@ class EndpointClient:
             async with httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits) as http:
                 return await work(_Session(self, http, asyncio.Semaphore(self.concurrency), key))
 
-        return asyncio.run(main())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(main())
+        # Called from inside an event loop (a notebook): run on a thread of its own.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, main()).result()
 
 
 class _Session:

@@ -464,3 +464,16 @@ def test_top_k_cells_are_stored_partial_and_rank_says_how_many(server, tiny_mode
     out = cli("rank", "--dataset", "d")
     assert out.exit_code == 0, out.output
     assert "warning: 10 cells are partial (scored with --logprobs-top" in out.output
+
+
+def test_scoring_from_inside_an_event_loop_works(server, tiny_version):
+    """A notebook runs an event loop: the engine's requests then run on a thread of their own."""
+    import asyncio
+
+    reqs = requests(records(1), "shared-context")
+    scorer = scorer_for(server, tiny_version)
+
+    async def notebook_cell():
+        return scorer.score(reqs)
+
+    assert worst_delta(tiny_version[1].score(reqs), asyncio.run(notebook_cell())) <= 1e-4
