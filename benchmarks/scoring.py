@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,9 +39,10 @@ from selectit.contract import RatingRequest, render  # noqa: E402
 from selectit.scorer import load_scorer  # noqa: E402
 
 DEMO = ROOT / "selectit" / "data" / "alpaca_en_demo.json"
-PROMPTS_CANDIDATES = [ROOT.parent / "shared" / "data" / "reference_rating_prompts.txt",
-                      Path("/work/shared/data/reference_rating_prompts.txt"), ROOT / "shared" / "data" /
-                      "reference_rating_prompts.txt"]
+#: The authors' rating prompts (`data/rating_prompt.txt` of Blue-Raincoat/SelectIT, commit 4813250), which
+#: selectit does not ship: $SELECTIT_REFERENCE_PROMPTS, else the copy in a data folder beside or inside the checkout.
+PROMPTS_CANDIDATES = [Path(p) for p in [os.environ.get("SELECTIT_REFERENCE_PROMPTS")] if p] + [
+    base / "shared" / "data" / "reference_rating_prompts.txt" for base in (ROOT.parent, ROOT)]
 #: Dense bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' data sheets.
 PEAKS = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
          "L40S": 362e12, "L4": 121e12}

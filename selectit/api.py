@@ -1,4 +1,4 @@
-"""The Python API: the library under the CLI, for notebooks and scripts.
+"""The Python API: the one door to selectit, for the CLI, notebooks and scripts.
 
     >>> import selectit
     >>> store = selectit.open("sqlite:///selectit.db")          # doctest: +SKIP
@@ -8,6 +8,9 @@
 `open(url)` gives a `Store` on a curation database (created on first use; an older schema is
 refused with the command that upgrades it). Tables come back as `pyarrow.Table`
 (``.to_pandas()`` where pandas is installed). Nothing here imports torch until `score()` runs.
+
+Every `selectit` command is one `Store` method: the CLI parses options, calls it and prints what
+it returns, so both raise the same `selectit.errors.SelectitError` messages.
 """
 
 from __future__ import annotations
@@ -20,15 +23,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectit import db
-from selectit.contract import DEFAULT_TOP
+from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP
+from selectit.errors import SelectitError
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
+    from selectit.engines import EngineOptions
     from selectit.export import ExportResult
+    from selectit.fusion import Coverage, Params
     from selectit.ingest import IngestResult
+    from selectit.report import ReportResult
+    from selectit.schema import LLM
+    from selectit.selection import Criterion
+    from selectit.status import StatusRow
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,81 @@ class SelectionInfo:
     dataset: str
     n_selected: int
     n_rankable: int
+    coverage: Coverage | None = None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model version (`selectit models`)."""
+
+    id: int
+    name: str
+    dtype: str
+    n_params: int | None  # None: a served model registered without --params
+    weight: float | None
+    active: bool
+    source: str  # of a served model: its tokenizer
+    fingerprint: str
+    added: bool = False  # `add_model`: a new version (else the same weights and dtype were known)
+    endpoint: str | None = None  # a served model: the OpenAI-compatible server's base URL
+    served_model: str | None = None  # … and the id it serves the model under
+
+    @classmethod
+    def of(cls, row: LLM, *, added: bool = False) -> ModelVersion:
+        return cls(row.id, row.name, row.dtype, row.n_params, row.weight, bool(row.active), row.source,
+                   row.fingerprint, added, row.endpoint, row.served_model)
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """What `selectit status` shows: samples per dataset, distinct samples, scoring per model × set."""
+
+    samples_per_dataset: list[tuple[str, int]]
+    distinct_samples: int
+    scoring: list[StatusRow]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    planned: int  # new jobs
+    sent: int  # sent to the broker
+
+
+@dataclass(frozen=True)
+class RankSummary:
+    """What `selectit rank` shows: the parameters, the head of the ranking (with each sample's
+    instruction), how many samples are rankable and kept, and the dataset's coverage."""
+
+    dataset: str
+    params: Params
+    criterion: Criterion
+    head: pa.Table  # rank, sample_id, position, s_model, instruction
+    n_rankable: int
+    n_chosen: int
+    coverage: Coverage
+
+
+@dataclass(frozen=True)
+class InitResult:
+    url: str  # shown without its password
+    before: str | None  # the revision found (None: an empty database)
+    after: str
+
+
+def init(url: str | None = None) -> InitResult:
+    """Create the database at `url`, or upgrade it to the current schema (`selectit init`)."""
+    from selectit.registry import ensure_default_prompts
+
+    engine = db.make_engine(url)
+    try:
+        before = db.current_revision(engine)
+        db.upgrade(url)
+        after = db.current_revision(engine)
+        with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
+            ensure_default_prompts(session)
+        return InitResult(repr(engine.url), before, after or "")
+    finally:
+        engine.dispose()
 
 
 class Store:
@@ -67,20 +152,35 @@ class Store:
         return f"<selectit.Store {self.engine.url.render_as_string(hide_password=True)}>"
 
     # -- data in ----------------------------------------------------------------------------
-    def ingest(self, path: str | os.PathLike[str], dataset: str, *, format: str | None = None,
+    def ingest(self, data: str | os.PathLike[str] | Any, dataset: str, *, format: str | None = None,
                map: dict[str, str] | str | None = None, split: str | None = None,
                skip_invalid: bool = False, limit: int | None = None, progress: Any = None) -> IngestResult:
-        """Add the records of `path` (a file, a ``save_to_disk`` directory, or an ``owner/name`` Hugging
-        Face Hub dataset read offline from the local cache) to `dataset`.
+        """Add the records of `data` to `dataset`: a file, a ``save_to_disk`` directory, an
+        ``owner/name`` Hugging Face Hub dataset read offline from the local cache, or a table in
+        memory (a ``pyarrow.Table``, a pandas ``DataFrame`` or a ``datasets.Dataset``).
 
         `map` names the file's columns for selectit's fields, e.g.
         ``{"instruction": "question", "output": "response"}`` or the CLI's
         ``"instruction=question,output=response"``.
+
+            >>> store.ingest(pd.DataFrame({"instruction": ["Hi"], "output": ["Hello"]}), "greetings")  # doctest: +SKIP
         """
+        import tempfile
+
         from selectit.ingest import ingest_file
 
-        return ingest_file(self.engine, path, dataset, fmt=format, skip_invalid=skip_invalid, limit=limit,
-                           column_map=map, split=split, progress=progress)
+        table = _as_arrow(data)
+        if table is None:
+            return ingest_file(self.engine, data, dataset, fmt=format, skip_invalid=skip_invalid, limit=limit,
+                               column_map=map, split=split, progress=progress)
+        import pyarrow.parquet as pq
+
+        # The reader's one path for tables: a Parquet file that lives as long as the ingest.
+        with tempfile.TemporaryDirectory(prefix="selectit-ingest-") as tmp:
+            path = Path(tmp) / "records.parquet"
+            pq.write_table(table, path)
+            return ingest_file(self.engine, path, dataset, fmt="parquet", skip_invalid=skip_invalid, limit=limit,
+                               column_map=map, progress=progress, source=f"<in-memory {type(data).__name__}>")
 
     def datasets(self) -> pa.Table:
         """name, samples, created, source of every dataset."""
@@ -92,24 +192,109 @@ class Store:
         return pa.table({"name": [r[0] for r in rows], "samples": [r[1] for r in rows],
                          "created": [r[2] for r in rows], "source": [r[3] for r in rows]})
 
-    # -- scoring ----------------------------------------------------------------------------
+    def status(self) -> StoreStatus:
+        """Samples per dataset, distinct samples stored, and cells and jobs per model × prompt set."""
+        from selectit.ingest import sample_counts
+        from selectit.status import status_rows
+
+        per_dataset, total = sample_counts(self.engine)
+        return StoreStatus(per_dataset, total, status_rows(self.engine))
+
+    # -- models and prompts -----------------------------------------------------------------
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,
-                  max_tokens: int | None = None) -> int:
-        """Register model `name` from `source` (hub id, directory, .gguf or an alias); its version id."""
+                  max_tokens: int | None = None) -> ModelVersion:
+        """Register model `name` from `source` (hub id, directory, .gguf or an alias); its version."""
         from selectit import registry
 
         with db.session_scope(self.engine) as session:
-            return registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens).id
+            before = {m.id for m in registry.list_models(session)}
+            row = registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+            return ModelVersion.of(row, added=row.id not in before)
 
+    def add_served_model(self, name: str, endpoint: str, served_model: str, *, tokenizer: str | None = None,
+                         api_key_env: str | None = None, weight: float | None = None, n_params: int | None = None,
+                         max_tokens: int | None = None) -> ModelVersion:
+        """Register model `name` served by an OpenAI-compatible server (scored by the `openai`
+        engine); its version. The API key stays in the environment variable `api_key_env`.
+
+            >>> store.add_served_model("llama", "http://10.0.0.5:8000/v1", "llama2-7b",
+            ...                        tokenizer="/models/Llama-2-7b-hf", n_params=6738415616)  # doctest: +SKIP
+        """
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            before = {m.id for m in registry.list_models(session)}
+            row = registry.add_served_model(session, name, endpoint, served_model, tokenizer=tokenizer,
+                                            api_key_env=api_key_env, weight=weight, n_params=n_params,
+                                            max_tokens=max_tokens)
+            return ModelVersion.of(row, added=row.id not in before)
+
+    def models(self) -> list[ModelVersion]:
+        """Every model version, by name then id."""
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            return [ModelVersion.of(m) for m in registry.list_models(session)]
+
+    def prompt_sets(self) -> list[tuple[str, str, int, int, int]]:
+        """(set, layout, scale, active prompts, versions) of every prompt set."""
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            return registry.prompt_sets(session)
+
+    def import_prompts(self, path: str | os.PathLike[str], set_name: str, layout: str, *,
+                       first: int | None = None, scale: int = 5) -> list[int]:
+        """Make the lines of `path` the prompts of `set_name`; the ids of its active prompt versions."""
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            return [p.id for p in registry.import_prompts(session, path, set_name, layout, first=first, scale=scale)]
+
+    # -- scoring ----------------------------------------------------------------------------
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-              progress: Any = None) -> Any:
+              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None) -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
 
-        `progress`: an object with ``start(total)`` and ``advance(n)`` (the CLI passes its bar).
+        `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
+        an object with ``start(total)`` and ``advance(n)`` (the CLI passes its own bar).
+        `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
+
+            >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
         from selectit.runner import score_in_process
 
-        return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, progress=progress)
+        if progress is True:
+            progress = _TqdmProgress()
+        return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
+                                progress=progress, batch_size=batch_size, engine_options=engine)
+
+    def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
+             enqueue: bool = True) -> PlanResult:
+        """Turn the missing cells into jobs and (with `enqueue`) send them to the workers' queues."""
+        from selectit.planner import plan as plan_jobs
+
+        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set)
+        sent = 0
+        if enqueue and ids:
+            try:
+                from selectit.workers.app import send_jobs
+
+                sent = send_jobs(ids, self.engine)
+            except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
+                raise SelectitError(
+                    f"planned {len(ids)} job(s), but sending them to the broker failed: {exc}. "
+                    "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
+                    "and run `selectit plan` again, or let the beat scheduler re-send them.") from exc
+        return PlanResult(len(ids), sent)
+
+    def require_models(self, names: Sequence[str]) -> None:
+        """Fail with `NoSuchModel` unless every name is an active model (a worker's queues)."""
+        from selectit import lookups
+
+        if names:
+            with db.session_scope(self.engine) as session:
+                lookups.active_models(session, names)
 
     # -- fusion -----------------------------------------------------------------------------
     @contextmanager
@@ -124,44 +309,88 @@ class Store:
         finally:
             con.close()
 
-    def rank(self, dataset: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
-             models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None,
-             top_n: int | None = None, min_score: float | None = None) -> pa.Table:
+    def rank_summary(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+                     weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+                     prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
+                     min_score: float | None = None, limit: int | None = None) -> RankSummary:
+        """The head of `dataset`'s ranking (`limit` rows of those kept), its size and its coverage."""
+        from selectit import fusion, selection
+
+        criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
+        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
+            params = fusion.require_scoring_setup(con)
+            n_rankable = selection.rank_dataset(con, dataset)
+            head = selection.chosen_with_texts(con, criterion, limit=limit, columns=("instruction",))
+            n_chosen = selection.count_chosen(con, criterion)
+            cov = fusion.coverage(con, dataset)
+        return RankSummary(dataset, params, criterion, head, n_rankable, n_chosen, cov)
+
+    def rank(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+             weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+             prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
+             min_score: float | None = None) -> pa.Table:
         """The dataset's ranking, best first: rank, sample_id, position, s_model, instruction, input, output.
 
         Recomputed from the stored ratings for any α, formula, models or weights. `top`/`top_n`/
         `min_score` keep only part of it (default: every rankable sample).
         """
-        from selectit.selection import Criterion, rank_dataset
+        from selectit import selection
 
-        criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
+        criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            rank_dataset(con, dataset)
-            return con.execute(
-                "SELECT r.rank, r.sample_id, r.position, r.s_model, s.instruction, s.input, s.output "
-                f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
-                "JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank"
-            ).to_arrow_table()
+            selection.rank_dataset(con, dataset)
+            return selection.chosen_with_texts(con, criterion)
 
     def select(self, name: str, dataset: str, *, top: float | None = None, top_n: int | None = None,
-               min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
+               min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                prompt_set: str | None = None) -> SelectionInfo:
         """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%)."""
+        from selectit import fusion
         from selectit.selection import Criterion, freeze_selection
 
-        if top is None and top_n is None and min_score is None:
-            top = DEFAULT_TOP
-        criterion = Criterion(top=top, top_n=top_n, min_score=min_score)
+        criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
             selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
-        return SelectionInfo(name, selection_id, dataset, n, n_rankable)
+            cov = fusion.coverage(con, dataset)
+        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov)
+
+    def selection(self, name: str) -> pa.Table:
+        """The frozen selection `name`, best first: rank, sample_id, score (its S_model when frozen),
+        instruction, input, output, position and original_id in its dataset, and ``original`` (the
+        record as ingested, JSON text; null where it was not kept).
+
+            >>> store.selection("demo-top").to_pandas().head()  # doctest: +SKIP
+        """
+        from selectit import lookups
+
+        with db.session_scope(self.engine) as session:
+            found = lookups.selection(session, name)
+            selection_id, dataset_id = found.id, found.dataset_id
+        with self._duckdb() as con:
+            return con.execute(
+                "SELECT ss.rank, ss.sample_id, ss.score, s.instruction, s.input, s.output, "
+                "m.position, m.original_id, m.original "
+                "FROM store.selection_samples ss JOIN store.samples s ON s.id = ss.sample_id "
+                "LEFT JOIN store.dataset_samples m ON m.sample_id = ss.sample_id AND m.dataset_id = ? "
+                "WHERE ss.selection_id = ? ORDER BY ss.rank", [dataset_id, selection_id]).to_arrow_table()
+
+    @contextmanager
+    def _duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDB with the curation database attached read-only as `store` (no fusion views)."""
+        from selectit import fusion
+
+        con = fusion.attach(self.url)
+        try:
+            yield con
+        finally:
+            con.close()
 
     def export(self, out: str | os.PathLike[str], *, selection: str | None = None, dataset: str | None = None,
                format: str | None = None, order: str = "rank", with_scores: bool = False,
                llamafactory: bool | str | None = False,
                card: bool = True, top: float | None = None, top_n: int | None = None,
-               min_score: float | None = None, alpha: float = 0.2, formula: str = "paper",
+               min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                prompt_set: str | None = None) -> ExportResult:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
@@ -171,6 +400,8 @@ class Store:
         """
         from selectit.export import export_selection
 
+        if (selection is None) == (dataset is None):
+            raise SelectitError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
         return export_selection(self.engine, self.url, out, selection=selection, dataset=dataset, fmt=format,
                                 order=order,
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
@@ -178,17 +409,75 @@ class Store:
                                 weights=weights, models=list(models) if models else None,
                                 prompt_set=prompt_set)
 
-    def sql(self, query: str, *, alpha: float = 0.2, formula: str = "paper", weights: dict[str, float] | None = None,
-            models: Sequence[str] | None = None, prompt_set: str | None = None, top: float | None = None) -> pa.Table:
-        """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""
-        import pyarrow as pa
+    def report(self, dataset: str, out: str | os.PathLike[str], *, alpha: float = DEFAULT_ALPHA,
+               formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None,
+               models: Sequence[str] | None = None, prompt_set: str | None = None,
+               top: float = DEFAULT_TOP) -> ReportResult:
+        """Write an HTML report of `dataset`'s ratings and its top share to the directory `out`."""
+        from selectit.report import build_report
 
+        return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,
+                            alpha=alpha, formula=formula, weights=weights, top=top)
+
+    def query(self, query: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+              weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+              prompt_set: str | None = None, top: float | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Read-only SQL (DuckDB) over the fusion views and the curation tables: (columns, rows)."""
         from selectit import fusion
 
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights,
                           top=top) as con:
-            columns, rows = fusion.run_sql(con, query)
+            return fusion.run_sql(con, query)
+
+    def sql(self, query: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+            weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
+            prompt_set: str | None = None, top: float | None = None) -> pa.Table:
+        """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""
+        import pyarrow as pa
+
+        columns, rows = self.query(query, alpha=alpha, formula=formula, weights=weights, models=models,
+                                   prompt_set=prompt_set, top=top)
         return pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(columns)})
+
+
+class _TqdmProgress:
+    """`Store.score(progress=True)`: a tqdm.auto bar (a widget in notebooks, text in terminals)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, unit="cell", desc="scoring", smoothing=0.1)
+
+    def advance(self, cells: int) -> None:
+        if self._bar is not None:
+            self._bar.update(cells)
+            if self._bar.n >= (self._bar.total or 0):
+                self._bar.close()
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+
+
+def _as_arrow(data: Any) -> pa.Table | None:
+    """`data` as a `pyarrow.Table` when it is a table in memory (Arrow, pandas, datasets), else None."""
+    if isinstance(data, (str, os.PathLike)):
+        return None
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    # By package and class name: neither pandas nor datasets is imported unless the caller did.
+    kind = f"{type(data).__module__.partition('.')[0]}.{type(data).__name__}"
+    if kind == "pandas.DataFrame":
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if kind == "datasets.Dataset":
+        return data.with_format("arrow")[:]
+    raise SelectitError(f"cannot ingest a {kind}: give a path, a pyarrow.Table, a pandas DataFrame "
+                        f"or a datasets.Dataset")
 
 
 def open(url: str | Path | None = None) -> Store:  # noqa: A001 - selectit.open mirrors sqlite_utils.Database

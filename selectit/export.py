@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selectit.contract import DEFAULT_TOP, EXPORT_FORMATS
-from selectit.errors import SelectitError
+from selectit.contract import EXPORT_FORMATS
+from selectit.errors import NoSuchSelection, SelectitError
 
 #: The file name used inside an output directory, per format.
 DATA_FILE = {"alpaca-json": "data.json", "jsonl": "data.jsonl", "sharegpt": "data.json",
@@ -860,8 +860,7 @@ def export_selection(
                                .where(Selection.name == selection)).first()
             if row is None:
                 names = conn.execute(sa.select(Selection.name).order_by(Selection.name)).scalars().all()
-                raise ExportError(f"no selection named {selection!r} (selections: {', '.join(names) or 'none'}); "
-                                  f"make one with `selectit select {selection} --dataset D`")
+                raise NoSuchSelection.named(selection, names)
             selection_id, dataset_id, raw_params = row
             ranked = conn.execute(sa.select(SelectionSample.rank, SelectionSample.sample_id, SelectionSample.score)
                                   .where(SelectionSample.selection_id == selection_id)
@@ -871,8 +870,7 @@ def export_selection(
         criterion = raw_params.get("criterion") or {}
         n_rankable = raw_params.get("n_rankable")
     else:
-        criterion_obj = sel.Criterion(top=top, top_n=top_n, min_score=min_score) if (
-            top is not None or top_n is not None or min_score is not None) else sel.Criterion(top=DEFAULT_TOP)
+        criterion_obj = sel.Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
         con = fusion.connect(db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set,
                              weights=weights)
         try:

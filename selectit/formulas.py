@@ -1,4 +1,4 @@
-"""The token-level formulas of DESIGN.md §1 in plain Python (no torch, no SQL).
+"""The token-level formulas of docs/method.md §5 in plain Python (no torch, no SQL).
 
 The DuckDB views compute the same numbers in SQL; tests check both against values worked by hand.
 """

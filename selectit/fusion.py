@@ -64,7 +64,7 @@ from selectit.contract import (  # noqa: F401 - the defaults are part of this mo
     choices,
     valid_name,
 )
-from selectit.errors import SelectitError
+from selectit.errors import NoSuchDataset, NoSuchModel, SelectitError
 from selectit.schema import MAX_SCALE
 TIE_RULE = "higher s_model first, then the earlier dataset position"
 
@@ -278,7 +278,7 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
 
 
 # --------------------------------------------------------------------------------------------
-# The views. Notation (DESIGN.md §1): p_k = stored probability of label k, K = prompts.scale.
+# The views (docs/method.md §5). Notation: p_k = stored probability of label k, K = prompts.scale.
 # --------------------------------------------------------------------------------------------
 def _token_sql(max_scale: int, formula: Formula) -> str:
     """token_scores, with both formula variants; `s_token` is the chosen one.
@@ -432,10 +432,7 @@ def _choose_models(
     if models:
         unknown = [m for m in models if m not in active]
         if unknown:
-            raise FusionError(
-                f"no active model named {', '.join(map(repr, unknown))} "
-                f"(active: {', '.join(active) or 'none'}); register one with `selectit model add`"
-            )
+            raise NoSuchModel.named(unknown, active)
         rows = [r for r in rows if r[1] in set(models)]
     weights = dict(weights or {})
     unknown = sorted(set(weights) - {r[1] for r in rows})
@@ -567,10 +564,7 @@ def dataset_id(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
     row = con.execute(f"SELECT id FROM store.datasets WHERE name = {_sql_str(dataset)}").fetchone()
     if row is None:
         names = [r[0] for r in con.execute("SELECT name FROM store.datasets ORDER BY name").fetchall()]
-        raise FusionError(
-            f"no dataset named {dataset!r} (datasets: {', '.join(names) or 'none'}); "
-            f"ingest one with `selectit ingest FILE --dataset {dataset}`"
-        )
+        raise NoSuchDataset.named(dataset, names)
     return int(row[0])
 
 

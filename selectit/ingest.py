@@ -250,6 +250,7 @@ def ingest_file(
     limit: int | None = None,
     column_map: dict[str, str] | str | None = None,
     split: str | None = None,
+    source: str | None = None,
 ) -> IngestResult:
     """Ingest one file into `dataset` (created if new), in ONE transaction.
 
@@ -262,13 +263,13 @@ def ingest_file(
     selectit's fields ({"instruction": "question", …} or "instruction=question,…"); `split` picks a
     split of a saved DatasetDict directory or Hub dataset. A `path` that names no file but reads
     like ``owner/name`` is a Hugging Face Hub dataset, read from the local cache only (the
-    ingest record names the id). Each membership keeps its record's original and the
+    ingest record names the id; `source` names a table ingested from memory). Each membership keeps its record's original and the
     file (an `ingests` row: path, sha256, format, layout), for `export --format original`.
     """
     dataset = valid_name(dataset, "dataset")
     records = RecordReader(path, fmt, limit=limit, progress=progress, column_map=column_map,
                            split=split)  # the parse step: no database
-    path = records.source  # the file, or the Hub dataset id read from the local cache
+    path = source or records.source  # the file, the Hub dataset id, or what the caller names (a table in memory)
     sha256, size = file_digest(records.local)
     result = IngestResult(dataset=dataset, path=str(path), format=records.format)
     seen: set[str] = set()

@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit import db
+from selectit import db, lookups
 from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus
-from selectit.errors import SelectitError
+from selectit.errors import NoSuchModel, SelectitError
 from selectit.registry import DEFAULT_PROMPT_SET
 from selectit.schema import LLM, Dataset, DatasetSample, Job, JobPrompt, JobSample, Prompt, utcnow
 from selectit.settings import Settings
@@ -65,20 +65,13 @@ def resolve_scope(session: Session, *, dataset: str | None = None, model: str | 
     """
     dataset_ids = None
     if dataset is not None:
-        ds = session.scalar(sa.select(Dataset.id).where(Dataset.name == dataset))
-        if ds is None:
-            raise JobError(f"no dataset named {dataset!r} (datasets: {_names(session, Dataset.name)}). "
-                           f"Run `selectit ingest FILE --dataset {dataset}` first.")
-        dataset_ids = (ds,)
-    mq = sa.select(LLM.id).where(LLM.active.is_(True)).order_by(LLM.id)
-    if model is not None:
-        mq = mq.where(LLM.name == model)
-    model_ids = tuple(session.scalars(mq))
-    if not model_ids and strict:
-        if model is None:
-            raise JobError("no model is registered. Run `selectit model add NAME --source DIR|FILE.gguf` first.")
-        raise JobError(f"no active model named {model!r} (models: {_names(session, LLM.name, LLM.active.is_(True))}). "
-                       f"Run `selectit model add {model} --source DIR|FILE.gguf` first.")
+        dataset_ids = (lookups.dataset_id(session, dataset),)
+    try:
+        model_ids = tuple(sorted(m.id for m in lookups.active_models(session, None if model is None else [model])))
+    except NoSuchModel:
+        if strict:
+            raise
+        model_ids = ()
     pq = sa.select(Prompt.id).where(Prompt.active.is_(True)).order_by(Prompt.set_name, Prompt.position)
     if prompt_set is not None:
         pq = pq.where(Prompt.set_name == prompt_set)

@@ -3,7 +3,7 @@
 Both engines (`selectit.scorer.Scorer`, torch; `selectit.vllm_engine.VllmScorer`, vLLM) inherit
 `RequestPreparation`, so a request is checked, tokenized and truncated identically and its
 cells are built by the same rules; that is what lets cells from either engine count as the same
-cell (DESIGN.md §2):
+cell (docs/method.md §1, §3):
 - the prompt is tokenized with the tokenizer's default special tokens, exactly as a separate
   forward of that prompt would be;
 - a prompt longer than the model's context (`max_tokens`) has the middle of its response cut (head

@@ -1,11 +1,11 @@
-"""Model versions, prompt sets, prompt layouts and rendering (DESIGN.md §1–§3).
+"""Model versions, prompt sets, prompt layouts and rendering (docs/method.md §1–§2).
 
 A *model version* is (name, weights fingerprint, dtype): re-adding a name with other weights or
 another dtype makes a new row and deactivates the old one, so its cells become missing.
 A *prompt set* is K' prompts with one layout and one scale K; editing a prompt makes a new
 version at the same position and deactivates the old one.
 
-Layouts (DESIGN.md §2):
+Layouts (docs/method.md §2):
 - `reference`: the authors' code byte for byte; the template is one line of their prompts file,
   keeping its trailing newline (`readlines()` semantics).
 - `shared-context`: the sample first, then the rating question; the template fills
@@ -341,11 +341,9 @@ def _reading(src: Any, read: Any) -> Any:
 
 def find_model(session: Session, name: str) -> LLM:
     """The active version of model `name`."""
-    row = session.scalar(sa.select(LLM).where(LLM.name == name, LLM.active.is_(True)))
-    if row is None:
-        raise RegistryError(f"no active model named {name!r}; see `selectit models`, or add it with "
-                            f"`selectit model add {name} --source …`")
-    return row
+    from selectit import lookups
+
+    return lookups.active_model(session, name)
 
 
 def list_models(session: Session) -> list[LLM]:

@@ -11,12 +11,13 @@ No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -29,6 +30,9 @@ from selectit.leases import claim, heartbeat, release, requeue_expired, worker_i
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
 from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
 from selectit.settings import Settings, SettingsError, variable
+
+if TYPE_CHECKING:
+    from selectit.engines import EngineOptions
 
 #: A model version → its loaded scoring engine.
 ScorerFor = Callable[[LLM], ScoringEngine]
@@ -164,14 +168,20 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
 # --------------------------------------------------------------------------------------------
 
 
-def default_scorer_factory(settings: Settings | None = None) -> ScorerFor:
+def default_scorer_factory(settings: Settings | None = None,
+                           engine_options: EngineOptions | None = None) -> ScorerFor:
     """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default
-    `selectit.engines:load_engine`: the torch or the vLLM engine, as `$SELECTIT_ENGINE` says.
+    `selectit.engines:load_engine`: the torch or the vLLM engine, as `engine_options` (default:
+    `$SELECTIT_ENGINE` and friends) say.
 
     The hook lets a deployment plug in another scoring backend (and the tests inject faults);
     `selectit score` and the Celery workers both go through it.
     """
     spec = (settings or Settings.from_env()).scorer
+    if spec == Settings.scorer and engine_options is not None:
+        from selectit.engines import load_engine
+
+        return functools.partial(load_engine, options=engine_options)
     module, _, attr = spec.partition(":")
     try:
         return getattr(importlib.import_module(module), attr or "load_scorer")
@@ -242,7 +252,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                      prompt_set: str | None = None, progress: ScoreProgress | None = None,
                      batch_size: int | None = None, scorer_for: ScorerFor | None = None,
                      worker: str | None = None, poll: float = 1.0,
-                     settings: Settings | None = None) -> ScoreSummary:
+                     settings: Settings | None = None, engine_options: EngineOptions | None = None) -> ScoreSummary:
     """Plan the missing cells of the scope and run the jobs here, through `run_job`.
 
     Jobs left `running` by a killed run on this host are taken over at once (their `host:pid`
@@ -252,7 +262,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     settings = settings or Settings.from_env()
     worker = worker or worker_id()
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
-    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings))
+    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options))
     summary = ScoreSummary()
     with db.session_scope(engine) as session:
         scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)

@@ -1,4 +1,4 @@
-"""The curation store: SQLAlchemy 2.x tables (DESIGN.md §3).
+"""The curation store: SQLAlchemy 2.x tables (docs/data-model.md).
 
 Data flows one way: datasets → samples → jobs → scores → selections. The `scores` table is the
 cache keyed by what produced a rating (sample, model version, prompt version): nothing is scored

@@ -11,7 +11,7 @@ Contract of `Scorer.score(requests)`:
 - a request whose scoring fails (NaN, an exception, out of memory even alone) yields failed cells
   (`probs=None`, `error` set); the other requests go on. Never a default score.
 
-How (DESIGN.md §2): the K' token lists share a prefix C. One row C + s_1 + … + s_K' is run with a
+How (docs/method.md §4): the K' token lists share a prefix C. One row C + s_1 + … + s_K' is run with a
 4-D mask where each suffix sees C and itself (position ids restart at len(C)); its logits at the
 end of each s_i equal those of K' separate forwards. When C is short (the `reference` layout)
 packing saves nothing and costs attention, so the K' prompts go as separate rows instead (the

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from selectit import db
-from selectit.contract import valid_name
+from selectit.contract import DEFAULT_TOP, valid_name
 from selectit.fusion import FusionError, dataset_id, params_of, require_scoring_setup, top_share_sql, validate_top
 from selectit.schema import Dataset, Selection, SelectionSample
 
@@ -46,6 +46,18 @@ class Criterion:
             raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
         if self.min_score is not None and not math.isfinite(self.min_score):
             raise FusionError(f"--min-score must be a finite number, e.g. 0.5; got {self.min_score!r}")
+
+    @classmethod
+    def or_default(cls, top: float | None = None, top_n: int | None = None,
+                   min_score: float | None = None) -> Criterion:
+        """The criterion given, or the default top share (`DEFAULT_TOP`) when none is.
+
+        >>> Criterion.or_default().top
+        0.2
+        """
+        if top is None and top_n is None and min_score is None:
+            top = DEFAULT_TOP
+        return cls(top=top, top_n=top_n, min_score=min_score)
 
     def where(self) -> str:
         if self.top is not None:
@@ -100,6 +112,18 @@ def chosen(
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return [RankedSample(*r) for r in con.execute(sql).fetchall()]
+
+
+def chosen_with_texts(con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion(), limit: int | None = None,
+                      columns: tuple[str, ...] = ("instruction", "input", "output")) -> Any:
+    """`chosen()` as a `pyarrow.Table` with the samples' texts joined in (after `rank_dataset`)."""
+    texts = "".join(f", s.{c}" for c in columns)
+    sql = (f"SELECT r.rank, r.sample_id, r.position, r.s_model{texts} "
+           f"FROM (SELECT * FROM dataset_ranking WHERE {criterion.where()}) r "
+           "JOIN store.samples s ON s.id = r.sample_id ORDER BY r.rank")
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return con.execute(sql).to_arrow_table()
 
 
 def count_chosen(con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterion()) -> int:

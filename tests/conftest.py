@@ -20,9 +20,11 @@ from selectit import db
 from selectit.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The only place outside the repository a test may read: ../shared beside it, when present.
-SHARED_DATA = ROOT.parent / "shared" / "data"
-REFERENCE_PROMPTS = SHARED_DATA / "reference_rating_prompts.txt"
+#: The authors' rating prompts (`data/rating_prompt.txt` of Blue-Raincoat/SelectIT, commit 4813250), which
+#: selectit does not ship: $SELECTIT_REFERENCE_PROMPTS, else the copy in the data folder beside the checkout.
+#: The only file outside the repository a test may read; the tests that need it skip without it.
+REFERENCE_PROMPTS = Path(os.environ.get("SELECTIT_REFERENCE_PROMPTS")
+                         or ROOT.parent / "shared" / "data" / "reference_rating_prompts.txt")
 DEMO_DATA = ROOT / "selectit" / "data" / "alpaca_en_demo.json"
 
 POSTGRES_URL = os.environ.get("SELECTIT_TEST_POSTGRES_URL")
@@ -90,9 +92,9 @@ def cli(db_url: str):
 
 
 def reference_prompt_lines() -> list[str]:
-    """The authors' rating prompts (../shared/data), one per line; the test skips without them."""
+    """The authors' rating prompts (`REFERENCE_PROMPTS`), one per line; the test skips without them."""
     if not REFERENCE_PROMPTS.is_file():
-        pytest.skip(f"{REFERENCE_PROMPTS} is not there (the shared data beside the repository)")
+        pytest.skip(f"{REFERENCE_PROMPTS} is not there (the authors' rating prompts; set $SELECTIT_REFERENCE_PROMPTS)")
     with open(REFERENCE_PROMPTS, encoding="utf-8") as f:
         return f.readlines()
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from test_scorer import max_delta, records, requests
+from parity import max_delta
+from test_scorer import records, requests
 from tiny_model import build_tokenizer
 
 from selectit import db
@@ -89,12 +90,6 @@ def build(arch: str, tok, path: Path | None = None):
     return model.eval()
 
 
-@torch.inference_mode()
-def worst_delta(scorer: Scorer, reqs) -> float:
-    """Largest |Δp| against separate forwards (absolute: a random model's probabilities are tiny)."""
-    return max_delta(scorer, reqs, rel=None)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_packed_and_unpacked_scoring_equal_separate_forwards(arch, tokenizer):
     model = build(arch, tokenizer)
@@ -105,14 +100,14 @@ def test_packed_and_unpacked_scoring_equal_separate_forwards(arch, tokenizer):
     shared = requests(records(2, 5), "shared-context", scale=9)
     assert min(len(tokenizer(r.prompts[0].text).input_ids) for r in shared) > 3 * WINDOW
     assert len(scorer._rows(0, scorer._prepare(shared[0]))) == 1
-    assert worst_delta(scorer, shared) <= 1e-5
+    assert max_delta(scorer, shared, rel=None) <= 1e-5
     assert scorer.forwards == 1
     # reference: one row per prompt, ragged, right-padded with a plain padding mask
     reference = reference_requests(records(2, 5))
     assert len(scorer._rows(0, scorer._prepare(reference[0]))) == len(reference[0].prompts)
-    assert worst_delta(scorer, reference) <= 1e-5
+    assert max_delta(scorer, reference, rel=None) <= 1e-5
     # both in one batch: unpacked rows under the 4-D mask too
-    assert worst_delta(scorer, shared[:1] + reference[1:]) <= 1e-5
+    assert max_delta(scorer, shared[:1] + reference[1:], rel=None) <= 1e-5
 
 
 @pytest.mark.parametrize("arch", ["granite", "cohere"])
@@ -130,8 +125,8 @@ def test_logit_processing_models_registered_with_the_cli(arch, tokenizer, tmp_pa
         s.expunge(model)
     engine.dispose()
     scorer = load_scorer(model, device="cpu", exact=True)
-    assert worst_delta(scorer, requests(records(2, 7), "shared-context")) <= 1e-5
-    assert worst_delta(scorer, reference_requests(records(1, 9))) <= 1e-5
+    assert max_delta(scorer, requests(records(2, 7), "shared-context"), rel=None) <= 1e-5
+    assert max_delta(scorer, reference_requests(records(1, 9)), rel=None) <= 1e-5
 
 
 @pytest.mark.parametrize("arch", ["granite", "gemma3"])
@@ -140,4 +135,4 @@ def test_one_list_of_positions_for_older_transformers(arch, tokenizer):
     scorer = Scorer(build(arch, tokenizer), tokenizer, exact=True, max_batch_tokens=1 << 16, max_padding=None)
     scorer._keep_per_row = False
     reqs = requests(records(2, 5), "shared-context")
-    assert worst_delta(scorer, reqs[:1] + reference_requests(records(2, 5))[1:]) <= 1e-5
+    assert max_delta(scorer, reqs[:1] + reference_requests(records(2, 5))[1:], rel=None) <= 1e-5

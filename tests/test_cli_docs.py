@@ -54,3 +54,26 @@ def test_the_fusion_commands_share_one_set_of_knobs() -> None:
         assert knobs(name) == first, name
     for name in ("report", "sql"):
         assert next(p for p in main.commands[name].params if p.name == "top").default == DEFAULT_TOP
+
+
+def _cli_reference():  # noqa: ANN202 - the module scripts/cli_reference.py
+    """scripts/cli_reference.py, imported by path (scripts/ is not a package and not in the wheel)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "cli_reference.py"
+    spec = importlib.util.spec_from_file_location("cli_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cli_reference_is_up_to_date() -> None:
+    """docs/cli.md is exactly what scripts/cli_reference.py generates from every command's --help."""
+    ref = _cli_reference()
+    written = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert written == ref.reference(), f"docs/cli.md is out of date with the commands' --help; run `{ref.REGENERATE}`"
+
+
+def test_the_cli_reference_covers_every_command() -> None:
+    ref = _cli_reference()
+    assert [" ".join(path) for path, _ in ref.commands(main)] == [name for name, _ in COMMANDS]

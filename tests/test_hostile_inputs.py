@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_fusion import seed
-from test_hardening import invoke, snapshot, sqlite_path
+from guards import invoke, snapshot, sqlite_path
 
 from selectit import db
 

@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from selectit import db, leases, planner, registry, runner, status
+from selectit.errors import NoSuchDataset, NoSuchModel
 from selectit.ingest import ingest_file
 from selectit.schema import Job, JobSample, Prompt, Score
 
@@ -113,13 +114,13 @@ def test_jobs_are_token_balanced_chunks_of_one_model(engine, tmp_path, tiny_dir)
 
 
 def test_plan_errors_say_what_to_do(engine, tmp_path, tiny_dir) -> None:
-    with pytest.raises(planner.JobError, match=r"^no model is registered\. Run `selectit model add NAME"):
+    with pytest.raises(NoSuchModel, match=r"^no model is registered\. Run `selectit model add NAME"):
         planner.plan(engine)
     add_model(engine, "tiny", tiny_dir)
-    with pytest.raises(planner.JobError, match=r"^no dataset named 'nope' \(datasets: none\)\. "
-                                            r"Run `selectit ingest FILE --dataset nope` first\.$"):
+    with pytest.raises(NoSuchDataset, match=r"^no dataset named 'nope' \(datasets: none\); "
+                                          r"ingest one with `selectit ingest FILE --dataset nope`$"):
         planner.plan(engine, dataset="nope")
-    with pytest.raises(planner.JobError, match=r"^no active model named 'gpt' \(models: tiny\)\."):
+    with pytest.raises(NoSuchModel, match=r"^no active model named 'gpt' \(models: tiny\)\."):
         planner.plan(engine, model="gpt")
     with pytest.raises(planner.JobError, match=r"^no active prompt set named 'x' \(prompt sets: default\)\."):
         planner.plan(engine, prompt_set="x")

@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import DEMO_DATA as DEMO
 from conftest import reference_prompt_lines
+from parity import max_delta, separate
 from tiny_model import build_tiny_model
 
 from selectit import db, registry
 from selectit.registry import render
 from selectit.contract import RatingRequest
-from selectit.scorer import ELLIPSIS, Scorer, load_scorer
-
+from selectit.scorer import ELLIPSIS, load_scorer
 
 
 def records(n: int, start: int = 0) -> list[dict]:
@@ -34,38 +34,6 @@ def requests(recs: list[dict], layout: str, scale: int = 5) -> list[RatingReques
     return [RatingRequest(i, tuple(range(len(ts))),
                           tuple(render(layout, t, r["instruction"], r.get("input", ""), r["output"]) for t in ts), scale)
             for i, r in enumerate(recs)]
-
-
-@torch.inference_mode()
-def separate(scorer: Scorer, text: str, labels: list[int]) -> list[float]:
-    """The authors' way: one forward of the whole prompt, full logits, softmax at the last position."""
-    ids = scorer.tokenizer(text, return_tensors="pt").input_ids
-    probs = scorer.model(ids).logits[0, -1].float().softmax(-1)
-    return probs[labels].tolist()
-
-
-def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int] | None = None, *,
-              rel: float | None = 1e-4) -> float:
-    """Largest |Δp| between the engine's cells and one separate forward per prompt.
-
-    `label_ids`: the label tokens (default: the scorer's own for each prompt). `rel`: each
-    probability must also agree to this relative error (the tiny model's probabilities are
-    small, so compare log p as well); None checks the absolute error only.
-    """
-    results = {(c.sample_id, c.prompt_id): c for c in scorer.score(reqs)}
-    assert len(results) == sum(len(r.prompts) for r in reqs)
-    worst = 0.0
-    for r in reqs:
-        for pid, p in zip(r.prompt_ids, r.prompts):
-            cell = results[(r.sample_id, pid)]
-            assert cell.error is None and not cell.truncated, cell.error
-            labels = (label_ids if label_ids is not None else scorer._labels(p))[: r.scale]
-            expected = separate(scorer, p.text, labels)
-            assert cell.mass == pytest.approx(sum(cell.probs))
-            for a, b in zip(cell.probs, expected):
-                assert rel is None or abs(a - b) <= rel * b + 1e-9
-                worst = max(worst, abs(a - b))
-    return worst
 
 
 @pytest.fixture(scope="module")

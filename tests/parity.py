@@ -1,0 +1,48 @@
+"""The one parity check of the scoring engines: their cells against separate per-prompt forwards.
+
+`separate` is the authors' way (one forward of the whole prompt, full logits, softmax at the last
+position); `max_delta` scores requests with an engine and compares every cell with it. Used by
+tests/test_scorer.py (the tiny model and SmolLM2, relative and absolute error) and
+tests/test_architectures.py (random-weight models of every architecture, absolute error only:
+their probabilities are tiny).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selectit.contract import RatingRequest
+from selectit.scorer import Scorer
+
+
+@torch.inference_mode()
+def separate(scorer: Scorer, text: str, labels: list[int]) -> list[float]:
+    """The authors' way: one forward of the whole prompt, full logits, softmax at the last position."""
+    ids = scorer.tokenizer(text, return_tensors="pt").input_ids
+    probs = scorer.model(ids).logits[0, -1].float().softmax(-1)
+    return probs[labels].tolist()
+
+
+def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int] | None = None, *,
+              rel: float | None = 1e-4) -> float:
+    """Largest |Δp| between the engine's cells and one separate forward per prompt.
+
+    `label_ids`: the label tokens (default: the scorer's own for each prompt). `rel`: each
+    probability must also agree to this relative error (the tiny model's probabilities are
+    small, so compare log p as well); None checks the absolute error only.
+    """
+    results = {(c.sample_id, c.prompt_id): c for c in scorer.score(reqs)}
+    assert len(results) == sum(len(r.prompts) for r in reqs)
+    worst = 0.0
+    for r in reqs:
+        for pid, p in zip(r.prompt_ids, r.prompts):
+            cell = results[(r.sample_id, pid)]
+            assert cell.error is None and not cell.truncated, cell.error
+            labels = (label_ids if label_ids is not None else scorer._labels(p))[: r.scale]
+            expected = separate(scorer, p.text, labels)
+            assert cell.mass == pytest.approx(sum(cell.probs))
+            for a, b in zip(cell.probs, expected):
+                assert rel is None or abs(a - b) <= rel * b + 1e-9
+                worst = max(worst, abs(a - b))
+    return worst

@@ -1,0 +1,57 @@
+"""Names of datasets, prompt sets, selections and models: one non-empty line, stored in NFC.
+
+Quotes, SQL and non-ASCII characters in a name round-trip through every command.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from guards import assert_one_error, invoke, seeded, snapshot  # noqa: F401 - seeded is a fixture
+
+from selectit import db
+
+
+# -------------------------------------------------------------------------------------------- names
+BAD_NAMES = ["", "   ", "two\nlines", "a\rb", "tab\there", "nul\x00x", "esc\x1b[31m"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_names_are_non_empty_single_line(seeded: str, tmp_path: Path, name: str) -> None:
+    data = tmp_path / "a.json"
+    data.write_text(json.dumps([{"instruction": "i", "output": "o"}]))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Rate it.\n")
+    before = snapshot(seeded)
+    for args in (["ingest", data, "--dataset", name],
+                 ["prompts", "import", prompts, "--set", name, "--layout", "reference"],
+                 ["select", name, "--dataset", "d", "--prompt-set", "s"],
+                 ["model", "add", name, "--source", tmp_path / "nowhere.gguf"]):
+        assert_one_error(invoke("--db", seeded, *args), "name")
+    assert snapshot(seeded) == before
+
+
+def test_names_are_stored_in_nfc(cli, db_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "a.json"
+    data.write_text(json.dumps([{"instruction": "i", "output": "o"}]))
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    assert cli("ingest", data, "--dataset", nfc).exit_code == 0
+    result = cli("ingest", data, "--dataset", nfd)
+    assert result.exit_code == 0 and "new 0, duplicates 1" in result.output
+    with db.make_engine(db_url).connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM datasets")).scalars().all() == [nfc]
+
+
+def test_quotes_and_unicode_in_names_round_trip(seeded: str, tmp_path: Path) -> None:
+    data = tmp_path / "a.json"
+    data.write_text(json.dumps([{"instruction": "i", "output": "o"}]))
+    name = "it's \"quoted\"; DROP TABLE samples; -- ✓"
+    assert invoke("--db", seeded, "ingest", data, "--dataset", name).exit_code == 0
+    result = invoke("--db", seeded, "rank", "--dataset", name, "--prompt-set", "s")
+    assert result.exit_code == 0, result.output
+    assert "rankable: 0 of 1 samples" in result.output
