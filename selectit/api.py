@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from selectit import db
 from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP
 from selectit.errors import SelectitError
+from selectit.settings import Settings
 
 if TYPE_CHECKING:
     import duckdb
@@ -134,8 +135,10 @@ class Store:
     commands, plain values in and tables out.
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
         self.url = url
+        #: The runner's and planner's knobs, read from the environment once, here.
+        self.settings = settings or Settings.from_env()
         self.engine: Engine = db.open_store(url)
 
     # -- context manager --------------------------------------------------------------------
@@ -267,14 +270,15 @@ class Store:
         if progress is True:
             progress = _TqdmProgress()
         return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
-                                progress=progress, batch_size=batch_size, engine_options=engine)
+                                progress=progress, batch_size=batch_size, engine_options=engine,
+                                settings=self.settings)
 
     def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
              enqueue: bool = True) -> PlanResult:
         """Turn the missing cells into jobs and (with `enqueue`) send them to the workers' queues."""
         from selectit.planner import plan as plan_jobs
 
-        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set)
+        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings)
         sent = 0
         if enqueue and ids:
             try:

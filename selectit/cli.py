@@ -342,11 +342,13 @@ def _scope_options(func: F) -> F:
 
 
 def _engine_options(func: F) -> F:
-    """--engine and its options; exported to the environment for every process (selectit.engines)."""
+    """--engine and its options (selectit.engines): a value for `score`, the environment for `worker`."""
+    from selectit.engines import engine_names
+
     for option in reversed([
-        click.option("--engine", type=click.Choice(["torch", "vllm", "openai"]), default=None,
-                     help="Scoring engine: torch (CPU, one GPU), vllm (GPU fleets) or openai (an inference "
-                          "server; models added with --endpoint always use it) "
+        click.option("--engine", type=click.Choice(engine_names()), default=None,
+                     help="Scoring engine: torch (CPU, one GPU), vllm (GPU fleets), openai (an inference server; "
+                          "models added with --endpoint always use it), or one an installed package registers "
                           "[default: $SELECTIT_ENGINE, else torch]."),
         click.option("--device-map", type=click.Choice(["auto"]), default=None,
                      help="torch engine: spread a model too big for one GPU over all visible GPUs."),

@@ -3,7 +3,8 @@
 No torch and no ORM here: the planner, the runner, the scoring engines (torch, vLLM), the
 fusion and the CLI all import this module, and it imports nothing of theirs.
 
-The engine contract (`ScoringEngine.score(requests)`):
+The engine contract (`ScoringEngine`: `score(requests)`, `close()`, `engine`, `engine_version`,
+`forwards`; engines are loaded by name from a `ModelSpec`, see `selectit.engines`):
 - each `RatingRequest` is one sample with its K' rendered prompts (same layout and scale K); the
   result holds one `CellResult` per (request, prompt), in any order;
 - `probs[k-1]` = softmax over the **full vocabulary** at the prompt's last token, read at the
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, ClassVar, TypeVar
 
 from selectit.errors import SelectitError
 
@@ -183,7 +185,78 @@ class CellResult:
         return cls(sample_id, prompt_id, None, None, n_tokens, truncated, error[:2000])
 
 
-class ScoringEngine(Protocol):
-    """What a runner needs of a loaded rating model (see the module docstring)."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model version as an engine sees it: a value, not a database row."""
 
-    def score(self, requests: Sequence[RatingRequest]) -> list[CellResult]: ...
+    id: int
+    name: str
+    source: str  # hub id, local directory, .gguf file or alias
+    fingerprint: str
+    dtype: str
+    max_tokens: int  # context used for truncation
+    label_ids: dict[str, list[int]]  # layout → token ids of the labels 1..9
+    n_params: int = 0
+    endpoint: str | None = None  # a served model: the OpenAI-compatible server's base URL
+    served_model: str | None = None  # … the id it serves the model under
+    api_key_env: str | None = None  # … the environment variable holding its API key
+
+    @classmethod
+    def of(cls, row: Any) -> ModelSpec:
+        """The spec of a `models` row (or anything with the same attributes)."""
+        return cls(row.id, row.name, row.source, row.fingerprint, row.dtype, row.max_tokens,
+                   dict(row.label_ids or {}), int(row.n_params or 0), getattr(row, "endpoint", None),
+                   getattr(row, "served_model", None), getattr(row, "api_key_env", None))
+
+
+class ScoringEngine(ABC):
+    """A loaded rating model: what the runner needs of every engine (see the module docstring).
+
+    An engine is registered by name (`selectit.engines`): its loader takes a `ModelSpec` and the
+    `EngineOptions` and returns a `ScoringEngine`.
+    """
+
+    #: The engine's name, recorded on every score row it writes ("torch", "vllm", …).
+    engine: ClassVar[str] = ""
+    #: What computed the probabilities, e.g. "torch 2.13.0, transformers 5.23.0" (set when loaded).
+    engine_version: str = ""
+    #: Forward passes (or requests) run so far, for throughput figures.
+    forwards: int = 0
+
+    @abstractmethod
+    def score(self, requests: Sequence[RatingRequest],
+              progress: Callable[[int], None] | None = None) -> list[CellResult]:
+        """One `CellResult` per (request, prompt); `progress(n)` is called as cells are finished."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most engines hold nothing to release
+        """Release what the engine holds (an engine process, a client); the default holds nothing."""
+
+
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+
+
+def split_on_failure(items: Sequence[Item], run: Callable[[list[Item]], Sequence[Out]],
+                     on_error: Callable[[Exception], None] | None = None) -> list[tuple[Item, Out | None, str | None]]:
+    """`run(items)` as (item, output, None) per item; where it raises, the items are split in halves
+    until each failing item is alone and gets (item, None, "Type: message"). One failing sample
+    never sinks its neighbours. `on_error(exc)` sees every failure (e.g. to shrink a batch on OOM).
+
+    >>> split_on_failure([1, 2, 3], lambda xs: [1 / (x - 2) for x in xs])[1]
+    (2, None, 'ZeroDivisionError: division by zero')
+    """
+    items = list(items)
+    if not items:
+        return []
+    try:
+        outputs = list(run(items))
+        if len(outputs) != len(items):
+            raise RuntimeError(f"{len(outputs)} results for {len(items)} inputs")
+    except Exception as exc:  # noqa: BLE001 - isolated below, reported per item
+        if on_error is not None:
+            on_error(exc)
+        if len(items) == 1:
+            return [(items[0], None, f"{type(exc).__name__}: {exc}"[:2000])]
+        half = len(items) // 2
+        return split_on_failure(items[:half], run, on_error) + split_on_failure(items[half:], run, on_error)
+    return [(item, out, None) for item, out in zip(items, outputs)]

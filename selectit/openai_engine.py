@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from selectit.contract import CellResult, RatingRequest
+from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.errors import SelectitError
 from selectit.preparation import Prepared, RequestPreparation
 
@@ -299,7 +299,7 @@ def echoed_logprob(answer: dict[str, Any], position: int, token: int, tokenizer:
 # The engine
 
 
-class OpenAIScorer(RequestPreparation):
+class OpenAIScorer(RequestPreparation, ScoringEngine):
     """A model served behind an OpenAI-compatible endpoint that rates samples (see `selectit.scorer`)."""
 
     engine = "openai"
@@ -478,8 +478,9 @@ def model_endpoint(model: Any) -> Endpoint:
 
 
 def load_openai_scorer(model: Any, options: Any = None, **client_kwargs: Any) -> OpenAIScorer:
-    """An `OpenAIScorer` for a model version registered with `--endpoint`, with the engine options'
-    concurrency, timeout, retries and `--logprobs-top`; exact mode probes the server now."""
+    """An `OpenAIScorer` for a model version registered with `--endpoint` (a `ModelSpec` or a
+    `models` row), with the engine options' concurrency, timeout, retries and `--logprobs-top`;
+    the server is probed now, so a wrong key or an unusable server fails before a job is claimed."""
     from selectit import loading
     from selectit.engines import EngineOptions
 

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from selectit import db
 from selectit.cells import cells_to_score, write_results
-from selectit.contract import CellResult, JobStatus, RatingRequest, ScoringEngine, render
+from selectit.contract import (CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, render,
+                               split_on_failure)
 from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
 from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from selectit.engines import EngineOptions
 
 #: A model version → its loaded scoring engine.
-ScorerFor = Callable[[LLM], ScoringEngine]
+ScorerFor = Callable[[ModelSpec], ScoringEngine]
 
 
 class Outcome(StrEnum):
@@ -73,18 +74,17 @@ def _requests(session: Session, cells: dict[int, list[int]], prompts: dict[int, 
 
 
 def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest]) -> list[CellResult]:
-    """Score a batch; if the whole batch raises, isolate the requests that fail on their own."""
-    try:
-        return list(scorer.score(requests))
-    except Exception:  # noqa: BLE001 - one bad sample must not sink its neighbours
-        pass
+    """Score a batch; where the engine raises, isolate the requests that fail on their own."""
+    def per_request(reqs: list[RatingRequest]) -> list[list[CellResult]]:
+        owner = {(r.sample_id, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
+        grouped: list[list[CellResult]] = [[] for _ in reqs]
+        for cell in scorer.score(reqs):
+            grouped[owner[cell.sample_id, cell.prompt_id]].append(cell)
+        return grouped
+
     results: list[CellResult] = []
-    for req in requests:
-        try:
-            results.extend(scorer.score([req]))
-        except Exception as exc:  # noqa: BLE001
-            err = f"{type(exc).__name__}: {exc}"
-            results.extend(CellResult.failed(req.sample_id, p, err) for p in req.prompt_ids)
+    for req, cells, err in split_on_failure(requests, per_request):
+        results.extend(cells if err is None else (CellResult.failed(req.sample_id, p, err) for p in req.prompt_ids))
     return results
 
 
@@ -112,7 +112,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             return JobOutcome(job_id, Outcome.SKIPPED)
         model = session.get(LLM, job.model_id)
     try:
-        scorer = scorer_for(model)
+        scorer = scorer_for(ModelSpec.of(model))
     except Exception as exc:  # noqa: BLE001 - recorded on the job, retried up to its limit
         if claim(engine, job_id, worker, lease=lease):
             status = release(engine, job_id, worker, settings=settings,
@@ -134,8 +134,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
                 requests = _requests(session, batch, prompts)
             results = _score_batch(scorer, requests)
             with db.session_scope(engine) as session:
-                write_results(session, job.model_id, results, worker, getattr(scorer, "engine", None),
-                              getattr(scorer, "engine_version", None))
+                write_results(session, job.model_id, results, worker, scorer.engine, scorer.engine_version)
                 still_ours = heartbeat(session, job_id, worker, lease)
             n_failed = sum(1 for r in results if not r.ok)
             outcome.scored += len(results) - n_failed
@@ -178,16 +177,44 @@ def default_scorer_factory(settings: Settings | None = None,
     `selectit score` and the Celery workers both go through it.
     """
     spec = (settings or Settings.from_env()).scorer
-    if spec == Settings.scorer and engine_options is not None:
+    if spec == Settings.scorer:
         from selectit.engines import load_engine
 
         return functools.partial(load_engine, options=engine_options)
+    # Deprecated: engines are registered by name now (the `selectit.engines` entry points).
     module, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr or "load_scorer")
+        hook = getattr(importlib.import_module(module), attr or "load_scorer")
     except (ImportError, AttributeError) as exc:
         raise SettingsError(f"${variable('scorer')}={spec!r} cannot be loaded ({exc}); set it to "
                             "module:function or unset it to use selectit's own scorer.") from exc
+    return lambda model: _HookEngine.of(hook(model))
+
+
+class _HookEngine(ScoringEngine):
+    """What a `$SELECTIT_SCORER` hook returned, held to the engine contract."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.engine = getattr(inner, "engine", None) or "hook"  # type: ignore[misc]
+        self.engine_version = getattr(inner, "engine_version", None) or type(inner).__qualname__
+
+    @classmethod
+    def of(cls, inner: object) -> ScoringEngine:
+        return inner if isinstance(inner, ScoringEngine) else cls(inner)
+
+    @property  # type: ignore[override]
+    def forwards(self) -> int:
+        return int(getattr(self.inner, "forwards", 0))
+
+    def score(self, requests: Sequence[RatingRequest],
+              progress: Callable[[int], None] | None = None) -> list[CellResult]:
+        return list(self.inner.score(requests, progress))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 class ScorerCache:
@@ -198,7 +225,7 @@ class ScorerCache:
         self._settings = settings
         self.scorers: dict[int, ScoringEngine] = {}
 
-    def __call__(self, model: LLM) -> ScoringEngine:
+    def __call__(self, model: ModelSpec) -> ScoringEngine:
         if model.id not in self.scorers:
             if self._load is None:
                 self._load = default_scorer_factory(self._settings)
@@ -208,16 +235,14 @@ class ScorerCache:
     @property
     def forwards(self) -> int:
         """Forward passes run by the engines so far (those that count them)."""
-        return sum(getattr(s, "forwards", 0) for s in self.scorers.values())
+        return sum(s.forwards for s in self.scorers.values())
 
     def close(self) -> None:
         """Close the engines that hold resources (vLLM's engine process: left open, the
         interpreter waits for it at exit forever)."""
         scorers, self.scorers = list(self.scorers.values()), {}
         for scorer in scorers:
-            close = getattr(scorer, "close", None)
-            if close is not None:
-                close()
+            scorer.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from selectit.contract import CellResult, RatingRequest
+from selectit.contract import CellResult, RatingRequest, ScoringEngine, split_on_failure
 from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
 from selectit.preparation import ELLIPSIS, Prepared, RequestPreparation
 
@@ -62,7 +62,7 @@ def _keeps_positions_per_row() -> bool:
     return hasattr(modeling_utils, "slice_logits_to_keep")
 
 
-class Scorer(RequestPreparation):
+class Scorer(RequestPreparation, ScoringEngine):
     """A loaded model that rates samples; see the module docstring for the contract."""
 
     engine = "torch"  # provenance of the score rows it produces (with `engine_version`)
@@ -224,18 +224,13 @@ class Scorer(RequestPreparation):
 
     def _run(self, batch: list[_Row]) -> list[tuple[_Row, torch.Tensor | None, str | None]]:
         """Forward a batch; on failure split it in halves (and shrink the budget on OOM)."""
-        try:
-            probs = self._forward(batch)
-        except Exception as exc:  # noqa: BLE001
+        def shrink_on_oom(exc: Exception) -> None:
             if _is_oom(exc):
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
-            if len(batch) == 1:
-                return [(batch[0], None, f"{type(exc).__name__}: {exc}"[:2000])]
-            half = len(batch) // 2
-            return self._run(batch[:half]) + self._run(batch[half:])
-        return [(r, p, None) for r, p in zip(batch, probs)]
+
+        return split_on_failure(batch, self._forward, shrink_on_oom)
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -24,12 +24,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from selectit.contract import CellResult, RatingRequest
+from selectit.contract import CellResult, RatingRequest, ScoringEngine, split_on_failure
 from selectit.engines import EngineOptions
 from selectit.preparation import Prepared, RequestPreparation
 
 
-class VllmScorer(RequestPreparation):
+class VllmScorer(RequestPreparation, ScoringEngine):
     """A model loaded in vLLM that rates samples (see `selectit.scorer` for the contract)."""
 
     engine = "vllm"
@@ -69,26 +69,21 @@ class VllmScorer(RequestPreparation):
 
     def _generate(self, cells: list[tuple[Prepared, int, list[int]]]) -> list[tuple[list[float] | None, str | None]]:
         """Label probabilities per cell; a batch that raises is split in halves down to one cell."""
-        if not cells:
-            return []
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        try:
+        def generate(batch: list[tuple[Prepared, int, list[int]]]) -> list[list[float]]:
             outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=prep.ids[k]) for prep, k, _ in cells],
+                [TokensPrompt(prompt_token_ids=prep.ids[k]) for prep, k, _ in batch],
                 [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=labels, detokenize=False)
-                 for _, _, labels in cells],
+                 for _, _, labels in batch],
                 use_tqdm=False)
             self.forwards += 1
-            if len(outputs) != len(cells):
-                raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(cells)} prompts")
-            return [(_label_probs(out, labels), None) for out, (_, _, labels) in zip(outputs, cells)]
-        except Exception as exc:  # noqa: BLE001
-            if len(cells) == 1:
-                return [(None, f"{type(exc).__name__}: {exc}"[:2000])]
-            half = len(cells) // 2
-            return self._generate(cells[:half]) + self._generate(cells[half:])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(batch)} prompts")
+            return [_label_probs(out, labels) for out, (_, _, labels) in zip(outputs, batch)]
+
+        return [(probs, err) for _, probs, err in split_on_failure(cells, generate)]
 
 
 def _label_probs(output: Any, labels: list[int]) -> list[float]:

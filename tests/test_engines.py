@@ -90,3 +90,87 @@ def test_the_cli_refuses_bad_engine_options_before_scoring(cli, clean_env) -> No
     assert out.exit_code == 1 and "Error: tensor and pipeline parallelism need --engine vllm" in out.output
     out = cli("score", "--engine", "vllm", "--vllm-args", "not json")
     assert out.exit_code == 1 and "Error:" in out.output
+
+
+ECHO_ENGINE = '''
+"""A third-party engine: every cell gets the same label probabilities."""
+from selectit.contract import CellResult, ScoringEngine
+
+PROBS = (0.05, 0.1, 0.4, 0.25, 0.1)
+
+
+class EchoEngine(ScoringEngine):
+    engine = "echo"
+
+    def __init__(self, model, options):
+        self.engine_version = f"echo 1.0 for {model.name} (engine option: {options.engine})"
+
+    def score(self, requests, progress=None):
+        return [CellResult(r.sample_id, p, PROBS[:r.scale], sum(PROBS[:r.scale]), 7, False)
+                for r in requests for p in r.prompt_ids]
+
+
+def load(model, options):
+    return EchoEngine(model, options)
+'''
+
+
+def test_a_third_party_engine_from_an_entry_point_is_picked_by_name(tmp_path, tiny_dir) -> None:
+    """A package that declares `[project.entry-points."selectit.engines"] echo = …` (here: its
+    installed metadata on PYTHONPATH) is `selectit score --engine echo`, with no other setting."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "selectit_echo-1.0.dist-info").mkdir(parents=True)
+    (site / "selectit_echo.py").write_text(ECHO_ENGINE)
+    (site / "selectit_echo-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: selectit-echo\nVersion: 1.0\n")
+    (site / "selectit_echo-1.0.dist-info" / "entry_points.txt").write_text(
+        "[selectit.engines]\necho = selectit_echo:load\n")
+    url = f"sqlite:///{tmp_path / 'echo.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in ENV.values() and k != "SELECTIT_SCORER"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+
+    def selectit(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "selectit", "--db", url, *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    data = tmp_path / "d.json"
+    data.write_text(__import__("json").dumps(DEMO[:3]))
+    for step in (["ingest", str(data), "--dataset", "d"], ["model", "add", "tiny", "--source", str(tiny_dir)]):
+        assert selectit(*step).returncode == 0
+    assert "echo" in selectit("score", "--help").stdout
+    out = selectit("score", "-q", "--engine", "echo")
+    assert out.returncode == 0, out.stderr
+    engine = db.make_engine(url)
+    with db.session_scope(engine) as session:
+        rows = session.execute(sa.select(Score.engine, Score.engine_version, Score.p1, Score.p3, Score.mass,
+                                         Score.n_tokens)).all()
+    engine.dispose()
+    assert len(rows) == 3 * 5
+    assert set(rows) == {("echo", "echo 1.0 for tiny (engine option: echo)", 0.05, 0.4, 0.9, 7)}
+    refused = selectit("score", "--engine", "onnx")
+    assert refused.returncode == 2 and "'onnx' is not one of 'torch', 'vllm', 'openai', 'echo'" in refused.stderr
+
+
+def test_split_on_failure_isolates_the_failing_items_and_keeps_order() -> None:
+    from selectit.contract import split_on_failure
+
+    calls: list[list[int]] = []
+    errors: list[str] = []
+
+    def run(xs: list[int]) -> list[float]:
+        calls.append(xs)
+        return [10 / (x - 3) for x in xs]
+
+    out = split_on_failure([1, 2, 3, 4, 5], run, lambda exc: errors.append(type(exc).__name__))
+    assert out == [(1, -5.0, None), (2, -10.0, None), (3, None, "ZeroDivisionError: division by zero"),
+                   (4, 10.0, None), (5, 5.0, None)]
+    # halves, down to the failing item alone: [1..5] → [1,2] ok, [3,4,5] → [3] fails, [4,5] ok
+    assert calls == [[1, 2, 3, 4, 5], [1, 2], [3, 4, 5], [3], [4, 5]]
+    assert errors == ["ZeroDivisionError"] * 3
+    # a run that answers too few is a failure too: [1, 2] gets one answer, then each alone gets one
+    short = split_on_failure([1, 2], lambda xs: [0])
+    assert short == [(1, 0, None), (2, 0, None)]

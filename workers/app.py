@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from celery import Celery, signals
 
 from selectit import db
-from selectit.contract import JobStatus, ScoringEngine
+from selectit.contract import JobStatus, ModelSpec, ScoringEngine
 from selectit.leases import requeue_expired as requeue_expired_jobs
 from selectit.leases import worker_id
 from selectit.planner import plan as plan_jobs
@@ -101,7 +101,7 @@ def engine() -> sa.Engine:
         return _engine
 
 
-def scorer_for(model: LLM) -> ScoringEngine:
+def scorer_for(model: ModelSpec) -> ScoringEngine:
     """The scoring engine of a model version, loaded once per worker process."""
     global _scorers
     if _scorers is None:
