@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from selectit.report import ReportResult
     from selectit.schema import LLM
     from selectit.selection import Criterion
-    from selectit.status import StatusRow
+    from selectit.status import StatusRow, TickRow
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class SelectionInfo:
     n_selected: int
     n_rankable: int
     coverage: Coverage | None = None
+    how: str = ""  # how the samples were chosen, e.g. "top 0.2 share" or "random 0.2 share, seed 1"
+    warning: str | None = None  # only part of the dataset was rankable
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class StoreStatus:
     samples_per_dataset: list[tuple[str, int]]
     distinct_samples: int
     scoring: list[StatusRow]
+    control_ticks: list[TickRow] = field(default_factory=list)  # the fleet's clock: last run of each tick
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class RankSummary:
     n_rankable: int
     n_chosen: int
     coverage: Coverage
+    warning: str | None = None  # only part of the dataset is rankable
 
 
 @dataclass(frozen=True)
@@ -113,14 +117,12 @@ class InitResult:
 
 
 def init(url: str | None = None) -> InitResult:
-    """Create the database at `url`, or upgrade it to the current schema (`selectit init`)."""
+    """Create the store in an empty (or new) database at `url`, or upgrade a selectit one (`selectit init`)."""
     from selectit.registry import ensure_default_prompts
 
+    before, after = db.init_store(url)  # refuses another application's database
     engine = db.make_engine(url)
     try:
-        before = db.current_revision(engine)
-        db.upgrade(url)
-        after = db.current_revision(engine)
         with db.session_scope(engine) as session:  # the built-in prompt set (reads never create it)
             ensure_default_prompts(session)
         return InitResult(repr(engine.url), before, after or "")
@@ -198,10 +200,10 @@ class Store:
     def status(self) -> StoreStatus:
         """Samples per dataset, distinct samples stored, and cells and jobs per model × prompt set."""
         from selectit.ingest import sample_counts
-        from selectit.status import status_rows
+        from selectit.status import status_rows, tick_rows
 
         per_dataset, total = sample_counts(self.engine)
-        return StoreStatus(per_dataset, total, status_rows(self.engine))
+        return StoreStatus(per_dataset, total, status_rows(self.engine), tick_rows(self.engine))
 
     # -- models and prompts -----------------------------------------------------------------
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,
@@ -300,6 +302,25 @@ class Store:
             with db.session_scope(self.engine) as session:
                 lookups.active_models(session, names)
 
+    def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
+                 engine: str | None = None, tokenizer: bool = True) -> list[Any]:
+        """What scoring the missing cells would cost, per model version (`selectit.estimate.Estimate`):
+        cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
+        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
+        from selectit.engines import EngineOptions
+        from selectit.estimate import estimate
+
+        return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
+                        scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
+
+    def time_left(self, missing: dict[int, int]) -> dict[int, str]:
+        """model version id → how long its `missing` cells take at the rate recorded for
+        $SELECTIT_ENGINE (else torch); "–" without a record (`selectit status`)."""
+        from selectit.engines import EngineOptions
+        from selectit.estimate import time_left
+
+        return time_left(self.engine, missing, EngineOptions.from_env().engine)
+
     # -- fusion -----------------------------------------------------------------------------
     @contextmanager
     def _fusion(self, *, alpha: float, formula: str, models: Sequence[str] | None, prompt_set: str | None,
@@ -316,8 +337,12 @@ class Store:
     def rank_summary(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                      weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                      prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
-                     min_score: float | None = None, limit: int | None = None) -> RankSummary:
-        """The head of `dataset`'s ranking (`limit` rows of those kept), its size and its coverage."""
+                     min_score: float | None = None, limit: int | None = None,
+                     require_complete: bool = False) -> RankSummary:
+        """The head of `dataset`'s ranking (`limit` rows of those kept), its size and its coverage.
+
+        A partly scored dataset gives a `warning`, or with `require_complete` an `IncompleteScoring` error.
+        """
         from selectit import fusion, selection
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
@@ -327,7 +352,8 @@ class Store:
             head = selection.chosen_with_texts(con, criterion, limit=limit, columns=("instruction",))
             n_chosen = selection.count_chosen(con, criterion)
             cov = fusion.coverage(con, dataset)
-        return RankSummary(dataset, params, criterion, head, n_rankable, n_chosen, cov)
+        warning = selection.partial_warning(cov, require_complete)
+        return RankSummary(dataset, params, criterion, head, n_rankable, n_chosen, cov, warning)
 
     def rank(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
              weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
@@ -348,16 +374,39 @@ class Store:
     def select(self, name: str, dataset: str, *, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None) -> SelectionInfo:
-        """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%)."""
-        from selectit import fusion
-        from selectit.selection import Criterion, freeze_selection
+               prompt_set: str | None = None, random: float | None = None, seed: int = 0,
+               by: str = "score", require_complete: bool = False) -> SelectionInfo:
+        """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%).
 
-        criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
+        Controls for ablations, from the same rankable samples and with the same size rules:
+        ``random=0.2, seed=1`` draws 20% at random (the same ids on every store), and
+        ``by="length", top=0.2`` keeps the 20% with the longest responses. A partly scored dataset
+        gives a `warning`, or with `require_complete` an `IncompleteScoring` error (nothing frozen).
+        """
+        from selectit import fusion
+        from selectit.fusion import FusionError
+        from selectit.selection import Control, Criterion, freeze_selection, partial_warning
+
+        criterion: Criterion | Control
+        if by not in ("score", "length"):
+            raise FusionError(f"--by must be score or length, not {by!r}")
+        if random is not None:
+            if by != "score" or top is not None or top_n is not None or min_score is not None:
+                raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
+                                  "--min-score or --by")
+            criterion = Control("random", top=random, seed=seed)
+        elif by == "length":
+            if min_score is not None:
+                raise FusionError("--by length keeps the longest responses: give --top or --top-n, not --min-score")
+            criterion = Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
+        else:
+            criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
+            fusion.require_scoring_setup(con)
             cov = fusion.coverage(con, dataset)
-        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov)
+            warning = partial_warning(cov, require_complete)  # before anything is frozen
+            selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
+        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov, criterion.describe(), warning)
 
     def selection(self, name: str) -> pa.Table:
         """The frozen selection `name`, best first: rank, sample_id, score (its S_model when frozen),
@@ -396,11 +445,14 @@ class Store:
                card: bool = True, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None) -> ExportResult:
+               prompt_set: str | None = None, overwrite: bool = False, card_paths: bool = False,
+               require_complete: bool = False) -> ExportResult:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
 
         `format` defaults to ``original`` (the records as ingested, in the input's format) when
-        every selected record kept its original, else ``alpaca-json``.
+        every selected record kept its original, else ``alpaca-json``. `out` a directory (existing,
+        or ending with ``/``): the files are named after the entry. Existing files are replaced only
+        when `out` names them or this export wrote them for the same entry, unless `overwrite`.
         """
         from selectit.export import export_selection
 
@@ -411,13 +463,55 @@ class Store:
                                 with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
                                 top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
                                 weights=weights, models=list(models) if models else None,
-                                prompt_set=prompt_set)
+                                prompt_set=prompt_set, overwrite=overwrite, card_paths=card_paths,
+                                require_complete=require_complete)
+
+    def diagnose(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
+                 alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None) -> pa.Table:
+        """Rater health of `dataset`: the `rater_health` rows (per model, then per prompt; the
+        fusion row last) with label mass, decisiveness, collapse, agreement and truncation, and a
+        `warning` column (the lines of `health_warnings`, joined by newlines; "" when none).
+
+        >>> selectit.open("selectit.db").diagnose("alpaca").to_pandas()   # doctest: +SKIP
+        """
+        import pyarrow as pa
+
+        from selectit import health
+
+        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
+            rows = health.diagnose(con, dataset)
+        found = health.judge(rows)
+        for r in rows:
+            r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
+        columns = [*health.COLUMNS, "warning"]
+        return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
+
+    def health_words(self, prompt_sets: Sequence[str]) -> dict[tuple[str, str], str]:
+        """(model, prompt set) → a one-word rater health over every stored sample (`selectit status`)."""
+        from selectit import health
+
+        return health.store_words(self.url, prompt_sets)
+
+    def health_warnings(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
+                        selection: str | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
+                        weights: dict[str, float] | None = None) -> list[str]:
+        """The rater health warnings of `dataset` (or of the frozen `selection`'s dataset and
+        models), one line each; [] when every figure is within its threshold (`selectit.health`)."""
+        from selectit import health
+
+        if selection is not None:
+            return health.selection_warnings(self.engine, self.url, selection)
+        return health.warnings_for(self.url, dataset, alpha=alpha, formula=formula,
+                                   models=list(models) if models else None, prompt_set=prompt_set, weights=weights)
 
     def report(self, dataset: str, out: str | os.PathLike[str], *, alpha: float = DEFAULT_ALPHA,
                formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None,
                models: Sequence[str] | None = None, prompt_set: str | None = None,
                top: float = DEFAULT_TOP) -> ReportResult:
-        """Write an HTML report of `dataset`'s ratings and its top share to the directory `out`."""
+        """Write an HTML report of `dataset`'s ratings and its top share to the directory `out`.
+
+        A rerun replaces only the files the previous report wrote there (its manifest lists them).
+        """
         from selectit.report import build_report
 
         return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,

@@ -54,10 +54,31 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
         for k in range(1, MAX_SCALE + 1):
             row[f"p{k}"] = probs[k - 1] if k <= len(probs) else None
         rows.append(row)
-    stmt = db.upsert(session, Score)
+    if db.is_postgres(session.bind):
+        # One statement per batch from one array per column: its text never changes, so it is
+        # compiled once and prepared by the server after a few runs (a multi-row VALUES list
+        # is compiled anew for every batch size; an executemany is a statement per row).
+        session.execute(_PG_UPSERT, {c: [row[c] for row in rows] for c in _COLUMNS})
+        return
+    stmt = db.upsert(session, Score)  # SQLite: executemany of one statement, in-process
     keep = ("sample_id", "model_id", "prompt_id", "attempts")
     stmt = stmt.on_conflict_do_update(
         index_elements=["sample_id", "model_id", "prompt_id"],
         set_={**{c: stmt.excluded[c] for c in rows[0] if c not in keep}, "attempts": Score.attempts + 1},
         where=Score.status == CellStatus.FAILED)
     session.execute(stmt, rows)
+
+
+#: (column, PostgreSQL array type) of a score row, in `write_results`' row order.
+_COLUMNS = {"sample_id": "integer", "model_id": "integer", "prompt_id": "integer",
+            **{f"p{k}": "double precision" for k in range(1, MAX_SCALE + 1)},
+            "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "status": "text",
+            "error": "text", "attempts": "integer", "scored_at": "timestamp", "worker": "text",
+            "engine": "text", "engine_version": "text"}
+_KEY = ("sample_id", "model_id", "prompt_id")
+_PG_UPSERT = sa.text(
+    f"INSERT INTO scores ({', '.join(_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in _COLUMNS.items())}) "
+    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in (*_KEY, "attempts"))
+    + ", attempts = scores.attempts + 1 WHERE scores.status = 'failed'")

@@ -85,6 +85,13 @@ def handles_errors(func: F) -> F:
             url = ctx.find_root().obj.get("db_url") if ctx and ctx.find_root().obj else None
             message = explain_store_error(exc, url) if not isinstance(exc, SelectitError) else None
             raise UserError(_one_line(message or str(exc))) from exc
+        except ImportError as exc:
+            from selectit.errors import missing_extra
+
+            missing = missing_extra(exc)
+            if missing is None:
+                raise
+            raise UserError(str(missing)) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -152,6 +159,9 @@ def store(ctx: click.Context):  # noqa: ANN201 - a selectit.api.Store
 @handles_errors
 def init(ctx: click.Context) -> None:
     """Create the database, or upgrade it to the current schema.
+
+    Only an empty (or new) database becomes a store; another application's database is refused,
+    naming its tables.
 
     \b
     Example:
@@ -251,7 +261,8 @@ def status(ctx: click.Context) -> None:
     status = store(ctx).status()
     print_table("samples", ["dataset", "samples"], status.samples_per_dataset)
     console.print(f"distinct samples stored: {status.distinct_samples}")
-    _print_scoring_status(status.scoring)
+    _print_scoring_status(status.scoring, store(ctx))
+    _print_control_ticks(status.control_ticks)
 
 
 def _fusion_options(func: F) -> F:
@@ -293,6 +304,17 @@ def _criterion_options(func: F) -> F:
     return func
 
 
+def _require_complete_option(func: F) -> F:
+    return click.option("--require-complete", is_flag=True,
+                        help="Refuse a dataset that is only partly scored (default: one warning line with "
+                             "the rankable and dataset counts).")(func)
+
+
+def _warn(text: str | None) -> None:
+    if text:
+        click.echo(f"Warning: {text}", err=True)
+
+
 def _parse_models(models: str | None) -> list[str] | None:
     return [m.strip() for m in models.split(",") if m.strip()] if models else None
 
@@ -317,7 +339,8 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
 
     Score distributions per model and per prompt, agreement between prompts and between models,
     the selected top share vs the full dataset (response length, calculation instructions) and
-    coverage. DIR is replaced as a whole when it already holds a report.
+    coverage. A rerun into the same DIR replaces only the files the previous report wrote (listed in
+    DIR/.selectit-manifest.json); anything else in DIR is left alone.
 
     \b
     Example:
@@ -329,6 +352,7 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
     )
+    _print_health_warnings(ctx, dataset, **_fusion_args(models, prompt_set, alpha, formula, weights))
 
 
 def _scope_options(func: F) -> F:
@@ -396,10 +420,12 @@ def _engine_choice(given: dict[str, Any]):  # noqa: ANN202 - selectit.engines.En
 @click.option("--concurrency", type=click.IntRange(1), default=None, metavar="N",
               help="openai engine: requests in flight at once [32].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--estimate", is_flag=True,
+              help="Only print what scoring would cost (cells, prompt tokens, forwards, time); score and write nothing.")
 @click.pass_context
 @handles_errors
 def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-          batch_size: int, quiet: bool, **engine_options: Any) -> None:
+          batch_size: int, quiet: bool, estimate: bool, **engine_options: Any) -> None:
     """Score the missing (sample, model, prompt) cells here, in this process.
 
     Only cells never scored (or failed, below the attempt limit) are computed, through the same
@@ -411,8 +437,12 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score --dataset alpaca --model smollm2
       selectit score              # every dataset × active model × active prompt set
       selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
+      selectit score --dataset alpaca --estimate   # the cost first: tokens, forwards, time
       selectit score --model served-llama --concurrency 64 --batch-size 64
     """
+    if estimate:
+        _print_estimates(ctx, dataset, model, prompt_set, engine_options.get("engine"))
+        return
     options = _engine_choice(engine_options)
     with _ScoringBar(enabled=not quiet) as bar:
         summary = store(ctx).score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
@@ -425,6 +455,15 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     console.print(line + ".")
     if summary.failed:
         console.print("Failed cells are retried by the next `selectit score`; `selectit status` lists them.")
+
+
+def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
+                     engine: str | None) -> None:
+    """`score --estimate` / `plan --dry-run`: the cost per model version, one line each."""
+    estimates = store(ctx).estimate(dataset=dataset, model=model, prompt_set=prompt_set, engine=engine)
+    for e in estimates:
+        click.echo(e.line())
+    click.echo("Nothing was scored or written (estimate only).")
 
 
 class _ScoringBar:
@@ -470,10 +509,12 @@ class _ScoringBar:
 @_scope_options
 @click.option("--enqueue/--no-enqueue", default=True, show_default=True,
               help="Send the new jobs to the broker ($SELECTIT_BROKER_URL).")
+@click.option("--dry-run", is_flag=True,
+              help="Only print what scoring would cost (cells, prompt tokens, forwards, time); plan and write nothing.")
 @click.pass_context
 @handles_errors
 def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-         enqueue: bool) -> None:
+         enqueue: bool, dry_run: bool) -> None:
     """Turn the missing cells into jobs and send them to the workers' queues now.
 
     The beat scheduler does the same every $SELECTIT_PLAN_INTERVAL seconds; planning twice never
@@ -483,7 +524,11 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
     Example:
       export SELECTIT_DATABASE_URL=postgresql://selectit@db/selectit
       selectit plan --model smollm2
+      selectit plan --dry-run      # the cost first: tokens, forwards, time per model
     """
+    if dry_run:
+        _print_estimates(ctx, dataset, model, prompt_set, None)
+        return
     result = store(ctx).plan(dataset=dataset, model=model, prompt_set=prompt_set, enqueue=enqueue)
     console.print(f"planned {result.planned} new job(s), sent {result.sent} to the broker.")
 
@@ -686,7 +731,7 @@ def prompts_import(ctx: click.Context, file: str, set_name: str, layout: str, fi
                   f"versions {', '.join(map(str, ids))}")
 
 
-def _print_scoring_status(rows: list[Any]) -> None:
+def _print_scoring_status(rows: list[Any], api_store: Any = None) -> None:
     if not rows:
         return
     print_table("scoring (per model × prompt set)",
@@ -695,6 +740,24 @@ def _print_scoring_status(rows: list[Any]) -> None:
                 [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
                   r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
                  for r in rows])
+    if api_store is None:
+        return
+    words = api_store.health_words(sorted({r.prompt_set for r in rows if r.done}))
+    missing: dict[int, int] = {}
+    for r in rows:
+        missing[r.model_id] = missing.get(r.model_id, 0) + r.missing
+    left = api_store.time_left(missing)
+    print_table("rater health (see selectit diagnose) and time left",
+                ["model", "prompt set", "health", "time left (all sets)"],
+                [(r.model, r.prompt_set, words.get((r.model, r.prompt_set), "–"), left[r.model_id]) for r in rows])
+
+
+def _print_control_ticks(ticks: list[Any]) -> None:
+    if ticks:
+        print_table("control ticks of the worker fleet (last run, UTC)",
+                    ["tick", "last run", "worker", "seconds", "runs", "last error"],
+                    [(t.name, f"{t.started_at:%Y-%m-%d %H:%M:%S}", t.worker, f"{t.seconds:.2f}", t.runs,
+                      f"{t.error} (at {t.failed_at:%H:%M:%S})" if t.error else "–") for t in ticks])
 
 
 def _parse_weights(value: str | None) -> dict[str, float] | None:
@@ -733,10 +796,12 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
 @_fusion_options
 @_criterion_options
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(0), help="Rows of the ranking to show.")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int) -> None:
+         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int,
+         require_complete: bool) -> None:
     """Show the head of a dataset's ranking and how much of it is rankable yet.
 
     S_model is recomputed from the stored ratings for any --alpha, --formula, --models or
@@ -747,8 +812,10 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     Example:
       selectit rank --dataset alpaca --top 0.2
       selectit rank --dataset alpaca --alpha 0.5 --formula reference-code --weights smol=1,gemma=2
+      selectit rank --dataset alpaca --top 0.2 --require-complete
     """
     summary = store(ctx).rank_summary(dataset, top=top, top_n=top_n, min_score=min_score, limit=limit,
+                                      require_complete=require_complete,
                                       **_fusion_args(models, prompt_set, alpha, formula, weights))
     params, criterion, head = summary.params, summary.criterion, summary.head.to_pylist()
     click.echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
@@ -763,6 +830,8 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
         click.echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion.where() != "TRUE":
         click.echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
+        _warn(summary.warning)
+    _print_health_warnings(ctx, dataset, **_fusion_args(models, prompt_set, alpha, formula, weights))
 
 
 @main.command()
@@ -770,31 +839,42 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
 @click.option("--dataset", "-d", required=True, help="The dataset to select from.")
 @_fusion_options
 @_criterion_options
+@click.option("--random", "random_share", type=float, default=None, metavar="SHARE",
+              help="A control: draw SHARE of the rankable samples at random (same size rule as --top).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The seed of --random.")
+@click.option("--by", type=click.Choice(["score", "length"]), default="score", show_default=True,
+              help="score: SelectIT's ranking; length: a control of the longest responses (with --top/--top-n).")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def select(ctx: click.Context, name: str, dataset: str, models: str | None, prompt_set: str | None, alpha: float,
-           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None) -> None:
+           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None,
+           random_share: float | None, seed: int, by: str, require_complete: bool) -> None:
     """Freeze the current top of a dataset's ranking as the selection NAME.
 
     The ranks, sample ids, scores and parameters are stored, so `selectit export --selection NAME`
     writes the same bytes later, whatever is ingested or scored meanwhile. Names are never reused.
 
+    Controls for an honest ablation come from the same rankable samples with the same size rule,
+    and are frozen and exported the same way (their card says how they were drawn): --random
+    SHARE (a seeded hash of each sample's content, so every store draws the same ids) and --by
+    length (the longest responses).
+
     \b
     Example:
       selectit select selective-alpaca-v1 --dataset alpaca --top 0.2
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
+      selectit select random-20 --dataset alpaca --random 0.2 --seed 1
+      selectit select longest-20 --dataset alpaca --by length --top 0.2
+      selectit select full-only --dataset alpaca --top 0.2 --require-complete
     """
-    from selectit.selection import Criterion
-
-    info = store(ctx).select(name, dataset, top=top, top_n=top_n, min_score=min_score,
+    info = store(ctx).select(name, dataset, top=top, top_n=top_n, min_score=min_score, random=random_share,
+                             seed=seed, by=by, require_complete=require_complete,
                              **_fusion_args(models, prompt_set, alpha, formula, weights))
-    criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
     click.echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
-               f"{dataset} ({criterion.describe()}).")
-    cov = info.coverage
-    if cov.n_not_rankable:
-        click.echo(f"{cov.n_not_rankable} of {cov.n_samples} samples were not rankable yet "
-                      f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells).")
+               f"{dataset} ({info.how}).")
+    _warn(info.warning)
+    _print_health_warnings(ctx, dataset, selection=name)
 
 
 @main.command()
@@ -803,7 +883,9 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
 @_fusion_options
 @_criterion_options
 @click.option("--out", required=True, type=click.Path(),
-              help="The file to write (replaced whole), or a directory for data.<ext> and the card.")
+              help="The file to write (replaced whole), or a directory (existing, or ending with '/') that "
+                   "receives NAME.<ext> and NAME.README.md, NAME being the entry (--llamafactory NAME, the "
+                   "selection or the dataset).")
 @click.option("--format", "fmt", default=None, type=click.Choice(EXPORT_FORMATS),
               help="Output format [default: original, the records as ingested, when every one was kept; "
                    "else alpaca-json].")
@@ -816,40 +898,120 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
                    "[NAME default: the selection or dataset].")
 @click.option("--card/--no-card", default=True, show_default=True,
               help="Write the dataset card (README.md with the provenance) beside the data.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing files this export did not write for the same entry (an ingested "
+                   "source file, a file of another tool); never the curation database.")
+@click.option("--card-paths", is_flag=True,
+              help="Record the source files' full paths in the card (default: file name and sha256).")
+@_require_complete_option
 @click.pass_context
 @handles_errors
 def export(ctx: click.Context, selection: str | None, dataset: str | None, models: str | None,
            prompt_set: str | None, alpha: float, formula: str, weights: str | None, top: float | None,
            top_n: int | None, min_score: float | None, out: str, fmt: str | None, order: str, with_scores: bool,
-           llamafactory: str | None, card: bool) -> None:
+           llamafactory: str | None, card: bool, overwrite: bool, card_paths: bool, require_complete: bool) -> None:
     """Write a selection for training: the records as ingested, or a format fine-tuning tools read.
 
     Formats: original (default: each record exactly as it was ingested, in the input's format),
     alpaca-json, jsonl, sharegpt, messages, parquet, hf-dataset (a save_to_disk directory). A
     dataset card (README.md, YAML front matter) records the provenance: source files and hashes,
     models, prompts, α, formula, counts. A frozen selection exports to the same data bytes every
-    time; files are written to a temporary name and renamed, never left half-written.
+    time. Every target is checked first and all files are renamed into place at the end: an export
+    replaces only the file named by --out and the files it wrote itself for the same entry
+    (--overwrite for others), never the curation database.
 
     \b
     Example:
       selectit export --selection selective-alpaca-v1 --out selective_alpaca.json
       selectit export --selection selective-alpaca-v1 --out data/ --format sharegpt --llamafactory
       selectit export --dataset alpaca --top-n 1000 --out top1000.parquet --format parquet --with-scores
+      selectit export --selection selective-alpaca-v1 --out alpaca.json --overwrite --card-paths
     """
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
     result = store(ctx).export(out, selection=selection, dataset=dataset, format=fmt, order=order,
                                with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
-                               top_n=top_n, min_score=min_score,
+                               top_n=top_n, min_score=min_score, overwrite=overwrite, card_paths=card_paths,
+                               require_complete=require_complete,
                                **_fusion_args(models, prompt_set, alpha, formula, weights))
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
         click.echo(result.note, err=True)
+    _warn(result.warning)
     shown = f"original {result.format}" if (fmt or "original") == "original" and not result.note else result.format
     click.echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
     for extra in (result.card, result.dataset_info):
         if extra is not None:
             click.echo(f"wrote {extra}")
+    _print_health_warnings(ctx, dataset, selection=selection, **_fusion_args(models, prompt_set, alpha, formula,
+                                                                             weights))
+
+
+def _print_health_warnings(ctx: click.Context, dataset: str | None, *, selection: str | None = None,
+                           **fusion_options: Any) -> None:
+    """The rater health warnings on stderr, one line each (never changes the exit code)."""
+    from selectit.errors import SelectitError
+
+    try:
+        lines = store(ctx).health_warnings(dataset or "", selection=selection, **fusion_options)
+    except SelectitError as exc:  # the command itself already succeeded: say why there is no check
+        lines = [f"rater health not checked: {_one_line(str(exc))}"]
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+@main.command()
+@click.option("--dataset", "-d", required=True, help="The dataset whose ratings to check.")
+@click.option("--models", default=None, metavar="A,B", help="Comma-separated model names [default: every active model].")
+@click.option("--prompt-set", default=None, metavar="SET", help=f"Prompt set [default: {DEFAULT_PROMPT_SET}].")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]),
+              help="A table and the warnings, or JSON (rows, warnings, thresholds).")
+@click.pass_context
+@handles_errors
+def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, fmt: str) -> None:
+    """Check the raters: can their ratings of a dataset be trusted?
+
+    Per model (and per prompt): the label mass (how much probability the rater puts on the label
+    digits at all; median and 10th percentile), the mean max P' (decisiveness), the share of cells
+    with the most common S_base (collapse), the share of truncated cells, and Spearman ρ between
+    the model's prompts, between models and with the response length. A figure past its threshold
+    (README: "Can I trust these ratings?") prints a warning naming the rater and what to do.
+
+    \b
+    Example:
+      selectit diagnose --dataset alpaca
+      selectit diagnose --dataset alpaca --models smollm2 --format json
+    """
+    import dataclasses
+    import json
+
+    from selectit import health
+
+    table = store(ctx).diagnose(dataset, models=_parse_models(models), prompt_set=prompt_set)
+    rows = table.to_pylist()
+    warnings = [line for r in rows for line in r["warning"].splitlines()]
+    if fmt == "json":
+        click.echo(json.dumps({"dataset": dataset, "rows": rows, "warnings": warnings,
+                               "thresholds": dataclasses.asdict(health.THRESHOLDS)}, ensure_ascii=False, indent=2))
+        return
+    print_table(f"rater health of {dataset}",
+                ["model", "prompt", "cells", "label mass (median)", "p10", "mean max P'", "collapse",
+                 "truncated", "ρ prompts", "ρ models", "ρ length"],
+                [(r["model"] or "(all models)", "all" if r["level"] != "prompt" else str(r["position"]), r["cells"],
+                  _fmt(r["mass_median"]), _fmt(r["mass_p10"]), _fmt(r["mean_max_p"]),
+                  "–" if r["collapse_share"] is None else f"{100 * r['collapse_share']:.0f}% → {r['collapse_base']}",
+                  "–" if r["truncated_share"] is None else f"{100 * r['truncated_share']:.0f}%",
+                  _fmt(r["rho_prompts"], 2), _fmt(r["rho_models"], 2), _fmt(r["rho_length"], 2)) for r in rows])
+    for line in warnings:
+        click.echo(f"warning: {line}")
+    if not warnings:
+        click.echo("no warnings: every figure is within its threshold.")
 
 
 @main.command()

@@ -152,15 +152,70 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
 
 
 def _is_empty(engine: Engine) -> bool:
-    return not sa.inspect(engine).get_table_names()
+    return not _foreign_tables(engine)
+
+
+def _foreign_tables(engine: Engine) -> list[str]:
+    """The tables of a database that is not (yet) a selectit store: all of them, in name order."""
+    return sorted(t for t in sa.inspect(engine).get_table_names() if not t.startswith("sqlite_"))
+
+
+def _foreign_store_error(engine: Engine, tables: list[str]) -> StoreError:
+    shown = ", ".join(tables[:12]) + (f" and {len(tables) - 12} more" if len(tables) > 12 else "")
+    return StoreError(
+        f"the database {engine.url!r} belongs to another application (tables: {shown}); selectit creates a "
+        f"store only in an empty database or upgrades its own. Give another --db (a new file or database)"
+    )
+
+
+def _refuse_foreign_sqlite(url: str | None) -> None:
+    """Refuse another application's SQLite database before `make_engine` connects: its WAL pragma
+    would rewrite the file's header. Read with a plain connection, which changes nothing."""
+    resolved = resolve_url(url)
+    if not resolved.startswith("sqlite"):
+        return
+    plain = sa.create_engine(resolved)
+    try:
+        if current_revision(plain) is None:
+            tables = _foreign_tables(plain)
+            if tables:
+                raise _foreign_store_error(plain, tables)
+    except sa.exc.DBAPIError as exc:
+        raise StoreError(f"cannot open the database {plain.url!r}: {exc.orig}") from exc
+    finally:
+        plain.dispose()
+
+
+def init_store(url: str | None = None) -> tuple[str | None, str]:
+    """Create the store in an empty (or new) database, or upgrade a selectit one; (before, after) revisions.
+
+    A database that holds other tables and no selectit revision is refused, naming its tables: init
+    never adds selectit's tables to another application's database.
+    """
+    _refuse_foreign_sqlite(url)
+    engine = make_engine(url)
+    try:
+        before = current_revision(engine)
+        if before is None:
+            tables = _foreign_tables(engine)
+            if tables:
+                raise _foreign_store_error(engine, tables)
+        upgrade(url)
+        return before, current_revision(engine) or head_revision()
+    except sa.exc.OperationalError as exc:
+        raise StoreError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
+    finally:
+        engine.dispose()
 
 
 def open_store(url: str | None = None) -> Engine:
     """An engine on a database whose schema is at head.
 
     A brand-new, empty database is initialised on the spot (nothing can be lost); one that holds
-    tables at an older revision is refused with the command that upgrades it.
+    tables at an older revision is refused with the command that upgrades it; another application's
+    database is refused, naming its tables.
     """
+    _refuse_foreign_sqlite(url)
     engine = make_engine(url)
     try:
         current = current_revision(engine)
@@ -170,9 +225,13 @@ def open_store(url: str | None = None) -> Engine:
     except sa.exc.OperationalError as exc:
         raise StoreError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
     head = head_revision()
+    if current is None:
+        tables = _foreign_tables(engine)
+        engine.dispose()
+        raise _foreign_store_error(engine, tables)
     if current != head:
         where = f"--db {resolve_url(url)} " if url else ""
-        state = f"at revision {current}" if current else "not a selectit database (no alembic_version)"
+        state = f"at revision {current}"
         raise StoreError(
             f"the database {engine.url!r} is {state}, but this selectit needs revision {head}. "
             f"Run `selectit {where}init` to upgrade it."

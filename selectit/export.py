@@ -18,8 +18,10 @@ A conversation keeps its turns and system prompt when the source record had them
 back from the kept original); a record without an original (ingested by an older selectit) is
 written from the stored instruction/input/output.
 
-Every export writes a dataset card (``README.md`` with YAML front matter: the provenance) and, with
-``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file.
+Every export writes a dataset card (YAML front matter: the provenance) and, with
+``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file. In a
+directory the files are named after the entry (``DIR/<entry>.<ext>``, ``DIR/<entry>.README.md``).
+Every file goes through `selectit.writer.Writer`: all targets checked first, renamed at the end.
 """
 
 from __future__ import annotations
@@ -28,18 +30,16 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import contextvars
 import os
-import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import NoSuchSelection, SelectitError
+from selectit.writer import MANIFEST, Writer, WriteError, sha256_file
 
 #: The file name used inside an output directory, per format.
 DATA_FILE = {"alpaca-json": "data.json", "jsonl": "data.jsonl", "sharegpt": "data.json",
@@ -62,7 +62,7 @@ _MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "as
                   "tool": "tool", "function": "tool"}
 
 
-class ExportError(SelectitError):
+class ExportError(WriteError):
     """An export that cannot be written as asked."""
 
 
@@ -112,6 +112,7 @@ class ExportResult:
     dataset_info: Path | None = None
     n: int = 0
     note: str | None = None  # why the default format was not `original`
+    warning: str | None = None  # the dataset is only partly rankable (`selection.partial_warning`)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,73 +213,13 @@ def _score_fields(item: Item, scores: Scores | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Writing
+# Writing: every file goes through one `selectit.writer.Writer` (checked first, renamed at the end)
 # --------------------------------------------------------------------------------------------
-#: Files no export may replace: the curation database's own (set by `export_selection`).
-_PROTECTED: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("protected", default=())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def export_target(out: str | os.PathLike[str], protect: Sequence[str | os.PathLike[str]] = ()) -> Path:
-    """The regular file an export to `out` replaces: `out` itself, or the file its symlinks lead to.
-
-    Refused: one of the `protect` files (the curation database's own, under any name, symlink or
-    hard link), and anything that is not a regular file (a device, a FIFO, a socket, a directory).
-    """
-    out = Path(out)
-    target = Path(os.path.realpath(out))
-    for guarded in protect:
-        same = target == Path(os.path.realpath(guarded))
-        if not same and target.exists() and Path(guarded).exists():
-            same = os.path.samefile(target, guarded)  # a hard link
-        if same:
-            raise ExportError(f"{out} is the curation database ({guarded}); an export never replaces it. "
-                              f"Choose another --out file")
-    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
-        raise ExportError(f"{out} is not a regular file (a device, FIFO, socket or directory); an export writes "
-                          f"a regular file: choose another --out path")
-    if not target.parent.is_dir():
-        raise ExportError(f"the directory {str(target.parent)!r} does not exist; create it first")
-    return target
-
-
-@contextmanager
-def _replacing(out: Path) -> Iterator[Path]:
-    """A temporary path beside `out`, renamed onto it on success (never a half-written file).
-
-    A symlink is followed (the link stays); a replaced file keeps its mode, a new one gets the
-    umask's; the data is flushed to disk before the rename, so a full disk replaces nothing.
-    """
-    target = export_target(out, _PROTECTED.get())
-    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise ExportError(f"cannot write into {str(target.parent)!r}: {exc.strerror}") from exc
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, mode)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise ExportError(f"cannot write {out}: {exc.strerror or exc}; nothing was replaced") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _dump(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def _write_json_list(out: Path, texts: Sequence[str], layout: dict[str, Any] | None = None) -> None:
+def _write_json_list(w: Writer, out: Path, texts: Sequence[str], layout: dict[str, Any] | None = None) -> None:
     """A JSON list of already-serialised records, in the container style of `layout` (the source
     file's whitespace between ``[``, records and ``]``), else ``json.dumps(indent=2)``'s."""
     layout = layout or {}
@@ -286,17 +227,16 @@ def _write_json_list(out: Path, texts: Sequence[str], layout: dict[str, Any] | N
     sep = layout.get("sep", ",\n  ")
     close_ws = layout.get("close", "\n")
     end = layout.get("end", "\n")
-    with _replacing(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
-        if not texts:
-            fh.write("[]" + end)
-        else:
-            fh.write("[" + open_ws + sep.join(texts) + close_ws + "]" + end)
+    w.stage_text(out, "[]" + end if not texts else "[" + open_ws + sep.join(texts) + close_ws + "]" + end)
 
 
-def _write_lines(out: Path, texts: Sequence[str], ending: str = "\n") -> None:
-    with _replacing(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
-        for text in texts:
-            fh.write(text + ending)
+def _write_lines(w: Writer, out: Path, texts: Sequence[str], ending: str = "\n") -> None:
+    def fill(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            for text in texts:
+                fh.write(text + ending)
+
+    w.stage(out, fill)
 
 
 def _indented(record: dict[str, Any]) -> str:
@@ -319,32 +259,39 @@ def _arrow_table(rows: list[dict[str, Any]], layout: dict[str, Any] | None = Non
     return pa.Table.from_pylist(rows)
 
 
-def _write_parquet(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None = None) -> None:
+def _write_parquet(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None = None) -> None:
     import pyarrow.parquet as pq
 
     table = _arrow_table(rows, layout) if rows or layout else _empty_alpaca()
-    with _replacing(out) as tmp:
-        pq.write_table(table, tmp)
+    w.stage(out, lambda tmp: pq.write_table(table, tmp))
 
 
-def _write_arrow(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None) -> None:
+def _write_arrow(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None) -> None:
     import pyarrow as pa
 
     table = _arrow_table(rows, layout)
-    with _replacing(out) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+
+    def fill(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+    w.stage(out, fill)
 
 
-def _write_csv(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any], delimiter: str) -> None:
+def _write_csv(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any], delimiter: str) -> None:
     import csv
 
     columns = list(layout.get("columns") or (rows[0].keys() if rows else []))
     extra = [k for k in (rows[0] if rows else {}) if k not in columns]
-    with _replacing(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, delimiter=delimiter, lineterminator=layout.get("newline", "\n"))
-        writer.writerow(columns + extra)
-        for row in rows:
-            writer.writerow([_csv_cell(row.get(c)) for c in columns + extra])
+
+    def fill(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, delimiter=delimiter, lineterminator=layout.get("newline", "\n"))
+            writer.writerow(columns + extra)
+            for row in rows:
+                writer.writerow([_csv_cell(row.get(c)) for c in columns + extra])
+
+    w.stage(out, fill)
 
 
 def _csv_cell(value: Any) -> Any:
@@ -357,24 +304,54 @@ def _empty_alpaca():  # noqa: ANN202
     return pa.table({c: pa.array([], pa.string()) for c in ("instruction", "input", "output")})
 
 
-def _write_hf_dataset(out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None = None) -> None:
-    """A `save_to_disk` directory, replacing `out` as a whole (only if it is one selectit could have written)."""
-    import shutil
+def is_saved_dataset(path: Path) -> bool:
+    """A `save_to_disk` directory (its `state.json` is there), not reached through a symlink."""
+    return not path.is_symlink() and path.is_dir() and (path / "state.json").is_file()
 
+
+def _saved_files(path: Path) -> list[str]:
+    """The file names a saved dataset consists of (its state.json's data files and its metadata)."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        names = [f["filename"] for f in state.get("_data_files", []) if isinstance(f, dict)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        names = []
+    return [n for n in names if isinstance(n, str) and "/" not in n] + ["state.json", "dataset_info.json"]
+
+
+def _plan_hf_dataset(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None,
+                     staging: Path) -> list[str]:
+    """Save the dataset into `staging`, then check each of its files' targets in `out`; their names.
+
+    An existing `out` must be a saved dataset; only its own files are replaced (others in the
+    directory stay), and only when selectit wrote them for the same entry (or --overwrite).
+    """
     from selectit.formats import datasets_offline
 
+    if out.is_symlink():
+        raise ExportError(f"{out} is a symbolic link; give the saved dataset's real directory (or a new one) "
+                          f"for --format hf-dataset")
+    if out.exists() and not is_saved_dataset(out):
+        raise ExportError(f"{out} exists and is not a saved dataset; give a new directory, or end --out with "
+                          f"'/' to write the dataset into a folder inside it")
     hf = datasets_offline()
     table = _arrow_table(rows, layout) if rows or layout else _empty_alpaca()
-    if out.exists() and not (out / "state.json").exists():
-        raise ExportError(f"{out} exists and is not a saved dataset; give a new directory for --format hf-dataset")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        hf.Dataset(table).save_to_disk(str(tmp / "ds"))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp / "ds", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    hf.Dataset(table).save_to_disk(str(staging / "ds"))
+    if not out.exists():
+        w.new_dir(out)
+    new = sorted(p.name for p in (staging / "ds").iterdir() if p.is_file())
+    for name in new:
+        w.plan(out / name)
+    if out.exists():
+        for name in _saved_files(out):
+            if name not in new:
+                w.plan_stale(out / name)
+    return new
+
+
+def _stage_hf_dataset(w: Writer, out: Path, names: list[str], staging: Path) -> None:
+    for name in names:
+        w.stage(out / name, lambda tmp, n=name: os.replace(staging / "ds" / n, tmp))
 
 
 def _resolve_original(items: Sequence[Item]) -> Source:
@@ -420,48 +397,56 @@ def _original_texts(items: Sequence[Item], with_scores: bool, scores: Scores | N
     return [_dump(row) for row in _original_rows(items, True, scores)]
 
 
-def data_path(out: Path, fmt: str, source: Source | None = None, as_dir: bool = False) -> Path:
-    """The data file (or directory) an export to `out` writes: `out` itself, or a file inside
-    `out` when it is a directory (or `as_dir`: it was given with a trailing slash)."""
-    if fmt == "hf-dataset" or (fmt == "original" and source is not None and source.container == "hf-dir"):
-        return out
-    if out.is_dir() or as_dir:
-        if fmt == "original" and source is not None:
-            return out / ("data" + ORIGINAL_SUFFIX[source.container])
-        return out / DATA_FILE[fmt]
-    return out
+#: The extension of each converted format's data file.
+DATA_SUFFIX = {"alpaca-json": ".json", "jsonl": ".jsonl", "sharegpt": ".json", "messages": ".jsonl",
+               "parquet": ".parquet"}
 
 
-def write_export(
-    items: Sequence[Item],
-    out: str | os.PathLike[str],
-    fmt: str = "alpaca-json",
-    *,
-    with_scores: bool = False,
-    scores: Scores | None = None,
-    card: dict[str, Any] | None = None,
-    llamafactory: str | None = None,
-) -> ExportResult:
-    """Write `items` (best first) to `out` in `fmt`; the card and the LLaMA-Factory entry beside it.
+def file_stem(name: str) -> str:
+    """A file name for an export entry: `name` with anything but letters, digits, ``.``, ``_`` and
+    ``-`` replaced by ``_`` (never hidden, never empty).
 
-    `out` is a file, or a directory that receives ``data.<ext>``; ``hf-dataset`` makes `out` a
-    ``save_to_disk`` directory. `card` is the provenance (see `card_text`); `llamafactory` is the
-    name under which the entry is merged into ``dataset_info.json`` beside the data.
-    Data files are written to a temporary name and renamed: never left half-written.
+    >>> file_stem("selective_alpaca"), file_stem("top 3/v1"), file_stem("..")
+    ('selective_alpaca', 'top_3_v1', 'data')
     """
-    if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-    as_dir = str(out).endswith(("/", os.sep))
-    out = Path(out)
-    source = _resolve_original(items) if fmt == "original" and items else None
-    if fmt == "original" and not items:
-        fmt = "alpaca-json"  # nothing selected: an empty list in the default converted form
-    path = data_path(out, fmt, source, as_dir)
-    if as_dir and not out.exists() and out.parent.exists():
-        out.mkdir()
-    if not path.parent.exists():
-        raise ExportError(f"the directory {str(path.parent)!r} does not exist; create it first")
-    written = fmt if source is None else source.format
+    import re
+
+    stem = re.sub(r"[^\w.-]", "_", name).lstrip(".")
+    return stem or "data"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an export writes: the data file (or saved-dataset directory) and its card."""
+
+    data: Path
+    card: Path
+    in_dir: bool  # --out was a directory: the files are named after the entry
+    named: bool  # the user named the data file itself (it may be replaced)
+
+
+def export_layout(out: Path, fmt: str, entry: str, source: Source | None = None, as_dir: bool = False) -> Layout:
+    """The files an export of `entry` to `out` writes.
+
+    `out` a file: that file and ``FILE.README.md``. `out` a directory (it exists, or ends with
+    ``/``): ``DIR/<entry>.<ext>`` and ``DIR/<entry>.README.md``. A saved dataset (hf-dataset, or
+    the original of a `save_to_disk` source) is the directory `out` itself, or ``DIR/<entry>/`` when
+    `out` ends with ``/`` or is a directory that is not a saved dataset; its card is its README.md.
+    """
+    stem = file_stem(entry)
+    if fmt == "hf-dataset" or (fmt == "original" and source is not None and source.container == "hf-dir"):
+        inside = out.is_dir() and not out.is_symlink() and not is_saved_dataset(out)
+        directory = out / stem if as_dir or inside else out
+        return Layout(directory, directory / CARD_NAME, in_dir=directory != out, named=directory == out)
+    if as_dir or out.is_dir():
+        suffix = ORIGINAL_SUFFIX[source.container] if fmt == "original" and source is not None else DATA_SUFFIX[fmt]
+        return Layout(out / (stem + suffix), out / (stem + ".README.md"), in_dir=True, named=False)
+    return Layout(out, out.with_name(out.name + ".README.md"), in_dir=False, named=True)
+
+
+def _stage_records(w: Writer, path: Path, fmt: str, items: Sequence[Item], source: Source | None,
+                   with_scores: bool, scores: Scores | None) -> None:
+    """Stage the data file of a non-directory format."""
     if fmt == "original":
         assert source is not None
         container = source.container
@@ -469,52 +454,147 @@ def write_export(
             texts = _original_texts(items, with_scores, scores)
             if with_scores and source.layout.get("open", "\n  ") == "\n  ":
                 texts = [_indented(json.loads(t)) for t in texts]
-            _write_json_list(path, texts, source.layout)
+            _write_json_list(w, path, texts, source.layout)
         elif container == "jsonl":
-            _write_lines(path, _original_texts(items, with_scores, scores), source.layout.get("newline", "\n"))
+            _write_lines(w, path, _original_texts(items, with_scores, scores), source.layout.get("newline", "\n"))
         elif container == "parquet":
-            _write_parquet(path, _original_rows(items, with_scores, scores), source.layout)
+            _write_parquet(w, path, _original_rows(items, with_scores, scores), source.layout)
         elif container == "arrow":
-            _write_arrow(path, _original_rows(items, with_scores, scores), source.layout)
+            _write_arrow(w, path, _original_rows(items, with_scores, scores), source.layout)
         elif container in ("csv", "tsv"):
-            _write_csv(path, _original_rows(items, with_scores, scores), source.layout,
+            _write_csv(w, path, _original_rows(items, with_scores, scores), source.layout,
                        "\t" if container == "tsv" else source.layout.get("delimiter", ","))
-        elif container == "hf-dir":
-            _write_hf_dataset(path, _original_rows(items, with_scores, scores), source.layout)
         else:  # pragma: no cover - every ingest container is listed above
             raise ExportError(f"cannot write {container} originals")
+        return
+    records = _shaped(items, fmt, with_scores, scores)
+    if fmt in ("alpaca-json", "sharegpt"):
+        _write_json_list(w, path, [_indented(r) for r in records])
+    elif fmt in ("jsonl", "messages"):
+        _write_lines(w, path, [_dump(r) for r in records])
     else:
-        shape: Callable[[Item], dict[str, Any]] = {
-            "alpaca-json": alpaca_record, "jsonl": alpaca_record, "parquet": alpaca_record,
-            "sharegpt": sharegpt_record, "messages": messages_record, "hf-dataset": _hf_record,
-        }[fmt]
-        records = []
-        for item in items:
-            record = shape(item)
-            if with_scores:
-                record.update(_score_fields(item, scores))
-            records.append(record)
-        if fmt in ("alpaca-json", "sharegpt"):
-            _write_json_list(path, [_indented(r) for r in records])
-        elif fmt in ("jsonl", "messages"):
-            _write_lines(path, [_dump(r) for r in records])
-        elif fmt == "parquet":
-            _write_parquet(path, _uniform(records))
+        _write_parquet(w, path, _uniform(records))
+
+
+def _shaped(items: Sequence[Item], fmt: str, with_scores: bool, scores: Scores | None) -> list[dict[str, Any]]:
+    shape: Callable[[Item], dict[str, Any]] = {
+        "alpaca-json": alpaca_record, "jsonl": alpaca_record, "parquet": alpaca_record,
+        "sharegpt": sharegpt_record, "messages": messages_record, "hf-dataset": _hf_record,
+    }[fmt]
+    records = []
+    for item in items:
+        record = shape(item)
+        if with_scores:
+            record.update(_score_fields(item, scores))
+        records.append(record)
+    return records
+
+
+def write_export(
+    items: Sequence[Item],
+    out: str | os.PathLike[str],
+    fmt: str = "alpaca-json",
+    *,
+    entry: str = "data",
+    with_scores: bool = False,
+    scores: Scores | None = None,
+    card: dict[str, Any] | None = None,
+    llamafactory: str | None = None,
+    overwrite: bool = False,
+    protect: Sequence[str | os.PathLike[str]] = (),
+    sources: Sequence[tuple[str, str]] = (),
+) -> ExportResult:
+    """Write `items` (best first) to `out` in `fmt`; the card and the LLaMA-Factory entry beside it.
+
+    `out` is a file, or a directory that receives ``<entry>.<ext>`` (see `export_layout`).
+    `card` is the provenance (see `card_text`); `llamafactory` is the name under which the entry
+    is merged into ``dataset_info.json`` beside the data. `protect`: files never written (the
+    store's); `sources`: (path, sha256) of ingested files, replaced only with `overwrite`.
+    Every target is checked before anything is written, and all are renamed into place at the
+    end (`selectit.writer`): an error leaves every file as it was.
+    """
+    import shutil
+
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    if not str(out).strip():
+        raise ExportError("--out is empty; give the file (or the directory, ending with '/') to export to")
+    as_dir = str(out).endswith(("/", os.sep))
+    out = Path(out)
+    source = _resolve_original(items) if fmt == "original" and items else None
+    if fmt == "original" and not items:
+        fmt = "alpaca-json"  # nothing selected: an empty list in the default converted form
+    written = fmt if source is None else source.format
+    layout = export_layout(out, fmt, llamafactory or entry, source, as_dir)
+    is_dir = fmt == "hf-dataset" or (source is not None and source.container == "hf-dir")
+    if llamafactory is not None and is_dir:
+        raise ExportError("--llamafactory needs a data file (alpaca-json, jsonl, sharegpt, messages, parquet "
+                          "or an original JSON/JSONL/Parquet/CSV file), not a dataset directory")
+    if llamafactory is not None and source is not None and source.container == "arrow":
+        raise ExportError("LLaMA-Factory reads json, jsonl, csv and parquet files; export the Arrow records "
+                          "with --format parquet (or jsonl) for --llamafactory")
+    # In a directory the files belong to the entry; a named FILE and its card belong to that file.
+    owner = (llamafactory or entry) if layout.in_dir else f"--out {layout.data.name}"
+    w = Writer(entry=owner, protect=[Path(p) for p in protect], overwrite=overwrite,
+               refuse_named=_source_check(sources))
+    if layout.in_dir and not out.exists():
+        w.new_dir(out)
+    elif layout.in_dir and (out.is_symlink() and not out.is_dir()):
+        raise ExportError(f"{out} is not a directory; choose another --out")
+    staging = None
+    try:
+        if is_dir:
+            rows = _original_rows(items, with_scores, scores) if source is not None else _uniform(
+                _shaped(items, fmt, with_scores, scores))
+            parent = layout.data.parent if layout.data.parent.is_dir() else out.parent
+            if not parent.is_dir():
+                raise ExportError(f"the directory {str(parent)!r} does not exist; create it first")
+            staging = Path(tempfile.mkdtemp(prefix=".selectit-staging-", dir=parent))
+            names = _plan_hf_dataset(w, layout.data, rows, source.layout if source is not None else None, staging)
         else:
-            _write_hf_dataset(path, _uniform(records))
-    result = ExportResult(data=path, format=written, n=len(items))
-    home = path if path.is_dir() else path.parent
-    if card is not None:
-        in_dir = path.is_dir() or out.is_dir()
-        result.card = home / CARD_NAME if in_dir else path.with_name(path.name + ".README.md")
-        result.card.write_text(card_text(card, path, written, len(items)), encoding="utf-8")
-    if llamafactory is not None:
-        if path.is_dir():
-            raise ExportError("--llamafactory needs a data file (alpaca-json, jsonl, sharegpt, messages, parquet "
-                              "or an original JSON/JSONL/Parquet/CSV file), not a dataset directory")
-        entry = llamafactory_entry(path, written if source is None else "original", source)
-        result.dataset_info = merge_dataset_info(path.parent / LLAMAFACTORY_INFO, llamafactory, entry)
+            w.plan(layout.data, named=layout.named)
+        if card is not None:
+            w.plan(layout.card)
+        info = None
+        current: dict[str, Any] = {}
+        if llamafactory is not None:
+            info = layout.data.parent / LLAMAFACTORY_INFO
+            w.plan(info, shared=True, record=False)
+            current = read_dataset_info(info)
+        # Everything is checked: write.
+        if is_dir:
+            _stage_hf_dataset(w, layout.data, names, staging)  # type: ignore[arg-type]
+        else:
+            _stage_records(w, layout.data, fmt, items, source, with_scores, scores)
+        result = ExportResult(data=layout.data, format=written, n=len(items))
+        if card is not None:
+            w.stage_text(layout.card, card_text(card, layout.data, written, len(items), is_dir=is_dir))
+            result.card = layout.card
+        if info is not None:
+            staged = w.targets[w._given[layout.data]].staged
+            entry_json = llamafactory_entry(layout.data, written if source is None else "original", source,
+                                            content=staged)
+            current[llamafactory] = entry_json  # type: ignore[index]
+            w.stage_text(info, json.dumps(current, indent=2, ensure_ascii=False) + "\n")
+            result.dataset_info = info
+        w.commit()
+    finally:
+        w.abort()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _source_check(sources: Sequence[tuple[str, str]]) -> Callable[[Path], str | None]:
+    """Whether a named target is one of the ingested source files (by path, or by name and content)."""
+    def check(real: Path) -> str | None:
+        for path, sha256 in sources:
+            if Path(os.path.realpath(path)) == real or (
+                    Path(path).name == real.name and real.is_file() and sha256_file(real) == sha256):
+                return f"the ingested source file of this dataset ({Path(path).name})"
+        return None
+
+    return check
 
 
 def _hf_record(item: Item) -> dict[str, Any]:
@@ -535,11 +615,15 @@ def _uniform(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # LLaMA-Factory's dataset_info.json
 # --------------------------------------------------------------------------------------------
-def llamafactory_entry(path: Path, fmt: str, source: Source | None = None) -> dict[str, Any]:
+def llamafactory_entry(path: Path, fmt: str, source: Source | None = None, *,
+                       content: Path | None = None) -> dict[str, Any]:
     """The `dataset_info.json` entry LLaMA-Factory needs to load `path` (its documented schema:
-    file_name, file_sha1, formatting ∈ alpaca/sharegpt, columns, tags)."""
+    file_name, file_sha1, formatting ∈ alpaca/sharegpt, columns, tags). `content`: where the
+    bytes are now (the staged file, before it is renamed to `path`)."""
+    name, suffix = path.name, path.suffix
+    path = content or path
     sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-    entry: dict[str, Any] = {"file_name": path.name, "file_sha1": sha1}
+    entry: dict[str, Any] = {"file_name": name, "file_sha1": sha1}
     shape = fmt
     if fmt == "original":
         assert source is not None
@@ -570,8 +654,8 @@ def llamafactory_entry(path: Path, fmt: str, source: Source | None = None) -> di
         cmap = dict(source.column_map) if (fmt == "original" and source is not None) else {}
         columns = {"prompt": cmap.get("instruction", "instruction"), "query": cmap.get("input", "input"),
                    "response": cmap.get("output", "output")}
-        if fmt == "original" or _has_system(path):
-            names = _column_names(path)
+        names = _column_names(path, suffix)
+        if fmt == "original" or "system" in names:
             if cmap.get("system", "system") in names:
                 columns["system"] = cmap.get("system", "system")
             if columns["query"] not in names:
@@ -587,41 +671,41 @@ def _json_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _column_names(path: Path) -> set[str]:
-    if path.suffix == ".parquet":
+def _column_names(path: Path, suffix: str | None = None) -> set[str]:
+    suffix = path.suffix if suffix is None else suffix
+    if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return set(pq.ParquetFile(path).schema_arrow.names)
-    if path.suffix in (".csv", ".tsv"):
+    if suffix in (".csv", ".tsv"):
         import csv
 
         with path.open(encoding="utf-8", newline="") as fh:
-            return set(next(csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else ","), []))
+            return set(next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), []))
     names: set[str] = set()
     for record in _json_records(path):
         names.update(record)
     return names
 
 
-def _has_system(path: Path) -> bool:
-    return "system" in _column_names(path)
-
-
-def merge_dataset_info(info: Path, name: str, entry: dict[str, Any]) -> Path:
-    """Add (or replace) `name` in the `dataset_info.json` at `info`, keeping every other entry."""
-    current: dict[str, Any] = {}
-    if info.exists():
-        try:
-            current = json.loads(info.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ExportError(f"{info} is not valid JSON ({exc.msg}, line {exc.lineno}); fix or remove it, "
-                              f"then export again with --llamafactory") from None
-        if not isinstance(current, dict):
-            raise ExportError(f"{info} is not a JSON object of datasets; fix or remove it")
-    current[name] = entry
-    with _replacing(info) as tmp:
-        tmp.write_text(json.dumps(current, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return info
+def read_dataset_info(info: Path) -> dict[str, Any]:
+    """The entries of the `dataset_info.json` at `info` ({} when there is none): a clear error when
+    it is not a UTF-8 JSON object, before anything is written."""
+    if not info.exists():
+        return {}
+    try:
+        current = json.loads(info.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"{info} is not UTF-8 text (byte {exc.start}); fix or remove it, then export again "
+                          f"with --llamafactory") from None
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{info} is not valid JSON ({exc.msg}, line {exc.lineno}); fix or remove it, "
+                          f"then export again with --llamafactory") from None
+    except OSError as exc:
+        raise ExportError(f"cannot read {info}: {exc.strerror}") from None
+    if not isinstance(current, dict):
+        raise ExportError(f"{info} is not a JSON object of datasets; fix or remove it")
+    return current
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,7 +753,7 @@ def _size_category(n: int) -> str:
     return "n>10M"
 
 
-def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int) -> str:
+def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int, *, is_dir: bool = False) -> str:
     """The dataset card: YAML front matter (Hub metadata + the `selectit` provenance) and a summary."""
     name = provenance.get("name") or data.stem
     front = {
@@ -677,7 +761,7 @@ def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int) -> str:
         "tags": ["selectit", "instruction-tuning", "data-selection"],
         "size_categories": [_size_category(n)],
         "task_categories": ["text-generation"],
-        "configs": [{"config_name": "default", "data_files": data.name}] if not data.is_dir() else [],
+        "configs": [{"config_name": "default", "data_files": data.name}] if not is_dir else [],
         "selectit": provenance | {"export_format": fmt, "data_file": data.name},
     }
     if not front["configs"]:
@@ -685,8 +769,11 @@ def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int) -> str:
     lines = ["---", *to_yaml(front), "---", "", f"# {name}", ""]
     p = provenance
     criterion = p.get("criterion") or {}
+    how = ("drawn as a control (not by SelectIT) from the samples that" if criterion.get("control")
+           else "selected by")
     lines += [
-        f"{n} records selected by [SelectIT](https://arxiv.org/abs/2402.16705) self-reflection "
+        f"{n} records {how} [SelectIT](https://arxiv.org/abs/2402.16705) self-reflection "
+        f"{'ranks ' if criterion.get('control') else ''}"
         f"(selectit {p.get('selectit_version', '?')}, {p.get('created_at', '?')}), written as `{fmt}` to `{data.name}`.",
         "",
         f"- dataset: `{p.get('dataset')}` ({p.get('counts', {}).get('dataset_samples', '?')} samples, "
@@ -699,12 +786,19 @@ def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int) -> str:
         lines.append(f"- model `{m.get('name')}` (version {m.get('id')}, {m.get('dtype')}, fingerprint "
                      f"{str(m.get('fingerprint', ''))[:12]}, θ {m.get('theta')})")
     for f in p.get("source_files", []):
-        lines.append(f"- source file `{f.get('path')}` ({f.get('format')}, sha256 {str(f.get('sha256', ''))[:16]}…)")
+        where = f" at `{f['path']}`" if f.get("path") else ""
+        lines.append(f"- source file `{f.get('file')}`{where} ({f.get('format')}, sha256 {f.get('sha256', '')})")
     lines.append("")
     return "\n".join(lines)
 
 
 def _criterion_text(criterion: dict[str, Any]) -> str:
+    if criterion.get("control") == "random":
+        size = f"{criterion['top']:g} share" if criterion.get("top") is not None else f"{criterion.get('top_n')}"
+        return f"control: random {size} of the rankable samples, seed {criterion.get('seed')}"
+    if criterion.get("control") == "length":
+        size = f"top {criterion['top']:g} share" if criterion.get("top") is not None else f"top {criterion.get('top_n')}"
+        return f"control: the longest responses, {size} of the rankable samples"
     if criterion.get("top") is not None:
         return f"top {criterion['top']:g} share"
     if criterion.get("top_n") is not None:
@@ -750,14 +844,30 @@ def _sources(conn: Any, ids: set[int]) -> dict[int, Source]:
     return {r[0]: Source(r[0], r[1], r[2], r[3], r[4], r[5] or {}, r[6] or {}) for r in rows}
 
 
-def _source_files(conn: Any, dataset_id: int) -> list[dict[str, Any]]:
+def _source_files(conn: Any, dataset_id: int, paths: bool = False) -> list[dict[str, Any]]:
+    """The dataset's ingested files for the card: file name and sha256 (the full path with `paths`)."""
     import sqlalchemy as sa
 
     from selectit.schema import Ingest
 
     rows = conn.execute(sa.select(Ingest.path, Ingest.sha256, Ingest.format, Ingest.n_read, Ingest.created_at)
                         .where(Ingest.dataset_id == dataset_id).order_by(Ingest.id))
-    return [{"path": p, "sha256": h, "format": f, "records": n, "ingested_at": str(t)[:19]} for p, h, f, n, t in rows]
+    files = []
+    for p, h, f, n, t in rows:
+        record = {"file": Path(p).name or p, "sha256": h, "format": f, "records": n, "ingested_at": str(t)[:19]}
+        if paths:
+            record["path"] = p
+        files.append(record)
+    return files
+
+
+def _ingested(conn: Any, dataset_id: int) -> list[tuple[str, str]]:
+    """(path, sha256) of every file ingested into the dataset: an export replaces one only with --overwrite."""
+    import sqlalchemy as sa
+
+    from selectit.schema import Ingest
+
+    return [(p, h) for p, h in conn.execute(sa.select(Ingest.path, Ingest.sha256).where(Ingest.dataset_id == dataset_id))]
 
 
 def _model_rows(conn: Any, params: Any) -> list[dict[str, Any]]:
@@ -835,12 +945,18 @@ def export_selection(
     weights: dict[str, float] | None = None,
     models: list[str] | None = None,
     prompt_set: str | None = None,
+    overwrite: bool = False,
+    card_paths: bool = False,
+    require_complete: bool = False,
 ) -> ExportResult:
     """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`.
 
     `fmt` None: ``original`` when every selected record kept its original (and they share one kind
     of file), else ``alpaca-json`` (`ExportResult.note` says why). `order`: ``rank`` (best first)
-    or ``dataset`` (the order of the ingested files).
+    or ``dataset`` (the order of the ingested files). `overwrite`: replace files the export did not
+    write for this entry (never the store's). `card_paths`: the card records the sources' full
+    paths (default: file name and sha256). `require_complete`: refuse a partly scored dataset
+    (else `ExportResult.warning` says how much of it is rankable).
     """
     import duckdb
     import sqlalchemy as sa
@@ -848,12 +964,15 @@ def export_selection(
     from selectit import __version__, fusion, selection as sel
     from selectit.schema import Dataset, DatasetSample, Selection, SelectionSample
 
+    if not str(out).strip():
+        raise ExportError("--out is empty; give the file (or the directory, ending with '/') to export to")
     if (selection is None) == (dataset is None):
         raise ExportError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
     if fmt is not None and fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
     if order not in ("rank", "dataset"):
         raise ExportError(f"--order must be rank or dataset, not {order!r}")
+    warning = None
     if selection is not None:
         with engine.connect() as conn:
             row = conn.execute(sa.select(Selection.id, Selection.dataset_id, Selection.params)
@@ -876,6 +995,7 @@ def export_selection(
         try:
             params = fusion.require_scoring_setup(con)
             n_rankable = sel.rank_dataset(con, dataset)
+            warning = sel.partial_warning(fusion.coverage(con, dataset), require_complete)
             ranked = [(r.rank, r.sample_id, r.s_model) for r in sel.chosen(con, criterion_obj)]
             dataset_id = fusion.dataset_id(con, dataset)
         finally:
@@ -892,13 +1012,14 @@ def export_selection(
                 texts[sid] = (i, n or "", o)
         members = _memberships(conn, dataset_id, ids)
         sources = _sources(conn, {m[2] for m in members.values() if m[2] is not None})
+        ingested = _ingested(conn, dataset_id)
         n_samples = conn.execute(sa.select(sa.func.count()).select_from(DatasetSample)
                                  .where(DatasetSample.dataset_id == dataset_id)).scalar_one()
         provenance = {
             "name": selection or dataset,
             "selection": selection,
             "dataset": dataset,
-            "source_files": _source_files(conn, dataset_id),
+            "source_files": _source_files(conn, dataset_id, card_paths),
             "models": _model_rows(conn, params),
             "prompt_set": _prompt_rows(conn, params),
             "alpha": params.alpha,
@@ -927,12 +1048,11 @@ def export_selection(
             fmt, note = "alpaca-json", f"wrote alpaca-json: {exc}"
     scores = _scores(db_url, params, ids) if with_scores else None
     name = llamafactory if isinstance(llamafactory, str) and llamafactory else (selection or dataset)
-    token = _PROTECTED.set(tuple(fusion.store_files(db_url)))
-    try:
-        result = write_export(chosen_items, out, fmt, with_scores=with_scores, scores=scores,
-                              card=provenance if card else None,
-                              llamafactory=name if llamafactory not in (False, None) else None)
-    finally:
-        _PROTECTED.reset(token)
+    assert name is not None
+    result = write_export(chosen_items, out, fmt, entry=name, with_scores=with_scores, scores=scores,
+                          card=provenance if card else None,
+                          llamafactory=name if llamafactory not in (False, None) else None,
+                          overwrite=overwrite, protect=fusion.store_files(db_url), sources=ingested)
     result.note = note
+    result.warning = warning
     return result

@@ -9,7 +9,9 @@ binaries that the `duckdb-extension-*` PyPI packages carry, never downloaded), a
 - `sentence_scores(sample_id, model_id, model, n_prompts, s_sent)`;
 - `model_scores(sample_id, n_models, s_model)`;
 - `ranking(dataset, dataset_id, sample_id, position, s_model, rank, percentile)` (rank 1 = best);
-- `selective_alpaca(dataset, rank, sample_id, instruction, input, output, s_model)` (top share).
+- `selective_alpaca(dataset, rank, sample_id, instruction, input, output, s_model)` (top share);
+- `rater_health(dataset, level, model_id, model, prompt_set, prompt_id, position, cells, …)`: how far
+  the raters can be trusted (label mass, decisiveness, collapse, agreement; `health_sql`).
 
 Only active model and prompt versions of the chosen models and prompt set enter the views (the
 temporary tables `chosen_models` and `chosen_prompts` say which, with each model's θ); older
@@ -211,11 +213,18 @@ def sqlite_file(db_url: str | None) -> Path | None:
 
 
 def store_files(db_url: str | None) -> list[Path]:
-    """The files that make up a SQLite store (database, WAL, shared memory, journal); [] for a server."""
+    """The files that make up a SQLite store (database, WAL, shared memory, journal); [] for a server.
+
+    SQLite names the WAL after the database's real path, so the names are derived from the resolved
+    path (a store reached through a symlink) as well as from the path as given.
+    """
     path = sqlite_file(db_url)
     if path is None:
         return []
-    return [path] + [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+    files: list[Path] = []
+    for base in dict.fromkeys([path, Path(os.path.realpath(path))]):
+        files += [base] + [Path(f"{base}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+    return files
 
 
 def _one_line(exc: BaseException) -> str:
@@ -313,6 +322,7 @@ def _token_sql(max_scale: int, formula: Formula) -> str:
 CREATE OR REPLACE TEMP VIEW token_scores AS
 WITH cell AS (
     SELECT s.sample_id, s.model_id, m.model, s.prompt_id, p.set_name, p.position, p.scale,
+           CAST(s.truncated AS INTEGER) AS truncated,
            {mask}
     FROM store.scores s
     JOIN chosen_models m ON m.model_id = s.model_id
@@ -332,9 +342,17 @@ SELECT sample_id, model_id, model, prompt_id, set_name, position, scale,
        base_{"a" if formula == Formula.PAPER else "b"} AS s_base,
        base_a * {spread('a')} / (scale - 1) AS s_token_paper,
        base_b * {spread('b')} / (scale - 1) AS s_token_reference,
-       s_token_{chosen} AS s_token
+       s_token_{chosen} AS s_token,
+       coalesce(psum, 0) AS mass,  -- Σ_k p_k: how much the rater answers with a label at all
+       max_{"a" if formula == Formula.PAPER else "b"} AS p_max,  -- max_k P'_k of the chosen formula
+       truncated
 FROM based
 """
+
+
+def s_sent_sql(alpha: float) -> str:
+    """S_sent = mean(S_token) / (1 + α × std_pop(S_token)), as an aggregate over `s_token`."""
+    return f"avg(s_token) / (1 + {float(alpha)!r} * stddev_pop(s_token))"
 
 
 def _views_sql(alpha: float, n_prompts: int, n_models: int, top: float) -> str:
@@ -344,7 +362,7 @@ def _views_sql(alpha: float, n_prompts: int, n_models: int, top: float) -> str:
 -- Only pairs with all K' = {n_prompts} cells scored enter.
 CREATE OR REPLACE TEMP VIEW sentence_scores AS
 SELECT sample_id, model_id, any_value(model) AS model, count(s_token) AS n_prompts,
-       avg(s_token) / (1 + {alpha!r} * stddev_pop(s_token)) AS s_sent
+       {s_sent_sql(alpha)} AS s_sent
 FROM token_scores
 GROUP BY sample_id, model_id
 HAVING count(s_token) = {n_prompts};
@@ -376,6 +394,152 @@ SELECT r.dataset, r.rank, r.sample_id, s.instruction, s.input, s.output, r.s_mod
 FROM (SELECT *, count(*) OVER (PARTITION BY dataset_id) AS n_rankable FROM ranking) r
 JOIN store.samples s ON s.id = r.sample_id
 WHERE r.rank <= {top_share_sql(top, "r.n_rankable")};
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Rater health: can the ratings be trusted? (thresholds and warnings: `selectit.health`)
+# --------------------------------------------------------------------------------------------
+#: The samples a health figure is computed over: (dataset, sample_id, response_chars).
+DATASET_SCOPE = """
+SELECT d.name AS dataset, ds.sample_id, length(s.output) AS response_chars
+FROM store.dataset_samples ds JOIN store.datasets d ON d.id = ds.dataset_id JOIN store.samples s ON s.id = ds.sample_id
+"""
+#: Every stored sample of any dataset once, as the dataset '*' (what `selectit status` reports).
+ALL_SAMPLES_SCOPE = """
+SELECT '*' AS dataset, s.id AS sample_id, length(s.output) AS response_chars
+FROM store.samples s WHERE s.id IN (SELECT sample_id FROM store.dataset_samples)
+"""
+
+
+def _avg_rank(value: str, partition: str) -> str:
+    """The rank of `value` within `partition`, tied values sharing their mean rank (as
+    scipy.stats.rankdata). Values are compared at 12 decimals: two ways of summing the same
+    probabilities can differ in the last bit, and that must not break a tie."""
+    v = f"round({value}, 12)"
+    return (f"(rank() OVER (PARTITION BY {partition} ORDER BY {v}) "
+            f"+ (count(*) OVER (PARTITION BY {partition}, {v}) - 1) / 2.0)")
+
+
+def _rho(rx: str, ry: str) -> str:
+    """Spearman ρ as the Pearson correlation of the ranks; NULL when a side is constant (ρ
+    undefined) or under 3 samples."""
+    return f"CASE WHEN count(*) >= 3 AND var_pop({rx}) > 0 AND var_pop({ry}) > 0 THEN corr({rx}, {ry}) END"
+
+
+def _cell_figures(keys: str) -> str:
+    """Label mass, decisiveness, collapse and truncation over the health cells, per `keys`.
+
+    collapse_base is the most common S_base (ties → the smaller), collapse_share its share.
+    """
+    return f"""
+    SELECT {keys}, count(*) AS cells, count(DISTINCT sample_id) AS samples, any_value(scale) AS scale,
+           median(mass) AS mass_median, quantile_cont(mass, 0.1) AS mass_p10, avg(p_max) AS mean_max_p,
+           avg(truncated) AS truncated_share
+    FROM health_cells GROUP BY {keys}"""
+
+
+def health_sql(scope: str, params: Params) -> str:
+    """The rater health figures over the samples of `scope` (see `DATASET_SCOPE`), one row per
+    (dataset, level, model, prompt): level `prompt` (one prompt of a model), `model` (all its
+    prompts) and `fusion` (the chosen models together; model NULL). Columns:
+
+    cells (usable cells counted), samples, scale K, mass_median / mass_p10 (median and 10th
+    percentile of Σ_k p_k), mean_max_p (mean max_k P'_k), collapse_base / collapse_share (the most
+    common S_base and the share of cells that get it), truncated_share, rho_prompts (median
+    Spearman ρ of S_token between two prompts of the model, over the pairs; for a prompt: the
+    pairs it is in), rho_models (median ρ of S_sent between two models; for a model: its pairs),
+    rho_length (ρ of S_sent — S_model for the fusion row — with the response's length in
+    characters), rho_pairs (how many pairs the median is over). ρ between prompts is over the
+    samples the model scored with every prompt, ρ between models over the samples every chosen
+    model scored; the figures use the connection's formula, α and models.
+    """
+    # Ranks are taken once per prompt (per model) over a fixed set of samples, so every pair is
+    # a join and a correlation, not a sort: S_token over the samples the model scored with every
+    # prompt (those with an S_sent), S_sent over the samples every chosen model scored.
+    mode = """(SELECT {keys}, first(s_base ORDER BY n DESC, s_base) AS collapse_base, max(n) / sum(n) AS collapse_share
+               FROM (SELECT {keys}, s_base, count(*) AS n FROM health_cells WHERE s_base IS NOT NULL
+                     GROUP BY {keys}, s_base) GROUP BY {keys})"""
+    # MATERIALIZED: each is read several times below; inlined, every read would scan the store again.
+    return f"""
+WITH scope AS MATERIALIZED ({scope}),
+health_cells AS MATERIALIZED (
+    SELECT sc.dataset, sc.response_chars, t.* FROM token_scores t JOIN scope sc USING (sample_id)
+), health_sent AS MATERIALIZED (  -- sentence_scores' S_sent, from the cells above (no second scan)
+    SELECT dataset, model_id, sample_id, any_value(response_chars) AS response_chars,
+           {s_sent_sql(params.alpha)} AS s_sent
+    FROM health_cells GROUP BY dataset, model_id, sample_id HAVING count(s_token) = {len(params.prompts)}
+), health_model AS (  -- S_model as the model_scores view computes it, from the sentence scores above
+    SELECT h.dataset, h.sample_id, any_value(h.response_chars) AS response_chars, sum(m.share * h.s_sent) AS s_model
+    FROM health_sent h JOIN chosen_models m USING (model_id)
+    GROUP BY h.dataset, h.sample_id HAVING count(*) = (SELECT count(*) FROM chosen_models)
+), token_ranks AS MATERIALIZED (
+    SELECT c.dataset, c.model_id, c.prompt_id, c.position, c.sample_id,
+           {_avg_rank("c.s_token", "c.dataset, c.model_id, c.prompt_id")} AS r
+    FROM health_cells c SEMI JOIN health_sent h USING (dataset, model_id, sample_id)
+), sent_ranks AS MATERIALIZED (
+    SELECT dataset, model_id, sample_id,
+           {_avg_rank("s_sent", "dataset, model_id")} AS r_sent,
+           {_avg_rank("response_chars", "dataset, model_id")} AS r_len
+    FROM health_sent h
+), shared_ranks AS (  -- S_sent ranked over the samples every chosen model scored
+    SELECT dataset, model_id, sample_id, {_avg_rank("s_sent", "dataset, model_id")} AS r
+    FROM health_sent h SEMI JOIN health_model USING (dataset, sample_id)
+), prompt_pairs AS (
+    SELECT a.dataset, a.model_id, a.prompt_id AS pa, b.prompt_id AS pb, count(*) AS n, {_rho("a.r", "b.r")} AS rho
+    FROM token_ranks a JOIN token_ranks b ON a.dataset = b.dataset AND a.model_id = b.model_id
+         AND a.sample_id = b.sample_id AND a.position < b.position
+    GROUP BY ALL
+), model_pairs AS (
+    SELECT a.dataset, a.model_id AS ma, b.model_id AS mb, count(*) AS n, {_rho("a.r", "b.r")} AS rho
+    FROM shared_ranks a JOIN shared_ranks b ON a.dataset = b.dataset AND a.sample_id = b.sample_id
+         AND a.model_id < b.model_id
+    GROUP BY ALL
+), sent_length AS (
+    SELECT dataset, model_id, count(*) AS n, {_rho("r_sent", "r_len")} AS rho FROM sent_ranks GROUP BY ALL
+), model_length AS (
+    SELECT dataset, count(*) AS n, {_rho("rs", "rl")} AS rho FROM (
+        SELECT dataset, {_avg_rank("s_model", "dataset")} AS rs, {_avg_rank("response_chars", "dataset")} AS rl
+        FROM health_model) GROUP BY ALL
+), per_prompt AS ({_cell_figures("dataset, model_id, prompt_id")}
+), per_model AS ({_cell_figures("dataset, model_id")}
+), prompt_rho AS (
+    SELECT dataset, model_id, prompt_id, median(rho) AS rho_prompts, count(rho) AS rho_pairs
+    FROM (SELECT dataset, model_id, pa AS prompt_id, rho FROM prompt_pairs
+          UNION ALL SELECT dataset, model_id, pb, rho FROM prompt_pairs)
+    GROUP BY dataset, model_id, prompt_id
+), model_rho AS (
+    SELECT dataset, model_id, median(rho) AS rho_prompts, count(rho) AS rho_pairs FROM prompt_pairs GROUP BY ALL
+), model_agree AS (
+    SELECT dataset, model_id, median(rho) AS rho_models FROM (
+        SELECT dataset, ma AS model_id, rho FROM model_pairs UNION ALL SELECT dataset, mb, rho FROM model_pairs)
+    GROUP BY ALL
+)
+SELECT f.dataset, 'prompt' AS level, f.model_id, m.model, p.set_name AS prompt_set, f.prompt_id, p.position,
+       f.cells, f.samples, f.scale, f.mass_median, f.mass_p10, f.mean_max_p, c.collapse_base, c.collapse_share,
+       f.truncated_share, r.rho_prompts, NULL::DOUBLE AS rho_models, NULL::DOUBLE AS rho_length, r.rho_pairs
+FROM per_prompt f
+JOIN chosen_models m USING (model_id)
+JOIN chosen_prompts p USING (prompt_id)
+LEFT JOIN {mode.format(keys="dataset, model_id, prompt_id")} c USING (dataset, model_id, prompt_id)
+LEFT JOIN prompt_rho r USING (dataset, model_id, prompt_id)
+UNION ALL
+SELECT f.dataset, 'model', f.model_id, m.model, (SELECT any_value(set_name) FROM chosen_prompts), NULL, NULL,
+       f.cells, f.samples, f.scale, f.mass_median, f.mass_p10, f.mean_max_p, c.collapse_base, c.collapse_share,
+       f.truncated_share, r.rho_prompts, a.rho_models, l.rho, r.rho_pairs
+FROM per_model f
+JOIN chosen_models m USING (model_id)
+LEFT JOIN {mode.format(keys="dataset, model_id")} c USING (dataset, model_id)
+LEFT JOIN model_rho r USING (dataset, model_id)
+LEFT JOIN model_agree a USING (dataset, model_id)
+LEFT JOIN sent_length l USING (dataset, model_id)
+UNION ALL
+SELECT f.dataset, 'fusion', NULL, NULL, (SELECT any_value(set_name) FROM chosen_prompts), NULL, NULL,
+       f.cells, coalesce(l.n, 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT median(rho) FROM model_pairs mp WHERE mp.dataset = f.dataset), l.rho,
+       (SELECT count(rho) FROM model_pairs mp WHERE mp.dataset = f.dataset)
+FROM (SELECT dataset, sum(cells) AS cells FROM per_model GROUP BY dataset) f
+LEFT JOIN model_length l USING (dataset)
 """
 
 
@@ -529,6 +693,7 @@ def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) ->
     max_scale = max((p.scale for p in params.prompts), default=2)
     con.execute(_token_sql(max_scale, Formula(params.formula)))
     con.execute(_views_sql(float(params.alpha), len(params.prompts), len(params.models), top))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE, params)}")
     # The parameters travel with the connection (and are visible to ad-hoc SQL).
     con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {_sql_str(json.dumps(params.as_json()))}::JSON AS params")
 

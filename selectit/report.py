@@ -3,8 +3,9 @@
 Everything is read through the DuckDB fusion views (`selectit.fusion.connect`), so the page shows
 exactly what `selectit rank` would compute for the same α, formula, models and prompt set. Every
 plot is a PNG next to `index.html`, and the numbers behind it are a table on the page and a CSV
-next to the PNG. The page is written into a temporary directory and moved into place at the end,
-so an interrupted run never leaves a half-written report.
+next to the PNG. The files are made in a private temporary directory, then written into the
+report directory through `selectit.writer` (every target checked first, renamed into place): a
+rerun replaces only the files the previous report wrote (its manifest lists them), never anything else.
 
 matplotlib and numpy are imported inside the functions, so `import selectit` stays light.
 """
@@ -26,8 +27,9 @@ from typing import Any
 
 from selectit.errors import SelectitError
 from selectit.fusion import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
+from selectit.writer import MANIFEST, Writer, read_manifest
 
-#: Marks a directory as a selectit report, so a rerun may replace it (and nothing else).
+#: Marked the index.html of reports written before the manifest (`selectit.writer.MANIFEST`) listed their files.
 MARKER = "<!-- selectit report -->"
 
 # ----------------------------------------------------------------------------------------------
@@ -565,6 +567,64 @@ def _coverage_section(d: _Data, plt: Any, out: Path) -> Section:
     return sec
 
 
+def _health_section(con: Any, dataset: str) -> Section:
+    """Rater health (`selectit.health`): the figures per model and prompt, and the warnings."""
+    from selectit import health
+
+    try:
+        rows = health.diagnose(con, dataset)
+    except SelectitError as exc:  # e.g. no model chosen: the coverage section says what to do
+        return Section("rater-health", "Rater health", "Nothing to judge yet.", note=str(exc))
+    warnings = [w.text for w in health.judge(rows)]
+    sec = Section(
+        "rater-health", "Rater health",
+        "Can these ratings be trusted? Label mass: the probability the rater puts on the label digits at all "
+        "(median, 10th percentile); mean max P': how decided it is; collapse: the share of cells with the most "
+        "common S_base; ρ: Spearman correlation between a model's prompts, between models and with the "
+        "response length. Thresholds: README, \"Can I trust these ratings?\".",
+        note=("Warnings: " + " • ".join(warnings)) if warnings else "No warnings: every figure is within its threshold.",
+    )
+    sec.tables = [Table("rater_health", "Rater health per model and prompt", list(health.COLUMNS),
+                        [[_round(r[c]) for c in health.COLUMNS] for r in rows])]
+    return sec
+
+
+def _controls_section(con: Any, d: _Data, top: float) -> Section:
+    """The selected top share beside two controls of the same size from the same rankable samples
+    (`selectit select --random` with seed 0, `--by length`): overlap, length, calculation share."""
+    import statistics
+
+    from selectit.selection import Control, control_rows, rank_dataset
+
+    sec = Section(
+        "controls", "SelectIT vs control selections",
+        "For an honest ablation, fine-tune on the SelectIT selection and on a control of the same size "
+        "from the same rankable samples: a random draw (`selectit select NAME --random SHARE --seed 0`) and "
+        "the longest responses (`selectit select NAME --by length --top SHARE`). Overlap: samples shared "
+        "with the SelectIT selection.",
+    )  # fmt: skip
+    if not d.ranking:
+        sec.note = "Nothing is rankable yet: no selection to compare."
+        return sec
+    rank_dataset(con, d.dataset)
+    groups = {
+        "SelectIT (top share)": d.selected,
+        "random control (seed 0)": [r.sample_id for r in control_rows(con, Control("random", top=top))],
+        "longest responses": [r.sample_id for r in control_rows(con, Control("length", top=top))],
+    }
+    chosen = set(d.selected)
+    rows = []
+    for name, ids in groups.items():
+        lengths = [d.samples[s][1] for s in ids]
+        n_calc = sum(1 for s in ids if d.samples[s][0])
+        rows.append([name, len(ids), len(chosen & set(ids)), _round(statistics.fmean(lengths), 2),
+                     _round(float(statistics.median(lengths)), 2), _round(n_calc / len(ids))])
+    sec.tables = [Table("controls", "SelectIT selection and controls of the same size",
+                        ["selection", "samples", "overlap with SelectIT", "mean length", "median length",
+                         "calculation share"], rows)]
+    return sec
+
+
 def _save(fig: Any, plt: Any, out: Path, name: str, tight: bool = True) -> str:
     if tight:
         fig.tight_layout()
@@ -656,28 +716,56 @@ def _theta(t: float) -> str:
     return f"{t:,.0f}" if t == int(t) else f"{t:g}"
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise ReportError(f"{out} is a file; give --out a directory (it is created if missing).")
-        index = out / "index.html"
-        is_report = index.exists() and MARKER in index.read_text(encoding="utf-8", errors="replace")[:4000]
-        if any(out.iterdir()) and not is_report:
-            raise ReportError(
-                f"{out} exists and is not a selectit report; choose another --out or empty it first."
-            )
+def _prepare_out(out: Path) -> bool:
+    """Check the report directory before anything is computed; True for a report written by an older
+    selectit (no manifest: its index.html carries `MARKER`), whose files of the same names may be
+    replaced.
+
+    Refused: a file; `.` or an ancestor of the working directory; a non-empty directory that holds
+    no selectit report.
+    """
+    real = Path(os.path.realpath(out))
+    cwd = Path(os.getcwd())
+    if real == cwd or real in cwd.parents:
+        raise ReportError(f"--out {out} is the working directory or one of its parents; give the report a "
+                          f"directory of its own (e.g. --out report)")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ReportError(f"{out} is a file; give --out a directory (it is created if missing).")
+    if (real / MANIFEST).exists():
+        read_manifest(real)  # a clear error when it is not one
+        return False
+    index = real / "index.html"
+    legacy = False
+    if index.is_file() and not index.is_symlink():
+        with open(index, encoding="utf-8", errors="replace") as fh:
+            legacy = MARKER in fh.read(4000)
+    if not legacy and any(real.iterdir()):
+        raise ReportError(f"{out} exists and is not a selectit report; choose another --out or empty it first.")
+    return legacy
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp` with renames only, so readers see the old or the new report."""
-    old = None
+def _write_files(staged: Path, out: Path, protect: Sequence[Path], legacy: bool) -> None:
+    """Copy the report's files from `staged` into `out` through the guarded writer: every target is
+    checked first, files the previous report wrote and this one does not are removed, nothing else."""
+    w = Writer(entry="report", protect=protect, overwrite=legacy)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        w.new_dir(out)
+    names = sorted(p.name for p in staged.iterdir() if p.name != "index.html") + ["index.html"]
+    for name in names:  # index.html last: the page appears when its images are there
+        w.plan(out / name)
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rmdir(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        for name, record in read_manifest(Path(os.path.realpath(out))).items():
+            if record.get("entry") == "report" and name not in names:
+                w.plan_stale(out / name)
+    try:
+        for name in names:
+            w.stage(out / name, lambda tmp, n=name: shutil.copyfile(staged / n, tmp))
+        w.commit()
+    finally:
+        w.abort()
 
 
 def build_report(
@@ -699,9 +787,10 @@ def build_report(
     selected samples are its `selective_alpaca` view (the top share of the rankable samples).
     """
     validate_top(top)  # before anything is written
+    if not str(out).strip():
+        raise ReportError("--out is empty; give the report's directory (e.g. --out report)")
     out = Path(out)
-    _prepare_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    legacy = _prepare_out(out)
 
     import matplotlib
 
@@ -715,21 +804,24 @@ def build_report(
     )
     try:
         d = _gather(con, dataset)
+        health_section = _health_section(con, dataset)
+        controls_section = _controls_section(con, d, top)
     finally:
         con.close()
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix="selectit-report-"))  # private: the files are staged here first
     try:
         builders = (
             _coverage_section, _sent_section, _token_section, _prompt_agreement_section,
             _model_agreement_section, _length_section, _calc_section,
         )  # fmt: skip
-        sections = []
+        sections = [health_section]
         for build in builders:
             sec = build(d, plt, tmp)
             if progress:
                 progress(sec.title)
             sections.append(sec)
+        sections.append(controls_section)
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
             ("dataset", f"{d.dataset} ({d.n_samples} samples)"),
@@ -748,10 +840,9 @@ def build_report(
                 _write_csv(t, tmp / f"{t.name}.csv")
                 tables[t.name] = t
         (tmp / "index.html").write_text(_render(header, sections, f"selectit report: {d.dataset}"), encoding="utf-8")
-        _move_into_place(tmp, out)
-    except BaseException:
+        _write_files(tmp, out, [Path(p) for p in fusion.store_files(db_url)], legacy)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ReportResult(
         index=out / "index.html",
         pngs=tuple(s.png for s in sections if s.png),

@@ -1,9 +1,9 @@
 """Running jobs: the one code path behind `selectit score` and the Celery workers.
 
 A runner claims a job with a lease (`selectit.leases`), scores the job's cells that are still
-missing in small committed batches through a `ScoringEngine`, renewing the lease after each
-batch, and marks the job done. A killed runner loses at most one batch; nothing is written twice
-(`selectit.cells`).
+missing in small batches through a `ScoringEngine` while a writer thread commits the batches
+already scored and renews the lease after each (`BatchWriter`), and marks the job done. A killed
+runner loses at most `BATCHES_IN_FLIGHT` batches; nothing is written twice (`selectit.cells`).
 
 No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`, see
 `default_scorer_factory`), so this module imports without it.
@@ -11,8 +11,11 @@ No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from selectit.contract import (CellResult, JobStatus, ModelSpec, RatingRequest, 
                                split_on_failure)
 from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
-from selectit.schema import LLM, Job, JobSample, Prompt, Sample, utcnow
+from selectit.schema import LLM, Job, JobSample, Prompt, Sample, Throughput, utcnow
 from selectit.settings import Settings, SettingsError, variable
 
 if TYPE_CHECKING:
@@ -73,6 +76,20 @@ def _requests(session: Session, cells: dict[int, list[int]], prompts: dict[int, 
     return requests
 
 
+def _in_batches(requests: list[RatingRequest], batch_size: int) -> list[list[RatingRequest]]:
+    """`requests` (grouped by sample) cut into batches of `batch_size` samples."""
+    batches: list[list[RatingRequest]] = []
+    samples_in_last = 0
+    for i, req in enumerate(requests):
+        if i == 0 or req.sample_id != requests[i - 1].sample_id:  # a new sample
+            if not batches or samples_in_last == batch_size:
+                batches.append([])
+                samples_in_last = 0
+            samples_in_last += 1
+        batches[-1].append(req)
+    return batches
+
+
 def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest]) -> list[CellResult]:
     """Score a batch; where the engine raises, isolate the requests that fail on their own."""
     def per_request(reqs: list[RatingRequest]) -> list[list[CellResult]]:
@@ -92,6 +109,110 @@ def _after_error(status: JobStatus | None) -> Outcome:
     return Outcome.FAILED if status == JobStatus.FAILED else Outcome.RETRY
 
 
+#: Scored batches that may wait for the writer: the GPU scores batch n+1 (and n+2) while batch n
+#: is written, and stops when this many are waiting (the bookkeeping has fallen behind).
+WRITE_QUEUE_BATCHES = 1
+#: The most batches of a job a killed worker loses: the one being written, those waiting for the
+#: writer, and the one being scored.
+BATCHES_IN_FLIGHT = 1 + WRITE_QUEUE_BATCHES + 1
+
+
+class _Lost(Exception):
+    """The job's lease expired and another worker took it over."""
+
+
+class BatchWriter:
+    """Writes a job's scored batches and renews its lease, on a thread with its own connection,
+    so the scorer never waits for the database between forwards.
+
+    `put(results, last)` hands a batch over (it blocks while `WRITE_QUEUE_BATCHES` batches
+    already wait); `close()` waits for the last write. A write error or a lost lease is raised by
+    the next `put`/`close`. Each batch is one transaction: its cells (one set-based statement) and
+    the lease renewal — and for the last batch, the job marked done — so a batch is stored whole
+    or not at all.
+    """
+
+    def __init__(self, engine: Engine, job_id: int, model_id: int, worker: str, lease: float,
+                 engine_name: str | None, engine_version: str | None) -> None:
+        self._args = (engine, job_id, model_id, worker, lease, engine_name, engine_version)
+        self._queue: queue.Queue[tuple[list[CellResult], bool] | None] = queue.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        #: After `close()`: True if the last batch's transaction also marked the job done.
+        self.finished = False
+        self._committed: collections.deque[tuple[int, int]] = collections.deque()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"selectit-writer-{job_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        engine, job_id, model_id, worker, lease, engine_name, engine_version = self._args
+        ended = False
+        try:
+            with engine.connect() as conn:  # this thread's own connection for the whole job
+                while True:
+                    item = self._queue.get()
+                    if item is None:
+                        ended = True
+                        break
+                    results, last = item
+                    if self._error is not None:
+                        continue  # drain: nothing more is written after a failure
+                    with Session(bind=conn) as session, session.begin():
+                        write_results(session, model_id, results, worker, engine_name, engine_version)
+                        still_ours = heartbeat(session, job_id, worker, lease)
+                        if last and still_ours:  # the job's end rides on its last batch's commit
+                            self.finished = mark_done(session, job_id, worker)
+                    n_failed = sum(1 for r in results if not r.ok)
+                    self._committed.append((len(results) - n_failed, n_failed))
+                    if not still_ours:
+                        self._error = _Lost()
+        except BaseException as exc:  # noqa: BLE001 - handed to the scoring thread
+            self._error = exc
+            while not ended and self._queue.get() is not None:  # unblock a waiting put until close()
+                pass
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, results: list[CellResult], last: bool = False) -> None:
+        """Hand a scored batch over; `last`: the job's last one (its commit marks the job done)."""
+        self._check()
+        self._queue.put((results, last))
+
+    def close(self) -> None:
+        """Wait until every batch handed over is written (or the writer failed)."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def abandon(self) -> None:
+        """Stop without waiting for the result (the job failed or was interrupted)."""
+        if self._thread.is_alive():
+            self._error = self._error or _Lost()
+            try:
+                self._queue.put(None, timeout=60)
+            except queue.Full:
+                pass
+            self._thread.join(60)
+
+    def committed(self) -> list[tuple[int, int]]:
+        """(ok, failed) of each batch committed since the last call."""
+        out = []
+        while self._committed:
+            out.append(self._committed.popleft())
+        return out
+
+
+def mark_done(session: Session, job_id: int, worker: str) -> bool:
+    """Mark `worker`'s running job done and drop its membership rows; False if it is not its own."""
+    res = session.execute(sa.update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+                          .values(status=str(JobStatus.DONE), finished_at=utcnow(), lease_expires_at=None))
+    if res.rowcount != 1:
+        return False
+    session.execute(sa.delete(JobSample).where(JobSample.job_id == job_id))
+    return True
+
+
 def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             on_cells: Callable[[int, int], None] | None = None,
             settings: Settings | None = None, lease: float | None = None,
@@ -99,9 +220,11 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     """Claim job `job_id`, score its still-missing cells in committed batches, mark it done.
 
     `scorer_for(model)` gives the (cached) engine of a model version; it is called before the
-    claim, so a slow model load does not eat the lease. `on_cells(ok, failed)` is called after
-    each committed batch. Safe to call for a job that is done or held by another worker: it
-    returns `Outcome.SKIPPED` and scores nothing. `lease` and `batch_size` override `settings`.
+    claim, so a slow model load does not eat the lease. Batches are written (with the lease
+    renewal) by a `BatchWriter` beside the scorer; a killed runner loses at most
+    `BATCHES_IN_FLIGHT` batches. `on_cells(ok, failed)` is called, on this thread, for each
+    committed batch. Safe to call for a job that is done or held by another worker: it returns
+    `Outcome.SKIPPED` and scores nothing. `lease` and `batch_size` override `settings`.
     """
     settings = settings or Settings.from_env()
     lease = settings.lease_seconds if lease is None else lease
@@ -122,40 +245,54 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     if not claim(engine, job_id, worker, lease=lease):
         return JobOutcome(job_id, Outcome.SKIPPED)
     outcome = JobOutcome(job_id, Outcome.DONE)
+    started = time.monotonic()  # after the model load: the rate `score --estimate` uses
+
+    def report(writer: BatchWriter) -> None:
+        for ok, failed in writer.committed():
+            outcome.scored += ok
+            outcome.failed += failed
+            if on_cells:
+                on_cells(ok, failed)
+
+    writer: BatchWriter | None = None
     try:
+        # One read for the whole job: its owed cells, prompts and sample texts; the loop below
+        # only scores, and the writer thread is the only one writing.
         with db.session_scope(engine) as session:
             job = session.get(Job, job_id)
             cells = cells_to_score(session, job, settings.max_cell_attempts)
             prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
-        sample_ids = list(cells)
-        for start in range(0, len(sample_ids), batch_size):
-            batch = {s: cells[s] for s in sample_ids[start:start + batch_size]}
+            batches = _in_batches(_requests(session, cells, prompts), batch_size)
+        writer = BatchWriter(engine, job_id, job.model_id, worker, lease, scorer.engine, scorer.engine_version)
+        for i, requests in enumerate(batches):
+            writer.put(_score_batch(scorer, requests), last=i == len(batches) - 1)
+            report(writer)
+        writer.close()
+        report(writer)
+        if not batches:  # nothing left to score: no batch to carry the end
             with db.session_scope(engine) as session:
-                requests = _requests(session, batch, prompts)
-            results = _score_batch(scorer, requests)
+                writer.finished = mark_done(session, job_id, worker)
+        if not writer.finished:
+            outcome.status = Outcome.LOST
+        elif outcome.scored + outcome.failed:
             with db.session_scope(engine) as session:
-                write_results(session, job.model_id, results, worker, scorer.engine, scorer.engine_version)
-                still_ours = heartbeat(session, job_id, worker, lease)
-            n_failed = sum(1 for r in results if not r.ok)
-            outcome.scored += len(results) - n_failed
-            outcome.failed += n_failed
-            if on_cells:
-                on_cells(len(results) - n_failed, n_failed)
-            if not still_ours:
-                outcome.status = Outcome.LOST
-                return outcome
-        with db.session_scope(engine) as session:
-            res = session.execute(sa.update(Job).where(Job.id == job_id, Job.worker == worker,
-                                                       Job.status == JobStatus.RUNNING)
-                                  .values(status=str(JobStatus.DONE), finished_at=utcnow(), lease_expires_at=None))
-            if res.rowcount == 1:
-                session.execute(sa.delete(JobSample).where(JobSample.job_id == job_id))
-            else:
-                outcome.status = Outcome.LOST
+                session.add(Throughput(model_id=job.model_id, engine=scorer.engine or "unknown",
+                                       engine_version=scorer.engine_version, worker=worker, job_id=job_id,
+                                       cells=outcome.scored + outcome.failed, tokens=job.est_tokens or 0,
+                                       seconds=time.monotonic() - started))
+    except _Lost:
+        writer.abandon()
+        report(writer)
+        outcome.status = Outcome.LOST
     except KeyboardInterrupt:
+        if writer is not None:
+            writer.abandon()
         release(engine, job_id, worker, error="interrupted", count_attempt=False, settings=settings)
         raise
     except Exception as exc:  # noqa: BLE001 - the job goes back to the queue (bounded)
+        if writer is not None:
+            writer.abandon()
+            report(writer)
         status = release(engine, job_id, worker, error=f"{type(exc).__name__}: {exc}", settings=settings)
         outcome.status = _after_error(status)
         outcome.error = f"{type(exc).__name__}: {exc}"

@@ -247,6 +247,22 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
+class ControlTick(Base):
+    """The last run of each piece of the fleet's periodic bookkeeping (`plan`, `requeue-expired`):
+    when, by which worker, how long it took, and its error if it failed (`selectit status`)."""
+
+    __tablename__ = "control_ticks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    seconds: Mapped[float] = mapped_column(Float)
+    runs: Mapped[int] = mapped_column(Integer, default=1)
+    #: The error of the last run (None: it succeeded); `failed_at`: when a run last failed.
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
 class JobSample(Base):
     """The samples of an *open* job, so the planner can exclude their cells in SQL (rows are
     deleted when the job ends; `Job.sample_ids` keeps the record). No foreign key and no index
@@ -265,6 +281,25 @@ class JobPrompt(Base):
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     prompt_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Throughput(Base):
+    """How fast a finished job scored: cells and seconds (model load excluded), per model version
+    and engine. `score --estimate` and `plan --dry-run` turn the recent rate into a time."""
+
+    __tablename__ = "throughput"
+    __table_args__ = (Index("ix_throughput_model_engine", "model_id", "engine", "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    engine: Mapped[str] = mapped_column(String(16))  # torch | vllm | the scorer hook's, else "unknown"
+    engine_version: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    cells: Mapped[int] = mapped_column(Integer)  # cells written (ok or failed)
+    tokens: Mapped[int] = mapped_column(BigInteger)  # the planner's token estimate of the job
+    seconds: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
 
 
 class Selection(Base):

@@ -3,11 +3,13 @@
 A `Criterion` picks part of a dataset's ranking (the fusion views of `selectit.fusion`): a top
 share (rounded down, but at least one sample when anything is rankable), the top n, or a score
 threshold. `freeze_selection` copies the choice into the curation database so that
-`selectit.export` writes the same records later, whatever is scored meanwhile.
+`selectit.export` writes the same records later, whatever is scored meanwhile. A `Control` (a
+random draw, or the longest responses) is frozen the same way, for honest ablations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +134,80 @@ def count_chosen(con: duckdb.DuckDBPyConnection, criterion: Criterion = Criterio
 
 
 # --------------------------------------------------------------------------------------------
+# Control selections: the same pool and size as a SelectIT selection, drawn another way
+# --------------------------------------------------------------------------------------------
+CONTROLS = ("random", "length")
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control for an honest ablation: fine-tune on the SelectIT selection and on a control of
+    the same size from the same pool (the dataset's rankable samples), and compare.
+
+    `random`: a uniform draw of `top` share, ordered by sha256("<seed>:<content hash>") — the same
+    ids on every store that holds the same samples (no database random()). `length`: the longest
+    responses (characters of the output; ties → the earlier dataset position), `top` share or
+    `top_n`. A share keeps floor(share × rankable), at least one, as `--top` does.
+    """
+
+    by: str
+    top: float | None = None
+    top_n: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.by not in CONTROLS:
+            raise FusionError(f"unknown control {self.by!r}; choose one of: {', '.join(CONTROLS)}")
+        if (self.top is None) == (self.top_n is None):
+            raise FusionError("give the control's size: a share (--random SHARE, or --top with --by length) or --top-n")
+        if self.top is not None:
+            validate_top(self.top)
+        if self.top_n is not None and self.top_n < 1:
+            raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
+        if self.by == "random" and self.top is None:
+            raise FusionError("--random takes a share, e.g. --random 0.2")
+
+    def size(self, n_rankable: int) -> int:
+        if n_rankable == 0:
+            return 0
+        if self.top_n is not None:
+            return min(self.top_n, n_rankable)
+        return max(1, math.floor(self.top * n_rankable + 1e-9))
+
+    def describe(self) -> str:
+        size = f"{self.top:.4g} share" if self.top is not None else f"{self.top_n}"
+        return f"random {size}, seed {self.seed}" if self.by == "random" else f"longest responses, {size}"
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"control": self.by, "top": self.top, "top_n": self.top_n}
+        if self.by == "random":
+            out |= {"seed": self.seed, "draw": "sha256 of '<seed>:<content_hash>', ascending"}
+        else:
+            out |= {"order": "response characters descending, then dataset position"}
+        return out
+
+
+def random_key(seed: int, content_hash: str) -> str:
+    """The sort key of a random control: sha256 of "<seed>:<content hash>" (hex)."""
+    return hashlib.sha256(f"{int(seed)}:{content_hash}".encode()).hexdigest()
+
+
+def control_rows(con: duckdb.DuckDBPyConnection, control: Control) -> list[RankedSample]:
+    """The control's samples in their drawn order, `rank` 1.. (after `rank_dataset`); each keeps
+    its S_model so exports with scores show where it sits in the SelectIT ranking."""
+    rows = con.execute(
+        "SELECT r.sample_id, r.position, r.s_model, s.content_hash, length(s.output) FROM dataset_ranking r "
+        "JOIN store.samples s ON s.id = r.sample_id"
+    ).fetchall()
+    if control.by == "random":
+        rows.sort(key=lambda r: random_key(control.seed, r[3]))
+    else:
+        rows.sort(key=lambda r: (-r[4], r[1]))
+    kept = rows[:control.size(len(rows))]
+    return [RankedSample(i + 1, sid, position, s_model) for i, (sid, position, s_model, _, _) in enumerate(kept)]
+
+
+# --------------------------------------------------------------------------------------------
 # Frozen selections and exports
 # --------------------------------------------------------------------------------------------
 def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
@@ -139,11 +215,12 @@ def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
 
 
 def freeze_selection(
-    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion
+    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion | Control
 ) -> tuple[int, int, int]:
     """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable).
 
-    The ranks, sample ids and scores are copied, so the selection never changes afterwards.
+    The ranks, sample ids and scores are copied, so the selection never changes afterwards. A
+    `Control` is frozen the same way; its params' criterion says how it was drawn.
     """
     name = valid_name(name, "selection")
     with db.session_scope(engine) as session:
@@ -155,7 +232,10 @@ def freeze_selection(
                 f"`selectit export --selection {name} --out FILE`"
             )
     n_rankable = rank_dataset(con, dataset)
-    rows = chosen(con, criterion)
+    if isinstance(criterion, Control):
+        rows = control_rows(con, criterion)
+    else:
+        rows = chosen(con, criterion)
     params = params_of(con).as_json() | {
         "dataset": dataset,
         "criterion": criterion.as_json(),
@@ -174,3 +254,23 @@ def freeze_selection(
                 [{"selection_id": selection.id, "rank": r.rank, "sample_id": r.sample_id, "score": r.s_model} for r in rows],
             )
         return selection.id, len(rows), n_rankable
+
+
+class IncompleteScoring(FusionError):
+    """--require-complete on a dataset that is only partly scored."""
+
+
+def partial_warning(cov: Any, require_complete: bool = False) -> str | None:
+    """One line when only part of the dataset is rankable (a selection then takes its share of the
+    rankable samples only); None when every sample is. `require_complete` makes it an error.
+
+    `cov` is `fusion.coverage(con, dataset)`.
+    """
+    if not cov.n_not_rankable:
+        return None
+    text = (f"only {cov.n_rankable} of {cov.n_samples} samples of {cov.dataset} are rankable "
+            f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells), and the "
+            f"selection is taken from those; finish scoring with `selectit score --dataset {cov.dataset}`")
+    if require_complete:
+        raise IncompleteScoring(text + ", or leave out --require-complete")
+    return text

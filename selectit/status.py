@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from selectit import db
 from selectit.contract import CellStatus, JobStatus
-from selectit.schema import Job, JobPrompt, Prompt, Score, utcnow
+from selectit.schema import ControlTick, Job, JobPrompt, Prompt, Score, utcnow
 
 #: A running job whose lease is over (its holder is likely gone; `requeue_expired` takes it back).
 EXPIRED = "expired"
@@ -79,3 +79,38 @@ def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
             round(recent.get((c.model_id, c.prompt_set), 0) * 60.0 / window, 1),
             tuple(sorted(per_engine.get((c.model_id, c.prompt_set), ())))))
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The fleet's control ticks (`selectit.workers.control`)
+# --------------------------------------------------------------------------------------------
+
+
+def record_tick(engine: Engine, name: str, worker: str, started_at: dt.datetime, seconds: float,
+                error: str | None) -> None:
+    """Store one run of control tick `name` (its own short transaction, after the tick)."""
+    values = {"worker": worker, "started_at": started_at, "seconds": seconds, "error": error}
+    if error:
+        values["failed_at"] = started_at
+    with db.session_scope(engine) as session:
+        stmt = db.upsert(session, ControlTick).values(name=name, runs=1, **values)
+        session.execute(stmt.on_conflict_do_update(
+            index_elements=["name"], set_={**values, "runs": ControlTick.runs + 1}))
+
+
+@dataclass(frozen=True)
+class TickRow:
+    name: str
+    worker: str
+    started_at: dt.datetime
+    seconds: float
+    runs: int
+    error: str | None
+    failed_at: dt.datetime | None
+
+
+def tick_rows(engine: Engine) -> list[TickRow]:
+    """The last run of each control tick, by name (empty when no worker has kept the clock)."""
+    with db.session_scope(engine) as session:
+        return [TickRow(t.name, t.worker, t.started_at, t.seconds, t.runs, t.error, t.failed_at)
+                for t in session.scalars(sa.select(ControlTick).order_by(ControlTick.name))]

@@ -8,7 +8,8 @@ It wraps selectit's real scorer (CPU) and adds, from the environment:
 - `SELECTIT_TEST_DELAY`: seconds to sleep per batch, so a test can kill a process mid-job.
 
 `SELECTIT_SCORER=scorer_hooks:instant` answers every cell at once with a fixed distribution (no
-model, no torch): what is left is the bookkeeping, which the fleet benchmark measures.
+model, no torch): what is left is the bookkeeping, which the fleet benchmark measures;
+`scorer_hooks:gpu` does the same after sleeping `SELECTIT_TEST_GPU_MS` ms a cell (an emulated GPU).
 """
 
 from __future__ import annotations
@@ -70,3 +71,39 @@ class InstantScorer:
 
 def instant(model: Any) -> InstantScorer:
     return InstantScorer()
+
+
+class EmulatedGPU(InstantScorer):
+    """`InstantScorer` that first sleeps `SELECTIT_TEST_GPU_MS` ms per cell, standing for a GPU
+    forward (a sleep releases the GIL, as a CUDA kernel does): the fleet benchmark measures how
+    much of the GPU's time the bookkeeping around it costs."""
+
+    def __init__(self) -> None:
+        self.seconds_per_cell = float(os.environ.get("SELECTIT_TEST_GPU_MS") or 0) / 1000.0
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        time.sleep(self.seconds_per_cell * sum(len(r.prompt_ids) for r in requests))
+        return super().score(requests, progress)
+
+
+def gpu(model: Any) -> EmulatedGPU:
+    return EmulatedGPU()
+
+
+class FixedScorer:
+    """Every cell answered with the same decided distribution (most mass on K−1): a rater that
+    rates every sample the same, for the collapse check."""
+
+    forwards = 0
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        out = []
+        for r in requests:
+            probs = [0.1] * r.scale
+            probs[r.scale - 2] = 0.6
+            out += [CellResult(r.sample_id, p, tuple(probs), sum(probs), 100, False) for p in r.prompt_ids]
+        return out
+
+
+def fixed(model: Any) -> FixedScorer:
+    return FixedScorer()

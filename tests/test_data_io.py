@@ -297,17 +297,18 @@ def test_card_records_the_provenance(chats, tmp_path: Path) -> None:
     cli, source = chats
     out = tmp_path / "export"
     ok(cli("export", "--selection", "all", "--out", f"{out}/", "--format", "jsonl"))  # a new directory
-    assert (out / "data.jsonl").exists()
-    meta = front_matter(out / "README.md")
-    assert meta["configs"] == [{"config_name": "default", "data_files": "data.jsonl"}]
+    assert (out / "all.jsonl").exists()  # named after the selection
+    meta = front_matter(out / "all.README.md")
+    assert meta["configs"] == [{"config_name": "default", "data_files": "all.jsonl"}]
     p = meta["selectit"]
     from selectit import __version__
 
     assert p["selectit_version"] == __version__ and p["created_at"].endswith("Z")
     assert p["selection"] == "all" and p["dataset"] == "d"
-    assert p["source_files"] == [{
-        "path": str(source), "sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "format": "sharegpt",
+    assert p["source_files"] == [{  # the file's name and hash, not the user's path (--card-paths adds it)
+        "file": source.name, "sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "format": "sharegpt",
         "records": 3, "ingested_at": p["source_files"][0]["ingested_at"]}]
+    assert str(source.parent) not in (out / "all.README.md").read_text(encoding="utf-8")
     [model] = p["models"]
     assert model["name"] == "A" and model["fingerprint"] == "f" * 64 and model["dtype"] == "float32"
     assert model["theta"] == 100 and model["share"] == 1 and model["n_params"] == 100

@@ -8,6 +8,7 @@ exactly once" is checked on what was computed, not only on what was stored.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import json
 import os
 import signal
@@ -306,6 +307,81 @@ def test_the_control_loop_survives_a_failing_tick() -> None:
     n = len(runs)
     time.sleep(0.2)
     assert len(runs) == n  # stopped
+
+
+def test_a_failing_tick_logs_each_distinct_error_once_keeps_its_schedule_and_is_recorded(caplog) -> None:
+    from selectit.workers.control import ControlLoop, Tick
+
+    runs: list[float] = []
+    recorded: list[tuple[str, str | None]] = []
+
+    def failing() -> None:
+        runs.append(time.monotonic())
+        if len(runs) <= 4:
+            raise RuntimeError("the database is away")
+        if len(runs) <= 6:
+            raise ConnectionError("the broker is away")
+
+    loop = ControlLoop([Tick("plan", 0.05, failing)], record=lambda name, _at, _s, err: recorded.append((name, err)))
+    with caplog.at_level("INFO", logger="selectit.workers.control"):
+        loop.start()
+        try:
+            wait_for(lambda: len(runs) >= 8, "the failing tick to keep running")
+        finally:
+            loop.stop()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage().split(": ", 1)[1].split(" (")[0] for r in errors] == [
+        "RuntimeError: the database is away", "ConnectionError: the broker is away"]
+    assert all(r.exc_info for r in errors)  # each distinct error once, with its traceback
+    assert any("control tick plan recovered" in r.getMessage() for r in caplog.records)
+    assert recorded[:7] == [("plan", "RuntimeError: the database is away")] * 4 + [
+        ("plan", "ConnectionError: the broker is away")] * 2 + [("plan", None)]
+
+
+def test_the_control_loop_of_a_worker_inside_a_long_job_on_sqlite_keeps_ticking(
+        sqlite_url, tmp_path, tiny_dir, fleet) -> None:
+    """One worker, one long job (batches of one sample, 0.5 s each): while it runs, the worker's
+    control thread plans every interval and records each tick; `selectit status` shows them."""
+    db.upgrade(sqlite_url)
+    engine = db.open_store(sqlite_url)
+    seed(engine, tmp_path, "d", DEMO[:12])
+    add_model(engine, "tiny", tiny_dir)
+    f = fleet(sqlite_url, SELECTIT_TEST_DELAY="0.5", SELECTIT_BATCH_SIZE="1", SELECTIT_JOB_TOKENS="1000000",
+              SELECTIT_PLAN_INTERVAL="0.5", SELECTIT_REQUEUE_INTERVAL="0.5", SELECTIT_LEASE_SECONDS="60")
+    w = f.worker("w1", "model.tiny,control")
+    f.wait_ready("w1")
+
+    def job() -> Job | None:
+        jobs = _jobs(engine)
+        return jobs[0] if jobs else None
+
+    def plan_tick() -> tuple[int, dt.datetime, str] | None:
+        with db.session_scope(engine) as session:
+            row = session.execute(sa.text("SELECT runs, started_at, worker FROM control_ticks "
+                                          "WHERE name = 'plan'")).first()
+        return None if row is None else (row[0], _as_datetime(row[1]), row[2])
+
+    wait_for(lambda: job() is not None and job().status == "running" and scores(engine), "the job to start", f)
+    first = plan_tick()
+    assert first is not None, f.describe()
+    log_before = f.output("w1").count("control tick plan ran")
+    wait_for(lambda: plan_tick()[0] >= first[0] + 3, "three more plan ticks while the job runs", f)
+    latest = plan_tick()
+    assert job().status == "running" and len(scores(engine)) < 12 * 5, "the job ended before three ticks"
+    assert latest[1] > first[1] and latest[2] == f"{socket.gethostname()}:{w.pid}"
+    assert f.output("w1").count("control tick plan ran") >= log_before + 3  # each plan is logged
+    out = subprocess.run([sys.executable, "-m", "selectit", "--db", sqlite_url, "status"], env=f.env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 0, out.stderr
+    assert "control ticks" in out.stdout and f"{w.pid}" in out.stdout, out.stdout
+    for name in ("plan", "requeue-expired"):
+        assert name in out.stdout
+    wait_for(settled(engine, 12 * 5), "the job to finish", f)
+    assert "database is locked" not in f.describe()
+
+
+def _as_datetime(value: object) -> dt.datetime:
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
 
 
 def _free_port() -> int:

@@ -38,7 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery, signals
 
-from selectit import db
+from selectit import db, status
 from selectit.contract import JobStatus, ModelSpec, ScoringEngine
 from selectit.leases import requeue_expired as requeue_expired_jobs
 from selectit.leases import worker_id
@@ -203,7 +203,12 @@ def _control_loop_for(worker: object) -> control.ControlLoop | None:
     if CONTROL_QUEUE not in app.amqp.queues.consume_from:
         return None
     log.info("control loop: %s", ", ".join(f"{t.name} every {t.interval:g} s" for t in control_ticks()))
-    return control.ControlLoop(control_ticks(), control.RedisGate(app.conf.broker_url))
+    return control.ControlLoop(control_ticks(), control.RedisGate(app.conf.broker_url), record=record_tick)
+
+
+def record_tick(name: str, started_at: Any, seconds: float, error: str | None) -> None:
+    """Store a control tick's run in `control_ticks` (`selectit status` shows it)."""
+    status.record_tick(engine(), name, worker_id(), started_at, seconds, error)
 
 
 app.steps["worker"].add(control.worker_step(_control_loop_for))

@@ -19,6 +19,7 @@ the database (advisory lock, `SKIP LOCKED`), so a duplicate costs time, never a 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -68,14 +69,26 @@ class RedisGate:
             return True
 
 
-class ControlLoop:
-    """Runs each `Tick` when due, on a daemon thread, until `stop()`."""
+#: `record(name, started_at, seconds, error)`: stores one run of a tick (`selectit status` shows it).
+Record = Callable[[str, dt.datetime, float, "str | None"], None]
 
-    def __init__(self, ticks: list[Tick], gate: RedisGate | None = None) -> None:
+
+class ControlLoop:
+    """Runs each `Tick` when due, on a daemon thread, until `stop()`.
+
+    A tick's next run is due `interval` seconds after its last one *started*, whether it worked or
+    raised: a failing tick keeps its schedule. Its error is logged with the traceback once per
+    distinct error (a database away for an hour is one traceback, not one a tick), and "recovered"
+    when it works again. Every run the gate gave this worker is passed to `record`.
+    """
+
+    def __init__(self, ticks: list[Tick], gate: RedisGate | None = None, record: Record | None = None) -> None:
         self.ticks = ticks
         self.gate = gate or RedisGate(None)
+        self.record = record
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_error: dict[str, str] = {}  # tick name → its last logged error
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="selectit-control", daemon=True)
@@ -96,11 +109,38 @@ class ControlLoop:
                 due[tick.name] = now + tick.interval
                 if not self.gate.take(tick.name, tick.interval * GATE_SHARE):
                     continue  # another worker has this tick
-                try:
-                    tick.run()
-                except Exception:  # noqa: BLE001 - the database or broker is away: try next tick
-                    log.exception("control tick %s failed", tick.name)
+                self.run_once(tick)
             self._stop.wait(max(0.05, min(due.values()) - time.monotonic()))
+
+    def run_once(self, tick: Tick) -> None:
+        """Run `tick` now, log its outcome and record it; never raises."""
+        started, t0 = dt.datetime.now(dt.UTC).replace(tzinfo=None), time.monotonic()
+        failure: Exception | None = None
+        try:
+            tick.run()
+        except Exception as exc:  # noqa: BLE001 - the database or broker is away: try next tick
+            failure = exc
+        seconds = time.monotonic() - t0
+        error = None if failure is None else f"{type(failure).__name__}: {failure}"
+        self._log(tick.name, seconds, error, failure)
+        if self.record is not None:
+            try:
+                self.record(tick.name, started, seconds, error)
+            except Exception as exc:  # noqa: BLE001 - the tick's own outcome is logged already
+                self._log(f"{tick.name} (recording)", seconds, f"{type(exc).__name__}: {exc}", exc)
+
+    def _log(self, name: str, seconds: float, error: str | None, failure: Exception | None) -> None:
+        if error is None:
+            if self._last_error.pop(name, None) is not None:
+                log.warning("control tick %s recovered (%.2f s)", name, seconds)
+            else:
+                log.info("control tick %s ran (%.2f s)", name, seconds)
+        elif self._last_error.get(name) != error:
+            self._last_error[name] = error
+            log.error("control tick %s failed: %s (logged once until it changes or recovers)", name, error,
+                      exc_info=failure)
+        else:
+            log.debug("control tick %s failed again: %s", name, error)
 
 
 def worker_step(make_loop: Callable[[Any], ControlLoop | None]) -> type:

@@ -5,8 +5,8 @@ key itself is never stored); `models.n_params` may be NULL (a server does not sa
 count: such a model needs `--weight` or `--params` to join the model-level fusion).
 `scores.partial`: a label outside the server's top K counted as 0 (NULL for older cells).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-01
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

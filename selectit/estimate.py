@@ -1,0 +1,134 @@
+"""The cost before scoring: per model version, the cells still missing, their prompt tokens, the
+forwards, and an estimated time from the rate this store has recorded (reads only).
+
+Prompt tokens come from the model's own tokenizer (each missing cell's prompt rendered and
+counted, special tokens included, before any truncation), or — when the tokenizer cannot be
+loaded here, or `tokenizer=False` — are estimated from characters (the planner's 4 characters
+per token); `Estimate.tokens_from` says which. Forwards are packed sequences: one per sample
+and model (its missing prompts share one sequence; the engine batches several per pass). The
+time is missing cells ÷ the cells/s of the model version's last finished jobs on that engine
+(`throughput` rows, written when a job ends); without a record it is None and the text says so.
+
+    >>> import selectit
+    >>> for e in selectit.open("selectit.db").estimate(dataset="alpaca"): print(e.line())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from selectit import db
+from selectit.contract import render
+from selectit.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
+from selectit.schema import LLM, Prompt, Sample, Throughput
+
+#: How many of a model version's most recent finished jobs its rate is taken over.
+RECENT_JOBS = 10
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The cost of scoring one model version's missing cells."""
+
+    model: str
+    model_id: int
+    engine: str
+    cells: int  # missing (never scored, or failed below the attempt limit)
+    samples: int  # samples with a missing cell
+    tokens: int  # prompt tokens of the missing cells
+    tokens_from: str  # "tokenizer" or "characters (≈4 per token)"
+    forwards: int  # packed sequences: one per sample (and prompt layout/scale)
+    cells_per_second: float | None  # the recorded rate, None without a record
+    seconds: float | None  # the estimated time, None without a record
+
+    def line(self) -> str:
+        eta = (f"about {duration(self.seconds)} at {self.cells_per_second:.3g} cells/s "
+               f"({self.engine}, this store's last {RECENT_JOBS} jobs at most)" if self.seconds is not None
+               else f"no time: no {self.engine} run of {self.model} is recorded yet")
+        return (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
+                f"({self.tokens_from}), {self.forwards} forwards; {eta}")
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def recorded_rate(session: sa.orm.Session, model_id: int, engine: str) -> float | None:
+    """Cells per second over the model version's last `RECENT_JOBS` finished jobs on `engine`."""
+    recent = (sa.select(Throughput.cells, Throughput.seconds)
+              .where(Throughput.model_id == model_id, Throughput.engine == engine)
+              .order_by(Throughput.recorded_at.desc(), Throughput.id.desc()).limit(RECENT_JOBS).subquery())
+    cells, seconds = session.execute(sa.select(sa.func.sum(recent.c.cells), sa.func.sum(recent.c.seconds))).one()
+    return float(cells) / float(seconds) if cells and seconds else None
+
+
+def time_left(engine: Engine, missing: dict[int, int], scoring_engine: str = "torch") -> dict[int, str]:
+    """model version id → the time its `missing` cells take at its recorded rate ("–" without one)."""
+    with db.session_scope(engine) as session:
+        rates = {m: recorded_rate(session, m, scoring_engine) for m in missing}
+    return {m: (duration(n / rates[m]) if rates[m] and n else ("0 s" if not n else "–")) for m, n in missing.items()}
+
+
+def _token_counter(model: LLM):  # noqa: ANN202 - (counter of texts, or None)
+    """The model's own tokenizer as `texts → token counts`, or None when it cannot be loaded here."""
+    try:
+        from selectit.loading import load_tokenizer, resolve_source
+
+        tokenizer = load_tokenizer(resolve_source(model.source))
+    except Exception:  # noqa: BLE001 - no tokenizer here (moved files, no transformers): estimate instead
+        return None
+    return lambda texts: [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+
+
+def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = None,
+             prompt_set: str | None = None, scoring_engine: str = "torch", tokenizer: bool = True,
+             chunk: int = 512) -> list[Estimate]:
+    """Per active model version of the scope (`selectit score`'s): what scoring would cost. Reads only."""
+    with db.session_scope(engine) as session:
+        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
+        rows = missing_cells(session, scope)
+        models = {m.id: m for m in session.scalars(sa.select(LLM).where(LLM.id.in_(scope.model_ids)))}
+        prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(scope.prompt_ids)))}
+        by_model: dict[int, list] = defaultdict(list)
+        for r in rows:
+            by_model[r.model_id].append(r)
+        out = []
+        for model_id in scope.model_ids:
+            mine = by_model.get(model_id, [])
+            llm = models[model_id]
+            count = _token_counter(llm) if tokenizer and mine else None
+            if count is None:
+                tokens, source = sum(r.est_tokens for r in mine), f"characters (≈{CHARS_PER_TOKEN} per token)"
+            else:
+                tokens, source = _count_tokens(session, mine, prompts, count, chunk), "tokenizer"
+            forwards = sum(len({(prompts[p].layout, prompts[p].scale) for p in r.prompt_ids}) for r in mine)
+            rate = recorded_rate(session, model_id, scoring_engine)
+            cells = sum(len(r.prompt_ids) for r in mine)
+            out.append(Estimate(llm.name, model_id, scoring_engine, cells, len({r.sample_id for r in mine}), tokens,
+                                source, forwards, rate, cells / rate if rate else None))
+        session.rollback()  # nothing to keep: a read
+    return out
+
+
+def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt], count, chunk: int) -> int:  # noqa: ANN001
+    """Σ tokens of every missing cell's rendered prompt, read and counted `chunk` samples at a time."""
+    total = 0
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        samples = {s.id: s for s in session.scalars(sa.select(Sample).where(Sample.id.in_([r.sample_id for r in part])))}
+        texts = []
+        for r in part:
+            s = samples[r.sample_id]
+            texts += [render(prompts[p].layout, prompts[p].template, s.instruction, s.input, s.output).text
+                      for p in r.prompt_ids]
+        total += sum(count(texts))
+    return total

@@ -1,0 +1,191 @@
+"""Rater health: the figures of the `rater_health` view turned into warnings, with their thresholds.
+
+SelectIT ranks data by how sure a rater is of its own rating; that is only as good as the rater.
+The figures (`selectit.fusion.health_sql`) say how far a rater can be trusted; each has ONE
+threshold here, and crossing it gives a warning line that names the rater and what to do.
+`rank`, `select`, `export` and `report` print these lines on stderr; `diagnose` shows the table.
+
+    >>> import selectit
+    >>> store = selectit.open("selectit.db")                    # doctest: +SKIP
+    >>> store.diagnose("alpaca").to_pandas()                     # doctest: +SKIP
+    >>> for line in store.health_warnings("alpaca"): print(line)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from selectit import fusion
+from selectit.contract import valid_name
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where a figure turns into a warning (README: "Can I trust these ratings?")."""
+
+    #: Median Σ_k p_k below this: the rater rarely answers with a label token at all.
+    mass_median: float = 0.10
+    #: 10th percentile of Σ_k p_k below this: on a tenth of the samples it all but ignores the labels.
+    mass_p10: float = 0.01
+    #: Mean max_k P'_k below this many times the uniform 1/K: the rater barely prefers any rating.
+    max_p_over_uniform: float = 1.25
+    #: Share of cells whose S_base is the most common value above this: the ratings barely separate.
+    collapse_share: float = 0.90
+    #: Median Spearman ρ between a model's prompts (or between models) below this: they disagree.
+    rho_agreement: float = 0.20
+    #: |Spearman ρ| of S_sent / S_model with the response length above this: mostly a length ranking.
+    rho_length: float = 0.70
+    #: Share of truncated cells above this: the rater did not see much of the data.
+    truncated_share: float = 0.05
+    #: ρ figures are only judged over at least this many samples (fewer say too little).
+    min_samples_for_rho: int = 10
+
+
+THRESHOLDS = Thresholds()
+
+#: The one-word health of `selectit status`, in order of severity (the first that applies wins).
+WORDS = ("no-labels", "collapsed", "undecided", "disagrees", "length", "truncated")
+
+
+@dataclass(frozen=True)
+class RaterWarning:
+    """One warning: its one-word kind (see `WORDS`), the model it is about (None: the fusion) and its text."""
+
+    kind: str
+    model: str | None
+    text: str
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def judge(rows: Iterable[Mapping[str, Any]], t: Thresholds = THRESHOLDS) -> list[RaterWarning]:
+    """The warnings for `rater_health` rows (model and fusion levels; prompt rows are detail)."""
+    out: list[RaterWarning] = []
+    for r in rows:
+        name = r.get("model")
+        if r["level"] == "model" and r["cells"]:
+            rater = f"rater {name}"
+            k = r["scale"] or 2
+            if r["mass_median"] is not None and r["mass_median"] < t.mass_median:
+                out.append(RaterWarning("no-labels", name,
+                    f"{rater}: median label mass {r['mass_median']:.2g} — it rarely answers with a digit; its "
+                    f"ratings are mostly noise: check the prompt's label context or use a larger rater"))
+            elif r["mass_p10"] is not None and r["mass_p10"] < t.mass_p10:
+                out.append(RaterWarning("no-labels", name,
+                    f"{rater}: 10% of its cells put under {t.mass_p10:g} on the labels (p10 label mass "
+                    f"{r['mass_p10']:.2g}) — those ratings are noise: read them with `selectit sql` and check the "
+                    f"prompt on such samples"))
+            if r["collapse_share"] is not None and r["collapse_share"] > t.collapse_share:
+                out.append(RaterWarning("collapsed", name,
+                    f"{rater}: {_pct(r['collapse_share'])} of cells get S_base {r['collapse_base']} — the ratings "
+                    f"barely separate the data: try other prompts or a larger rater"))
+            if r["mean_max_p"] is not None and r["mean_max_p"] < t.max_p_over_uniform / k:
+                out.append(RaterWarning("undecided", name,
+                    f"{rater}: mean max P' {r['mean_max_p']:.2f} (uniform is {1 / k:.2f}) — it barely prefers "
+                    f"any rating: use a larger or instruction-tuned rater"))
+            if (r["rho_prompts"] is not None and r["samples"] >= t.min_samples_for_rho
+                    and r["rho_prompts"] < t.rho_agreement):
+                out.append(RaterWarning("disagrees", name,
+                    f"prompts of {name} disagree (median ρ {r['rho_prompts']:.2f} over {r['rho_pairs']} pairs) — "
+                    f"its S_sent averages unrelated ratings: check each prompt with `selectit diagnose`"))
+            if (r["rho_length"] is not None and r["samples"] >= t.min_samples_for_rho
+                    and abs(r["rho_length"]) > t.rho_length):
+                out.append(RaterWarning("length", name,
+                    f"{rater}: S_sent follows the response length (ρ {r['rho_length']:.2f}) — compare with a "
+                    f"`selectit select NAME --by length` control"))
+            if r["truncated_share"] is not None and r["truncated_share"] > t.truncated_share:
+                out.append(RaterWarning("truncated", name,
+                    f"{rater}: {_pct(r['truncated_share'])} of cells were truncated — it rated cut responses: "
+                    f"register it with a larger --max-tokens"))
+        elif r["level"] == "fusion" and (r["samples"] or 0) >= t.min_samples_for_rho:
+            if r["rho_models"] is not None and r["rho_models"] < t.rho_agreement:
+                out.append(RaterWarning("disagrees", None,
+                    f"models disagree (median ρ of S_sent {r['rho_models']:.2f}) — S_model mixes unrelated "
+                    f"rankings: check each rater with `selectit diagnose`"))
+            if r["rho_length"] is not None and abs(r["rho_length"]) > t.rho_length:
+                out.append(RaterWarning("length", None,
+                    f"the ranking follows the response length (ρ of S_model {r['rho_length']:.2f}) — compare "
+                    f"with a `selectit select NAME --by length` control"))
+    return out
+
+
+def word(warnings: Iterable[RaterWarning], model: str) -> str:
+    """`selectit status`'s one-word health of `model`: `ok`, or the most severe warning's kind."""
+    kinds = {w.kind for w in warnings if w.model == model}
+    return next((k for k in WORDS if k in kinds), "ok")
+
+
+COLUMNS = ("dataset", "level", "model_id", "model", "prompt_set", "prompt_id", "position", "cells", "samples",
+           "scale", "mass_median", "mass_p10", "mean_max_p", "collapse_base", "collapse_share", "truncated_share",
+           "rho_prompts", "rho_models", "rho_length", "rho_pairs")
+
+_ORDER = ("ORDER BY level = 'fusion', model, model_id, level = 'prompt', position, prompt_id")
+
+
+def diagnose(con: duckdb.DuckDBPyConnection, dataset: str, *, prompts: bool = True) -> list[dict[str, Any]]:
+    """The `rater_health` rows of `dataset` on a fusion connection: per model, its own row then
+    one per prompt; the fusion row last. `prompts=False` leaves the prompt rows out (the
+    warnings need only the others, and skipping them is cheaper)."""
+    fusion.require_scoring_setup(con)
+    fusion.dataset_id(con, dataset)  # an error naming the datasets when there is no such one
+    name = fusion._sql_str(valid_name(dataset, "dataset"))
+    levels = "" if prompts else " AND level <> 'prompt'"
+    cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM rater_health WHERE dataset = {name}{levels} {_ORDER}")
+    return [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
+
+
+def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str], str]:
+    """(model, prompt set) → one-word health over every stored sample (`selectit status`), for
+    the active models and the prompt sets named."""
+    out: dict[tuple[str, str], str] = {}
+    for set_name in sets:
+        con = fusion.connect(db_url, prompt_set=set_name)
+        try:
+            every_sample = fusion.health_sql(fusion.ALL_SAMPLES_SCOPE, fusion.params_of(con))
+            cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM ({every_sample}) WHERE level <> 'prompt'")
+            rows = [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
+        finally:
+            con.close()
+        found = judge(rows)
+        for r in rows:
+            if r["level"] == "model":
+                out[(r["model"], set_name)] = word(found, r["model"])
+    return out
+
+
+def warnings_for(db_url: str | None, dataset: str, **fusion_options: Any) -> list[str]:
+    """The warning lines for `dataset` under the fusion options of `fusion.connect` (models, …)."""
+    con = fusion.connect(db_url, **fusion_options)
+    try:
+        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
+    finally:
+        con.close()
+
+
+def warnings_for_params(db_url: str | None, dataset: str, params: fusion.Params) -> list[str]:
+    """The warning lines for `dataset` under exactly `params` (a frozen selection's)."""
+    con = fusion.connect_pinned(db_url, params)
+    try:
+        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
+    finally:
+        con.close()
+
+
+def selection_warnings(engine: Any, db_url: str | None, selection: str) -> list[str]:
+    """The warning lines for a frozen selection: its dataset under its own models and prompts."""
+    import sqlalchemy as sa
+
+    from selectit.schema import Dataset, Selection
+
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(Dataset.name, Selection.params).join(Dataset, Dataset.id == Selection.dataset_id)
+                           .where(Selection.name == selection)).first()
+    if row is None or not row[1].get("models"):
+        return []
+    return warnings_for_params(db_url, row[0], fusion.Params.from_json(row[1]))
