@@ -72,7 +72,8 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
 #: (column, PostgreSQL array type) of a score row, in `write_results`' row order.
 _COLUMNS = {"sample_id": "integer", "model_id": "integer", "prompt_id": "integer",
             **{f"p{k}": "double precision" for k in range(1, MAX_SCALE + 1)},
-            "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "status": "text",
+            "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "partial": "boolean",
+            "status": "text",
             "error": "text", "attempts": "integer", "scored_at": "timestamp", "worker": "text",
             "engine": "text", "engine_version": "text"}
 _KEY = ("sample_id", "model_id", "prompt_id")
