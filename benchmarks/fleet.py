@@ -12,7 +12,8 @@ cell (a GPU: 4 ms ≈ a 7B rater on an H100), `--samples` is per worker, and eac
 cells/s as a share of the ideal (workers × 1000/MS: a GPU never waiting on bookkeeping), plus
 what the PostgreSQL server spent per stored cell (CPU seconds of its processes, WAL bytes) and
 the Redis commands per job. `--baseline DIR` runs the same fleets first on the selectit of
-another checkout (e.g. `git worktree add DIR main`), side by side in one run:
+another version installed in a directory of its own (`pip install --no-deps --target DIR
+SRC`: a plain checkout has no `selectit.workers` package), side by side in one run:
 
     python benchmarks/fleet.py --postgres … --redis … --gpu-ms-per-cell 4 --workers 1,2,4,8 \\
         --samples 600 --skip-planning --baseline /tmp/selectit-main

@@ -3,8 +3,17 @@
 - baseline: the authors' loop re-created: one fp32 forward per sample × prompt, batch 1, full
   logits, the reference layout with the first 5 lines of their prompts file;
 - (a) selectit exact mode: reference layout, fp32 (label positions only, batched by length);
-- (b) selectit fast mode: shared-context layout (the `default` set, one packed forward per
-  sample for all 5 prompts), bf16;
+- (b) selectit fast mode: shared-context layout (the `default` set: each sample's shared context
+  run once, then its 5 rating questions on that context's KV cache), in float32, in bf16 (where
+  the CPU has native bf16, or on a GPU; `--bf16` forces it) and in int8 (CPU: linear layers
+  quantised); plus float32 with the older packing (one row per sample under a 4-D mask), for the
+  choice between the two;
+- the agreement of fast int8 (and bf16) with fast float32 on the same cells: Spearman ρ of S_sent
+  (paper formula, α = 0.2), the share of cells with the same S_base, max |ΔS_token|;
+- the whole command: `selectit score -v` in a fresh process on `--command-samples` demo samples
+  (default 60), dtype as this CPU's default would be without bf16 (`--command-dtype`), its wall
+  time against the authors' loop's time for as many samples (its rate in this run), and the
+  command's own time breakdown;
 - (c) the vLLM engine, reference layout, fp32 (vLLM installed: `make venv-vllm`, run with
   `.venv-vllm/bin/python`; `--no-vllm` leaves it out);
 - (d) the vLLM engine, shared-context layout, bf16, prefix caching on.
@@ -17,6 +26,7 @@ torch: unpadded tokens through the model; vLLM: prompt tokens, cached prefixes i
 effective figure).
 
 Usage: python benchmarks/scoring.py [--samples 100] [--device cpu|cuda] [--model smollm2-135m] [--no-vllm]
+       [--command-samples 60] [--command-dtype int8] [--bf16]
 """
 
 from __future__ import annotations
@@ -71,7 +81,81 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's ρ (average ranks for ties)."""
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=v.__getitem__)
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var else float("nan")
+
+
+def agreement(cells: list, reference: list) -> str:
+    """Spearman ρ of S_sent, share of cells with the same S_base, max |ΔS_token| against `reference`."""
+    from statistics import fmean, pstdev
+
+    from selectit.contract import DEFAULT_ALPHA
+    from selectit.formulas import token_score
+
+    def scores(cs: list) -> dict:
+        return {(c.sample_id, c.prompt_id): token_score(c.probs) for c in cs if not c.error}
+
+    a, b = scores(cells), scores(reference)
+    keys = sorted(a.keys() & b.keys())
+    same = sum(a[k][0] == b[k][0] for k in keys) / max(len(keys), 1)
+    dtok = max((abs(a[k][1] - b[k][1]) for k in keys), default=float("nan"))
+
+    def sent(sc: dict) -> list[float]:
+        out = []
+        for sid in sorted({k[0] for k in keys}):
+            tok = [sc[k][1] for k in keys if k[0] == sid]
+            out.append(fmean(tok) / (1 + DEFAULT_ALPHA * pstdev(tok)))
+        return out
+
+    rho = spearman(sent(a), sent(b))
+    return f"Spearman ρ of S_sent {rho:.3f}, same S_base {same:.1%} of {len(keys)} cells, max |ΔS_token| {dtok:.3f}"
+
+
+def whole_command(model: str, samples: int, dtype: str) -> tuple[float, float, str]:
+    """Wall and CPU seconds of `selectit score -v` in a fresh process on the first `samples` demo
+    records (fresh database; the model's de-quantised cache already built), and its output."""
+    import os
+    import resource
+    import subprocess
+
+    tmp = Path(tempfile.mkdtemp())
+    data = tmp / "demo.json"
+    data.write_text(json.dumps(json.loads(DEMO.read_text(encoding="utf-8"))[:samples]), encoding="utf-8")
+    base = [sys.executable, "-m", "selectit", "--db", f"sqlite:///{tmp}/cmd.db"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args in (["ingest", str(data), "--dataset", "demo"], ["model", "add", "rater", "--source", model,
+                                                               "--dtype", dtype]):
+        subprocess.run(base + args, check=True, env=env, capture_output=True)
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    t0, c0 = time.perf_counter(), children_cpu()
+    out = subprocess.run(base + ["score", "-v", "-q"], check=True, env=env, capture_output=True, text=True)
+    return time.perf_counter() - t0, children_cpu() - c0, out.stdout
+
+
 def main() -> None:
+    from selectit import loading
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--device", default="cpu")
@@ -80,7 +164,14 @@ def main() -> None:
     ap.add_argument("--no-vllm", action="store_true", help="leave out the vLLM engine lines")
     ap.add_argument("--vllm-args", default=None, metavar="JSON",
                     help='more vllm.LLM arguments, e.g. \'{"enforce_eager": true}\' (no graph compilation)')
+    ap.add_argument("--bf16", action="store_true", help="run fast bf16 even on a CPU without native bf16")
+    ap.add_argument("--command-samples", type=int, default=60, help="samples of the whole-command run (0: none)")
+    ap.add_argument("--command-dtype", default=None,
+                    help="dtype of the whole-command run [this CPU's default if it had no bf16]")
     args = ap.parse_args()
+    cpu = not args.device.startswith("cuda")
+    features = loading.cpu_features()
+    no_bf16_default = loading.default_dtype(features - loading.BF16_FLAGS, cuda=False)
     prompts_file = next(p for p in PROMPTS_CANDIDATES if p.is_file())
     with open(prompts_file, encoding="utf-8") as f:
         ref_templates = f.readlines()[:5]
@@ -89,13 +180,15 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp()
     engine = db.open_store(f"sqlite:///{tmp}/bench.db")
+    dtypes = ["float32"] + (["bfloat16"] if (not cpu or args.bf16 or features & loading.BF16_FLAGS) else []) \
+        + (["int8"] if cpu else [])
     with db.session_scope(engine) as s:
-        m32 = registry.add_model(s, "bench", args.model, dtype="float32")
-        m16 = registry.add_model(s, "bench", args.model, dtype="bfloat16")
+        versions = {d: registry.add_model(s, "bench", args.model, dtype=d) for d in dtypes}
+    m32 = versions["float32"]
     t0 = time.perf_counter()
     exact = load_scorer(m32, device=args.device, exact=True)
-    fast = load_scorer(m16, device=args.device)
     load_torch = time.perf_counter() - t0
+    fast = {d: load_scorer(v, device=args.device) for d, v in versions.items()}
     ref_reqs = requests(recs, "reference", ref_templates)
     shared_reqs = requests(recs, "shared-context", list(registry.DEFAULT_TEMPLATES))
     labels = m32.label_ids["reference"][:5]
@@ -103,37 +196,56 @@ def main() -> None:
     # warm-up (one sample each), not timed
     baseline(exact.model, exact.tokenizer, ref_reqs[:1], labels, args.device)
     exact.score(ref_reqs[:1])
-    fast.score(shared_reqs[:1])
+    for sc in fast.values():
+        sc.score(shared_reqs[:1])
 
     sync(args.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     base = baseline(exact.model, exact.tokenizer, ref_reqs, labels, args.device)
     sync(args.device)
-    t_base = time.perf_counter() - t0
+    t_base, c_base = time.perf_counter() - t0, time.process_time() - c0
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cells_a = exact.score(ref_reqs)
     sync(args.device)
-    t_a = time.perf_counter() - t0
+    t_a, c_a = time.perf_counter() - t0, time.process_time() - c0
 
-    tokens_before = fast.tokens_run
-    t0 = time.perf_counter()
-    cells_b = fast.score(shared_reqs)
-    sync(args.device)
-    t_b = time.perf_counter() - t0
-    tokens_b = fast.tokens_run - tokens_before
+    runs = {}  # name → (cells, seconds, tokens, forwards)
+    plan = [(f"fast {d}", fast[d], "cache") for d in dtypes] + [("fast float32, 4-D mask", fast["float32"], "mask")]
+    for name, sc, shared in plan:
+        sc.shared = shared
+        tokens, forwards = sc.tokens_run, sc.forwards
+        t0, c0 = time.perf_counter(), time.process_time()
+        cells = sc.score(shared_reqs)
+        sync(args.device)
+        runs[name] = (cells, time.perf_counter() - t0, sc.tokens_run - tokens, sc.forwards - forwards,
+                      time.process_time() - c0)
+        sc.shared = "cache"
 
-    vllm_lines = None if args.no_vllm else run_vllm(m32, m16, ref_reqs, shared_reqs, args.vllm_args)
-    failed = [c for c in cells_a + cells_b if c.error]
+    vllm_lines = None if args.no_vllm else run_vllm(m32, versions.get("bfloat16", m32), ref_reqs, shared_reqs,
+                                                     args.vllm_args)
+    failed = [c for c in cells_a if c.error] + [c for r in runs.values() for c in r[0] if c.error]
     dp = max(abs(a - b) for c in cells_a if not c.error for a, b in zip(c.probs, base[(c.sample_id, c.prompt_id)]))
-    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    dev_name = torch.cuda.get_device_name() if not cpu else "CPU"
     print(f"model {args.model} ({m32.n_params:,} parameters), {n} samples × 5 prompts, device {args.device} ({dev_name})")
+    if cpu:
+        shown = sorted(features & (loading.BF16_FLAGS | loading.INT8_FLAGS | {"amx_tile"}))
+        print(f"CPU: {torch.get_num_threads()} threads, features {' '.join(shown) or 'none of bf16/int8'}; "
+              f"torch capability {torch.backends.cpu.get_cpu_capability()}; without bf16 the default would be "
+              f"{no_bf16_default}")
     print(f"engines: {exact.engine_version}" + (f"; {vllm_lines[6]}" if vllm_lines else ""))
-    print(f"baseline (authors' loop, fp32, batch 1, full logits): {n / t_base:8.2f} samples/s  ({t_base:.1f} s)")
-    print(f"(a) selectit exact, reference layout, fp32:            {n / t_a:8.2f} samples/s  ({t_a:.1f} s)  "
-          f"{t_base / t_a:.2f}× baseline, max |Δp| vs baseline {dp:.1e}")
-    print(f"(b) selectit fast, shared-context layout, bf16:        {n / t_b:8.2f} samples/s  ({t_b:.1f} s)  "
-          f"{t_base / t_b:.2f}× baseline, {fast.forwards - 1} forwards")
+    print("wall seconds, and CPU seconds of all threads (on a shared machine the CPU ratio is the steadier one)")
+    print(f"baseline (authors' loop, fp32, batch 1, full logits): {n / t_base:8.2f} samples/s  ({t_base:.1f} s, "
+          f"cpu {c_base:.1f} s)")
+    print(f"(a) selectit exact, reference layout, fp32:            {n / t_a:8.2f} samples/s  ({t_a:.1f} s, "
+          f"cpu {c_a:.1f} s)  {t_base / t_a:.2f}× baseline ({c_base / c_a:.2f}× cpu), max |Δp| vs baseline {dp:.1e}")
+    for name, (cells, secs, _, fw, cpu_s) in runs.items():
+        print(f"(b) selectit {name + ', shared-context:':<37} {n / secs:8.2f} samples/s  ({secs:.1f} s, "
+              f"cpu {cpu_s:.1f} s)  {t_base / secs:.2f}× baseline ({c_base / cpu_s:.2f}× cpu), {fw} forwards")
+    ref32 = runs["fast float32"][0]
+    for name in runs:
+        if name != "fast float32":
+            print(f"agreement of {name} with fast float32: {agreement(runs[name][0], ref32)}")
     if vllm_lines is not None:
         cells_c, t_c, cells_d, t_d, tokens_d, _, _ = vllm_lines
         failed += [c for c in cells_c + cells_d if c.error]
@@ -142,19 +254,29 @@ def main() -> None:
         print(f"(c) vLLM, reference layout, fp32:                      {n / t_c:8.2f} samples/s  ({t_c:.1f} s)  "
               f"{t_base / t_c:.2f}× baseline, max |Δp| vs baseline {dp_c:.1e}")
         print(f"(d) vLLM, shared-context layout, bf16, prefix cache:   {n / t_d:8.2f} samples/s  ({t_d:.1f} s)  "
-              f"{t_base / t_d:.2f}× baseline, {t_b / t_d:.2f}× (b)")
-    print(f"model load: torch engine {load_torch:.1f} s (fp32 + bf16)"
+              f"{t_base / t_d:.2f}× baseline")
+    print(f"model load: torch engine {load_torch:.1f} s (fp32)"
           + (f", vLLM engine {vllm_lines[5]:.1f} s (fp32 + bf16)" if vllm_lines else ""))
     print(f"failed cells: {len(failed)}")
-    if args.device.startswith("cuda"):
+    if not cpu:
         peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
             (v for k, v in PEAKS.items() if k in dev_name), None)
-        runs = [("(b)", tokens_b, t_b)] + ([("(d)", vllm_lines[4], vllm_lines[3])] if vllm_lines else [])
-        for name, tokens, secs in runs:
-            flops = 2 * m16.n_params * tokens / secs
+        lines = [(f"(b) {k}", r[2], r[1]) for k, r in runs.items()]
+        lines += [("(d)", vllm_lines[4], vllm_lines[3])] if vllm_lines else []
+        for name, tokens, secs in lines:
+            flops = 2 * m32.n_params * tokens / secs
             share = (f"{flops / peak:.1%} of the {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak
                      else "peak unknown (--peak-tflops)")
             print(f"{name} reaches {flops / 1e12:.1f} TFLOP/s (2 × params × {tokens:,} tokens / time): {share}")
+    if args.command_samples and cpu:
+        del exact, fast
+        dtype = args.command_dtype or no_bf16_default
+        secs, cpu_s, out = whole_command(args.model, args.command_samples, dtype)
+        loop, loop_cpu = t_base / n * args.command_samples, c_base / n * args.command_samples
+        print(f"whole command: `selectit score -v` ({dtype}) on {args.command_samples} samples in a fresh process: "
+              f"{secs:.1f} s (cpu {cpu_s:.1f} s); the authors' loop at this run's rate: {loop:.1f} s "
+              f"(cpu {loop_cpu:.1f} s); ratio {loop / secs:.2f}× ({loop_cpu / cpu_s:.2f}× cpu)")
+        print("\n".join("    " + line for line in out.splitlines() if line.strip()))
 
 
 def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRequest],

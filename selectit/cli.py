@@ -422,10 +422,12 @@ def _engine_choice(given: dict[str, Any]):  # noqa: ANN202 - selectit.engines.En
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--estimate", is_flag=True,
               help="Only print what scoring would cost (cells, prompt tokens, forwards, time); score and write nothing.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print where the command's time went: start-up, store, model load, scoring, DB writes.")
 @click.pass_context
 @handles_errors
 def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-          batch_size: int, quiet: bool, estimate: bool, **engine_options: Any) -> None:
+          batch_size: int, quiet: bool, estimate: bool, verbose: bool, **engine_options: Any) -> None:
     """Score the missing (sample, model, prompt) cells here, in this process.
 
     Only cells never scored (or failed, below the attempt limit) are computed, through the same
@@ -438,15 +440,25 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score              # every dataset × active model × active prompt set
       selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
       selectit score --dataset alpaca --estimate   # the cost first: tokens, forwards, time
+      selectit score -v           # and where the time went
       selectit score --model served-llama --concurrency 64 --batch-size 64
     """
+    import time
+
+    from selectit import timing
+
     if estimate:
         _print_estimates(ctx, dataset, model, prompt_set, engine_options.get("engine"))
         return
+    t0, started = time.perf_counter(), timing.process_age()
+    if started is not None:
+        timing.PHASES["start-up and imports"] = started
     options = _engine_choice(engine_options)
+    with timing.phase("store"):
+        opened = store(ctx)
     with _ScoringBar(enabled=not quiet) as bar:
-        summary = store(ctx).score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
-                                   batch_size=batch_size, engine=options)
+        summary = opened.score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
+                               batch_size=batch_size, engine=options)
     line = (f"scored {summary.scored} cells, failed {summary.failed}, "
             f"skipped {summary.skipped} already scored")
     if summary.interrupted:
@@ -455,6 +467,12 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     console.print(line + ".")
     if summary.failed:
         console.print("Failed cells are retried by the next `selectit score`; `selectit status` lists them.")
+    if verbose:
+        total = time.perf_counter() - t0 + (started or 0.0)
+        console.print(f"time: {total:.2f} s in all" + ("" if started is not None else " (start-up not known here)"),
+                      highlight=False)
+        for text in timing.breakdown(total):
+            console.print(text, highlight=False, markup=False)
 
 
 def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
@@ -600,9 +618,9 @@ def model_group() -> None:
 @click.option("--source", default=None, metavar="HUB_ID|DIR|FILE.gguf",
               help="A hub id (from the local cache), a model directory, a .gguf file, "
                    "or an alias: smollm2-135m, gemma3-270m.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-              help="Weights dtype, part of the model version [default: bfloat16 on a GPU or a CPU with native "
-                   "bf16, else float32].")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "int8"]), default=None,
+              help="Weights dtype, part of the model version; int8 = linear layers quantised to int8 (CPU only) "
+                   "[default: bfloat16 on a GPU or a CPU with native bf16, else float32].")
 @click.option("--weight", type=float, default=None, metavar="θ",
               help="Model-level weight [default: the parameter count].")
 @click.option("--max-tokens", type=int, default=None, metavar="N",
@@ -641,9 +659,12 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
     Example:
       selectit model add smol --source smollm2-135m --dtype float32
       selectit model add gemma --source gemma3-270m
+      selectit model add smol8 --source smollm2-135m --dtype int8
       selectit model add llama --endpoint http://10.0.0.5:8000/v1 --served-model meta-llama/Llama-2-7b-hf \\
           --tokenizer ./Llama-2-7b-hf --params 6738415616 --api-key-env LLAMA_API_KEY
     """
+    from selectit import loading
+
     served = {"--served-model": served_model, "--tokenizer": tokenizer, "--api-key-env": api_key_env,
               "--params": n_params}
     if (source is None) == (endpoint is None):
@@ -654,6 +675,9 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
     if endpoint is not None and (served_model is None or dtype is not None):
         raise UserError("--endpoint needs --served-model ID" if served_model is None else
                         "--dtype does not apply to a served model (the server chooses it)")
+    warning = loading.half_precision_warning(dtype) if dtype else None
+    if warning:
+        err_console.print(warning, highlight=False, markup=False)
     if endpoint is not None:
         m = store(ctx).add_served_model(name, endpoint, served_model, tokenizer=tokenizer, api_key_env=api_key_env,
                                         weight=weight, n_params=n_params, max_tokens=max_tokens)

@@ -163,8 +163,12 @@ Loader = Callable[["ModelSpec", EngineOptions], "ScoringEngine"]
 
 
 def load_torch(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
-    from selectit.scorer import load_scorer
+    from selectit.timing import phase
 
+    with phase("model load: torch + transformers imports"):
+        import transformers  # noqa: F401
+
+        from selectit.scorer import load_scorer
     return load_scorer(model, device_map=options.device_map)
 
 

@@ -23,7 +23,12 @@ from typing import Any
 from selectit.errors import SelectitError
 
 CACHE_ENV = "SELECTIT_CACHE_DIR"
-DTYPES = ("float32", "bfloat16", "float16")
+#: Weight dtypes of a model version. `int8`: float32 weights whose linear layers (all but the
+#: `lm_head`) are quantised to int8 by torch's dynamic quantisation at load time (CPUs only).
+DTYPES = ("float32", "bfloat16", "float16", "int8")
+#: CPU flags of native bf16 matrix units, and of int8 dot-product units (x86 VNNI/AMX, Arm dot product).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
 
 
 class ModelSourceError(SelectitError):
@@ -121,7 +126,7 @@ def fingerprint(src: Source) -> str:
     """sha256 of the weights: the file's own hash for GGUF, a hash of per-file hashes otherwise."""
     files = weight_files(src)
     if src.is_gguf:
-        return sha256_file(files[0])
+        return _gguf_sha(src)
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
@@ -177,20 +182,84 @@ def load_config(src: Source) -> Any:
     return _from_source(AutoConfig, src)
 
 
-def default_dtype() -> str:
-    """bfloat16 on a GPU or on a CPU with native bf16 (avx512_bf16 / amx_bf16), else float32."""
+def cpu_features(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags (`flags` on x86, `Features` on Arm) from /proc/cpuinfo; empty if unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def _cuda_available() -> bool:
     try:
         import torch
-
-        if torch.cuda.is_available():
-            return "bfloat16"
     except ImportError:
-        pass
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+        return False
+    return bool(torch.cuda.is_available())
+
+
+#: Whether a CPU with int8 dot-product units but no bf16 defaults to int8. Off: on the demo data
+#: int8 moved too many ratings against float32 (benchmarks/RESULTS.md), so such a CPU defaults
+#: to float32 and int8 stays a choice (`--dtype int8`).
+INT8_BY_DEFAULT = False
+
+
+def default_dtype(features: frozenset[str] | None = None, cuda: bool | None = None,
+                  int8: bool = INT8_BY_DEFAULT) -> str:
+    """The fast dtype of this machine: bfloat16 on a GPU or on a CPU with native bf16; on a CPU
+    with int8 dot-product units (VNNI/AMX int8) but no bf16, int8 if `int8` (see
+    `INT8_BY_DEFAULT`); else float32.
+
+    >>> default_dtype(frozenset({"avx512f", "avx512_vnni"}), cuda=False, int8=True)
+    'int8'
+    """
+    if cuda if cuda is not None else _cuda_available():
+        return "bfloat16"
+    features = cpu_features() if features is None else features
+    if features & BF16_FLAGS:
+        return "bfloat16"
+    if int8 and features & INT8_FLAGS:
+        return "int8"
+    return "float32"
+
+
+def half_precision_warning(dtype: str, features: frozenset[str] | None = None, cuda: bool | None = None) -> str | None:
+    """One warning line when `dtype` is a 16-bit float on a CPU without native bf16 (no GPU):
+    torch emulates it there, and the line gives the slowdown of a matmul measured now."""
+    if dtype not in ("bfloat16", "float16") or (cuda if cuda is not None else _cuda_available()):
+        return None
+    features = cpu_features() if features is None else features
+    if features & BF16_FLAGS:
+        return None
+    slowdown = measured_slowdown(dtype)
+    return (f"Warning: this CPU has no native bf16 ({'/'.join(sorted(BF16_FLAGS - {'bf16'}))}); a {dtype} matmul "
+            f"took {slowdown:.1f}× the time of float32 here. Scoring in {dtype} will be that much slower: "
+            f"add the model with --dtype {default_dtype(features, cuda=False)} instead.")
+
+
+def measured_slowdown(dtype: str, n: int = 512, repeats: int = 3) -> float:
+    """Time of an (n, n) @ (n, n) matmul in `dtype` over the same in float32 (best of `repeats`), on CPU."""
+    import time
+
+    import torch
+
+    def best(dt: Any) -> float:
+        a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+        a @ b  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(getattr(torch, dtype)) / max(best(torch.float32), 1e-9)
 
 
 def cache_root() -> Path:
@@ -203,15 +272,39 @@ def _cache_dir_if_built(src: Source, sha: str | None = None) -> Path | None:
     return d if (d / "model.safetensors").is_file() else None
 
 
-_SHA_MEMO: dict[tuple[str, float, int], str] = {}
+_SHA_MEMO: dict[tuple[str, int, int, int], str] = {}
 
 
 def _gguf_sha(src: Source) -> str:
+    """sha256 of a GGUF file, hashed once per file version: the hash is kept in the cache folder
+    by (path, inode, size, mtime), so a process that loads a model does not read gigabytes to find
+    its de-quantised copy."""
+    import json
+
     st = src.path.stat()
-    key = (str(src.path), st.st_mtime, st.st_size)
-    if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(src.path)
-    return _SHA_MEMO[key]
+    key = (str(src.path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SHA_MEMO:
+        return _SHA_MEMO[key]
+    memo = cache_root() / "sha256.json"
+    name = "\t".join(map(str, key))
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    sha = known.get(name) if isinstance(known, dict) else None
+    if not isinstance(sha, str):
+        sha = sha256_file(src.path)
+        known = known if isinstance(known, dict) else {}
+        known[name] = sha
+        try:  # best effort: written atomically, a read-only cache just hashes again next time
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".sha256.{os.getpid()}.json")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, memo)
+        except OSError:
+            pass
+    _SHA_MEMO[key] = sha
+    return sha
 
 
 def gguf_cache(src: Source, expected_sha: str | None = None) -> Path:
@@ -271,12 +364,40 @@ def load_hf_model(src: Source, dtype: str, device: str, expected_sha: str | None
     import torch
     from transformers import AutoModelForCausalLM
 
+    if dtype not in DTYPES:
+        raise ModelSourceError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    int8 = dtype == "int8"
+    if int8 and (device_map is not None or not str(device).startswith("cpu")):
+        raise ModelSourceError(f"{src.given}: the int8 dtype runs on CPUs only (torch's dynamic quantisation); "
+                               f"add the model with --dtype bfloat16 for a GPU")
     path = model_dir(src, expected_sha)
+    torch_dtype = torch.float32 if int8 else getattr(torch, dtype)
     if device_map is not None:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa",
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa",
                                                     device_map=device_map).eval()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa")
-    return model.to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+    model = model.to(device).eval()
+    return quantize_int8(model) if int8 else model
+
+
+def quantize_int8(model: Any) -> Any:
+    """The model with its linear layers quantised to int8 (torch dynamic quantisation: int8 weights,
+    activations quantised per batch, int8 dot products on VNNI/AMX units). The `lm_head`, the
+    embeddings and the norms stay float32, so the label probabilities come from float32 logits."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    head = model.get_output_embeddings()
+    # One scale per output channel: a per-tensor scale let a few large weights flatten the rest
+    # (measured: a third of the cells changed their S_base on the demo).
+    linears = {name: per_channel_dynamic_qconfig for name, mod in model.named_modules()
+               if isinstance(mod, torch.nn.Linear) and mod is not head}
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        return quantize_dynamic(model, linears, dtype=torch.qint8)
 
 
 def load_hf_tokenizer_for_model(src: Source, expected_sha: str | None = None) -> Any:

@@ -34,6 +34,7 @@ from selectit.leases import claim, heartbeat, release, requeue_expired, worker_i
 from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
 from selectit.schema import LLM, Job, JobSample, Prompt, Sample, Throughput, utcnow
 from selectit.settings import Settings, SettingsError, variable
+from selectit.timing import phase
 
 if TYPE_CHECKING:
     from selectit.engines import EngineOptions
@@ -235,7 +236,8 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             return JobOutcome(job_id, Outcome.SKIPPED)
         model = session.get(LLM, job.model_id)
     try:
-        scorer = scorer_for(ModelSpec.of(model))
+        with phase("model load"):
+            scorer = scorer_for(ModelSpec.of(model))
     except Exception as exc:  # noqa: BLE001 - recorded on the job, retried up to its limit
         if claim(engine, job_id, worker, lease=lease):
             status = release(engine, job_id, worker, settings=settings,
@@ -258,16 +260,20 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     try:
         # One read for the whole job: its owed cells, prompts and sample texts; the loop below
         # only scores, and the writer thread is the only one writing.
-        with db.session_scope(engine) as session:
+        with phase("DB reads"), db.session_scope(engine) as session:
             job = session.get(Job, job_id)
             cells = cells_to_score(session, job, settings.max_cell_attempts)
             prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
             batches = _in_batches(_requests(session, cells, prompts), batch_size)
         writer = BatchWriter(engine, job_id, job.model_id, worker, lease, scorer.engine, scorer.engine_version)
         for i, requests in enumerate(batches):
-            writer.put(_score_batch(scorer, requests), last=i == len(batches) - 1)
+            with phase("scoring"):
+                results = _score_batch(scorer, requests)
+            with phase("DB writes (waiting for the writer)"):
+                writer.put(results, last=i == len(batches) - 1)
             report(writer)
-        writer.close()
+        with phase("DB writes (waiting for the writer)"):
+            writer.close()
         report(writer)
         if not batches:  # nothing left to score: no batch to carry the end
             with db.session_scope(engine) as session:
@@ -426,12 +432,13 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
     cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options))
     summary = ScoreSummary()
-    with db.session_scope(engine) as session:
-        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
-        n_missing = sum(len(r.prompt_ids) for r in missing_cells(session, scope, settings=settings))
-        summary.skipped = total_cells(session, scope) - n_missing
-    requeue_expired(engine, settings)
-    plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
+    with phase("planning"):
+        with db.session_scope(engine) as session:
+            scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
+            n_missing = sum(len(r.prompt_ids) for r in missing_cells(session, scope, settings=settings))
+            summary.skipped = total_cells(session, scope) - n_missing
+        requeue_expired(engine, settings)
+        plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
     if progress:
         progress.start(n_missing)
 
@@ -444,7 +451,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     try:
         tried: set[int] = set()
         while True:
-            with db.session_scope(engine) as session:
+            with phase("DB reads"), db.session_scope(engine) as session:
                 open_jobs = open_jobs_in_scope(session, scope)
             todo = [j for j, status, _ in open_jobs if status == JobStatus.QUEUED and j not in tried]
             if not todo:

@@ -48,6 +48,7 @@ class _Row:
     seg: list[int]  # 0 = shared prefix C, i = suffix i (1-based)
     label_at: list[int]  # index into tokens of each cell's last token
     label_ids: list[list[int]] = field(default_factory=list)  # per cell: token ids of 1..K
+    prefix: int = 0  # len(C) of a packed row (0: an unpacked row)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -79,10 +80,12 @@ class Scorer(RequestPreparation, ScoringEngine):
         self.tokens_run = 0  # real (unpadded) tokens through the model, for FLOP estimates
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 4096)
+        self.max_batch_tokens = max_batch_tokens or token_budget(model.config, self.dtype.itemsize,
+                                                                 free_memory(self.device), self.device.type)
         # Padding is computed like real tokens: a batch stops growing past this share of it
         # (measured: unbounded padding made exact mode no faster than batch 1 on 2 CPU cores).
         self.max_padding = max_padding
+        self.shared = "cache"  # packed rows: "cache" (C's KV cache) or "mask" (one row, a 4-D mask)
         self._init_labels(label_ids)
         import transformers
 
@@ -102,6 +105,10 @@ class Scorer(RequestPreparation, ScoringEngine):
         self._sliding = window if (not layer_types or "sliding_attention" in layer_types) else None
         self._sliding_everywhere = not layer_types
         self._keep_per_row = _keeps_positions_per_row()
+        # The KV cache argument: `cache` since transformers 5.24, `past_key_values` before.
+        import inspect
+
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     # -- public -------------------------------------------------------------------------------
 
@@ -120,17 +127,7 @@ class Scorer(RequestPreparation, ScoringEngine):
                 results.extend(self._failed(req, range(len(req.prompts)), exc))
                 if progress:
                     progress(len(req.prompts))
-        rows.sort(key=lambda r: len(r.tokens))
-        start = 0
-        while start < len(rows):
-            batch = [rows[start]]
-            # Rows are sorted by length: the next row sets the batch's padded length.
-            while (start + len(batch) < len(rows)
-                   and (len(batch) + 1) * len(rows[start + len(batch)].tokens) <= self.max_batch_tokens
-                   and (self.max_padding is None
-                        or len(rows[start + len(batch)].tokens) <= (1 + self.max_padding) * len(batch[0].tokens))):
-                batch.append(rows[start + len(batch)])
-            start += len(batch)
+        for batch in self._batches(rows):
             for row, probs, err in self._run(batch):
                 prep = prepared[row.req]
                 for j, cell in enumerate(row.cells):
@@ -138,6 +135,40 @@ class Scorer(RequestPreparation, ScoringEngine):
             if progress:
                 progress(sum(len(r.cells) for r in batch))
         return results
+
+    def _batches(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Rows grouped into forwards: packed and unpacked apart, sorted by the length that pads.
+
+        A batch grows while its padded tokens fit the budget and its padding stays under
+        `max_padding` of its shortest row. Packed rows on the KV cache pad their prefixes (the
+        suffixes are the short rating questions), so they are sorted and measured by prefix.
+        """
+        cached = self.shared == "cache"
+
+        def length(r: _Row) -> int:
+            return r.prefix if (cached and r.prefix) else len(r.tokens)
+
+        def padded(batch: list[_Row], longest: int) -> int:
+            if cached and batch[0].prefix:  # prefix forward + suffix forward
+                return len(batch) * longest + sum(len(r.tokens) - r.prefix for r in batch)
+            return len(batch) * longest
+
+        out: list[list[_Row]] = []
+        for kind in (False, True):
+            group = sorted((r for r in rows if bool(r.prefix) == kind), key=length)
+            start = 0
+            while start < len(group):
+                batch = [group[start]]
+                while start + len(batch) < len(group):
+                    nxt = group[start + len(batch)]
+                    if padded(batch + [nxt], length(nxt)) > self.max_batch_tokens:
+                        break
+                    if self.max_padding is not None and length(nxt) > (1 + self.max_padding) * length(batch[0]):
+                        break
+                    batch.append(nxt)
+                start += len(batch)
+                out.append(batch)
+        return out
 
     # -- preparation (tokenizing, truncating, label ids: selectit.preparation) -------------------
 
@@ -160,7 +191,7 @@ class Scorer(RequestPreparation, ScoringEngine):
                 pos += range(c, len(x))
                 seg += [k] * (len(x) - c)
                 label_at.append(len(tokens) - 1)
-            return [_Row(i, list(range(len(ids))), tokens, pos, seg, label_at, labels)]
+            return [_Row(i, list(range(len(ids))), tokens, pos, seg, label_at, labels, prefix=c)]
         return [_Row(i, [k], x, list(range(len(x))), [1] * len(x), [len(x) - 1], [labels[k]])
                 for k, x in enumerate(ids)]
 
@@ -222,15 +253,125 @@ class Scorer(RequestPreparation, ScoringEngine):
             n += len(r.label_at)
         return out
 
+    @torch.inference_mode()
+    def _forward_cached(self, rows: list[_Row]) -> list[torch.Tensor]:
+        """Label probabilities of packed rows: C once per row, then every suffix on C's KV cache.
+
+        Two calls of the model's own forward, with its own masks (causal, sliding window, padding):
+        the prefixes C (left-padded, so each C ends where its suffixes start and a sliding window
+        spans real tokens only) with `use_cache`, then all suffixes of all rows in one batch
+        (right-padded) over that cache, each suffix row given its own row's cache.
+        """
+        dev = self.device
+        B = len(rows)
+        Lp = max(r.prefix for r in rows)
+        ids = torch.full((B, Lp), self._pad_id, dtype=torch.long)
+        pos = torch.zeros((B, Lp), dtype=torch.long)
+        pmask = torch.zeros((B, Lp), dtype=torch.long)
+        for b, r in enumerate(rows):
+            c = r.prefix
+            ids[b, Lp - c:] = torch.tensor(r.tokens[:c])
+            pos[b, Lp - c:] = torch.arange(c)
+            pmask[b, Lp - c:] = 1
+        out = self.model(input_ids=ids.to(dev), attention_mask=pmask.to(dev), position_ids=pos.to(dev),
+                         use_cache=True, logits_to_keep=1)
+        cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+        del out
+        # One suffix row per cell: tokens after C up to the cell's label position.
+        suffixes, owner = [], []
+        for b, r in enumerate(rows):
+            start = r.prefix
+            for end in r.label_at:
+                suffixes.append((r.prefix, r.tokens[start:end + 1]))
+                owner.append(b)
+                start = end + 1
+        S, Ls = len(suffixes), max(len(t) for _, t in suffixes)
+        sids = torch.full((S, Ls), self._pad_id, dtype=torch.long)
+        spos = torch.zeros((S, Ls), dtype=torch.long)
+        smask = torch.zeros((S, Ls), dtype=torch.long)
+        for j, (c, t) in enumerate(suffixes):
+            sids[j, :len(t)] = torch.tensor(t)
+            spos[j] = torch.arange(c, c + Ls)
+            smask[j, :len(t)] = 1
+        owner_t = torch.tensor(owner, device=dev)
+        cache.batch_select_indices(owner_t)  # each suffix row gets its own row's C
+        mask = torch.cat([pmask.to(dev)[owner_t], smask.to(dev)], dim=1)
+        last = [len(t) - 1 for _, t in suffixes]
+        if self._keep_per_row:
+            keep = torch.tensor([[i] for i in last], device=dev)
+            cols = [0] * S
+        else:
+            union = sorted(set(last))
+            keep = torch.tensor(union, device=dev)
+            cols = [union.index(i) for i in last]
+        logits = self.model(input_ids=sids.to(dev), attention_mask=mask, position_ids=spos.to(dev),
+                            use_cache=True, logits_to_keep=keep, **{self._cache_kw: cache}).logits
+        del cache
+        self.forwards += 2
+        self.tokens_run += sum(len(r.tokens) for r in rows)
+        logits = logits[torch.arange(S, device=dev), torch.tensor(cols, device=dev)].float()  # (S, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        res, n = [], 0
+        for r in rows:
+            lab = torch.tensor(r.label_ids, device=dev)
+            res.append(logp[n:n + len(r.label_at)].gather(1, lab).exp().cpu())
+            n += len(r.label_at)
+        return res
+
     def _run(self, batch: list[_Row]) -> list[tuple[_Row, torch.Tensor | None, str | None]]:
         """Forward a batch; on failure split it in halves (and shrink the budget on OOM)."""
+        forward = self._forward_cached if self.shared == "cache" and batch[0].prefix else self._forward
+
         def shrink_on_oom(exc: Exception) -> None:
             if _is_oom(exc):
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
 
-        return split_on_failure(batch, self._forward, shrink_on_oom)
+        return split_on_failure(batch, forward, shrink_on_oom)
+
+#: Tokens per forward on a CPU at most: larger batches were measured no faster on 2 cores.
+CPU_MAX_BATCH_TOKENS = 4096
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on the device now: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def token_budget(config: Any, itemsize: int, free_bytes: int, device_type: str = "cuda") -> int:
+    """Tokens per forward that half of `free_bytes` holds, for a model of this config.
+
+    A token costs its KV cache in every layer, counted six times (a prefix's cache is copied for
+    each of its K' ≈ 5 suffixes, and the suffix forward concatenates it per layer), plus its
+    largest transient activations (hidden states, attention projections, the MLP) twice over.
+    A CPU is capped at `CPU_MAX_BATCH_TOKENS`.
+
+    >>> from types import SimpleNamespace as C
+    >>> token_budget(C(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+    ...                num_attention_heads=32, num_key_value_heads=32), 2, 66 << 30)
+    10598
+    """
+    hidden = int(getattr(config, "hidden_size", 1024))
+    heads = int(getattr(config, "num_attention_heads", 16))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    layers = int(getattr(config, "num_hidden_layers", 24))
+    inter = int(getattr(config, "intermediate_size", 4 * hidden))
+    kv = 2 * layers * kv_heads * head_dim * itemsize
+    per_token = 6 * kv + 2 * (4 * hidden + 3 * inter) * itemsize
+    budget = max(256, int(free_bytes * 0.5 / per_token))
+    return min(budget, CPU_MAX_BATCH_TOKENS) if device_type != "cuda" else budget
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -244,13 +385,18 @@ def load_scorer(model: Any, *, device: str | None = None, exact: bool = False,
     `device_map="auto"` spreads a model too big for one GPU over all of them (see `loading`).
     """
     from selectit import loading
+    from selectit.timing import phase
 
-    src = loading.resolve_source(model.source)
-    expected = model.fingerprint if src.is_gguf else None
+    with phase("model load: GGUF cache lookup"):
+        src = loading.resolve_source(model.source)
+        expected = model.fingerprint if src.is_gguf else None
+        loading.model_dir(src, expected)  # hashes a GGUF once (remembered), builds its cache once
     dtype = "float32" if exact else model.dtype
     device = device or default_device()
-    tokenizer = loading.load_hf_tokenizer_for_model(src, expected)
-    hf = loading.load_hf_model(src, dtype, device, expected, device_map=device_map)
+    with phase("model load: tokenizer"):
+        tokenizer = loading.load_hf_tokenizer_for_model(src, expected)
+    with phase("model load: weights"):
+        hf = loading.load_hf_model(src, dtype, device, expected, device_map=device_map)
     return Scorer(hf, tokenizer, model_id=model.id, max_tokens=model.max_tokens,
                   label_ids=dict(model.label_ids or {}), exact=exact, max_batch_tokens=max_batch_tokens,
                   max_padding=max_padding)

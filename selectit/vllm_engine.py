@@ -107,9 +107,13 @@ def load_vllm_scorer(model: Any, options: EngineOptions | None = None, *, dtype:
     token less than it, which is the version's `max_tokens` unless that is the model's whole
     context. `llm_kwargs` go to `vllm.LLM` as they are.
     """
-    from vllm import LLM as VllmLLM
-
     from selectit import loading
+
+    if (dtype or model.dtype) == "int8":
+        raise loading.ModelSourceError(f"model {model.name}: the vllm engine does not run int8 model versions "
+                                       f"(torch's CPU quantisation); use --engine torch, or add the model with "
+                                       f"--dtype bfloat16 for vLLM")
+    from vllm import LLM as VllmLLM
 
     options = options or EngineOptions(engine="vllm")
     src = loading.resolve_source(model.source)

@@ -101,7 +101,7 @@ def test_packed_and_unpacked_scoring_equal_separate_forwards(arch, tokenizer):
     assert min(len(tokenizer(r.prompts[0].text).input_ids) for r in shared) > 3 * WINDOW
     assert len(scorer._rows(0, scorer._prepare(shared[0]))) == 1
     assert max_delta(scorer, shared, rel=None) <= 1e-5
-    assert scorer.forwards == 1
+    assert scorer.forwards == 2  # the prefixes, then the suffixes on their KV cache
     # reference: one row per prompt, ragged, right-padded with a plain padding mask
     reference = reference_requests(records(2, 5))
     assert len(scorer._rows(0, scorer._prepare(reference[0]))) == len(reference[0].prompts)

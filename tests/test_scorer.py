@@ -52,14 +52,17 @@ def test_load_scorer_exact_is_float32(tiny):
     assert load_scorer(tiny, device="cpu").dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("layout", ["shared-context", "reference"])
-def test_packing_equals_separate_forwards(tiny, layout):
+@pytest.mark.parametrize("layout,shared", [("shared-context", "cache"), ("shared-context", "mask"),
+                                           ("reference", "cache")])
+def test_packing_equals_separate_forwards(tiny, layout, shared):
     scorer = load_scorer(tiny, device="cpu", exact=True, max_batch_tokens=1 << 16, max_padding=None)
+    scorer.shared = shared
     reqs = requests(records(4, 10), layout)  # ragged: four samples of different lengths
     assert len({len(r.prompts[0].text) for r in reqs}) == 4
     assert max_delta(scorer, reqs, tiny.label_ids[layout]) <= 1e-4
     if layout == "shared-context":
-        assert scorer.forwards == 1  # 4 samples × 5 prompts in one forward
+        # 4 samples × 5 prompts: the 4 prefixes, then the 20 suffixes on their KV cache (or one masked forward)
+        assert scorer.forwards == (2 if shared == "cache" else 1)
         row = scorer._rows(0, scorer._prepare(reqs[0]))
         assert len(row) == 1 and row[0].seg.count(0) > 100  # one packed row with a long shared prefix
 
@@ -109,7 +112,8 @@ def test_a_failing_request_fails_only_its_cells(tiny_model_dir, tiny):
     assert all(c.probs is not None and len(c.probs) == 5 for c in cells if not c.error)
 
 
-def test_sliding_window_model_packing_equals_separate_forwards(tmp_path):
+@pytest.mark.parametrize("shared", ["cache", "mask"])
+def test_sliding_window_model_packing_equals_separate_forwards(tmp_path, shared):
     # A tiny Gemma-3 (sliding-window layers, window 32): prompts far longer than the window.
     path = build_tiny_model(tmp_path / "gemma", arch="gemma3", sliding_window=32)
     engine = db.open_store(f"sqlite:///{tmp_path / 's.db'}")
@@ -117,10 +121,11 @@ def test_sliding_window_model_packing_equals_separate_forwards(tmp_path):
         model = registry.add_model(s, "tiny-gemma", str(path), dtype="float32")
     scorer = load_scorer(model, device="cpu", exact=True, max_batch_tokens=1 << 16, max_padding=None)
     assert scorer._sliding == 32
+    scorer.shared = shared
     reqs = requests(records(2, 5), "shared-context")
     assert min(len(scorer.tokenizer(r.prompts[0].text).input_ids) for r in reqs) > 100
     assert max_delta(scorer, reqs, model.label_ids["shared-context"]) <= 1e-4
-    assert scorer.forwards == 1
+    assert scorer.forwards == (2 if shared == "cache" else 1)
 
 
 @pytest.fixture(scope="module")
