@@ -63,17 +63,19 @@ class ModelVersion:
     id: int
     name: str
     dtype: str
-    n_params: int
+    n_params: int | None  # None: a served model registered without --params
     weight: float | None
     active: bool
-    source: str
+    source: str  # of a served model: its tokenizer
     fingerprint: str
     added: bool = False  # `add_model`: a new version (else the same weights and dtype were known)
+    endpoint: str | None = None  # a served model: the OpenAI-compatible server's base URL
+    served_model: str | None = None  # … and the id it serves the model under
 
     @classmethod
     def of(cls, row: LLM, *, added: bool = False) -> ModelVersion:
         return cls(row.id, row.name, row.dtype, row.n_params, row.weight, bool(row.active), row.source,
-                   row.fingerprint, added)
+                   row.fingerprint, added, row.endpoint, row.served_model)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,24 @@ class Store:
         with db.session_scope(self.engine) as session:
             before = {m.id for m in registry.list_models(session)}
             row = registry.add_model(session, name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+            return ModelVersion.of(row, added=row.id not in before)
+
+    def add_served_model(self, name: str, endpoint: str, served_model: str, *, tokenizer: str | None = None,
+                         api_key_env: str | None = None, weight: float | None = None, n_params: int | None = None,
+                         max_tokens: int | None = None) -> ModelVersion:
+        """Register model `name` served by an OpenAI-compatible server (scored by the `openai`
+        engine); its version. The API key stays in the environment variable `api_key_env`.
+
+            >>> store.add_served_model("llama", "http://10.0.0.5:8000/v1", "llama2-7b",
+            ...                        tokenizer="/models/Llama-2-7b-hf", n_params=6738415616)  # doctest: +SKIP
+        """
+        from selectit import registry
+
+        with db.session_scope(self.engine) as session:
+            before = {m.id for m in registry.list_models(session)}
+            row = registry.add_served_model(session, name, endpoint, served_model, tokenizer=tokenizer,
+                                            api_key_env=api_key_env, weight=weight, n_params=n_params,
+                                            max_tokens=max_tokens)
             return ModelVersion.of(row, added=row.id not in before)
 
     def models(self) -> list[ModelVersion]:

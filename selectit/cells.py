@@ -46,6 +46,7 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
         probs = list(r.probs or ())
         row = {"sample_id": r.sample_id, "model_id": model_id, "prompt_id": r.prompt_id,
                "mass": r.mass, "n_tokens": r.n_tokens, "truncated": bool(r.truncated),
+               "partial": bool(r.ok and r.partial),
                "status": str(CellStatus.OK if r.ok else CellStatus.FAILED),
                "error": None if r.ok else (r.error or "no probabilities")[:2000],
                "attempts": 1, "scored_at": now, "worker": worker,
@@ -71,7 +72,8 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
 #: (column, PostgreSQL array type) of a score row, in `write_results`' row order.
 _COLUMNS = {"sample_id": "integer", "model_id": "integer", "prompt_id": "integer",
             **{f"p{k}": "double precision" for k in range(1, MAX_SCALE + 1)},
-            "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "status": "text",
+            "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "partial": "boolean",
+            "status": "text",
             "error": "text", "attempts": "integer", "scored_at": "timestamp", "worker": "text",
             "engine": "text", "engine_version": "text"}
 _KEY = ("sample_id", "model_id", "prompt_id")

@@ -399,8 +399,9 @@ def _engine_options(func: F) -> F:
 
     for option in reversed([
         click.option("--engine", type=click.Choice(engine_names()), default=None,
-                     help="Scoring engine: torch (CPU, one GPU), vllm (GPU fleets), or one an installed "
-                          "package registers [default: $SELECTIT_ENGINE, else torch]."),
+                     help="Scoring engine: torch (CPU, one GPU), vllm (GPU fleets), openai (an inference server; "
+                          "models added with --endpoint always use it), or one an installed package registers "
+                          "[default: $SELECTIT_ENGINE, else torch]."),
         click.option("--device-map", type=click.Choice(["auto"]), default=None,
                      help="torch engine: spread a model too big for one GPU over all visible GPUs."),
         click.option("--tensor-parallel-size", type=click.IntRange(1), default=None, metavar="N",
@@ -413,6 +414,13 @@ def _engine_options(func: F) -> F:
                      help="vllm engine: context length [the model version's max tokens + 1]."),
         click.option("--vllm-args", default=None, metavar="JSON",
                      help='vllm engine: more vllm.LLM arguments, e.g. \'{"enforce_eager": true}\'.'),
+        click.option("--logprobs-top", type=click.IntRange(1), default=None, metavar="K",
+                     help="openai engine: top-k mode, one request per cell with logprobs=K; a label outside "
+                          "the top K counts as 0 and its cell is partial [default: exact mode]."),
+        click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+                     help="openai engine: seconds a request may take before it is retried [120]."),
+        click.option("--max-retries", type=click.IntRange(0), default=None, metavar="N",
+                     help="openai engine: retries of a request on 429, 5xx or timeout before its cell fails [8]."),
     ]):
         func = option(func)
     return func
@@ -437,6 +445,8 @@ def _engine_choice(given: dict[str, Any]):  # noqa: ANN202 - selectit.engines.En
 @_engine_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Samples per committed batch (a kill loses at most one batch).")
+@click.option("--concurrency", type=click.IntRange(1), default=None, metavar="N",
+              help="openai engine: requests in flight at once [32].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--estimate", is_flag=True,
               help="Only print what scoring would cost (cells, prompt tokens, forwards, time); score and write nothing.")
@@ -459,6 +469,7 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
       selectit score --dataset alpaca --estimate   # the cost first: tokens, forwards, time
       selectit score -v           # and where the time went
+      selectit score --model served-llama --concurrency 64 --batch-size 64
     """
     import time
 
@@ -573,8 +584,9 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
 @_engine_options
 @click.option("--model", "-m", "models", multiple=True, metavar="NAME",
               help="Serve this model's queue (repeatable). Without it: only the control queue.")
-@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1),
-              help="Tasks run at once (keep 1 per GPU).")
+@click.option("--concurrency", "-c", default=None, type=click.IntRange(1),
+              help="Tasks run at once (keep 1 per GPU) [1]; with --engine openai: requests in flight [32], "
+                   "one task at a time.")
 @click.option("--pool", default="solo", show_default=True, type=click.Choice(["solo", "prefork"]),
               help="solo for a GPU (a CUDA model cannot be forked); prefork for several CPU processes.")
 @click.option("--control/--no-control", default=True, show_default=True,
@@ -582,7 +594,7 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
                    "on a thread of this worker (one worker of the fleet does each tick).")
 @click.pass_context
 @handles_errors
-def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: str, control: bool,
+def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None, pool: str, control: bool,
            **engine_options: Any) -> None:
     """Start a Celery worker bound to a model's queue ($SELECTIT_BROKER_URL).
 
@@ -598,11 +610,17 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: 
       export SELECTIT_BROKER_URL=redis://:secret@queue:6379/0
       selectit worker --model smollm2
       selectit worker --model llama2-70b --engine vllm --tensor-parallel-size 4
+      selectit worker --model served-llama --engine openai --concurrency 64
     """
     import os
 
     # The worker's tasks read the engine options from the environment: Celery starts them.
-    _engine_choice(engine_options).export()
+    options = _engine_choice(engine_options)
+    if options.engine == "openai":  # the requests run concurrently inside one task
+        if concurrency is not None:
+            options = _engine_choice({**engine_options, "concurrency": concurrency})
+        concurrency = 1
+    options.export()
     store(ctx).require_models(models)
     if ctx.obj["db_url"]:
         os.environ[db.URL_ENV] = ctx.obj["db_url"]  # the worker's tasks open the same database
@@ -610,7 +628,7 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int, pool: 
 
     queues = [queue_for(m) for m in models] + ([CONTROL_QUEUE] if control or not models else [])
     node = f"{'+'.join(models) or 'control'}@%h"
-    app.worker_main(["worker", "-Q", ",".join(queues), "--pool", pool, "--concurrency", str(concurrency),
+    app.worker_main(["worker", "-Q", ",".join(queues), "--pool", pool, "--concurrency", str(concurrency or 1),
                      "-n", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
 
 
@@ -626,7 +644,7 @@ def model_group() -> None:
 
 @model_group.command("add")
 @click.argument("name")
-@click.option("--source", required=True, metavar="HUB_ID|DIR|FILE.gguf",
+@click.option("--source", default=None, metavar="HUB_ID|DIR|FILE.gguf",
               help="A hub id (from the local cache), a model directory, a .gguf file, "
                    "or an alias: smollm2-135m, gemma3-270m.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "int8"]), default=None,
@@ -636,29 +654,71 @@ def model_group() -> None:
               help="Model-level weight [default: the parameter count].")
 @click.option("--max-tokens", type=int, default=None, metavar="N",
               help="Context used for truncation [default: 4096, capped by the model's own].")
+@click.option("--endpoint", default=None, metavar="URL",
+              help="Instead of --source: the model is served by this OpenAI-compatible server, e.g. "
+                   "http://10.0.0.5:8000/v1 (scored with the openai engine).")
+@click.option("--served-model", default=None, metavar="ID",
+              help="With --endpoint: the model id the server serves (see its /v1/models).")
+@click.option("--tokenizer", default=None, metavar="DIR|HUB_ID|FILE.gguf",
+              help="With --endpoint: the served model's tokenizer, for label ids, truncation and token "
+                   "counts [default: --served-model as a hub id in the local cache].")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="With --endpoint: the environment variable holding the API key (read at run time, never "
+                   "stored).")
+@click.option("--params", "n_params", type=int, default=None, metavar="N",
+              help="With --endpoint: the served model's parameter count, its θ unless --weight is given "
+                   "(a server does not report it).")
 @click.pass_context
 @handles_errors
-def model_add(ctx: click.Context, name: str, source: str, dtype: str | None, weight: float | None,
-              max_tokens: int | None) -> None:
-    """Register model NAME, or a new version of it (other weights or dtype).
+def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | None, weight: float | None,
+              max_tokens: int | None, endpoint: str | None, served_model: str | None, tokenizer: str | None,
+              api_key_env: str | None, n_params: int | None) -> None:
+    """Register model NAME, or a new version of it (other weights or dtype, or another deployment).
 
     Loads the tokenizer and config (not the weights), derives the token ids of the labels 1..9,
     counts the parameters and fingerprints the weights. Adding the same weights and dtype again
     changes nothing; other weights or another dtype make a new version and deactivate the old one.
+
+    With --endpoint the model is served by an OpenAI-compatible server (vLLM, SGLang, TGI,
+    llama.cpp, a hosted API): its version is the served model id plus what the server's
+    /v1/models says of it; θ comes from --weight or --params (without either the model cannot
+    join a model-level fusion with other models).
 
     \b
     Example:
       selectit model add smol --source smollm2-135m --dtype float32
       selectit model add gemma --source gemma3-270m
       selectit model add smol8 --source smollm2-135m --dtype int8
+      selectit model add llama --endpoint http://10.0.0.5:8000/v1 --served-model meta-llama/Llama-2-7b-hf \\
+          --tokenizer ./Llama-2-7b-hf --params 6738415616 --api-key-env LLAMA_API_KEY
     """
     from selectit import loading
 
+    served = {"--served-model": served_model, "--tokenizer": tokenizer, "--api-key-env": api_key_env,
+              "--params": n_params}
+    if (source is None) == (endpoint is None):
+        raise UserError("give either --source (a local model) or --endpoint with --served-model (a served model)")
+    if endpoint is None and any(v is not None for v in served.values()):
+        given = ", ".join(k for k, v in served.items() if v is not None)
+        raise UserError(f"{given} go with --endpoint (a served model), not with --source")
+    if endpoint is not None and (served_model is None or dtype is not None):
+        raise UserError("--endpoint needs --served-model ID" if served_model is None else
+                        "--dtype does not apply to a served model (the server chooses it)")
     warning = loading.half_precision_warning(dtype) if dtype else None
     if warning:
         err_console.print(warning, highlight=False, markup=False)
-    m = store(ctx).add_model(name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+    if endpoint is not None:
+        m = store(ctx).add_served_model(name, endpoint, served_model, tokenizer=tokenizer, api_key_env=api_key_env,
+                                        weight=weight, n_params=n_params, max_tokens=max_tokens)
+    else:
+        m = store(ctx).add_model(name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
     word = "added" if m.added else "unchanged"
+    if m.endpoint:
+        theta = (f"θ {m.weight:g}" if m.weight is not None else f"{m.n_params:,} parameters"
+                 if m.n_params is not None else "no θ (give --weight or --params to fuse it with other models)")
+        console.print(f"model {m.name} {word}: version {m.id}, {m.served_model} served at {m.endpoint}, {theta}, "
+                      f"deployment {m.fingerprint[:12]}…")
+        return
     console.print(f"model {m.name} {word}: version {m.id}, {m.dtype}, {m.n_params:,} parameters, "
                   f"weights {m.fingerprint[:12]}…")
 
@@ -673,8 +733,9 @@ def models(ctx: click.Context) -> None:
     Example:
       selectit models
     """
-    rows = [(m.id, m.name, m.dtype, f"{m.n_params:,}", m.weight if m.weight is not None else "",
-             "yes" if m.active else "no", m.source) for m in store(ctx).models()]
+    rows = [(m.id, m.name, m.dtype, f"{m.n_params:,}" if m.n_params is not None else "",
+             m.weight if m.weight is not None else "", "yes" if m.active else "no",
+             f"{m.served_model} at {m.endpoint}" if m.endpoint else m.source) for m in store(ctx).models()]
     print_table(None, ["id", "name", "dtype", "params", "weight", "active", "source"], rows)
 
 
@@ -780,6 +841,9 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
         line += (f" ({cov.n_not_rankable} not rankable: {cov.samples_with_missing} with missing cells, "
                  f"{cov.samples_with_failed} with failed cells)")
     echo(line)
+    if cov.cells_partial:
+        echo(f"warning: {cov.cells_partial} cells are partial (scored with --logprobs-top: a label outside "
+                   f"the server's top K counted as 0)")
 
 
 @main.command()

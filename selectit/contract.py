@@ -184,6 +184,7 @@ class CellResult:
     n_tokens: int
     truncated: bool
     error: str | None = None  # set ⇒ the cell failed
+    partial: bool = False  # a label's probability was not returned (top-k mode): it counts as 0
 
     @property
     def ok(self) -> bool:
@@ -207,12 +208,16 @@ class ModelSpec:
     max_tokens: int  # context used for truncation
     label_ids: dict[str, list[int]]  # layout → token ids of the labels 1..9
     n_params: int = 0
+    endpoint: str | None = None  # a served model: the OpenAI-compatible server's base URL
+    served_model: str | None = None  # … the id it serves the model under
+    api_key_env: str | None = None  # … the environment variable holding its API key
 
     @classmethod
     def of(cls, row: Any) -> ModelSpec:
         """The spec of a `models` row (or anything with the same attributes)."""
         return cls(row.id, row.name, row.source, row.fingerprint, row.dtype, row.max_tokens,
-                   dict(row.label_ids or {}), int(row.n_params or 0))
+                   dict(row.label_ids or {}), int(row.n_params or 0), getattr(row, "endpoint", None),
+                   getattr(row, "served_model", None), getattr(row, "api_key_env", None))
 
 
 class ScoringEngine(ABC):

@@ -13,12 +13,16 @@ after which `selectit score --engine myengine` uses it. The built-in engines:
   spreads a rater too big for one GPU over all visible GPUs (layer by layer, one GPU busy at a time).
 - `vllm` (`selectit.vllm_engine.VllmScorer`): vLLM with continuous batching and automatic prefix
   caching; the engine for GPU fleets, and with tensor/pipeline parallelism for 70B raters.
+- `openai` (`selectit.openai_engine.OpenAIScorer`): an OpenAI-compatible server that already
+  serves the model (registered with `selectit model add NAME --endpoint URL --served-model ID`);
+  no GPU in the worker. A model registered with an endpoint is always scored this way.
 
 `selectit score --engine …` passes the options as a value; `selectit worker --engine …` hands
 them to the Celery processes it starts through the environment: `$SELECTIT_ENGINE`,
 `$SELECTIT_DEVICE_MAP`, `$SELECTIT_TENSOR_PARALLEL_SIZE`, `$SELECTIT_PIPELINE_PARALLEL_SIZE`,
 `$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`, `$SELECTIT_VLLM_ARGS` (more
-`vllm.LLM` arguments as JSON).
+`vllm.LLM` arguments as JSON), and for `openai` `$SELECTIT_OPENAI_CONCURRENCY`,
+`$SELECTIT_LOGPROBS_TOP`, `$SELECTIT_REQUEST_TIMEOUT`, `$SELECTIT_MAX_RETRIES`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 class EngineName(StrEnum):
     TORCH = "torch"
     VLLM = "vllm"
+    OPENAI = "openai"
 
 
 class EngineError(SelectitError):
@@ -55,6 +60,10 @@ ENV = {
     "gpu_memory_utilization": "SELECTIT_GPU_MEMORY_UTILIZATION",
     "max_model_len": "SELECTIT_MAX_MODEL_LEN",
     "vllm_args": "SELECTIT_VLLM_ARGS",
+    "concurrency": "SELECTIT_OPENAI_CONCURRENCY",
+    "logprobs_top": "SELECTIT_LOGPROBS_TOP",
+    "request_timeout": "SELECTIT_REQUEST_TIMEOUT",
+    "max_retries": "SELECTIT_MAX_RETRIES",
 }
 
 
@@ -67,6 +76,10 @@ class EngineOptions:
     gpu_memory_utilization: float | None = None  # vllm: share of each GPU's memory [vLLM's 0.92]
     max_model_len: int | None = None  # vllm: context [the model version's max_tokens + 1]
     vllm_args: str | None = None  # vllm: more `vllm.LLM` arguments, a JSON object, e.g. {"enforce_eager": true}
+    concurrency: int = 32  # openai: requests in flight at once
+    logprobs_top: int | None = None  # openai: top-k mode (labels outside the top K count 0); None: exact
+    request_timeout: float = 120.0  # openai: seconds one request may take before it is retried
+    max_retries: int = 8  # openai: retries of a request (429, 5xx, timeout) before its cell fails
 
     def __post_init__(self) -> None:
         if self.engine not in engine_names():
@@ -83,6 +96,14 @@ class EngineOptions:
             raise EngineError(f"--max-model-len must be 2 or more (got {self.max_model_len})")
         if self.vllm_args is not None:
             self.llm_kwargs()  # checked now, not in a worker
+        if self.concurrency < 1:
+            raise EngineError(f"--concurrency must be 1 or more (got {self.concurrency})")
+        if self.logprobs_top is not None and self.logprobs_top < 1:
+            raise EngineError(f"--logprobs-top must be 1 or more (got {self.logprobs_top})")
+        if not self.request_timeout > 0:
+            raise EngineError(f"--request-timeout must be a positive number of seconds (got {self.request_timeout})")
+        if self.max_retries < 0:
+            raise EngineError(f"--max-retries must be 0 or more (got {self.max_retries})")
         if self.engine == EngineName.TORCH and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise EngineError("tensor and pipeline parallelism need --engine vllm; "
                               "the torch engine splits a model over GPUs with --device-map auto")
@@ -109,7 +130,8 @@ class EngineOptions:
             if not raw:
                 continue
             kind = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
-                    "gpu_memory_utilization": float}.get(f.name, str)
+                    "gpu_memory_utilization": float, "concurrency": int, "logprobs_top": int,
+                    "request_timeout": float, "max_retries": int}.get(f.name, str)
             try:
                 values[f.name] = kind(raw)
             except ValueError as exc:
@@ -158,8 +180,15 @@ def load_vllm(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
     return load_vllm_scorer(model, options)
 
 
+def load_openai(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
+    from selectit.openai_engine import load_openai_scorer
+
+    return load_openai_scorer(model, options)
+
+
 #: The built-in engines: name → loader, as "module:function".
-BUILTIN_ENGINES = {EngineName.TORCH: "selectit.engines:load_torch", EngineName.VLLM: "selectit.engines:load_vllm"}
+BUILTIN_ENGINES = {EngineName.TORCH: "selectit.engines:load_torch", EngineName.VLLM: "selectit.engines:load_vllm",
+                   EngineName.OPENAI: "selectit.engines:load_openai"}
 
 
 @functools.cache
@@ -195,10 +224,11 @@ def load_engine(model: Any, options: EngineOptions | None = None) -> ScoringEngi
     """The scoring engine for a model version (a `ModelSpec`, or a `models` row), as `options`
     say (default: the environment's, read here: a Celery worker's process has nothing else).
 
-    The default `$SELECTIT_SCORER` of `selectit score` and of the workers.
+    The default `$SELECTIT_SCORER` of `selectit score` and of the workers. A model registered
+    with an endpoint is scored by the `openai` engine whatever the options say.
     """
     from selectit.contract import ModelSpec
 
     opts = options if options is not None else EngineOptions.from_env()
     spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
-    return engine_loader(opts.engine)(spec, opts)
+    return engine_loader(EngineName.OPENAI if spec.endpoint else opts.engine)(spec, opts)

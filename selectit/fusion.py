@@ -616,7 +616,14 @@ def _choose_models(
         )
     thetas = []
     for model_id, name, weight, n_params in rows:
-        theta = float(weights.get(name, weight if weight is not None else n_params))
+        theta = weights.get(name, weight if weight is not None else n_params)
+        if theta is None and len(rows) == 1:
+            theta = 1.0  # a model alone has the whole weight, whatever its θ
+        if theta is None:
+            raise FusionError(f"model {name!r} has no weight θ: it is served by an endpoint, whose parameter count "
+                              f"is unknown. Give it one with --weights {name}=θ, or re-add it with --weight θ or "
+                              f"--params N")
+        theta = float(theta)
         if not math.isfinite(theta) or theta <= 0:
             raise FusionError(f"the weight θ of model {name!r} must be a positive number, not {theta!r}")
         thetas.append((model_id, name, theta))
@@ -800,6 +807,8 @@ class Coverage:
     samples_with_failed: int  # not rankable: at least one failed cell
     samples_with_missing: int  # not rankable: some cell never scored (and none failed)
     models: tuple[ModelCoverage, ...] = field(default_factory=tuple)
+    #: ok cells scored in top-k mode with a label outside the server's top K (counted as 0)
+    cells_partial: int = 0
 
     @property
     def n_not_rankable(self) -> int:
@@ -828,7 +837,9 @@ def _cell_coverage(
         CREATE OR REPLACE TEMP TABLE coverage_cells AS
         SELECT s.sample_id, s.model_id, p.set_name,
                count(*) FILTER (WHERE s.status = '{CellStatus.OK}') AS n_ok,
-               count(*) FILTER (WHERE s.status = '{CellStatus.FAILED}') AS n_failed
+               count(*) FILTER (WHERE s.status = '{CellStatus.FAILED}') AS n_failed,
+               count(*) FILTER (WHERE s.status = '{CellStatus.OK}'
+                                AND COALESCE(CAST(s.partial AS INTEGER), 0) = 1) AS n_partial
         FROM store.scores s
         JOIN (VALUES {model_rows}) m(model_id) ON m.model_id = s.model_id
         JOIN (VALUES {prompt_rows}) p(prompt_id, set_name) ON p.prompt_id = s.prompt_id
@@ -863,9 +874,10 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
     n_samples, models = _cell_coverage(con, ds, [(m.model_id, m.name) for m in params.models],
                                        [(p.prompt_id, p.set_name) for p in params.prompts])
     expected = len(params.prompts) * len(params.models)
-    complete, with_failed = con.execute(
-        f"SELECT count(*) FILTER (WHERE ok = {int(expected)}), count(*) FILTER (WHERE failed > 0) "
-        "FROM (SELECT sample_id, sum(n_ok) AS ok, sum(n_failed) AS failed FROM coverage_cells GROUP BY sample_id)"
+    complete, with_failed, partial = con.execute(
+        f"SELECT count(*) FILTER (WHERE ok = {int(expected)}), count(*) FILTER (WHERE failed > 0), "
+        "COALESCE(sum(partial), 0) FROM (SELECT sample_id, sum(n_ok) AS ok, sum(n_failed) AS failed, "
+        "sum(n_partial) AS partial FROM coverage_cells GROUP BY sample_id)"
     ).fetchone()
     n_rankable = int(complete) if expected else 0
     # A sample can only be ranked with all cells ok; the ranking may still drop one whose stored
@@ -878,6 +890,7 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
         samples_with_failed=int(with_failed),
         samples_with_missing=n_samples - n_rankable - int(with_failed),
         models=tuple(models),
+        cells_partial=int(partial),
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -261,6 +262,73 @@ def add_model(session: Session, name: str, source: str, dtype: str | None = None
             same.weight = weight
         if max_tokens is not None:
             same.max_tokens = max_tokens
+    for v in versions:
+        if v is not same:
+            v.active = False
+    same.active = True
+    session.flush()
+    return same
+
+
+#: The dtype column of a served model: the server's own choice, not selectit's.
+SERVED_DTYPE = "server"
+
+
+def add_served_model(session: Session, name: str, endpoint: str, served_model: str, tokenizer: str | None = None,
+                     api_key_env: str | None = None, weight: float | None = None, n_params: int | None = None,
+                     max_tokens: int | None = None) -> LLM:
+    """Register (or re-register) model `name` served at an OpenAI-compatible `endpoint`.
+
+    The version's fingerprint is the served model id plus what the server's `/v1/models` says of
+    it, so another deployment is another version (same rules as `add_model`). The tokenizer
+    (`tokenizer`, by default the served model id as a hub id in the local cache) gives the label
+    ids, truncation and token counts exactly as for a local model. `api_key_env` names the
+    environment variable holding the key: it is read now and at run time, never stored. θ is
+    `weight`, else `n_params`; with neither the model cannot join the model-level fusion.
+    """
+    from selectit import loading
+    from selectit.openai_engine import Endpoint, endpoint_fingerprint, normalize_endpoint, read_model_listing
+
+    name = valid_name(name, "model")
+    if not served_model.strip():
+        raise RegistryError("--served-model is empty; give the model id the server serves (see its /v1/models)")
+    if weight is not None and not (math.isfinite(weight) and weight > 0):
+        raise RegistryError(f"--weight must be a positive finite number, e.g. 135e6 (got {weight})")
+    if n_params is not None and n_params < 1:
+        raise RegistryError(f"--params must be a positive parameter count, e.g. 135000000 (got {n_params})")
+    if max_tokens is not None and max_tokens < MIN_MAX_TOKENS:
+        raise RegistryError(f"--max-tokens must be at least {MIN_MAX_TOKENS} tokens (got {max_tokens})")
+    if api_key_env is not None and not api_key_env.strip():
+        raise RegistryError("--api-key-env is empty; give the name of the environment variable holding the key")
+    ep = Endpoint(normalize_endpoint(endpoint), served_model, api_key_env)
+    ep.api_key()  # a key named but not set fails before the server is asked
+    listing = read_model_listing(ep)
+    fp = endpoint_fingerprint(served_model, listing)
+    src = loading.resolve_source(tokenizer or served_model)
+    versions = session.scalars(sa.select(LLM).where(LLM.name == name).order_by(LLM.id)).all()
+    same = next((v for v in versions if v.fingerprint == fp and v.dtype == SERVED_DTYPE), None)
+    if same is None:
+        tok = _reading(src, loading.load_tokenizer)
+        labels = {layout: label_token_ids(tok, ctx, f"model {name!r}, layout {layout}: ")
+                  for layout, ctx in LABEL_CONTEXT.items()}
+        # The server's context, less one position for the label token it reads.
+        served_len = int(listing.get("max_model_len") or 0) - 1
+        limit = min(max_tokens or DEFAULT_MAX_TOKENS, served_len if served_len > 0 else DEFAULT_MAX_TOKENS)
+        if limit < MIN_MAX_TOKENS:
+            raise RegistryError(f"{ep.host}: the server's context ({served_len + 1} tokens) cannot hold a rating prompt")
+        stored = src.given if (src.given in loading.ALIASES or not Path(src.given).expanduser().exists()) else str(src.path)
+        same = LLM(name=name, source=stored, fingerprint=fp, dtype=SERVED_DTYPE, n_params=n_params, weight=weight,
+                   label_ids=labels, max_tokens=limit, active=True, endpoint=ep.url, served_model=served_model,
+                   api_key_env=api_key_env)
+        session.add(same)
+    else:
+        if weight is not None:
+            same.weight = weight
+        if n_params is not None:
+            same.n_params = n_params
+        if max_tokens is not None:
+            same.max_tokens = max_tokens
+        same.api_key_env = api_key_env
     for v in versions:
         if v is not same:
             v.active = False

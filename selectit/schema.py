@@ -141,15 +141,23 @@ class LLM(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    source: Mapped[str] = mapped_column(Text)  # hub id, local directory or .gguf file
-    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the weights files
-    dtype: Mapped[str] = mapped_column(String(16))  # float32 | bfloat16 | float16
-    n_params: Mapped[int] = mapped_column(BigInteger)
+    # hub id, local directory or .gguf file (of a served model: where its tokenizer is)
+    source: Mapped[str] = mapped_column(Text)
+    # sha256 of the weights files (of a served model: of its id and what /v1/models says of it)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    dtype: Mapped[str] = mapped_column(String(16))  # float32 | bfloat16 | float16 | server (a served model)
+    n_params: Mapped[int | None] = mapped_column(BigInteger)  # None: a served model registered without --params
     weight: Mapped[float | None] = mapped_column(Float)  # θ override; None → n_params
     # {layout: [token id of "1", …, token id of "9"]}, derived from the model's own tokenizer.
     label_ids: Mapped[dict[str, Any]] = mapped_column(JSON)
     max_tokens: Mapped[int] = mapped_column(Integer)  # context length used for truncation
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: A model served by an OpenAI-compatible server (`--endpoint`): its base URL (no credentials),
+    #: the id the server serves it under, and the environment variable that holds the API key
+    #: (the key itself is never stored). NULL for local models.
+    endpoint: Mapped[str | None] = mapped_column(Text)
+    served_model: Mapped[str | None] = mapped_column(String(200))
+    api_key_env: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
 
 
@@ -202,13 +210,16 @@ class Score(Base):
     mass: Mapped[float | None] = mapped_column(Float)
     n_tokens: Mapped[int | None] = mapped_column(Integer)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Top-k mode: a label was outside the server's top K and counts as 0 (the mass is too low).
+    partial: Mapped[bool | None] = mapped_column(Boolean, default=False)
     status: Mapped[CellStatus] = mapped_column(state(CellStatus, "status", 16), default=CellStatus.OK)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     scored_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
     worker: Mapped[str | None] = mapped_column(String(200))
-    #: Provenance: the engine that computed the cell (`torch` | `vllm`) and its versions,
-    #: e.g. "torch 2.13.0+cpu, transformers 5.23.0" or "vllm 0.32.0". Cells of either engine are
+    #: Provenance: the engine that computed the cell (`torch` | `vllm` | `openai`) and its versions,
+    #: e.g. "torch 2.13.0+cpu, transformers 5.23.0", "vllm 0.32.0", or for `openai` the endpoint's
+    #: host, the served model id and the mode ("http://10.0.0.5:8000, model llama, exact (echo)"). Cells of either engine are
     #: the same cell (same model and prompt version): the parity tests make that honest.
     engine: Mapped[str | None] = mapped_column(String(16))
     engine_version: Mapped[str | None] = mapped_column(String(200))

@@ -49,9 +49,10 @@ export SELECTIT_TEST_REDIS_PORT="$REDISPORT" SELECTIT_TEST_TMP="$TMP"
 export SELECTIT_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping tests
 "$PY" -m pytest "$@"
 
-# A whole-suite run (no arguments picking some tests) goes on with the vLLM engine's tests in its
-# own environment (`make venv-vllm`; SELECTIT_TEST_VLLM=1 or 0 forces them on or off), then with
-# the installed wheel from another directory (tests/wheel_smoke.sh; SELECTIT_WHEEL_SMOKE=1 or 0).
+# A whole-suite run (no arguments picking some tests) goes on with the tests that need vLLM in its
+# own environment — the vLLM engine, and the openai engine against `vllm serve` — (`make venv-vllm`;
+# SELECTIT_TEST_VLLM=1 or 0 forces them on or off), then with the installed wheel from another
+# directory (tests/wheel_smoke.sh; SELECTIT_WHEEL_SMOKE=1 or 0).
 whole=1
 for arg in "$@"; do case "$arg" in tests*|*.py|*::*|-k*) whole=0 ;; esac; done
 vllm=${SELECTIT_TEST_VLLM:-auto}
@@ -63,7 +64,7 @@ if [ "$vllm" = auto ]; then
 fi
 if [ "$vllm" = 1 ]; then
   [ -x "$VLLM_PY" ] || { echo "tests/run.sh: $VLLM_PY is missing; run \`make venv-vllm\` (or SELECTIT_TEST_VLLM=0)" >&2; exit 1; }
-  "$VLLM_PY" -m pytest -q tests/test_vllm_engine.py
+  "$VLLM_PY" -m pytest -q tests/test_vllm_engine.py tests/test_openai_vllm_server.py
 fi
 smoke=${SELECTIT_WHEEL_SMOKE:-auto}
 [ "$smoke" = auto ] && smoke=$whole

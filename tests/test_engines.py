@@ -56,6 +56,14 @@ def test_engine_options_come_from_the_environment(clean_env) -> None:
     opts = EngineOptions.from_env()
     assert (opts.engine, opts.tensor_parallel_size, opts.gpu_memory_utilization) == ("vllm", 4, 0.8)
     assert opts.llm_kwargs() == {"enforce_eager": True}
+    clean_env.setenv("SELECTIT_ENGINE", "openai")
+    clean_env.setenv("SELECTIT_TENSOR_PARALLEL_SIZE", "1")
+    clean_env.setenv("SELECTIT_OPENAI_CONCURRENCY", "64")
+    clean_env.setenv("SELECTIT_LOGPROBS_TOP", "5")
+    clean_env.setenv("SELECTIT_REQUEST_TIMEOUT", "2.5")
+    opts = EngineOptions.from_env()
+    assert (opts.engine, opts.concurrency, opts.logprobs_top, opts.request_timeout, opts.max_retries) == (
+        "openai", 64, 5, 2.5, 8)
     EngineOptions().export()
     assert EngineOptions.from_env() == EngineOptions()
 
@@ -66,6 +74,9 @@ def test_engine_options_come_from_the_environment(clean_env) -> None:
     ({"SELECTIT_TENSOR_PARALLEL_SIZE": "2"}, "tensor and pipeline parallelism need --engine vllm"),
     ({"SELECTIT_ENGINE": "vllm", "SELECTIT_VLLM_ARGS": "[1]"}, "must be a JSON object"),
     ({"SELECTIT_GPU_MEMORY_UTILIZATION": "1.5"}, "must be in (0, 1]"),
+    ({"SELECTIT_ENGINE": "openai", "SELECTIT_LOGPROBS_TOP": "0"}, "--logprobs-top must be 1 or more"),
+    ({"SELECTIT_OPENAI_CONCURRENCY": "many"}, "$SELECTIT_OPENAI_CONCURRENCY='many' is not a valid int"),
+    ({"SELECTIT_MAX_RETRIES": "-1"}, "--max-retries must be 0 or more"),
 ])
 def test_bad_engine_settings_say_what_is_wrong(clean_env, env, message) -> None:
     for name, value in env.items():
@@ -141,7 +152,7 @@ def test_a_third_party_engine_from_an_entry_point_is_picked_by_name(tmp_path, ti
     assert len(rows) == 3 * 5
     assert set(rows) == {("echo", "echo 1.0 for tiny (engine option: echo)", 0.05, 0.4, 0.9, 7)}
     refused = selectit("score", "--engine", "onnx")
-    assert refused.returncode == 2 and "'onnx' is not one of 'torch', 'vllm', 'echo'" in refused.stderr
+    assert refused.returncode == 2 and "'onnx' is not one of 'torch', 'vllm', 'openai', 'echo'" in refused.stderr
 
 
 def test_split_on_failure_isolates_the_failing_items_and_keeps_order() -> None:

@@ -1,0 +1,479 @@
+"""The `openai` engine against a small OpenAI-compatible server on loopback.
+
+The server (`FakeServer`, Python's http.server) answers `/v1/models` and `/v1/completions` the way
+vLLM's OpenAI server does, with log-probabilities computed by a real forward of the tiny model
+(tests/tiny_model.py) in float32; it can ignore `logprob_token_ids` (then the engine falls back
+to echo), refuse vLLM's extra fields like a hosted API, and inject faults (429, 500, timeouts,
+garbage JSON). Parity is checked against the torch engine on the same model. A real `vllm serve`
+is tested in tests/test_vllm_engine.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import torch
+from test_scorer import records, requests
+
+from selectit import db, registry
+from selectit.contract import RatingRequest
+from selectit.openai_engine import (
+    ECHO,
+    TOKEN_IDS,
+    Endpoint,
+    EndpointClient,
+    EndpointError,
+    OpenAIScorer,
+    endpoint_host,
+    normalize_endpoint,
+)
+from selectit.schema import LLM, Score
+
+KEY = "sk-test-7f3a9c1e5b"  # the API key: it must never show up in a log, a row or an error
+
+
+class FakeServer:
+    """An OpenAI-compatible completions server on 127.0.0.1 backed by a transformers model.
+
+    `token_ids`: honour `logprob_token_ids` (vLLM ≥ 0.32); else it is ignored, as older servers do.
+    `strict`: refuse vLLM's extra fields with a 400 and key log-probabilities by token text.
+    `fault(body, n)`: the n-th completions request's fault, one of "429", "500", "timeout",
+    "garbage", "echo-key" (a 400 quoting the Authorization header), or None.
+    """
+
+    def __init__(self, model_dir: Path, *, served: str = "tiny", token_ids: bool = True, strict: bool = False,
+                 key: str | None = KEY, max_model_len: int = 1024, sleep: float = 2.0) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.served, self.token_ids, self.strict, self.key = served, token_ids, strict, key
+        self.max_model_len, self.sleep = max_model_len, sleep
+        self.fault = lambda body, n: None
+        self.count = 0
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
+                    return self._send(401, {"error": {"message": "invalid API key"}})
+                if self.path != "/v1/models":
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                self._send(200, {"object": "list", "data": [
+                    {"id": server.served, "object": "model", "created": int(time.time() * 1000), "owned_by": "test",
+                     "root": "/models/tiny", "max_model_len": server.max_model_len}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                auth = self.headers.get("Authorization")
+                if server.key and auth != f"Bearer {server.key}":
+                    return self._send(401, {"error": {"message": "invalid API key"}})
+                with server.lock:
+                    n, server.count = server.count, server.count + 1
+                    server.bodies.append(body)
+                fault = server.fault(body, n)
+                if fault == "timeout":
+                    time.sleep(server.sleep)
+                    return self._send(200, {"late": True})
+                if fault in ("429", "500"):
+                    return self._send(int(fault), {"error": {"message": f"injected {fault}"}},
+                                      {"Retry-After": "0"} if fault == "429" else {})
+                if fault == "garbage":
+                    return self._raw(200, b'{"choices": [ not json')
+                if fault == "echo-key":
+                    return self._send(400, {"error": {"message": f"bad request from {auth}"}})
+                if fault == "poison":
+                    return self._send(500, {"error": {"message": "CUDA error: an illegal memory access"}})
+                try:
+                    self._send(200, server.complete(body))
+                except ValueError as exc:
+                    self._send(400, {"error": {"message": str(exc)}})
+
+            def _send(self, code: int, data: dict, headers: dict | None = None) -> None:
+                self._raw(code, json.dumps(data).encode(), headers)
+
+            def _raw(self, code: int, payload: bytes, headers: dict | None = None) -> None:
+                try:
+                    self.send_response(code)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _key(self, token: int) -> str:
+        return self.tokenizer.decode([token]) if self.strict else f"token_id:{token}"
+
+    @torch.inference_mode()
+    def complete(self, body: dict) -> dict:
+        extra = {"return_tokens_as_token_ids", "logprob_token_ids"} & set(body)
+        if self.strict and extra:
+            raise ValueError(f"Unrecognized request argument supplied: {sorted(extra)[0]}")
+        if body.get("model") != self.served:
+            raise ValueError(f"The model `{body.get('model')}` does not exist.")
+        ids = body["prompt"]
+        if not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):
+            raise ValueError("this test server takes token-id prompts only")
+        if len(ids) + int(body.get("max_tokens", 16)) > self.max_model_len:
+            raise ValueError(f"This model's maximum context length is {self.max_model_len} tokens.")
+        logp = self.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        if body.get("echo"):
+            tokens = [self._key(t) for t in ids]
+            values = [None] + [logp[i - 1, t].item() for i, t in enumerate(ids) if i > 0]
+            return {"choices": [{"index": 0, "text": "", "logprobs": {"tokens": tokens, "token_logprobs": values,
+                                                                     "top_logprobs": None}}]}
+        last = logp[-1]
+        top = {self._key(int(t)): last[t].item() for t in last.topk(int(body.get("logprobs") or 1)).indices}
+        if self.token_ids and body.get("logprob_token_ids"):
+            top = {self._key(t): last[t].item() for t in body["logprob_token_ids"]}
+        chosen = int(last.argmax())
+        return {"choices": [{"index": 0, "text": self.tokenizer.decode([chosen]), "logprobs": {
+            "tokens": [self._key(chosen)], "token_logprobs": [last[chosen].item()], "top_logprobs": [top]}}]}
+
+
+@pytest.fixture(autouse=True)
+def clean_engine_env(monkeypatch):
+    """No engine setting from outside, and whatever a command exports (`--engine openai`,
+    `--logprobs-top`) is undone after the test."""
+    from selectit.engines import ENV
+
+    for name in ENV.values():
+        monkeypatch.setenv(name, "")  # recorded, so the teardown restores the variable's absence
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def tiny_version(tmp_path_factory, tiny_model_dir):
+    """The tiny model as a local model version (float32), and the torch engine's exact scorer."""
+    from selectit.scorer import load_scorer
+
+    engine = db.open_store(f"sqlite:///{tmp_path_factory.mktemp('openai') / 's.db'}")
+    with db.session_scope(engine) as s:
+        model = registry.add_model(s, "tiny", str(tiny_model_dir), dtype="float32")
+        s.expunge(model)
+    engine.dispose()
+    return model, load_scorer(model, device="cpu", exact=True)
+
+
+@pytest.fixture
+def server(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("TINY_KEY", KEY)
+    srv = FakeServer(tiny_model_dir)
+    yield srv
+    srv.close()
+
+
+def scorer_for(srv: FakeServer, tiny_version, *, top_k: int | None = None, **client_kwargs) -> OpenAIScorer:
+    model, torch_scorer = tiny_version
+    kwargs = {"concurrency": 8, "timeout": 30.0, "max_retries": 3, "backoff": 0.001, **client_kwargs}
+    client = EndpointClient(Endpoint(normalize_endpoint(srv.url), srv.served, "TINY_KEY"), **kwargs)
+    return OpenAIScorer(client, torch_scorer.tokenizer, model_id=model.id, max_tokens=model.max_tokens,
+                        label_ids=dict(model.label_ids), top_k=top_k)
+
+
+def by_cell(cells) -> dict:
+    return {(c.sample_id, c.prompt_id): c for c in cells}
+
+
+def worst_delta(expected, got) -> float:
+    a, b = by_cell(expected), by_cell(got)
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key in a:
+        assert a[key].ok and b[key].ok, (a[key].error, b[key].error)
+        assert (a[key].n_tokens, a[key].truncated) == (b[key].n_tokens, b[key].truncated)
+        worst = max(worst, *(abs(p - q) for p, q in zip(a[key].probs, b[key].probs)))
+    return worst
+
+
+@pytest.mark.parametrize("layout", ["reference", "shared-context"])
+def test_exact_mode_reads_logprob_token_ids_and_matches_the_torch_engine(server, tiny_version, layout):
+    reqs = requests(records(3), layout)
+    scorer = scorer_for(server, tiny_version)
+    cells = scorer.score(reqs)
+    assert scorer.method == TOKEN_IDS
+    assert worst_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+    # one probe, then one request per cell, each asking for exactly its labels
+    assert server.count == 1 + len(cells)
+    asked = [b for b in server.bodies[1:]]
+    assert all(b["max_tokens"] == 1 and len(b["logprob_token_ids"]) == 5 for b in asked)
+    assert not any(c.partial for c in cells)
+
+
+def test_exact_mode_falls_back_to_echo_with_k_requests_per_cell(server, tiny_version):
+    server.token_ids = False  # a server that ignores logprob_token_ids
+    reqs = requests(records(2), "shared-context")
+    scorer = scorer_for(server, tiny_version)
+    cells = scorer.score(reqs)
+    assert scorer.method == ECHO
+    assert worst_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+    # probe: one ignored logprob_token_ids request and one echo; then 5 labels × 10 cells
+    assert server.count == 2 + 5 * len(cells)
+    assert all(b["echo"] and b["max_tokens"] == 0 for b in server.bodies[2:])
+
+
+def test_a_truncated_prompt_is_cut_as_the_other_engines_cut_it(server, tiny_version):
+    rec = {"instruction": "Summarize.", "input": "", "output": "word " * 300 + "THE END."}
+    reqs = requests([rec], "shared-context")
+    scorer = scorer_for(server, tiny_version)
+    torch_scorer = tiny_version[1]
+    old = torch_scorer.max_tokens
+    torch_scorer.max_tokens = scorer.max_tokens = 200
+    try:
+        assert scorer._prepare(reqs[0]).ids == torch_scorer._prepare(reqs[0]).ids
+        cells = scorer.score(reqs)
+        assert all(c.truncated and c.n_tokens <= 200 for c in cells)
+        assert worst_delta(torch_scorer.score(reqs), cells) <= 1e-4
+    finally:
+        torch_scorer.max_tokens = old
+
+
+def test_top_k_mode_counts_labels_outside_the_top_k_as_zero_and_flags_the_cell(server, tiny_version):
+    reqs = requests(records(3), "shared-context")
+    exact = by_cell(tiny_version[1].score(reqs))
+    scorer = scorer_for(server, tiny_version, top_k=2)
+    cells = scorer.score(reqs)
+    assert all(b["logprobs"] == 2 and "logprob_token_ids" not in b for b in server.bodies)
+    assert scorer.engine_version.endswith("top-2")
+    n_partial = 0
+    for c in cells:
+        assert c.ok
+        e = exact[(c.sample_id, c.prompt_id)]
+        labels = scorer._labels(reqs[c.sample_id].prompts[c.prompt_id])[:5]
+        # what the model ranks in its top 2 over the whole vocabulary (from the exact forward)
+        logits = server.model(torch.tensor([scorer._prepare(reqs[c.sample_id]).ids[c.prompt_id]])).logits[0, -1]
+        top2 = set(logits.topk(2).indices.tolist())
+        for k, t in enumerate(labels):
+            assert c.probs[k] == (pytest.approx(e.probs[k], abs=1e-4) if t in top2 else 0.0)
+        assert c.partial == any(t not in top2 for t in labels)
+        assert c.mass == pytest.approx(sum(c.probs))
+        n_partial += c.partial
+    assert n_partial == len(cells)  # 2 of 5 labels at most: every cell misses one
+
+
+def test_a_strict_server_gets_no_extra_fields_and_is_read_by_token_text(tiny_model_dir, tiny_version, monkeypatch):
+    monkeypatch.setenv("TINY_KEY", KEY)
+    srv = FakeServer(tiny_model_dir, strict=True)
+    try:
+        reqs = requests(records(2), "shared-context")
+        scorer = scorer_for(srv, tiny_version)
+        cells = scorer.score(reqs)
+        assert scorer.method == ECHO and not scorer.token_ids_as_keys
+        assert worst_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+        top = scorer_for(srv, tiny_version, top_k=20)
+        assert all(c.ok for c in top.score(reqs))
+    finally:
+        srv.close()
+
+
+def test_rate_limits_server_errors_timeouts_and_garbage_are_retried_and_nothing_is_lost(server, tiny_version,
+                                                                                       caplog):
+    caplog.set_level(logging.DEBUG)
+    reqs = requests(records(4), "shared-context")
+    expected = scorer_for(server, tiny_version).score(reqs)
+    rng = random.Random(7)
+    faults = Counter()
+
+    def fault(body, n):
+        f = rng.choice(["429", "500", "timeout", "garbage", None, None])
+        faults[f] += 1
+        return f
+
+    server.fault = fault
+    server.sleep = 1.0
+    scorer = scorer_for(server, tiny_version, timeout=0.5, max_retries=30)
+    cells = scorer.score(reqs)
+    assert all(faults[f] > 0 for f in ("429", "500", "timeout", "garbage"))
+    assert scorer.client.retries >= sum(faults[f] for f in ("429", "500", "timeout", "garbage")) - 1
+    assert worst_delta(expected, cells) == 0.0  # every cell, with the same probabilities
+    assert KEY not in caplog.text
+
+
+def test_a_cell_that_keeps_failing_is_failed_with_the_servers_message_and_the_key_masked(server, tiny_version,
+                                                                                       caplog):
+    caplog.set_level(logging.DEBUG)
+    reqs = requests(records(3), "shared-context")
+    poisoned = scorer_for(server, tiny_version)._prepare(reqs[1]).ids[0]
+    masked = scorer_for(server, tiny_version)._prepare(reqs[2]).ids[3]
+    server.fault = lambda body, n: ("poison" if body["prompt"] == poisoned
+                                    else "echo-key" if body["prompt"] == masked else None)
+    scorer = scorer_for(server, tiny_version, max_retries=2)
+    cells = by_cell(scorer.score(reqs))
+    assert len(cells) == 15
+    failed = {k: c.error for k, c in cells.items() if not c.ok}
+    assert set(failed) == {(1, 0), (2, 3)}
+    assert "HTTP 500: CUDA error: an illegal memory access (after 3 tries)" in failed[(1, 0)]
+    assert "127.0.0.1" in failed[(1, 0)]
+    assert "HTTP 400: bad request from Bearer ***" in failed[(2, 3)] and KEY not in failed[(2, 3)]
+    # a 400 is not retried; the 500 was tried 3 times
+    assert sum(1 for b in server.bodies if b["prompt"] == masked) == 1
+    assert sum(1 for b in server.bodies if b["prompt"] == poisoned) == 3
+    assert KEY not in caplog.text
+
+
+def test_a_missing_key_or_a_wrong_key_fails_clearly(server, tiny_version, monkeypatch):
+    monkeypatch.delenv("TINY_KEY")
+    with pytest.raises(EndpointError, match=r"\$TINY_KEY is not set"):
+        scorer_for(server, tiny_version).score(requests(records(1), "shared-context"))
+    monkeypatch.setenv("TINY_KEY", "wrong")
+    for top_k in (None, 5):
+        with pytest.raises(EndpointError, match=r"refused the request \(HTTP 401: invalid API key\); check the API key "
+                                                r"\(\$TINY_KEY\)"):
+            scorer_for(server, tiny_version, top_k=top_k).score(requests(records(1), "shared-context"))
+
+
+def test_endpoint_urls() -> None:
+    assert normalize_endpoint("http://10.0.0.5:8000") == "http://10.0.0.5:8000/v1"
+    assert normalize_endpoint("https://api.example.com/openai/v1/") == "https://api.example.com/openai/v1"
+    assert endpoint_host("http://10.0.0.5:8000/v1") == "http://10.0.0.5:8000"
+    with pytest.raises(EndpointError, match="holds credentials"):
+        normalize_endpoint("https://user:sk-123@api.example.com/v1")
+    with pytest.raises(EndpointError, match="not an http"):
+        normalize_endpoint("10.0.0.5:8000")
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration, `selectit score` and the fusion, through the CLI
+
+
+def test_a_served_model_is_registered_scored_and_recorded_without_its_key(server, tiny_model_dir, tiny_version,
+                                                                          cli, engine, tmp_path, capfd):
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records(2)), encoding="utf-8")
+    assert cli("init").exit_code == 0
+    assert cli("ingest", data, "--dataset", "d").exit_code == 0
+    out = cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "tiny",
+              "--tokenizer", tiny_model_dir, "--api-key-env", "TINY_KEY")
+    assert out.exit_code == 0, out.output
+    assert f"tiny served at {server.url}/v1" in out.output and "no θ" in out.output
+    again = cli("model", "add", "srv", "--endpoint", server.url + "/v1/", "--served-model", "tiny",
+                "--tokenizer", tiny_model_dir, "--api-key-env", "TINY_KEY")
+    assert "unchanged" in again.output  # `created` changes on every /v1/models call: not part of the version
+    with db.session_scope(engine) as s:
+        (m,) = s.scalars(sa.select(LLM)).all()
+        assert (m.endpoint, m.served_model, m.api_key_env, m.dtype, m.n_params) == (
+            f"{server.url}/v1", "tiny", "TINY_KEY", "server", None)
+        assert m.max_tokens == 1023  # the server's context less the label position
+        assert m.label_ids == tiny_version[0].label_ids
+    out = cli("score", "-q", "--concurrency", "4")
+    assert out.exit_code == 0, out.output
+    assert "scored 10 cells, failed 0" in out.output
+    with db.session_scope(engine) as s:
+        rows = s.execute(sa.select(Score.engine, Score.engine_version, Score.partial, Score.p1, Score.p2, Score.p3,
+                                   Score.p4, Score.p5, Score.sample_id, Score.prompt_id)).all()
+    assert {(r.engine, r.engine_version, r.partial) for r in rows} == {
+        ("openai", f"{server.url}, model tiny, exact ({TOKEN_IDS})", False)}
+    assert "openai 10" in cli("status").output
+    # a model alone ranks without θ; next to another model it needs one
+    assert cli("rank", "--dataset", "d").exit_code == 0
+    assert cli("model", "add", "local", "--source", tiny_model_dir, "--dtype", "float32").exit_code == 0
+    out = cli("rank", "--dataset", "d")
+    assert out.exit_code == 1 and "Error: model 'srv' has no weight θ" in out.output
+    assert cli("rank", "--dataset", "d", "--weights", "srv=1,local=1").exit_code == 0
+    assert cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "tiny", "--tokenizer",
+               tiny_model_dir, "--api-key-env", "TINY_KEY", "--params", "1000").exit_code == 0
+    assert "no weight θ" not in cli("rank", "--dataset", "d").output
+    # another deployment (another context) is another version
+    server.max_model_len = 512
+    out = cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "tiny", "--tokenizer",
+              tiny_model_dir, "--api-key-env", "TINY_KEY")
+    assert "added" in out.output
+    listing = cli("models").output
+    assert "tiny at" in listing
+    # the key is nowhere: not in the database, not in anything printed
+    with db.session_scope(engine) as s:
+        dump = json.dumps([[str(v) for v in row] for t in (LLM, Score)
+                           for row in s.execute(sa.select(t)).all()])
+    assert KEY not in dump
+    assert KEY not in "".join(capfd.readouterr())
+
+
+def test_served_model_registration_errors_say_what_is_wrong(server, tiny_model_dir, cli, monkeypatch):
+    out = cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "llama",
+              "--tokenizer", tiny_model_dir, "--api-key-env", "TINY_KEY")
+    assert out.exit_code == 1 and "does not serve a model 'llama' (it serves: 'tiny')" in out.output
+    out = cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "tiny", "--tokenizer", tiny_model_dir)
+    assert out.exit_code == 1 and "HTTP 401" in out.output
+    monkeypatch.delenv("TINY_KEY")
+    out = cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "tiny",
+              "--tokenizer", tiny_model_dir, "--api-key-env", "TINY_KEY")
+    assert out.exit_code == 1 and "$TINY_KEY is not set" in out.output
+    out = cli("model", "add", "srv", "--source", tiny_model_dir, "--served-model", "tiny")
+    assert out.exit_code == 1 and "--served-model go with --endpoint" in out.output
+    out = cli("model", "add", "srv", "--endpoint", server.url)
+    assert out.exit_code == 1 and "--endpoint needs --served-model" in out.output
+    out = cli("model", "add", "srv")
+    assert out.exit_code == 1 and "either --source" in out.output
+    assert "srv" not in cli("models").output
+
+
+def test_the_openai_engine_with_a_local_model_is_an_error(tiny_version, monkeypatch):
+    from selectit.engines import load_engine
+
+    monkeypatch.setenv("SELECTIT_ENGINE", "openai")
+    with pytest.raises(EndpointError, match="is not served by an endpoint"):
+        load_engine(tiny_version[0])
+
+
+def test_a_failing_request_list_is_still_one_result_per_cell(server, tiny_version):
+    reqs = requests(records(2), "shared-context")
+    reqs.append(RatingRequest(9, (0,), (reqs[0].prompts[0],), 12))  # an impossible scale
+    cells = scorer_for(server, tiny_version).score(reqs)
+    assert len(cells) == 11
+    assert [c.error for c in cells if not c.ok] == ["scale 12 is out of range 2..9"]
+
+
+def test_top_k_cells_are_stored_partial_and_rank_says_how_many(server, tiny_model_dir, cli, engine, tmp_path):
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records(2)), encoding="utf-8")
+    assert cli("init").exit_code == 0
+    assert cli("ingest", data, "--dataset", "d").exit_code == 0
+    assert cli("model", "add", "srv", "--endpoint", server.url, "--served-model", "tiny", "--tokenizer",
+               tiny_model_dir, "--api-key-env", "TINY_KEY").exit_code == 0
+    out = cli("score", "-q", "--engine", "openai", "--logprobs-top", "2")
+    assert out.exit_code == 0 and "scored 10 cells, failed 0" in out.output, out.output
+    with db.session_scope(engine) as s:
+        rows = s.execute(sa.select(Score.engine_version, Score.partial, Score.mass)).all()
+    assert {(v, p) for v, p, _ in rows} == {(f"{server.url}, model tiny, top-2", True)}
+    out = cli("rank", "--dataset", "d")
+    assert out.exit_code == 0, out.output
+    assert "warning: 10 cells are partial (scored with --logprobs-top" in out.output
+
+
+def test_scoring_from_inside_an_event_loop_works(server, tiny_version):
+    """A notebook runs an event loop: the engine's requests then run on a thread of their own."""
+    import asyncio
+
+    reqs = requests(records(1), "shared-context")
+    scorer = scorer_for(server, tiny_version)
+
+    async def notebook_cell():
+        return scorer.score(reqs)
+
+    assert worst_delta(tiny_version[1].score(reqs), asyncio.run(notebook_cell())) <= 1e-4
