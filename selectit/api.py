@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from selectit.status import StatusRow, TickRow
 
 
+#: More rows than any dataset holds (a `--limit` above it is capped, not an overflow).
+MAX_ROWS = 2**62
+
+
 @dataclass(frozen=True)
 class SelectionInfo:
     """A frozen selection, as `Store.select` made it."""
@@ -301,7 +305,7 @@ class Store:
         from selectit import lookups
 
         if names:
-            with db.session_scope(self.engine) as session:
+            with db.read_scope(self.engine) as session:
                 lookups.active_models(session, names)
 
     def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
@@ -348,6 +352,8 @@ class Store:
         from selectit import fusion, selection
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
+        if limit is not None:
+            limit = min(limit, MAX_ROWS)  # more rows than any dataset holds: DuckDB's LIMIT is 64-bit
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
             params = fusion.require_scoring_setup(con)
             n_rankable = selection.rank_dataset(con, dataset)
@@ -419,7 +425,7 @@ class Store:
         """
         from selectit import lookups
 
-        with db.session_scope(self.engine) as session:
+        with db.read_scope(self.engine) as session:
             found = lookups.selection(session, name)
             selection_id, dataset_id = found.id, found.dataset_id
         with self._duckdb() as con:
@@ -463,7 +469,7 @@ class Store:
         if selection is not None and (top, top_n, min_score) != (None, None, None):
             raise SelectitError(f"--selection {selection} is frozen with its own criterion; --top, --top-n and "
                                 f"--min-score choose from the current ranking and go with --dataset")
-        if llamafactory:  # the entry's name in dataset_info.json: one line, like every name
+        if isinstance(llamafactory, str) and llamafactory:  # the entry's name in dataset_info.json: one line
             from selectit.contract import valid_name
 
             llamafactory = valid_name(llamafactory, "LLaMA-Factory dataset")

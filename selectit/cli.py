@@ -1105,6 +1105,8 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         writer.writerows(rows)
         echo(buffer.getvalue().removesuffix("\n"))
     elif fmt == "json":
+        from selectit import fusion  # its JSON helpers: the rows are DuckDB's values
+
         keys = fusion.unique_names(columns)
         echo(json.dumps([dict(zip(keys, map(fusion.json_value, r))) for r in rows], ensure_ascii=False, indent=2,
                         default=str, allow_nan=False))

@@ -311,7 +311,7 @@ def _foreign_tables(engine: Engine) -> list[str]:
 def _foreign_store_error(engine: Engine, tables: list[str]) -> StoreError:
     shown = ", ".join(tables[:12]) + (f" and {len(tables) - 12} more" if len(tables) > 12 else "")
     return StoreError(
-        f"the database {engine.url!r} belongs to another application (tables: {shown}); selectit creates a "
+        f"the database {shown_url(engine.url)} belongs to another application (tables: {shown}); selectit creates a "
         f"store only in an empty database or upgrades its own. Give another --db (a new file or database)"
     )
 
@@ -319,6 +319,7 @@ def _foreign_store_error(engine: Engine, tables: list[str]) -> StoreError:
 def _refuse_foreign_sqlite(url: str | None) -> None:
     """Refuse another application's SQLite database before `make_engine` connects: its WAL pragma
     would rewrite the file's header. Read with a plain connection, which changes nothing."""
+    check_url(url)
     resolved = resolve_url(url)
     if not resolved.startswith("sqlite"):
         return
@@ -329,7 +330,7 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
             if tables:
                 raise _foreign_store_error(plain, tables)
     except sa.exc.DBAPIError as exc:
-        raise StoreError(f"cannot open the database {plain.url!r}: {exc.orig}") from exc
+        raise StoreError(explain_error(exc, url) or f"cannot open the database {shown_url(url)}") from exc
     finally:
         plain.dispose()
 
@@ -350,8 +351,8 @@ def init_store(url: str | None = None) -> tuple[str | None, str]:
                 raise _foreign_store_error(engine, tables)
         upgrade(url)
         return before, current_revision(engine) or head_revision()
-    except sa.exc.OperationalError as exc:
-        raise StoreError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
+    except sa.exc.DBAPIError as exc:
+        raise StoreError(explain_error(exc, url) or f"cannot open the database {shown_url(url)}") from exc
     finally:
         engine.dispose()
 

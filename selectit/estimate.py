@@ -73,7 +73,7 @@ def recorded_rate(session: sa.orm.Session, model_id: int, engine: str) -> float 
 
 def time_left(engine: Engine, missing: dict[int, int], scoring_engine: str = "torch") -> dict[int, str]:
     """model version id → the time its `missing` cells take at its recorded rate ("–" without one)."""
-    with db.session_scope(engine) as session:
+    with db.read_scope(engine) as session:
         rates = {m: recorded_rate(session, m, scoring_engine) for m in missing}
     return {m: (duration(n / rates[m]) if rates[m] and n else ("0 s" if not n else "–")) for m, n in missing.items()}
 
@@ -93,7 +93,7 @@ def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = 
              prompt_set: str | None = None, scoring_engine: str = "torch", tokenizer: bool = True,
              chunk: int = 512) -> list[Estimate]:
     """Per active model version of the scope (`selectit score`'s): what scoring would cost. Reads only."""
-    with db.session_scope(engine) as session:
+    with db.read_scope(engine) as session:
         scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
         rows = missing_cells(session, scope)
         models = {m.id: m for m in session.scalars(sa.select(LLM).where(LLM.id.in_(scope.model_ids)))}

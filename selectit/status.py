@@ -111,6 +111,6 @@ class TickRow:
 
 def tick_rows(engine: Engine) -> list[TickRow]:
     """The last run of each control tick, by name (empty when no worker has kept the clock)."""
-    with db.session_scope(engine) as session:
+    with db.read_scope(engine) as session:
         return [TickRow(t.name, t.worker, t.started_at, t.seconds, t.runs, t.error, t.failed_at)
                 for t in session.scalars(sa.select(ControlTick).order_by(ControlTick.name))]

@@ -227,7 +227,7 @@ def test_empty_out_is_an_error_and_the_source_file_needs_overwrite(store: str, t
     assert (tmp_path / "README.md").read_text() == "the user's readme" and not (tmp_path / "data.json").exists()
     source = tmp_path / "alpaca.json"
     before = digest(source)
-    one_error(export(store, "--out", source, "--top-n", "1"), "ingested source", "--overwrite")
+    one_error(export(store, "--out", source), "ingested source", "--overwrite")
     assert digest(source) == before
     ok(export(store, "--out", source, "--format", "jsonl", "--overwrite"))
     assert len(source.read_text().splitlines()) == 4
