@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from selectit.db import make_engine, resolve_url
-from selectit.schema import Base
+from selectit.store.db import make_engine, resolve_url
+from selectit.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

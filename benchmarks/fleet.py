@@ -47,7 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 sys.path[:0] = [str(ROOT), str(TESTS)]
 
-from selectit import db, planner, registry, runner  # noqa: E402
+from selectit.store import db  # noqa: E402
+from selectit.jobs import planner
+from selectit.scoring import registry
+from selectit.jobs import runner
 
 #: cells/s of one H100 scoring a 7B rater at ~40% MFU (the issue's estimate)
 GPU_CELLS_PER_S = 120.0
@@ -168,7 +171,7 @@ def wal_lsn(engine: sa.Engine) -> int:
 def make_schema(url: str, code: Path | None) -> None:
     """Migrate `url` to the head of the selectit at `code` (None: this checkout)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (code, ROOT) if p)}
-    subprocess.run([sys.executable, "-c", "import sys; from selectit import db; db.upgrade(sys.argv[1])", url],
+    subprocess.run([sys.executable, "-c", "import sys; from selectit.store import db; db.upgrade(sys.argv[1])", url],
                    env=env, check=True, cwd=tempfile.gettempdir())
 
 

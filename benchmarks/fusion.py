@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from selectit import db
+from selectit.store import db
 
 N_PROMPTS = 5
 MODELS = (("bench-a", 135_000_000), ("bench-b", 360_000_000), ("bench-c", 1_700_000_000))
@@ -120,7 +120,7 @@ def build_postgres(admin_url: str, n_samples: int) -> str:
     import duckdb
     import pyarrow as pa
 
-    from selectit.fusion import _extension_path, _libpq, _sql_str
+    from selectit.fusion.views import _extension_path, _libpq, _sql_str
 
     admin = sa.create_engine(db.resolve_url(admin_url), isolation_level="AUTOCOMMIT")
     name = f"bench_fusion_{uuid.uuid4().hex[:8]}"
@@ -180,7 +180,8 @@ def drop_postgres(admin_url: str, url: str) -> None:
 # --------------------------------------------------------------------------------------------
 def rank_selectit(url: str) -> tuple[list[int], dict[int, float]]:
     """selectit: connect (attach read-only, views) and rank the dataset; the top 20 % ids."""
-    from selectit import fusion, selection
+    from selectit.fusion import views as fusion
+    from selectit.fusion import selection
 
     con = fusion.connect(url, prompt_set="bench", alpha=ALPHA)
     try:

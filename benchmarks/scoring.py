@@ -44,9 +44,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from selectit import db, registry  # noqa: E402
+from selectit.store import db  # noqa: E402
+from selectit.scoring import registry
 from selectit.contract import RatingRequest, render  # noqa: E402
-from selectit.scorer import load_scorer  # noqa: E402
+from selectit.scoring.torch_engine import load_scorer  # noqa: E402
 
 DEMO = ROOT / "selectit" / "data" / "alpaca_en_demo.json"
 #: The authors' rating prompts (`data/rating_prompt.txt` of Blue-Raincoat/SelectIT, commit 4813250), which
@@ -154,7 +155,7 @@ def whole_command(model: str, samples: int, dtype: str) -> tuple[float, float, s
 
 
 def main() -> None:
-    from selectit import loading
+    from selectit.scoring import loading
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=100)
@@ -282,8 +283,8 @@ def main() -> None:
 def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRequest],
              vllm_args: str | None) -> tuple | None:
     """(c) and (d): cells and seconds of each, prompt tokens of (d), and the load seconds of both."""
-    from selectit.engines import EngineOptions
-    from selectit.vllm_engine import load_vllm_scorer
+    from selectit.scoring.engines import EngineOptions
+    from selectit.scoring.vllm_engine import load_vllm_scorer
 
     try:
         import vllm  # noqa: F401

@@ -1,7 +1,7 @@
 """States checked in the database, and the built-in `default` prompt set stored by the migration.
 
 - CHECK constraints on the state columns (`jobs.status`, `scores.status`, `prompts.layout`),
-  named as `selectit.schema.NAMING_CONVENTION` names them. SQLite alters a table by copying it
+  named as `selectit.store.schema.NAMING_CONVENTION` names them. SQLite alters a table by copying it
   (batch mode); `alembic/env.py` turns foreign keys off meanwhile, so copying `jobs` does not
   cascade into `job_samples`.
 - The `default` prompt set, unless the database already holds one: reads no longer create it.

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selectit import db
+from selectit.store import db
 from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP
 from selectit.errors import SelectitError
 from selectit.settings import Settings
@@ -32,14 +32,14 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
-    from selectit.engines import EngineOptions
-    from selectit.export import ExportResult
-    from selectit.fusion import Coverage, Params
-    from selectit.ingest import IngestResult
-    from selectit.report import ReportResult
-    from selectit.schema import LLM
-    from selectit.selection import Criterion
-    from selectit.status import StatusRow, TickRow
+    from selectit.scoring.engines import EngineOptions
+    from selectit.io.export import ExportResult
+    from selectit.fusion.views import Coverage, Params
+    from selectit.io.ingest import IngestResult
+    from selectit.io.report import ReportResult
+    from selectit.store.schema import LLM
+    from selectit.fusion.selection import Criterion
+    from selectit.fusion.status import StatusRow, TickRow
 
 
 #: More rows than any dataset holds (a `--limit` above it is capped, not an overflow).
@@ -123,7 +123,7 @@ class InitResult:
 
 def init(url: str | None = None) -> InitResult:
     """Create the store in an empty (or new) database at `url`, or upgrade a selectit one (`selectit init`)."""
-    from selectit.registry import ensure_default_prompts
+    from selectit.scoring.registry import ensure_default_prompts
 
     before, after = db.init_store(url)  # refuses another application's database
     engine = db.make_engine(url)
@@ -177,7 +177,7 @@ class Store:
         """
         import tempfile
 
-        from selectit.ingest import ingest_file
+        from selectit.io.ingest import ingest_file
 
         table = _as_arrow(data)
         if table is None:
@@ -196,7 +196,7 @@ class Store:
         """name, samples, created, source of every dataset."""
         import pyarrow as pa
 
-        from selectit.ingest import dataset_rows
+        from selectit.io.ingest import dataset_rows
 
         rows = dataset_rows(self.engine)
         return pa.table({"name": [r[0] for r in rows], "samples": [r[1] for r in rows],
@@ -204,8 +204,8 @@ class Store:
 
     def status(self) -> StoreStatus:
         """Samples per dataset, distinct samples stored, and cells and jobs per model × prompt set."""
-        from selectit.ingest import sample_counts
-        from selectit.status import status_rows, tick_rows
+        from selectit.io.ingest import sample_counts
+        from selectit.fusion.status import status_rows, tick_rows
 
         per_dataset, total = sample_counts(self.engine)
         return StoreStatus(per_dataset, total, status_rows(self.engine), tick_rows(self.engine))
@@ -214,7 +214,7 @@ class Store:
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,
                   max_tokens: int | None = None) -> ModelVersion:
         """Register model `name` from `source` (hub id, directory, .gguf or an alias); its version."""
-        from selectit import registry
+        from selectit.scoring import registry
 
         with db.session_scope(self.engine) as session:
             before = {m.id for m in registry.list_models(session)}
@@ -230,7 +230,7 @@ class Store:
             >>> store.add_served_model("llama", "http://10.0.0.5:8000/v1", "llama2-7b",
             ...                        tokenizer="/models/Llama-2-7b-hf", n_params=6738415616)  # doctest: +SKIP
         """
-        from selectit import registry
+        from selectit.scoring import registry
 
         with db.session_scope(self.engine) as session:
             before = {m.id for m in registry.list_models(session)}
@@ -241,14 +241,14 @@ class Store:
 
     def models(self) -> list[ModelVersion]:
         """Every model version, by name then id."""
-        from selectit import registry
+        from selectit.scoring import registry
 
         with db.read_scope(self.engine) as session:
             return [ModelVersion.of(m) for m in registry.list_models(session)]
 
     def prompt_sets(self) -> list[tuple[str, str, int, int, int]]:
         """(set, layout, scale, active prompts, versions) of every prompt set."""
-        from selectit import registry
+        from selectit.scoring import registry
 
         with db.read_scope(self.engine) as session:
             return registry.prompt_sets(session)
@@ -256,7 +256,7 @@ class Store:
     def import_prompts(self, path: str | os.PathLike[str], set_name: str, layout: str, *,
                        first: int | None = None, scale: int = 5) -> list[int]:
         """Make the lines of `path` the prompts of `set_name`; the ids of its active prompt versions."""
-        from selectit import registry
+        from selectit.scoring import registry
 
         with db.session_scope(self.engine) as session:
             return [p.id for p in registry.import_prompts(session, path, set_name, layout, first=first, scale=scale)]
@@ -272,7 +272,7 @@ class Store:
 
             >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
-        from selectit.runner import score_in_process
+        from selectit.jobs.runner import score_in_process
 
         if progress is True:
             progress = _TqdmProgress()
@@ -283,7 +283,7 @@ class Store:
     def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
              enqueue: bool = True) -> PlanResult:
         """Turn the missing cells into jobs and (with `enqueue`) send them to the workers' queues."""
-        from selectit.planner import plan as plan_jobs
+        from selectit.jobs.planner import plan as plan_jobs
 
         ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings)
         sent = resent = 0
@@ -302,7 +302,7 @@ class Store:
 
     def require_models(self, names: Sequence[str]) -> None:
         """Fail with `NoSuchModel` unless every name is an active model (a worker's queues)."""
-        from selectit import lookups
+        from selectit.store import lookups
 
         if names:
             with db.read_scope(self.engine) as session:
@@ -310,11 +310,11 @@ class Store:
 
     def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
                  engine: str | None = None, tokenizer: bool = True) -> list[Any]:
-        """What scoring the missing cells would cost, per model version (`selectit.estimate.Estimate`):
+        """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
         cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
         the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
-        from selectit.engines import EngineOptions
-        from selectit.estimate import estimate
+        from selectit.scoring.engines import EngineOptions
+        from selectit.jobs.estimate import estimate
 
         return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                         scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
@@ -322,8 +322,8 @@ class Store:
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for
         $SELECTIT_ENGINE (else torch); "–" without a record (`selectit status`)."""
-        from selectit.engines import EngineOptions
-        from selectit.estimate import time_left
+        from selectit.scoring.engines import EngineOptions
+        from selectit.jobs.estimate import time_left
 
         return time_left(self.engine, missing, EngineOptions.from_env().engine)
 
@@ -331,7 +331,7 @@ class Store:
     @contextmanager
     def _fusion(self, *, alpha: float, formula: str, models: Sequence[str] | None, prompt_set: str | None,
                 weights: dict[str, float] | None, top: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        from selectit import fusion
+        from selectit.fusion import views as fusion
 
         con = fusion.connect(self.url, alpha=alpha, formula=formula, models=list(models) if models else None,
                              prompt_set=prompt_set, weights=weights, top=DEFAULT_TOP if top is None else top)
@@ -349,7 +349,8 @@ class Store:
 
         A partly scored dataset gives a `warning`, or with `require_complete` an `IncompleteScoring` error.
         """
-        from selectit import fusion, selection
+        from selectit.fusion import views as fusion
+        from selectit.fusion import selection
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
         if limit is not None:
@@ -372,7 +373,7 @@ class Store:
         Recomputed from the stored ratings for any α, formula, models or weights. `top`/`top_n`/
         `min_score` keep only part of it (default: every rankable sample).
         """
-        from selectit import selection
+        from selectit.fusion import selection
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
@@ -391,9 +392,9 @@ class Store:
         ``by="length", top=0.2`` keeps the 20% with the longest responses. A partly scored dataset
         gives a `warning`, or with `require_complete` an `IncompleteScoring` error (nothing frozen).
         """
-        from selectit import fusion
-        from selectit.fusion import FusionError
-        from selectit.selection import Control, Criterion, freeze_selection, partial_warning
+        from selectit.fusion import views as fusion
+        from selectit.fusion.views import FusionError
+        from selectit.fusion.selection import Control, Criterion, freeze_selection, partial_warning
 
         criterion: Criterion | Control
         if by not in ("score", "length"):
@@ -423,7 +424,7 @@ class Store:
 
             >>> store.selection("demo-top").to_pandas().head()  # doctest: +SKIP
         """
-        from selectit import lookups
+        from selectit.store import lookups
 
         with db.read_scope(self.engine) as session:
             found = lookups.selection(session, name)
@@ -439,7 +440,7 @@ class Store:
     @contextmanager
     def _duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """DuckDB with the curation database attached read-only as `store` (no fusion views)."""
-        from selectit import fusion
+        from selectit.fusion import views as fusion
 
         con = fusion.attach(self.url)
         try:
@@ -462,7 +463,7 @@ class Store:
         or ending with ``/``): the files are named after the entry. Existing files are replaced only
         when `out` names them or this export wrote them for the same entry, unless `overwrite`.
         """
-        from selectit.export import export_selection
+        from selectit.io.export import export_selection
 
         if (selection is None) == (dataset is None):
             raise SelectitError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
@@ -491,7 +492,7 @@ class Store:
         """
         import pyarrow as pa
 
-        from selectit import health
+        from selectit.fusion import health
 
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
             rows = health.diagnose(con, dataset)
@@ -503,7 +504,7 @@ class Store:
 
     def health_words(self, prompt_sets: Sequence[str]) -> dict[tuple[str, str], str]:
         """(model, prompt set) → a one-word rater health over every stored sample (`selectit status`)."""
-        from selectit import health
+        from selectit.fusion import health
 
         return health.store_words(self.url, prompt_sets)
 
@@ -512,7 +513,7 @@ class Store:
                         weights: dict[str, float] | None = None) -> list[str]:
         """The rater health warnings of `dataset` (or of the frozen `selection`'s dataset and
         models), one line each; [] when every figure is within its threshold (`selectit.health`)."""
-        from selectit import health
+        from selectit.fusion import health
 
         if selection is not None:
             return health.selection_warnings(self.engine, self.url, selection)
@@ -527,7 +528,7 @@ class Store:
 
         A rerun replaces only the files the previous report wrote there (its manifest lists them).
         """
-        from selectit.report import build_report
+        from selectit.io.report import build_report
 
         return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,
                             alpha=alpha, formula=formula, weights=weights, top=top)
@@ -536,7 +537,7 @@ class Store:
               weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
               prompt_set: str | None = None, top: float | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Read-only SQL (DuckDB) over the fusion views and the curation tables: (columns, rows)."""
-        from selectit import fusion
+        from selectit.fusion import views as fusion
 
         with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights,
                           top=top) as con:

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from selectit import db
+from selectit.store import db
 from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_PROMPT_SET, DEFAULT_TOP, EXPORT_FORMATS, Formula
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -394,8 +394,8 @@ def _scope_options(func: F) -> F:
 
 
 def _engine_options(func: F) -> F:
-    """--engine and its options (selectit.engines): a value for `score`, the environment for `worker`."""
-    from selectit.engines import engine_names
+    """--engine and its options (selectit.scoring.engines): a value for `score`, the environment for `worker`."""
+    from selectit.scoring.engines import engine_names
 
     for option in reversed([
         click.option("--engine", type=click.Choice(engine_names()), default=None,
@@ -426,15 +426,15 @@ def _engine_options(func: F) -> F:
     return func
 
 
-def _engine_choice(given: dict[str, Any]):  # noqa: ANN202 - selectit.engines.EngineOptions
+def _engine_choice(given: dict[str, Any]):  # noqa: ANN202 - selectit.scoring.engines.EngineOptions
     """The given engine options over the environment's, checked."""
     import dataclasses
 
-    from selectit.engines import EngineOptions
+    from selectit.scoring.engines import EngineOptions
 
     options = dataclasses.replace(EngineOptions.from_env(), **{k: v for k, v in given.items() if v is not None})
     if options.engine == "vllm":
-        from selectit.engines import require_vllm
+        from selectit.scoring.engines import require_vllm
 
         require_vllm()
     return options
@@ -692,7 +692,7 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
       selectit model add llama --endpoint http://10.0.0.5:8000/v1 --served-model meta-llama/Llama-2-7b-hf \\
           --tokenizer ./Llama-2-7b-hf --params 6738415616 --api-key-env LLAMA_API_KEY
     """
-    from selectit import loading
+    from selectit.scoring import loading
 
     served = {"--served-model": served_model, "--tokenizer": tokenizer, "--api-key-env": api_key_env,
               "--params": n_params}
@@ -1046,7 +1046,7 @@ def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: s
     import dataclasses
     import json
 
-    from selectit import health
+    from selectit.fusion import health
 
     table = store(ctx).diagnose(dataset, models=_parse_models(models), prompt_set=prompt_set)
     rows = table.to_pylist()
@@ -1105,7 +1105,7 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         writer.writerows(rows)
         echo(buffer.getvalue().removesuffix("\n"))
     elif fmt == "json":
-        from selectit import fusion  # its JSON helpers: the rows are DuckDB's values
+        from selectit.fusion import views as fusion  # its JSON helpers: the rows are DuckDB's values
 
         keys = fusion.unique_names(columns)
         echo(json.dumps([dict(zip(keys, map(fusion.json_value, r))) for r in rows], ensure_ascii=False, indent=2,

@@ -36,7 +36,7 @@ def _number(convert: Callable[[str], Any], minimum: float) -> Callable[[str, str
 def _hook(name: str, raw: str) -> str:
     module, sep, attr = raw.partition(":")
     if not module or (sep and not attr):
-        raise SettingsError(f"${name} must be module:function (e.g. selectit.scorer:load_scorer), not {raw!r}.")
+        raise SettingsError(f"${name} must be module:function (e.g. selectit.scoring.torch_engine:load_scorer), not {raw!r}.")
     return raw
 
 
@@ -55,7 +55,7 @@ class Settings:
     #: A claim's lease in seconds, renewed after every batch.
     lease_seconds: float = 300.0
     #: `module:callable` turning a model version (an `LLM` row) into a scoring engine.
-    scorer: str = "selectit.engines:load_engine"
+    scorer: str = "selectit.scoring.engines:load_engine"
     #: The Celery broker of the fleet.
     broker_url: str = "redis://localhost:6379/0"
     #: Seconds to wait for the broker to accept a connection or answer (a silent one never hangs us).

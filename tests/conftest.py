@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from selectit import db
+from selectit.store import db
 from selectit.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from test_fusion import seed
 
-from selectit import db
+from selectit.store import db
 from selectit.cli import main
 
 

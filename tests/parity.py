@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from selectit.contract import RatingRequest
-from selectit.scorer import Scorer
+from selectit.scoring.torch_engine import Scorer
 
 
 @torch.inference_mode()

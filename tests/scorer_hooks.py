@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from selectit.contract import CellResult, RatingRequest
-from selectit.leases import worker_id
+from selectit.jobs.leases import worker_id
 
 
 class HookedScorer:
@@ -54,7 +54,7 @@ class HookedScorer:
 
 
 def load(model: Any) -> HookedScorer:
-    from selectit.scorer import load_scorer
+    from selectit.scoring.torch_engine import load_scorer
 
     return HookedScorer(load_scorer(model, device="cpu"), model.id)
 

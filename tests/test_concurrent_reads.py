@@ -14,7 +14,7 @@ import pytest
 from test_fusion import seed
 from guards import invoke
 
-from selectit import db
+from selectit.store import db
 
 
 @pytest.fixture

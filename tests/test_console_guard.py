@@ -13,7 +13,8 @@ import pytest
 from test_fusion import seed
 from guards import assert_one_error, invoke, snapshot, sqlite_path
 
-from selectit import db, fusion
+from selectit.store import db
+from selectit.fusion import views as fusion
 
 SECRET = "TOPSECRET-4711"
 

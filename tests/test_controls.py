@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from test_fusion import seed
 from test_rater_health import _random_cells
 
-from selectit import db
+from selectit.store import db
 from selectit.cli import main
 from selectit.contract import EXPORT_FORMATS
-from selectit.db import session_scope
-from selectit.schema import Sample, Selection, SelectionSample
+from selectit.store.db import session_scope
+from selectit.store.schema import Sample, Selection, SelectionSample
 
 
 def _seeded(url: str) -> int:
@@ -110,7 +110,7 @@ def test_control_options_say_what_is_wrong(sqlite_url: str) -> None:
 
 
 def test_report_compares_the_selection_with_both_controls(sqlite_url: str, tmp_path) -> None:
-    from selectit.report import build_report
+    from selectit.io.report import build_report
 
     _seeded(sqlite_url)
     for args in (["sel", "--top", "0.3"], ["rnd", "--random", "0.3"], ["long", "--by", "length", "--top", "0.3"]):

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner
 
-from selectit import db
+from selectit.store import db
 from selectit.cli import main
-from selectit.db import session_scope
+from selectit.store.db import session_scope
 from selectit.formulas import token_score
-from selectit.schema import LLM, Prompt, Sample, Score
+from selectit.store.schema import LLM, Prompt, Sample, Score
 
 # ------------------------------------------------------------------------------------ fixtures
 # Records with what a converter would lose: extra fields, nested values, floats written "1.10",
@@ -224,7 +224,7 @@ def test_original_needs_kept_originals_and_one_kind_of_file(cli_sqlite, tmp_path
 
 # ------------------------------------------------------------------------------------ export formats
 def load_json(path: Path):  # noqa: ANN201
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     return datasets_offline().load_dataset("json", data_files=str(path), split="train")
 
@@ -271,7 +271,7 @@ def test_alpaca_shaped_exports_load_with_datasets(chats, tmp_path: Path, fmt: st
     cli, _ = chats
     out = tmp_path / name
     ok(cli("export", "--selection", "all", "--out", out, "--format", fmt, "--order", "dataset"))
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     hf = datasets_offline()
     ds = (hf.load_dataset("parquet", data_files=str(out), split="train") if fmt == "parquet" else load_json(out))
@@ -284,7 +284,7 @@ def test_hf_dataset_directory_loads_from_disk_with_its_card(chats, tmp_path: Pat
     cli, _ = chats
     out = tmp_path / "hf"
     ok(cli("export", "--selection", "all", "--out", out, "--format", "hf-dataset", "--with-scores"))
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     ds = datasets_offline().load_from_disk(str(out))
     assert len(ds) == 3 and {"instruction", "input", "output", "messages", "s_model", "rank"} <= set(ds.column_names)
@@ -371,7 +371,7 @@ def llamafactory_examples(info_dir: Path, name: str) -> list[list[tuple[str, str
     assert set(entry.get("columns", {})) <= LF_COLUMNS and set(entry.get("tags", {})) <= LF_TAGS
     path = info_dir / entry["file_name"]
     assert hashlib.sha1(path.read_bytes()).hexdigest() == entry["file_sha1"]
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     kind = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix, "json")
     rows = datasets_offline().load_dataset(kind, data_files=str(path), split="train").to_list()
@@ -546,7 +546,7 @@ def test_arrow_ipc_file_and_stream(cli_sqlite, tmp_path: Path) -> None:
 
 
 def test_save_to_disk_directory_and_dataset_dict_split(cli_sqlite, tmp_path: Path) -> None:
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     hf = datasets_offline()
     rows = [{k: v for k, v in r.items() if k != "id"} for r in ALPACA[:3]]  # (ids of mixed types)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from selectit.api import Store
-from selectit.db import session_scope
-from selectit.schema import Prompt, Sample, Score, Throughput
+from selectit.store.db import session_scope
+from selectit.store.schema import Prompt, Sample, Score, Throughput
 
 from conftest import DEMO_DATA
 
@@ -59,7 +59,7 @@ def test_estimates_write_nothing_and_count_the_tokens_the_scorer_sees(cli, db_ur
     line = cli("score", "--dataset", "d12", "--estimate").stdout
     assert "tiny: 20 cells missing over 4 samples" in line and f"at {rate:.3g} cells/s" in line
     assert "no time" not in line
-    from selectit.estimate import duration
+    from selectit.jobs.estimate import duration
 
     assert duration(20 / rate) in cli("status").stdout  # the time left per model, at the same rate
 

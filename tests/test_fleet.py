@@ -23,8 +23,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from selectit import db, registry
-from selectit.schema import Job, Score
+from selectit.store import db
+from selectit.scoring import registry
+from selectit.store.schema import Job, Score
 from test_jobs import DEMO, add_model, computed, seed, tiny_dir  # noqa: F401 - tiny_dir is a fixture
 
 TESTS = Path(__file__).resolve().parent

@@ -14,10 +14,10 @@ import random
 import pytest
 import sqlalchemy as sa
 
-from selectit import fusion
-from selectit.db import session_scope
-from selectit.ingest import content_hash, ingest_file
-from selectit.schema import LLM, Dataset, DatasetSample, Prompt, Sample, Score
+from selectit.fusion import views as fusion
+from selectit.store.db import session_scope
+from selectit.io.ingest import content_hash, ingest_file
+from selectit.store.schema import LLM, Dataset, DatasetSample, Prompt, Sample, Score
 
 # ---------------------------------------------------------------------------------------------
 # Five kinds of cell on the scale K = 3 (p1, p2, p3), worked by hand.
@@ -279,7 +279,7 @@ def test_inactive_versions_leave_the_views(engine) -> None:
 
 
 def test_sqlite_and_postgres_give_identical_rankings(sqlite_url: str, postgres_url: str) -> None:
-    from selectit import db
+    from selectit.store import db
 
     rng = random.Random(7)
 
@@ -450,7 +450,7 @@ def _table_row(output: str, first: str) -> list[str]:
 
 def test_one_coverage_rule_for_rank_report_and_status(engine, cli, tmp_path) -> None:
     """done iff 'ok', failed iff 'failed', missing otherwise: the same numbers in all three views."""
-    from selectit.report import build_report
+    from selectit.io.report import build_report
 
     cells = {k: {m: list(v) for m, v in per.items()} for k, per in CELLS.items()}
     cells["s2"]["B"][1] = None  # never scored
@@ -492,7 +492,7 @@ def test_one_coverage_rule_for_rank_report_and_status(engine, cli, tmp_path) -> 
 
 def test_a_top_share_keeps_at_least_one_sample(engine, cli, tmp_path) -> None:
     """3 rankable samples, --top 0.2: floor(0.6) = 0, but the share keeps at least one everywhere."""
-    from selectit.report import build_report
+    from selectit.io.report import build_report
 
     ids = seed(engine)
     rank = cli("rank", "--dataset", "d", "--prompt-set", "s", "--top", "0.2")

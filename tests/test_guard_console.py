@@ -19,7 +19,8 @@ from guards import (  # noqa: F401 - seeded and sqlite_seeded are fixtures
     assert_one_error, file_digest, invoke, seeded, snapshot, sqlite_path, sqlite_seeded)
 from test_fusion import seed
 
-from selectit import db, fusion
+from selectit.store import db
+from selectit.fusion import views as fusion
 
 
 def sql(db_url: str, statement: str, *extra: str):

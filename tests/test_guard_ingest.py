@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from guards import assert_one_error, invoke
 
-from selectit import db
+from selectit.store import db
 
 
 # ------------------------------------------------------------------------------------- deep nesting

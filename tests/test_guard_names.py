@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from guards import assert_one_error, invoke, seeded, snapshot  # noqa: F401 - seeded is a fixture
 
-from selectit import db
+from selectit.store import db
 
 
 # -------------------------------------------------------------------------------------------- names

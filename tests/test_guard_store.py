@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from guards import assert_one_error, file_digest, invoke, snapshot, sqlite_path
 
-from selectit import db
+from selectit.store import db
 
 
 # -------------------------------------------------------------------- a file that is not a database

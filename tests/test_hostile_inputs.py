@@ -17,7 +17,7 @@ import pytest
 from test_fusion import seed
 from guards import invoke, snapshot, sqlite_path
 
-from selectit import db
+from selectit.store import db
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi."}
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selectit.formats import hub_id
+from selectit.io.readers import hub_id
 
 TRAIN = [{"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat, sleep, move."},
          {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},

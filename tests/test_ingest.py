@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from selectit import db
-from selectit import ingest as ingest_mod
-from selectit.ingest import canonical, content_hash, render_conversation
+from selectit.store import db
+from selectit.io import ingest as ingest_mod
+from selectit.io.ingest import canonical, content_hash, render_conversation
 
 DEMO = Path(__file__).resolve().parent.parent / "selectit" / "data" / "alpaca_en_demo.json"
 SKIP = "Nothing was ingested; fix the record, or try --skip-invalid to ingest only the valid records."
@@ -363,7 +363,7 @@ def test_datasets_and_status(cli, db_url: str, tmp_path: Path) -> None:
     status = cli("status")
     assert status.exit_code == 0
     assert "distinct samples stored: 7" in status.stdout
-    from selectit.ingest import dataset_rows, sample_counts
+    from selectit.io.ingest import dataset_rows, sample_counts
     engine = db.open_store(db_url)
     assert sample_counts(engine) == ([("alpha", 3), ("beta", 5)], 7)
     assert [(n, c, s) for n, c, _, s in dataset_rows(engine)] == [("alpha", 3, str(a)), ("beta", 5, str(b))]
@@ -372,7 +372,7 @@ def test_datasets_and_status(cli, db_url: str, tmp_path: Path) -> None:
 
 def test_the_parse_step_reads_records_without_a_database(tmp_path: Path) -> None:
     """formats.RecordReader: canonical records and invalid ones, the format refined by the first record."""
-    from selectit.formats import InvalidRecord, Record, RecordReader, read_records
+    from selectit.io.readers import InvalidRecord, Record, RecordReader, read_records
 
     path = tmp_path / "chats.jsonl"
     path.write_text(

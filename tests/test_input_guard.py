@@ -24,9 +24,9 @@ from test_jobs import DEMO, _selectit, add_model
 from test_jobs import seed as seed_dataset
 
 import selectit
-from selectit import db
+from selectit.store import db
 from selectit.errors import SelectitError
-from selectit.schema import Job
+from selectit.store.schema import Job
 
 GOOD = '{"instruction": "Say hi.", "input": "", "output": "Hi."}\n'
 
@@ -257,7 +257,7 @@ def test_long_fields_and_lines(sqlite_url: str, tmp_path: Path, monkeypatch) -> 
     data.write_text(f"instruction,input,output\nSay it.,,{long}\n")
     result = invoke("--db", sqlite_url, "ingest", data, "--dataset", "long")
     assert result.exit_code == 0 and "new 1" in result.output, result.output
-    from selectit import formats
+    from selectit.io import readers as formats
 
     monkeypatch.setattr(formats, "MAX_RECORD_BYTES", 1000)  # a line beyond the record-size limit is not read whole
     lines = tmp_path / "long.jsonl"

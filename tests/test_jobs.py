@@ -20,10 +20,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from selectit import db, leases, planner, registry, runner, status
+from selectit.store import db
+from selectit.jobs import leases
+from selectit.jobs import planner
+from selectit.scoring import registry
+from selectit.jobs import runner
+from selectit.fusion import status
 from selectit.errors import NoSuchDataset, NoSuchModel
-from selectit.ingest import ingest_file
-from selectit.schema import Job, JobSample, Prompt, Score
+from selectit.io.ingest import ingest_file
+from selectit.store.schema import Job, JobSample, Prompt, Score
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -24,9 +24,10 @@ import sqlalchemy as sa
 import torch
 from test_scorer import records, requests
 
-from selectit import db, registry
+from selectit.store import db
+from selectit.scoring import registry
 from selectit.contract import RatingRequest
-from selectit.openai_engine import (
+from selectit.scoring.openai_engine import (
     ECHO,
     TOKEN_IDS,
     Endpoint,
@@ -36,7 +37,7 @@ from selectit.openai_engine import (
     endpoint_host,
     normalize_endpoint,
 )
-from selectit.schema import LLM, Score
+from selectit.store.schema import LLM, Score
 
 KEY = "sk-test-7f3a9c1e5b"  # the API key: it must never show up in a log, a row or an error
 
@@ -161,7 +162,7 @@ class FakeServer:
 def clean_engine_env(monkeypatch):
     """No engine setting from outside, and whatever a command exports (`--engine openai`,
     `--logprobs-top`) is undone after the test."""
-    from selectit.engines import ENV
+    from selectit.scoring.engines import ENV
 
     for name in ENV.values():
         monkeypatch.setenv(name, "")  # recorded, so the teardown restores the variable's absence
@@ -171,7 +172,7 @@ def clean_engine_env(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_version(tmp_path_factory, tiny_model_dir):
     """The tiny model as a local model version (float32), and the torch engine's exact scorer."""
-    from selectit.scorer import load_scorer
+    from selectit.scoring.torch_engine import load_scorer
 
     engine = db.open_store(f"sqlite:///{tmp_path_factory.mktemp('openai') / 's.db'}")
     with db.session_scope(engine) as s:
@@ -434,7 +435,7 @@ def test_served_model_registration_errors_say_what_is_wrong(server, tiny_model_d
 
 
 def test_the_openai_engine_with_a_local_model_is_an_error(tiny_version, monkeypatch):
-    from selectit.engines import load_engine
+    from selectit.scoring.engines import load_engine
 
     monkeypatch.setenv("SELECTIT_ENGINE", "openai")
     with pytest.raises(EndpointError, match="is not served by an endpoint"):

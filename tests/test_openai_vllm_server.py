@@ -25,9 +25,11 @@ pytest.importorskip("vllm")
 import httpx  # noqa: E402
 from test_scorer import records, requests  # noqa: E402
 
-from selectit import db, loading, registry  # noqa: E402
+from selectit.store import db  # noqa: E402
+from selectit.scoring import loading
+from selectit.scoring import registry
 from selectit.contract import RatingRequest, render  # noqa: E402
-from selectit.openai_engine import ECHO, TOKEN_IDS, Endpoint, EndpointClient, OpenAIScorer  # noqa: E402
+from selectit.scoring.openai_engine import ECHO, TOKEN_IDS, Endpoint, EndpointClient, OpenAIScorer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-vllm-test-5d1c0b"
@@ -43,7 +45,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(local model version, torch engine, server URL, tokenizer directory): `vllm serve` of SmolLM2."""
-    from selectit.scorer import load_scorer
+    from selectit.scoring.torch_engine import load_scorer
 
     tmp = tmp_path_factory.mktemp("vllm-serve")
     engine = db.open_store(f"sqlite:///{tmp / 's.db'}")
@@ -191,7 +193,7 @@ def test_a_worker_with_the_openai_engine_fills_a_dataset_through_celery(served, 
     import redis
     import sqlalchemy as sa
 
-    from selectit.schema import Prompt, Sample, Score
+    from selectit.store.schema import Prompt, Sample, Score
 
     _, torch_scorer, url, tokenizer_dir, server_log = served
     redis.Redis.from_url(redis_url).flushdb()

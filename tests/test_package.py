@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import ROOT
 
-from selectit import db, registry
+from selectit.store import db
+from selectit.scoring import registry
 from selectit.contract import CellStatus, JobStatus, Layout
-from selectit.schema import Job, Prompt
+from selectit.store.schema import Job, Prompt
 
 
 def test_bundled_parts_resolve_under_the_selectit_namespace() -> None:

@@ -13,11 +13,12 @@ import pytest
 import sqlalchemy as sa
 from test_fusion import THETA, seed, url_of
 
-from selectit import fusion, health
+from selectit.fusion import views as fusion
+from selectit.fusion import health
 from selectit.api import Store
-from selectit.db import session_scope
+from selectit.store.db import session_scope
 from selectit.formulas import token_score
-from selectit.schema import LLM, Sample, Score
+from selectit.store.schema import LLM, Sample, Score
 
 from conftest import DEMO_DATA
 

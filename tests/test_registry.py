@@ -10,11 +10,12 @@ import sqlalchemy as sa
 from conftest import REFERENCE_PROMPTS, reference_prompt_lines
 from tiny_model import build_tiny_model, build_tokenizer
 
-from selectit import db, registry
+from selectit.store import db
+from selectit.scoring import registry
 from selectit.formulas import normalized, token_score
-from selectit.labels import LabelError, label_token_ids
-from selectit.registry import RegistryError, render
-from selectit.schema import LLM, Prompt
+from selectit.scoring.labels import LabelError, label_token_ids
+from selectit.scoring.registry import RegistryError, render
+from selectit.store.schema import LLM, Prompt
 
 
 

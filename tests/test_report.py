@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from selectit import fusion
-from selectit.report import build_report, is_calculation
-from selectit.schema import LLM, Dataset, DatasetSample, Prompt, Sample, Score
+from selectit.fusion import views as fusion
+from selectit.io.report import build_report, is_calculation
+from selectit.store.schema import LLM, Dataset, DatasetSample, Prompt, Sample, Score
 
 # (instruction, input, output, is a calculation by the documented heuristic)
 SAMPLES = [

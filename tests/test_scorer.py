@@ -11,10 +11,11 @@ from conftest import reference_prompt_lines
 from parity import max_delta, separate
 from tiny_model import build_tiny_model
 
-from selectit import db, registry
-from selectit.registry import render
+from selectit.store import db
+from selectit.scoring import registry
+from selectit.scoring.registry import render
 from selectit.contract import RatingRequest
-from selectit.scorer import ELLIPSIS, load_scorer
+from selectit.scoring.torch_engine import ELLIPSIS, load_scorer
 
 
 def records(n: int, start: int = 0) -> list[dict]:

@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from selectit import db
-from selectit.schema import Base
+from selectit.store import db
+from selectit.store.schema import Base
 
 
 def test_upgrade_head_on_empty_database(db_url: str) -> None:

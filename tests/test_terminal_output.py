@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from test_fusion import seed
 from guards import invoke
 
-from selectit.db import session_scope
-from selectit.schema import Sample
+from selectit.store.db import session_scope
+from selectit.store.schema import Sample
 
 MARKUP = "[INST] Say hi [/INST] [/b] [bold]kept[/bold] :thumbs_up:"
 CONTROL = "title \x1b]0;pwned\x07 csi \x1b[2J c1 \x9b31m"

@@ -24,9 +24,10 @@ pytest.importorskip("vllm")
 from conftest import REFERENCE_PROMPTS, reference_prompt_lines  # noqa: E402
 from test_scorer import records, requests  # noqa: E402
 
-from selectit import db, registry  # noqa: E402
+from selectit.store import db  # noqa: E402
+from selectit.scoring import registry
 from selectit.contract import RatingRequest  # noqa: E402
-from selectit.preparation import ELLIPSIS  # noqa: E402
+from selectit.scoring.preparation import ELLIPSIS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -39,8 +40,8 @@ def vllm_options() -> dict:
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    from selectit.scorer import load_scorer
-    from selectit.vllm_engine import load_vllm_scorer
+    from selectit.scoring.torch_engine import load_scorer
+    from selectit.scoring.vllm_engine import load_vllm_scorer
 
     engine = db.open_store(f"sqlite:///{tmp_path_factory.mktemp('vllm') / 's.db'}")
     with db.session_scope(engine) as s:
@@ -137,7 +138,7 @@ def stored_cells(db_url: str) -> list[tuple]:
     import sqlalchemy as sa
 
     from selectit.contract import render
-    from selectit.schema import Prompt, Sample, Score
+    from selectit.store.schema import Prompt, Sample, Score
 
     engine = db.open_store(db_url)
     try:
@@ -195,7 +196,7 @@ def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, po
     import redis
     import sqlalchemy as sa
 
-    from selectit.schema import Score
+    from selectit.store.schema import Score
 
     _, torch_scorer, vllm_scorer = engines
     reference_prompt_lines()  # skips without the shared data

@@ -24,9 +24,9 @@ import yaml
 from click.testing import CliRunner
 from test_data_io import score_everything, write_alpaca_json
 
-from selectit import db
+from selectit.store import db
 from selectit.cli import main
-from selectit.writer import MANIFEST
+from selectit.io.writer import MANIFEST
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -156,7 +156,7 @@ def test_report_keeps_other_files_and_the_store_inside_its_directory(tmp_path: P
 
 # ------------------------------------------------------- 22.2 hf-dataset replaces its own files only
 def test_hf_dataset_replaces_only_its_own_files_and_never_through_a_link(store: str, tmp_path: Path) -> None:
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     hf = datasets_offline()
     ds = tmp_path / "ds"
@@ -262,7 +262,8 @@ def test_init_refuses_a_foreign_postgresql_database(postgres_url: str) -> None:
 # ------------------------------------------------------- 22.7 one transaction per ingest
 def test_a_parquet_file_corrupt_in_a_middle_row_group_commits_nothing(engine, db_url: str, tmp_path: Path,
                                                                        monkeypatch) -> None:
-    from selectit import formats, ingest
+    from selectit.io import readers as formats
+    from selectit.io import ingest
 
     monkeypatch.setattr(ingest, "CHUNK", 5)  # the rows before the bad group reach the database first
     monkeypatch.setattr(formats, "CHUNK", 5)
@@ -315,7 +316,7 @@ def test_two_exports_into_one_directory_keep_their_own_files(store: str, tmp_pat
 # ------------------------------------------------------- 17.3 --out DIR/ for saved datasets
 def test_hf_dataset_and_saved_dataset_originals_go_into_a_trailing_slash_directory(db_url: str,
                                                                                    tmp_path: Path) -> None:
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     hf = datasets_offline()
     ok(invoke("--db", db_url, "init"))
@@ -415,7 +416,7 @@ def test_a_missing_optional_dependency_names_its_extra(tmp_path: Path, module: s
 
 # ------------------------------------------------------- 17.9 a partly scored dataset says so
 def test_a_partly_scored_dataset_warns_and_require_complete_refuses(store: str, tmp_path: Path) -> None:
-    from selectit.schema import Sample, Score
+    from selectit.store.schema import Sample, Score
 
     engine = db.open_store(store)
     with engine.begin() as conn:

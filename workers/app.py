@@ -17,7 +17,7 @@ Configuration comes from the environment:
 - `SELECTIT_LEASE_SECONDS`, `SELECTIT_MAX_ATTEMPTS`, `SELECTIT_MAX_JOB_ATTEMPTS`,
   `SELECTIT_BATCH_SIZE`, `SELECTIT_JOB_TOKENS`: see `selectit.settings`.
 - `SELECTIT_SCORER`: `module:callable` turning a model version (LLM row) into a scoring engine
-  [selectit.engines:load_engine: the torch or vLLM engine, as `SELECTIT_ENGINE` says]; the hook
+  [selectit.scoring.engines:load_engine: the torch or vLLM engine, as `SELECTIT_ENGINE` says]; the hook
   to plug in another scoring backend.
 
 They are read once, when the worker process imports this module (`SETTINGS`).
@@ -39,13 +39,14 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery, signals
 
-from selectit import db, status
+from selectit.store import db
+from selectit.fusion import status
 from selectit.contract import JobStatus, ModelSpec, ScoringEngine
-from selectit.leases import requeue_expired as requeue_expired_jobs
-from selectit.leases import worker_id
-from selectit.planner import plan as plan_jobs
-from selectit.runner import Outcome, ScorerCache, run_job
-from selectit.schema import LLM, Job
+from selectit.jobs.leases import requeue_expired as requeue_expired_jobs
+from selectit.jobs.leases import worker_id
+from selectit.jobs.planner import plan as plan_jobs
+from selectit.jobs.runner import Outcome, ScorerCache, run_job
+from selectit.store.schema import LLM, Job
 from selectit.settings import Settings
 
 from . import control  # this package: `workers` in a checkout, `selectit.workers` installed

@@ -1,6 +1,6 @@
 """`selectit report`: a static HTML page with plots of a dataset's ratings and its selection.
 
-Everything is read through the DuckDB fusion views (`selectit.fusion.connect`), so the page shows
+Everything is read through the DuckDB fusion views (`selectit.fusion.views.connect`), so the page shows
 exactly what `selectit rank` would compute for the same α, formula, models and prompt set. Every
 plot is a PNG next to `index.html`, and the numbers behind it are a table on the page and a CSV
 next to the PNG. The files are made in a private temporary directory, then written into the
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from selectit.errors import SelectitError
-from selectit.fusion import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
-from selectit.writer import MANIFEST, Writer, read_manifest
+from selectit.fusion.views import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
+from selectit.io.writer import MANIFEST, Writer, read_manifest
 
-#: Marked the index.html of reports written before the manifest (`selectit.writer.MANIFEST`) listed their files.
+#: Marked the index.html of reports written before the manifest (`selectit.io.writer.MANIFEST`) listed their files.
 MARKER = "<!-- selectit report -->"
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ class _Data:
 
 
 def _gather(con: Any, dataset: str) -> _Data:
-    from selectit import fusion
+    from selectit.fusion import views as fusion
 
     dataset_id = fusion.dataset_id(con, dataset)
 
@@ -569,7 +569,7 @@ def _coverage_section(d: _Data, plt: Any, out: Path) -> Section:
 
 def _health_section(con: Any, dataset: str) -> Section:
     """Rater health (`selectit.health`): the figures per model and prompt, and the warnings."""
-    from selectit import health
+    from selectit.fusion import health
 
     try:
         rows = health.diagnose(con, dataset)
@@ -594,7 +594,7 @@ def _controls_section(con: Any, d: _Data, top: float) -> Section:
     (`selectit select --random` with seed 0, `--by length`): overlap, length, calculation share."""
     import statistics
 
-    from selectit.selection import Control, control_rows, rank_dataset
+    from selectit.fusion.selection import Control, control_rows, rank_dataset
 
     sec = Section(
         "controls", "SelectIT vs control selections",
@@ -798,7 +798,7 @@ def build_report(
     matplotlib.rcParams["text.parse_math"] = False  # labels are names as stored: `$x$`, `\foo` are text
     import matplotlib.pyplot as plt
 
-    from selectit import fusion
+    from selectit.fusion import views as fusion
 
     con = fusion.connect(
         db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights, top=top

@@ -36,8 +36,8 @@ from selectit.contract import (  # noqa: F401 - render and RenderedPrompt are re
     valid_name,
 )
 from selectit.errors import SelectitError
-from selectit.labels import LabelError, label_token_ids  # noqa: F401 - re-exported
-from selectit.schema import LLM, MAX_SCALE, Prompt
+from selectit.scoring.labels import LabelError, label_token_ids  # noqa: F401 - re-exported
+from selectit.store.schema import LLM, MAX_SCALE, Prompt
 
 LAYOUTS = tuple(Layout)
 #: The context length used unless `--max-tokens` says otherwise (capped by the model's own).
@@ -220,7 +220,7 @@ def add_model(session: Session, name: str, source: str, dtype: str | None = None
     Same weights and dtype as the active version → no new row (weight/max_tokens updated if given).
     Other weights or dtype → a new version (or a re-activated old one); the others are deactivated.
     """
-    from selectit import loading
+    from selectit.scoring import loading
 
     name = valid_name(name, "model")
     if dtype is not None and dtype not in loading.DTYPES:
@@ -286,8 +286,8 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     environment variable holding the key: it is read now and at run time, never stored. θ is
     `weight`, else `n_params`; with neither the model cannot join the model-level fusion.
     """
-    from selectit import loading
-    from selectit.openai_engine import Endpoint, endpoint_fingerprint, normalize_endpoint, read_model_listing
+    from selectit.scoring import loading
+    from selectit.scoring.openai_engine import Endpoint, endpoint_fingerprint, normalize_endpoint, read_model_listing
 
     name = valid_name(name, "model")
     if not served_model.strip():
@@ -353,7 +353,7 @@ def _reading(src: Any, read: Any) -> Any:
 
 def find_model(session: Session, name: str) -> LLM:
     """The active version of model `name`."""
-    from selectit import lookups
+    from selectit.store import lookups
 
     return lookups.active_model(session, name)
 

@@ -1,6 +1,6 @@
 """What every scoring engine does before and after its model runs, the same way (torch-free).
 
-Both engines (`selectit.scorer.Scorer`, torch; `selectit.vllm_engine.VllmScorer`, vLLM) inherit
+Both engines (`selectit.scoring.torch_engine.Scorer`, torch; `selectit.scoring.vllm_engine.VllmScorer`, vLLM) inherit
 `RequestPreparation`, so a request is checked, tokenized and truncated identically and its
 cells are built by the same rules; that is what lets cells from either engine count as the same
 cell (docs/method.md §1, §3):
@@ -21,7 +21,7 @@ from typing import Any
 
 from selectit.contract import LABEL_CONTEXT, CellResult, RatingRequest, RenderedPrompt
 from selectit.errors import SelectitError
-from selectit.labels import label_token_ids
+from selectit.scoring.labels import label_token_ids
 
 ELLIPSIS = " … "
 

@@ -22,11 +22,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit import db, lookups
+from selectit.store import db
+from selectit.store import lookups
 from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus
 from selectit.errors import NoSuchModel, SelectitError
-from selectit.registry import DEFAULT_PROMPT_SET
-from selectit.schema import LLM, Dataset, DatasetSample, Job, JobPrompt, JobSample, Prompt, utcnow
+from selectit.scoring.registry import DEFAULT_PROMPT_SET
+from selectit.store.schema import LLM, Dataset, DatasetSample, Job, JobPrompt, JobSample, Prompt, utcnow
 from selectit.settings import Settings
 
 MAX_SAMPLES_PER_JOB = 1_000

@@ -1,4 +1,4 @@
-"""The vLLM scoring engine: the same contract as `selectit.scorer.Scorer`, for GPU fleets.
+"""The vLLM scoring engine: the same contract as `selectit.scoring.torch_engine.Scorer`, for GPU fleets.
 
 Each cell is one vLLM request of the prompt's token ids with
 `SamplingParams(max_tokens=1, logprob_token_ids=<ids of the digits 1..K>)`: vLLM returns the
@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selectit.contract import CellResult, RatingRequest, ScoringEngine, split_on_failure
-from selectit.engines import EngineOptions
-from selectit.preparation import Prepared, RequestPreparation
+from selectit.scoring.engines import EngineOptions
+from selectit.scoring.preparation import Prepared, RequestPreparation
 
 
 class VllmScorer(RequestPreparation, ScoringEngine):
@@ -107,7 +107,7 @@ def load_vllm_scorer(model: Any, options: EngineOptions | None = None, *, dtype:
     token less than it, which is the version's `max_tokens` unless that is the model's whole
     context. `llm_kwargs` go to `vllm.LLM` as they are.
     """
-    from selectit import loading
+    from selectit.scoring import loading
 
     if (dtype or model.dtype) == "int8":
         raise loading.ModelSourceError(f"model {model.name}: the vllm engine does not run int8 model versions "

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit import db
+from selectit.store import db
 from selectit.contract import render
-from selectit.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
-from selectit.schema import LLM, Prompt, Sample, Throughput
+from selectit.jobs.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
+from selectit.store.schema import LLM, Prompt, Sample, Throughput
 
 #: How many of a model version's most recent finished jobs its rate is taken over.
 RECENT_JOBS = 10
@@ -81,7 +81,7 @@ def time_left(engine: Engine, missing: dict[int, int], scoring_engine: str = "to
 def _token_counter(model: LLM):  # noqa: ANN202 - (counter of texts, or None)
     """The model's own tokenizer as `texts → token counts`, or None when it cannot be loaded here."""
     try:
-        from selectit.loading import load_tokenizer, resolve_source
+        from selectit.scoring.loading import load_tokenizer, resolve_source
 
         tokenizer = load_tokenizer(resolve_source(model.source))
     except Exception:  # noqa: BLE001 - no tokenizer here (moved files, no transformers): estimate instead

@@ -26,18 +26,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit import db
-from selectit.cells import cells_to_score, write_results
+from selectit.store import db
+from selectit.jobs.cells import cells_to_score, write_results
 from selectit.contract import (CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, render,
                                split_on_failure)
-from selectit.leases import claim, heartbeat, release, requeue_expired, worker_id
-from selectit.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
-from selectit.schema import LLM, Job, JobSample, Prompt, Sample, Throughput, utcnow
+from selectit.jobs.leases import claim, heartbeat, release, requeue_expired, worker_id
+from selectit.jobs.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
+from selectit.store.schema import LLM, Job, JobSample, Prompt, Sample, Throughput, utcnow
 from selectit.settings import Settings, SettingsError, variable
 from selectit.timing import phase
 
 if TYPE_CHECKING:
-    from selectit.engines import EngineOptions
+    from selectit.scoring.engines import EngineOptions
 
 #: A model version → its loaded scoring engine.
 ScorerFor = Callable[[ModelSpec], ScoringEngine]
@@ -313,7 +313,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
 def default_scorer_factory(settings: Settings | None = None,
                            engine_options: EngineOptions | None = None) -> ScorerFor:
     """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default
-    `selectit.engines:load_engine`: the torch or the vLLM engine, as `engine_options` (default:
+    `selectit.scoring.engines:load_engine`: the torch or the vLLM engine, as `engine_options` (default:
     `$SELECTIT_ENGINE` and friends) say.
 
     The hook lets a deployment plug in another scoring backend (and the tests inject faults);
@@ -321,7 +321,7 @@ def default_scorer_factory(settings: Settings | None = None,
     """
     spec = (settings or Settings.from_env()).scorer
     if spec == Settings.scorer:
-        from selectit.engines import load_engine
+        from selectit.scoring.engines import load_engine
 
         return functools.partial(load_engine, options=engine_options)
     # Deprecated: engines are registered by name now (the `selectit.engines` entry points).

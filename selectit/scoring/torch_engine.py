@@ -32,7 +32,7 @@ import torch
 
 from selectit.contract import CellResult, RatingRequest, ScoringEngine, split_on_failure
 from selectit.formulas import token_score  # noqa: F401  (re-exported for callers of the engine)
-from selectit.preparation import ELLIPSIS, Prepared, RequestPreparation
+from selectit.scoring.preparation import ELLIPSIS, Prepared, RequestPreparation
 
 __all__ = ["ELLIPSIS", "CellResult", "RatingRequest", "Scorer", "default_device", "load_scorer"]
 
@@ -170,7 +170,7 @@ class Scorer(RequestPreparation, ScoringEngine):
                 out.append(batch)
         return out
 
-    # -- preparation (tokenizing, truncating, label ids: selectit.preparation) -------------------
+    # -- preparation (tokenizing, truncating, label ids: selectit.scoring.preparation) -------------------
 
     def _cost(self, n: int) -> float:
         # FLOPs of one row of n tokens: the dense layers plus the (fully computed) masked attention.
@@ -384,7 +384,7 @@ def load_scorer(model: Any, *, device: str | None = None, exact: bool = False,
 
     `device_map="auto"` spreads a model too big for one GPU over all of them (see `loading`).
     """
-    from selectit import loading
+    from selectit.scoring import loading
     from selectit.timing import phase
 
     with phase("model load: GGUF cache lookup"):

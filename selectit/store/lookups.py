@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from selectit.errors import NoSuchDataset, NoSuchModel, NoSuchSelection
-from selectit.schema import LLM, Dataset, Selection
+from selectit.store.schema import LLM, Dataset, Selection
 
 
 def dataset_id(session: Session, name: str) -> int:

@@ -27,9 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from selectit import db
-from selectit.db import is_postgres
-from selectit.formats import (  # noqa: F401 - re-exported: the ingest interface
+from selectit.store import db
+from selectit.store.db import is_postgres
+from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interface
     FORMATS,
     MAX_ORIGINAL_ID,
     IngestError,
@@ -43,7 +43,7 @@ from selectit.formats import (  # noqa: F401 - re-exported: the ingest interface
     render_conversation,
 )
 from selectit.contract import valid_name
-from selectit.schema import Dataset, Ingest, utcnow
+from selectit.store.schema import Dataset, Ingest, utcnow
 
 #: Records written per round trip (SQLite executemany); bounded memory for any file size.
 CHUNK = 20_000

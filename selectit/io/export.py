@@ -21,7 +21,7 @@ written from the stored instruction/input/output.
 Every export writes a dataset card (YAML front matter: the provenance) and, with
 ``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file. In a
 directory the files are named after the entry (``DIR/<entry>.<ext>``, ``DIR/<entry>.README.md``).
-Every file goes through `selectit.writer.Writer`: all targets checked first, renamed at the end.
+Every file goes through `selectit.io.writer.Writer`: all targets checked first, renamed at the end.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import NoSuchSelection, SelectitError
-from selectit.writer import MANIFEST, Writer, WriteError, sha256_file
+from selectit.io.writer import MANIFEST, Writer, WriteError, sha256_file
 
 #: The file name used inside an output directory, per format.
 DATA_FILE = {"alpaca-json": "data.json", "jsonl": "data.jsonl", "sharegpt": "data.json",
@@ -213,7 +213,7 @@ def _score_fields(item: Item, scores: Scores | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Writing: every file goes through one `selectit.writer.Writer` (checked first, renamed at the end)
+# Writing: every file goes through one `selectit.io.writer.Writer` (checked first, renamed at the end)
 # --------------------------------------------------------------------------------------------
 def _dump(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
@@ -326,7 +326,7 @@ def _plan_hf_dataset(w: Writer, out: Path, rows: list[dict[str, Any]], layout: d
     An existing `out` must be a saved dataset; only its own files are replaced (others in the
     directory stay), and only when selectit wrote them for the same entry (or --overwrite).
     """
-    from selectit.formats import datasets_offline
+    from selectit.io.readers import datasets_offline
 
     if out.is_symlink():
         raise ExportError(f"{out} is a symbolic link; give the saved dataset's real directory (or a new one) "
@@ -824,7 +824,7 @@ def _memberships(conn: Any, dataset_id: int, sample_ids: Sequence[int]) -> dict[
     """sample id → (position, original, ingest id) of its membership in the dataset."""
     import sqlalchemy as sa
 
-    from selectit.schema import DatasetSample as M
+    from selectit.store.schema import DatasetSample as M
 
     found: dict[int, tuple[int, str | None, int | None]] = {}
     for chunk in _chunks(list(sample_ids)):
@@ -837,7 +837,7 @@ def _memberships(conn: Any, dataset_id: int, sample_ids: Sequence[int]) -> dict[
 def _sources(conn: Any, ids: set[int]) -> dict[int, Source]:
     import sqlalchemy as sa
 
-    from selectit.schema import Ingest
+    from selectit.store.schema import Ingest
 
     rows = conn.execute(sa.select(Ingest.id, Ingest.path, Ingest.sha256, Ingest.format, Ingest.container, Ingest.layout,
                   Ingest.column_map).where(Ingest.id.in_(sorted(ids))))
@@ -848,7 +848,7 @@ def _source_files(conn: Any, dataset_id: int, paths: bool = False) -> list[dict[
     """The dataset's ingested files for the card: file name and sha256 (the full path with `paths`)."""
     import sqlalchemy as sa
 
-    from selectit.schema import Ingest
+    from selectit.store.schema import Ingest
 
     rows = conn.execute(sa.select(Ingest.path, Ingest.sha256, Ingest.format, Ingest.n_read, Ingest.created_at)
                         .where(Ingest.dataset_id == dataset_id).order_by(Ingest.id))
@@ -865,7 +865,7 @@ def _ingested(conn: Any, dataset_id: int) -> list[tuple[str, str]]:
     """(path, sha256) of every file ingested into the dataset: an export replaces one only with --overwrite."""
     import sqlalchemy as sa
 
-    from selectit.schema import Ingest
+    from selectit.store.schema import Ingest
 
     return [(p, h) for p, h in conn.execute(sa.select(Ingest.path, Ingest.sha256).where(Ingest.dataset_id == dataset_id))]
 
@@ -873,7 +873,7 @@ def _ingested(conn: Any, dataset_id: int) -> list[tuple[str, str]]:
 def _model_rows(conn: Any, params: Any) -> list[dict[str, Any]]:
     import sqlalchemy as sa
 
-    from selectit.schema import LLM
+    from selectit.store.schema import LLM
 
     by_id = {m.id: m for m in conn.execute(sa.select(LLM.id, LLM.name, LLM.source, LLM.fingerprint, LLM.dtype,
                                                        LLM.n_params).where(LLM.id.in_([m.model_id for m in params.models])))}
@@ -889,7 +889,7 @@ def _model_rows(conn: Any, params: Any) -> list[dict[str, Any]]:
 def _prompt_rows(conn: Any, params: Any) -> dict[str, Any]:
     import sqlalchemy as sa
 
-    from selectit.schema import Prompt
+    from selectit.store.schema import Prompt
 
     ids = [p.prompt_id for p in params.prompts]
     by_id = {p.id: p for p in conn.execute(sa.select(Prompt.id, Prompt.position, Prompt.layout, Prompt.scale,
@@ -904,7 +904,7 @@ def _scores(db_url: str | None, params: Any, sample_ids: Sequence[int]) -> Score
     """S_sent per model and S_token per (model, prompt position) under exactly `params`' models and prompts."""
     import pyarrow as pa
 
-    from selectit import fusion
+    from selectit.fusion import views as fusion
 
     con = fusion.connect_pinned(db_url, params)
     try:
@@ -961,8 +961,10 @@ def export_selection(
     import duckdb
     import sqlalchemy as sa
 
-    from selectit import __version__, fusion, selection as sel
-    from selectit.schema import Dataset, DatasetSample, Selection, SelectionSample
+    from selectit import __version__
+    from selectit.fusion import views as fusion
+    from selectit.fusion import selection as sel
+    from selectit.store.schema import Dataset, DatasetSample, Selection, SelectionSample
 
     if not str(out).strip():
         raise ExportError("--out is empty; give the file (or the directory, ending with '/') to export to")
@@ -1003,7 +1005,7 @@ def export_selection(
         criterion = criterion_obj.as_json()
     ids = [sid for _, sid, _ in ranked]
     with engine.connect() as conn:
-        from selectit.schema import Sample
+        from selectit.store.schema import Sample
 
         texts: dict[int, tuple[str, str, str]] = {}
         for chunk in _chunks(ids):

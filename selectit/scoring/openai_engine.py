@@ -42,7 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.errors import SelectitError
-from selectit.preparation import Prepared, RequestPreparation
+from selectit.scoring.preparation import Prepared, RequestPreparation
 
 #: How exact probabilities are read; see the module docstring.
 TOKEN_IDS = "logprob_token_ids"
@@ -481,8 +481,8 @@ def load_openai_scorer(model: Any, options: Any = None, **client_kwargs: Any) ->
     """An `OpenAIScorer` for a model version registered with `--endpoint` (a `ModelSpec` or a
     `models` row), with the engine options' concurrency, timeout, retries and `--logprobs-top`;
     the server is probed now, so a wrong key or an unusable server fails before a job is claimed."""
-    from selectit import loading
-    from selectit.engines import EngineOptions
+    from selectit.scoring import loading
+    from selectit.scoring.engines import EngineOptions
 
     options = options or EngineOptions(engine="openai")
     endpoint = model_endpoint(model)

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit import db
-from selectit.cells import cells_to_score, write_results
+from selectit.store import db
+from selectit.jobs.cells import cells_to_score, write_results
 from selectit.contract import CellResult, JobStatus
-from selectit.schema import Job, JobSample, utcnow
+from selectit.store.schema import Job, JobSample, utcnow
 from selectit.settings import Settings
 
 

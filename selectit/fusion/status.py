@@ -1,6 +1,6 @@
 """Scoring status: cells and jobs per active model version × active prompt set, and throughput.
 
-Cell counts come from the fusion's one coverage computation (`selectit.fusion.scoring_coverage`,
+Cell counts come from the fusion's one coverage computation (`selectit.fusion.views.scoring_coverage`,
 the rule of `rank` and `report` too): a cell counts *done* iff its score row has status `ok`,
 *failed* iff `failed`; every other cell of the scope is *missing*.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit import db
+from selectit.store import db
 from selectit.contract import CellStatus, JobStatus
-from selectit.schema import ControlTick, Job, JobPrompt, Prompt, Score, utcnow
+from selectit.store.schema import ControlTick, Job, JobPrompt, Prompt, Score, utcnow
 
 #: A running job whose lease is over (its holder is likely gone; `requeue_expired` takes it back).
 EXPIRED = "expired"
@@ -39,7 +39,7 @@ class StatusRow:
 
 def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
     """Per active model version × active prompt set: cells and jobs, and recent throughput."""
-    from selectit import fusion  # DuckDB: only when the status is asked for
+    from selectit.fusion import views as fusion  # DuckDB: only when the status is asked for
 
     now = utcnow()
     since = now - dt.timedelta(seconds=window)

@@ -18,10 +18,10 @@ import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit import db
+from selectit.store import db
 from selectit.contract import DEFAULT_TOP, valid_name
-from selectit.fusion import FusionError, dataset_id, params_of, require_scoring_setup, top_share_sql, validate_top
-from selectit.schema import Dataset, Selection, SelectionSample
+from selectit.fusion.views import FusionError, dataset_id, params_of, require_scoring_setup, top_share_sql, validate_top
+from selectit.store.schema import Dataset, Selection, SelectionSample
 
 
 # --------------------------------------------------------------------------------------------

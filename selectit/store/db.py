@@ -95,7 +95,7 @@ def _one_line(text: object) -> str:
 
 def explain_error(exc: BaseException, url: str | None) -> str | None:
     """What a driver's error says about the database, in one line with the next step; else None."""
-    from selectit.fusion import sqlite_file
+    from selectit.fusion.views import sqlite_file
 
     if isinstance(exc, StoreError) and exc.__cause__ is not None:
         return explain_error(exc.__cause__, url)
@@ -241,7 +241,7 @@ def _package_dir(package: str) -> str:
         spec = None
     if spec is not None and spec.submodule_search_locations:
         return list(spec.submodule_search_locations)[0]
-    checkout = Path(__file__).resolve().parent.parent / _CHECKOUT_DIRS[package]
+    checkout = Path(__file__).resolve().parents[2] / _CHECKOUT_DIRS[package]
     if (checkout / "env.py").is_file() or (checkout / "__init__.py").is_file():
         return str(checkout)
     raise StoreError(f"the package {package} is missing from this selectit installation; reinstall selectit")

@@ -1,7 +1,7 @@
 """Rater health: the figures of the `rater_health` view turned into warnings, with their thresholds.
 
 SelectIT ranks data by how sure a rater is of its own rating; that is only as good as the rater.
-The figures (`selectit.fusion.health_sql`) say how far a rater can be trusted; each has ONE
+The figures (`selectit.fusion.views.health_sql`) say how far a rater can be trusted; each has ONE
 threshold here, and crossing it gives a warning line that names the rater and what to do.
 `rank`, `select`, `export` and `report` print these lines on stderr; `diagnose` shows the table.
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from selectit import fusion
+from selectit.fusion import views as fusion
 from selectit.contract import valid_name
 
 
@@ -181,7 +181,7 @@ def selection_warnings(engine: Any, db_url: str | None, selection: str) -> list[
     """The warning lines for a frozen selection: its dataset under its own models and prompts."""
     import sqlalchemy as sa
 
-    from selectit.schema import Dataset, Selection
+    from selectit.store.schema import Dataset, Selection
 
     with engine.connect() as conn:
         row = conn.execute(sa.select(Dataset.name, Selection.params).join(Dataset, Dataset.id == Selection.dataset_id)

@@ -8,12 +8,12 @@ and are registered by name: the built-in ones below, and third-party ones throug
     myengine = "my_package.engine:load"     # load(model: ModelSpec, options: EngineOptions) -> ScoringEngine
 
 after which `selectit score --engine myengine` uses it. The built-in engines:
-- `torch` (default; `selectit.scorer.Scorer`): transformers' own forward, all K' prompts of a
+- `torch` (default; `selectit.scoring.torch_engine.Scorer`): transformers' own forward, all K' prompts of a
   sample packed in one row. The right engine on a CPU and for a single GPU; `device_map="auto"`
   spreads a rater too big for one GPU over all visible GPUs (layer by layer, one GPU busy at a time).
-- `vllm` (`selectit.vllm_engine.VllmScorer`): vLLM with continuous batching and automatic prefix
+- `vllm` (`selectit.scoring.vllm_engine.VllmScorer`): vLLM with continuous batching and automatic prefix
   caching; the engine for GPU fleets, and with tensor/pipeline parallelism for 70B raters.
-- `openai` (`selectit.openai_engine.OpenAIScorer`): an OpenAI-compatible server that already
+- `openai` (`selectit.scoring.openai_engine.OpenAIScorer`): an OpenAI-compatible server that already
   serves the model (registered with `selectit model add NAME --endpoint URL --served-model ID`);
   no GPU in the worker. A model registered with an endpoint is always scored this way.
 
@@ -169,26 +169,26 @@ def load_torch(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
     with phase("model load: torch + transformers imports"):
         import transformers  # noqa: F401
 
-        from selectit.scorer import load_scorer
+        from selectit.scoring.torch_engine import load_scorer
     return load_scorer(model, device_map=options.device_map)
 
 
 def load_vllm(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
     require_vllm()
-    from selectit.vllm_engine import load_vllm_scorer
+    from selectit.scoring.vllm_engine import load_vllm_scorer
 
     return load_vllm_scorer(model, options)
 
 
 def load_openai(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
-    from selectit.openai_engine import load_openai_scorer
+    from selectit.scoring.openai_engine import load_openai_scorer
 
     return load_openai_scorer(model, options)
 
 
 #: The built-in engines: name → loader, as "module:function".
-BUILTIN_ENGINES = {EngineName.TORCH: "selectit.engines:load_torch", EngineName.VLLM: "selectit.engines:load_vllm",
-                   EngineName.OPENAI: "selectit.engines:load_openai"}
+BUILTIN_ENGINES = {EngineName.TORCH: "selectit.scoring.engines:load_torch", EngineName.VLLM: "selectit.scoring.engines:load_vllm",
+                   EngineName.OPENAI: "selectit.scoring.engines:load_openai"}
 
 
 @functools.cache

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from selectit import db
+from selectit.store import db
 from selectit.contract import CellResult, CellStatus
-from selectit.schema import MAX_SCALE, Job, JobSample, Score, utcnow
+from selectit.store.schema import MAX_SCALE, Job, JobSample, Score, utcnow
 
 
 def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[int, list[int]]:
