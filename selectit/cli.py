@@ -88,13 +88,11 @@ def handles_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import sqlalchemy as sa
-
         from selectit.errors import SelectitError
 
         try:
             return func(*args, **kwargs)
-        except (db.StoreError, SelectitError, sa.exc.DBAPIError) as exc:
+        except (SelectitError, db.DriverError) as exc:
             ctx = click.get_current_context(silent=True)
             url = ctx.find_root().obj.get("db_url") if ctx and ctx.find_root().obj else None
             message = explain_store_error(exc, url) if not isinstance(exc, SelectitError) else None

@@ -45,7 +45,6 @@ import re
 import shutil
 import stat
 import tempfile
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,32 +203,6 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def sqlite_file(db_url: str | None) -> Path | None:
-    """The file of a SQLite store URL (plain or URI form, `sqlite:///file:PATH?mode=ro&uri=true`); else None."""
-    url = make_url(db.resolve_url(db_url))
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    path = url.database
-    if str(url.query.get("uri", "")).lower() in ("true", "1") and path.startswith("file:"):
-        path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
-    return Path(path)
-
-
-def store_files(db_url: str | None) -> list[Path]:
-    """The files that make up a SQLite store (database, WAL, shared memory, journal); [] for a server.
-
-    SQLite names the WAL after the database's real path, so the names are derived from the resolved
-    path (a store reached through a symlink) as well as from the path as given.
-    """
-    path = sqlite_file(db_url)
-    if path is None:
-        return []
-    files: list[Path] = []
-    for base in dict.fromkeys([path, Path(os.path.realpath(path))]):
-        files += [base] + [Path(f"{base}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
-    return files
-
-
 def _one_line(exc: BaseException) -> str:
     """DuckDB's message without its multi-line `LINE 1: …^` pointer, on one line."""
     text = str(exc).split("\n\nLINE ", 1)[0]
@@ -254,7 +227,7 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
     try:
         con.execute("SET enable_progress_bar = false")  # a session option: not allowed in config
         if url.get_backend_name() == "sqlite":
-            path = sqlite_file(db_url)
+            path = db.sqlite_file(db_url)
             if path is None or not path.is_file():
                 raise FusionError(f"no SQLite database at {str(path)!r}; create it with `selectit init`")
             con.execute(f"LOAD {_sql_str(str(_extension_path('sqlite')))}")

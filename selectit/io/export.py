@@ -39,6 +39,7 @@ from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import NoSuchSelection, SelectitError
+from selectit.store import db
 from selectit.io.writer import MANIFEST, Writer, WriteError, sha256_file
 
 #: The file name used inside an output directory, per format.
@@ -1054,7 +1055,7 @@ def export_selection(
     result = write_export(chosen_items, out, fmt, entry=name, with_scores=with_scores, scores=scores,
                           card=provenance if card else None,
                           llamafactory=name if llamafactory not in (False, None) else None,
-                          overwrite=overwrite, protect=fusion.store_files(db_url), sources=ingested)
+                          overwrite=overwrite, protect=db.store_files(db_url), sources=ingested)
     result.note = note
     result.warning = warning
     return result

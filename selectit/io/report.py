@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from selectit.errors import SelectitError
+from selectit.store import db
 from selectit.fusion.views import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
 from selectit.io.writer import MANIFEST, Writer, read_manifest
 
@@ -841,7 +842,7 @@ def build_report(
                 _write_csv(t, tmp / f"{t.name}.csv")
                 tables[t.name] = t
         (tmp / "index.html").write_text(_render(header, sections, f"selectit report: {d.dataset}"), encoding="utf-8")
-        _write_files(tmp, out, [Path(p) for p in fusion.store_files(db_url)], legacy)
+        _write_files(tmp, out, [Path(p) for p in db.store_files(db_url)], legacy)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ReportResult(

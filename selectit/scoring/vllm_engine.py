@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selectit.contract import CellResult, RatingRequest, ScoringEngine, split_on_failure
-from selectit.scoring.engines import EngineOptions
 from selectit.scoring.preparation import Prepared, RequestPreparation
+
+if TYPE_CHECKING:  # the engine registry loads this module: no import back at run time
+    from selectit.scoring.engines import EngineOptions
 
 
 class VllmScorer(RequestPreparation, ScoringEngine):
@@ -115,7 +117,10 @@ def load_vllm_scorer(model: Any, options: EngineOptions | None = None, *, dtype:
                                        f"--dtype bfloat16 for vLLM")
     from vllm import LLM as VllmLLM
 
-    options = options or EngineOptions(engine="vllm")
+    if options is None:
+        from selectit.scoring.engines import EngineOptions
+
+        options = EngineOptions(engine="vllm")
     src = loading.resolve_source(model.source)
     expected = model.fingerprint if src.is_gguf else None
     path = loading.model_dir(src, expected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,10 @@ DEFAULT_URL = "sqlite:///selectit.db"
 URL_ENV = "SELECTIT_DATABASE_URL"
 # Waiting on a lock beats failing: several local workers share one SQLite file.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+#: What the database drivers raise (SQLAlchemy wraps them all), for callers that import no SQLAlchemy.
+DriverError = sa.exc.DBAPIError
 
 
 class StoreError(SelectitError):
@@ -89,14 +94,38 @@ def check_url(url: str | None) -> sa.URL:
     return parsed
 
 
+def sqlite_file(db_url: str | None) -> Path | None:
+    """The file of a SQLite store URL (plain or URI form, `sqlite:///file:PATH?mode=ro&uri=true`); else None."""
+    url = sa.make_url(resolve_url(db_url))
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    path = url.database
+    if str(url.query.get("uri", "")).lower() in ("true", "1") and path.startswith("file:"):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+    return Path(path)
+
+
+def store_files(db_url: str | None) -> list[Path]:
+    """The files that make up a SQLite store (database, WAL, shared memory, journal); [] for a server.
+
+    SQLite names the WAL after the database's real path, so the names are derived from the resolved
+    path (a store reached through a symlink) as well as from the path as given.
+    """
+    path = sqlite_file(db_url)
+    if path is None:
+        return []
+    files: list[Path] = []
+    for base in dict.fromkeys([path, Path(os.path.realpath(path))]):
+        files += [base] + [Path(f"{base}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+    return files
+
+
 def _one_line(text: object) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def explain_error(exc: BaseException, url: str | None) -> str | None:
     """What a driver's error says about the database, in one line with the next step; else None."""
-    from selectit.fusion.views import sqlite_file
-
     if isinstance(exc, StoreError) and exc.__cause__ is not None:
         return explain_error(exc.__cause__, url)
     if not isinstance(exc, sa.exc.DBAPIError):

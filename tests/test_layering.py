@@ -1,0 +1,71 @@
+"""The package's layering: each wing imports only the wings its docstring allows, the CLI reaches
+the library through `selectit.Store` only, and no module imports torch at import time.
+
+Read from the source with `ast` (every `import` and `from … import`, at any depth, counts).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+PACKAGE = ROOT / "selectit"
+BASE = {"errors", "contract", "settings", "formulas", "timing", "data", "api", "__init__", "__main__", "cli", "__version__"}
+#: wing → the wings it may import (the base modules are open to all)
+ALLOWED = {
+    "store": set(),
+    "scoring": {"store"},
+    "jobs": {"store", "scoring"},
+    "fusion": {"store"},
+    "io": {"store", "fusion"},
+}
+
+
+def _selectit_imports(path: Path) -> set[str]:
+    """The selectit modules `path` imports, as dotted names under `selectit.`."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("selectit.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "selectit":
+                found |= {f"selectit.{a.name}" for a in node.names}
+            elif node.module.startswith("selectit."):
+                found.add(node.module)
+    return found
+
+
+def _wing(dotted: str) -> str:
+    return dotted.split(".")[1]
+
+
+@pytest.mark.parametrize("wing", sorted(ALLOWED))
+def test_a_wing_imports_only_what_its_docstring_allows(wing: str) -> None:
+    doc = ast.get_docstring(ast.parse((PACKAGE / wing / "__init__.py").read_text()))
+    assert doc and "May import" in doc, f"selectit/{wing}/__init__.py must say what the wing may import"
+    for path in sorted((PACKAGE / wing).glob("*.py")):
+        for dotted in _selectit_imports(path):
+            other = _wing(dotted)
+            if other == wing or other in BASE or other == "workers":
+                assert other != "workers", f"{path.relative_to(ROOT)} imports the Celery app ({dotted})"
+                continue
+            assert other in ALLOWED[wing], (f"{path.relative_to(ROOT)} imports {dotted}: the {wing} wing may "
+                                            f"import only {sorted(ALLOWED[wing]) or 'the base modules'}")
+
+
+def test_the_cli_reaches_the_library_through_the_store_only() -> None:
+    tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    forbidden = {m for m in modules if m.split(".")[0] in ("sqlalchemy", "duckdb", "torch", "transformers")
+                 or m == "selectit.store.schema"}
+    assert not forbidden, f"selectit/cli.py imports {sorted(forbidden)}: call a selectit.Store method instead"
+
+
+def test_the_base_modules_import_no_wing() -> None:
+    for name in ("errors", "contract", "settings", "formulas"):
+        wings = {_wing(d) for d in _selectit_imports(PACKAGE / f"{name}.py")} & set(ALLOWED)
+        assert not wings, f"selectit/{name}.py imports the wings {sorted(wings)}"
