@@ -47,10 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 sys.path[:0] = [str(ROOT), str(TESTS)]
 
-from selectit.store import db  # noqa: E402
-from selectit.jobs import planner
+from selectit.jobs import planner, runner
 from selectit.scoring import registry
-from selectit.jobs import runner
+from selectit.store import db  # noqa: E402
 
 #: cells/s of one H100 scoring a 7B rater at ~40% MFU (the issue's estimate)
 GPU_CELLS_PER_S = 120.0

@@ -180,8 +180,8 @@ def drop_postgres(admin_url: str, url: str) -> None:
 # --------------------------------------------------------------------------------------------
 def rank_selectit(url: str) -> tuple[list[int], dict[int, float]]:
     """selectit: connect (attach read-only, views) and rank the dataset; the top 20 % ids."""
-    from selectit.fusion import views as fusion
     from selectit.fusion import selection
+    from selectit.fusion import views as fusion
 
     con = fusion.connect(url, prompt_set="bench", alpha=ALPHA)
     try:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from selectit.store import db
 from selectit.io.ingest import ingest_file
+from selectit.store import db
 
 WORDS = ["".join(random.Random(i).choices(string.ascii_lowercase, k=random.Random(i).randint(2, 10)))
          for i in range(5000)]

@@ -44,10 +44,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from selectit.store import db  # noqa: E402
-from selectit.scoring import registry
 from selectit.contract import RatingRequest, render  # noqa: E402
+from selectit.scoring import registry
 from selectit.scoring.torch_engine import load_scorer  # noqa: E402
+from selectit.store import db  # noqa: E402
 
 DEMO = ROOT / "selectit" / "data" / "alpaca_en_demo.json"
 #: The authors' rating prompts (`data/rating_prompt.txt` of Blue-Raincoat/SelectIT, commit 4813250), which

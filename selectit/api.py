@@ -22,24 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selectit.store import db
 from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP
 from selectit.errors import SelectitError
 from selectit.settings import Settings
+from selectit.store import db
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
-    from selectit.scoring.engines import EngineOptions
-    from selectit.io.export import ExportResult
-    from selectit.fusion.views import Coverage, Params
-    from selectit.io.ingest import IngestResult
-    from selectit.io.report import ReportResult
-    from selectit.store.schema import LLM
     from selectit.fusion.selection import Criterion
     from selectit.fusion.status import StatusRow, TickRow
+    from selectit.fusion.views import Coverage, Params
+    from selectit.io.export import ExportResult
+    from selectit.io.ingest import IngestResult
+    from selectit.io.report import ReportResult
+    from selectit.scoring.engines import EngineOptions
+    from selectit.store.schema import LLM
 
 
 #: More rows than any dataset holds (a `--limit` above it is capped, not an overflow).
@@ -204,8 +204,8 @@ class Store:
 
     def status(self) -> StoreStatus:
         """Samples per dataset, distinct samples stored, and cells and jobs per model × prompt set."""
-        from selectit.io.ingest import sample_counts
         from selectit.fusion.status import status_rows, tick_rows
+        from selectit.io.ingest import sample_counts
 
         per_dataset, total = sample_counts(self.engine)
         return StoreStatus(per_dataset, total, status_rows(self.engine), tick_rows(self.engine))
@@ -313,8 +313,8 @@ class Store:
         """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
         cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
         the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
-        from selectit.scoring.engines import EngineOptions
         from selectit.jobs.estimate import estimate
+        from selectit.scoring.engines import EngineOptions
 
         return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                         scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
@@ -322,8 +322,8 @@ class Store:
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for
         $SELECTIT_ENGINE (else torch); "–" without a record (`selectit status`)."""
-        from selectit.scoring.engines import EngineOptions
         from selectit.jobs.estimate import time_left
+        from selectit.scoring.engines import EngineOptions
 
         return time_left(self.engine, missing, EngineOptions.from_env().engine)
 
@@ -349,8 +349,8 @@ class Store:
 
         A partly scored dataset gives a `warning`, or with `require_complete` an `IncompleteScoring` error.
         """
-        from selectit.fusion import views as fusion
         from selectit.fusion import selection
+        from selectit.fusion import views as fusion
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
         if limit is not None:
@@ -393,8 +393,13 @@ class Store:
         gives a `warning`, or with `require_complete` an `IncompleteScoring` error (nothing frozen).
         """
         from selectit.fusion import views as fusion
+        from selectit.fusion.selection import (
+            Control,
+            Criterion,
+            freeze_selection,
+            partial_warning,
+        )
         from selectit.fusion.views import FusionError
-        from selectit.fusion.selection import Control, Criterion, freeze_selection, partial_warning
 
         criterion: Criterion | Control
         if by not in ("score", "length"):

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from selectit.store import db
 from selectit.cli import main
+from selectit.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The authors' rating prompts (`data/rating_prompt.txt` of Blue-Raincoat/SelectIT, commit 4813250), which

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from test_fusion import seed
 
-from selectit.store import db
 from selectit.cli import main
+from selectit.store import db
 
 
 def invoke(*args: object, env: dict[str, str] | None = None) -> object:

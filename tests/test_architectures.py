@@ -19,11 +19,11 @@ from parity import max_delta
 from test_scorer import records, requests
 from tiny_model import build_tokenizer
 
-from selectit.store import db
 from selectit.cli import main
 from selectit.contract import RatingRequest, render
-from selectit.store.schema import LLM
 from selectit.scoring.torch_engine import Scorer, load_scorer
+from selectit.store import db
+from selectit.store.schema import LLM
 
 WINDOW = 32
 COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

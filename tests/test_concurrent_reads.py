@@ -11,8 +11,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_fusion import seed
 from guards import invoke
+from test_fusion import seed
 
 from selectit.store import db
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from test_fusion import seed
 from guards import assert_one_error, invoke, snapshot, sqlite_path
+from test_fusion import seed
 
-from selectit.store import db
 from selectit.fusion import views as fusion
+from selectit.store import db
 
 SECRET = "TOPSECRET-4711"
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from test_fusion import seed
 from test_rater_health import _random_cells
 
-from selectit.store import db
 from selectit.cli import main
 from selectit.contract import EXPORT_FORMATS
+from selectit.store import db
 from selectit.store.db import session_scope
 from selectit.store.schema import Sample, Selection, SelectionSample
 

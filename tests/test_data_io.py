@@ -19,10 +19,10 @@ import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner
 
-from selectit.store import db
 from selectit.cli import main
-from selectit.store.db import session_scope
 from selectit.formulas import token_score
+from selectit.store import db
+from selectit.store.db import session_scope
 from selectit.store.schema import LLM, Prompt, Sample, Score
 
 # ------------------------------------------------------------------------------------ fixtures

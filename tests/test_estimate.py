@@ -4,12 +4,11 @@ tokens the scorer then sees, and give a time once a run's throughput is recorded
 from __future__ import annotations
 
 import sqlalchemy as sa
+from conftest import DEMO_DATA
 
 from selectit.api import Store
 from selectit.store.db import session_scope
 from selectit.store.schema import Prompt, Sample, Score, Throughput
-
-from conftest import DEMO_DATA
 
 
 def _every_row(engine: sa.Engine) -> dict[str, list[tuple]]:

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-
-from selectit.store import db
-from selectit.scoring import registry
-from selectit.store.schema import Job, Score
 from test_jobs import DEMO, add_model, computed, seed, tiny_dir  # noqa: F401 - tiny_dir is a fixture
+
+from selectit.scoring import registry
+from selectit.store import db
+from selectit.store.schema import Job, Score
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -278,7 +278,6 @@ def test_control_work_never_waits_behind_model_jobs(postgres_url, tmp_path, tiny
 
 def test_one_worker_of_the_fleet_takes_each_tick(redis_url) -> None:
     import redis
-
     from selectit.workers.control import RedisGate
 
     redis.Redis.from_url(redis_url).flushdb()

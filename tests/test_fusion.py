@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from selectit.fusion import views as fusion
-from selectit.store.db import session_scope
 from selectit.io.ingest import content_hash, ingest_file
+from selectit.store.db import session_scope
 from selectit.store.schema import LLM, Dataset, DatasetSample, Prompt, Sample, Score
 
 # ---------------------------------------------------------------------------------------------

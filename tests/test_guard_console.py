@@ -16,11 +16,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from guards import (  # noqa: F401 - seeded and sqlite_seeded are fixtures
-    assert_one_error, file_digest, invoke, seeded, snapshot, sqlite_path, sqlite_seeded)
+    assert_one_error,
+    file_digest,
+    invoke,
+    seeded,
+    snapshot,
+    sqlite_path,
+    sqlite_seeded,
+)
 from test_fusion import seed
 
-from selectit.store import db
 from selectit.fusion import views as fusion
+from selectit.store import db
 
 
 def sql(db_url: str, statement: str, *extra: str):

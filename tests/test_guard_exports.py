@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 from guards import (  # noqa: F401 - seeded and sqlite_seeded are fixtures
-    assert_one_error, file_digest, invoke, seeded, snapshot, sqlite_path, sqlite_seeded)
+    assert_one_error,
+    file_digest,
+    invoke,
+    seeded,
+    snapshot,
+    sqlite_path,
+    sqlite_seeded,
+)
 
 
 # --------------------------------------------------------------------------- exports cannot destroy

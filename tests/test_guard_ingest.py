@@ -18,7 +18,6 @@ from guards import assert_one_error, invoke
 
 from selectit.store import db
 
-
 # ------------------------------------------------------------------------------------- deep nesting
 DEEP = "[" * 10_000 + "]" * 10_000
 

@@ -15,7 +15,6 @@ from guards import assert_one_error, invoke, seeded, snapshot  # noqa: F401 - se
 
 from selectit.store import db
 
-
 # -------------------------------------------------------------------------------------------- names
 BAD_NAMES = ["", "   ", "two\nlines", "a\rb", "tab\there", "nul\x00x", "esc\x1b[31m"]
 

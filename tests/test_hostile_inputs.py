@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 
 import pytest
-from test_fusion import seed
 from guards import invoke, snapshot, sqlite_path
+from test_fusion import seed
 
 from selectit.store import db
 

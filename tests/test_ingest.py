@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from selectit.store import db
 from selectit.io import ingest as ingest_mod
 from selectit.io.ingest import canonical, content_hash, render_conversation
+from selectit.store import db
 
 DEMO = Path(__file__).resolve().parent.parent / "selectit" / "data" / "alpaca_en_demo.json"
 SKIP = "Nothing was ingested; fix the record, or try --skip-invalid to ingest only the valid records."

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from test_fusion import seed as seed_scores
 from guards import assert_one_error, invoke, snapshot
+from test_fusion import seed as seed_scores
 from test_jobs import DEMO, _selectit, add_model
 from test_jobs import seed as seed_dataset
 
 import selectit
-from selectit.store import db
 from selectit.errors import SelectitError
+from selectit.store import db
 from selectit.store.schema import Job
 
 GOOD = '{"instruction": "Say hi.", "input": "", "output": "Hi."}\n'

@@ -20,14 +20,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from selectit.store import db
-from selectit.jobs import leases
-from selectit.jobs import planner
-from selectit.scoring import registry
-from selectit.jobs import runner
-from selectit.fusion import status
 from selectit.errors import NoSuchDataset, NoSuchModel
+from selectit.fusion import status
 from selectit.io.ingest import ingest_file
+from selectit.jobs import leases, planner, runner
+from selectit.scoring import registry
+from selectit.store import db
 from selectit.store.schema import Job, JobSample, Prompt, Score
 
 TESTS = Path(__file__).resolve().parent

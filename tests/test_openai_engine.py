@@ -24,9 +24,8 @@ import sqlalchemy as sa
 import torch
 from test_scorer import records, requests
 
-from selectit.store import db
-from selectit.scoring import registry
 from selectit.contract import RatingRequest
+from selectit.scoring import registry
 from selectit.scoring.openai_engine import (
     ECHO,
     TOKEN_IDS,
@@ -37,6 +36,7 @@ from selectit.scoring.openai_engine import (
     endpoint_host,
     normalize_endpoint,
 )
+from selectit.store import db
 from selectit.store.schema import LLM, Score
 
 KEY = "sk-test-7f3a9c1e5b"  # the API key: it must never show up in a log, a row or an error

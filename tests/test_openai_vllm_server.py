@@ -25,11 +25,16 @@ pytest.importorskip("vllm")
 import httpx  # noqa: E402
 from test_scorer import records, requests  # noqa: E402
 
-from selectit.store import db  # noqa: E402
-from selectit.scoring import loading
-from selectit.scoring import registry
 from selectit.contract import RatingRequest, render  # noqa: E402
-from selectit.scoring.openai_engine import ECHO, TOKEN_IDS, Endpoint, EndpointClient, OpenAIScorer  # noqa: E402
+from selectit.scoring import loading, registry
+from selectit.scoring.openai_engine import (  # noqa: E402
+    ECHO,
+    TOKEN_IDS,
+    Endpoint,
+    EndpointClient,
+    OpenAIScorer,
+)
+from selectit.store import db  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-vllm-test-5d1c0b"

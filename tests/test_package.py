@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import ROOT
 
-from selectit.store import db
-from selectit.scoring import registry
 from selectit.contract import CellStatus, JobStatus, Layout
+from selectit.scoring import registry
+from selectit.store import db
 from selectit.store.schema import Job, Prompt
 
 

@@ -11,16 +11,15 @@ import statistics
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from conftest import DEMO_DATA
 from test_fusion import THETA, seed, url_of
 
-from selectit.fusion import views as fusion
-from selectit.fusion import health
 from selectit.api import Store
-from selectit.store.db import session_scope
 from selectit.formulas import token_score
+from selectit.fusion import health
+from selectit.fusion import views as fusion
+from selectit.store.db import session_scope
 from selectit.store.schema import LLM, Sample, Score
-
-from conftest import DEMO_DATA
 
 K, N_PROMPTS, N_SAMPLES = 5, 3, 14
 

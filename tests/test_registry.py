@@ -10,14 +10,12 @@ import sqlalchemy as sa
 from conftest import REFERENCE_PROMPTS, reference_prompt_lines
 from tiny_model import build_tiny_model, build_tokenizer
 
-from selectit.store import db
-from selectit.scoring import registry
 from selectit.formulas import normalized, token_score
+from selectit.scoring import registry
 from selectit.scoring.labels import LabelError, label_token_ids
 from selectit.scoring.registry import RegistryError, render
+from selectit.store import db
 from selectit.store.schema import LLM, Prompt
-
-
 
 # -- token-level formulas, worked by hand ---------------------------------------------------------
 

@@ -11,11 +11,11 @@ from conftest import reference_prompt_lines
 from parity import max_delta, separate
 from tiny_model import build_tiny_model
 
-from selectit.store import db
+from selectit.contract import RatingRequest
 from selectit.scoring import registry
 from selectit.scoring.registry import render
-from selectit.contract import RatingRequest
 from selectit.scoring.torch_engine import ELLIPSIS, load_scorer
+from selectit.store import db
 
 
 def records(n: int, start: int = 0) -> list[dict]:

@@ -15,10 +15,13 @@ import pytest
 import torch
 from test_scorer import records, requests
 
+from selectit.scoring import loading, registry
+from selectit.scoring.torch_engine import (
+    CPU_MAX_BATCH_TOKENS,
+    load_scorer,
+    token_budget,
+)
 from selectit.store import db
-from selectit.scoring import loading
-from selectit.scoring import registry
-from selectit.scoring.torch_engine import CPU_MAX_BATCH_TOKENS, load_scorer, token_budget
 
 XEON_NO_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\nbogomips\t: 4000\n"
 ARM = "processor\t: 0\nFeatures\t: fp asimd asimddp\n"

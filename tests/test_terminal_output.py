@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import sqlalchemy as sa
-from test_fusion import seed
 from guards import invoke
+from test_fusion import seed
 
 from selectit.store.db import session_scope
 from selectit.store.schema import Sample

@@ -24,10 +24,10 @@ pytest.importorskip("vllm")
 from conftest import REFERENCE_PROMPTS, reference_prompt_lines  # noqa: E402
 from test_scorer import records, requests  # noqa: E402
 
-from selectit.store import db  # noqa: E402
-from selectit.scoring import registry
 from selectit.contract import RatingRequest  # noqa: E402
+from selectit.scoring import registry
 from selectit.scoring.preparation import ELLIPSIS  # noqa: E402
+from selectit.store import db  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

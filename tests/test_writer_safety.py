@@ -24,9 +24,9 @@ import yaml
 from click.testing import CliRunner
 from test_data_io import score_everything, write_alpaca_json
 
-from selectit.store import db
 from selectit.cli import main
 from selectit.io.writer import MANIFEST
+from selectit.store import db
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -262,8 +262,8 @@ def test_init_refuses_a_foreign_postgresql_database(postgres_url: str) -> None:
 # ------------------------------------------------------- 22.7 one transaction per ingest
 def test_a_parquet_file_corrupt_in_a_middle_row_group_commits_nothing(engine, db_url: str, tmp_path: Path,
                                                                        monkeypatch) -> None:
-    from selectit.io import readers as formats
     from selectit.io import ingest
+    from selectit.io import readers as formats
 
     monkeypatch.setattr(ingest, "CHUNK", 5)  # the rows before the bad group reach the database first
     monkeypatch.setattr(formats, "CHUNK", 5)

@@ -27,7 +27,15 @@ def _corpus(n: int = 300) -> list[str]:
 
 def build_tokenizer(split_digit: str | None = None, vocab_size: int = 600):
     """A fast BPE tokenizer; `split_digit="7"` makes that digit two tokens (to test refusal)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -58,7 +66,12 @@ def build_tiny_model(path: str | Path, *, split_digit: str | None = None, seed: 
     (`sliding_window` tokens) and full attention, to test packing on prompts longer than the window.
     """
     import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

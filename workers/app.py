@@ -39,17 +39,19 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery, signals
 
-from selectit.store import db
-from selectit.fusion import status
 from selectit.contract import JobStatus, ModelSpec, ScoringEngine
+from selectit.fusion import status
 from selectit.jobs.leases import requeue_expired as requeue_expired_jobs
 from selectit.jobs.leases import worker_id
 from selectit.jobs.planner import plan as plan_jobs
 from selectit.jobs.runner import Outcome, ScorerCache, run_job
-from selectit.store.schema import LLM, Job
 from selectit.settings import Settings
+from selectit.store import db
+from selectit.store.schema import LLM, Job
 
-from . import control  # this package: `workers` in a checkout, `selectit.workers` installed
+from . import (
+    control,  # this package: `workers` in a checkout, `selectit.workers` installed
+)
 
 log = logging.getLogger("selectit.workers")
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import duckdb
 
-from selectit.fusion import views as fusion
 from selectit.contract import valid_name
+from selectit.fusion import views as fusion
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,16 @@ import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit.store import db
 from selectit.contract import DEFAULT_TOP, valid_name
-from selectit.fusion.views import FusionError, dataset_id, params_of, require_scoring_setup, top_share_sql, validate_top
+from selectit.fusion.views import (
+    FusionError,
+    dataset_id,
+    params_of,
+    require_scoring_setup,
+    top_share_sql,
+    validate_top,
+)
+from selectit.store import db
 from selectit.store.schema import Dataset, Selection, SelectionSample
 
 

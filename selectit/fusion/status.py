@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit.store import db
 from selectit.contract import CellStatus, JobStatus
+from selectit.store import db
 from selectit.store.schema import ControlTick, Job, JobPrompt, Prompt, Score, utcnow
 
 #: A running job whose lease is over (its holder is likely gone; `requeue_expired` takes it back).
@@ -39,7 +39,9 @@ class StatusRow:
 
 def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
     """Per active model version × active prompt set: cells and jobs, and recent throughput."""
-    from selectit.fusion import views as fusion  # DuckDB: only when the status is asked for
+    from selectit.fusion import (
+        views as fusion,  # DuckDB: only when the status is asked for
+    )
 
     now = utcnow()
     since = now - dt.timedelta(seconds=window)

@@ -54,7 +54,6 @@ import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from selectit.store import db
 from selectit.contract import (  # noqa: F401 - the defaults are part of this module's interface
     DEFAULT_ALPHA,
     DEFAULT_FORMULA,
@@ -66,7 +65,9 @@ from selectit.contract import (  # noqa: F401 - the defaults are part of this mo
     valid_name,
 )
 from selectit.errors import NoSuchDataset, NoSuchModel, SelectitError
+from selectit.store import db
 from selectit.store.schema import MAX_SCALE
+
 TIE_RULE = "higher s_model first, then the earlier dataset position"
 
 

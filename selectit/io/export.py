@@ -39,8 +39,8 @@ from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import NoSuchSelection, SelectitError
+from selectit.io.writer import MANIFEST, WriteError, Writer, sha256_file
 from selectit.store import db
-from selectit.io.writer import MANIFEST, Writer, WriteError, sha256_file
 
 #: The file name used inside an output directory, per format.
 DATA_FILE = {"alpaca-json": "data.json", "jsonl": "data.jsonl", "sharegpt": "data.json",
@@ -963,8 +963,8 @@ def export_selection(
     import sqlalchemy as sa
 
     from selectit import __version__
-    from selectit.fusion import views as fusion
     from selectit.fusion import selection as sel
+    from selectit.fusion import views as fusion
     from selectit.store.schema import Dataset, DatasetSample, Selection, SelectionSample
 
     if not str(out).strip():

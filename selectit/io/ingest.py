@@ -27,8 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from selectit.store import db
-from selectit.store.db import is_postgres
+from selectit.contract import valid_name
 from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interface
     FORMATS,
     MAX_ORIGINAL_ID,
@@ -42,7 +41,8 @@ from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interf
     parse_column_map,
     render_conversation,
 )
-from selectit.contract import valid_name
+from selectit.store import db
+from selectit.store.db import is_postgres
 from selectit.store.schema import Dataset, Ingest, utcnow
 
 #: Records written per round trip (SQLite executemany); bounded memory for any file size.

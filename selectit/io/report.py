@@ -26,9 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from selectit.errors import SelectitError
-from selectit.store import db
-from selectit.fusion.views import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP, validate_top
+from selectit.fusion.views import (
+    DEFAULT_ALPHA,
+    DEFAULT_FORMULA,
+    DEFAULT_TOP,
+    validate_top,
+)
 from selectit.io.writer import MANIFEST, Writer, read_manifest
+from selectit.store import db
 
 #: Marked the index.html of reports written before the manifest (`selectit.io.writer.MANIFEST`) listed their files.
 MARKER = "<!-- selectit report -->"

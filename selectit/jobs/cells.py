@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from selectit.store import db
 from selectit.contract import CellResult, CellStatus
+from selectit.store import db
 from selectit.store.schema import MAX_SCALE, Job, JobSample, Score, utcnow
 
 

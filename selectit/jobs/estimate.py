@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit.store import db
 from selectit.contract import render
 from selectit.jobs.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
+from selectit.store import db
 from selectit.store.schema import LLM, Prompt, Sample, Throughput
 
 #: How many of a model version's most recent finished jobs its rate is taken over.

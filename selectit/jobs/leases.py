@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit.store import db
-from selectit.jobs.cells import cells_to_score, write_results
 from selectit.contract import CellResult, JobStatus
-from selectit.store.schema import Job, JobSample, utcnow
+from selectit.jobs.cells import cells_to_score, write_results
 from selectit.settings import Settings
+from selectit.store import db
+from selectit.store.schema import Job, JobSample, utcnow
 
 
 def worker_id() -> str:

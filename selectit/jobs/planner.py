@@ -22,13 +22,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit.store import db
-from selectit.store import lookups
 from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus
 from selectit.errors import NoSuchModel, SelectitError
 from selectit.scoring.registry import DEFAULT_PROMPT_SET
-from selectit.store.schema import LLM, Dataset, DatasetSample, Job, JobPrompt, JobSample, Prompt, utcnow
 from selectit.settings import Settings
+from selectit.store import db, lookups
+from selectit.store.schema import (
+    LLM,
+    Dataset,
+    DatasetSample,
+    Job,
+    JobPrompt,
+    JobSample,
+    Prompt,
+    utcnow,
+)
 
 MAX_SAMPLES_PER_JOB = 1_000
 #: Characters per token for the planner's estimate (English text, BPE tokenizers).

@@ -26,14 +26,35 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit.store import db
+from selectit.contract import (
+    CellResult,
+    JobStatus,
+    ModelSpec,
+    RatingRequest,
+    ScoringEngine,
+    render,
+    split_on_failure,
+)
 from selectit.jobs.cells import cells_to_score, write_results
-from selectit.contract import (CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, render,
-                               split_on_failure)
 from selectit.jobs.leases import claim, heartbeat, release, requeue_expired, worker_id
-from selectit.jobs.planner import missing_cells, open_jobs_in_scope, plan, resolve_scope, total_cells
-from selectit.store.schema import LLM, Job, JobSample, Prompt, Sample, Throughput, utcnow
+from selectit.jobs.planner import (
+    missing_cells,
+    open_jobs_in_scope,
+    plan,
+    resolve_scope,
+    total_cells,
+)
 from selectit.settings import Settings, SettingsError, variable
+from selectit.store import db
+from selectit.store.schema import (
+    LLM,
+    Job,
+    JobSample,
+    Prompt,
+    Sample,
+    Throughput,
+    utcnow,
+)
 from selectit.timing import phase
 
 if TYPE_CHECKING:

@@ -287,7 +287,12 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     `weight`, else `n_params`; with neither the model cannot join the model-level fusion.
     """
     from selectit.scoring import loading
-    from selectit.scoring.openai_engine import Endpoint, endpoint_fingerprint, normalize_endpoint, read_model_listing
+    from selectit.scoring.openai_engine import (
+        Endpoint,
+        endpoint_fingerprint,
+        normalize_endpoint,
+        read_model_listing,
+    )
 
     name = valid_name(name, "model")
     if not served_model.strip():

@@ -311,8 +311,9 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (creating the SQLite file if needed)."""
-    from alembic import command
     from alembic.util import CommandError
+
+    from alembic import command
 
     try:
         command.upgrade(alembic_config(url), revision)

@@ -10,9 +10,8 @@ The migrations in `migrations/` build this schema; `tests/test_store.py` checks 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
-
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     JSON,

@@ -1,0 +1,370 @@
+"""Commands that register raters and score: model add, models, prompts, score, plan, worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from selectit.cli.base import (
+    UserError,
+    console,
+    echo,
+    err_console,
+    handles_errors,
+    main,
+    print_table,
+    store,
+)
+from selectit.cli.options import _engine_choice, _engine_options, _scope_options
+from selectit.store import db
+
+
+@main.command()
+@_scope_options
+@_engine_options
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
+              help="Samples per committed batch (a kill loses at most one batch).")
+@click.option("--concurrency", type=click.IntRange(1), default=None, metavar="N",
+              help="openai engine: requests in flight at once [32].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--estimate", is_flag=True,
+              help="Only print what scoring would cost (cells, prompt tokens, forwards, time); score and write nothing.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print where the command's time went: start-up, store, model load, scoring, DB writes.")
+@click.pass_context
+@handles_errors
+def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
+          batch_size: int, quiet: bool, estimate: bool, verbose: bool, **engine_options: Any) -> None:
+    """Score the missing (sample, model, prompt) cells here, in this process.
+
+    Only cells never scored (or failed, below the attempt limit) are computed, through the same
+    job code the Celery workers run. Ctrl-C is safe: what was written stays written and a rerun
+    continues; a run killed outright is taken over by the next one.
+
+    \b
+    Example:
+      selectit score --dataset alpaca --model smollm2
+      selectit score              # every dataset × active model × active prompt set
+      selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
+      selectit score --dataset alpaca --estimate   # the cost first: tokens, forwards, time
+      selectit score -v           # and where the time went
+      selectit score --model served-llama --concurrency 64 --batch-size 64
+    """
+    import time
+
+    from selectit import timing
+
+    if estimate:
+        _print_estimates(ctx, dataset, model, prompt_set, engine_options.get("engine"))
+        return
+    t0, started = time.perf_counter(), timing.process_age()
+    if started is not None:
+        timing.PHASES["start-up and imports"] = started
+    options = _engine_choice(engine_options)
+    with timing.phase("store"):
+        opened = store(ctx)
+    with _ScoringBar(enabled=not quiet) as bar:
+        summary = opened.score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
+                               batch_size=batch_size, engine=options)
+    line = (f"scored {summary.scored} cells, failed {summary.failed}, "
+            f"skipped {summary.skipped} already scored")
+    if summary.interrupted:
+        err_console.print(f"interrupted: {line}. Run the same command again to continue.")
+        ctx.exit(130)
+    console.print(line + ".")
+    if summary.failed:
+        console.print("Failed cells are retried by the next `selectit score`; `selectit status` lists them.")
+    if verbose:
+        total = time.perf_counter() - t0 + (started or 0.0)
+        console.print(f"time: {total:.2f} s in all" + ("" if started is not None else " (start-up not known here)"),
+                      highlight=False)
+        for text in timing.breakdown(total):
+            console.print(text, highlight=False, markup=False)
+
+
+def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
+                     engine: str | None) -> None:
+    """`score --estimate` / `plan --dry-run`: the cost per model version, one line each."""
+    estimates = store(ctx).estimate(dataset=dataset, model=model, prompt_set=prompt_set, engine=engine)
+    for e in estimates:
+        echo(e.line())
+    echo("Nothing was scored or written (estimate only).")
+
+
+class _ScoringBar:
+    """`selectit score`'s progress bar (cells, cells/s, ETA), drawn from the runner's reports."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def __enter__(self) -> _ScoringBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def start(self, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                             TextColumn("{task.fields[rate]} cells/s"), TimeRemainingColumn(), console=console)
+        self._task = self._bar.add_task("scoring", total=total, rate="–")
+        self._clock, self._t0, self._done = time.monotonic, time.monotonic(), 0
+        self._bar.start()
+
+    def advance(self, cells: int) -> None:
+        if self._bar is not None:
+            self._done += cells
+            rate = self._done / max(self._clock() - self._t0, 1e-9)
+            self._bar.update(self._task, advance=cells, rate=f"{rate:.1f}")
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
+
+
+@main.command()
+@_scope_options
+@click.option("--enqueue/--no-enqueue", default=True, show_default=True,
+              help="Send the new jobs to the broker ($SELECTIT_BROKER_URL).")
+@click.option("--dry-run", is_flag=True,
+              help="Only print what scoring would cost (cells, prompt tokens, forwards, time); plan and write nothing.")
+@click.pass_context
+@handles_errors
+def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
+         enqueue: bool, dry_run: bool) -> None:
+    """Turn the missing cells into jobs and send them to the workers' queues now.
+
+    The beat scheduler does the same every $SELECTIT_PLAN_INTERVAL seconds; planning twice never
+    puts a cell in two jobs.
+
+    \b
+    Example:
+      export SELECTIT_DATABASE_URL=postgresql://selectit@db/selectit
+      selectit plan --model smollm2
+      selectit plan --dry-run      # the cost first: tokens, forwards, time per model
+    """
+    if dry_run:
+        _print_estimates(ctx, dataset, model, prompt_set, None)
+        return
+    result = store(ctx).plan(dataset=dataset, model=model, prompt_set=prompt_set, enqueue=enqueue)
+    console.print(f"planned {result.planned} new job(s), sent {result.sent} to the broker"
+                  + (f"; re-sent {result.resent} queued job(s) whose queue was empty." if result.resent else "."))
+
+
+@main.command()
+@_engine_options
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME",
+              help="Serve this model's queue (repeatable). Without it: only the control queue.")
+@click.option("--concurrency", "-c", default=None, type=click.IntRange(1),
+              help="Tasks run at once (keep 1 per GPU) [1]; with --engine openai: requests in flight [32], "
+                   "one task at a time.")
+@click.option("--pool", default="solo", show_default=True, type=click.Choice(["solo", "prefork"]),
+              help="solo for a GPU (a CUDA model cannot be forked); prefork for several CPU processes.")
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Also keep the fleet's clock: requeue expired leases and plan new cells on schedule, "
+                   "on a thread of this worker (one worker of the fleet does each tick).")
+@click.pass_context
+@handles_errors
+def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None, pool: str, control: bool,
+           **engine_options: Any) -> None:
+    """Start a Celery worker bound to a model's queue ($SELECTIT_BROKER_URL).
+
+    With --control (the default) the worker also requeues a dead worker's job and plans new
+    datasets on schedule ($SELECTIT_REQUEUE_INTERVAL, $SELECTIT_PLAN_INTERVAL), on a thread of
+    its own, while it scores: no separate control worker or beat is needed. Celery runs
+    --without-gossip --without-mingle: workers need nothing from each other (jobs are claimed in
+    the database), and gossip raised AttributeError on every Redis restart.
+
+    \b
+    Example:
+      export SELECTIT_DATABASE_URL=postgresql://selectit@db/selectit
+      export SELECTIT_BROKER_URL=redis://:secret@queue:6379/0
+      selectit worker --model smollm2
+      selectit worker --model llama2-70b --engine vllm --tensor-parallel-size 4
+      selectit worker --model served-llama --engine openai --concurrency 64
+    """
+    import os
+
+    # The worker's tasks read the engine options from the environment: Celery starts them.
+    options = _engine_choice(engine_options)
+    if options.engine == "openai":  # the requests run concurrently inside one task
+        if concurrency is not None:
+            options = _engine_choice({**engine_options, "concurrency": concurrency})
+        concurrency = 1
+    options.export()
+    store(ctx).require_models(models)
+    if ctx.obj["db_url"]:
+        os.environ[db.URL_ENV] = ctx.obj["db_url"]  # the worker's tasks open the same database
+    from selectit.workers.app import CONTROL_QUEUE, app, queue_for
+
+    queues = [queue_for(m) for m in models] + ([CONTROL_QUEUE] if control or not models else [])
+    node = f"{'+'.join(models) or 'control'}@%h"
+    app.worker_main(["worker", "-Q", ",".join(queues), "--pool", pool, "--concurrency", str(concurrency or 1),
+                     "-n", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
+
+
+@main.group("model")
+def model_group() -> None:
+    """Register LLMs that rate the samples (see `selectit models`).
+
+    \b
+    Example:
+      selectit model add smol --source smollm2-135m
+    """
+
+
+@model_group.command("add")
+@click.argument("name")
+@click.option("--source", default=None, metavar="HUB_ID|DIR|FILE.gguf",
+              help="A hub id (from the local cache), a model directory, a .gguf file, "
+                   "or an alias: smollm2-135m, gemma3-270m.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "int8"]), default=None,
+              help="Weights dtype, part of the model version; int8 = linear layers quantised to int8 (CPU only) "
+                   "[default: bfloat16 on a GPU or a CPU with native bf16, else float32].")
+@click.option("--weight", type=float, default=None, metavar="θ",
+              help="Model-level weight [default: the parameter count].")
+@click.option("--max-tokens", type=int, default=None, metavar="N",
+              help="Context used for truncation [default: 4096, capped by the model's own].")
+@click.option("--endpoint", default=None, metavar="URL",
+              help="Instead of --source: the model is served by this OpenAI-compatible server, e.g. "
+                   "http://10.0.0.5:8000/v1 (scored with the openai engine).")
+@click.option("--served-model", default=None, metavar="ID",
+              help="With --endpoint: the model id the server serves (see its /v1/models).")
+@click.option("--tokenizer", default=None, metavar="DIR|HUB_ID|FILE.gguf",
+              help="With --endpoint: the served model's tokenizer, for label ids, truncation and token "
+                   "counts [default: --served-model as a hub id in the local cache].")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="With --endpoint: the environment variable holding the API key (read at run time, never "
+                   "stored).")
+@click.option("--params", "n_params", type=int, default=None, metavar="N",
+              help="With --endpoint: the served model's parameter count, its θ unless --weight is given "
+                   "(a server does not report it).")
+@click.pass_context
+@handles_errors
+def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | None, weight: float | None,
+              max_tokens: int | None, endpoint: str | None, served_model: str | None, tokenizer: str | None,
+              api_key_env: str | None, n_params: int | None) -> None:
+    """Register model NAME, or a new version of it (other weights or dtype, or another deployment).
+
+    Loads the tokenizer and config (not the weights), derives the token ids of the labels 1..9,
+    counts the parameters and fingerprints the weights. Adding the same weights and dtype again
+    changes nothing; other weights or another dtype make a new version and deactivate the old one.
+
+    With --endpoint the model is served by an OpenAI-compatible server (vLLM, SGLang, TGI,
+    llama.cpp, a hosted API): its version is the served model id plus what the server's
+    /v1/models says of it; θ comes from --weight or --params (without either the model cannot
+    join a model-level fusion with other models).
+
+    \b
+    Example:
+      selectit model add smol --source smollm2-135m --dtype float32
+      selectit model add gemma --source gemma3-270m
+      selectit model add smol8 --source smollm2-135m --dtype int8
+      selectit model add llama --endpoint http://10.0.0.5:8000/v1 --served-model meta-llama/Llama-2-7b-hf \\
+          --tokenizer ./Llama-2-7b-hf --params 6738415616 --api-key-env LLAMA_API_KEY
+    """
+    from selectit.scoring import loading
+
+    served = {"--served-model": served_model, "--tokenizer": tokenizer, "--api-key-env": api_key_env,
+              "--params": n_params}
+    if (source is None) == (endpoint is None):
+        raise UserError("give either --source (a local model) or --endpoint with --served-model (a served model)")
+    if endpoint is None and any(v is not None for v in served.values()):
+        given = ", ".join(k for k, v in served.items() if v is not None)
+        raise UserError(f"{given} go with --endpoint (a served model), not with --source")
+    if endpoint is not None and (served_model is None or dtype is not None):
+        raise UserError("--endpoint needs --served-model ID" if served_model is None else
+                        "--dtype does not apply to a served model (the server chooses it)")
+    warning = loading.half_precision_warning(dtype) if dtype else None
+    if warning:
+        err_console.print(warning, highlight=False, markup=False)
+    if endpoint is not None:
+        m = store(ctx).add_served_model(name, endpoint, served_model, tokenizer=tokenizer, api_key_env=api_key_env,
+                                        weight=weight, n_params=n_params, max_tokens=max_tokens)
+    else:
+        m = store(ctx).add_model(name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+    word = "added" if m.added else "unchanged"
+    if m.endpoint:
+        theta = (f"θ {m.weight:g}" if m.weight is not None else f"{m.n_params:,} parameters"
+                 if m.n_params is not None else "no θ (give --weight or --params to fuse it with other models)")
+        console.print(f"model {m.name} {word}: version {m.id}, {m.served_model} served at {m.endpoint}, {theta}, "
+                      f"deployment {m.fingerprint[:12]}…")
+        return
+    console.print(f"model {m.name} {word}: version {m.id}, {m.dtype}, {m.n_params:,} parameters, "
+                  f"weights {m.fingerprint[:12]}…")
+
+
+@main.command()
+@click.pass_context
+@handles_errors
+def models(ctx: click.Context) -> None:
+    """List model versions: id, name, dtype, parameters, weight, active, source.
+
+    \b
+    Example:
+      selectit models
+    """
+    rows = [(m.id, m.name, m.dtype, f"{m.n_params:,}" if m.n_params is not None else "",
+             m.weight if m.weight is not None else "", "yes" if m.active else "no",
+             f"{m.served_model} at {m.endpoint}" if m.endpoint else m.source) for m in store(ctx).models()]
+    print_table(None, ["id", "name", "dtype", "params", "weight", "active", "source"], rows)
+
+
+@main.group("prompts", invoke_without_command=True)
+@click.pass_context
+@handles_errors
+def prompts_group(ctx: click.Context) -> None:
+    """List prompt sets: layout, scale, active prompts and all versions.
+
+    The built-in set `default` (shared-context layout, 5 prompts, scale 1-5) is created by
+    `selectit init`.
+
+    \b
+    Example:
+      selectit prompts
+      selectit prompts import prompts.txt --set ref --layout reference --first 5
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = store(ctx).prompt_sets()
+    print_table(None, ["set", "layout", "scale", "active", "versions"], rows)
+
+
+@prompts_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "set_name", required=True, help="The prompt set to create or update.")
+@click.option("--layout", type=click.Choice(["reference", "shared-context"]), required=True,
+              help="reference: the authors' layout, a line is the prompt; shared-context: a line is a template "
+                   "with {instruction} {input} {output} (\\n for line breaks) ending with ': '.")
+@click.option("--first", type=int, default=None, metavar="K", help="Use only the first K lines.")
+@click.option("--scale", type=int, default=5, show_default=True, help="Labels 1..SCALE (2 to 9).")
+@click.pass_context
+@handles_errors
+def prompts_import(ctx: click.Context, file: str, set_name: str, layout: str, first: int | None, scale: int) -> None:
+    """Make the lines of FILE the prompts of a set (one prompt per line).
+
+    A changed line makes a new prompt version and deactivates the old one; unchanged lines keep
+    their version (and their scores).
+
+    \b
+    Example:
+      selectit prompts import reference_rating_prompts.txt --set reference --layout reference --first 5
+    """
+    ids = store(ctx).import_prompts(file, set_name, layout, first=first, scale=scale)
+    console.print(f"prompt set {set_name}: {len(ids)} active prompts ({layout}, scale {scale}), "
+                  f"versions {', '.join(map(str, ids))}")
