@@ -361,6 +361,8 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
                 raise _foreign_store_error(plain, tables)
     except sa.exc.DBAPIError as exc:
         raise StoreError(explain_error(exc, url) or f"cannot open the database {shown_url(url)}") from exc
+    except (ValueError, TypeError) as exc:  # a URL part the driver refuses (`?timeout=abc`)
+        raise StoreError(f"the database URL {shown_url(url)} has a bad part: {exc}") from None
     finally:
         plain.dispose()
 
