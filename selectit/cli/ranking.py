@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -333,7 +335,44 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         )
 
         keys = fusion.unique_names(columns)
-        echo(json.dumps([dict(zip(keys, map(fusion.json_value, r))) for r in rows], ensure_ascii=False, indent=2,
+        echo(json.dumps([dict(zip(keys, map(json_value, r))) for r in rows], ensure_ascii=False, indent=2,
                         default=str, allow_nan=False))
     else:
         print_table(None, columns, rows)
+
+
+# -- sql --format json: the rows as JSON objects ----------------------------------------------
+def unique_names(columns: Sequence[str]) -> list[str]:
+    """Column names made unique for JSON objects: a repeated `a` becomes `a_2`, `a_3`, …
+
+    >>> unique_names(["a", "b", "a", "a_2"])
+    ['a', 'b', 'a_3', 'a_2']
+    """
+    taken = set(columns)
+    seen: set[str] = set()
+    out = []
+    for name in columns:
+        if name in seen:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            taken.add(f"{name}_{n}")
+            name = f"{name}_{n}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def json_value(value: Any) -> Any:
+    """A result value for JSON: NaN and ±Infinity (no JSON numbers) become null.
+
+    >>> [json_value(float("nan")), json_value(1.5), json_value("x")]
+    [None, 1.5, 'x']
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return value

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
-from selectit.errors import NoSuchSelection, SelectitError
-from selectit.io.writer import MANIFEST, WriteError, Writer, sha256_file
+from selectit.errors import NoSuchSelection
+from selectit.io.writer import WriteError, Writer, sha256_file
 from selectit.store import db
 
 #: The file name used inside an output directory, per format.

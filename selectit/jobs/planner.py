@@ -28,11 +28,8 @@ from selectit.scoring.registry import DEFAULT_PROMPT_SET
 from selectit.settings import Settings
 from selectit.store import db, lookups
 from selectit.store.schema import (
-    LLM,
-    Dataset,
     DatasetSample,
     Job,
-    JobPrompt,
     JobSample,
     Prompt,
     utcnow,

@@ -115,7 +115,7 @@ class EngineOptions:
         shown = repr(self.vllm_args if len(self.vllm_args or "") <= 80 else self.vllm_args[:80] + "…")
         try:
             value = json.loads(self.vllm_args or "{}")
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise EngineError(f"--vllm-args / ${ENV['vllm_args']} must be a JSON object, not {shown}") from None
         if not isinstance(value, dict):
             raise EngineError(f"--vllm-args / ${ENV['vllm_args']} must be a JSON object, not {shown}")
