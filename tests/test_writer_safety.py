@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner
+from guards import snapshot
 from test_data_io import score_everything, write_alpaca_json
 
 from selectit.cli import main
@@ -70,17 +71,6 @@ def tree(directory: Path) -> dict[str, str]:
         else:
             out[rel] = "special"
     return out
-
-
-def snapshot(db_url: str) -> dict[str, list[tuple]]:
-    engine = db.make_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = sorted(sa.inspect(conn).get_table_names())
-            return {t: sorted(map(tuple, conn.execute(sa.text(f'SELECT * FROM "{t}"')).all()), key=repr)
-                    for t in tables}
-    finally:
-        engine.dispose()
 
 
 def front_matter(card: Path) -> dict:

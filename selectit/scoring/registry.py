@@ -262,12 +262,7 @@ def add_model(session: Session, name: str, source: str, dtype: str | None = None
             same.weight = weight
         if max_tokens is not None:
             same.max_tokens = max_tokens
-    for v in versions:
-        if v is not same:
-            v.active = False
-    same.active = True
-    session.flush()
-    return same
+    return _activate(session, versions, same)
 
 
 #: The dtype column of a served model: the server's own choice, not selectit's.
@@ -334,12 +329,16 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
         if max_tokens is not None:
             same.max_tokens = max_tokens
         same.api_key_env = api_key_env
+    return _activate(session, versions, same)
+
+
+def _activate(session: Session, versions: list[LLM], active: LLM) -> LLM:
+    """Make `active` the one active version of its model (the others keep their scores for audit)."""
     for v in versions:
-        if v is not same:
-            v.active = False
-    same.active = True
+        v.active = False
+    active.active = True
     session.flush()
-    return same
+    return active
 
 
 def _reading(src: Any, read: Any) -> Any:
