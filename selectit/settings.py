@@ -60,7 +60,7 @@ class Settings:
     broker_url: str = "redis://localhost:6379/0"
     #: Seconds to wait for the broker to accept a connection or answer (a silent one never hangs us).
     broker_timeout: float = 10.0
-    #: Seconds between the beat scheduler's plans, and between its expired-lease sweeps.
+    #: Seconds between the control loop's plans, and between its expired-lease sweeps.
     plan_interval: float = 60.0
     requeue_interval: float = 30.0
 

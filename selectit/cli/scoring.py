@@ -149,7 +149,7 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
          enqueue: bool, dry_run: bool) -> None:
     """Turn the missing cells into jobs and send them to the workers' queues now.
 
-    The beat scheduler does the same every $SELECTIT_PLAN_INTERVAL seconds; planning twice never
+    The workers' control loop does the same every $SELECTIT_PLAN_INTERVAL seconds; planning twice never
     puts a cell in two jobs.
 
     \b
