@@ -330,11 +330,7 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
         writer.writerows(rows)
         echo(buffer.getvalue().removesuffix("\n"))
     elif fmt == "json":
-        from selectit.fusion import (
-            views as fusion,  # its JSON helpers: the rows are DuckDB's values
-        )
-
-        keys = fusion.unique_names(columns)
+        keys = unique_names(columns)
         echo(json.dumps([dict(zip(keys, map(json_value, r))) for r in rows], ensure_ascii=False, indent=2,
                         default=str, allow_nan=False))
     else:

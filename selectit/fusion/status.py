@@ -39,9 +39,7 @@ class StatusRow:
 
 def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
     """Per active model version × active prompt set: cells and jobs, and recent throughput."""
-    from selectit.fusion import (
-        views as fusion,  # DuckDB: only when the status is asked for
-    )
+    from selectit.fusion import views as fusion  # DuckDB: only when the status is asked for
 
     now = utcnow()
     since = now - dt.timedelta(seconds=window)
