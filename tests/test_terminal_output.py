@@ -87,3 +87,17 @@ def test_control_characters_are_escaped_on_a_terminal_and_exact_in_a_pipe(engine
     assert piped == ("instruction\n" + CONTROL + "\n").encode(), piped
     ranked = _run(["--db", db_url, "rank", "--dataset", "d", "--prompt-set", "s"], terminal=True)
     assert b"\x1b]0;" not in ranked and rb"\x1b]0;pwned" in ranked, ranked
+
+
+def test_model_add_says_what_it_is_doing_on_a_terminal_only(tmp_path: Path) -> None:
+    """Registering a GGUF takes a minute: a terminal sees a spinner naming the step; a pipe gets the
+    result line alone."""
+    from tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    on_terminal = _run(["--db", f"sqlite:///{tmp_path / 'a.db'}", "model", "add", "tiny", "--source", str(model)],
+                       terminal=True)
+    assert b"registering tiny: reading" in on_terminal and b"model tiny added" in on_terminal
+    piped = _run(["--db", f"sqlite:///{tmp_path / 'b.db'}", "model", "add", "tiny", "--source", str(model)],
+                 terminal=False)
+    assert b"registering" not in piped and b"model tiny added: version 1" in piped

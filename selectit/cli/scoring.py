@@ -297,7 +297,10 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
         m = store(ctx).add_served_model(name, endpoint, served_model, tokenizer=tokenizer, api_key_env=api_key_env,
                                         weight=weight, n_params=n_params, max_tokens=max_tokens)
     else:
-        m = store(ctx).add_model(name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
+        # Hashing and reading a GGUF of a few hundred MB takes a minute: say what is going on.
+        with err_console.status(f"registering {name}: reading {source} (hashing the weights, the tokenizer's "
+                                f"label ids, counting parameters)…"):
+            m = store(ctx).add_model(name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
     word = "added" if m.added else "unchanged"
     if m.endpoint:
         theta = (f"θ {m.weight:g}" if m.weight is not None else f"{m.n_params:,} parameters"
