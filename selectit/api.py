@@ -267,18 +267,22 @@ class Store:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
 
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
-        an object with ``start(total)`` and ``advance(n)`` (the CLI passes its own bar).
+        a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``; the
+        CLI passes its own bar).
         `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
 
             >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
         from selectit.jobs.runner import score_in_process
 
-        if progress is True:
-            progress = _TqdmProgress()
-        return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
-                                progress=progress, batch_size=batch_size, engine_options=engine,
-                                settings=self.settings)
+        bar = _TqdmProgress() if progress is True else None
+        try:
+            return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
+                                    progress=bar or progress, batch_size=batch_size, engine_options=engine,
+                                    settings=self.settings)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
              enqueue: bool = True) -> PlanResult:
@@ -586,15 +590,22 @@ class _TqdmProgress:
 
         self._bar = tqdm(total=total, unit="cell", desc="scoring", smoothing=0.1)
 
-    def advance(self, cells: int) -> None:
+    def computed(self, cells: int) -> None:
         if self._bar is not None:
-            self._bar.update(cells)
+            self._bar.update(min(cells, (self._bar.total or 0) - self._bar.n))
             if self._bar.n >= (self._bar.total or 0):
                 self._bar.close()
+
+    def advance(self, cells: int) -> None:
+        """Cells written: the bar shows them computed already."""
 
     def note(self, text: str) -> None:
         if self._bar is not None:
             self._bar.write(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _as_arrow(data: Any) -> pa.Table | None:

@@ -448,3 +448,33 @@ def test_a_failed_cell_of_a_job_still_open_at_the_last_plan_is_retried_when_the_
     with db.session_scope(engine) as session:
         session.execute(sa.text("UPDATE jobs SET status = 'done'"))
     assert _cells_of(engine, planner.plan(engine)) == {cell}
+
+
+def test_progress_hears_of_cells_as_computed_before_their_batch_is_written(engine, tmp_path, tiny_dir,
+                                                                          monkeypatch) -> None:
+    """The score bar moves per request: `computed` reports come before the batch's `advance`."""
+    seed(engine, tmp_path, "d", DEMO[:6])
+    add_model(engine, "tiny", tiny_dir)
+    monkeypatch.setenv("SELECTIT_SCORER", "scorer_hooks:per_request")
+    events: list[tuple[str, int]] = []
+
+    class Recorder:
+        def start(self, total: int) -> None:
+            events.append(("start", total))
+
+        def computed(self, cells: int) -> None:
+            events.append(("computed", cells))
+
+        def advance(self, cells: int) -> None:
+            events.append(("advance", cells))
+
+        def note(self, text: str) -> None:
+            pass
+
+    summary = runner.score_in_process(engine, progress=Recorder(), batch_size=3)
+    assert summary.scored == 6 * 5 and events[0] == ("start", 30)
+    kinds = [k for k, _ in events[1:]]
+    assert sum(n for k, n in events if k == "computed") == 30 and sum(n for k, n in events if k == "advance") == 30
+    # per request (6) and per written batch (2, from the writer thread: in any order after them)
+    assert kinds.count("computed") == 6 and kinds.count("advance") == 2
+    assert kinds[:3] == ["computed"] * 3  # the first batch's cells are reported before anything is written

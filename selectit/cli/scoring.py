@@ -93,7 +93,11 @@ def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None,
 
 
 class _ScoringBar:
-    """`selectit score`'s progress bar (cells, cells/s, ETA), drawn from the runner's reports."""
+    """`selectit score`'s progress bar, drawn from the runner's reports: cells computed (it moves
+    per request, not per committed batch), cells written, a smoothed rate and the time left."""
+
+    #: Seconds over which the rate is smoothed (an exponential moving average in time).
+    RATE_TIME_CONSTANT = 20.0
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
@@ -121,16 +125,32 @@ class _ScoringBar:
         )
 
         self._bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                             TextColumn("{task.fields[rate]} cells/s"), TimeRemainingColumn(), console=console)
-        self._task = self._bar.add_task("scoring", total=total, rate="–")
-        self._clock, self._t0, self._done = time.monotonic, time.monotonic(), 0
+                             TextColumn("{task.fields[rate]} cells/s, {task.fields[written]} written"),
+                             TimeRemainingColumn(), console=console)
+        self._task = self._bar.add_task("scoring", total=total, rate="–", written=0)
+        self._total, self._computed, self._written = total, 0, 0
+        self._clock = time.monotonic
+        self._last, self._rate = self._clock(), None
         self._bar.start()
+
+    def computed(self, cells: int) -> None:
+        if self._bar is None:
+            return
+        import math
+
+        now = self._clock()
+        dt, self._last = max(now - self._last, 1e-6), now
+        instant = cells / dt
+        # Weighted by the time each report covers: a burst of small batches cannot swing it.
+        weight = 1.0 - math.exp(-dt / self.RATE_TIME_CONSTANT)
+        self._rate = instant if self._rate is None else self._rate + weight * (instant - self._rate)
+        self._computed += cells  # a batch split after a failure is computed again: the bar stops at the total
+        self._bar.update(self._task, completed=min(self._computed, self._total), rate=f"{self._rate:.1f}")
 
     def advance(self, cells: int) -> None:
         if self._bar is not None:
-            self._done += cells
-            rate = self._done / max(self._clock() - self._t0, 1e-9)
-            self._bar.update(self._task, advance=cells, rate=f"{rate:.1f}")
+            self._written += cells
+            self._bar.update(self._task, written=self._written)
 
     def note(self, text: str) -> None:
         if self._bar is not None:

@@ -39,7 +39,8 @@ class StatusRow:
 
 def status_rows(engine: Engine, *, window: float = 600.0) -> list[StatusRow]:
     """Per active model version × active prompt set: cells and jobs, and recent throughput."""
-    from selectit.fusion import views as fusion  # DuckDB: only when the status is asked for
+    # DuckDB: only when the status is asked for
+    from selectit.fusion import views as fusion
 
     now = utcnow()
     since = now - dt.timedelta(seconds=window)

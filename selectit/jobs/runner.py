@@ -112,12 +112,16 @@ def _in_batches(requests: list[RatingRequest], batch_size: int) -> list[list[Rat
     return batches
 
 
-def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest]) -> list[CellResult]:
-    """Score a batch; where the engine raises, isolate the requests that fail on their own."""
+def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest],
+                 computed: Callable[[int], None] | None = None) -> list[CellResult]:
+    """Score a batch; where the engine raises, isolate the requests that fail on their own.
+
+    `computed(n)` hears of cells as the engine finishes them, before the batch is written.
+    """
     def per_request(reqs: list[RatingRequest]) -> list[list[CellResult]]:
         owner = {(r.sample_id, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
         grouped: list[list[CellResult]] = [[] for _ in reqs]
-        for cell in scorer.score(reqs):
+        for cell in scorer.score(reqs, computed):
             grouped[owner[cell.sample_id, cell.prompt_id]].append(cell)
         return grouped
 
@@ -237,6 +241,7 @@ def mark_done(session: Session, job_id: int, worker: str) -> bool:
 
 def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             on_cells: Callable[[int, int], None] | None = None,
+            on_computed: Callable[[int], None] | None = None,
             settings: Settings | None = None, lease: float | None = None,
             batch_size: int | None = None) -> JobOutcome:
     """Claim job `job_id`, score its still-missing cells in committed batches, mark it done.
@@ -244,7 +249,8 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     `scorer_for(model)` gives the (cached) engine of a model version; it is called before the
     claim, so a slow model load does not eat the lease. Batches are written (with the lease
     renewal) by a `BatchWriter` beside the scorer; a killed runner loses at most
-    `BATCHES_IN_FLIGHT` batches. `on_cells(ok, failed)` is called, on this thread, for each
+    `BATCHES_IN_FLIGHT` batches. `on_computed(n)` is called as the engine finishes cells (a progress
+    bar that moves per request), `on_cells(ok, failed)`, on this thread, for each
     committed batch. Safe to call for a job that is done or held by another worker: it returns
     `Outcome.SKIPPED` and scores nothing. `lease` and `batch_size` override `settings`.
     """
@@ -289,7 +295,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         writer = BatchWriter(engine, job_id, job.model_id, worker, lease, scorer.engine, scorer.engine_version)
         for i, requests in enumerate(batches):
             with phase("scoring"):
-                results = _score_batch(scorer, requests)
+                results = _score_batch(scorer, requests, on_computed)
             with phase("DB writes (waiting for the writer)"):
                 writer.put(results, last=i == len(batches) - 1)
             report(writer)
@@ -423,6 +429,9 @@ class ScoreProgress(Protocol):
     def advance(self, cells: int) -> None:
         """`cells` more cells were written (ok or failed)."""
 
+    def computed(self, cells: int) -> None:
+        """`cells` more cells were computed by the engine (written with their batch later)."""
+
     def note(self, text: str) -> None:
         """Something worth a line: waiting for other workers, a failed job."""
 
@@ -488,7 +497,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
             for job_id in todo:
                 tried.add(job_id)
                 out = run_job(engine, job_id, cache, worker, batch_size=batch_size, on_cells=on_cells,
-                              settings=settings)
+                              on_computed=progress.computed if progress else None, settings=settings)
                 if out.status == Outcome.DONE:
                     summary.jobs += 1
                 elif out.status == Outcome.RETRY:
