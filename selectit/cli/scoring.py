@@ -11,6 +11,7 @@ from selectit.cli.base import (
     console,
     echo,
     err_console,
+    for_terminal,
     handles_errors,
     main,
     print_table,
@@ -318,8 +319,11 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
                                         weight=weight, n_params=n_params, max_tokens=max_tokens)
     else:
         # Hashing and reading a GGUF of a few hundred MB takes a minute: say what is going on.
-        with err_console.status(f"registering {name}: reading {source} (hashing the weights, the tokenizer's "
-                                f"label ids, counting parameters)…"):
+        from rich.text import Text  # plain text: a name like `x[/y]` is no markup
+
+        # Shown on a terminal only: control characters escaped, as everywhere there.
+        with err_console.status(Text(for_terminal(f"registering {name}: reading {source} (hashing the weights, "
+                                                  f"the tokenizer's label ids, counting parameters)…"))):
             m = store(ctx).add_model(name, source, dtype=dtype, weight=weight, max_tokens=max_tokens)
     word = "added" if m.added else "unchanged"
     if m.endpoint:
