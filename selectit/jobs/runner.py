@@ -296,10 +296,10 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         for i, requests in enumerate(batches):
             with phase("scoring"):
                 results = _score_batch(scorer, requests, on_computed)
-            with phase("DB writes (waiting for the writer)"):
+            with phase("DB writes"):
                 writer.put(results, last=i == len(batches) - 1)
             report(writer)
-        with phase("DB writes (waiting for the writer)"):
+        with phase("DB writes"):
             writer.close()
         report(writer)
         if not batches:  # nothing left to score: no batch to carry the end

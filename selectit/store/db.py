@@ -216,7 +216,7 @@ def make_engine(url: str | None = None) -> Engine:
     try:
         return _create_engine(resolve_url(url))
     except (ValueError, TypeError) as exc:
-        raise StoreError(f"the database URL {shown_url(url)} has a bad part: {exc}") from None
+        raise _bad_url_part(url, exc) from None
 
 
 def _create_engine(url: str) -> Engine:
@@ -346,6 +346,11 @@ def _foreign_store_error(engine: Engine, tables: list[str]) -> StoreError:
     )
 
 
+def _bad_url_part(url: str | None, exc: Exception) -> StoreError:
+    """A URL part the driver refuses when it connects (`?timeout=abc`, `?check_same_thread=maybe`)."""
+    return StoreError(f"the database URL {shown_url(url)} has a bad part: {exc}")
+
+
 def _refuse_foreign_sqlite(url: str | None) -> None:
     """Refuse another application's SQLite database before `make_engine` connects: its WAL pragma
     would rewrite the file's header. Read with a plain connection, which changes nothing."""
@@ -353,7 +358,10 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
     resolved = resolve_url(url)
     if not resolved.startswith("sqlite"):
         return
-    plain = sa.create_engine(resolved)
+    try:
+        plain = sa.create_engine(resolved)
+    except (ValueError, TypeError) as exc:  # a URL part the driver refuses (`?check_same_thread=maybe`)
+        raise _bad_url_part(url, exc) from None
     try:
         if current_revision(plain) is None:
             tables = _foreign_tables(plain)
@@ -362,7 +370,7 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
     except sa.exc.DBAPIError as exc:
         raise StoreError(explain_error(exc, url) or f"cannot open the database {shown_url(url)}") from exc
     except (ValueError, TypeError) as exc:  # a URL part the driver refuses (`?timeout=abc`)
-        raise StoreError(f"the database URL {shown_url(url)} has a bad part: {exc}") from None
+        raise _bad_url_part(url, exc) from None
     finally:
         plain.dispose()
 
