@@ -1,7 +1,8 @@
 """The one parity check of the scoring engines: their cells against separate per-prompt forwards.
 
 `separate` is the authors' way (one forward of the whole prompt, full logits, softmax at the last
-position); `max_delta` scores requests with an engine and compares every cell with it. Used by
+position); `max_delta` scores requests with an engine and compares every cell with it;
+`cell_delta` compares two engines' cells (torch against vLLM or a server). Used by
 tests/test_scorer.py (the tiny model and SmolLM2, relative and absolute error) and
 tests/test_architectures.py (random-weight models of every architecture, absolute error only:
 their probabilities are tiny).
@@ -12,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selectit.contract import RatingRequest
+from selectit.contract import CellResult, RatingRequest
 from selectit.scoring.torch_engine import Scorer
 
 
@@ -45,4 +46,23 @@ def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int] | 
             for a, b in zip(cell.probs, expected):
                 assert rel is None or abs(a - b) <= rel * b + 1e-9
                 worst = max(worst, abs(a - b))
+    return worst
+
+
+def by_cell(cells: list[CellResult]) -> dict[tuple[int, int], CellResult]:
+    return {(c.sample_id, c.prompt_id): c for c in cells}
+
+
+def cell_delta(expected: list[CellResult], got: list[CellResult]) -> float:
+    """The largest |Δp| between two engines' cells; both must score every cell alike otherwise
+    (ok, same tokens read, same truncation, same number of labels)."""
+    a, b = by_cell(expected), by_cell(got)
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key in a:
+        x, y = a[key], b[key]
+        assert x.ok and y.ok, (x.error, y.error)
+        assert (x.n_tokens, x.truncated) == (y.n_tokens, y.truncated)
+        assert len(x.probs) == len(y.probs)
+        worst = max(worst, *(abs(p - q) for p, q in zip(x.probs, y.probs)))
     return worst

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import torch
+from parity import by_cell, cell_delta
 from test_scorer import records, requests
 
 from selectit.contract import RatingRequest
@@ -198,28 +199,13 @@ def scorer_for(srv: FakeServer, tiny_version, *, top_k: int | None = None, **cli
                         label_ids=dict(model.label_ids), top_k=top_k)
 
 
-def by_cell(cells) -> dict:
-    return {(c.sample_id, c.prompt_id): c for c in cells}
-
-
-def worst_delta(expected, got) -> float:
-    a, b = by_cell(expected), by_cell(got)
-    assert a.keys() == b.keys()
-    worst = 0.0
-    for key in a:
-        assert a[key].ok and b[key].ok, (a[key].error, b[key].error)
-        assert (a[key].n_tokens, a[key].truncated) == (b[key].n_tokens, b[key].truncated)
-        worst = max(worst, *(abs(p - q) for p, q in zip(a[key].probs, b[key].probs)))
-    return worst
-
-
 @pytest.mark.parametrize("layout", ["reference", "shared-context"])
 def test_exact_mode_reads_logprob_token_ids_and_matches_the_torch_engine(server, tiny_version, layout):
     reqs = requests(records(3), layout)
     scorer = scorer_for(server, tiny_version)
     cells = scorer.score(reqs)
     assert scorer.method == TOKEN_IDS
-    assert worst_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+    assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
     # one probe, then one request per cell, each asking for exactly its labels
     assert server.count == 1 + len(cells)
     asked = [b for b in server.bodies[1:]]
@@ -233,7 +219,7 @@ def test_exact_mode_falls_back_to_echo_with_k_requests_per_cell(server, tiny_ver
     scorer = scorer_for(server, tiny_version)
     cells = scorer.score(reqs)
     assert scorer.method == ECHO
-    assert worst_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+    assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
     # probe: one ignored logprob_token_ids request and one echo; then 5 labels × 10 cells
     assert server.count == 2 + 5 * len(cells)
     assert all(b["echo"] and b["max_tokens"] == 0 for b in server.bodies[2:])
@@ -250,7 +236,7 @@ def test_a_truncated_prompt_is_cut_as_the_other_engines_cut_it(server, tiny_vers
         assert scorer._prepare(reqs[0]).ids == torch_scorer._prepare(reqs[0]).ids
         cells = scorer.score(reqs)
         assert all(c.truncated and c.n_tokens <= 200 for c in cells)
-        assert worst_delta(torch_scorer.score(reqs), cells) <= 1e-4
+        assert cell_delta(torch_scorer.score(reqs), cells) <= 1e-4
     finally:
         torch_scorer.max_tokens = old
 
@@ -286,7 +272,7 @@ def test_a_strict_server_gets_no_extra_fields_and_is_read_by_token_text(tiny_mod
         scorer = scorer_for(srv, tiny_version)
         cells = scorer.score(reqs)
         assert scorer.method == ECHO and not scorer.token_ids_as_keys
-        assert worst_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+        assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
         top = scorer_for(srv, tiny_version, top_k=20)
         assert all(c.ok for c in top.score(reqs))
     finally:
@@ -312,7 +298,7 @@ def test_rate_limits_server_errors_timeouts_and_garbage_are_retried_and_nothing_
     cells = scorer.score(reqs)
     assert all(faults[f] > 0 for f in ("429", "500", "timeout", "garbage"))
     assert scorer.client.retries >= sum(faults[f] for f in ("429", "500", "timeout", "garbage")) - 1
-    assert worst_delta(expected, cells) == 0.0  # every cell, with the same probabilities
+    assert cell_delta(expected, cells) == 0.0  # every cell, with the same probabilities
     assert KEY not in caplog.text
 
 
@@ -477,4 +463,4 @@ def test_scoring_from_inside_an_event_loop_works(server, tiny_version):
     async def notebook_cell():
         return scorer.score(reqs)
 
-    assert worst_delta(tiny_version[1].score(reqs), asyncio.run(notebook_cell())) <= 1e-4
+    assert cell_delta(tiny_version[1].score(reqs), asyncio.run(notebook_cell())) <= 1e-4

@@ -23,6 +23,7 @@ import pytest
 pytest.importorskip("vllm")
 
 import httpx  # noqa: E402
+from parity import by_cell, cell_delta
 from test_scorer import records, requests  # noqa: E402
 
 from selectit.contract import RatingRequest, render  # noqa: E402
@@ -99,21 +100,6 @@ def scorer_for(served, *, top_k: int | None = None, method: str | None = None) -
                         label_ids=dict(model.label_ids), top_k=top_k, method=method)
 
 
-def by_cell(cells) -> dict:
-    return {(c.sample_id, c.prompt_id): c for c in cells}
-
-
-def worst_delta(expected, got) -> float:
-    a, b = by_cell(expected), by_cell(got)
-    assert a.keys() == b.keys()
-    worst = 0.0
-    for key in a:
-        assert a[key].ok and b[key].ok, (a[key].error, b[key].error)
-        assert (a[key].n_tokens, a[key].truncated) == (b[key].n_tokens, b[key].truncated)
-        worst = max(worst, *(abs(p - q) for p, q in zip(a[key].probs, b[key].probs)))
-    return worst
-
-
 @pytest.mark.parametrize("layout", ["shared-context", "reference"])
 def test_exact_mode_reads_logprob_token_ids_from_vllm_and_matches_the_torch_engine(served, layout):
     if layout == "reference":
@@ -124,7 +110,7 @@ def test_exact_mode_reads_logprob_token_ids_from_vllm_and_matches_the_torch_engi
     scorer = scorer_for(served)
     cells = scorer.score(reqs)
     assert scorer.method == TOKEN_IDS  # vLLM 0.32's completions endpoint passes logprob_token_ids through
-    assert worst_delta(served[1].score(reqs), cells) <= 1e-4
+    assert cell_delta(served[1].score(reqs), cells) <= 1e-4
     assert scorer.client.requests == 1 + len(cells)
 
 
@@ -132,7 +118,7 @@ def test_the_echo_way_matches_the_torch_engine_too(served):
     reqs = requests(records(1, 3), "shared-context")
     scorer = scorer_for(served, method=ECHO)
     cells = scorer.score(reqs)
-    assert worst_delta(served[1].score(reqs), cells) <= 1e-4
+    assert cell_delta(served[1].score(reqs), cells) <= 1e-4
     assert scorer.client.requests == 5 * len(cells)
 
 
@@ -172,7 +158,7 @@ def test_a_too_long_request_is_truncated_the_same_way(served):
         assert torch_scorer._prepare(reqs[0]).ids == scorer._prepare(reqs[0]).ids
         cells = scorer.score(reqs)
         assert all(c.truncated and c.n_tokens <= 300 for c in cells)
-        assert worst_delta(torch_scorer.score(reqs), cells) <= 1e-4
+        assert cell_delta(torch_scorer.score(reqs), cells) <= 1e-4
     finally:
         torch_scorer.max_tokens = old
 

@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from conftest import REFERENCE_PROMPTS, reference_prompt_lines  # noqa: E402
+from parity import by_cell, cell_delta  # noqa: E402
 from test_scorer import records, requests  # noqa: E402
 
 from selectit.contract import RatingRequest  # noqa: E402
@@ -54,29 +55,12 @@ def engines(tmp_path_factory):
     vllm_scorer.close()
 
 
-def by_cell(cells) -> dict:
-    return {(c.sample_id, c.prompt_id): c for c in cells}
-
-
-def compare(torch_cells, vllm_cells) -> float:
-    a, b = by_cell(torch_cells), by_cell(vllm_cells)
-    assert a.keys() == b.keys()
-    worst = 0.0
-    for key in a:
-        x, y = a[key], b[key]
-        assert x.error is None and y.error is None, (x.error, y.error)
-        assert (x.n_tokens, x.truncated) == (y.n_tokens, y.truncated)
-        assert len(x.probs) == len(y.probs)
-        worst = max(worst, *(abs(p - q) for p, q in zip(x.probs, y.probs)))
-    return worst
-
-
 def test_reference_layout_matches_the_torch_engine(engines):
     model, torch_scorer, vllm_scorer = engines
     assert vllm_scorer.engine == "vllm" and vllm_scorer.engine_version.startswith("vllm ")
     assert vllm_scorer.max_tokens == model.max_tokens
     reqs = requests(records(3, 3), "reference")
-    assert compare(torch_scorer.score(reqs), vllm_scorer.score(reqs)) <= 1e-4
+    assert cell_delta(torch_scorer.score(reqs), vllm_scorer.score(reqs)) <= 1e-4
 
 
 def test_shared_context_with_prefix_caching_matches_the_torch_engine(engines):
@@ -85,7 +69,7 @@ def test_shared_context_with_prefix_caching_matches_the_torch_engine(engines):
     expected = torch_scorer.score(reqs)
     for _ in range(2):  # the second pass reads every prompt's prefix from the cache
         got = vllm_scorer.score(reqs)
-        assert compare(expected, got) <= 1e-4
+        assert cell_delta(expected, got) <= 1e-4
         a, b = by_cell(expected), by_cell(got)
         for key in a:
             assert max(range(5), key=lambda k: a[key].probs[k]) == max(range(5), key=lambda k: b[key].probs[k])
@@ -103,7 +87,7 @@ def test_a_too_long_request_is_truncated_the_same_way(engines):
         assert all(c.truncated and c.n_tokens <= 300 for c in cells)
         text = vllm_scorer.tokenizer.decode(vllm_scorer._prepare(reqs[0]).ids[0], skip_special_tokens=True)
         assert ELLIPSIS in text and "THE END." in text
-        assert compare(torch_scorer.score(reqs), cells) <= 1e-4
+        assert cell_delta(torch_scorer.score(reqs), cells) <= 1e-4
     finally:
         torch_scorer.max_tokens, vllm_scorer.max_tokens = old
 
