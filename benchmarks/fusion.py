@@ -88,6 +88,7 @@ def build_sqlite(path: Path, n_samples: int) -> str:
     fixed = _fixed_rows(n_samples)
     con = sqlite3.connect(path)
     con.execute("PRAGMA synchronous=OFF")
+    con.execute("DELETE FROM prompts")  # the benchmark's own prompt set replaces the migrations' defaults
     con.execute("INSERT INTO datasets (id, name, source) VALUES (?, ?, ?)", fixed["datasets"][0])
     con.executemany(f"INSERT INTO models ({MODEL_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", fixed["models"])
     con.executemany(f"INSERT INTO prompts ({PROMPT_COLS}) VALUES (?,?,?,?,?,?,?,?)", fixed["prompts"])
@@ -133,6 +134,7 @@ def build_postgres(admin_url: str, n_samples: int) -> str:
     engine = db.make_engine(url)
     with engine.begin() as conn:
         raw = conn.connection.cursor()
+        raw.execute("DELETE FROM prompts")  # the benchmark's own prompt set replaces the migrations' defaults
         raw.execute("INSERT INTO datasets (id, name, source) VALUES (%s, %s, %s)", fixed["datasets"][0])
         raw.executemany(f"INSERT INTO models ({MODEL_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", fixed["models"])
         raw.executemany(f"INSERT INTO prompts ({PROMPT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", fixed["prompts"])
