@@ -76,8 +76,14 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def redis_url() -> str:
-    return require(REDIS_URL, "Redis")
+def redis_url(worker_id: str) -> str:
+    """The Redis server's URL, with a database of its own for each pytest-xdist worker: tests flush
+    it to start without an earlier test's messages, which must not reach a test on another worker."""
+    url = require(REDIS_URL, "Redis")
+    index = 0 if worker_id == "master" else int(worker_id.removeprefix("gw")) + 1
+    if index > 15:
+        pytest.fail(f"Redis has 16 databases; run at most 15 pytest-xdist workers (this is {worker_id})")
+    return url.rsplit("/", 1)[0] + f"/{index}"
 
 
 @pytest.fixture

@@ -47,7 +47,17 @@ export SELECTIT_TEST_POSTGRES_URL="postgresql+psycopg://selectit@127.0.0.1:$PGPO
 export SELECTIT_TEST_REDIS_URL="redis://127.0.0.1:$REDISPORT/0"
 export SELECTIT_TEST_REDIS_PORT="$REDISPORT" SELECTIT_TEST_TMP="$TMP"
 export SELECTIT_TEST_REQUIRE_SERVICES=1  # a missing server fails the run instead of skipping tests
-"$PY" -m pytest "$@"
+# Tests run on pytest-xdist workers, one per CPU by default (SELECTIT_TEST_WORKERS=1: one process). Much of
+# the suite waits on subprocesses, servers and disks, so the workers overlap that; each worker's torch
+# gets its share of the CPUs rather than all of them (threads spinning against each other are slower).
+CPUS=$(nproc)
+WORKERS=${SELECTIT_TEST_WORKERS:-$CPUS}
+if [ "$WORKERS" -gt 1 ]; then
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CPUS / WORKERS > 0 ? CPUS / WORKERS : 1 ))}
+  "$PY" -m pytest -n "$WORKERS" "$@"
+else
+  "$PY" -m pytest "$@"
+fi
 
 # A whole-suite run (no arguments picking some tests) goes on with the tests that need vLLM in its
 # own environment — the vLLM engine, and the openai engine against `vllm serve` — (`make venv-vllm`;
