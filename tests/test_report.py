@@ -425,6 +425,22 @@ def test_prompt_labels_of_the_built_in_set_and_of_identical_texts() -> None:
     assert prompt_labels(["Is {output} good?"]) == ["Is good?"]
 
 
+def test_the_default_prompt_set_is_labelled_as_the_readme_says(sqlite_url: str) -> None:
+    from selectit.io.report_data import prompt_labels
+    from selectit.store import db
+
+    db.upgrade(sqlite_url)  # the migration stores the default set
+    engine = db.open_store(sqlite_url)
+    with sa.orm.Session(engine) as s:
+        templates = s.scalars(sa.select(Prompt.template).where(Prompt.set_name == "default").order_by(Prompt.position))
+        labels = prompt_labels(list(templates))
+    engine.dispose()
+    assert labels[:2] == ["How well does the response follow…", "Rate the accuracy of the response…"]
+    assert len(labels) == len(set(labels)) == 5
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert '"How well does the response follow…",\n"Rate the accuracy of the response…"' in readme
+
+
 def _overlaps(a, b) -> bool:  # noqa: ANN001 - matplotlib Bbox
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 

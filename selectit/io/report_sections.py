@@ -266,7 +266,7 @@ def prompt_agreement_section(d: ReportData, plt: Any, out: Path) -> Section:
     cols = min(len(per_model), 2)
     rows = math.ceil(len(per_model) / cols)
     side = 2.6 + 0.75 * len(labels)  # inches per heatmap, so the numbers and the wrapped labels fit
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows), squeeze=False, layout="constrained")
     for ax, (m, lab, matrix, n) in zip(axes.flat, per_model):
         im = _heatmap(ax, matrix, lab, f"{m} (n={n})")
     for ax in list(axes.flat)[len(per_model):]:
