@@ -349,6 +349,7 @@ def test_examples_show_the_head_and_tail_of_the_ranking_with_their_scores(engine
     html_text = result.index.read_text(encoding="utf-8")
     assert "Paris, &lt;b&gt;not&lt;/b&gt; Lyon &amp; &lt;script&gt;alert(1)&lt;/script&gt;" in html_text
     assert "<script>" not in html_text
+    assert result.cutoff == ranking[result.n_selected - 1]["s_model"]  # the score of the last selected row
     assert (tmp_path / "rep" / "examples_top.csv").is_file()
 
 
@@ -380,6 +381,10 @@ def test_the_s_model_histogram_marks_the_rank_cut_off(engine, db_url: str, cli, 
     assert sum(int(r["rankable"]) for r in hist) == 10 and sum(int(r["selected"]) for r in hist) == 3
     assert all(num(r["bin_to"]) >= float(scores[3]) for r in hist if int(r["selected"]))
     assert "s_model.png" in page.images
+    top = records(page, "examples_top")
+    assert [r["sample"] for r in top[:3]] == [scores_row[1] for scores_row in (
+        next(c for c in cells if c[0] == str(rank)) for rank in (1, 2, 3))]  # the head of `selectit rank`
+    assert [r["S_model"] for r in top[:3]] == [f"{float(scores[k]):.6g}" for k in (1, 2, 3)]
 
     # The plot's dashed line stands at the same S_model.
     con = fusion.connect(db_url, top=0.3)

@@ -96,11 +96,14 @@ def excerpt(text: str, lines: int = EXCERPT_LINES, chars: int = EXCERPT_CHARS) -
 
     >>> excerpt("one\\ntwo\\nthree", lines=2)
     'one\\ntwo…'
+    >>> excerpt("short\\n\\n")
+    'short'
     """
-    kept = "\n".join(text.splitlines()[:lines])
+    all_lines = text.rstrip().splitlines()
+    kept, cut = "\n".join(all_lines[:lines]), len(all_lines) > lines
     if len(kept) > chars:
-        kept = kept[:chars].rstrip()
-    return kept + ("…" if kept != text.rstrip("\n") else "")
+        kept, cut = kept[:chars].rstrip(), True
+    return kept + ("…" if cut else "")
 
 
 # ----------------------------------------------------------------------------------------------
