@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+import selectit
+
 from selectit.fusion import views as fusion
 from selectit.io.report import build_report, is_calculation
 from selectit.store.schema import LLM, Dataset, DatasetSample, Prompt, Sample, Score
@@ -28,18 +30,26 @@ SAMPLES = [
     ("Calculate the area of a circle with radius 3.", "", "The area is π·3² ≈ 28.27 square units.", True),
     ("What is 12 * 7?", "", "84", True),
     ("How many legs does a spider have?", "", "A spider has eight legs." * 3, True),
-    ("Give three tips for staying healthy.", "", "1. Eat well. 2. Sleep enough. 3. Move every day. " * 6, False),
+    ("Give three tips for staying healthy.", "", "1. Eat well.\n2. Sleep enough.\n3. Move every day.\n" * 3, False),
     ("Write a haiku about autumn.", "", "Leaves drift on cold wind\nthe maple lets go of red\nsilence fills", False),
     ("Summarize the text.", "The meeting on 2020-01-01 covered budgets.", "It covered budgets.", False),
     ("What is 15% of 80?", "", "Fifteen percent of 80 is 12.", True),
     ("Translate to French.", "Good morning, café owner", "Bonjour, propriétaire du café ☕", False),
     ("Solve for x.", "2x + 3 = 11", "Subtract 3 and divide by 2: x = 4. " * 4, True),
     ("Describe the water cycle.", "", "Water evaporates, condenses into clouds and falls as rain. " * 9, False),
-    ("Name the capital of France.", "", "Paris.", False),
+    ("Name the capital of France.", "", "Paris, <b>not</b> Lyon & <script>alert(1)</script>", False),
     ("Explain photosynthesis simply.", "", "Plants turn light, water and CO2 into sugar and oxygen. " * 4, False),
 ]
 MODELS = [("m-small", 100), ("m-large", 300)]
-N_PROMPTS = 3
+#: The prompt set: the sample's fields and "Rating:" are shared, the questions set the prompts apart.
+QUESTIONS = [
+    "How well does the response follow the instruction? Answer 1 to 5.",
+    "Rate the accuracy of <the> response & its facts.",
+    "Helpful?",
+]
+N_PROMPTS = len(QUESTIONS)
+#: The labels the page gives the prompts: the first six words of each question.
+LABELS = ["How well does the response follow…", "Rate the accuracy of <the> response…", "Helpful?"]
 MISSING = (4, "m-large", 2)  # (sample index, model, prompt position): never scored
 FAILED = (7, "m-small", 0)  # scored, failed
 TOP = 0.5
@@ -63,9 +73,9 @@ def build_fixture(engine: sa.Engine) -> dict[str, list[int]]:
             for i, (n, p) in enumerate(MODELS)
         ]  # fmt: skip
         prompts = [
-            Prompt(set_name="default", position=i, layout="shared-context", template=f"Rate it ({i}): {{output}}",
-                   text_hash=f"{i:064x}", scale=5)
-            for i in range(N_PROMPTS)
+            Prompt(set_name="default", position=i, layout="shared-context", scale=5, text_hash=f"{i:064x}",
+                   template=f"Instruction:\n{{instruction}}\n\nResponse:\n{{output}}\n\n{q}\nRating: ")
+            for i, q in enumerate(QUESTIONS)
         ]  # fmt: skip
         s.add_all(models + prompts)
         s.flush()
@@ -170,7 +180,7 @@ def test_report_files_tables_and_images(engine: sa.Engine, db_url: str, tmp_path
     assert result.index == out / "index.html" and result.index.exists()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(result.pngs)
-    assert len(pngs) == 7  # coverage, S_sent, S_token, prompt and model agreement, length, calculation
+    assert len(pngs) == 8  # coverage, S_model, S_sent, S_token, prompt and model agreement, length, calculation
     assert sorted(p.name for p in out.parent.iterdir()) == ["report"]
     page = parse(result.index)
     assert sorted(page.images) == pngs  # every image written is on the page, and every one on the page exists
@@ -240,10 +250,10 @@ def test_report_files_tables_and_images(engine: sa.Engine, db_url: str, tmp_path
     for model, _ in MODELS:
         wide = token[token.model == model].pivot(index="sample_id", columns="position", values="s_token").dropna()
         rho = wide.corr(method="spearman")
-        assert int(prompt_rho[(model, "prompt 1")]["n"]) == len(wide) == 11
+        assert int(prompt_rho[(model, LABELS[0])]["n"]) == len(wide) == 11
         for a in range(N_PROMPTS):
             for b in range(N_PROMPTS):
-                assert num(prompt_rho[(model, f"prompt {a + 1}")][f"prompt {b + 1}"]) == pytest.approx(
+                assert num(prompt_rho[(model, LABELS[a])][LABELS[b]]) == pytest.approx(
                     rho.loc[a, b], abs=1e-4
                 )
     sent = sent[sent.sample_id.isin(ids) & (sent.n_prompts == N_PROMPTS)]
@@ -295,3 +305,196 @@ def test_report_errors_say_what_to_do(engine: sa.Engine, cli, tmp_path: Path) ->
     result = cli("report", "--dataset", "demo", "--out", tmp_path / "r", "--top", "1.5")
     assert result.exit_code == 1
     assert result.output == "Error: --top must be a share in (0, 1], e.g. 0.2 for the top 20%; got 1.5\n"
+
+
+def _independent_sent(db_url: str, ids: list[int]) -> dict[tuple[str, int], float]:
+    """(model, sample) → S_sent of the complete samples, read from the fusion's view."""
+    con = fusion.connect(db_url)
+    rows = con.execute("SELECT model, sample_id, s_sent FROM sentence_scores WHERE n_prompts = ?", [N_PROMPTS]).fetchall()
+    con.close()
+    return {(m, s): v for m, s, v in rows if s in ids}
+
+
+def test_examples_show_the_head_and_tail_of_the_ranking_with_their_scores(engine, db_url: str, tmp_path: Path) -> None:
+    """Through the API: the top and bottom samples, their S_model (the rank's), each model's S_sent,
+    texts cut to a few lines and escaped."""
+    ids = build_fixture(engine)["demo"]
+    with selectit.open(db_url) as store:
+        result = store.report("demo", tmp_path / "rep", top=TOP)
+        ranking = store.rank("demo").to_pylist()
+    sent = _independent_sent(db_url, ids)
+    by_id = dict(zip(ids, SAMPLES))
+    page = parse(result.index)
+    top, bottom = records(page, "examples_top"), records(page, "examples_bottom")
+    assert len(ranking) == 10 and len(top) == len(bottom) == 10  # 10 rankable: both lists hold all of them
+    for shown, expected in ((top, ranking[:10]), (bottom, ranking[-10:])):
+        assert [int(r["sample"]) for r in shown] == [r["sample_id"] for r in expected]
+        for row, r in zip(shown, expected):
+            assert int(row["rank"]) == r["rank"]
+            assert num(row["S_model"]) == pytest.approx(r["s_model"], rel=1e-5)  # 6 significant digits
+            for model, _ in MODELS:
+                assert num(row[f"S_sent {model}"]) == pytest.approx(sent[(model, r["sample_id"])], rel=1e-5)
+            instruction, _, output, _ = by_id[r["sample_id"]]
+            assert row["instruction"] == instruction
+            lines = output.splitlines()
+            if len(output) > 300:  # cut to 300 characters
+                assert row["output"] == output[:300].rstrip() + "…"
+            elif len(lines) > 4:  # cut to 4 lines
+                assert row["output"] == "\n".join(lines[:4]) + "…"
+            else:
+                assert row["output"] == output.strip()
+    cut = {by_id[int(r["sample"])][0]: r["output"] for r in top}
+    assert cut["Give three tips for staying healthy."] == "1. Eat well.\n2. Sleep enough.\n3. Move every day.\n1. Eat well.…"
+    assert cut["Describe the water cycle."].endswith("…") and len(cut["Describe the water cycle."]) <= 301
+    html_text = result.index.read_text(encoding="utf-8")
+    assert "Paris, &lt;b&gt;not&lt;/b&gt; Lyon &amp; &lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "<script>" not in html_text
+    assert result.cutoff == ranking[result.n_selected - 1]["s_model"]  # the score of the last selected row
+    assert (tmp_path / "rep" / "examples_top.csv").is_file()
+
+
+def test_the_s_model_histogram_marks_the_rank_cut_off(engine, db_url: str, cli, tmp_path: Path) -> None:
+    """Through the CLI: the cut-off on the page is the score of the last selected row of `selectit rank`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from selectit.io.report_data import gather
+    from selectit.io.report_sections import s_model_figure
+
+    build_fixture(engine)
+    out = tmp_path / "rep"
+    done = cli("report", "--dataset", "demo", "--out", out, "--top", "0.3")
+    assert done.exit_code == 0, done.output
+    ranked = cli("rank", "--dataset", "demo", "--top", "0.3", "--limit", "20")
+    assert ranked.exit_code == 0, ranked.output
+    assert "selected: 3 of 10 rankable" in ranked.output
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in ranked.output.splitlines() if line.startswith("│")]
+    scores = {int(c[0]): c[3] for c in cells if c[0].isdigit()}  # rank → score as `rank` prints it (6 decimals)
+    assert sorted(scores) == [1, 2, 3]  # the rows the top share keeps
+    page = parse(out / "index.html")
+    header = {r[0]: r[1] for r in page.tables["table-header"]}
+    assert header["selected samples"] == "3"
+    assert header["S_model cut-off"] == scores[3]
+    hist = records(page, "s_model_histogram")
+    assert sum(int(r["rankable"]) for r in hist) == 10 and sum(int(r["selected"]) for r in hist) == 3
+    assert all(num(r["bin_to"]) >= float(scores[3]) for r in hist if int(r["selected"]))
+    assert "s_model.png" in page.images
+    top = records(page, "examples_top")
+    assert [r["sample"] for r in top[:3]] == [scores_row[1] for scores_row in (
+        next(c for c in cells if c[0] == str(rank)) for rank in (1, 2, 3))]  # the head of `selectit rank`
+    assert [r["S_model"] for r in top[:3]] == [f"{float(scores[k]):.6g}" for k in (1, 2, 3)]
+
+    # The plot's dashed line stands at the same S_model.
+    con = fusion.connect(db_url, top=0.3)
+    try:
+        d = gather(con, "demo")
+    finally:
+        con.close()
+    fig = s_model_figure(plt, d)
+    (line,) = fig.axes[0].lines
+    assert line.get_xdata()[0] == pytest.approx(float(scores[3]), abs=5e-7) and line.get_linestyle() == "--"
+    plt.close(fig)
+
+
+def test_prompts_are_labelled_with_their_first_words(engine, db_url: str, cli, tmp_path: Path) -> None:
+    """CLI and API: the labels are the prompts' own first words (stored texts), not "prompt 1..3"."""
+    build_fixture(engine)
+    done = cli("report", "--dataset", "demo", "--out", tmp_path / "cli")
+    assert done.exit_code == 0, done.output
+    with selectit.open(db_url) as store:
+        result = store.report("demo", tmp_path / "api")
+    assert list(result.prompt_labels) == LABELS
+    for out in (tmp_path / "cli", tmp_path / "api"):
+        page = parse(out / "index.html")
+        header = {r[0]: r[1] for r in page.tables["table-header"]}
+        assert [header[f"prompt {i + 1}"] for i in range(N_PROMPTS)] == LABELS
+        agreement = records(page, "prompt_agreement")
+        assert [r["prompt"] for r in agreement if r["model"] == "m-small"] == LABELS
+        assert page.tables["table-prompt_agreement"][0][3:] == LABELS
+        series = [r["series"] for r in records(page, "s_token_summary")]
+        assert series == [f"{label} · {m}" for label in LABELS for m in ("m-large", "m-small")]
+        assert "prompt 1" not in (out / "index.html").read_text(encoding="utf-8").replace(">prompt 1<", "")
+    assert "Rate the accuracy of &lt;the&gt; response…" in (tmp_path / "api" / "index.html").read_text(encoding="utf-8")
+
+
+def test_prompt_labels_of_the_built_in_set_and_of_identical_texts() -> None:
+    from selectit.io.report_data import prompt_labels
+
+    head = "Below is an instruction.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}\n\n"
+    questions = ["How well does the response follow the instruction?", "Rate the accuracy from 1 to 5."]
+    assert prompt_labels([head + q + "\nRating: " for q in questions]) == [
+        "How well does the response follow…", "Rate the accuracy from 1 to…"]  # fmt: skip
+    assert prompt_labels(["Rate it: {output}", "Rate it: {output}"]) == ["Rate it: (#1)", "Rate it: (#2)"]
+    assert prompt_labels(["Is {output} good?"]) == ["Is good?"]
+
+
+def test_the_default_prompt_set_is_labelled_as_the_readme_says(sqlite_url: str) -> None:
+    from selectit.io.report_data import prompt_labels
+    from selectit.store import db
+
+    db.upgrade(sqlite_url)  # the migration stores the default set
+    engine = db.open_store(sqlite_url)
+    with sa.orm.Session(engine) as s:
+        templates = s.scalars(sa.select(Prompt.template).where(Prompt.set_name == "default").order_by(Prompt.position))
+        labels = prompt_labels(list(templates))
+    engine.dispose()
+    assert labels[:2] == ["How well does the response follow…", "Rate the accuracy of the response…"]
+    assert len(labels) == len(set(labels)) == 5
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert '"How well does the response follow…",\n"Rate the accuracy of the response…"' in readme
+
+
+def _overlaps(a, b) -> bool:  # noqa: ANN001 - matplotlib Bbox
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_the_coverage_legend_covers_no_bar(engine, db_url: str, tmp_path: Path) -> None:
+    """The legend's extent on the drawn figure meets no bar, for the fixture's coverage (bars of the
+    full width) and for bars of every length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from selectit.io.report_data import gather
+    from selectit.io.report_sections import coverage_figure
+
+    build_fixture(engine)
+    con = fusion.connect(db_url)
+    try:
+        fixture = gather(con, "demo").coverage
+    finally:
+        con.close()
+    assert [r[1] for r in fixture] == [12, 12]
+    cases = [fixture, [("a", 10, 10, 0, 0), ("b", 10, 0, 10, 0), ("c", 10, 0, 0, 10)],
+             [("only", 5, 1, 1, 3)], [(f"m{i}", 9, i, 9 - i, 0) for i in range(10)]]
+    for coverage in cases:
+        fig = coverage_figure(plt, [tuple(r) + (0, 0, 0) if len(r) == 5 else r for r in coverage])
+        fig.tight_layout()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent(renderer)
+        bars = [p.get_window_extent(renderer) for p in ax.patches if p.get_width() > 0]
+        assert bars and not any(_overlaps(legend, bar) for bar in bars), coverage
+        plt.close(fig)
+
+
+def test_the_report_directory_gets_the_usual_mode(engine, db_url: str, tmp_path: Path) -> None:
+    """Through the API under umask 022: the directory 0755 and the files 0644, not a temporary's 0700/0600."""
+    import os
+    import stat
+
+    build_fixture(engine)
+    old = os.umask(0o022)
+    try:
+        with selectit.open(db_url) as store:
+            result = store.report("demo", tmp_path / "new" / "rep")
+    finally:
+        os.umask(old)
+    out = tmp_path / "new" / "rep"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE(result.index.stat().st_mode) == 0o644
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}

@@ -44,9 +44,10 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
            alpha: float, formula: str, weights: str | None, top: float) -> None:  # fmt: skip
     """Write an HTML report with plots (and the numbers behind them) for a scored dataset.
 
-    Score distributions per model and per prompt, agreement between prompts and between models,
-    the selected top share vs the full dataset (response length, calculation instructions) and
-    coverage. A rerun into the same DIR replaces only the files the previous report wrote (listed in
+    Coverage, the S_model histogram with the selection's cut-off, the 10 best and 10 worst ranked
+    samples with their scores, score distributions per model and per prompt (prompts labelled with
+    their first words), agreement between prompts and between models, and the selected top share
+    vs the full dataset (response length, calculation instructions). A rerun into the same DIR replaces only the files the previous report wrote (listed in
     DIR/.selectit-manifest.json); anything else in DIR is left alone.
 
     \b
