@@ -192,6 +192,7 @@ class Score(Base):
     __table_args__ = (
         Index("ix_scores_model_prompt", "model_id", "prompt_id"),
         Index("ix_scores_status", "status"),
+        Index("ix_scores_scored_at", "scored_at"),  # `selectit status`: cells scored in the last minutes
     )
 
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
