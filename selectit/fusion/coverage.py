@@ -145,25 +145,27 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
     )
 
 
-def scoring_coverage(con: duckdb.DuckDBPyConnection) -> list[ModelCoverage]:
-    """Per active model version × active prompt set, over the samples of every dataset.
+def scoring_coverage(con: duckdb.DuckDBPyConnection, dataset: str | None = None) -> list[ModelCoverage]:
+    """Per active model version × active prompt set, over the samples of `dataset` (default: of
+    every dataset; an unknown name is `NoSuchDataset`).
 
     `con` is any connection with the store attached (`attach` or `connect`); `selectit status`
     shows these rows, with the same rule as `coverage`.
     """
+    ds = dataset_id(con, dataset) if dataset is not None else None
     models = con.execute(
         "SELECT id, name FROM store.models WHERE CAST(active AS INTEGER) = 1 ORDER BY name, id"
     ).fetchall()
     prompts = con.execute(
         "SELECT id, set_name FROM store.prompts WHERE CAST(active AS INTEGER) = 1 ORDER BY set_name, position, id"
     ).fetchall()
-    return cell_coverage(con, None, models, prompts)[1]
+    return cell_coverage(con, ds, models, prompts)[1]
 
 
-def store_coverage(db_url: str | None) -> list[ModelCoverage]:
+def store_coverage(db_url: str | None, dataset: str | None = None) -> list[ModelCoverage]:
     """`scoring_coverage` of the database at `db_url`, on a connection of its own."""
     con = attach(db_url)
     try:
-        return scoring_coverage(con)
+        return scoring_coverage(con, dataset)
     finally:
         con.close()
