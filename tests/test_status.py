@@ -157,3 +157,17 @@ def test_an_unknown_dataset_is_one_error_line(cli, db_url, seeded) -> None:
         "Error: no dataset named 'nope' (datasets: a, b); ingest one with `selectit ingest FILE --dataset nope`"]
     with pytest.raises(NoSuchDataset):
         selectit.open(db_url).status("nope")
+
+
+def test_the_recent_cells_are_read_from_an_index_range(engine, seeded) -> None:
+    """The rates read the `(status, scored_at)` index from the window's start, not every score."""
+    query = fusion_status.recent_cells(NOW - 600 * SECONDS, NOW - 60 * SECONDS, dataset_id=None)
+    sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(r[3] for r in conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}")))
+            assert "USING INDEX ix_scores_status_scored_at (status=? AND scored_at>?)" in plan, plan
+        else:  # a few rows: the planner would rather scan them, unless told to use an index where it can
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            plan = " ".join(r[0] for r in conn.execute(sa.text(f"EXPLAIN {sql}")))
+            assert "ix_scores_status_scored_at" in plan and "scored_at >=" in plan, plan

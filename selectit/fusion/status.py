@@ -97,23 +97,12 @@ def status_rows(engine: Engine, *, dataset: str | None = None, window: float = L
         ds = lookups.dataset_id(session, dataset) if dataset is not None else None
     cells = store_coverage(engine.url.render_as_string(hide_password=False), dataset)
     with db.read_scope(engine) as session:
-        def in_scope(q: sa.Select) -> sa.Select:  # the cells of the dataset's samples only
-            if ds is None:
-                return q
-            return q.join(DatasetSample, sa.and_(DatasetSample.sample_id == Score.sample_id,
-                                                 DatasetSample.dataset_id == ds))
-
-        recent_short = sa.func.count().filter(Score.scored_at >= short_since)
-        recent = {(m, s): (n, n1) for m, s, n, n1 in session.execute(in_scope(
-            sa.select(Score.model_id, Prompt.set_name, sa.func.count(), recent_short)
-            .join(Prompt, Prompt.id == Score.prompt_id)
-            .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since))
-            .group_by(Score.model_id, Prompt.set_name))}
+        recent = {(m, s): (n, n1) for m, s, n, n1 in session.execute(recent_cells(since, short_since, ds))}
         per_engine: dict[tuple[int, str], list[tuple[str, int]]] = {}
-        for m, s, eng, n in session.execute(in_scope(
+        for m, s, eng, n in session.execute(_of_dataset(
                 sa.select(Score.model_id, Prompt.set_name, Score.engine, sa.func.count())
                 .join(Prompt, Prompt.id == Score.prompt_id)
-                .where(Prompt.active.is_(True), Score.status == CellStatus.OK))
+                .where(Prompt.active.is_(True), Score.status == CellStatus.OK), ds)
                 .group_by(Score.model_id, Prompt.set_name, Score.engine)):
             per_engine.setdefault((m, s), []).append((eng or "unknown", n))
         job_counts = _job_counts(session, now, ds)
@@ -129,6 +118,25 @@ def status_rows(engine: Engine, *, dataset: str | None = None, window: float = L
             round(n * 60.0 / window, 1), tuple(sorted(per_engine.get((c.model_id, c.prompt_set), ()))),
             round(n1 * 60.0 / short_window, 1), n))
     return rows
+
+
+def _of_dataset(q: sa.Select, dataset_id: int | None) -> sa.Select:
+    """`q` over the score cells of the dataset's samples only (all cells when `dataset_id` is None)."""
+    if dataset_id is None:
+        return q
+    return q.join(DatasetSample, sa.and_(DatasetSample.sample_id == Score.sample_id,
+                                         DatasetSample.dataset_id == dataset_id))
+
+
+def recent_cells(since: dt.datetime, short_since: dt.datetime, dataset_id: int | None = None) -> sa.Select:
+    """(model id, prompt set, ok cells scored since `since`, … since `short_since`) of the active
+    prompts: a range of the index `ix_scores_status_scored_at`, not a scan of every score."""
+    return (_of_dataset(
+        sa.select(Score.model_id, Prompt.set_name, sa.func.count(),
+                  sa.func.count().filter(Score.scored_at >= short_since))
+        .join(Prompt, Prompt.id == Score.prompt_id)
+        .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since), dataset_id)
+        .group_by(Score.model_id, Prompt.set_name))
 
 
 def _job_counts(session: sa.orm.Session, now: dt.datetime, dataset_id: int | None) -> dict[tuple[int, str, str], int]:
