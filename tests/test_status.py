@@ -171,3 +171,18 @@ def test_the_recent_cells_are_read_from_an_index_range(engine, seeded) -> None:
             conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
             plan = " ".join(r[0] for r in conn.execute(sa.text(f"EXPLAIN {sql}")))
             assert "ix_scores_status_scored_at" in plan and "scored_at >=" in plan, plan
+
+
+def test_a_models_eta_adds_up_its_prompt_sets() -> None:
+    def row(model_id: int, prompt_set: str, missing: int, recent: int, recent_1m: int) -> fusion_status.StatusRow:
+        return fusion_status.StatusRow(f"m{model_id}", model_id, prompt_set, 5, missing, 0, 0, 0, 0, 0,
+                                       recent / 10, (), recent_1m, recent, recent_1m)
+
+    one, idle, finished = fusion_status.model_progress([
+        row(1, "s", 2, 3, 2), row(1, "t", 4, 1, 0),  # 6 missing, 4 cells in ten minutes, 2 in the last one
+        row(2, "s", 3, 0, 0),  # nothing scored lately: no ETA
+        row(3, "s", 0, 0, 0),  # nothing missing: done
+    ])
+    assert (one.done, one.missing, one.cells_per_min_1m, one.cells_per_min) == (10, 6, 2.0, 0.4)
+    assert one.eta_seconds == 6 * 600 / 4
+    assert idle.eta_seconds is None and finished.eta_seconds == 0.0

@@ -49,6 +49,7 @@ class StatusRow:
     by_engine: tuple[tuple[str, int], ...] = ()  # ok cells per engine (`unknown`: stored before provenance)
     cells_per_min_1m: float = 0.0  # ok cells scored in the last minute, per minute
     recent: int = 0  # ok cells scored in the last ten minutes
+    recent_1m: int = 0  # … in the last minute
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,19 @@ class ModelProgress:
     time_left: str = "–"  # at the rate of the model's last finished jobs (`Store.status` fills it)
 
 
-def model_progress(rows: Iterable[StatusRow], window: float = LAST_TEN_MINUTES) -> list[ModelProgress]:
+def model_progress(rows: Iterable[StatusRow], window: float = LAST_TEN_MINUTES,
+                   short_window: float = LAST_MINUTE) -> list[ModelProgress]:
     """The rows of each model version added up over its prompt sets, with its ETA."""
     by_model: dict[int, list[StatusRow]] = {}
     for r in rows:
         by_model.setdefault(r.model_id, []).append(r)
     out = []
     for model_id, mine in by_model.items():
-        missing, recent = sum(r.missing for r in mine), sum(r.recent for r in mine)
+        missing, recent, recent_1m = (sum(r.missing for r in mine), sum(r.recent for r in mine),
+                                      sum(r.recent_1m for r in mine))
         eta = 0.0 if not missing else (missing * window / recent if recent else None)
         out.append(ModelProgress(mine[0].model, model_id, sum(r.done for r in mine), missing,
-                                 sum(r.failed for r in mine), round(sum(r.cells_per_min_1m for r in mine), 1),
+                                 sum(r.failed for r in mine), round(recent_1m * 60.0 / short_window, 1),
                                  round(recent * 60.0 / window, 1), eta))
     return out
 
@@ -116,7 +119,7 @@ def status_rows(engine: Engine, *, dataset: str | None = None, window: float = L
             c.model, c.model_id, c.prompt_set, c.ok, c.missing, c.failed,
             jobs(JobStatus.QUEUED), jobs(JobStatus.RUNNING), jobs(STALLED), jobs(JobStatus.FAILED),
             round(n * 60.0 / window, 1), tuple(sorted(per_engine.get((c.model_id, c.prompt_set), ()))),
-            round(n1 * 60.0 / short_window, 1), n))
+            round(n1 * 60.0 / short_window, 1), n, n1))
     return rows
 
 
