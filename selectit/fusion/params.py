@@ -18,6 +18,7 @@ from selectit.fusion.formula_sql import TIE_RULE
 from selectit.fusion.store_attach import sql_str
 from selectit.store.schema import MAX_SCALE
 
+
 @dataclass(frozen=True)
 class ChosenModel:
     model_id: int

@@ -66,6 +66,7 @@ from selectit.fusion.params import (  # noqa: F401
 )
 from selectit.fusion.store_attach import attach, dataset_id, sql_str  # noqa: F401
 
+
 def connect(
     db_url: str | None,
     *,
