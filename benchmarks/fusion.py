@@ -121,7 +121,8 @@ def build_postgres(admin_url: str, n_samples: int) -> str:
     import duckdb
     import pyarrow as pa
 
-    from selectit.fusion.views import _extension_path, _libpq, _sql_str
+    from selectit.fusion.extensions import extension_path
+    from selectit.fusion.store_attach import libpq, sql_str
 
     admin = sa.create_engine(db.resolve_url(admin_url), isolation_level="AUTOCOMMIT")
     name = f"bench_fusion_{uuid.uuid4().hex[:8]}"
@@ -140,8 +141,8 @@ def build_postgres(admin_url: str, n_samples: int) -> str:
         raw.executemany(f"INSERT INTO prompts ({PROMPT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", fixed["prompts"])
     engine.dispose()
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    con.execute(f"LOAD '{_extension_path('postgres')}'")
-    con.execute(f"ATTACH {_sql_str(_libpq(sa.engine.make_url(url)))} AS pg (TYPE postgres)")
+    con.execute(f"LOAD '{extension_path('postgres')}'")
+    con.execute(f"ATTACH {sql_str(libpq(sa.engine.make_url(url)))} AS pg (TYPE postgres)")
     con.execute(
         f"INSERT INTO pg.samples (id, content_hash, instruction, input, output, n_chars) "
         f"SELECT i, lpad(printf('%x', i), 64, '0'), 'Instruction ' || i, '', 'Output ' || i, 20 "

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from selectit.fusion.selection import Criterion
-    from selectit.fusion.status import StatusRow, TickRow
+    from selectit.fusion.status import ModelProgress, StatusRow, TickRow
     from selectit.fusion.views import Coverage, Params
     from selectit.io.export import ExportResult
     from selectit.io.ingest import IngestResult
@@ -90,6 +90,8 @@ class StoreStatus:
     distinct_samples: int
     scoring: list[StatusRow]
     control_ticks: list[TickRow] = field(default_factory=list)  # the fleet's clock: last run of each tick
+    models: list[ModelProgress] = field(default_factory=list)  # per model version: rates and ETA
+    dataset: str | None = None  # the dataset the counts are of (None: every dataset)
 
 
 @dataclass(frozen=True)
@@ -202,13 +204,29 @@ class Store:
         return pa.table({"name": [r[0] for r in rows], "samples": [r[1] for r in rows],
                          "created": [r[2] for r in rows], "source": [r[3] for r in rows]})
 
-    def status(self) -> StoreStatus:
-        """Samples per dataset, distinct samples stored, and cells and jobs per model × prompt set."""
-        from selectit.fusion.status import status_rows, tick_rows
-        from selectit.io.ingest import sample_counts
+    def status(self, dataset: str | None = None) -> StoreStatus:
+        """Samples per dataset, distinct samples stored, cells and jobs per model × prompt set, and
+        per model version its rates over the last minute and ten minutes and its ETA — of every
+        dataset, or of `dataset`'s samples only (`NoSuchDataset` if there is none by that name).
 
+            >>> for m in selectit.open("selectit.db").status("alpaca").models:  # doctest: +SKIP
+            ...     print(m.model, m.missing, m.eta)
+        """
+        import dataclasses
+
+        from selectit.fusion.status import model_progress, status_rows, tick_rows
+        from selectit.io.ingest import sample_counts
+        from selectit.jobs.estimate import duration
+
+        rows = status_rows(self.engine, dataset=dataset)  # first: an unknown dataset fails here
         per_dataset, total = sample_counts(self.engine)
-        return StoreStatus(per_dataset, total, status_rows(self.engine), tick_rows(self.engine))
+        if dataset is not None:
+            per_dataset = [(name, n) for name, n in per_dataset if name == dataset]
+        models = model_progress(rows)
+        left = self.time_left({m.model_id: m.missing for m in models})
+        models = [dataclasses.replace(m, eta=duration(m.eta_seconds) if m.eta_seconds is not None else "–",
+                                      time_left=left[m.model_id]) for m in models]
+        return StoreStatus(per_dataset, total, rows, tick_rows(self.engine), models, dataset)
 
     # -- models and prompts -----------------------------------------------------------------
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,

@@ -191,5 +191,5 @@ def print_table(title: str | None, columns: list[str], rows: list[tuple[Any, ...
     console.print(table)
 
 
-NUMERIC_COLUMNS = {"samples", "done", "missing", "failed", "queued", "running", "expired", "rank", "score",
-                   "failed jobs", "cells/min (10 min)"}
+NUMERIC_COLUMNS = {"samples", "done", "missing", "failed", "queued", "running", "stalled", "rank", "score",
+                   "failed jobs", "cells/min (1 min)", "cells/min (10 min)"}

@@ -114,19 +114,31 @@ def datasets(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--dataset", "-d", default=None, metavar="NAME",
+              help="Count only this dataset's samples: its cells, jobs, rates and ETAs.")
 @click.pass_context
 @handles_errors
-def status(ctx: click.Context) -> None:
-    """Show what the store holds: samples per dataset and distinct samples in all.
+def status(ctx: click.Context, dataset: str | None) -> None:
+    """Show what the store holds and how scoring goes.
+
+    Samples per dataset; per model × prompt set the cells done / missing / failed, the jobs
+    queued / running / stalled (holder gone: lease expired, or a dead process on this host) /
+    failed, and the cells scored per minute over the last minute and the last ten; per model
+    the ETA at the last ten minutes' rate and the time left at the rate of its last finished
+    jobs; the fleet's control ticks.
 
     \b
     Example:
       selectit status
+      selectit status --dataset alpaca     # that dataset's cells only
     """
-    status = store(ctx).status()
+    api_store = store(ctx)
+    status = api_store.status(dataset)
     print_table("samples", ["dataset", "samples"], status.samples_per_dataset)
-    console.print(f"distinct samples stored: {status.distinct_samples}")
-    _print_scoring_status(status.scoring, store(ctx))
+    if dataset is None:
+        console.print(f"distinct samples stored: {status.distinct_samples}")
+    _print_scoring_status(status.scoring, api_store)
+    _print_model_progress(status.models, dataset)
     _print_control_ticks(status.control_ticks)
 
 
@@ -134,21 +146,26 @@ def _print_scoring_status(rows: list[Any], api_store: Any = None) -> None:
     if not rows:
         return
     print_table("scoring (per model × prompt set)",
-                ["model", "prompt set", "done", "missing", "failed", "queued", "running", "expired",
-                 "failed jobs", "cells/min (10 min)", "done by engine"],
-                [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.expired,
-                  r.failed_jobs, r.cells_per_min, ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
+                ["model", "prompt set", "done", "missing", "failed", "queued", "running", "stalled",
+                 "failed jobs", "cells/min (1 min)", "cells/min (10 min)", "done by engine"],
+                [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.stalled,
+                  r.failed_jobs, r.cells_per_min_1m, r.cells_per_min,
+                  ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
                  for r in rows])
     if api_store is None:
         return
     words = api_store.health_words(sorted({r.prompt_set for r in rows if r.done}))
-    missing: dict[int, int] = {}
-    for r in rows:
-        missing[r.model_id] = missing.get(r.model_id, 0) + r.missing
-    left = api_store.time_left(missing)
-    print_table("rater health (see selectit diagnose) and time left",
-                ["model", "prompt set", "health", "time left (all sets)"],
-                [(r.model, r.prompt_set, words.get((r.model, r.prompt_set), "–"), left[r.model_id]) for r in rows])
+    print_table("rater health (see selectit diagnose)", ["model", "prompt set", "health"],
+                [(r.model, r.prompt_set, words.get((r.model, r.prompt_set), "–")) for r in rows])
+
+
+def _print_model_progress(models: list[Any], dataset: str | None) -> None:
+    if models:
+        print_table(f"per model (all prompt sets{f', dataset {dataset}' if dataset else ''})",
+                    ["model", "done", "missing", "failed", "cells/min (1 min)", "cells/min (10 min)",
+                     "ETA (10-min rate)", "time left (recorded rate)"],
+                    [(m.model, m.done, m.missing, m.failed, m.cells_per_min_1m, m.cells_per_min, m.eta,
+                      m.time_left) for m in models])
 
 
 def _print_control_ticks(ticks: list[Any]) -> None:

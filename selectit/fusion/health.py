@@ -1,7 +1,7 @@
 """Rater health: the figures of the `rater_health` view turned into warnings, with their thresholds.
 
 SelectIT ranks data by how sure a rater is of its own rating; that is only as good as the rater.
-The figures (`selectit.fusion.views.health_sql`) say how far a rater can be trusted; each has ONE
+The figures (`selectit.fusion.health_sql`) say how far a rater can be trusted; each has ONE
 threshold here, and crossing it gives a warning line that names the rater and what to do.
 `rank`, `select`, `export` and `report` print these lines on stderr; `diagnose` shows the table.
 
@@ -134,7 +134,7 @@ def diagnose(con: duckdb.DuckDBPyConnection, dataset: str, *, prompts: bool = Tr
     warnings need only the others, and skipping them is cheaper)."""
     fusion.require_scoring_setup(con)
     fusion.dataset_id(con, dataset)  # an error naming the datasets when there is no such one
-    name = fusion._sql_str(valid_name(dataset, "dataset"))
+    name = fusion.sql_str(valid_name(dataset, "dataset"))
     levels = "" if prompts else " AND level <> 'prompt'"
     cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM rater_health WHERE dataset = {name}{levels} {_ORDER}")
     return [dict(zip(COLUMNS, row)) for row in cur.fetchall()]

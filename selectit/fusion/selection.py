@@ -19,14 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from selectit.contract import DEFAULT_TOP, valid_name
-from selectit.fusion.views import (
-    FusionError,
-    dataset_id,
-    params_of,
-    require_scoring_setup,
-    top_share_sql,
-    validate_top,
-)
+from selectit.fusion.errors import FusionError
+from selectit.fusion.formula_sql import top_share_sql, validate_top
+from selectit.fusion.params import params_of, require_scoring_setup
+from selectit.fusion.store_attach import dataset_id
 from selectit.store import db
 from selectit.store.schema import Dataset, Selection, SelectionSample
 

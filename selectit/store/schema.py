@@ -191,7 +191,8 @@ class Score(Base):
     __tablename__ = "scores"
     __table_args__ = (
         Index("ix_scores_model_prompt", "model_id", "prompt_id"),
-        Index("ix_scores_status", "status"),
+        # `selectit status` counts the ok cells of the last minutes: a range of this index.
+        Index("ix_scores_status_scored_at", "status", "scored_at"),
     )
 
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
