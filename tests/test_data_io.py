@@ -275,9 +275,15 @@ def test_alpaca_shaped_exports_load_with_datasets(chats, tmp_path: Path, fmt: st
 
     hf = datasets_offline()
     ds = (hf.load_dataset("parquet", data_files=str(out), split="train") if fmt == "parquet" else load_json(out))
-    assert ds.column_names[:3] == ["instruction", "input", "output"]
-    assert ds[1] == {"instruction": "Write a haiku.", "input": "", "output": "Old pond\nfrog jumps in\nsplash"}
-    assert ds[0]["instruction"] == "System: You are terse.\nUser: Hi!\nAssistant: Hello.\nUser: What is 2+2?"
+    # LLaMA-Factory's alpaca columns: the system prompt and the exchanges before the last one are
+    # columns of their own, on every record once one record needs them (one schema per file).
+    assert ds.column_names[:5] == ["instruction", "input", "output", "system", "history"]
+    assert ds[1] == {"instruction": "Write a haiku.", "input": "", "output": "Old pond\nfrog jumps in\nsplash",
+                     "system": "", "history": []}
+    assert ds[0] == {"instruction": "What is 2+2?", "input": "", "output": "4.", "system": "You are terse.",
+                     "history": [["Hi!", "Hello."]]}
+    assert ds[2] == {"instruction": "Thanks", "input": "", "output": "Bitte.", "system": "Answer in German.",
+                     "history": []}
 
 
 def test_hf_dataset_directory_loads_from_disk_with_its_card(chats, tmp_path: Path) -> None:

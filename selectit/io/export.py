@@ -39,6 +39,18 @@ from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import NoSuchSelection
+from selectit.io.records import (
+    HASH_FIELD,
+    BadRecord,
+    Conversation,
+    alpaca_fields,
+    comes_back_as,
+    digest,
+    messages_fields,
+    parse,
+    shape_of,
+    sharegpt_fields,
+)
 from selectit.io.writer import WriteError, Writer, sha256_file
 from selectit.store import db
 
@@ -50,18 +62,6 @@ ORIGINAL_SUFFIX = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "c
                    "arrow": ".arrow", "hf-dir": ""}
 CARD_NAME = "README.md"
 LLAMAFACTORY_INFO = "dataset_info.json"
-
-_SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}
-_SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
-    "bing": "assistant", "model": "assistant", "function_call": "assistant",
-    "system": "system",
-    "tool": "tool", "function": "tool", "observation": "tool",
-}
-_MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-                  "tool": "tool", "function": "tool"}
-
 
 class ExportError(WriteError):
     """An export that cannot be written as asked."""
@@ -119,46 +119,20 @@ class ExportResult:
 # --------------------------------------------------------------------------------------------
 # Records in each shape
 # --------------------------------------------------------------------------------------------
-def _text(value: Any) -> str:
-    """Text of a message content: a string, or a list of text parts (``text`` or ``value``)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "".join(str(p.get("text", p.get("value", ""))) for p in value if isinstance(p, dict))
-    return "" if value is None else str(value)
-
-
-@dataclass(frozen=True)
-class Conversation:
-    system: str | None
-    turns: tuple[tuple[str, str], ...]  # (role ∈ user/assistant/tool, text), system turns excluded
-
-
 def conversation(item: Item) -> Conversation:
-    """The item as a conversation: from its original turns when it had them, else one exchange."""
+    """The item as a conversation: its original read as it was at ingest (the shape and column map
+    of its file), else its stored text as one exchange."""
     obj = _original_object(item)
     if obj is not None:
-        key = "conversations" if isinstance(obj.get("conversations"), list) else (
-            "messages" if isinstance(obj.get("messages"), list) else None)
-        if key is not None:
-            sharegpt = key == "conversations"
-            role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
-            roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
-            system = obj.get("system") if sharegpt and isinstance(obj.get("system"), str) else None
-            turns: list[tuple[str, str]] = []
-            for turn in obj[key]:
-                if not isinstance(turn, dict):
-                    continue
-                role = roles.get(str(turn.get(role_key, "")).lower(), "user")
-                text = _text(turn.get(text_key))
-                if role == "system":
-                    system = text if not system else system + "\n" + text
-                else:
-                    turns.append((role, text))
-            return Conversation(system or None, tuple(turns))
-    alpaca = alpaca_record(item)
-    user = alpaca["instruction"] + ("\n" + alpaca["input"] if alpaca["input"] else "")
-    return Conversation(alpaca.get("system"), (("user", user), ("assistant", alpaca["output"])))
+        cmap = item.source.column_map if item.source is not None else {}
+        layout = item.source.layout if item.source is not None else {}
+        shape = layout.get("shape") or ("alpaca" if cmap else shape_of(obj))
+        if shape is not None:
+            try:
+                return parse(obj, shape, cmap)
+            except BadRecord:  # read by an older selectit under other rules: the stored text
+                pass
+    return Conversation((("user", item.instruction), ("assistant", item.output)), item.input or "")
 
 
 def _original_object(item: Item) -> dict[str, Any] | None:
@@ -168,41 +142,20 @@ def _original_object(item: Item) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def alpaca_record(item: Item) -> dict[str, str]:
-    """``{"instruction", "input", "output"}`` (+ ``system``): an alpaca-shaped original's own fields
-    (through the column map), else the stored text (a conversation flattened as at ingest)."""
-    obj = _original_object(item)
-    source = item.source
-    if obj is not None and source is not None and not (
-            isinstance(obj.get("conversations"), list) or isinstance(obj.get("messages"), list)):
-        cmap = source.column_map or {}
-
-        def get(name: str) -> str:
-            value = obj.get(cmap.get(name, name))
-            return value if isinstance(value, str) else ("" if value is None else str(value))
-
-        record = {"instruction": get("instruction"), "input": get("input"), "output": get("output")}
-        system = get("system")
-        if system:
-            record["system"] = system
-        if record["instruction"] and record["output"]:
-            return record
-    return {"instruction": item.instruction, "input": item.input or "", "output": item.output}
+def alpaca_record(item: Item) -> dict[str, Any]:
+    """``{"instruction", "input", "output"}`` (+ ``system``, ``history``: LLaMA-Factory's alpaca
+    columns) of the rated conversation; the stored text (a transcript in the instruction) when its
+    turns do not fit that shape (a tool turn, two turns of one role in a row)."""
+    return alpaca_fields(conversation(item)) or {
+        "instruction": item.instruction, "input": item.input or "", "output": item.output}
 
 
 def sharegpt_record(item: Item) -> dict[str, Any]:
-    conv = conversation(item)
-    record: dict[str, Any] = {"conversations": [{"from": _SHAREGPT_FROM[r], "value": t} for r, t in conv.turns]}
-    if conv.system:
-        record["system"] = conv.system
-    return record
+    return sharegpt_fields(conversation(item))
 
 
 def messages_record(item: Item) -> dict[str, Any]:
-    conv = conversation(item)
-    messages = ([{"role": "system", "content": conv.system}] if conv.system else [])
-    messages += [{"role": r, "content": t} for r, t in conv.turns]
-    return {"messages": messages}
+    return messages_fields(conversation(item))
 
 
 def _score_fields(item: Item, scores: Scores | None) -> dict[str, Any]:
@@ -373,7 +326,8 @@ def _resolve_original(items: Sequence[Item]) -> Source:
     first = items[0].source
     assert first is not None
     if first.container in ("parquet", "arrow", "hf-dir", "csv", "tsv"):
-        layouts = {json.dumps(i.source.layout, sort_keys=True) for i in items}  # type: ignore[union-attr]
+        layouts = {json.dumps({k: v for k, v in i.source.layout.items() if k != "shape"}, sort_keys=True)
+                   for i in items}  # type: ignore[union-attr]
         if len(layouts) > 1:
             raise ExportError(
                 f"the selected records come from {first.container} files with different columns, so they "
@@ -477,17 +431,35 @@ def _stage_records(w: Writer, path: Path, fmt: str, items: Sequence[Item], sourc
         _write_parquet(w, path, _uniform(records))
 
 
+#: The shape each converted format is read back in (an hf-dataset by its ``messages`` column).
+_READ_AS = {"alpaca-json": "alpaca", "jsonl": "alpaca", "parquet": "alpaca", "sharegpt": "sharegpt",
+            "messages": "messages", "hf-dataset": "messages"}
+#: Alpaca's optional columns and their value on a record without them.
+_ALPACA_OPTIONAL = {"system": "", "history": []}
+
+
 def _shaped(items: Sequence[Item], fmt: str, with_scores: bool, scores: Scores | None) -> list[dict[str, Any]]:
+    """The records of a converted format. Alpaca's ``system`` and ``history`` are on every record
+    when one needs them (one schema per file, for `datasets`, pyarrow and LLaMA-Factory); every
+    record carries its sample's ``content_hash`` when one of them would otherwise be read back as
+    another sample (an Alpaca ``input`` merged into the user turn)."""
     shape: Callable[[Item], dict[str, Any]] = {
         "alpaca-json": alpaca_record, "jsonl": alpaca_record, "parquet": alpaca_record,
         "sharegpt": sharegpt_record, "messages": messages_record, "hf-dataset": _hf_record,
     }[fmt]
-    records = []
-    for item in items:
-        record = shape(item)
-        if with_scores:
+    records = [shape(item) for item in items]
+    if _READ_AS[fmt] == "alpaca" or fmt == "hf-dataset":
+        needed = {k for r in records for k in _ALPACA_OPTIONAL if k in r}
+        records = [{**{k: r[k] for k in ("instruction", "input", "output")},
+                    **{k: r.get(k, _ALPACA_OPTIONAL[k]) for k in _ALPACA_OPTIONAL if k in needed},
+                    **r} for r in records]
+    hashes = [digest(item.instruction, item.input or "", item.output) for item in items]
+    if any(comes_back_as(r, _READ_AS[fmt]) != h for r, h in zip(records, hashes)):
+        for record, h in zip(records, hashes):
+            record[HASH_FIELD] = h
+    if with_scores:
+        for record, item in zip(records, items):
             record.update(_score_fields(item, scores))
-        records.append(record)
     return records
 
 
@@ -606,11 +578,12 @@ def _hf_record(item: Item) -> dict[str, Any]:
 
 
 def _uniform(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every record with the same keys (Arrow wants one schema): missing optional text → ""."""
+    """Every record with the same keys (Arrow wants one schema): missing optional text → "",
+    a missing history → []."""
     keys: dict[str, None] = {}
     for r in records:
         keys.update(dict.fromkeys(r))
-    return [{k: r.get(k, "") for k in keys} for r in records]
+    return [{k: r.get(k, _ALPACA_OPTIONAL.get(k, "")) for k in keys} for r in records]
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,11 +629,11 @@ def llamafactory_entry(path: Path, fmt: str, source: Source | None = None, *,
         columns = {"prompt": cmap.get("instruction", "instruction"), "query": cmap.get("input", "input"),
                    "response": cmap.get("output", "output")}
         names = _column_names(path, suffix)
-        if fmt == "original" or "system" in names:
-            if cmap.get("system", "system") in names:
-                columns["system"] = cmap.get("system", "system")
-            if columns["query"] not in names:
-                del columns["query"]
+        for optional in ("system", "history"):  # LLaMA-Factory's alpaca columns, when the file has them
+            if cmap.get(optional, optional) in names:
+                columns[optional] = cmap.get(optional, optional)
+        if fmt == "original" and columns["query"] not in names:
+            del columns["query"]
         entry["columns"] = columns
     return entry
 

@@ -23,20 +23,25 @@ Formats (detected from the extension and the first record, or forced with `fmt`)
   (`hub_dataset`), nothing downloaded.
 
 Message content may be a string or a list of text parts, ``{"type": "text", "text"|"value": …}``.
-An alpaca-shaped record may carry a ``system`` prompt: the instruction is then rendered like a
-conversation, ``"System: <system>\nUser: <instruction>"``. A column map (``--map
-instruction=question,input=context,output=response,system=system_prompt``; ``prompt`` and
-``completion`` name ``instruction`` and ``output``) reads other schemas: Dolly, OpenOrca, TRL.
+An alpaca-shaped record may carry a ``system`` prompt and LLaMA-Factory's ``history`` (the
+``[user, assistant]`` exchanges before the instruction): the instruction is then rendered like a
+conversation, ``"System: <system>\nUser: <h1>\nAssistant: <r1>\nUser: <instruction>"``, the input
+kept apart. A column map (``--map instruction=question,input=context,output=response,system=system_prompt``;
+``prompt`` and ``completion`` name ``instruction`` and ``output``) reads other schemas: Dolly,
+OpenOrca, TRL.
 
 Each record keeps its **original**: the exact text of its JSON object or JSONL line, or its row
 (Parquet, Arrow, CSV, ``save_to_disk``) as compact JSON; `RecordReader.layout` keeps what the
-container looked like (JSON list whitespace, line ending, CSV header, Arrow schema).
+container looked like (JSON list whitespace, line ending, CSV header, Arrow schema) and the
+records' shape.
 
-Multi-turn rendering: the *last* assistant turn is the response (``output``); the turns before it
-become the ``instruction``, one turn per line as ``"<Role>: <text>"`` with Role ∈ System, User,
-Assistant, Tool, joined by ``"\\n"`` (a ShareGPT top-level ``system`` comes first). A context of one
-single user turn becomes the instruction as is. ``input`` is empty; turns after the last assistant
-turn are dropped.
+Records are read as conversations (`selectit.io.records`): the *last* assistant turn is the
+response (``output``); the turns before it become the ``instruction``, one turn per line as
+``"<Role>: <text>"`` with Role ∈ System, User, Assistant, Tool, joined by ``"\n"`` (a ShareGPT
+top-level ``system`` comes first). A context of one single user turn becomes the instruction as
+is. ``input`` is empty; turns after the last assistant turn are not rated (`Record.trailing` counts
+them). A record carrying a ``content_hash`` (a selectit export) whose user turn is an Alpaca
+instruction and input joined by a newline is read back as that instruction and input.
 
 Canonical form (`canonical`): ``\\r\\n`` → ``\\n``, then Unicode NFC, for each of instruction,
 input and output; that is the text stored and hashed. A record whose text no backend can store
@@ -57,6 +62,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from selectit.errors import SelectitError
+from selectit.io.records import SHAPE_FIELDS as _SHAPE_FIELDS
+from selectit.io.records import BadRecord as _Invalid
+from selectit.io.records import HASH_FIELD, canonical, parse, render_conversation, split_by_hash  # noqa: F401 - re-exported
+from selectit.io.records import json_type as _json_type
+from selectit.io.records import shape_of as _shape_of
 
 FORMATS = ("alpaca-json", "jsonl", "sharegpt", "messages", "parquet", "csv", "tsv", "arrow", "hf-dir")
 #: The container each format is read from ("" → a JSON list or JSONL, from the first byte).
@@ -70,25 +80,9 @@ MAX_ORIGINAL_ID = 200
 #: The most one record (a JSON line, a CSV field) may take; longer ones are refused, not read whole.
 MAX_RECORD_BYTES = 64 * 2**20
 
-_SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
-    "bing": "assistant", "model": "assistant",
-    "system": "system",
-    "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant",
-}
-_MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-                  "tool": "tool", "function": "tool"}
-_ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-
-
 
 class IngestError(SelectitError):
     """The file cannot be ingested; nothing from it was committed."""
-
-
-class _Invalid(Exception):
-    """One record is invalid (skippable with skip_invalid); the message is the reason."""
 
 
 class Record(NamedTuple):
@@ -101,6 +95,7 @@ class Record(NamedTuple):
     output: str
     original_id: str | None  # the record's own `id`, if any
     original: str | None = None  # the record as it was in the file (see the module docstring)
+    trailing: int = 0  # turns after the last assistant turn, not rated
 
 
 @dataclass(frozen=True)
@@ -123,15 +118,6 @@ Progress = Callable[[int, int, int], None]
 
 
 # ---------------------------------------------------------------------------------------- text
-
-
-def canonical(text: str) -> str:
-    """The canonical form of one field: ``\\r\\n`` → ``\\n``, then Unicode NFC."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    # ASCII is always NFC; the test saves a normalisation pass on most records.
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
-
 
 
 def _check_storable(instruction: str, input: str, output: str) -> None:
@@ -166,23 +152,6 @@ def _decode_error(path: Path, data: bytes, base: int, exc: UnicodeDecodeError, l
         f"Nothing was ingested; re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} "
         f"> fixed.json`) and ingest that."
     )
-
-
-def _json_type(value: Any) -> str:
-    """How JSON calls the type of a parsed value (for messages: never a Python type name)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 class _NotJson(ValueError):
@@ -641,136 +610,6 @@ def _iter_hf_dir(ds: Any, progress: Callable[[int, int], None], layout: dict[str
     yield from _iter_batches(iter(table.to_batches(max_chunksize=CHUNK)), table.num_rows, progress)
 
 
-def _text(obj: dict[str, Any], key: str, *, required: bool) -> str:
-    if key not in obj or (obj[key] is None and required):
-        if required:
-            raise _Invalid(f"missing field '{key}'")
-        return ""
-    value = obj[key]
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Invalid(f"field '{key}' is not a string (got {_json_type(value)})")
-    if required and not value.strip():
-        raise _Invalid(f"empty field '{key}'")
-    return value
-
-
-def _content(value: Any, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts: keep the text parts
-        parts = []
-        for part in value:
-            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(text, str):
-                parts.append(text)
-            else:
-                raise _Invalid(f"{where} has non-text content")
-        return "".join(parts)
-    if value is None:
-        return ""
-    raise _Invalid(f"{where} is not a string (got {_json_type(value)})")
-
-
-def render_conversation(turns: list[tuple[str, str]]) -> tuple[str, str]:
-    """(instruction, output) of a conversation given as (role, text) pairs, role ∈ system/user/assistant/tool.
-
-    The last assistant turn is the output; the turns before it are the instruction: one single
-    user turn as is, otherwise ``"<Role>: <text>"`` lines joined by ``"\\n"``.
-    """
-    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
-    if last is None:
-        raise _Invalid("no assistant turn (the last assistant turn is the response)")
-    output = turns[last][1]
-    if not output.strip():
-        raise _Invalid(f"empty response (turn {last + 1}, the last assistant turn)")
-    context = turns[:last]
-    if not context:
-        raise _Invalid("no turn before the last assistant turn (it would be the instruction)")
-    if len(context) == 1 and context[0][0] == "user":
-        instruction = context[0][1]
-    else:
-        instruction = "\n".join(f"{_ROLE_LABEL[role]}: {text}" for role, text in context)
-    if not instruction.strip():
-        raise _Invalid("empty instruction (the turns before the last assistant turn are empty)")
-    return instruction, output
-
-
-def _turns(obj: dict[str, Any], key: str) -> list[tuple[str, str]]:
-    if key not in obj or obj[key] is None:
-        raise _Invalid(f"missing field '{key}'")
-    seq = obj[key]
-    if not isinstance(seq, list):
-        raise _Invalid(f"field '{key}' is not a list (got {_json_type(seq)})")
-    sharegpt = key == "conversations"
-    role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
-    roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
-    turns: list[tuple[str, str]] = []
-    if sharegpt and obj.get("system") is not None and not isinstance(obj["system"], str):
-        raise _Invalid(f"field 'system' is not text (got {_json_type(obj['system'])})")
-    if sharegpt and isinstance(obj.get("system"), str) and obj["system"].strip():
-        turns.append(("system", obj["system"]))
-    for n, turn in enumerate(seq, 1):
-        if not isinstance(turn, dict):
-            raise _Invalid(f"{key}[{n}] is not an object")
-        role = roles.get(str(turn.get(role_key, "")).lower())
-        if role is None:
-            raise _Invalid(f"{key}[{n}] has unknown {role_key} {turn.get(role_key)!r}")
-        turns.append((role, _content(turn.get(text_key), f"{key}[{n}].{text_key}")))
-    return turns
-
-
-def _alpaca(obj: dict[str, Any], column_map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    cmap = column_map or {}
-    instruction = _text(obj, cmap.get("instruction", "instruction"), required=True)
-    inp = _text(obj, cmap.get("input", "input"), required=False)
-    output = _text(obj, cmap.get("output", "output"), required=True)
-    system = _text(obj, cmap.get("system", "system"), required=False)
-    if system.strip():  # rendered as a conversation's system turn is
-        instruction = f"{_ROLE_LABEL['system']}: {system}\n{_ROLE_LABEL['user']}: {instruction}"
-    return instruction, inp, output
-
-
-def _sharegpt(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    instruction, output = render_conversation(_turns(obj, "conversations"))
-    return instruction, "", output
-
-
-def _messages(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    instruction, output = render_conversation(_turns(obj, "messages"))
-    return instruction, "", output
-
-
-def _prompt_completion(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    """TRL's prompt-completion records: two strings (standard) or two message lists (conversational)."""
-    if isinstance(obj.get("prompt"), list) or isinstance(obj.get("completion"), list):
-        instruction, output = render_conversation(_turns(obj, "prompt") + _turns(obj, "completion"))
-        return instruction, "", output
-    return _text(obj, "prompt", required=True), "", _text(obj, "completion", required=True)
-
-
-_SHAPES: dict[str, Callable[[dict[str, Any], dict[str, str] | None], tuple[str, str, str]]] = {
-    "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "prompt-completion": _prompt_completion,
-}
-
-
-#: The fields by which `_shape_of` recognises a record, for the errors that list them.
-_SHAPE_FIELDS = "instruction/input/output, conversations, messages or prompt/completion"
-
-
-def _shape_of(keys: list[str] | set[str]) -> str | None:
-    if "conversations" in keys:
-        return "sharegpt"
-    if "messages" in keys:
-        return "messages"
-    if "instruction" in keys or "output" in keys:
-        return "alpaca"
-    if "prompt" in keys and "completion" in keys:
-        return "prompt-completion"
-    return None
-
-
 def _original_id(obj: dict[str, Any], key: str = "id") -> str | None:
     value = obj.get(key)
     if value is None:
@@ -788,7 +627,7 @@ def _original_id(obj: dict[str, Any], key: str = "id") -> str | None:
 
 # ---------------------------------------------------------------------------------------- column map
 
-MAP_FIELDS = ("instruction", "input", "output", "system", "id")
+MAP_FIELDS = ("instruction", "input", "output", "system", "history", "id")
 MAP_ALIASES = {"prompt": "instruction", "completion": "output"}
 #: Columns that usually hold a field, for the hint when a record lacks the field.
 _LIKELY = {"instruction": ("question", "prompt", "query", "instruction_text"),
@@ -1022,6 +861,8 @@ class RecordReader:
                 if self.read == 1 and raw.error is None and isinstance(raw.obj, dict):
                     self._explain_first(raw.obj, str(exc))
                 yield InvalidRecord(raw.record, raw.line, str(exc), unparsed=raw.error is not None)
+        if self._shape is not None:  # how the records were read, for their export
+            self.layout["shape"] = self._shape
         if self.read == 0:  # `[]`, or a Parquet file without rows: like an empty file, an error
             raise IngestError(f"{self.path} holds no records. Nothing was ingested; give a file with at least "
                               f"one record.")
@@ -1055,11 +896,14 @@ class RecordReader:
                                + (f", or map them: {hint}" if hint else ""))
             if self.format in ("alpaca-json", "jsonl") and self._shape in ("sharegpt", "messages"):
                 self.format = self._shape
-        instruction, inp, output = _SHAPES[self._shape](obj, self.column_map)
+        conv = parse(obj, self._shape, self.column_map)
+        instruction, inp, output = conv.sample()
         original_id = _original_id(obj, self.column_map.get("id", "id"))
         instruction, inp, output = canonical(instruction), canonical(inp), canonical(output)
+        if HASH_FIELD in obj:  # an export of selectit's: the sample it came from
+            instruction, inp = split_by_hash(instruction, inp, output, obj[HASH_FIELD])
         _check_storable(instruction, inp, output)
-        return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text)
+        return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text, conv.trailing)
 
 
 def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None = None,
