@@ -558,6 +558,20 @@ def write_export(
     return result
 
 
+def in_memory_dataset(items: Sequence[Item], *, with_scores: bool = False, scores: Scores | None = None,
+                      card: dict[str, Any] | None = None) -> Any:
+    """`items` as a `datasets.Dataset` with the columns of an ``hf-dataset`` export (nothing written);
+    its ``info.description`` is the dataset card when `card` (the provenance) is given."""
+    from selectit.io.readers import datasets_offline
+
+    hf = datasets_offline()
+    rows = _uniform(_shaped(items, "hf-dataset", with_scores, scores))
+    table = _arrow_table(rows) if rows else _empty_alpaca()
+    info = hf.DatasetInfo(description=card_text(card, Path("<in memory>"), "hf-dataset", len(items), is_dir=True)
+                          if card is not None else "")
+    return hf.Dataset(table, info=info)
+
+
 def _source_check(sources: Sequence[tuple[str, str]]) -> Callable[[Path], str | None]:
     """Whether a named target is one of the ingested source files (by path, or by name and content)."""
     def check(real: Path) -> str | None:
@@ -902,7 +916,7 @@ def _scores(db_url: str | None, params: Any, sample_ids: Sequence[int]) -> Score
 def export_selection(
     engine: Any,
     db_url: str | None,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
     *,
     selection: str | None = None,
     dataset: str | None = None,
@@ -922,8 +936,9 @@ def export_selection(
     overwrite: bool = False,
     card_paths: bool = False,
     require_complete: bool = False,
-) -> ExportResult:
-    """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`.
+) -> ExportResult | Any:
+    """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`; with `out`
+    None and `fmt` ``hf-dataset``, return it as a `datasets.Dataset` in memory (`in_memory_dataset`).
 
     `fmt` None: ``original`` when every selected record kept its original (and they share one kind
     of file), else ``alpaca-json`` (`ExportResult.note` says why). `order`: ``rank`` (best first)
@@ -940,7 +955,12 @@ def export_selection(
     from selectit.fusion import views as fusion
     from selectit.store.schema import Dataset, DatasetSample, Selection, SelectionSample
 
-    if not str(out).strip():
+    if out is None and fmt != "hf-dataset":
+        raise ExportError("give the file (or the directory) to export to; only format='hf-dataset' can be "
+                          "returned in memory without one")
+    if out is None and llamafactory not in (False, None):
+        raise ExportError("llamafactory needs a data file beside dataset_info.json; give out")
+    if out is not None and not str(out).strip():
         raise ExportError("--out is empty; give the file (or the directory, ending with '/') to export to")
     if (selection is None) == (dataset is None):
         raise ExportError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
@@ -1023,6 +1043,9 @@ def export_selection(
         except ExportError as exc:
             fmt, note = "alpaca-json", f"wrote alpaca-json: {exc}"
     scores = _scores(db_url, params, ids) if with_scores else None
+    if out is None:
+        return in_memory_dataset(chosen_items, with_scores=with_scores, scores=scores,
+                                 card=provenance if card else None)
     name = llamafactory if isinstance(llamafactory, str) and llamafactory else (selection or dataset)
     assert name is not None
     result = write_export(chosen_items, out, fmt, entry=name, with_scores=with_scores, scores=scores,
