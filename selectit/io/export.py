@@ -4,8 +4,9 @@ Formats (`EXPORT_FORMATS`):
 
 - ``original``: each selected record exactly as it was ingested (the bytes of its JSON object or
   JSONL line, or its Parquet/Arrow/CSV row), in the input's own container;
-- ``alpaca-json`` / ``jsonl``: ``{"instruction", "input", "output"}`` (+ ``system`` when the source
-  had one) as a JSON list or one object per line;
+- ``alpaca-json`` / ``jsonl``: ``{"instruction", "input", "output"}`` as a JSON list or one object
+  per line; a conversation adds LLaMA-Factory's ``system`` and ``history`` columns (on every record
+  of the export once one needs them);
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"observation", "value": …}], "system": …}``
   (LLaMA-Factory's sharegpt formatting);
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": …}]}`` (TRL,
@@ -15,8 +16,12 @@ Formats (`EXPORT_FORMATS`):
   ``messages``), loadable with ``datasets.load_from_disk``.
 
 A conversation keeps its turns and system prompt when the source record had them (they are read
-back from the kept original); a record without an original (ingested by an older selectit) is
-written from the stored instruction/input/output.
+back from the kept original by `selectit.io.records`, through the last assistant turn: what was
+rated); a record without an original (ingested by an older selectit) is written from the stored
+instruction/input/output. When a converted record would be read back as another sample (an
+Alpaca input joined to the user turn), every record of the export carries its ``content_hash``,
+which ingest honours. ``hf-dataset`` without an output path is a `datasets.Dataset` in memory
+(`in_memory_dataset`).
 
 Every export writes a dataset card (YAML front matter: the provenance) and, with
 ``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file. In a
