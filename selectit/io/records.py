@@ -29,9 +29,12 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from selectit.errors import SelectitError
 
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
@@ -52,6 +55,10 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 class BadRecord(Exception):
     """One record is invalid; the message is the reason."""
+
+
+class IngestError(SelectitError):
+    """The file cannot be ingested; nothing from it was committed."""
 
 
 # ---------------------------------------------------------------------------------------- text
@@ -332,3 +339,51 @@ def comes_back_as(record: dict[str, Any], shape: str) -> str | None:
     except BadRecord:
         return None
     return digest(canonical(instruction), canonical(inp), canonical(output))
+
+
+# ---------------------------------------------------------------------------------------- column maps
+
+MAP_FIELDS = ("instruction", "input", "output", "system", "history", "id")
+MAP_ALIASES = {"prompt": "instruction", "completion": "output"}
+#: Columns that usually hold a field, for the hint when a record lacks the field.
+_LIKELY = {"instruction": ("question", "prompt", "query", "instruction_text"),
+           "input": ("context", "input_text"),
+           "output": ("response", "answer", "completion", "output_text", "target"),
+           "system": ("system_prompt",)}
+
+
+def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
+    """``"instruction=question,output=response"`` → {"instruction": "question", "output": "response"}."""
+    if not spec:
+        return {}
+    pairs = spec.items() if isinstance(spec, dict) else (p.partition("=")[::2] for p in spec.split(",") if p.strip())
+    result: dict[str, str] = {}
+    for target, column in pairs:
+        target, column = target.strip(), column.strip()
+        name = MAP_ALIASES.get(target, target)
+        if name not in MAP_FIELDS:
+            raise IngestError(f"--map {target}={column}: unknown field {target!r}; map instruction, input, output, "
+                              f"system (or prompt, completion), e.g. --map instruction=question,output=response")
+        if not column:
+            raise IngestError(f"--map {target}=: give the column that holds {name}, e.g. --map {target}=question")
+        if name in result:
+            raise IngestError(f"--map maps {name} twice ({result[name]} and {column}); give one column per field")
+        result[name] = column
+    return result
+
+
+def map_hint(fields: Sequence[str]) -> str:
+    """``--map output=response`` for a file whose records name the fields otherwise (or "")."""
+    have = set(fields)
+    pairs = [f"{name}={col}" for name, cols in _LIKELY.items() if name not in have
+             for col in cols[:] if col in have][:4]
+    seen: set[str] = set()
+    pairs = [p for p in pairs if not (p.split("=")[0] in seen or seen.add(p.split("=")[0]))]
+    return f"--map {','.join(pairs)}" if pairs else ""
+
+
+def check_map(path: Path, column_map: dict[str, str], columns: Sequence[str]) -> None:
+    for name, column in column_map.items():
+        if column not in columns:
+            raise IngestError(f"{path}: --map {name}={column} names a column the file does not have; its columns "
+                              f"are {', '.join(sorted(columns))}. Nothing was ingested; fix --map.")
