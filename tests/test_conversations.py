@@ -155,3 +155,19 @@ def test_the_api_counts_trailing_turns_and_returns_an_hf_dataset_in_memory(db_ur
     with pytest.raises(SelectitError, match="only format='hf-dataset' can be returned in memory"):
         store.export(selection="a", format="jsonl")
     store.close()
+
+
+def test_llamafactory_alpaca_history_is_read_as_the_turns_before_the_instruction(cli, db_url: str,
+                                                                                  tmp_path: Path) -> None:
+    from test_data_io import stored
+
+    path = write_jsonl(tmp_path / "h.jsonl", [
+        {"instruction": "And 3+3?", "input": "", "output": "6", "history": [["2+2?", "4"]], "system": "Be exact."},
+        {"instruction": "Hi", "input": "", "output": "Hello", "history": "a note, not LLaMA-Factory's history"},
+        {"instruction": "Hi", "input": "", "output": "Bye", "history": [["only a question"]]},
+    ])
+    result = cli("ingest", path, "--dataset", "h", "--skip-invalid")
+    assert result.stdout == "h: read 3, new 2, duplicates 0, invalid 1\n"
+    assert "record 3: field 'history' is not a list of [user, assistant] text pairs" in result.stderr
+    assert stored(db_url, "h") == [("System: Be exact.\nUser: 2+2?\nAssistant: 4\nUser: And 3+3?", "", "6"),
+                                   ("Hi", "", "Hello")]

@@ -242,9 +242,11 @@ def turns_of(obj: dict[str, Any], key: str) -> list[Turn]:
     return turns
 
 
-def _history(obj: dict[str, Any], key: str) -> list[Turn]:
+def _history(obj: dict[str, Any], key: str, mapped: bool) -> list[Turn]:
+    """LLaMA-Factory's ``history``: a list of [user, assistant] pairs. A field of that name that is
+    no list (a CSV cell, another dataset's text) is not read, unless --map names it."""
     value = obj.get(key)
-    if value is None:
+    if value is None or (not isinstance(value, list) and not mapped):
         return []
     if not isinstance(value, list) or not all(
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in value):
@@ -258,7 +260,7 @@ def _alpaca(obj: dict[str, Any], cmap: dict[str, str]) -> Conversation:
     output = _field(obj, cmap.get("output", "output"), required=True)
     system = _field(obj, cmap.get("system", "system"), required=False)
     turns = [("system", system)] if system.strip() else []
-    turns += _history(obj, cmap.get("history", "history"))
+    turns += _history(obj, cmap.get("history", "history"), "history" in cmap)
     return Conversation((*turns, ("user", instruction), ("assistant", output)), inp)
 
 
