@@ -22,6 +22,9 @@ Writers take a conversation through its last assistant turn (`Conversation.rated
 (`alpaca_fields`, `sharegpt_fields`, `messages_fields`). A record whose converted shape would come
 back as another sample (an Alpaca ``input`` merged into the user turn) carries the sample's
 ``content_hash``; `split_by_hash` reads it back as the same instruction and input.
+
+Column maps (`parse_column_map`, ``--map instruction=question,…``) name a file's own columns for
+these fields; `IngestError` is a file that cannot be ingested, `BadRecord` one invalid record.
 """
 
 from __future__ import annotations
