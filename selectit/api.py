@@ -28,6 +28,7 @@ from selectit.settings import Settings
 from selectit.store import db
 
 if TYPE_CHECKING:
+    import datasets
     import duckdb
     import pyarrow as pa
     from sqlalchemy.engine import Engine
@@ -475,20 +476,28 @@ class Store:
         finally:
             con.close()
 
-    def export(self, out: str | os.PathLike[str], *, selection: str | None = None, dataset: str | None = None,
+    def export(self, out: str | os.PathLike[str] | None = None, *, selection: str | None = None, dataset: str | None = None,
                format: str | None = None, order: str = "rank", with_scores: bool = False,
                llamafactory: bool | str | None = False,
                card: bool = True, top: float | None = None, top_n: int | None = None,
                min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
                prompt_set: str | None = None, overwrite: bool = False, card_paths: bool = False,
-               require_complete: bool = False) -> ExportResult:
+               require_complete: bool = False) -> ExportResult | datasets.Dataset:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
 
         `format` defaults to ``original`` (the records as ingested, in the input's format) when
         every selected record kept its original, else ``alpaca-json``. `out` a directory (existing,
         or ending with ``/``): the files are named after the entry. Existing files are replaced only
         when `out` names them or this export wrote them for the same entry, unless `overwrite`.
+
+        Without `out`, ``format="hf-dataset"`` returns the export as a `datasets.Dataset` in
+        memory (the columns of an hf-dataset export; the dataset card in ``ds.info.description``),
+        nothing written:
+
+            >>> ds = store.export(selection="demo-top", format="hf-dataset", with_scores=True)  # doctest: +SKIP
+            >>> ds.column_names[:5]  # doctest: +SKIP
+            ['instruction', 'input', 'output', 'system', 'messages']
         """
         from selectit.io.export import export_selection
 

@@ -275,9 +275,15 @@ def test_alpaca_shaped_exports_load_with_datasets(chats, tmp_path: Path, fmt: st
 
     hf = datasets_offline()
     ds = (hf.load_dataset("parquet", data_files=str(out), split="train") if fmt == "parquet" else load_json(out))
-    assert ds.column_names[:3] == ["instruction", "input", "output"]
-    assert ds[1] == {"instruction": "Write a haiku.", "input": "", "output": "Old pond\nfrog jumps in\nsplash"}
-    assert ds[0]["instruction"] == "System: You are terse.\nUser: Hi!\nAssistant: Hello.\nUser: What is 2+2?"
+    # LLaMA-Factory's alpaca columns: the system prompt and the exchanges before the last one are
+    # columns of their own, on every record once one record needs them (one schema per file).
+    assert ds.column_names[:5] == ["instruction", "input", "output", "system", "history"]
+    assert ds[1] == {"instruction": "Write a haiku.", "input": "", "output": "Old pond\nfrog jumps in\nsplash",
+                     "system": "", "history": []}
+    assert ds[0] == {"instruction": "What is 2+2?", "input": "", "output": "4.", "system": "You are terse.",
+                     "history": [["Hi!", "Hello."]]}
+    assert ds[2] == {"instruction": "Thanks", "input": "", "output": "Bitte.", "system": "Answer in German.",
+                     "history": []}
 
 
 def test_hf_dataset_directory_loads_from_disk_with_its_card(chats, tmp_path: Path) -> None:
@@ -381,7 +387,9 @@ def llamafactory_examples(info_dir: Path, name: str) -> list[list[tuple[str, str
         if entry.get("formatting", "alpaca") == "alpaca":
             prompt = row[cols.get("prompt", "instruction")]
             query = row.get(cols.get("query", "input")) or ""
-            turns = [("user", prompt + ("\n" + query if query else "")), ("assistant", row[cols.get("response", "output")])]
+            turns = [turn for old_prompt, old_response in (row.get(cols["history"]) or [] if cols.get("history") else [])
+                     for turn in (("user", old_prompt), ("assistant", old_response))]
+            turns += [("user", prompt + ("\n" + query if query else "")), ("assistant", row[cols.get("response", "output")])]
             if cols.get("system") and row.get(cols["system"]):
                 turns.insert(0, ("system", row[cols["system"]]))
         else:
@@ -406,11 +414,15 @@ def test_llamafactory_entry_follows_the_documented_schema(chats, tmp_path: Path,
     assert info["alpaca_en_demo"] == {"file_name": "alpaca_en_demo.json"}  # other entries are kept
     examples = llamafactory_examples(out, "all")
     assert len(examples) == 3
-    if fmt in ("sharegpt", "messages", "original"):
-        assert examples[0] == [("system", "You are terse."), ("user", "Hi!"), ("assistant", "Hello."),
-                               ("user", "What is 2+2?"), ("assistant", "4.")]
-    else:
-        assert examples[1] == [("user", "Write a haiku."), ("assistant", "Old pond\nfrog jumps in\nsplash")]
+    # Every format, alpaca's included (system and history columns), gives LLaMA-Factory the whole conversation.
+    assert examples[0] == [("system", "You are terse."), ("user", "Hi!"), ("assistant", "Hello."),
+                           ("user", "What is 2+2?"), ("assistant", "4.")]
+    assert examples[1] == [("user", "Write a haiku."), ("assistant", "Old pond\nfrog jumps in\nsplash")]
+    assert examples[2] == [("system", "Answer in German."), ("user", "Thanks"), ("assistant", "Bitte.")]
+    entry = json.loads((out / "dataset_info.json").read_text())["all"]
+    if fmt in ("alpaca-json", "jsonl", "parquet"):
+        assert entry["columns"] == {"prompt": "instruction", "query": "input", "response": "output",
+                                    "system": "system", "history": "history"}
 
 
 def test_llamafactory_entry_for_a_mapped_original_names_the_file_s_columns(cli_sqlite, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from selectit.cli.base import (
+    _warn,
     console,
     echo,
     err_console,
@@ -60,7 +61,8 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
            split: str | None, skip_invalid: bool, limit: int | None) -> None:
     """Add the records of FILE (`-` for standard input; or a save_to_disk directory, or an OWNER/NAME Hub dataset from the
     local Hugging Face cache, offline) to a dataset (one transaction; duplicates stored once). Each
-    record is kept as it was, for `export --format original`.
+    record is kept as it was, for `export --format original`. A conversation is rated through its
+    last assistant turn; a warning line counts the records with turns after it (not rated).
 
     \b
     Example:
@@ -79,6 +81,7 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
         echo(f"skipped {len(result.invalid)} invalid records:", err=True)
         for line in result.invalid_report():
             echo(line, err=True)
+    _warn(result.warning)
     echo(result.summary)
 
 

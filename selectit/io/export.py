@@ -4,8 +4,9 @@ Formats (`EXPORT_FORMATS`):
 
 - ``original``: each selected record exactly as it was ingested (the bytes of its JSON object or
   JSONL line, or its Parquet/Arrow/CSV row), in the input's own container;
-- ``alpaca-json`` / ``jsonl``: ``{"instruction", "input", "output"}`` (+ ``system`` when the source
-  had one) as a JSON list or one object per line;
+- ``alpaca-json`` / ``jsonl``: ``{"instruction", "input", "output"}`` as a JSON list or one object
+  per line; a conversation adds LLaMA-Factory's ``system`` and ``history`` columns (on every record
+  of the export once one needs them);
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"observation", "value": …}], "system": …}``
   (LLaMA-Factory's sharegpt formatting);
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": …}]}`` (TRL,
@@ -15,802 +16,44 @@ Formats (`EXPORT_FORMATS`):
   ``messages``), loadable with ``datasets.load_from_disk``.
 
 A conversation keeps its turns and system prompt when the source record had them (they are read
-back from the kept original); a record without an original (ingested by an older selectit) is
-written from the stored instruction/input/output.
+back from the kept original by `selectit.io.records`, through the last assistant turn: what was
+rated); a record without an original (ingested by an older selectit) is written from the stored
+instruction/input/output. When a converted record would be read back as another sample (an
+Alpaca input joined to the user turn), every record of the export carries its ``content_hash``,
+which ingest honours. ``hf-dataset`` without an output path is a `datasets.Dataset` in memory
+(`in_memory_dataset`).
 
 Every export writes a dataset card (YAML front matter: the provenance) and, with
 ``llamafactory=True``, merges its entry into ``dataset_info.json`` beside the data file. In a
 directory the files are named after the entry (``DIR/<entry>.<ext>``, ``DIR/<entry>.README.md``).
 Every file goes through `selectit.io.writer.Writer`: all targets checked first, renamed at the end.
+
+This module gathers what is exported from the store (the selection's samples, their originals and
+files, the provenance, the scores); `selectit.io.export_files` writes the files and
+`selectit.io.card` the card and the LLaMA-Factory entry.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
-import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import NoSuchSelection
-from selectit.io.writer import WriteError, Writer, sha256_file
+from selectit.io.card import now_utc
+from selectit.io.export_files import (  # noqa: F401 - re-exported: the export interface
+    ExportError,
+    ExportResult,
+    Item,
+    Scores,
+    Source,
+    _resolve_original,
+    in_memory_dataset,
+    write_export,
+)
 from selectit.store import db
-
-#: The file name used inside an output directory, per format.
-DATA_FILE = {"alpaca-json": "data.json", "jsonl": "data.jsonl", "sharegpt": "data.json",
-             "messages": "data.jsonl", "parquet": "data.parquet"}
-#: The container of each ingest format, when it is exported as the original.
-ORIGINAL_SUFFIX = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "tsv": ".tsv",
-                   "arrow": ".arrow", "hf-dir": ""}
-CARD_NAME = "README.md"
-LLAMAFACTORY_INFO = "dataset_info.json"
-
-_SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}
-_SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
-    "bing": "assistant", "model": "assistant", "function_call": "assistant",
-    "system": "system",
-    "tool": "tool", "function": "tool", "observation": "tool",
-}
-_MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-                  "tool": "tool", "function": "tool"}
-
-
-class ExportError(WriteError):
-    """An export that cannot be written as asked."""
-
-
-# --------------------------------------------------------------------------------------------
-# What is exported
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Source:
-    """One ingested file: where a record's original came from and how its container looked."""
-
-    ingest_id: int
-    path: str
-    sha256: str
-    format: str  # alpaca-json | jsonl | sharegpt | messages | parquet | csv | tsv | arrow | hf-dir
-    container: str  # json | jsonl | parquet | csv | tsv | arrow | hf-dir
-    layout: dict[str, Any] = field(default_factory=dict)  # container style / Arrow schema / CSV header
-    column_map: dict[str, str] = field(default_factory=dict)  # selectit field → the file's column
-
-
-@dataclass(frozen=True)
-class Item:
-    """One selected sample: its stored text, its score and, when kept, its original record."""
-
-    rank: int
-    sample_id: int
-    instruction: str
-    input: str
-    output: str
-    s_model: float
-    original: str | None = None  # the record's JSON text (exact bytes for JSON/JSONL inputs)
-    source: Source | None = None
-
-
-@dataclass(frozen=True)
-class Scores:
-    """--with-scores: S_sent per model and S_token per (model, prompt position) of each sample."""
-
-    s_sent: dict[int, dict[str, float]]  # sample id → model → S_sent
-    s_token: dict[int, dict[str, dict[str, float]]]  # sample id → model → "p<position>" → S_token
-
-
-@dataclass
-class ExportResult:
-    data: Path  # the data file (or the hf-dataset directory)
-    format: str  # the format written (``original`` resolved to the input's container)
-    card: Path | None = None
-    dataset_info: Path | None = None
-    n: int = 0
-    note: str | None = None  # why the default format was not `original`
-    warning: str | None = None  # the dataset is only partly rankable (`selection.partial_warning`)
-
-
-# --------------------------------------------------------------------------------------------
-# Records in each shape
-# --------------------------------------------------------------------------------------------
-def _text(value: Any) -> str:
-    """Text of a message content: a string, or a list of text parts (``text`` or ``value``)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "".join(str(p.get("text", p.get("value", ""))) for p in value if isinstance(p, dict))
-    return "" if value is None else str(value)
-
-
-@dataclass(frozen=True)
-class Conversation:
-    system: str | None
-    turns: tuple[tuple[str, str], ...]  # (role ∈ user/assistant/tool, text), system turns excluded
-
-
-def conversation(item: Item) -> Conversation:
-    """The item as a conversation: from its original turns when it had them, else one exchange."""
-    obj = _original_object(item)
-    if obj is not None:
-        key = "conversations" if isinstance(obj.get("conversations"), list) else (
-            "messages" if isinstance(obj.get("messages"), list) else None)
-        if key is not None:
-            sharegpt = key == "conversations"
-            role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
-            roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
-            system = obj.get("system") if sharegpt and isinstance(obj.get("system"), str) else None
-            turns: list[tuple[str, str]] = []
-            for turn in obj[key]:
-                if not isinstance(turn, dict):
-                    continue
-                role = roles.get(str(turn.get(role_key, "")).lower(), "user")
-                text = _text(turn.get(text_key))
-                if role == "system":
-                    system = text if not system else system + "\n" + text
-                else:
-                    turns.append((role, text))
-            return Conversation(system or None, tuple(turns))
-    alpaca = alpaca_record(item)
-    user = alpaca["instruction"] + ("\n" + alpaca["input"] if alpaca["input"] else "")
-    return Conversation(alpaca.get("system"), (("user", user), ("assistant", alpaca["output"])))
-
-
-def _original_object(item: Item) -> dict[str, Any] | None:
-    if item.original is None:
-        return None
-    obj = json.loads(item.original)
-    return obj if isinstance(obj, dict) else None
-
-
-def alpaca_record(item: Item) -> dict[str, str]:
-    """``{"instruction", "input", "output"}`` (+ ``system``): an alpaca-shaped original's own fields
-    (through the column map), else the stored text (a conversation flattened as at ingest)."""
-    obj = _original_object(item)
-    source = item.source
-    if obj is not None and source is not None and not (
-            isinstance(obj.get("conversations"), list) or isinstance(obj.get("messages"), list)):
-        cmap = source.column_map or {}
-
-        def get(name: str) -> str:
-            value = obj.get(cmap.get(name, name))
-            return value if isinstance(value, str) else ("" if value is None else str(value))
-
-        record = {"instruction": get("instruction"), "input": get("input"), "output": get("output")}
-        system = get("system")
-        if system:
-            record["system"] = system
-        if record["instruction"] and record["output"]:
-            return record
-    return {"instruction": item.instruction, "input": item.input or "", "output": item.output}
-
-
-def sharegpt_record(item: Item) -> dict[str, Any]:
-    conv = conversation(item)
-    record: dict[str, Any] = {"conversations": [{"from": _SHAREGPT_FROM[r], "value": t} for r, t in conv.turns]}
-    if conv.system:
-        record["system"] = conv.system
-    return record
-
-
-def messages_record(item: Item) -> dict[str, Any]:
-    conv = conversation(item)
-    messages = ([{"role": "system", "content": conv.system}] if conv.system else [])
-    messages += [{"role": r, "content": t} for r, t in conv.turns]
-    return {"messages": messages}
-
-
-def _score_fields(item: Item, scores: Scores | None) -> dict[str, Any]:
-    fields: dict[str, Any] = {"rank": item.rank, "s_model": item.s_model}
-    if scores is not None:
-        fields["s_sent"] = scores.s_sent.get(item.sample_id, {})
-        fields["s_token"] = scores.s_token.get(item.sample_id, {})
-    return fields
-
-
-# --------------------------------------------------------------------------------------------
-# Writing: every file goes through one `selectit.io.writer.Writer` (checked first, renamed at the end)
-# --------------------------------------------------------------------------------------------
-def _dump(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
-def _write_json_list(w: Writer, out: Path, texts: Sequence[str], layout: dict[str, Any] | None = None) -> None:
-    """A JSON list of already-serialised records, in the container style of `layout` (the source
-    file's whitespace between ``[``, records and ``]``), else ``json.dumps(indent=2)``'s."""
-    layout = layout or {}
-    open_ws = layout.get("open", "\n  ")
-    sep = layout.get("sep", ",\n  ")
-    close_ws = layout.get("close", "\n")
-    end = layout.get("end", "\n")
-    w.stage_text(out, "[]" + end if not texts else "[" + open_ws + sep.join(texts) + close_ws + "]" + end)
-
-
-def _write_lines(w: Writer, out: Path, texts: Sequence[str], ending: str = "\n") -> None:
-    def fill(tmp: Path) -> None:
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            for text in texts:
-                fh.write(text + ending)
-
-    w.stage(out, fill)
-
-
-def _indented(record: dict[str, Any]) -> str:
-    """A record as it sits in a ``json.dumps(records, indent=2)`` list."""
-    return json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n  ")
-
-
-def _arrow_table(rows: list[dict[str, Any]], layout: dict[str, Any] | None = None):  # noqa: ANN202
-    import pyarrow as pa
-
-    schema = None
-    if layout and layout.get("schema"):
-        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(layout["schema"])))
-    if schema is not None:
-        extra = [k for k in (rows[0] if rows else {}) if k not in schema.names]
-        if extra:  # --with-scores columns: appended to the source schema
-            inferred = pa.Table.from_pylist([{k: r[k] for k in extra} for r in rows]).schema
-            schema = pa.schema(list(schema) + list(inferred))
-        return pa.Table.from_pylist(rows, schema=schema)
-    return pa.Table.from_pylist(rows)
-
-
-def _write_parquet(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None = None) -> None:
-    import pyarrow.parquet as pq
-
-    table = _arrow_table(rows, layout) if rows or layout else _empty_alpaca()
-    w.stage(out, lambda tmp: pq.write_table(table, tmp))
-
-
-def _write_arrow(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None) -> None:
-    import pyarrow as pa
-
-    table = _arrow_table(rows, layout)
-
-    def fill(tmp: Path) -> None:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-
-    w.stage(out, fill)
-
-
-def _write_csv(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any], delimiter: str) -> None:
-    import csv
-
-    columns = list(layout.get("columns") or (rows[0].keys() if rows else []))
-    extra = [k for k in (rows[0] if rows else {}) if k not in columns]
-
-    def fill(tmp: Path) -> None:
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh, delimiter=delimiter, lineterminator=layout.get("newline", "\n"))
-            writer.writerow(columns + extra)
-            for row in rows:
-                writer.writerow([_csv_cell(row.get(c)) for c in columns + extra])
-
-    w.stage(out, fill)
-
-
-def _csv_cell(value: Any) -> Any:
-    return _dump(value) if isinstance(value, (dict, list)) else ("" if value is None else value)
-
-
-def _empty_alpaca():  # noqa: ANN202
-    import pyarrow as pa
-
-    return pa.table({c: pa.array([], pa.string()) for c in ("instruction", "input", "output")})
-
-
-def is_saved_dataset(path: Path) -> bool:
-    """A `save_to_disk` directory (its `state.json` is there), not reached through a symlink."""
-    return not path.is_symlink() and path.is_dir() and (path / "state.json").is_file()
-
-
-def _saved_files(path: Path) -> list[str]:
-    """The file names a saved dataset consists of (its state.json's data files and its metadata)."""
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        names = [f["filename"] for f in state.get("_data_files", []) if isinstance(f, dict)]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        names = []
-    return [n for n in names if isinstance(n, str) and "/" not in n] + ["state.json", "dataset_info.json"]
-
-
-def _plan_hf_dataset(w: Writer, out: Path, rows: list[dict[str, Any]], layout: dict[str, Any] | None,
-                     staging: Path) -> list[str]:
-    """Save the dataset into `staging`, then check each of its files' targets in `out`; their names.
-
-    An existing `out` must be a saved dataset; only its own files are replaced (others in the
-    directory stay), and only when selectit wrote them for the same entry (or --overwrite).
-    """
-    from selectit.io.readers import datasets_offline
-
-    if out.is_symlink():
-        raise ExportError(f"{out} is a symbolic link; give the saved dataset's real directory (or a new one) "
-                          f"for --format hf-dataset")
-    if out.exists() and not is_saved_dataset(out):
-        raise ExportError(f"{out} exists and is not a saved dataset; give a new directory, or end --out with "
-                          f"'/' to write the dataset into a folder inside it")
-    hf = datasets_offline()
-    table = _arrow_table(rows, layout) if rows or layout else _empty_alpaca()
-    hf.Dataset(table).save_to_disk(str(staging / "ds"))
-    if not out.exists():
-        w.new_dir(out)
-    new = sorted(p.name for p in (staging / "ds").iterdir() if p.is_file())
-    for name in new:
-        w.plan(out / name)
-    if out.exists():
-        for name in _saved_files(out):
-            if name not in new:
-                w.plan_stale(out / name)
-    return new
-
-
-def _stage_hf_dataset(w: Writer, out: Path, names: list[str], staging: Path) -> None:
-    for name in names:
-        w.stage(out / name, lambda tmp, n=name: os.replace(staging / "ds" / n, tmp))
-
-
-def _resolve_original(items: Sequence[Item]) -> Source:
-    """The one source container every item's original shares (else a clear error)."""
-    missing = [i for i in items if i.original is None or i.source is None]
-    if missing:
-        raise ExportError(
-            f"{len(missing)} of the {len(items)} selected samples have no kept original (ingested by an older "
-            f"selectit, or stored directly); export a converted form instead, e.g. --format alpaca-json, "
-            f"or ingest the file into a new dataset and select again"
-        )
-    containers = {i.source.container for i in items}  # type: ignore[union-attr]
-    if len(containers) > 1:
-        raise ExportError(
-            f"the selected records come from files of different kinds ({', '.join(sorted(containers))}), so "
-            f"there is no one original format; choose one with --format (jsonl, messages, sharegpt, …)"
-        )
-    first = items[0].source
-    assert first is not None
-    if first.container in ("parquet", "arrow", "hf-dir", "csv", "tsv"):
-        layouts = {json.dumps(i.source.layout, sort_keys=True) for i in items}  # type: ignore[union-attr]
-        if len(layouts) > 1:
-            raise ExportError(
-                f"the selected records come from {first.container} files with different columns, so they "
-                f"cannot share one original table; choose a converted format with --format"
-            )
-    return first
-
-
-def _original_rows(items: Sequence[Item], with_scores: bool, scores: Scores | None) -> list[dict[str, Any]]:
-    rows = []
-    for item in items:
-        row = json.loads(item.original)  # type: ignore[arg-type]
-        if with_scores:
-            row.update(_score_fields(item, scores))
-        rows.append(row)
-    return rows
-
-
-def _original_texts(items: Sequence[Item], with_scores: bool, scores: Scores | None) -> list[str]:
-    if not with_scores:
-        return [item.original for item in items]  # type: ignore[misc]  # the exact bytes as ingested
-    return [_dump(row) for row in _original_rows(items, True, scores)]
-
-
-#: The extension of each converted format's data file.
-DATA_SUFFIX = {"alpaca-json": ".json", "jsonl": ".jsonl", "sharegpt": ".json", "messages": ".jsonl",
-               "parquet": ".parquet"}
-
-
-def file_stem(name: str) -> str:
-    """A file name for an export entry: `name` with anything but letters, digits, ``.``, ``_`` and
-    ``-`` replaced by ``_`` (never hidden, never empty).
-
-    >>> file_stem("selective_alpaca"), file_stem("top 3/v1"), file_stem("..")
-    ('selective_alpaca', 'top_3_v1', 'data')
-    """
-    import re
-
-    stem = re.sub(r"[^\w.-]", "_", name).lstrip(".")
-    return stem or "data"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where an export writes: the data file (or saved-dataset directory) and its card."""
-
-    data: Path
-    card: Path
-    in_dir: bool  # --out was a directory: the files are named after the entry
-    named: bool  # the user named the data file itself (it may be replaced)
-
-
-def export_layout(out: Path, fmt: str, entry: str, source: Source | None = None, as_dir: bool = False) -> Layout:
-    """The files an export of `entry` to `out` writes.
-
-    `out` a file: that file and ``FILE.README.md``. `out` a directory (it exists, or ends with
-    ``/``): ``DIR/<entry>.<ext>`` and ``DIR/<entry>.README.md``. A saved dataset (hf-dataset, or
-    the original of a `save_to_disk` source) is the directory `out` itself, or ``DIR/<entry>/`` when
-    `out` ends with ``/`` or is a directory that is not a saved dataset; its card is its README.md.
-    """
-    stem = file_stem(entry)
-    if fmt == "hf-dataset" or (fmt == "original" and source is not None and source.container == "hf-dir"):
-        inside = out.is_dir() and not out.is_symlink() and not is_saved_dataset(out)
-        directory = out / stem if as_dir or inside else out
-        return Layout(directory, directory / CARD_NAME, in_dir=directory != out, named=directory == out)
-    if as_dir or out.is_dir():
-        suffix = ORIGINAL_SUFFIX[source.container] if fmt == "original" and source is not None else DATA_SUFFIX[fmt]
-        return Layout(out / (stem + suffix), out / (stem + ".README.md"), in_dir=True, named=False)
-    return Layout(out, out.with_name(out.name + ".README.md"), in_dir=False, named=True)
-
-
-def _stage_records(w: Writer, path: Path, fmt: str, items: Sequence[Item], source: Source | None,
-                   with_scores: bool, scores: Scores | None) -> None:
-    """Stage the data file of a non-directory format."""
-    if fmt == "original":
-        assert source is not None
-        container = source.container
-        if container == "json":
-            texts = _original_texts(items, with_scores, scores)
-            if with_scores and source.layout.get("open", "\n  ") == "\n  ":
-                texts = [_indented(json.loads(t)) for t in texts]
-            _write_json_list(w, path, texts, source.layout)
-        elif container == "jsonl":
-            _write_lines(w, path, _original_texts(items, with_scores, scores), source.layout.get("newline", "\n"))
-        elif container == "parquet":
-            _write_parquet(w, path, _original_rows(items, with_scores, scores), source.layout)
-        elif container == "arrow":
-            _write_arrow(w, path, _original_rows(items, with_scores, scores), source.layout)
-        elif container in ("csv", "tsv"):
-            _write_csv(w, path, _original_rows(items, with_scores, scores), source.layout,
-                       "\t" if container == "tsv" else source.layout.get("delimiter", ","))
-        else:  # pragma: no cover - every ingest container is listed above
-            raise ExportError(f"cannot write {container} originals")
-        return
-    records = _shaped(items, fmt, with_scores, scores)
-    if fmt in ("alpaca-json", "sharegpt"):
-        _write_json_list(w, path, [_indented(r) for r in records])
-    elif fmt in ("jsonl", "messages"):
-        _write_lines(w, path, [_dump(r) for r in records])
-    else:
-        _write_parquet(w, path, _uniform(records))
-
-
-def _shaped(items: Sequence[Item], fmt: str, with_scores: bool, scores: Scores | None) -> list[dict[str, Any]]:
-    shape: Callable[[Item], dict[str, Any]] = {
-        "alpaca-json": alpaca_record, "jsonl": alpaca_record, "parquet": alpaca_record,
-        "sharegpt": sharegpt_record, "messages": messages_record, "hf-dataset": _hf_record,
-    }[fmt]
-    records = []
-    for item in items:
-        record = shape(item)
-        if with_scores:
-            record.update(_score_fields(item, scores))
-        records.append(record)
-    return records
-
-
-def write_export(
-    items: Sequence[Item],
-    out: str | os.PathLike[str],
-    fmt: str = "alpaca-json",
-    *,
-    entry: str = "data",
-    with_scores: bool = False,
-    scores: Scores | None = None,
-    card: dict[str, Any] | None = None,
-    llamafactory: str | None = None,
-    overwrite: bool = False,
-    protect: Sequence[str | os.PathLike[str]] = (),
-    sources: Sequence[tuple[str, str]] = (),
-) -> ExportResult:
-    """Write `items` (best first) to `out` in `fmt`; the card and the LLaMA-Factory entry beside it.
-
-    `out` is a file, or a directory that receives ``<entry>.<ext>`` (see `export_layout`).
-    `card` is the provenance (see `card_text`); `llamafactory` is the name under which the entry
-    is merged into ``dataset_info.json`` beside the data. `protect`: files never written (the
-    store's); `sources`: (path, sha256) of ingested files, replaced only with `overwrite`.
-    Every target is checked before anything is written, and all are renamed into place at the
-    end (`selectit.writer`): an error leaves every file as it was.
-    """
-    import shutil
-
-    if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-    if not str(out).strip():
-        raise ExportError("--out is empty; give the file (or the directory, ending with '/') to export to")
-    as_dir = str(out).endswith(("/", os.sep))
-    out = Path(out)
-    source = _resolve_original(items) if fmt == "original" and items else None
-    if fmt == "original" and not items:
-        fmt = "alpaca-json"  # nothing selected: an empty list in the default converted form
-    written = fmt if source is None else source.format
-    layout = export_layout(out, fmt, llamafactory or entry, source, as_dir)
-    is_dir = fmt == "hf-dataset" or (source is not None and source.container == "hf-dir")
-    if llamafactory is not None and is_dir:
-        raise ExportError("--llamafactory needs a data file (alpaca-json, jsonl, sharegpt, messages, parquet "
-                          "or an original JSON/JSONL/Parquet/CSV file), not a dataset directory")
-    if llamafactory is not None and source is not None and source.container == "arrow":
-        raise ExportError("LLaMA-Factory reads json, jsonl, csv and parquet files; export the Arrow records "
-                          "with --format parquet (or jsonl) for --llamafactory")
-    # In a directory the files belong to the entry; a named FILE and its card belong to that file.
-    owner = (llamafactory or entry) if layout.in_dir else f"--out {layout.data.name}"
-    w = Writer(entry=owner, protect=[Path(p) for p in protect], overwrite=overwrite,
-               refuse_named=_source_check(sources))
-    if layout.in_dir and not out.exists():
-        w.new_dir(out)
-    elif layout.in_dir and (out.is_symlink() and not out.is_dir()):
-        raise ExportError(f"{out} is not a directory; choose another --out")
-    staging = None
-    try:
-        if is_dir:
-            rows = _original_rows(items, with_scores, scores) if source is not None else _uniform(
-                _shaped(items, fmt, with_scores, scores))
-            parent = layout.data.parent if layout.data.parent.is_dir() else out.parent
-            if not parent.is_dir():
-                raise ExportError(f"the directory {str(parent)!r} does not exist; create it first")
-            staging = Path(tempfile.mkdtemp(prefix=".selectit-staging-", dir=parent))
-            names = _plan_hf_dataset(w, layout.data, rows, source.layout if source is not None else None, staging)
-        else:
-            w.plan(layout.data, named=layout.named)
-        if card is not None:
-            w.plan(layout.card)
-        info = None
-        current: dict[str, Any] = {}
-        if llamafactory is not None:
-            info = layout.data.parent / LLAMAFACTORY_INFO
-            w.plan(info, shared=True, record=False)
-            current = read_dataset_info(info)
-        # Everything is checked: write.
-        if is_dir:
-            _stage_hf_dataset(w, layout.data, names, staging)  # type: ignore[arg-type]
-        else:
-            _stage_records(w, layout.data, fmt, items, source, with_scores, scores)
-        result = ExportResult(data=layout.data, format=written, n=len(items))
-        if card is not None:
-            w.stage_text(layout.card, card_text(card, layout.data, written, len(items), is_dir=is_dir))
-            result.card = layout.card
-        if info is not None:
-            staged = w.targets[w._given[layout.data]].staged
-            entry_json = llamafactory_entry(layout.data, written if source is None else "original", source,
-                                            content=staged)
-            current[llamafactory] = entry_json  # type: ignore[index]
-            w.stage_text(info, json.dumps(current, indent=2, ensure_ascii=False) + "\n")
-            result.dataset_info = info
-        w.commit()
-    finally:
-        w.abort()
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    return result
-
-
-def _source_check(sources: Sequence[tuple[str, str]]) -> Callable[[Path], str | None]:
-    """Whether a named target is one of the ingested source files (by path, or by name and content)."""
-    def check(real: Path) -> str | None:
-        for path, sha256 in sources:
-            if Path(os.path.realpath(path)) == real or (
-                    Path(path).name == real.name and real.is_file() and sha256_file(real) == sha256):
-                return f"the ingested source file of this dataset ({Path(path).name})"
-        return None
-
-    return check
-
-
-def _hf_record(item: Item) -> dict[str, Any]:
-    record: dict[str, Any] = dict(alpaca_record(item))
-    record.setdefault("system", "")
-    record["messages"] = messages_record(item)["messages"]
-    return record
-
-
-def _uniform(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every record with the same keys (Arrow wants one schema): missing optional text → ""."""
-    keys: dict[str, None] = {}
-    for r in records:
-        keys.update(dict.fromkeys(r))
-    return [{k: r.get(k, "") for k in keys} for r in records]
-
-
-# --------------------------------------------------------------------------------------------
-# LLaMA-Factory's dataset_info.json
-# --------------------------------------------------------------------------------------------
-def llamafactory_entry(path: Path, fmt: str, source: Source | None = None, *,
-                       content: Path | None = None) -> dict[str, Any]:
-    """The `dataset_info.json` entry LLaMA-Factory needs to load `path` (its documented schema:
-    file_name, file_sha1, formatting ∈ alpaca/sharegpt, columns, tags). `content`: where the
-    bytes are now (the staged file, before it is renamed to `path`)."""
-    name, suffix = path.name, path.suffix
-    path = content or path
-    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-    entry: dict[str, Any] = {"file_name": name, "file_sha1": sha1}
-    shape = fmt
-    if fmt == "original":
-        assert source is not None
-        if source.container in ("arrow", "hf-dir"):
-            raise ExportError("LLaMA-Factory reads json, jsonl, csv and parquet files; export the Arrow records "
-                              "with --format parquet (or jsonl) for --llamafactory")
-        shape = source.format if source.format in ("sharegpt", "messages") else "alpaca"
-    if shape in ("sharegpt", "messages"):
-        key = "conversations" if shape == "sharegpt" else "messages"
-        entry["formatting"] = "sharegpt"
-        entry["columns"] = {"messages": key}
-        records = _json_records(path)
-        if any(isinstance(r.get("system"), str) for r in records):
-            entry["columns"]["system"] = "system"
-        if shape == "messages":
-            entry["tags"] = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                             "assistant_tag": "assistant", "observation_tag": "tool", "system_tag": "system"}
-        else:
-            seen = {str(t.get("from")) for r in records for t in r.get(key, []) if isinstance(t, dict)}
-            tags = {}
-            if "human" not in seen and "user" in seen:
-                tags["user_tag"] = "user"
-            if "gpt" not in seen and "assistant" in seen:
-                tags["assistant_tag"] = "assistant"
-            if tags:
-                entry["tags"] = tags
-    else:
-        cmap = dict(source.column_map) if (fmt == "original" and source is not None) else {}
-        columns = {"prompt": cmap.get("instruction", "instruction"), "query": cmap.get("input", "input"),
-                   "response": cmap.get("output", "output")}
-        names = _column_names(path, suffix)
-        if fmt == "original" or "system" in names:
-            if cmap.get("system", "system") in names:
-                columns["system"] = cmap.get("system", "system")
-            if columns["query"] not in names:
-                del columns["query"]
-        entry["columns"] = columns
-    return entry
-
-
-def _json_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return [r for r in json.loads(text) if isinstance(r, dict)]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _column_names(path: Path, suffix: str | None = None) -> set[str]:
-    suffix = path.suffix if suffix is None else suffix
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return set(pq.ParquetFile(path).schema_arrow.names)
-    if suffix in (".csv", ".tsv"):
-        import csv
-
-        with path.open(encoding="utf-8", newline="") as fh:
-            return set(next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), []))
-    names: set[str] = set()
-    for record in _json_records(path):
-        names.update(record)
-    return names
-
-
-def read_dataset_info(info: Path) -> dict[str, Any]:
-    """The entries of the `dataset_info.json` at `info` ({} when there is none): a clear error when
-    it is not a UTF-8 JSON object, before anything is written."""
-    if not info.exists():
-        return {}
-    try:
-        current = json.loads(info.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ExportError(f"{info} is not UTF-8 text (byte {exc.start}); fix or remove it, then export again "
-                          f"with --llamafactory") from None
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{info} is not valid JSON ({exc.msg}, line {exc.lineno}); fix or remove it, "
-                          f"then export again with --llamafactory") from None
-    except OSError as exc:
-        raise ExportError(f"cannot read {info}: {exc.strerror}") from None
-    if not isinstance(current, dict):
-        raise ExportError(f"{info} is not a JSON object of datasets; fix or remove it")
-    return current
-
-
-# --------------------------------------------------------------------------------------------
-# The dataset card
-# --------------------------------------------------------------------------------------------
-def _yaml_scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)  # a double-quoted YAML string
-
-
-def to_yaml(value: Any, indent: int = 0) -> list[str]:
-    """Block-style YAML of dicts, lists and scalars (strings double-quoted, so always safe)."""
-    pad = " " * indent
-    lines: list[str] = []
-    if isinstance(value, dict):
-        for key, v in value.items():
-            if isinstance(v, (dict, list)) and v:
-                lines.append(f"{pad}{key}:")
-                lines.extend(to_yaml(v, indent + 2))
-            else:
-                lines.append(f"{pad}{key}: {_yaml_scalar(v) if not isinstance(v, (dict, list)) else ('{}' if isinstance(v, dict) else '[]')}")
-    elif isinstance(value, list):
-        for v in value:
-            if isinstance(v, (dict, list)) and v:
-                sub = to_yaml(v, indent + 2)
-                lines.append(f"{pad}- {sub[0].lstrip()}")
-                lines.extend(sub[1:])
-            else:
-                lines.append(f"{pad}- {_yaml_scalar(v)}")
-    else:
-        lines.append(pad + _yaml_scalar(value))
-    return lines
-
-
-def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
-        if n < limit:
-            return name
-    return "n>10M"
-
-
-def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int, *, is_dir: bool = False) -> str:
-    """The dataset card: YAML front matter (Hub metadata + the `selectit` provenance) and a summary."""
-    name = provenance.get("name") or data.stem
-    front = {
-        "pretty_name": name,
-        "tags": ["selectit", "instruction-tuning", "data-selection"],
-        "size_categories": [_size_category(n)],
-        "task_categories": ["text-generation"],
-        "configs": [{"config_name": "default", "data_files": data.name}] if not is_dir else [],
-        "selectit": provenance | {"export_format": fmt, "data_file": data.name},
-    }
-    if not front["configs"]:
-        del front["configs"]
-    lines = ["---", *to_yaml(front), "---", "", f"# {name}", ""]
-    p = provenance
-    criterion = p.get("criterion") or {}
-    how = ("drawn as a control (not by SelectIT) from the samples that" if criterion.get("control")
-           else "selected by")
-    lines += [
-        f"{n} records {how} [SelectIT](https://arxiv.org/abs/2402.16705) self-reflection "
-        f"{'ranks ' if criterion.get('control') else ''}"
-        f"(selectit {p.get('selectit_version', '?')}, {p.get('created_at', '?')}), written as `{fmt}` to `{data.name}`.",
-        "",
-        f"- dataset: `{p.get('dataset')}` ({p.get('counts', {}).get('dataset_samples', '?')} samples, "
-        f"{p.get('counts', {}).get('rankable', '?')} rankable)",
-        f"- kept: {p.get('counts', {}).get('selected', n)} ({_criterion_text(criterion)})",
-        f"- α = {p.get('alpha')}, formula `{p.get('formula')}`, fusion engine {p.get('engine')}",
-        f"- prompt set `{p.get('prompt_set', {}).get('name') if isinstance(p.get('prompt_set'), dict) else p.get('prompt_set')}`",
-    ]
-    for m in p.get("models", []):
-        lines.append(f"- model `{m.get('name')}` (version {m.get('id')}, {m.get('dtype')}, fingerprint "
-                     f"{str(m.get('fingerprint', ''))[:12]}, θ {m.get('theta')})")
-    for f in p.get("source_files", []):
-        where = f" at `{f['path']}`" if f.get("path") else ""
-        lines.append(f"- source file `{f.get('file')}`{where} ({f.get('format')}, sha256 {f.get('sha256', '')})")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def _criterion_text(criterion: dict[str, Any]) -> str:
-    if criterion.get("control") == "random":
-        size = f"{criterion['top']:g} share" if criterion.get("top") is not None else f"{criterion.get('top_n')}"
-        return f"control: random {size} of the rankable samples, seed {criterion.get('seed')}"
-    if criterion.get("control") == "length":
-        size = f"top {criterion['top']:g} share" if criterion.get("top") is not None else f"top {criterion.get('top_n')}"
-        return f"control: the longest responses, {size} of the rankable samples"
-    if criterion.get("top") is not None:
-        return f"top {criterion['top']:g} share"
-    if criterion.get("top_n") is not None:
-        return f"top {criterion['top_n']}"
-    if criterion.get("min_score") is not None:
-        return f"S_model >= {criterion['min_score']:g}"
-    return "all rankable"
-
-
-def now_utc() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------------------------
@@ -929,7 +172,7 @@ def _scores(db_url: str | None, params: Any, sample_ids: Sequence[int]) -> Score
 def export_selection(
     engine: Any,
     db_url: str | None,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
     *,
     selection: str | None = None,
     dataset: str | None = None,
@@ -949,8 +192,9 @@ def export_selection(
     overwrite: bool = False,
     card_paths: bool = False,
     require_complete: bool = False,
-) -> ExportResult:
-    """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`.
+) -> ExportResult | Any:
+    """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`; with `out`
+    None and `fmt` ``hf-dataset``, return it as a `datasets.Dataset` in memory (`in_memory_dataset`).
 
     `fmt` None: ``original`` when every selected record kept its original (and they share one kind
     of file), else ``alpaca-json`` (`ExportResult.note` says why). `order`: ``rank`` (best first)
@@ -967,7 +211,12 @@ def export_selection(
     from selectit.fusion import views as fusion
     from selectit.store.schema import Dataset, DatasetSample, Selection, SelectionSample
 
-    if not str(out).strip():
+    if out is None and fmt != "hf-dataset":
+        raise ExportError("give the file (or the directory) to export to; only format='hf-dataset' can be "
+                          "returned in memory without one")
+    if out is None and llamafactory not in (False, None):
+        raise ExportError("llamafactory needs a data file beside dataset_info.json; give out")
+    if out is not None and not str(out).strip():
         raise ExportError("--out is empty; give the file (or the directory, ending with '/') to export to")
     if (selection is None) == (dataset is None):
         raise ExportError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
@@ -1050,6 +299,9 @@ def export_selection(
         except ExportError as exc:
             fmt, note = "alpaca-json", f"wrote alpaca-json: {exc}"
     scores = _scores(db_url, params, ids) if with_scores else None
+    if out is None:
+        return in_memory_dataset(chosen_items, with_scores=with_scores, scores=scores,
+                                 card=provenance if card else None)
     name = llamafactory if isinstance(llamafactory, str) and llamafactory else (selection or dataset)
     assert name is not None
     result = write_export(chosen_items, out, fmt, entry=name, with_scores=with_scores, scores=scores,

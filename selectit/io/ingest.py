@@ -1,8 +1,8 @@
-"""Ingest instruction data into the curation store: read (`selectit.formats`) → hash → bulk insert.
+"""Ingest instruction data into the curation store: read (`selectit.io.readers`) → hash → bulk insert.
 
-`ingest_file` = the pure parse step (`formats.RecordReader`: format detection, validation,
+`ingest_file` = the pure parse step (`readers.RecordReader`: format detection, validation,
 canonical text) + the write step here (content hash, de-duplication, dialect-specific bulk
-insert). Formats and the canonical form are described in `selectit.formats`.
+insert). Formats and the canonical form are described in `selectit.io.readers` and `selectit.io.records`.
 
 Canonical content hash (`content_hash`): each of instruction, input, output is put in canonical
 form (``\\r\\n`` → ``\\n``, then Unicode NFC); the hash is the sha256 hex digest of the UTF-8 bytes
@@ -36,11 +36,11 @@ from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interf
     Progress,
     Record,
     RecordReader,
-    canonical,
     detect_format,
     parse_column_map,
-    render_conversation,
 )
+from selectit.io.records import canonical, content_hash, render_conversation  # noqa: F401 - re-exported
+from selectit.io.records import digest as _digest
 from selectit.store import db
 from selectit.store.db import is_postgres
 from selectit.store.schema import Dataset, Ingest, utcnow
@@ -56,22 +56,6 @@ SKIP_HINT = "Nothing was ingested; fix the record, or try --skip-invalid to inge
 # ---------------------------------------------------------------------------------------- hashing
 
 
-def _digest(instruction: str, input: str, output: str) -> str:
-    """content_hash of fields already in canonical form."""
-    i, n, o = instruction.encode(), input.encode(), output.encode()
-    return hashlib.sha256(b"%d:%s%d:%s%d:%s" % (len(i), i, len(n), n, len(o), o)).hexdigest()
-
-
-
-def content_hash(instruction: str, input: str, output: str) -> str:
-    """sha256 hex of the canonical fields, each preceded by its UTF-8 byte length and ``:``.
-
-    >>> content_hash("Hi", "", "Line\\r\\n") == content_hash("Hi", "", "Line\\n")
-    True
-    """
-    return _digest(canonical(instruction), canonical(input), canonical(output))
-
-
 # ---------------------------------------------------------------------------------------- results
 
 
@@ -85,6 +69,17 @@ class IngestResult:
     duplicates: int = 0  # records already in the dataset (from before, or earlier in the file)
     new_samples: int = 0  # of `new`, contents not stored before (the rest reuse other datasets' rows)
     invalid: list[InvalidRecord] = field(default_factory=list)
+    trailing: int = 0  # valid records whose turns after the last assistant turn were not rated
+    first_trailing: int | None = None  # the record number of the first of them
+
+    @property
+    def warning(self) -> str | None:
+        """One line when conversations end with turns after the last assistant turn (else None)."""
+        if not self.trailing:
+            return None
+        return (f"{self.trailing} of {self.read} records end with turns after the last assistant turn (first: "
+                f"record {self.first_trailing}); those turns are not rated and converted exports leave them out "
+                f"(`export --format original` keeps them)")
 
     @property
     def summary(self) -> str:
@@ -299,6 +294,9 @@ def ingest_file(
                         raise IngestError(f"{path}, {where}: {rec.reason}. {hint}")
                     result.invalid.append(rec)
                     continue
+                if rec.trailing:
+                    result.trailing += 1
+                    result.first_trailing = result.first_trailing or rec.number
                 digest = _digest(rec.instruction, rec.input, rec.output)
                 if digest in seen:
                     continue

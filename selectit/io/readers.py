@@ -1,7 +1,9 @@
 """The pure half of ingest: detect a file's format and read its records into plain `Record`s.
 
 No database here: a `RecordReader` yields canonical, validated records (or `InvalidRecord`s);
-`selectit.ingest` hashes, de-duplicates and writes them.
+`selectit.io.ingest` hashes, de-duplicates and writes them. Record shapes, rendering and column
+maps are `selectit.io.records`; a JSON list is scanned by `selectit.io.json_text`; saved
+`datasets` directories and Hub datasets are opened by `selectit.io.hub`.
 
 Formats (detected from the extension and the first record, or forced with `fmt`):
 
@@ -23,20 +25,25 @@ Formats (detected from the extension and the first record, or forced with `fmt`)
   (`hub_dataset`), nothing downloaded.
 
 Message content may be a string or a list of text parts, ``{"type": "text", "text"|"value": …}``.
-An alpaca-shaped record may carry a ``system`` prompt: the instruction is then rendered like a
-conversation, ``"System: <system>\nUser: <instruction>"``. A column map (``--map
-instruction=question,input=context,output=response,system=system_prompt``; ``prompt`` and
-``completion`` name ``instruction`` and ``output``) reads other schemas: Dolly, OpenOrca, TRL.
+An alpaca-shaped record may carry a ``system`` prompt and LLaMA-Factory's ``history`` (the
+``[user, assistant]`` exchanges before the instruction): the instruction is then rendered like a
+conversation, ``"System: <system>\nUser: <h1>\nAssistant: <r1>\nUser: <instruction>"``, the input
+kept apart. A column map (``--map instruction=question,input=context,output=response,system=system_prompt``;
+``prompt`` and ``completion`` name ``instruction`` and ``output``) reads other schemas: Dolly,
+OpenOrca, TRL.
 
 Each record keeps its **original**: the exact text of its JSON object or JSONL line, or its row
 (Parquet, Arrow, CSV, ``save_to_disk``) as compact JSON; `RecordReader.layout` keeps what the
-container looked like (JSON list whitespace, line ending, CSV header, Arrow schema).
+container looked like (JSON list whitespace, line ending, CSV header, Arrow schema) and the
+records' shape.
 
-Multi-turn rendering: the *last* assistant turn is the response (``output``); the turns before it
-become the ``instruction``, one turn per line as ``"<Role>: <text>"`` with Role ∈ System, User,
-Assistant, Tool, joined by ``"\\n"`` (a ShareGPT top-level ``system`` comes first). A context of one
-single user turn becomes the instruction as is. ``input`` is empty; turns after the last assistant
-turn are dropped.
+Records are read as conversations (`selectit.io.records`): the *last* assistant turn is the
+response (``output``); the turns before it become the ``instruction``, one turn per line as
+``"<Role>: <text>"`` with Role ∈ System, User, Assistant, Tool, joined by ``"\n"`` (a ShareGPT
+top-level ``system`` comes first). A context of one single user turn becomes the instruction as
+is. ``input`` is empty; turns after the last assistant turn are not rated (`Record.trailing` counts
+them). A record carrying a ``content_hash`` (a selectit export) whose user turn is an Alpaca
+instruction and input joined by a newline is read back as that instruction and input.
 
 Canonical form (`canonical`): ``\\r\\n`` → ``\\n``, then Unicode NFC, for each of instruction,
 input and output; that is the text stored and hashed. A record whose text no backend can store
@@ -49,14 +56,19 @@ import itertools
 import json
 import math
 import re
-import unicodedata
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from selectit.errors import SelectitError
+from selectit.io.hub import datasets_offline, hf_dataset, hub_dataset, hub_id  # noqa: F401 - re-exported
+from selectit.io.json_text import _decode_error, _loads, _NotJson, _Raw, iter_json_list
+from selectit.io.records import MAP_ALIASES, MAP_FIELDS, check_map, map_hint, parse_column_map  # noqa: F401
+from selectit.io.records import HASH_FIELD, IngestError, canonical, parse, render_conversation, split_by_hash  # noqa: F401
+from selectit.io.records import SHAPE_FIELDS as _SHAPE_FIELDS
+from selectit.io.records import BadRecord as _Invalid
+from selectit.io.records import json_type as _json_type
+from selectit.io.records import shape_of as _shape_of
 
 FORMATS = ("alpaca-json", "jsonl", "sharegpt", "messages", "parquet", "csv", "tsv", "arrow", "hf-dir")
 #: The container each format is read from ("" → a JSON list or JSONL, from the first byte).
@@ -70,26 +82,6 @@ MAX_ORIGINAL_ID = 200
 #: The most one record (a JSON line, a CSV field) may take; longer ones are refused, not read whole.
 MAX_RECORD_BYTES = 64 * 2**20
 
-_SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
-    "bing": "assistant", "model": "assistant",
-    "system": "system",
-    "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant",
-}
-_MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-                  "tool": "tool", "function": "tool"}
-_ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-
-
-
-class IngestError(SelectitError):
-    """The file cannot be ingested; nothing from it was committed."""
-
-
-class _Invalid(Exception):
-    """One record is invalid (skippable with skip_invalid); the message is the reason."""
-
 
 class Record(NamedTuple):
     """One valid record, its fields in canonical form (a tuple: cheap for millions of records)."""
@@ -101,6 +93,7 @@ class Record(NamedTuple):
     output: str
     original_id: str | None  # the record's own `id`, if any
     original: str | None = None  # the record as it was in the file (see the module docstring)
+    trailing: int = 0  # turns after the last assistant turn, not rated
 
 
 @dataclass(frozen=True)
@@ -125,15 +118,6 @@ Progress = Callable[[int, int, int], None]
 # ---------------------------------------------------------------------------------------- text
 
 
-def canonical(text: str) -> str:
-    """The canonical form of one field: ``\\r\\n`` → ``\\n``, then Unicode NFC."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    # ASCII is always NFC; the test saves a normalisation pass on most records.
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
-
-
-
 def _check_storable(instruction: str, input: str, output: str) -> None:
     """Refuse text no backend can store: NUL (PostgreSQL text) or a lone surrogate (UTF-8)."""
     whole = instruction + input + output  # one scan in the common case
@@ -149,63 +133,6 @@ def _check_storable(instruction: str, input: str, output: str) -> None:
 
 # ---------------------------------------------------------------------------------------- reading
 
-
-@dataclass
-class _Raw:
-    record: int
-    line: int | None
-    obj: Any = None
-    error: str | None = None  # set: the record could not even be parsed (skippable)
-    text: str | None = None  # the record's original text
-
-
-def _decode_error(path: Path, data: bytes, base: int, exc: UnicodeDecodeError, line: int) -> IngestError:
-    offset = base + exc.start
-    return IngestError(
-        f"{path}: not valid UTF-8 at byte {offset} (line {line}, byte 0x{data[exc.start]:02x}). "
-        f"Nothing was ingested; re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} "
-        f"> fixed.json`) and ingest that."
-    )
-
-
-def _json_type(value: Any) -> str:
-    """How JSON calls the type of a parsed value (for messages: never a Python type name)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-class _NotJson(ValueError):
-    """Parsed text that JSON does not allow (NaN, Infinity) or that Python cannot hold."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotJson(f"{name} is not valid JSON")
-
-
-def _loads(text: str) -> Any:
-    """json.loads, with what cannot be a record turned into `_NotJson`: NaN/Infinity literals,
-    nesting deeper than Python's recursion limit, integers longer than Python converts."""
-    try:
-        return json.loads(text, parse_constant=_no_constant)
-    except json.JSONDecodeError:
-        raise
-    except RecursionError:
-        raise _NotJson("nested too deeply (arrays or objects inside each other beyond Python's limit)") from None
-    except _NotJson:
-        raise
-    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
-        raise _NotJson(f"a number too long to read ({str(exc).split(';')[0]})") from None
 
 
 def _wide_encoding(head: bytes) -> str | None:
@@ -244,8 +171,6 @@ def _first_byte(path: Path) -> bytes:
     return head.lstrip()[:1]
 
 
-_WS = re.compile(r"[ \t\n\r]*")
-
 
 def compact(obj: Any) -> str:
     """A row (Parquet, Arrow, CSV) as the compact JSON text kept as its original."""
@@ -272,116 +197,6 @@ def _schema_layout(schema) -> dict[str, Any]:  # noqa: ANN001 - pyarrow.Schema
     import base64
 
     return {"schema": base64.b64encode(schema.serialize().to_pybytes()).decode()}
-
-
-def _iter_json_list(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
-    """The records of a JSON list, each with its exact text; `layout` gets the whitespace around them."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _decode_error(path, data, 0, exc, data.count(b"\n", 0, exc.start) + 1) from None
-    decoder = json.JSONDecoder(parse_constant=_no_constant)
-
-    def syntax_error(exc: json.JSONDecodeError) -> IngestError:
-        return IngestError(
-            f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg}). Nothing was "
-            f"ingested; fix the file (a JSON list cannot be read past a syntax error), or convert it to JSONL "
-            f"and use --skip-invalid.")
-
-    i = _WS.match(text).end()
-    if i >= len(text) or text[i] != "[":
-        try:  # say what the document is instead, as before
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise syntax_error(exc) from None
-        raise IngestError(f"{path}: expected a JSON list of records, got {_json_type(items)}. "
-                          f"Nothing was ingested; wrap the records in [ … ] or write one per line (JSONL).")
-    total = len(text)
-    i += 1
-    start = _WS.match(text, i).end()
-    layout["open"] = text[i:start]
-    record = 0
-    last_end = None
-    pos = start
-    while True:
-        if pos < total and text[pos] == "]":
-            break
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise syntax_error(exc) from None
-        except (RecursionError, ValueError) as exc:  # too deep, NaN, a number too long: this item only
-            end = _value_end(text, pos)
-            record += 1
-            yield _Raw(record, None, error=str(exc) if isinstance(exc, _NotJson) else (
-                "nested too deeply (arrays or objects inside each other beyond Python's limit)"
-                if isinstance(exc, RecursionError) else f"a number too long to read ({str(exc).split(';')[0]})"))
-            after = _WS.match(text, end).end()
-            if after < total and text[after] == ",":
-                pos = _WS.match(text, after + 1).end()
-                continue
-            pos = after
-            break
-        record += 1
-        yield _Raw(record, None, obj, text=text[pos:end])
-        if record % 1000 == 0:
-            progress(end, total)
-        after = _WS.match(text, end).end()
-        if after < total and text[after] == ",":
-            nxt = _WS.match(text, after + 1).end()
-            if record == 1:
-                layout["sep"] = text[end:nxt]
-            pos = nxt
-            last_end = None
-            continue
-        last_end = end
-        pos = after
-        if pos >= total or text[pos] != "]":
-            try:
-                json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise syntax_error(exc) from None
-        break
-    close_at = pos
-    layout["close"] = text[last_end:close_at] if last_end is not None else ""
-    tail = text[close_at + 1:]
-    if tail.strip():
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise syntax_error(exc) from None
-    layout["end"] = tail
-    layout.setdefault("sep", "," + layout["open"])
-    progress(total, total)
-
-
-def _value_end(text: str, pos: int) -> int:
-    """Where the JSON value starting at `pos` ends, found without recursion (strings respected)."""
-    depth, in_string, escaped = 0, False, False
-    for i in range(pos, len(text)):
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-                if depth == 0:
-                    return i + 1
-            continue
-        if ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-            if depth <= 0:
-                return i + 1 if depth == 0 else i
-        elif depth == 0 and (ch == "," or ch.isspace()):
-            return i
-    return len(text)
 
 
 def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
@@ -506,269 +321,12 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def datasets_offline():  # noqa: ANN201 - the `datasets` module
-    """Import Hugging Face `datasets` with the hub switched off: nothing is fetched at run time."""
-    import os
-
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    try:
-        import datasets
-    except ImportError as exc:
-        raise SelectitError("this needs the Hugging Face `datasets` library; install it with "
-                            "`pip install 'selectit[hf]'` (or `pip install datasets`)") from exc
-    datasets.disable_progress_bars()
-    return datasets
-
-
-def _check_split(where: str | Path, split: str, splits: Sequence[str]) -> None:
-    if split not in splits:
-        raise IngestError(f"{where} has no split {split!r} (splits: {', '.join(splits)}). Nothing was ingested; "
-                          f"choose one with --split.")
-
-
-def hf_dataset(path: Path, split: str | None):  # noqa: ANN201 - datasets.Dataset
-    """The `datasets.Dataset` saved at `path` (a `DatasetDict` needs `split`), loaded offline."""
-    hf = datasets_offline()
-    if (path / "dataset_dict.json").exists():
-        splits = sorted(json.loads((path / "dataset_dict.json").read_text())["splits"])
-        if split is None and len(splits) == 1:
-            split = splits[0]
-        if split is None:
-            raise IngestError(f"{path} holds a DatasetDict with the splits {', '.join(splits)}; choose one with "
-                              f"--split (e.g. --split {'train' if 'train' in splits else splits[0]}). Nothing was ingested.")
-        _check_split(path, split, splits)
-        return hf.load_from_disk(str(path / split))
-    if split is not None:
-        raise IngestError(f"{path} is a single Dataset, not a DatasetDict; leave --split out. Nothing was ingested.")
-    return hf.load_from_disk(str(path))
-
-
-#: A Hugging Face Hub dataset id, ``owner/name`` (the hub's repo name rules, loosely).
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-
-
-def hub_id(path: str | Path) -> str | None:
-    """`path` as a Hub dataset id when it names no file and reads like ``owner/name``, else None.
-
-    >>> hub_id("tatsu-lab/alpaca"), hub_id("alpaca.json"), hub_id("../x/y")
-    ('tatsu-lab/alpaca', None, None)
-    """
-    text = str(path)
-    if ".." in text or not _HUB_ID.fullmatch(text) or Path(text).exists():
-        return None
-    return text
-
-
-@contextmanager
-def _hub_offline(hf: Any) -> Iterator[None]:
-    """Offline for this call even when `datasets` was imported with the hub on (it reads the
-    environment once, at import), and without its "using the cached version" warnings."""
-    import huggingface_hub.constants as hub_constants
-
-    saved = hf.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE, hf.logging.get_verbosity()
-    hf.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
-    hf.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved[:2]
-        hf.logging.set_verbosity(saved[2])
-
-
-def hub_dataset(repo_id: str, split: str | None) -> tuple[Any, Path]:
-    """(the `datasets.Dataset` of `split`, the local directory it was read from) for Hub dataset
-    `repo_id`, from the local Hugging Face cache only: the hub cache's snapshot (what
-    `hf download --repo-type dataset` or an earlier `load_dataset` left, ``refs/main`` → its
-    commit), else the `datasets` cache of an earlier `load_dataset(repo_id)`. HF_HOME,
-    HF_HUB_CACHE and HF_DATASETS_CACHE are respected. `split` defaults to the only split, else
-    ``train``."""
-    try:
-        hf = datasets_offline()
-    except SelectitError:
-        raise IngestError(f"{repo_id}: no such file, and reading it as a Hugging Face Hub dataset from the local "
-                          f"cache needs the `datasets` library. Nothing was ingested; install it with "
-                          f"`pip install 'selectit[hf]'`, or give a file.") from None
-    import huggingface_hub
-    import huggingface_hub.constants as hub_constants
-    from datasets.naming import camelcase_to_snakecase
-
-    owner, name = repo_id.split("/")
-    datasets_cache = Path(hf.config.HF_DATASETS_CACHE)
-    candidates: list[tuple[str, Path]] = []
-    try:
-        snapshot = huggingface_hub.snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
-        candidates.append((snapshot, Path(snapshot)))
-    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, or an id the hub library refuses
-        pass
-    prepared = datasets_cache / f"{owner}___{camelcase_to_snakecase(name)}"
-    if prepared.is_dir():
-        candidates.append((repo_id, prepared))
-    if not candidates:
-        raise IngestError(
-            f"{repo_id} is not a file and not a dataset in the local Hugging Face cache (HF_HOME="
-            f"{hub_constants.HF_HOME}; looked in {hub_constants.HF_HUB_CACHE} and {datasets_cache}). Nothing was "
-            f"ingested; download it first where there is network, e.g. `hf download --repo-type dataset {repo_id}` "
-            f"(`huggingface-cli download` with older huggingface_hub), copy the cache here, or give a file.")
-    failure: Exception | None = None
-    for source, local in candidates:  # the first that loads; a snapshot without data falls through
-        try:
-            with _hub_offline(hf):
-                splits = hf.load_dataset(source)
-            break
-        except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
-            failure = exc
-    else:
-        raise IngestError(f"{repo_id}: found in the local Hugging Face cache ({candidates[0][1]}) but cannot read it "
-                          f"offline ({type(failure).__name__}: {failure}). Nothing was ingested; download it again "
-                          f"where there is network, or give a file.")
-    names = sorted(splits)
-    if split is None:
-        split = names[0] if len(names) == 1 else "train" if "train" in names else None
-        if split is None:
-            raise IngestError(f"{repo_id} has the splits {', '.join(names)} and none is called train; choose one "
-                              f"with --split (e.g. --split {names[0]}). Nothing was ingested.")
-    _check_split(repo_id, split, names)
-    return splits[split], local
-
-
 def _iter_hf_dir(ds: Any, progress: Callable[[int, int], None], layout: dict[str, Any]) -> Iterator[_Raw]:
     if ds._indices is not None:  # noqa: SLF001 - a selected/filtered dataset: materialise its rows
         ds = ds.flatten_indices()
     table = ds.data.table
     layout.update(_schema_layout(table.schema))
     yield from _iter_batches(iter(table.to_batches(max_chunksize=CHUNK)), table.num_rows, progress)
-
-
-def _text(obj: dict[str, Any], key: str, *, required: bool) -> str:
-    if key not in obj or (obj[key] is None and required):
-        if required:
-            raise _Invalid(f"missing field '{key}'")
-        return ""
-    value = obj[key]
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Invalid(f"field '{key}' is not a string (got {_json_type(value)})")
-    if required and not value.strip():
-        raise _Invalid(f"empty field '{key}'")
-    return value
-
-
-def _content(value: Any, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts: keep the text parts
-        parts = []
-        for part in value:
-            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(text, str):
-                parts.append(text)
-            else:
-                raise _Invalid(f"{where} has non-text content")
-        return "".join(parts)
-    if value is None:
-        return ""
-    raise _Invalid(f"{where} is not a string (got {_json_type(value)})")
-
-
-def render_conversation(turns: list[tuple[str, str]]) -> tuple[str, str]:
-    """(instruction, output) of a conversation given as (role, text) pairs, role ∈ system/user/assistant/tool.
-
-    The last assistant turn is the output; the turns before it are the instruction: one single
-    user turn as is, otherwise ``"<Role>: <text>"`` lines joined by ``"\\n"``.
-    """
-    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
-    if last is None:
-        raise _Invalid("no assistant turn (the last assistant turn is the response)")
-    output = turns[last][1]
-    if not output.strip():
-        raise _Invalid(f"empty response (turn {last + 1}, the last assistant turn)")
-    context = turns[:last]
-    if not context:
-        raise _Invalid("no turn before the last assistant turn (it would be the instruction)")
-    if len(context) == 1 and context[0][0] == "user":
-        instruction = context[0][1]
-    else:
-        instruction = "\n".join(f"{_ROLE_LABEL[role]}: {text}" for role, text in context)
-    if not instruction.strip():
-        raise _Invalid("empty instruction (the turns before the last assistant turn are empty)")
-    return instruction, output
-
-
-def _turns(obj: dict[str, Any], key: str) -> list[tuple[str, str]]:
-    if key not in obj or obj[key] is None:
-        raise _Invalid(f"missing field '{key}'")
-    seq = obj[key]
-    if not isinstance(seq, list):
-        raise _Invalid(f"field '{key}' is not a list (got {_json_type(seq)})")
-    sharegpt = key == "conversations"
-    role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
-    roles = _SHAREGPT_ROLES if sharegpt else _MESSAGE_ROLES
-    turns: list[tuple[str, str]] = []
-    if sharegpt and obj.get("system") is not None and not isinstance(obj["system"], str):
-        raise _Invalid(f"field 'system' is not text (got {_json_type(obj['system'])})")
-    if sharegpt and isinstance(obj.get("system"), str) and obj["system"].strip():
-        turns.append(("system", obj["system"]))
-    for n, turn in enumerate(seq, 1):
-        if not isinstance(turn, dict):
-            raise _Invalid(f"{key}[{n}] is not an object")
-        role = roles.get(str(turn.get(role_key, "")).lower())
-        if role is None:
-            raise _Invalid(f"{key}[{n}] has unknown {role_key} {turn.get(role_key)!r}")
-        turns.append((role, _content(turn.get(text_key), f"{key}[{n}].{text_key}")))
-    return turns
-
-
-def _alpaca(obj: dict[str, Any], column_map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    cmap = column_map or {}
-    instruction = _text(obj, cmap.get("instruction", "instruction"), required=True)
-    inp = _text(obj, cmap.get("input", "input"), required=False)
-    output = _text(obj, cmap.get("output", "output"), required=True)
-    system = _text(obj, cmap.get("system", "system"), required=False)
-    if system.strip():  # rendered as a conversation's system turn is
-        instruction = f"{_ROLE_LABEL['system']}: {system}\n{_ROLE_LABEL['user']}: {instruction}"
-    return instruction, inp, output
-
-
-def _sharegpt(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    instruction, output = render_conversation(_turns(obj, "conversations"))
-    return instruction, "", output
-
-
-def _messages(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    instruction, output = render_conversation(_turns(obj, "messages"))
-    return instruction, "", output
-
-
-def _prompt_completion(obj: dict[str, Any], _map: dict[str, str] | None = None) -> tuple[str, str, str]:
-    """TRL's prompt-completion records: two strings (standard) or two message lists (conversational)."""
-    if isinstance(obj.get("prompt"), list) or isinstance(obj.get("completion"), list):
-        instruction, output = render_conversation(_turns(obj, "prompt") + _turns(obj, "completion"))
-        return instruction, "", output
-    return _text(obj, "prompt", required=True), "", _text(obj, "completion", required=True)
-
-
-_SHAPES: dict[str, Callable[[dict[str, Any], dict[str, str] | None], tuple[str, str, str]]] = {
-    "alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "prompt-completion": _prompt_completion,
-}
-
-
-#: The fields by which `_shape_of` recognises a record, for the errors that list them.
-_SHAPE_FIELDS = "instruction/input/output, conversations, messages or prompt/completion"
-
-
-def _shape_of(keys: list[str] | set[str]) -> str | None:
-    if "conversations" in keys:
-        return "sharegpt"
-    if "messages" in keys:
-        return "messages"
-    if "instruction" in keys or "output" in keys:
-        return "alpaca"
-    if "prompt" in keys and "completion" in keys:
-        return "prompt-completion"
-    return None
 
 
 def _original_id(obj: dict[str, Any], key: str = "id") -> str | None:
@@ -784,54 +342,6 @@ def _original_id(obj: dict[str, Any], key: str = "id") -> str | None:
     if len(value) > MAX_ORIGINAL_ID:
         raise _Invalid(f"field 'id' is longer than {MAX_ORIGINAL_ID} characters")
     return value
-
-
-# ---------------------------------------------------------------------------------------- column map
-
-MAP_FIELDS = ("instruction", "input", "output", "system", "id")
-MAP_ALIASES = {"prompt": "instruction", "completion": "output"}
-#: Columns that usually hold a field, for the hint when a record lacks the field.
-_LIKELY = {"instruction": ("question", "prompt", "query", "instruction_text"),
-           "input": ("context", "input_text"),
-           "output": ("response", "answer", "completion", "output_text", "target"),
-           "system": ("system_prompt",)}
-
-
-def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
-    """``"instruction=question,output=response"`` → {"instruction": "question", "output": "response"}."""
-    if not spec:
-        return {}
-    pairs = spec.items() if isinstance(spec, dict) else (p.partition("=")[::2] for p in spec.split(",") if p.strip())
-    result: dict[str, str] = {}
-    for target, column in pairs:
-        target, column = target.strip(), column.strip()
-        name = MAP_ALIASES.get(target, target)
-        if name not in MAP_FIELDS:
-            raise IngestError(f"--map {target}={column}: unknown field {target!r}; map instruction, input, output, "
-                              f"system (or prompt, completion), e.g. --map instruction=question,output=response")
-        if not column:
-            raise IngestError(f"--map {target}=: give the column that holds {name}, e.g. --map {target}=question")
-        if name in result:
-            raise IngestError(f"--map maps {name} twice ({result[name]} and {column}); give one column per field")
-        result[name] = column
-    return result
-
-
-def map_hint(fields: Sequence[str]) -> str:
-    """``--map output=response`` for a file whose records name the fields otherwise (or "")."""
-    have = set(fields)
-    pairs = [f"{name}={col}" for name, cols in _LIKELY.items() if name not in have
-             for col in cols[:] if col in have][:4]
-    seen: set[str] = set()
-    pairs = [p for p in pairs if not (p.split("=")[0] in seen or seen.add(p.split("=")[0]))]
-    return f"--map {','.join(pairs)}" if pairs else ""
-
-
-def check_map(path: Path, column_map: dict[str, str], columns: Sequence[str]) -> None:
-    for name, column in column_map.items():
-        if column not in columns:
-            raise IngestError(f"{path}: --map {name}={column} names a column the file does not have; its columns "
-                              f"are {', '.join(sorted(columns))}. Nothing was ingested; fix --map.")
 
 
 # ---------------------------------------------------------------------------------------- detection
@@ -996,7 +506,7 @@ class RecordReader:
         elif c == "hf-dir":
             raws = _iter_hf_dir(self._hf, tick, layout)
         else:
-            raws = (_iter_json_list if c == "json" else _iter_jsonl)(self.path, tick, layout)
+            raws = (iter_json_list if c == "json" else _iter_jsonl)(self.path, tick, layout)
         return itertools.islice(raws, self.limit) if self.limit is not None else raws
 
     def _read(self) -> Iterator[_Raw]:
@@ -1022,6 +532,8 @@ class RecordReader:
                 if self.read == 1 and raw.error is None and isinstance(raw.obj, dict):
                     self._explain_first(raw.obj, str(exc))
                 yield InvalidRecord(raw.record, raw.line, str(exc), unparsed=raw.error is not None)
+        if self._shape is not None:  # how the records were read, for their export
+            self.layout["shape"] = self._shape
         if self.read == 0:  # `[]`, or a Parquet file without rows: like an empty file, an error
             raise IngestError(f"{self.path} holds no records. Nothing was ingested; give a file with at least "
                               f"one record.")
@@ -1055,11 +567,14 @@ class RecordReader:
                                + (f", or map them: {hint}" if hint else ""))
             if self.format in ("alpaca-json", "jsonl") and self._shape in ("sharegpt", "messages"):
                 self.format = self._shape
-        instruction, inp, output = _SHAPES[self._shape](obj, self.column_map)
+        conv = parse(obj, self._shape, self.column_map)
+        instruction, inp, output = conv.sample()
         original_id = _original_id(obj, self.column_map.get("id", "id"))
         instruction, inp, output = canonical(instruction), canonical(inp), canonical(output)
+        if HASH_FIELD in obj:  # an export of selectit's: the sample it came from
+            instruction, inp = split_by_hash(instruction, inp, output, obj[HASH_FIELD])
         _check_storable(instruction, inp, output)
-        return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text)
+        return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text, conv.trailing)
 
 
 def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None = None,

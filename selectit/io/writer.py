@@ -50,6 +50,10 @@ class WriteError(SelectitError):
     """A file that selectit must not, or cannot, write."""
 
 
+class ExportError(WriteError):
+    """An export that cannot be written as asked."""
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,0 +1,394 @@
+"""Records as conversations: the one copy of the role tables, the record shapes and the rendering of
+a record into a sample, used both to read records (ingest) and to write them (export).
+
+Every record shape is parsed into a `Conversation`: its turns in order, ``(role, text)`` with role ∈
+system, user, assistant, tool, and (an Alpaca record's) ``input`` kept apart from the last user
+turn. Shapes:
+
+- ``alpaca``: ``{"instruction", "input", "output"}`` with an optional ``system`` prompt and
+  LLaMA-Factory's ``history`` (``[[user, assistant], …]``, the exchanges before the instruction),
+  through a column map (``{"instruction": "question", …}``);
+- ``sharegpt``: ``{"conversations": [{"from", "value"}], "system"}``;
+- ``messages``: ``{"messages": [{"role", "content"}]}``;
+- ``prompt-completion``: TRL's two strings, or two message lists.
+
+The sample (`Conversation.sample`): the *last* assistant turn is the ``output``; the turns before
+it are the ``instruction``, one single user turn as is, else one turn per line as ``"<Role>:
+<text>"`` (Role ∈ System, User, Assistant, Tool); the turns after it are not rated
+(`Conversation.trailing`). Canonical form (`canonical`) and the content hash (`content_hash`) of
+the stored fields are defined here too.
+
+Writers take a conversation through its last assistant turn (`Conversation.rated`) and shape it
+(`alpaca_fields`, `sharegpt_fields`, `messages_fields`). A record whose converted shape would come
+back as another sample (an Alpaca ``input`` merged into the user turn) carries the sample's
+``content_hash``; `split_by_hash` reads it back as the same instruction and input.
+
+Column maps (`parse_column_map`, ``--map instruction=question,…``) name a file's own columns for
+these fields; `IngestError` is a file that cannot be ingested, `BadRecord` one invalid record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selectit.errors import SelectitError
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
+    "bing": "assistant", "model": "assistant", "function_call": "assistant",
+    "system": "system",
+    "tool": "tool", "function": "tool", "observation": "tool",
+}
+MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+                 "tool": "tool", "function": "tool"}
+#: role → ShareGPT's ``from`` as LLaMA-Factory writes it.
+SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}
+ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+#: The metadata field of an exported record naming its sample (`split_by_hash`).
+HASH_FIELD = "content_hash"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class BadRecord(Exception):
+    """One record is invalid; the message is the reason."""
+
+
+class IngestError(SelectitError):
+    """The file cannot be ingested; nothing from it was committed."""
+
+
+# ---------------------------------------------------------------------------------------- text
+def canonical(text: str) -> str:
+    """The canonical form of one field: ``\\r\\n`` → ``\\n``, then Unicode NFC."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    # ASCII is always NFC; the test saves a normalisation pass on most records.
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def digest(instruction: str, input: str, output: str) -> str:
+    """content_hash of fields already in canonical form."""
+    i, n, o = instruction.encode(), input.encode(), output.encode()
+    return hashlib.sha256(b"%d:%s%d:%s%d:%s" % (len(i), i, len(n), n, len(o), o)).hexdigest()
+
+
+def content_hash(instruction: str, input: str, output: str) -> str:
+    """sha256 hex of the canonical fields, each preceded by its UTF-8 byte length and ``:``.
+
+    >>> content_hash("Hi", "", "Line\\r\\n") == content_hash("Hi", "", "Line\\n")
+    True
+    """
+    return digest(canonical(instruction), canonical(input), canonical(output))
+
+
+def split_by_hash(instruction: str, input: str, output: str, claimed: Any) -> tuple[str, str]:
+    """(instruction, input) of canonical fields, split at the newline that makes them the sample
+    `claimed` names (an exported record's ``content_hash``): an Alpaca instruction and input that a
+    conversation format merged into one user turn. Unchanged when the hash already matches, names
+    no such split (the text was edited), or is no hash at all."""
+    if input or not isinstance(claimed, str) or not _HEX64.fullmatch(claimed):
+        return instruction, input
+    if digest(instruction, input, output) == claimed:
+        return instruction, input
+    at = instruction.find("\n")
+    while at != -1:
+        if digest(instruction[:at], instruction[at + 1:], output) == claimed:
+            return instruction[:at], instruction[at + 1:]
+        at = instruction.find("\n", at + 1)
+    return instruction, input
+
+
+def json_type(value: Any) -> str:
+    """How JSON calls the type of a parsed value (for messages: never a Python type name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _field(obj: dict[str, Any], key: str, *, required: bool) -> str:
+    if key not in obj or (obj[key] is None and required):
+        if required:
+            raise BadRecord(f"missing field '{key}'")
+        return ""
+    value = obj[key]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRecord(f"field '{key}' is not a string (got {json_type(value)})")
+    if required and not value.strip():
+        raise BadRecord(f"empty field '{key}'")
+    return value
+
+
+def _content(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # OpenAI content parts: keep the text parts
+        parts = []
+        for part in value:
+            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(text, str):
+                parts.append(text)
+            else:
+                raise BadRecord(f"{where} has non-text content")
+        return "".join(parts)
+    if value is None:
+        return ""
+    raise BadRecord(f"{where} is not a string (got {json_type(value)})")
+
+
+# ---------------------------------------------------------------------------------------- conversations
+Turn = tuple[str, str]
+
+
+def render_conversation(turns: list[Turn] | tuple[Turn, ...]) -> tuple[str, str]:
+    """(instruction, output) of a conversation given as (role, text) pairs, role ∈ system/user/assistant/tool.
+
+    The last assistant turn is the output; the turns before it are the instruction: one single
+    user turn as is, otherwise ``"<Role>: <text>"`` lines joined by ``"\\n"``.
+    """
+    last = _last_assistant(turns)
+    if last is None:
+        raise BadRecord("no assistant turn (the last assistant turn is the response)")
+    output = turns[last][1]
+    if not output.strip():
+        raise BadRecord(f"empty response (turn {last + 1}, the last assistant turn)")
+    context = turns[:last]
+    if not context:
+        raise BadRecord("no turn before the last assistant turn (it would be the instruction)")
+    if len(context) == 1 and context[0][0] == "user":
+        instruction = context[0][1]
+    else:
+        instruction = "\n".join(f"{ROLE_LABEL[role]}: {text}" for role, text in context)
+    if not instruction.strip():
+        raise BadRecord("empty instruction (the turns before the last assistant turn are empty)")
+    return instruction, output
+
+
+def _last_assistant(turns: list[Turn] | tuple[Turn, ...]) -> int | None:
+    return max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A record as turns in order (system turns included) and an Alpaca record's ``input``."""
+
+    turns: tuple[Turn, ...]
+    input: str = ""
+
+    def sample(self) -> tuple[str, str, str]:
+        """(instruction, input, output) as stored and rated (before `canonical`)."""
+        instruction, output = render_conversation(self.turns)
+        return instruction, self.input, output
+
+    @property
+    def trailing(self) -> int:
+        """How many turns follow the last assistant turn (not rated)."""
+        last = _last_assistant(self.turns)
+        return 0 if last is None else len(self.turns) - last - 1
+
+    def rated(self) -> Conversation:
+        """The conversation through its last assistant turn: what was rated."""
+        return Conversation(self.turns[:len(self.turns) - self.trailing], self.input)
+
+    def merged(self) -> list[Turn]:
+        """The turns with ``input`` joined to the user turn before the last assistant turn (as
+        LLaMA-Factory joins an Alpaca record's instruction and input)."""
+        turns = list(self.turns)
+        last = _last_assistant(turns)
+        if self.input and last is not None and last > 0:
+            role, text = turns[last - 1]
+            turns[last - 1] = (role, text + "\n" + self.input)
+        return turns
+
+
+def turns_of(obj: dict[str, Any], key: str) -> list[Turn]:
+    """The turns of a ShareGPT (``conversations``, with its top-level ``system`` first), messages or
+    TRL message list; `BadRecord` names what is wrong."""
+    if key not in obj or obj[key] is None:
+        raise BadRecord(f"missing field '{key}'")
+    seq = obj[key]
+    if not isinstance(seq, list):
+        raise BadRecord(f"field '{key}' is not a list (got {json_type(seq)})")
+    sharegpt = key == "conversations"
+    role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
+    roles = SHAREGPT_ROLES if sharegpt else MESSAGE_ROLES
+    turns: list[Turn] = []
+    if sharegpt and obj.get("system") is not None and not isinstance(obj["system"], str):
+        raise BadRecord(f"field 'system' is not text (got {json_type(obj['system'])})")
+    if sharegpt and isinstance(obj.get("system"), str) and obj["system"].strip():
+        turns.append(("system", obj["system"]))
+    for n, turn in enumerate(seq, 1):
+        if not isinstance(turn, dict):
+            raise BadRecord(f"{key}[{n}] is not an object")
+        role = roles.get(str(turn.get(role_key, "")).lower())
+        if role is None:
+            raise BadRecord(f"{key}[{n}] has unknown {role_key} {turn.get(role_key)!r}")
+        turns.append((role, _content(turn.get(text_key), f"{key}[{n}].{text_key}")))
+    return turns
+
+
+def _history(obj: dict[str, Any], key: str, mapped: bool) -> list[Turn]:
+    """LLaMA-Factory's ``history``: a list of [user, assistant] pairs. A field of that name that is
+    no list (a CSV cell, another dataset's text) is not read, unless --map names it."""
+    value = obj.get(key)
+    if value is None or (not isinstance(value, list) and not mapped):
+        return []
+    if not isinstance(value, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in value):
+        raise BadRecord(f"field '{key}' is not a list of [user, assistant] text pairs")
+    return [turn for user, assistant in value for turn in (("user", user), ("assistant", assistant))]
+
+
+def _alpaca(obj: dict[str, Any], cmap: dict[str, str]) -> Conversation:
+    instruction = _field(obj, cmap.get("instruction", "instruction"), required=True)
+    inp = _field(obj, cmap.get("input", "input"), required=False)
+    output = _field(obj, cmap.get("output", "output"), required=True)
+    system = _field(obj, cmap.get("system", "system"), required=False)
+    turns = [("system", system)] if system.strip() else []
+    turns += _history(obj, cmap.get("history", "history"), "history" in cmap)
+    return Conversation((*turns, ("user", instruction), ("assistant", output)), inp)
+
+
+def _prompt_completion(obj: dict[str, Any], _cmap: dict[str, str]) -> Conversation:
+    """TRL's prompt-completion records: two strings (standard) or two message lists (conversational)."""
+    if isinstance(obj.get("prompt"), list) or isinstance(obj.get("completion"), list):
+        return Conversation(tuple(turns_of(obj, "prompt") + turns_of(obj, "completion")))
+    prompt, completion = _field(obj, "prompt", required=True), _field(obj, "completion", required=True)
+    return Conversation((("user", prompt), ("assistant", completion)))
+
+
+SHAPES: dict[str, Callable[[dict[str, Any], dict[str, str]], Conversation]] = {
+    "alpaca": _alpaca,
+    "sharegpt": lambda obj, _cmap: Conversation(tuple(turns_of(obj, "conversations"))),
+    "messages": lambda obj, _cmap: Conversation(tuple(turns_of(obj, "messages"))),
+    "prompt-completion": _prompt_completion,
+}
+#: The fields by which `shape_of` recognises a record, for the errors that list them.
+SHAPE_FIELDS = "instruction/input/output, conversations, messages or prompt/completion"
+
+
+def shape_of(keys: list[str] | set[str] | dict[str, Any]) -> str | None:
+    """The shape a record (or a table's columns) has, by its field names; None when none fits."""
+    if "conversations" in keys:
+        return "sharegpt"
+    if "messages" in keys:
+        return "messages"
+    if "instruction" in keys or "output" in keys:
+        return "alpaca"
+    if "prompt" in keys and "completion" in keys:
+        return "prompt-completion"
+    return None
+
+
+def parse(obj: dict[str, Any], shape: str, column_map: dict[str, str] | None = None) -> Conversation:
+    """The conversation of a record of `shape` (`BadRecord` when it is not one)."""
+    return SHAPES[shape](obj, column_map or {})
+
+
+# ---------------------------------------------------------------------------------------- shapes out
+def alpaca_fields(conv: Conversation) -> dict[str, Any] | None:
+    """``{"instruction", "input", "output"}`` + ``system`` and ``history`` (LLaMA-Factory's alpaca
+    columns) when they are needed; None when the turns do not fit that shape (a tool turn, two
+    turns of one role in a row, several system turns)."""
+    turns = list(conv.rated().turns)
+    system = turns.pop(0)[1] if turns and turns[0][0] == "system" else None
+    roles = [role for role, _ in turns]
+    if not turns or len(turns) % 2 or roles != ["user", "assistant"] * (len(turns) // 2):
+        return None
+    record: dict[str, Any] = {"instruction": turns[-2][1], "input": conv.input, "output": turns[-1][1]}
+    if system is not None:
+        record["system"] = system
+    if len(turns) > 2:
+        record["history"] = [[turns[i][1], turns[i + 1][1]] for i in range(0, len(turns) - 2, 2)]
+    return record
+
+
+def sharegpt_fields(conv: Conversation) -> dict[str, Any]:
+    """``{"conversations": [{"from", "value"}], "system"}``: the system turns become the ``system`` field."""
+    turns = conv.rated().merged()
+    system = "\n".join(text for role, text in turns if role == "system")
+    record: dict[str, Any] = {"conversations": [{"from": SHAREGPT_FROM[r], "value": t} for r, t in turns
+                                                if r != "system"]}
+    if system:
+        record["system"] = system
+    return record
+
+
+def messages_fields(conv: Conversation) -> dict[str, Any]:
+    """``{"messages": [{"role", "content"}]}``, the system turns where they were."""
+    return {"messages": [{"role": r, "content": t} for r, t in conv.rated().merged()]}
+
+
+def comes_back_as(record: dict[str, Any], shape: str) -> str | None:
+    """The content hash a written record is read back as (None: not a valid record)."""
+    try:
+        instruction, inp, output = parse(record, shape).sample()
+    except BadRecord:
+        return None
+    return digest(canonical(instruction), canonical(inp), canonical(output))
+
+
+# ---------------------------------------------------------------------------------------- column maps
+
+MAP_FIELDS = ("instruction", "input", "output", "system", "history", "id")
+MAP_ALIASES = {"prompt": "instruction", "completion": "output"}
+#: Columns that usually hold a field, for the hint when a record lacks the field.
+_LIKELY = {"instruction": ("question", "prompt", "query", "instruction_text"),
+           "input": ("context", "input_text"),
+           "output": ("response", "answer", "completion", "output_text", "target"),
+           "system": ("system_prompt",)}
+
+
+def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
+    """``"instruction=question,output=response"`` → {"instruction": "question", "output": "response"}."""
+    if not spec:
+        return {}
+    pairs = spec.items() if isinstance(spec, dict) else (p.partition("=")[::2] for p in spec.split(",") if p.strip())
+    result: dict[str, str] = {}
+    for target, column in pairs:
+        target, column = target.strip(), column.strip()
+        name = MAP_ALIASES.get(target, target)
+        if name not in MAP_FIELDS:
+            raise IngestError(f"--map {target}={column}: unknown field {target!r}; map instruction, input, output, "
+                              f"system (or prompt, completion), e.g. --map instruction=question,output=response")
+        if not column:
+            raise IngestError(f"--map {target}=: give the column that holds {name}, e.g. --map {target}=question")
+        if name in result:
+            raise IngestError(f"--map maps {name} twice ({result[name]} and {column}); give one column per field")
+        result[name] = column
+    return result
+
+
+def map_hint(fields: Sequence[str]) -> str:
+    """``--map output=response`` for a file whose records name the fields otherwise (or "")."""
+    have = set(fields)
+    pairs = [f"{name}={col}" for name, cols in _LIKELY.items() if name not in have
+             for col in cols[:] if col in have][:4]
+    seen: set[str] = set()
+    pairs = [p for p in pairs if not (p.split("=")[0] in seen or seen.add(p.split("=")[0]))]
+    return f"--map {','.join(pairs)}" if pairs else ""
+
+
+def check_map(path: Path, column_map: dict[str, str], columns: Sequence[str]) -> None:
+    for name, column in column_map.items():
+        if column not in columns:
+            raise IngestError(f"{path}: --map {name}={column} names a column the file does not have; its columns "
+                              f"are {', '.join(sorted(columns))}. Nothing was ingested; fix --map.")
