@@ -18,7 +18,6 @@ from selectit.cli.base import (
     store,
 )
 from selectit.cli.options import _engine_choice, _engine_options, _scope_options
-from selectit.store import db
 
 
 @main.command()
@@ -219,24 +218,18 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None,
       selectit worker --model llama2-70b --engine vllm --tensor-parallel-size 4
       selectit worker --model served-llama --engine openai --concurrency 64
     """
-    import os
+    from selectit.workers.app import run_worker
 
-    # The worker's tasks read the engine options from the environment: Celery starts them.
     options = _engine_choice(engine_options)
     if options.engine == "openai":  # the requests run concurrently inside one task
         if concurrency is not None:
             options = _engine_choice({**engine_options, "concurrency": concurrency})
         concurrency = 1
-    options.export()
-    store(ctx).require_models(models)
-    if ctx.obj["db_url"]:
-        os.environ[db.URL_ENV] = ctx.obj["db_url"]  # the worker's tasks open the same database
-    from selectit.workers.app import CONTROL_QUEUE, app, queue_for
-
-    queues = [queue_for(m) for m in models] + ([CONTROL_QUEUE] if control or not models else [])
-    node = f"{'+'.join(models) or 'control'}@%h"
-    app.worker_main(["worker", "-Q", ",".join(queues), "--pool", pool, "--concurrency", str(concurrency or 1),
-                     "-n", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
+    opened = store(ctx)
+    opened.require_models(models)
+    # The tasks run with these values (bound into the app), not with environment variables.
+    run_worker(opened.settings, models=models, control_queue=control, pool=pool, concurrency=concurrency or 1,
+               db_url=opened.url, engine_options=options)
 
 
 @main.group("model")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -81,6 +81,7 @@ class JobOutcome:
     scored: int = 0  # ok cells written
     failed: int = 0  # failed cells written
     error: str | None = None
+    model: str | None = None  # the job's model name (its broker queue); None for a job not found
 
 
 def _requests(session: Session, cells: dict[int, list[int]], prompts: dict[int, Prompt]) -> list[RatingRequest]:
@@ -262,6 +263,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         if job is None or job.status != JobStatus.QUEUED:
             return JobOutcome(job_id, Outcome.SKIPPED)
         model = session.get(LLM, job.model_id)
+    outcome = JobOutcome(job_id, Outcome.DONE, model=model.name)
     try:
         with phase("model load"):
             scorer = scorer_for(ModelSpec.of(model))
@@ -269,11 +271,10 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         if claim(engine, job_id, worker, lease=lease):
             status = release(engine, job_id, worker, settings=settings,
                              error=f"loading model {model.name}: {type(exc).__name__}: {exc}")
-            return JobOutcome(job_id, _after_error(status), error=str(exc))
-        return JobOutcome(job_id, Outcome.SKIPPED)
+            return JobOutcome(job_id, _after_error(status), error=str(exc), model=model.name)
+        return JobOutcome(job_id, Outcome.SKIPPED, model=model.name)
     if not claim(engine, job_id, worker, lease=lease):
-        return JobOutcome(job_id, Outcome.SKIPPED)
-    outcome = JobOutcome(job_id, Outcome.DONE)
+        return JobOutcome(job_id, Outcome.SKIPPED, model=model.name)
     started = time.monotonic()  # after the model load: the rate `score --estimate` uses
 
     def report(writer: BatchWriter) -> None:
@@ -434,6 +435,35 @@ class ScoreProgress(Protocol):
 
     def note(self, text: str) -> None:
         """Something worth a line: waiting for other workers, a failed job."""
+
+
+class TqdmProgress:
+    """`Store.score(progress=True)`: a tqdm.auto bar (a widget in notebooks, text in terminals)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, unit="cell", desc="scoring", smoothing=0.1)
+
+    def computed(self, cells: int) -> None:
+        if self._bar is not None:
+            self._bar.update(min(cells, (self._bar.total or 0) - self._bar.n))
+            if self._bar.n >= (self._bar.total or 0):
+                self._bar.close()
+
+    def advance(self, cells: int) -> None:
+        """Cells written: the bar shows them computed already."""
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 @dataclass
