@@ -69,7 +69,7 @@ def test_the_cli_reaches_the_library_through_the_store_only(path: Path) -> None:
 def test_no_module_of_the_package_is_over_600_lines_but_the_known_ones() -> None:
     """Modules stay small enough to read; the ones still over the bound are named here, so a new
     one fails this test instead of growing unnoticed."""
-    known = {"api.py", "fusion/views.py", "io/export.py", "io/readers.py", "io/report.py"}
+    known = {"fusion/views.py", "io/export.py", "io/readers.py", "io/report.py"}
     long = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
             if len(p.read_text(encoding="utf-8").splitlines()) > 600}
     assert long <= known, f"over 600 lines: {sorted(long - known)}"
