@@ -389,18 +389,33 @@ class _HookEngine(ScoringEngine):
 
 
 class ScorerCache:
-    """`scorer_for` that loads each model version once per process (by model id)."""
+    """`scorer_for` that loads each model version once per process (by model id).
 
-    def __init__(self, load: ScorerFor | None = None, settings: Settings | None = None) -> None:
+    `announce(text)` hears of each load before it starts ("loading model NAME…", see
+    `selectit.scoring.loading.loading_note`) and `announce(None)` when it has ended.
+    """
+
+    def __init__(self, load: ScorerFor | None = None, settings: Settings | None = None,
+                 announce: Callable[[str | None], None] | None = None) -> None:
         self._load = load
         self._settings = settings
+        self._announce = announce
         self.scorers: dict[int, ScoringEngine] = {}
 
     def __call__(self, model: ModelSpec) -> ScoringEngine:
         if model.id not in self.scorers:
             if self._load is None:
                 self._load = default_scorer_factory(self._settings)
-            self.scorers[model.id] = self._load(model)
+            if self._announce is None:
+                self.scorers[model.id] = self._load(model)
+                return self.scorers[model.id]
+            from selectit.scoring.loading import loading_note
+
+            self._announce(loading_note(model.name, model.source, model.fingerprint, served=bool(model.endpoint)))
+            try:
+                self.scorers[model.id] = self._load(model)
+            finally:
+                self._announce(None)
         return self.scorers[model.id]
 
     @property
@@ -436,6 +451,9 @@ class ScoreProgress(Protocol):
     def note(self, text: str) -> None:
         """Something worth a line: waiting for other workers, a failed job."""
 
+    def loading(self, text: str | None) -> None:
+        """A model is loading (`text`: "loading model NAME…"); None: the load has ended."""
+
 
 class TqdmProgress:
     """`Store.score(progress=True)`: a tqdm.auto bar (a widget in notebooks, text in terminals)."""
@@ -460,6 +478,10 @@ class TqdmProgress:
     def note(self, text: str) -> None:
         if self._bar is not None:
             self._bar.write(text)
+
+    def loading(self, text: str | None) -> None:
+        if self._bar is not None:
+            self._bar.set_description(text or "scoring")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -490,7 +512,9 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     settings = settings or Settings.from_env()
     worker = worker or worker_id()
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
-    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options))
+    # A progress written for an older `ScoreProgress` may lack `loading`: it is then not told.
+    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options),
+                                                                  announce=getattr(progress, "loading", None))
     summary = ScoreSummary()
     with phase("planning"):
         with db.session_scope(engine) as session:
