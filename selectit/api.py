@@ -267,7 +267,7 @@ class Store:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
 
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
-        a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``; the
+        a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``, ``loading``; the
         CLI passes its own bar).
         `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
 

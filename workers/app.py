@@ -266,13 +266,17 @@ def make_app(settings: Settings, *, db_url: str | None = None,
         """Expired leases → back in the queue (or failed after N attempts); resend lost messages."""
         return fleet.requeue_expired()
 
-    def close_scorers(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            fleet.close()
-
-    signals.worker_shutdown.connect(close_scorers, weak=False)
     app.steps["worker"].add(control.worker_step(fleet.control_loop))
     return app
+
+
+@signals.worker_shutdown.connect
+def close_engines(sender: Any = None, **_: Any) -> None:
+    """Close the engines a stopping worker's app loaded: an open vLLM engine process would keep the
+    worker from exiting."""
+    fleet = getattr(getattr(sender, "app", None), "fleet", None)
+    if isinstance(fleet, Fleet):
+        fleet.close()
 
 
 def fleet_of(app: Celery) -> Fleet:
@@ -285,13 +289,16 @@ def enqueue(engine: sa.Engine, job_ids: Sequence[int], settings: Settings) -> tu
 
     A broker that cannot be reached is one `SelectitError` naming the fix (the jobs stay queued).
     """
+    app = make_app(settings)
     try:
-        return fleet_of(make_app(settings)).send_and_resend(job_ids, engine)
+        return fleet_of(app).send_and_resend(job_ids, engine)
     except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
         raise SelectitError(
             f"planned {len(job_ids)} job(s), but sending jobs to the broker failed: {exc}. "
             "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
             "and run `selectit plan` again, or let the workers' control loop re-send them.") from exc
+    finally:
+        app.close()  # its broker connections
 
 
 def run_worker(settings: Settings, *, models: Sequence[str], control_queue: bool, pool: str, concurrency: int,
