@@ -85,7 +85,8 @@ CASES = [
          phrase="bad part"),
     Case("no-server", lambda f: ["status"], lambda s, f: s.status(),
          store="postgresql://selectit@127.0.0.1:{port}/selectit", phrase="cannot connect"),
-    Case("read-only", lambda f: ["ingest", f["good.json"], "--dataset", "x"], lambda s, f: s.ingest(f["good.json"], "x"),
+    Case("read-only", lambda f: ["ingest", f["good.json"], "--dataset", "x"],
+         lambda s, f: s.ingest(f["good.json"], "x"),
          store="read-only", phrase="read-only"),
     # -- ingest (test_guard_ingest)
     _ingest("deep.jsonl"), _ingest("none.json"), _ingest("wide.json"), _ingest("cut.jsonl"), _ingest("null.json"),
@@ -100,7 +101,8 @@ CASES = [
     Case("name-model", lambda f: ["model", "add", "", "--source", f["junk.gguf"]],
          lambda s, f: s.add_model("", str(f["junk.gguf"])), phrase="name"),
     # -- registering (test_guard_registry)
-    Case("prompt-input-line", lambda f: ["prompts", "import", f["input.txt"], "--set", "x", "--layout", "shared-context"],
+    Case("prompt-input-line",
+         lambda f: ["prompts", "import", f["input.txt"], "--set", "x", "--layout", "shared-context"],
          lambda s, f: s.import_prompts(f["input.txt"], "x", "shared-context"), phrase="a line of its own"),
     Case("junk-gguf", lambda f: ["model", "add", "j", "--source", f["junk.gguf"]],
          lambda s, f: s.add_model("j", str(f["junk.gguf"])), phrase="junk.gguf"),

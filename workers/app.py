@@ -80,7 +80,8 @@ def queue_for(model_name: str) -> str:
 class Fleet:
     """What the tasks of one app run with, given as values: the settings, the database URL (None:
     `$SELECTIT_DATABASE_URL`, else ./selectit.db) and the engine options (None: `$SELECTIT_ENGINE`
-    and friends, as `selectit.scoring.engines.load_engine` reads them), plus this process's database engine and loaded scoring engines."""
+    and friends, as `selectit.scoring.engines.load_engine` reads them), plus this process's
+    database engine and loaded scoring engines."""
 
     def __init__(self, app: Celery, settings: Settings, db_url: str | None = None,
                  engine_options: EngineOptions | None = None) -> None:

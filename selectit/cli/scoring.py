@@ -153,7 +153,8 @@ class _ScoringBar:
             TimeRemainingColumn,
         )
 
-        self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                             TaskProgressColumn(),
                              TextColumn("{task.fields[rate]} cells/s, {task.fields[written]} written"),
                              TimeRemainingColumn(), console=console)
         self._task = self._bar.add_task("scoring", total=total, rate="–", written=0)
