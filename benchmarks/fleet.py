@@ -201,13 +201,14 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
         while not all(" ready." in log.read_text() for log in logs):
             assert time.time() < deadline and all(p.poll() is None for p in procs), "the workers did not start"
             time.sleep(0.2)
-        from selectit.workers import app as worker_app
+        from selectit.settings import Settings
+        from selectit.workers.app import fleet_of, make_app
 
-        worker_app.app.conf.broker_url = redis_url
+        fleet = fleet_of(make_app(Settings(broker_url=redis_url)))
         job_ids = planner.plan(engine)
         cpu0, wal0, cmd0 = pg_server_cpu(engine), wal_lsn(engine), rds.info("stats")["total_commands_processed"]
         t0 = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        worker_app.send_jobs(job_ids, engine)
+        fleet.send_jobs(job_ids, engine)
         while n_scored(engine) < n * 5:
             assert time.time() < deadline, "the fleet did not finish"
             time.sleep(0.5)

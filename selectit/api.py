@@ -286,15 +286,15 @@ class Store:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
 
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
-        a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``; the
+        a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``, ``loading``; the
         CLI passes its own bar).
         `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
 
             >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
-        from selectit.jobs.runner import score_in_process
+        from selectit.jobs.runner import TqdmProgress, score_in_process
 
-        bar = _TqdmProgress() if progress is True else None
+        bar = TqdmProgress() if progress is True else None
         try:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                                     progress=bar or progress, batch_size=batch_size, engine_options=engine,
@@ -311,16 +311,9 @@ class Store:
         ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings)
         sent = resent = 0
         if enqueue:
-            try:
-                from selectit.workers.app import resend_lost, send_jobs
+            from selectit.workers.app import enqueue as send
 
-                sent = send_jobs(ids, self.engine)
-                resent = resend_lost(self.engine)  # queued earlier but never sent
-            except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
-                raise SelectitError(
-                    f"planned {len(ids)} job(s), but sending jobs to the broker failed: {exc}. "
-                    "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
-                    "and run `selectit plan` again, or let the workers' control loop re-send them.") from exc
+            sent, resent = send(self.engine, ids, self.settings)  # and those queued earlier but never sent
         return PlanResult(len(ids), sent, resent)
 
     def require_models(self, names: Sequence[str]) -> None:
@@ -604,35 +597,6 @@ def _arrow_column(values: list[Any]) -> pa.Array:
         if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
             return pa.array([None if v is None else decimal.Decimal(v) for v in values], type=pa.decimal256(76, 0))
         return pa.array([None if v is None else str(v) for v in values], type=pa.string())
-
-
-class _TqdmProgress:
-    """`Store.score(progress=True)`: a tqdm.auto bar (a widget in notebooks, text in terminals)."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def start(self, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=total, unit="cell", desc="scoring", smoothing=0.1)
-
-    def computed(self, cells: int) -> None:
-        if self._bar is not None:
-            self._bar.update(min(cells, (self._bar.total or 0) - self._bar.n))
-            if self._bar.n >= (self._bar.total or 0):
-                self._bar.close()
-
-    def advance(self, cells: int) -> None:
-        """Cells written: the bar shows them computed already."""
-
-    def note(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def _as_arrow(data: Any) -> pa.Table | None:

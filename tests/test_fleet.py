@@ -369,7 +369,8 @@ def test_the_control_loop_of_a_worker_inside_a_long_job_on_sqlite_keeps_ticking(
     latest = plan_tick()
     assert job().status == "running" and len(scores(engine)) < 12 * 5, "the job ended before three ticks"
     assert latest[1] > first[1] and latest[2] == f"{socket.gethostname()}:{w.pid}"
-    assert f.output("w1").count("control tick plan ran") >= log_before + 3  # each plan is logged
+    # each plan is logged (a tick may run between the two reads above: the log is waited for)
+    wait_for(lambda: f.output("w1").count("control tick plan ran") >= log_before + 3, "three plan log lines", f)
     out = subprocess.run([sys.executable, "-m", "selectit", "--db", sqlite_url, "status"], env=f.env,
                          cwd=tmp_path, capture_output=True, text=True, timeout=WAIT)
     assert out.returncode == 0, out.stderr
@@ -464,11 +465,38 @@ def test_compose_bakes_in_no_secret_and_keeps_redis_inside() -> None:
 
 
 def test_workers_json_only_acks_late_prefetch_one() -> None:
-    from selectit.workers import app as worker_app
-    from selectit.workers.app import app
+    from selectit.settings import Settings
+    from selectit.workers.app import fleet_of, make_app
 
+    app = make_app(Settings(broker_url="memory://", plan_interval=7.0))
     conf = app.conf
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
     assert conf.task_acks_late and conf.worker_prefetch_multiplier == 1 and conf.worker_pool == "solo"
     assert conf.beat_schedule == {}  # the control loop of the workers keeps the clock
-    assert {t.name for t in worker_app.control_ticks()} == {"plan", "requeue-expired"}
+    assert conf.broker_url == "memory://"
+    assert {(t.name, t.interval) for t in fleet_of(app).control_ticks()} == {("plan", 7.0), ("requeue-expired", 30.0)}
+    assert {"selectit.plan", "selectit.score_job", "selectit.requeue_expired"} <= set(app.tasks)
+
+
+def test_the_app_is_built_from_values_not_at_import(monkeypatch) -> None:
+    """Importing the module reads no environment; `celery -A selectit.workers.app` builds `app`
+    from it once, when it asks; `make_app` binds the database and engine options it is given."""
+    import selectit.workers.app as module
+    from selectit.scoring.engines import EngineOptions
+    from selectit.settings import Settings
+
+    env = {**os.environ, "SELECTIT_BATCH_SIZE": "not a number"}
+    imported = subprocess.run([sys.executable, "-c", "import selectit.workers.app"], env=env, capture_output=True,
+                              text=True, timeout=WAIT)
+    assert imported.returncode == 0, imported.stderr  # a bad variable does not stop the import…
+    asked = subprocess.run([sys.executable, "-c", "from selectit.workers.app import app"], env=env,
+                           capture_output=True, text=True, timeout=WAIT)
+    assert asked.returncode == 1 and "SELECTIT_BATCH_SIZE" in asked.stderr  # …the app built from it names it
+    monkeypatch.setenv("SELECTIT_BATCH_SIZE", "3")
+    monkeypatch.setenv("SELECTIT_BROKER_URL", "memory://")
+    module.app_from_env.cache_clear()
+    assert module.app is module.app and module.fleet_of(module.app).settings.batch_size == 3
+    module.app_from_env.cache_clear()
+    options = EngineOptions(concurrency=5)
+    fleet = module.fleet_of(module.make_app(Settings(), db_url="sqlite:///elsewhere.db", engine_options=options))
+    assert (fleet.db_url, fleet.engine_options, fleet.settings) == ("sqlite:///elsewhere.db", options, Settings())

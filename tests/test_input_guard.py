@@ -136,26 +136,7 @@ def test_model_context_lengths_are_checked(engine, db_url: str, tiny_model_dir: 
 
 
 # ------------------------------------------------------------------------------ item: the Python API
-def test_api_raises_the_cli_messages(tmp_path: Path) -> None:
-    text = tmp_path / "notes.txt"
-    text.write_text("not a database, just text\n" * 100)
-    directory = tmp_path / "dir"
-    directory.mkdir()
-    for target, phrase in ((text, "is not a SQLite database"), (directory, "is a directory"),
-                           ("mysql://u@h/x", "not mysql"), ("postgresql://u@h:99999999/x", "bad part")):
-        with pytest.raises(SelectitError, match=phrase) as raised:
-            selectit.open(target)
-        url = str(target) if "://" in str(target) else f"sqlite:///{target}"
-        cli = assert_one_error(invoke("--db", url, "status"))
-        assert cli == f"Error: {raised.value}", (cli, raised.value)
-    store = selectit.open(tmp_path / "ok.db")
-    data = tmp_path / "a.jsonl"
-    data.write_text(GOOD)
-    with pytest.raises(SelectitError, match="limit"):
-        store.ingest(data, "d", limit=-1)
-    store.close()
-
-
+# (its refusals are the CLI's Error lines: tests/test_guard_api.py)
 def test_store_sql_keeps_hugeint_and_duplicate_columns(engine, db_url: str) -> None:
     seed_scores(engine)
     huge = 2**100 + 7

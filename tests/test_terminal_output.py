@@ -101,3 +101,36 @@ def test_model_add_says_what_it_is_doing_on_a_terminal_only(tmp_path: Path) -> N
     piped = _run(["--db", f"sqlite:///{tmp_path / 'b.db'}", "model", "add", "tiny", "--source", str(model)],
                  terminal=False)
     assert b"registering" not in piped and b"model tiny added: version 1" in piped
+
+
+def test_score_says_which_model_it_loads_on_a_terminal_only(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """While a model loads, a terminal sees "loading model NAME…" (not a bar frozen at 0); a pipe
+    gets the result line alone."""
+    data = tmp_path / "a.jsonl"
+    data.write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
+    shown = {}
+    for terminal in (True, False):
+        db_args = ["--db", f"sqlite:///{tmp_path / f'{terminal}.db'}"]
+        for args in (["init"], ["ingest", str(data), "--dataset", "d"],
+                     ["model", "add", "tiny", "--source", str(tiny_model_dir), "--dtype", "float32"]):
+            result = invoke(*db_args, *args)
+            assert result.exit_code == 0, result.output
+        shown[terminal] = _run([*db_args, "score"], terminal=terminal)
+    assert "loading model tiny…".encode() in shown[True] and b"cells, failed" in shown[True], shown[True]
+    assert b"de-quantizing" not in shown[True]  # a model directory: nothing to de-quantize
+    assert b"loading" not in shown[False] and b"scored 5 cells, failed 0" in shown[False], shown[False]
+
+
+def test_the_loading_line_names_a_gguf_only_until_it_is_de_quantized(tmp_path: Path, monkeypatch) -> None:
+    from selectit.scoring.loading import CACHE_ENV, loading_note
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    sha = "ab" * 32  # a GGUF model version's fingerprint is the file's sha256
+    assert loading_note("m", str(gguf), sha) == "loading model m (de-quantizing GGUF, first time only)…"
+    assert loading_note("m", str(gguf), sha, served=True) == "loading model m…"
+    (tmp_path / "cache" / sha).mkdir(parents=True)
+    (tmp_path / "cache" / sha / "model.safetensors").write_bytes(b"")
+    assert loading_note("m", str(gguf), sha) == "loading model m…"  # de-quantized once: cached
+    assert loading_note("m", str(tmp_path / "gone.gguf"), sha) == "loading model m…"

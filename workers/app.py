@@ -1,12 +1,18 @@
-"""The Celery app of the worker fleet: tasks `plan`, `score_job`, `requeue_expired`, and the
-control loop that runs `plan` and `requeue_expired` on schedule.
+"""The Celery app of the worker fleet, built by `make_app(settings)`: tasks `plan`, `score_job`,
+`requeue_expired`, and the control loop that runs `plan` and `requeue_expired` on schedule.
 
 Start a GPU worker for one model with `selectit worker --model NAME` (or
 `celery -A selectit.workers.app worker -Q model.NAME,control --pool solo --without-gossip --without-mingle`).
 Every worker that serves the `control` queue also keeps the fleet's clock on a thread of its own
 (`selectit.workers.control`): it requeues expired leases and plans new cells on schedule, whatever job
 the worker is running, and one worker of the fleet does each tick. No `celery beat` is needed.
-Configuration comes from the environment:
+
+The app is a value built from values: `make_app(settings, db_url=…, engine_options=…)` binds the
+knobs (`selectit.settings.Settings`), the database and the scoring engine's options into the app
+(its `fleet`), and every task reads them from there. Nothing is read from the environment when
+this module is imported. `selectit worker` builds the app from its options; `celery -A
+selectit.workers.app` finds the module's `app`, which is built on first use from the environment,
+read once there (that command's edge):
 
 - `SELECTIT_DATABASE_URL`: the curation database (PostgreSQL for a fleet).
 - `SELECTIT_BROKER_URL`: the Redis broker [redis://localhost:6379/0]; `SELECTIT_BROKER_TIMEOUT`:
@@ -16,35 +22,36 @@ Configuration comes from the environment:
   its sweeps of expired leases.
 - `SELECTIT_LEASE_SECONDS`, `SELECTIT_MAX_ATTEMPTS`, `SELECTIT_MAX_JOB_ATTEMPTS`,
   `SELECTIT_BATCH_SIZE`, `SELECTIT_JOB_TOKENS`: see `selectit.settings`.
-- `SELECTIT_SCORER`: `module:callable` turning a model version (LLM row) into a scoring engine
-  [selectit.scoring.engines:load_engine: the torch or vLLM engine, as `SELECTIT_ENGINE` says]; the hook
-  to plug in another scoring backend.
-
-They are read once, when the worker process imports this module (`SETTINGS`).
+- `SELECTIT_ENGINE` and the engine options (`selectit.scoring.engines`); `SELECTIT_SCORER`
+  (deprecated: engines are registered by name) a `module:callable` turning a model version into a
+  scoring engine.
 
 Tasks take ids and are idempotent: a duplicate `score_job` message finds its job not queued and
 does nothing; jobs are sent to the broker only after the transaction that created them committed.
 A job whose message was lost (the broker restarted) is sent again by `plan`/`requeue_expired`
-when its model's queue is empty.
+when its model's queue is empty. Each task reads what it sends in one session.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from celery import Celery, signals
+from sqlalchemy.orm import Session
 
 from selectit.contract import JobStatus, ModelSpec, ScoringEngine
+from selectit.errors import SelectitError
 from selectit.fusion import status
 from selectit.jobs.leases import requeue_expired as requeue_expired_jobs
 from selectit.jobs.leases import worker_id
 from selectit.jobs.planner import plan as plan_jobs
-from selectit.jobs.runner import Outcome, ScorerCache, run_job
+from selectit.jobs.runner import Outcome, ScorerCache, default_scorer_factory, run_job
 from selectit.settings import Settings
 from selectit.store import db
 from selectit.store.schema import LLM, Job
@@ -53,14 +60,16 @@ from . import (
     control,  # this package: `workers` in a checkout, `selectit.workers` installed
 )
 
+if TYPE_CHECKING:
+    from selectit.scoring.engines import EngineOptions
+
 log = logging.getLogger("selectit.workers")
 
-#: This process's knobs, read once (a bad value stops the worker at start, naming the variable).
-SETTINGS = Settings.from_env()
 #: The queue of the cheap bookkeeping tasks (plan, requeue_expired).
 CONTROL_QUEUE = "control"
 #: At most this many queued jobs are re-sent per model and tick when its queue is empty.
 RESEND_LIMIT = 1000
+SCORE_JOB = "selectit.score_job"
 
 
 def queue_for(model_name: str) -> str:
@@ -68,158 +77,253 @@ def queue_for(model_name: str) -> str:
     return f"model.{model_name}"
 
 
-app = Celery("selectit", broker=SETTINGS.broker_url)
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],  # never pickle
-    result_serializer="json",
-    task_ignore_result=True,
-    task_acks_late=True,  # a worker killed mid-task leaves its message to be redelivered
-    worker_prefetch_multiplier=1,  # a job is long: never hoard messages other workers could run
-    broker_connection_retry_on_startup=True,
-    broker_connection_max_retries=None,  # a restarted Redis is waited for, not fatal
-    # A broker that accepts the connection and never answers fails a send after a few tries,
-    # never hangs it: every socket operation and connection attempt is bounded.
-    broker_connection_timeout=SETTINGS.broker_timeout,
-    broker_transport_options={"socket_timeout": SETTINGS.broker_timeout,
-                              "socket_connect_timeout": SETTINGS.broker_timeout,
-                              "max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
-    task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
-    worker_pool="solo",  # a CUDA model cannot be forked
-    worker_concurrency=1,
-    task_default_queue=CONTROL_QUEUE,
-    task_create_missing_queues=True,
-    worker_hijack_root_logger=False,
-    # No beat schedule: a control message queued behind a minutes-long job expired unseen (or
-    # piled up). The periodic work runs on a thread of each control worker instead (see
-    # workers/control.py), so it never waits behind a model job.
-    beat_schedule={},
-)
+class Fleet:
+    """What the tasks of one app run with, given as values: the settings, the database URL (None:
+    `$SELECTIT_DATABASE_URL`, else ./selectit.db) and the engine options (None: `$SELECTIT_ENGINE`
+    and friends, as `selectit.scoring.engines.load_engine` reads them), plus this process's
+    database engine and loaded scoring engines."""
 
-_engine: sa.Engine | None = None
-_engine_pid: int | None = None
-_engine_lock = threading.Lock()  # the control thread and the task thread share one engine
-_scorers: ScorerCache | None = None
+    def __init__(self, app: Celery, settings: Settings, db_url: str | None = None,
+                 engine_options: EngineOptions | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.db_url = db_url
+        self.engine_options = engine_options
+        self._engine: sa.Engine | None = None
+        self._engine_pid: int | None = None
+        self._engine_lock = threading.Lock()  # the control thread and the task thread share one engine
+        self._scorers: ScorerCache | None = None
 
+    def engine(self, given: sa.Engine | None = None) -> sa.Engine:
+        """`given`, else this process's engine (a forked child makes its own: connections do not
+        survive fork)."""
+        if given is not None:
+            return given
+        with self._engine_lock:
+            if self._engine is None or self._engine_pid != os.getpid():
+                self._engine = db.open_store(self.db_url)
+                self._engine_pid = os.getpid()
+            return self._engine
 
-def engine() -> sa.Engine:
-    """This process's engine (a forked child makes its own: connections do not survive fork)."""
-    global _engine, _engine_pid
-    with _engine_lock:
-        if _engine is None or _engine_pid != os.getpid():
-            _engine = db.open_store(None)
-            _engine_pid = os.getpid()
-        return _engine
+    def scorer_for(self, model: ModelSpec) -> ScoringEngine:
+        """The scoring engine of a model version, loaded once per worker process."""
+        if self._scorers is None:
+            self._scorers = ScorerCache(default_scorer_factory(self.settings, self.engine_options))
+        return self._scorers(model)
 
+    def close(self) -> None:
+        """Close the loaded engines (an open vLLM engine process would keep the worker from exiting)."""
+        if self._scorers is not None:
+            self._scorers.close()
 
-def scorer_for(model: ModelSpec) -> ScoringEngine:
-    """The scoring engine of a model version, loaded once per worker process."""
-    global _scorers
-    if _scorers is None:
-        _scorers = ScorerCache(settings=SETTINGS)
-    return _scorers(model)
+    # -- sending -------------------------------------------------------------------------------
+    def send(self, jobs: Iterable[tuple[int, str]]) -> int:
+        """Send `score_job` for each (job id, model name) to the model's queue; how many were sent."""
+        sent = 0
+        for job_id, model_name in jobs:
+            self.app.send_task(SCORE_JOB, args=[job_id], queue=queue_for(model_name))
+            sent += 1
+        return sent
 
-
-def send_jobs(job_ids: Iterable[int], eng: sa.Engine | None = None) -> int:
-    """Send `score_job` for each job id to its model's queue; returns how many were sent."""
-    job_ids = list(job_ids)
-    if not job_ids:
-        return 0
-    with db.session_scope(eng or engine()) as session:
-        names = dict(session.execute(sa.select(Job.id, LLM.name).join(LLM, LLM.id == Job.model_id)
-                                     .where(Job.id.in_(job_ids))).all())
-    for job_id in job_ids:
-        score_job.apply_async(args=[job_id], queue=queue_for(names[job_id]))
-    return len(job_ids)
-
-
-def queue_length(name: str) -> int:
-    """Messages waiting in broker queue `name` (0 if it does not exist)."""
-    with app.connection_for_write() as conn:
-        try:
-            return conn.default_channel.queue_declare(queue=name, passive=True).message_count
-        except Exception:  # noqa: BLE001 - a queue that does not exist holds nothing
+    def send_jobs(self, job_ids: Sequence[int], engine: sa.Engine | None = None) -> int:
+        """Send `score_job` for each job id (after the commit that created them); how many were sent."""
+        if not job_ids:
             return 0
+        with db.read_scope(self.engine(engine)) as session:
+            return self.send(_with_model_names(session, job_ids))
+
+    def queue_length(self, name: str) -> int:
+        """Messages waiting in broker queue `name` (0 if it does not exist)."""
+        with self.app.connection_for_write() as conn:
+            try:
+                return conn.default_channel.queue_declare(queue=name, passive=True).message_count
+            except Exception:  # noqa: BLE001 - a queue that does not exist holds nothing
+                return 0
+
+    def send_and_resend(self, job_ids: Sequence[int], engine: sa.Engine | None = None) -> tuple[int, int]:
+        """Send the new jobs, then re-send the queued jobs of each model whose broker queue is
+        empty (their message was lost; a duplicate is harmless: `score_job` of a job that is not
+        queued does nothing). What is sent is read in one session; (sent, re-sent)."""
+        with db.read_scope(self.engine(engine)) as session:
+            new = _with_model_names(session, job_ids) if job_ids else []
+            queued = _queued_by_model(session)
+        sent = self.send(new)
+        resent = sum(self.send((i, name) for i in ids) for name, ids in queued.items()
+                     if self.queue_length(queue_for(name)) == 0)
+        return sent, resent
+
+    # -- the tasks' bodies ---------------------------------------------------------------------
+    def plan(self, dataset: str | None = None, model: str | None = None,
+             prompt_set: str | None = None) -> dict[str, int]:
+        ids = plan_jobs(self.engine(), dataset=dataset, model=model, prompt_set=prompt_set, strict=False,
+                        settings=self.settings)
+        sent, resent = self.send_and_resend(ids)
+        if ids or resent:
+            log.info("planned %d job(s), re-sent %d", len(ids), resent)
+        return {"planned": len(ids), "sent": sent, "resent": resent}
+
+    def score_job(self, job_id: int) -> dict[str, Any]:
+        outcome = run_job(self.engine(), int(job_id), self.scorer_for, worker_id(), settings=self.settings)
+        if outcome.status == Outcome.RETRY and outcome.model:  # put back in the queue by run_job: send it again
+            self.send([(outcome.job_id, outcome.model)])
+        log.info("job %s: %s (%d ok, %d failed)", job_id, outcome.status, outcome.scored, outcome.failed)
+        return {"job_id": outcome.job_id, "status": str(outcome.status), "scored": outcome.scored,
+                "failed": outcome.failed}
+
+    def requeue_expired(self) -> dict[str, int]:
+        ids = requeue_expired_jobs(self.engine(), self.settings)
+        _, resent = self.send_and_resend(ids)
+        if ids or resent:
+            log.info("requeued %d expired job(s), re-sent %d", len(ids), resent)
+        return {"requeued": len(ids), "resent": resent}
+
+    # -- the control loop ----------------------------------------------------------------------
+    def control_ticks(self) -> list[control.Tick]:
+        """The fleet's periodic bookkeeping: requeue expired leases, plan new cells (each also
+        re-sends the messages a broker lost)."""
+        return [control.Tick("requeue-expired", self.settings.requeue_interval, self.requeue_expired),
+                control.Tick("plan", self.settings.plan_interval, self.plan)]
+
+    def control_loop(self, worker: object) -> control.ControlLoop | None:
+        # The workers that serve the control queue keep the clock (`selectit worker --no-control` does not).
+        if CONTROL_QUEUE not in self.app.amqp.queues.consume_from:
+            return None
+        log.info("control loop: %s", ", ".join(f"{t.name} every {t.interval:g} s" for t in self.control_ticks()))
+        return control.ControlLoop(self.control_ticks(), control.RedisGate(self.app.conf.broker_url),
+                                   record=self.record_tick)
+
+    def record_tick(self, name: str, started_at: Any, seconds: float, error: str | None) -> None:
+        """Store a control tick's run in `control_ticks` (`selectit status` shows it)."""
+        status.record_tick(self.engine(), name, worker_id(), started_at, seconds, error)
 
 
-def resend_lost(eng: sa.Engine | None = None) -> int:
-    """Queued jobs of a model whose broker queue is empty lost their message: send them again.
+def _with_model_names(session: Session, job_ids: Sequence[int]) -> list[tuple[int, str]]:
+    names = dict(session.execute(sa.select(Job.id, LLM.name).join(LLM, LLM.id == Job.model_id)
+                                 .where(Job.id.in_(list(job_ids)))).all())
+    return [(i, names[i]) for i in job_ids]
 
-    A duplicate is harmless (`score_job` of a job that is not queued does nothing).
+
+def _queued_by_model(session: Session) -> dict[str, list[int]]:
+    """model name → its queued job ids (the first `RESEND_LIMIT`, oldest first)."""
+    ranked = (sa.select(LLM.name, Job.id, sa.func.row_number().over(partition_by=LLM.name, order_by=Job.id).label("n"))
+              .join(LLM, LLM.id == Job.model_id).where(Job.status == JobStatus.QUEUED).subquery())
+    found: dict[str, list[int]] = {}
+    for name, job_id in session.execute(sa.select(ranked.c.name, ranked.c.id).where(ranked.c.n <= RESEND_LIMIT)
+                                        .order_by(ranked.c.name, ranked.c.id)):
+        found.setdefault(name, []).append(job_id)
+    return found
+
+
+def make_app(settings: Settings, *, db_url: str | None = None,
+             engine_options: EngineOptions | None = None) -> Celery:
+    """The fleet's Celery app, configured from `settings` (the broker and its timeout, the
+    intervals, the leases), its tasks bound to `db_url` and `engine_options`.
+
+        >>> make_app(Settings(broker_url="memory://")).conf.task_serializer
+        'json'
     """
-    eng = eng or engine()
-    with db.session_scope(eng) as session:
-        by_model = session.execute(sa.select(LLM.name, sa.func.count()).join(Job, Job.model_id == LLM.id)
-                                   .where(Job.status == JobStatus.QUEUED).group_by(LLM.name)).all()
-    sent = 0
-    for name, _n in by_model:
-        if queue_length(queue_for(name)) == 0:
-            with db.session_scope(eng) as session:
-                ids = list(session.scalars(sa.select(Job.id).join(LLM, LLM.id == Job.model_id)
-                                           .where(Job.status == JobStatus.QUEUED, LLM.name == name)
-                                           .order_by(Job.id).limit(RESEND_LIMIT)))
-            sent += send_jobs(ids, eng)
-    return sent
+    app = Celery("selectit", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],  # never pickle
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,  # a worker killed mid-task leaves its message to be redelivered
+        worker_prefetch_multiplier=1,  # a job is long: never hoard messages other workers could run
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a restarted Redis is waited for, not fatal
+        # A broker that accepts the connection and never answers fails a send after a few tries,
+        # never hangs it: every socket operation and connection attempt is bounded.
+        broker_connection_timeout=settings.broker_timeout,
+        broker_transport_options={"socket_timeout": settings.broker_timeout,
+                                  "socket_connect_timeout": settings.broker_timeout,
+                                  "max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+        worker_pool="solo",  # a CUDA model cannot be forked
+        worker_concurrency=1,
+        task_default_queue=CONTROL_QUEUE,
+        task_create_missing_queues=True,
+        worker_hijack_root_logger=False,
+        # No beat schedule: a control message queued behind a minutes-long job expired unseen (or
+        # piled up). The periodic work runs on a thread of each control worker instead (see
+        # workers/control.py), so it never waits behind a model job.
+        beat_schedule={},
+    )
+    fleet = Fleet(app, settings, db_url, engine_options)
+    app.fleet = fleet  # type: ignore[attr-defined]
+
+    @app.task(name="selectit.plan")
+    def plan(dataset: str | None = None, model: str | None = None, prompt_set: str | None = None) -> dict[str, int]:
+        """Plan the missing cells into jobs and enqueue them (after the commit); resend lost ones."""
+        return fleet.plan(dataset, model, prompt_set)
+
+    @app.task(name=SCORE_JOB)
+    def score_job(job_id: int) -> dict[str, Any]:
+        """Claim job `job_id`, score its missing cells, mark it done (a no-op if not queued)."""
+        return fleet.score_job(job_id)
+
+    @app.task(name="selectit.requeue_expired")
+    def requeue_expired() -> dict[str, int]:
+        """Expired leases → back in the queue (or failed after N attempts); resend lost messages."""
+        return fleet.requeue_expired()
+
+    app.steps["worker"].add(control.worker_step(fleet.control_loop))
+    return app
 
 
 @signals.worker_shutdown.connect
-def close_scorers(**_: Any) -> None:
-    """Close the loaded engines as the worker stops: an open vLLM engine process would keep the
+def close_engines(sender: Any = None, **_: Any) -> None:
+    """Close the engines a stopping worker's app loaded: an open vLLM engine process would keep the
     worker from exiting."""
-    if _scorers is not None:
-        _scorers.close()
+    fleet = getattr(getattr(sender, "app", None), "fleet", None)
+    if isinstance(fleet, Fleet):
+        fleet.close()
 
 
-@app.task(name="selectit.plan")
-def plan(dataset: str | None = None, model: str | None = None, prompt_set: str | None = None) -> dict[str, int]:
-    """Plan the missing cells into jobs and enqueue them (after the commit); resend lost ones."""
-    ids = plan_jobs(engine(), dataset=dataset, model=model, prompt_set=prompt_set, strict=False, settings=SETTINGS)
-    sent = send_jobs(ids)
-    resent = resend_lost()
-    if ids or resent:
-        log.info("planned %d job(s), re-sent %d", len(ids), resent)
-    return {"planned": len(ids), "sent": sent, "resent": resent}
+def fleet_of(app: Celery) -> Fleet:
+    """The `Fleet` a `make_app` app's tasks run with."""
+    return app.fleet  # type: ignore[attr-defined,no-any-return]
 
 
-@app.task(name="selectit.score_job")
-def score_job(job_id: int) -> dict[str, Any]:
-    """Claim job `job_id`, score its missing cells, mark it done (a no-op if not queued)."""
-    outcome = run_job(engine(), int(job_id), scorer_for, worker_id(), settings=SETTINGS)
-    if outcome.status == Outcome.RETRY:  # put back in the queue by run_job: send it again
-        send_jobs([outcome.job_id])
-    log.info("job %s: %s (%d ok, %d failed)", job_id, outcome.status, outcome.scored, outcome.failed)
-    return {"job_id": outcome.job_id, "status": str(outcome.status), "scored": outcome.scored, "failed": outcome.failed}
+def enqueue(engine: sa.Engine, job_ids: Sequence[int], settings: Settings) -> tuple[int, int]:
+    """`selectit plan`: send the planned jobs and re-send those a lost broker dropped; (sent, re-sent).
+
+    A broker that cannot be reached is one `SelectitError` naming the fix (the jobs stay queued).
+    """
+    app = make_app(settings)
+    try:
+        return fleet_of(app).send_and_resend(job_ids, engine)
+    except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
+        raise SelectitError(
+            f"planned {len(job_ids)} job(s), but sending jobs to the broker failed: {exc}. "
+            "They stay queued in the database; start Redis (or set $SELECTIT_BROKER_URL) "
+            "and run `selectit plan` again, or let the workers' control loop re-send them.") from exc
+    finally:
+        app.close()  # its broker connections
 
 
-@app.task(name="selectit.requeue_expired")
-def requeue_expired() -> dict[str, int]:
-    """Expired leases → back in the queue (or failed after N attempts); resend lost messages."""
-    ids = requeue_expired_jobs(engine(), SETTINGS)
-    send_jobs(ids)
-    resent = resend_lost()
-    if ids or resent:
-        log.info("requeued %d expired job(s), re-sent %d", len(ids), resent)
-    return {"requeued": len(ids), "resent": resent}
+def run_worker(settings: Settings, *, models: Sequence[str], control_queue: bool, pool: str, concurrency: int,
+               db_url: str | None = None, engine_options: EngineOptions | None = None) -> None:
+    """`selectit worker`: a Celery worker on the models' queues (and the control queue), its tasks
+    running with these values."""
+    app = make_app(settings, db_url=db_url, engine_options=engine_options)
+    queues = [queue_for(m) for m in models] + ([CONTROL_QUEUE] if control_queue or not models else [])
+    node = f"{'+'.join(models) or 'control'}@%h"
+    app.worker_main(["worker", "-Q", ",".join(queues), "--pool", pool, "--concurrency", str(concurrency),
+                     "-n", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
 
 
-def control_ticks() -> list[control.Tick]:
-    """The fleet's periodic bookkeeping: requeue expired leases, plan new cells (each also re-sends
-    the messages a broker lost)."""
-    return [control.Tick("requeue-expired", SETTINGS.requeue_interval, requeue_expired),
-            control.Tick("plan", SETTINGS.plan_interval, plan)]
+@functools.cache
+def app_from_env() -> Celery:
+    """The app of `celery -A selectit.workers.app`: the settings and engine options read from the
+    environment once, here (the database URL by `selectit.store.db`, as everywhere)."""
+    from selectit.scoring.engines import EngineOptions
+
+    return make_app(Settings.from_env(), engine_options=EngineOptions.from_env())
 
 
-def _control_loop_for(worker: object) -> control.ControlLoop | None:
-    # The workers that serve the control queue keep the clock (`selectit worker --no-control` does not).
-    if CONTROL_QUEUE not in app.amqp.queues.consume_from:
-        return None
-    log.info("control loop: %s", ", ".join(f"{t.name} every {t.interval:g} s" for t in control_ticks()))
-    return control.ControlLoop(control_ticks(), control.RedisGate(app.conf.broker_url), record=record_tick)
-
-
-def record_tick(name: str, started_at: Any, seconds: float, error: str | None) -> None:
-    """Store a control tick's run in `control_ticks` (`selectit status` shows it)."""
-    status.record_tick(engine(), name, worker_id(), started_at, seconds, error)
-
-
-app.steps["worker"].add(control.worker_step(_control_loop_for))
+def __getattr__(name: str) -> Any:
+    # `celery -A selectit.workers.app` looks for the module's `app`: built when it asks, not at import.
+    if name == "app":
+        return app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

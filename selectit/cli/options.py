@@ -91,7 +91,7 @@ def _scope_options(func: F) -> F:
 
 
 def _engine_options(func: F) -> F:
-    """--engine and its options (selectit.scoring.engines): a value for `score`, the environment for `worker`."""
+    """--engine and its options (selectit.scoring.engines): a value for `score` and `worker`."""
     from selectit.scoring.engines import engine_names
 
     for option in reversed([

@@ -18,7 +18,6 @@ from selectit.cli.base import (
     store,
 )
 from selectit.cli.options import _engine_choice, _engine_options, _scope_options
-from selectit.store import db
 
 
 @main.command()
@@ -95,7 +94,11 @@ def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None,
 
 class _ScoringBar:
     """`selectit score`'s progress bar, drawn from the runner's reports: cells computed (it moves
-    per request, not per committed batch), cells written, a smoothed rate and the time left."""
+    per request, not per committed batch), cells written, a smoothed rate and the time left.
+
+    While a model loads, a terminal sees "loading model NAME…" (a spinner before the bar is shown,
+    the bar's label after), not a bar frozen at 0; a pipe sees nothing of either.
+    """
 
     #: Seconds over which the rate is smoothed (an exponential moving average in time).
     RATE_TIME_CONSTANT = 20.0
@@ -103,13 +106,38 @@ class _ScoringBar:
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
         self._bar: Any = None
+        self._shown = False
+        self._status: Any = None
 
     def __enter__(self) -> _ScoringBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
+        if self._status is not None:
+            self._status.stop()
+        if self._bar is not None and self._shown:
             self._bar.stop()
+
+    def _show(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if self._bar is not None and not self._shown:
+            self._shown = True
+            self._bar.start()
+
+    def loading(self, text: str | None) -> None:
+        if not self.enabled:
+            return
+        if self._shown:  # one live display at a time: the bar's label says it
+            self._bar.update(self._task, description=for_terminal(text) if text else "scoring")
+        elif text is not None:
+            from rich.text import Text  # plain text: a model name is no markup
+
+            self._status = console.status(Text(for_terminal(text)))
+            self._status.start()
+        else:
+            self._show()
 
     def start(self, total: int) -> None:
         if not self.enabled or total <= 0:
@@ -125,18 +153,19 @@ class _ScoringBar:
             TimeRemainingColumn,
         )
 
-        self._bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                             TaskProgressColumn(),
                              TextColumn("{task.fields[rate]} cells/s, {task.fields[written]} written"),
                              TimeRemainingColumn(), console=console)
         self._task = self._bar.add_task("scoring", total=total, rate="–", written=0)
         self._total, self._computed, self._written = total, 0, 0
         self._clock = time.monotonic
-        self._last, self._rate = self._clock(), None
-        self._bar.start()
+        self._last, self._rate = self._clock(), None  # shown when the first model has loaded
 
     def computed(self, cells: int) -> None:
         if self._bar is None:
             return
+        self._show()
         import math
 
         now = self._clock()
@@ -155,6 +184,7 @@ class _ScoringBar:
 
     def note(self, text: str) -> None:
         if self._bar is not None:
+            self._show()
             self._bar.console.print(text)
 
 
@@ -219,24 +249,18 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None,
       selectit worker --model llama2-70b --engine vllm --tensor-parallel-size 4
       selectit worker --model served-llama --engine openai --concurrency 64
     """
-    import os
+    from selectit.workers.app import run_worker
 
-    # The worker's tasks read the engine options from the environment: Celery starts them.
     options = _engine_choice(engine_options)
     if options.engine == "openai":  # the requests run concurrently inside one task
         if concurrency is not None:
             options = _engine_choice({**engine_options, "concurrency": concurrency})
         concurrency = 1
-    options.export()
-    store(ctx).require_models(models)
-    if ctx.obj["db_url"]:
-        os.environ[db.URL_ENV] = ctx.obj["db_url"]  # the worker's tasks open the same database
-    from selectit.workers.app import CONTROL_QUEUE, app, queue_for
-
-    queues = [queue_for(m) for m in models] + ([CONTROL_QUEUE] if control or not models else [])
-    node = f"{'+'.join(models) or 'control'}@%h"
-    app.worker_main(["worker", "-Q", ",".join(queues), "--pool", pool, "--concurrency", str(concurrency or 1),
-                     "-n", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle"])
+    opened = store(ctx)
+    opened.require_models(models)
+    # The tasks run with these values (bound into the app), not with environment variables.
+    run_worker(opened.settings, models=models, control_queue=control, pool=pool, concurrency=concurrency or 1,
+               db_url=opened.url, engine_options=options)
 
 
 @main.group("model")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -81,6 +81,7 @@ class JobOutcome:
     scored: int = 0  # ok cells written
     failed: int = 0  # failed cells written
     error: str | None = None
+    model: str | None = None  # the job's model name (its broker queue); None for a job not found
 
 
 def _requests(session: Session, cells: dict[int, list[int]], prompts: dict[int, Prompt]) -> list[RatingRequest]:
@@ -262,6 +263,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         if job is None or job.status != JobStatus.QUEUED:
             return JobOutcome(job_id, Outcome.SKIPPED)
         model = session.get(LLM, job.model_id)
+    outcome = JobOutcome(job_id, Outcome.DONE, model=model.name)
     try:
         with phase("model load"):
             scorer = scorer_for(ModelSpec.of(model))
@@ -269,11 +271,10 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
         if claim(engine, job_id, worker, lease=lease):
             status = release(engine, job_id, worker, settings=settings,
                              error=f"loading model {model.name}: {type(exc).__name__}: {exc}")
-            return JobOutcome(job_id, _after_error(status), error=str(exc))
-        return JobOutcome(job_id, Outcome.SKIPPED)
+            return JobOutcome(job_id, _after_error(status), error=str(exc), model=model.name)
+        return JobOutcome(job_id, Outcome.SKIPPED, model=model.name)
     if not claim(engine, job_id, worker, lease=lease):
-        return JobOutcome(job_id, Outcome.SKIPPED)
-    outcome = JobOutcome(job_id, Outcome.DONE)
+        return JobOutcome(job_id, Outcome.SKIPPED, model=model.name)
     started = time.monotonic()  # after the model load: the rate `score --estimate` uses
 
     def report(writer: BatchWriter) -> None:
@@ -388,18 +389,33 @@ class _HookEngine(ScoringEngine):
 
 
 class ScorerCache:
-    """`scorer_for` that loads each model version once per process (by model id)."""
+    """`scorer_for` that loads each model version once per process (by model id).
 
-    def __init__(self, load: ScorerFor | None = None, settings: Settings | None = None) -> None:
+    `announce(text)` hears of each load before it starts ("loading model NAME…", see
+    `selectit.scoring.loading.loading_note`) and `announce(None)` when it has ended.
+    """
+
+    def __init__(self, load: ScorerFor | None = None, settings: Settings | None = None,
+                 announce: Callable[[str | None], None] | None = None) -> None:
         self._load = load
         self._settings = settings
+        self._announce = announce
         self.scorers: dict[int, ScoringEngine] = {}
 
     def __call__(self, model: ModelSpec) -> ScoringEngine:
         if model.id not in self.scorers:
             if self._load is None:
                 self._load = default_scorer_factory(self._settings)
-            self.scorers[model.id] = self._load(model)
+            if self._announce is None:
+                self.scorers[model.id] = self._load(model)
+                return self.scorers[model.id]
+            from selectit.scoring.loading import loading_note
+
+            self._announce(loading_note(model.name, model.source, model.fingerprint, served=bool(model.endpoint)))
+            try:
+                self.scorers[model.id] = self._load(model)
+            finally:
+                self._announce(None)
         return self.scorers[model.id]
 
     @property
@@ -435,6 +451,42 @@ class ScoreProgress(Protocol):
     def note(self, text: str) -> None:
         """Something worth a line: waiting for other workers, a failed job."""
 
+    def loading(self, text: str | None) -> None:
+        """A model is loading (`text`: "loading model NAME…"); None: the load has ended."""
+
+
+class TqdmProgress:
+    """`Store.score(progress=True)`: a tqdm.auto bar (a widget in notebooks, text in terminals)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, unit="cell", desc="scoring", smoothing=0.1)
+
+    def computed(self, cells: int) -> None:
+        if self._bar is not None:
+            self._bar.update(min(cells, (self._bar.total or 0) - self._bar.n))
+            if self._bar.n >= (self._bar.total or 0):
+                self._bar.close()
+
+    def advance(self, cells: int) -> None:
+        """Cells written: the bar shows them computed already."""
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+
+    def loading(self, text: str | None) -> None:
+        if self._bar is not None:
+            self._bar.set_description(text or "scoring")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
 
 @dataclass
 class ScoreSummary:
@@ -460,7 +512,9 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     settings = settings or Settings.from_env()
     worker = worker or worker_id()
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
-    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options))
+    # A progress written for an older `ScoreProgress` may lack `loading`: it is then not told.
+    cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options),
+                                                                  announce=getattr(progress, "loading", None))
     summary = ScoreSummary()
     with phase("planning"):
         with db.session_scope(engine) as session:

@@ -17,12 +17,14 @@ after which `selectit score --engine myengine` uses it. The built-in engines:
   serves the model (registered with `selectit model add NAME --endpoint URL --served-model ID`);
   no GPU in the worker. A model registered with an endpoint is always scored this way.
 
-`selectit score --engine …` passes the options as a value; `selectit worker --engine …` hands
-them to the Celery processes it starts through the environment: `$SELECTIT_ENGINE`,
-`$SELECTIT_DEVICE_MAP`, `$SELECTIT_TENSOR_PARALLEL_SIZE`, `$SELECTIT_PIPELINE_PARALLEL_SIZE`,
-`$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`, `$SELECTIT_VLLM_ARGS` (more
-`vllm.LLM` arguments as JSON), and for `openai` `$SELECTIT_OPENAI_CONCURRENCY`,
-`$SELECTIT_LOGPROBS_TOP`, `$SELECTIT_REQUEST_TIMEOUT`, `$SELECTIT_MAX_RETRIES`.
+`selectit score --engine …` and `selectit worker --engine …` pass the options as a value (the
+worker binds them into the Celery app it builds, `selectit.workers.app.make_app`). The environment
+is read once where a process starts without them (`celery -A selectit.workers.app`, the Python
+API's default): `$SELECTIT_ENGINE`, `$SELECTIT_DEVICE_MAP`, `$SELECTIT_TENSOR_PARALLEL_SIZE`,
+`$SELECTIT_PIPELINE_PARALLEL_SIZE`, `$SELECTIT_GPU_MEMORY_UTILIZATION`, `$SELECTIT_MAX_MODEL_LEN`,
+`$SELECTIT_VLLM_ARGS` (more `vllm.LLM` arguments as JSON), and for `openai`
+`$SELECTIT_OPENAI_CONCURRENCY`, `$SELECTIT_LOGPROBS_TOP`, `$SELECTIT_REQUEST_TIMEOUT`,
+`$SELECTIT_MAX_RETRIES`.
 """
 
 from __future__ import annotations
@@ -137,15 +139,6 @@ class EngineOptions:
             except ValueError as exc:
                 raise EngineError(f"${ENV[f.name]}={raw!r} is not a valid {kind.__name__}") from exc
         return cls(**values)
-
-    def export(self) -> None:
-        """Put these options in the environment, for this process and the ones it starts."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                os.environ.pop(ENV[f.name], None)
-            else:
-                os.environ[ENV[f.name]] = str(value)
 
 
 def require_vllm() -> None:

@@ -266,6 +266,27 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "selectit" / "models").expanduser()
 
 
+def needs_dequantizing(source: str, fingerprint: str) -> bool:
+    """Whether loading the model version (`source`, `fingerprint`) first de-quantizes a GGUF: its
+    weights are a GGUF (whose sha256 is the version's fingerprint) with no copy in the cache yet.
+    Reads no weights; False where the source cannot be resolved (the load will say why)."""
+    try:
+        src = resolve_source(source)
+    except SelectitError:
+        return False
+    return src.is_gguf and not (cache_root() / fingerprint / "model.safetensors").is_file()
+
+
+def loading_note(name: str, source: str, fingerprint: str, *, served: bool = False) -> str:
+    """What `selectit score` says while a model version loads.
+
+        >>> loading_note("smol", "/nowhere/x.gguf", "0" * 64)
+        'loading model smol…'
+    """
+    slow = not served and needs_dequantizing(source, fingerprint)
+    return f"loading model {name}" + (" (de-quantizing GGUF, first time only)" if slow else "") + "…"
+
+
 def _cache_dir_if_built(src: Source, sha: str | None = None) -> Path | None:
     sha = sha or _gguf_sha(src)
     d = cache_root() / sha

@@ -432,7 +432,27 @@ def open_store(url: str | None = None) -> Engine:
             f"the database {shown_url(url)} is {state}, but this selectit needs revision {head}. "
             f"Run `selectit {where}init` to upgrade it."
         )
+    _explain_user_errors(engine, url)
     return engine
+
+
+#: What a driver says when the database needs the user, not a retry: a read-only file or
+#: transaction, a full or failing disk.
+_USER_CONDITIONS = ("readonly database", "read-only", "database or disk is full", "disk i/o error")
+
+
+def _explain_user_errors(engine: Engine, url: str | None) -> None:
+    """The store's driver errors that need the user become a `StoreError` with the next step,
+    raised by the library itself: a `selectit.open()` user reads the line the CLI prints."""
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _explain(context: sa.engine.ExceptionContext) -> StoreError | None:
+        exc = context.sqlalchemy_exception
+        if not isinstance(exc, sa.exc.DBAPIError) or not any(c in str(exc.orig).lower() for c in _USER_CONDITIONS):
+            return None  # the callers' own handling (a lock to wait for, a race to retry) sees it as it is
+        error = StoreError(explain_error(exc, url) or str(exc))
+        error.__cause__ = exc
+        return error
 
 
 def _newer_revision(revision: str) -> bool:

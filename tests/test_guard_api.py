@@ -1,0 +1,162 @@
+"""The guard suite's refusals through the Python API: each error case of tests/test_guard_*.py that
+has a library equivalent is run through `selectit.open()` too, and raises a `SelectitError` whose
+message is the CLI's `Error:` line (the CLI joins a message's lines into one).
+
+A case is (CLI arguments, the same thing as a `Store` call); both run against their own copy of
+the same store, so neither sees what the other did.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from guards import assert_one_error, invoke, sqlite_path
+from test_fusion import seed
+
+import selectit
+from selectit.errors import SelectitError
+from selectit.store import db
+
+
+@dataclass(frozen=True)
+class Case:
+    """`cli` and `api` get the paths of `files()` (name → path, made in a fresh directory) and
+    the store's URL; `store`: "empty" (a new store), "seeded" (dataset `d`, prompt set `s`),
+    or a URL template for a store that cannot be opened."""
+
+    id: str
+    cli: Callable[[dict[str, Path]], list[Any]]
+    api: Callable[[selectit.Store, dict[str, Path]], Any]
+    store: str = "empty"
+    phrase: str = ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _files(tmp: Path) -> dict[str, Path]:
+    """Every input file a case may name."""
+    found: dict[str, Path] = {}
+
+    def put(name: str, content: str | bytes) -> None:
+        path = found[name] = tmp / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    put("good.json", json.dumps([{"instruction": "i", "output": "o"}]))
+    put("deep.jsonl", json.dumps({"instruction": "i", "output": "o"}) + "\n" + "[" * 10_000 + "]" * 10_000 + "\n")
+    put("none.json", "[]")
+    put("wide.json", json.dumps([{"instruction": "i", "output": "o"}]).encode("utf-16"))
+    put("cut.jsonl", '{"instruction": "i", "output": "o"}\n{"instruction": "a", "output": "b"\n')
+    put("null.json", "[null]")
+    put("bool.json", '[{"instruction": true, "output": "o"}]')
+    put("ids.json", json.dumps([{"instruction": "i", "output": "o", "id": [1, 2]}]))
+    put("p.txt", "Rate it.\n")
+    put("input.txt", "Q: {instruction} {input}\\n{output}\\nRating: \n")
+    put("junk.gguf", b"GGUF" + bytes(100))
+    put("notes.db", "these are my notes, not a database\n" * 20)
+    found["dir"] = tmp / "dir"
+    found["dir"].mkdir()
+    return found
+
+
+def _ingest(name: str, dataset: str = "x") -> Case:
+    return Case(f"ingest-{name}", lambda f: ["ingest", f[name], "--dataset", dataset],
+                lambda s, f: s.ingest(f[name], dataset))
+
+
+CASES = [
+    # -- opening the store (test_guard_store)
+    Case("a-text-file", lambda f: ["status"], lambda s, f: s.status(), store="sqlite:///{notes}",
+         phrase="not a SQLite database"),
+    Case("a-directory", lambda f: ["status"], lambda s, f: s.status(), store="sqlite:///{dir}", phrase="directory"),
+    Case("mysql", lambda f: ["status"], lambda s, f: s.status(), store="mysql://u@localhost/x", phrase="sqlite"),
+    Case("unknown-driver", lambda f: ["status"], lambda s, f: s.status(), store="postgresql+nosuchdriver://u@h/x",
+         phrase="sqlite"),
+    Case("bad-port", lambda f: ["status"], lambda s, f: s.status(), store="postgresql://u@h:99999999/x",
+         phrase="bad part"),
+    Case("no-server", lambda f: ["status"], lambda s, f: s.status(),
+         store="postgresql://selectit@127.0.0.1:{port}/selectit", phrase="cannot connect"),
+    Case("read-only", lambda f: ["ingest", f["good.json"], "--dataset", "x"],
+         lambda s, f: s.ingest(f["good.json"], "x"),
+         store="read-only", phrase="read-only"),
+    # -- ingest (test_guard_ingest)
+    _ingest("deep.jsonl"), _ingest("none.json"), _ingest("wide.json"), _ingest("cut.jsonl"), _ingest("null.json"),
+    _ingest("bool.json"), _ingest("ids.json"),
+    # -- names (test_guard_names)
+    Case("name-dataset", lambda f: ["ingest", f["good.json"], "--dataset", "two\nlines"],
+         lambda s, f: s.ingest(f["good.json"], "two\nlines"), phrase="name"),
+    Case("name-prompt-set", lambda f: ["prompts", "import", f["p.txt"], "--set", " ", "--layout", "reference"],
+         lambda s, f: s.import_prompts(f["p.txt"], " ", "reference"), phrase="name"),
+    Case("name-selection", lambda f: ["select", "tab\there", "--dataset", "d", "--prompt-set", "s"],
+         lambda s, f: s.select("tab\there", "d", prompt_set="s"), store="seeded", phrase="name"),
+    Case("name-model", lambda f: ["model", "add", "", "--source", f["junk.gguf"]],
+         lambda s, f: s.add_model("", str(f["junk.gguf"])), phrase="name"),
+    # -- registering (test_guard_registry)
+    Case("prompt-input-line",
+         lambda f: ["prompts", "import", f["input.txt"], "--set", "x", "--layout", "shared-context"],
+         lambda s, f: s.import_prompts(f["input.txt"], "x", "shared-context"), phrase="a line of its own"),
+    Case("junk-gguf", lambda f: ["model", "add", "j", "--source", f["junk.gguf"]],
+         lambda s, f: s.add_model("j", str(f["junk.gguf"])), phrase="junk.gguf"),
+    Case("model-weight", lambda f: ["model", "add", "j", "--source", f["junk.gguf"], "--weight=inf"],
+         lambda s, f: s.add_model("j", str(f["junk.gguf"]), weight=float("inf")), phrase="--weight"),
+    # -- reading and writing selections (test_guard_exports, test_guard_console)
+    Case("export-the-store", lambda f: ["export", "--dataset", "d", "--prompt-set", "s", "--top-n", "2", "--out",
+                                        f["store"]],
+         lambda s, f: s.export(f["store"], dataset="d", prompt_set="s", top_n=2), store="seeded",
+         phrase="curation database"),
+    Case("min-score-nan", lambda f: ["select", "v1", "--dataset", "d", "--prompt-set", "s", "--min-score=nan"],
+         lambda s, f: s.select("v1", "d", prompt_set="s", min_score=float("nan")), store="seeded", phrase="finite"),
+    Case("console-write", lambda f: ["sql", f"COPY (SELECT 1) TO '{f['dir']}/out.csv'"],
+         lambda s, f: s.sql(f"COPY (SELECT 1) TO '{f['dir']}/out.csv'"), store="seeded"),
+    Case("no-such-dataset", lambda f: ["rank", "--dataset", "nope", "--prompt-set", "s"],
+         lambda s, f: s.rank_summary("nope", prompt_set="s"), store="seeded", phrase="nope"),
+]
+
+
+def _store(case: Case, tmp: Path, files: dict[str, Path], port: int) -> str:
+    """The URL of this side's store."""
+    if case.store in ("empty", "seeded", "read-only"):
+        url = f"sqlite:///{tmp / 'store.db'}"
+        db.upgrade(url)
+        if case.store == "seeded":
+            engine = db.open_store(url)
+            seed(engine)
+            engine.dispose()
+        files["store"] = sqlite_path(url)
+        if case.store == "read-only":
+            return f"sqlite:///file:{files['store']}?mode=ro&uri=true"
+        return url
+    return case.store.format(port=port, notes=files["notes.db"], dir=files["dir"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_the_api_raises_the_cli_error_line(tmp_path: Path, case: Case) -> None:
+    sides, port = {}, _free_port()  # one closed port: the message names it
+    for side in ("cli", "api"):
+        (tmp_path / side).mkdir()
+        files = _files(tmp_path / side)
+        sides[side] = (files, _store(case, tmp_path / side, files, port))
+    files, url = sides["cli"]
+    line = assert_one_error(invoke("--db", url, *case.cli(files)), case.phrase)
+    files, url = sides["api"]
+    with pytest.raises(SelectitError) as raised:
+        with selectit.open(url) as store:
+            case.api(store, files)
+    message = " ".join(part.strip() for part in str(raised.value).splitlines() if part.strip())
+    assert line == f"Error: {message}".replace(str(tmp_path / "api"), str(tmp_path / "cli")), (line, message)
+
+
+def test_ingest_refuses_a_negative_limit(tmp_path: Path) -> None:
+    data = tmp_path / "a.jsonl"
+    data.write_text('{"instruction": "Say hi.", "input": "", "output": "Hi."}\n')
+    with selectit.open(tmp_path / "ok.db") as store, pytest.raises(SelectitError, match="limit"):
+        store.ingest(data, "d", limit=-1)
