@@ -178,22 +178,10 @@ class Store:
 
             >>> store.ingest(pd.DataFrame({"instruction": ["Hi"], "output": ["Hello"]}), "greetings")  # doctest: +SKIP
         """
-        import tempfile
+        from selectit.io.ingest import ingest
 
-        from selectit.io.ingest import ingest_file
-
-        table = _as_arrow(data)
-        if table is None:
-            return ingest_file(self.engine, data, dataset, fmt=format, skip_invalid=skip_invalid, limit=limit,
-                               column_map=map, split=split, progress=progress)
-        import pyarrow.parquet as pq
-
-        # The reader's one path for tables: a Parquet file that lives as long as the ingest.
-        with tempfile.TemporaryDirectory(prefix="selectit-ingest-") as tmp:
-            path = Path(tmp) / "records.parquet"
-            pq.write_table(table, path)
-            return ingest_file(self.engine, path, dataset, fmt="parquet", skip_invalid=skip_invalid, limit=limit,
-                               column_map=map, progress=progress, source=f"<in-memory {type(data).__name__}>")
+        return ingest(self.engine, data, dataset, fmt=format, skip_invalid=skip_invalid, limit=limit,
+                      column_map=map, split=split, progress=progress)
 
     def datasets(self) -> pa.Table:
         """name, samples, created, source of every dataset."""
@@ -576,45 +564,10 @@ class Store:
             weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
             prompt_set: str | None = None, top: float | None = None) -> pa.Table:
         """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""
-        import pyarrow as pa
+        from selectit.fusion.console import as_arrow
 
-        columns, rows = self.query(query, alpha=alpha, formula=formula, weights=weights, models=models,
-                                   prompt_set=prompt_set, top=top)
-        # By position: a query may name two columns alike (SELECT 1 AS a, 2 AS a).
-        return pa.Table.from_arrays([_arrow_column([r[i] for r in rows]) for i in range(len(columns))],
-                                    names=columns)
-
-
-def _arrow_column(values: list[Any]) -> pa.Array:
-    """An Arrow array of one result column; integers beyond 64 bits (DuckDB's HUGEINT) as decimals."""
-    import decimal
-
-    import pyarrow as pa
-
-    try:
-        return pa.array(values)
-    except (OverflowError, pa.ArrowInvalid):
-        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
-            return pa.array([None if v is None else decimal.Decimal(v) for v in values], type=pa.decimal256(76, 0))
-        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
-
-
-def _as_arrow(data: Any) -> pa.Table | None:
-    """`data` as a `pyarrow.Table` when it is a table in memory (Arrow, pandas, datasets), else None."""
-    if isinstance(data, (str, os.PathLike)):
-        return None
-    import pyarrow as pa
-
-    if isinstance(data, pa.Table):
-        return data
-    # By package and class name: neither pandas nor datasets is imported unless the caller did.
-    kind = f"{type(data).__module__.partition('.')[0]}.{type(data).__name__}"
-    if kind == "pandas.DataFrame":
-        return pa.Table.from_pandas(data, preserve_index=False)
-    if kind == "datasets.Dataset":
-        return data.with_format("arrow")[:]
-    raise SelectitError(f"cannot ingest a {kind}: give a path, a pyarrow.Table, a pandas DataFrame "
-                        f"or a datasets.Dataset")
+        return as_arrow(*self.query(query, alpha=alpha, formula=formula, weights=weights, models=models,
+                                    prompt_set=prompt_set, top=top))
 
 
 def open(url: str | Path | None = None) -> Store:  # noqa: A001 - selectit.open mirrors sqlite_utils.Database

@@ -8,9 +8,12 @@ sealed connection to run them on.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from selectit.fusion.errors import FusionError, ReadOnlyError
 from selectit.fusion.store_attach import one_line
@@ -168,3 +171,25 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[t
             raise ReadOnlyError(f"{READ_ONLY_MESSAGE}, and the console reads and writes no files: {message}") from exc
         raise FusionError(f"SQL error: {message}") from exc
     return columns, rows
+
+
+def _arrow_column(values: list[Any]) -> pa.Array:
+    """An Arrow array of one result column; integers beyond 64 bits (DuckDB's HUGEINT) as decimals."""
+    import decimal
+
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (OverflowError, pa.ArrowInvalid):
+        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+            return pa.array([None if v is None else decimal.Decimal(v) for v in values], type=pa.decimal256(76, 0))
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def as_arrow(columns: list[str], rows: list[tuple[Any, ...]]) -> pa.Table:
+    """A console result as a `pyarrow.Table`, by position: a query may name two columns alike
+    (SELECT 1 AS a, 2 AS a)."""
+    import pyarrow as pa
+
+    return pa.Table.from_arrays([_arrow_column([r[i] for r in rows]) for i in range(len(columns))], names=columns)

@@ -17,6 +17,7 @@ One file is one transaction: any error rolls back everything from that file (wit
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from selectit.contract import valid_name
+from selectit.errors import SelectitError
 from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interface
     FORMATS,
     MAX_ORIGINAL_ID,
@@ -386,3 +388,40 @@ def _when(value: Any) -> str:
     if isinstance(value, str):  # SQLite server default: 'YYYY-MM-DD HH:MM:SS'
         return value[:19]
     return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ingest(engine: Engine, data: Any, dataset: str, **options: Any) -> IngestResult:
+    """`ingest_file` of a path, or of a table in memory (a ``pyarrow.Table``, a pandas
+    ``DataFrame`` or a ``datasets.Dataset``) through a Parquet file that lives as long as the ingest:
+    the reader's one path for tables."""
+    table = _as_arrow(data)
+    if table is None:
+        return ingest_file(engine, data, dataset, **options)
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    options.pop("split", None)
+    with tempfile.TemporaryDirectory(prefix="selectit-ingest-") as tmp:
+        path = Path(tmp) / "records.parquet"
+        pq.write_table(table, path)
+        return ingest_file(engine, path, dataset, **{**options, "fmt": "parquet"},
+                           source=f"<in-memory {type(data).__name__}>")
+
+
+def _as_arrow(data: Any) -> Any:
+    """`data` as a `pyarrow.Table` when it is a table in memory (Arrow, pandas, datasets), else None."""
+    if isinstance(data, (str, os.PathLike)):
+        return None
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    # By package and class name: neither pandas nor datasets is imported unless the caller did.
+    kind = f"{type(data).__module__.partition('.')[0]}.{type(data).__name__}"
+    if kind == "pandas.DataFrame":
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if kind == "datasets.Dataset":
+        return data.with_format("arrow")[:]
+    raise SelectitError(f"cannot ingest a {kind}: give a path, a pyarrow.Table, a pandas DataFrame "
+                        f"or a datasets.Dataset")
