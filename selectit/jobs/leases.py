@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -22,35 +21,14 @@ from selectit.contract import CellResult, JobStatus
 from selectit.jobs.cells import cells_to_score, write_results
 from selectit.settings import Settings
 from selectit.store import db
+from selectit.store.holders import dead_local_workers
 from selectit.store.schema import Job, JobSample, utcnow
 
 
 def worker_id() -> str:
-    """`host:pid` of this process: lets a rerun on the same host see that a holder is dead."""
+    """`host:pid` of this process: lets a rerun on the same host see that a holder is dead
+    (`selectit.store.holders`)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def dead_local_workers(workers: Sequence[str | None]) -> list[str]:
-    """The `host:pid` ids among `workers` that ran on this host and whose process is gone."""
-    host = socket.gethostname()
-    dead = []
-    for w in workers:
-        if not w or ":" not in w:
-            continue
-        h, _, pid = w.rpartition(":")
-        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
-            dead.append(w)
-    return dead
 
 
 def claim(engine: Engine, job_id: int, worker: str, *, lease: float | None = None) -> bool:
