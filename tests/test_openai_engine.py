@@ -206,9 +206,11 @@ def test_exact_mode_reads_logprob_token_ids_and_matches_the_torch_engine(server,
     cells = scorer.score(reqs)
     assert scorer.method == TOKEN_IDS
     assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
-    # one probe, then one request per cell, each asking for exactly its labels
-    assert server.count == 1 + len(cells)
-    asked = [b for b in server.bodies[1:]]
+    # two probes (the prompt form, then logprob_token_ids), then one request per cell, each asking for
+    # exactly its labels, with the prompt as token ids
+    assert server.count == 2 + len(cells)
+    asked = [b for b in server.bodies[2:]]
+    assert all(isinstance(b["prompt"], list) for b in server.bodies)
     assert all(b["max_tokens"] == 1 and len(b["logprob_token_ids"]) == 5 for b in asked)
     assert not any(c.partial for c in cells)
 
@@ -220,9 +222,9 @@ def test_exact_mode_falls_back_to_echo_with_k_requests_per_cell(server, tiny_ver
     cells = scorer.score(reqs)
     assert scorer.method == ECHO
     assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
-    # probe: one ignored logprob_token_ids request and one echo; then 5 labels × 10 cells
-    assert server.count == 2 + 5 * len(cells)
-    assert all(b["echo"] and b["max_tokens"] == 0 for b in server.bodies[2:])
+    # probe: the prompt form, one ignored logprob_token_ids request and one echo; then 5 labels × 10 cells
+    assert server.count == 3 + 5 * len(cells)
+    assert all(b["echo"] and b["max_tokens"] == 0 for b in server.bodies[3:])
 
 
 def test_a_truncated_prompt_is_cut_as_the_other_engines_cut_it(server, tiny_version):
@@ -246,7 +248,7 @@ def test_top_k_mode_counts_labels_outside_the_top_k_as_zero_and_flags_the_cell(s
     exact = by_cell(tiny_version[1].score(reqs))
     scorer = scorer_for(server, tiny_version, top_k=2)
     cells = scorer.score(reqs)
-    assert all(b["logprobs"] == 2 and "logprob_token_ids" not in b for b in server.bodies)
+    assert all(b["logprobs"] == 2 and "logprob_token_ids" not in b for b in server.bodies[1:])  # after the form probe
     assert scorer.engine_version.endswith("top-2")
     n_partial = 0
     for c in cells:

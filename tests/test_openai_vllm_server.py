@@ -111,7 +111,7 @@ def test_exact_mode_reads_logprob_token_ids_from_vllm_and_matches_the_torch_engi
     cells = scorer.score(reqs)
     assert scorer.method == TOKEN_IDS  # vLLM 0.32's completions endpoint passes logprob_token_ids through
     assert cell_delta(served[1].score(reqs), cells) <= 1e-4
-    assert scorer.client.requests == 1 + len(cells)
+    assert scorer.client.requests == 2 + len(cells)  # the probes: the prompt form, logprob_token_ids
 
 
 def test_the_echo_way_matches_the_torch_engine_too(served):
@@ -119,7 +119,7 @@ def test_the_echo_way_matches_the_torch_engine_too(served):
     scorer = scorer_for(served, method=ECHO)
     cells = scorer.score(reqs)
     assert cell_delta(served[1].score(reqs), cells) <= 1e-4
-    assert scorer.client.requests == 5 * len(cells)
+    assert scorer.client.requests == 1 + 5 * len(cells)  # the prompt form's probe, then K per cell
 
 
 def test_top_k_mode_flags_the_cells_whose_labels_fall_outside_the_top_k(served):
