@@ -275,7 +275,6 @@ def main() -> None:
         print(f"(d) vLLM, shared-context layout, bf16, prefix cache:   {n / t_d:8.2f} samples/s  ({t_d:.1f} s)  "
               f"{t_base / t_d:.2f}× baseline")
     if not args.no_vllm:
-        del fast
         run_openai(m32, exact.tokenizer, ref_reqs, base, t_base)
     print(f"model load: torch engine {load_torch:.1f} s (fp32)"
           + (f", vLLM engine {vllm_lines[5]:.1f} s (fp32 + bf16)" if vllm_lines else ""))
