@@ -5,7 +5,10 @@ scored by an inference server that already holds its weights (vLLM, SGLang, TGI,
 hosted API); the worker needs no GPU. Everything before and after the server is
 `selectit.preparation`, shared with the torch and vLLM engines: the model version's own tokenizer
 (`--tokenizer`), the same truncation and the same label ids. The prompt goes to the server as
-token ids, so the server reads exactly the tokens the other engines read.
+token ids, so the server reads exactly the tokens the other engines read; a server that refuses a
+token-id prompt (a 400/422 to the probe) gets text, after its tokenization of a test text was
+checked once against the local tokenizer (`check_tokenization`: vLLM's `/tokenize`, else the echoed
+prompt, else `usage.prompt_tokens`), and every answer's token count is compared again.
 
 How a cell's label probabilities are read (chosen once per engine by probing the server):
 - `exact`, one request per cell: `max_tokens=1` with `logprob_token_ids` = the label ids (vLLM's
@@ -17,6 +20,10 @@ How a cell's label probabilities are read (chosen once per engine by probing the
   keep a server's prefix cache from being used.
 - `top-k` (`--logprobs-top K`), one request per cell: `max_tokens=1, logprobs=K`; a label outside
   the top K counts as 0 and the cell is `partial` (its mass is below what the model gives).
+- the chat layout (a model version registered with `--chat`), one request per cell: the rendered
+  prompt as one user message to `/chat/completions` with `max_tokens=1, temperature=0,
+  logprobs=true, top_logprobs=K`; a digit's probability is that of the first answer token reading
+  as that digit. The server's chat template makes it another layout: another model version.
 
 Faults: at most `concurrency` requests are in flight; 429, 5xx, timeouts, broken connections and
 unreadable answers are retried with exponential backoff (a `Retry-After` header is honoured) up
