@@ -218,7 +218,8 @@ class _Session:
         """POST to a full URL on the endpoint's server (e.g. vLLM's `/tokenize` beside `/v1`)."""
         return await self._send("POST", "", body, url=url)
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None, url: str | None = None) -> dict[str, Any]:
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None,
+                    url: str | None = None) -> dict[str, Any]:
         import httpx
 
         c = self.client
