@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--only-openai", action="store_true",
                     help="only the baseline and the openai engine's lines against `vllm serve`")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # a run cut short keeps the lines it printed
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     cpu = not args.device.startswith("cuda")
     features = loading.cpu_features()
