@@ -16,7 +16,11 @@
   command's own time breakdown;
 - (c) the vLLM engine, reference layout, fp32 (vLLM installed: `make venv-vllm`, run with
   `.venv-vllm/bin/python`; `--no-vllm` leaves it out);
-- (d) the vLLM engine, shared-context layout, bf16, prefix caching on.
+- (d) the vLLM engine, shared-context layout, bf16, prefix caching on;
+- (e) the `openai` engine against a local `vllm serve` of the same model in fp32 (started here, eager,
+  a bounded KV cache), reference layout, exact mode both ways: `logprob_token_ids` (one request per
+  cell) and `echo` (K requests per cell), with the requests each sent (vLLM installed; `--no-vllm`
+  leaves it out; `--only-openai` runs just the baseline and these lines).
 
 Both torch lines score through the model's own forward (`logits_to_keep` at the label positions).
 Prints samples/s, the ratios to the baseline, max |Δp| of (a) and (c) against the baseline, and
@@ -25,8 +29,10 @@ the share of the GPU's bf16 peak that (b) and (d) reach (FLOPs ≈ 2 × params �
 torch: unpadded tokens through the model; vLLM: prompt tokens, cached prefixes included, so an
 effective figure).
 
+The machine's load average is printed at the start and at the end (a shared machine slows every line).
+
 Usage: python benchmarks/scoring.py [--samples 100] [--device cpu|cuda] [--model smollm2-135m] [--no-vllm]
-       [--command-samples 60] [--command-dtype int8] [--bf16]
+       [--command-samples 60] [--command-dtype int8] [--bf16] [--only-openai]
 """
 
 from __future__ import annotations
@@ -169,7 +175,11 @@ def main() -> None:
     ap.add_argument("--command-samples", type=int, default=60, help="samples of the whole-command run (0: none)")
     ap.add_argument("--command-dtype", default=None,
                     help="dtype of the whole-command run [this CPU's default if it had no bf16]")
+    ap.add_argument("--only-openai", action="store_true",
+                    help="only the baseline and the openai engine's lines against `vllm serve`")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # a run cut short keeps the lines it printed
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     cpu = not args.device.startswith("cuda")
     features = loading.cpu_features()
     no_bf16_default = loading.default_dtype(features - loading.BF16_FLAGS, cuda=False)
@@ -183,6 +193,8 @@ def main() -> None:
     engine = db.open_store(f"sqlite:///{tmp}/bench.db")
     dtypes = ["float32"] + (["bfloat16"] if (not cpu or args.bf16 or features & loading.BF16_FLAGS) else []) \
         + (["int8"] if cpu else [])
+    if args.only_openai:
+        dtypes = ["float32"]
     with db.session_scope(engine) as s:
         versions = {d: registry.add_model(s, "bench", args.model, dtype=d) for d in dtypes}
     m32 = versions["float32"]
@@ -205,6 +217,13 @@ def main() -> None:
     base = baseline(exact.model, exact.tokenizer, ref_reqs, labels, args.device)
     sync(args.device)
     t_base, c_base = time.perf_counter() - t0, time.process_time() - c0
+    if args.only_openai:
+        print(f"model {args.model} ({m32.n_params:,} parameters), {n} samples × 5 prompts, device {args.device}")
+        print(f"baseline (authors' loop, fp32, batch 1, full logits): {n / t_base:8.2f} samples/s  ({t_base:.1f} s, "
+              f"cpu {c_base:.1f} s)")
+        run_openai(m32, exact.tokenizer, ref_reqs, base, t_base)
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        return
 
     t0, c0 = time.perf_counter(), time.process_time()
     cells_a = exact.score(ref_reqs)
@@ -256,6 +275,8 @@ def main() -> None:
               f"{t_base / t_c:.2f}× baseline, max |Δp| vs baseline {dp_c:.1e}")
         print(f"(d) vLLM, shared-context layout, bf16, prefix cache:   {n / t_d:8.2f} samples/s  ({t_d:.1f} s)  "
               f"{t_base / t_d:.2f}× baseline")
+    if not args.no_vllm:
+        run_openai(m32, exact.tokenizer, ref_reqs, base, t_base)
     print(f"model load: torch engine {load_torch:.1f} s (fp32)"
           + (f", vLLM engine {vllm_lines[5]:.1f} s (fp32 + bf16)" if vllm_lines else ""))
     print(f"failed cells: {len(failed)}")
@@ -278,6 +299,7 @@ def main() -> None:
               f"{secs:.1f} s (cpu {cpu_s:.1f} s); the authors' loop at this run's rate: {loop:.1f} s "
               f"(cpu {loop_cpu:.1f} s); ratio {loop / secs:.2f}× ({loop_cpu / cpu_s:.2f}× cpu)")
         print("\n".join("    " + line for line in out.splitlines() if line.strip()))
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRequest],
@@ -312,6 +334,74 @@ def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRe
     version = v16.engine_version
     v16.close()
     return cells_c, t_c, cells_d, t_d, tokens_d, load, version
+
+
+def run_openai(m32, tokenizer, ref_reqs: list[RatingRequest], base: dict, t_base: float) -> None:
+    """(e): `vllm serve` of the fp32 model on loopback, scored through the openai engine, exact mode
+    by `logprob_token_ids` and by `echo`; prints one line each (and the server's start time)."""
+    import socket
+    import subprocess
+
+    import httpx
+
+    from selectit.scoring import loading
+    from selectit.scoring.openai_engine import ECHO, TOKEN_IDS, Endpoint, EndpointClient, OpenAIScorer
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("(vLLM is not installed here: run with .venv-vllm/bin/python for the openai engine's lines)")
+        return
+    src = loading.resolve_source(m32.source)
+    path = loading.model_dir(src, m32.fingerprint if src.is_gguf else None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)  # noqa: SIM115 - closed below
+    t0 = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--served-model-name",
+         "bench", "--dtype", "float32", "--max-model-len", "4096", "--kv-cache-memory-bytes", str(2 << 30),
+         "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--seed", "0"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if server.poll() is not None:
+                print(f"(vllm serve exited: see {log.name})")
+                return
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(2)
+        t_start = time.perf_counter() - t0
+        n = len(ref_reqs)
+        for method, what in ((TOKEN_IDS, "1 request per cell"), (ECHO, "K = 5 requests per cell")):
+            client = EndpointClient(Endpoint(f"{url}/v1", "bench"), concurrency=32, timeout=600)
+            sc = OpenAIScorer(client, tokenizer, model_id=m32.id, max_tokens=m32.max_tokens,
+                              label_ids=dict(m32.label_ids), method=method)
+            sc.score(ref_reqs[:1])  # warm-up and the prompt form's probe, not timed
+            requests_before = client.requests
+            t0 = time.perf_counter()
+            cells = sc.score(ref_reqs)
+            secs = time.perf_counter() - t0
+            failed = sum(1 for c in cells if c.error)
+            dp = max((abs(a - b) for c in cells if not c.error
+                      for a, b in zip(c.probs, base[(c.sample_id, c.prompt_id)])), default=float("nan"))
+            print(f"(e) openai engine → vllm serve, reference, fp32, {method + ':':<18} {n / secs:8.2f} samples/s  "
+                  f"({secs:.1f} s)  {t_base / secs:.2f}× baseline, max |Δp| vs baseline {dp:.1e}, "
+                  f"{client.requests - requests_before} requests ({what}), {failed} failed")
+        print(f"vllm serve (fp32, eager) started in {t_start:.1f} s")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
 
 
 if __name__ == "__main__":

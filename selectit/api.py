@@ -230,9 +230,10 @@ class Store:
 
     def add_served_model(self, name: str, endpoint: str, served_model: str, *, tokenizer: str | None = None,
                          api_key_env: str | None = None, weight: float | None = None, n_params: int | None = None,
-                         max_tokens: int | None = None) -> ModelVersion:
+                         max_tokens: int | None = None, chat: bool = False) -> ModelVersion:
         """Register model `name` served by an OpenAI-compatible server (scored by the `openai`
-        engine); its version. The API key stays in the environment variable `api_key_env`.
+        engine); its version. The API key stays in the environment variable `api_key_env`;
+        `chat=True` asks /chat/completions (top-k only, a version of its own).
 
             >>> store.add_served_model("llama", "http://10.0.0.5:8000/v1", "llama2-7b",
             ...                        tokenizer="/models/Llama-2-7b-hf", n_params=6738415616)  # doctest: +SKIP
@@ -243,7 +244,7 @@ class Store:
             before = {m.id for m in registry.list_models(session)}
             row = registry.add_served_model(session, name, endpoint, served_model, tokenizer=tokenizer,
                                             api_key_env=api_key_env, weight=weight, n_params=n_params,
-                                            max_tokens=max_tokens)
+                                            max_tokens=max_tokens, chat=chat)
             return ModelVersion.of(row, added=row.id not in before)
 
     def models(self) -> list[ModelVersion]:

@@ -28,8 +28,12 @@ from test_scorer import records, requests
 from selectit.contract import RatingRequest
 from selectit.scoring import registry
 from selectit.scoring.openai_engine import (
+    CHAT_DTYPE,
     ECHO,
+    TEXT,
     TOKEN_IDS,
+    TOKEN_PROMPT,
+    TOKENIZATION_CHECK,
     Endpoint,
     EndpointClient,
     EndpointError,
@@ -48,18 +52,28 @@ class FakeServer:
 
     `token_ids`: honour `logprob_token_ids` (vLLM ≥ 0.32); else it is ignored, as older servers do.
     `strict`: refuse vLLM's extra fields with a 400 and key log-probabilities by token text.
+    `text_only`: refuse token-id prompts (a 400); text prompts are split by `split(text)` (by default
+    the model's tokenizer, special tokens added). `tokenize_route`: answer vLLM's `POST /tokenize`.
+    `echo_ok`: honour `echo` (else a 400). `/v1/chat/completions` wraps the one user message in
+    `CHAT_TEMPLATE` and answers the first token's `top_logprobs` by token text.
     `fault(body, n)`: the n-th completions request's fault, one of "429", "500", "timeout",
     "garbage", "echo-key" (a 400 quoting the Authorization header), or None.
     """
 
+    CHAT_TEMPLATE = "<|user|>\n{}\n<|assistant|>\n"
+
     def __init__(self, model_dir: Path, *, served: str = "tiny", token_ids: bool = True, strict: bool = False,
-                 key: str | None = KEY, max_model_len: int = 1024, sleep: float = 2.0) -> None:
+                 key: str | None = KEY, max_model_len: int = 1024, sleep: float = 2.0, text_only: bool = False,
+                 tokenize_route: bool = True, echo_ok: bool = True) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.served, self.token_ids, self.strict, self.key = served, token_ids, strict, key
         self.max_model_len, self.sleep = max_model_len, sleep
+        self.text_only, self.tokenize_route, self.echo_ok = text_only, tokenize_route, echo_ok
+        self.split = lambda text: self.tokenizer(text)["input_ids"]
+        self.paths: list[str] = []
         self.fault = lambda body, n: None
         self.count = 0
         self.bodies: list[dict] = []
@@ -84,9 +98,24 @@ class FakeServer:
                 auth = self.headers.get("Authorization")
                 if server.key and auth != f"Bearer {server.key}":
                     return self._send(401, {"error": {"message": "invalid API key"}})
+                if self.path == "/tokenize":
+                    server.paths.append(self.path)
+                    if not server.tokenize_route:
+                        return self._send(404, {"detail": "Not Found"})
+                    tokens = server.split(body["prompt"])
+                    return self._send(200, {"tokens": tokens, "count": len(tokens),
+                                            "max_model_len": server.max_model_len})
+                if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                    return self._send(404, {"detail": "Not Found"})
                 with server.lock:
                     n, server.count = server.count, server.count + 1
                     server.bodies.append(body)
+                    server.paths.append(self.path)
+                if self.path == "/v1/chat/completions":
+                    try:
+                        return self._send(200, server.chat(body))
+                    except ValueError as exc:
+                        return self._send(400, {"error": {"message": str(exc)}})
                 fault = server.fault(body, n)
                 if fault == "timeout":
                     time.sleep(server.sleep)
@@ -140,23 +169,56 @@ class FakeServer:
         if body.get("model") != self.served:
             raise ValueError(f"The model `{body.get('model')}` does not exist.")
         ids = body["prompt"]
+        if isinstance(ids, str):
+            ids = self.split(ids)
+        elif self.text_only:
+            raise ValueError("'prompt' must be a string")
         if not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):
-            raise ValueError("this test server takes token-id prompts only")
+            raise ValueError("'prompt' must be a string or a list of token ids")
         if len(ids) + int(body.get("max_tokens", 16)) > self.max_model_len:
             raise ValueError(f"This model's maximum context length is {self.max_model_len} tokens.")
         logp = self.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        usage = {"prompt_tokens": len(ids), "completion_tokens": int(body.get("max_tokens", 16)),
+                 "total_tokens": len(ids) + int(body.get("max_tokens", 16))}
         if body.get("echo"):
+            if not self.echo_ok:
+                raise ValueError("echo is not supported")
             tokens = [self._key(t) for t in ids]
             values = [None] + [logp[i - 1, t].item() for i, t in enumerate(ids) if i > 0]
             return {"choices": [{"index": 0, "text": "", "logprobs": {"tokens": tokens, "token_logprobs": values,
-                                                                     "top_logprobs": None}}]}
+                                                                     "top_logprobs": None}}], "usage": usage}
         last = logp[-1]
         top = {self._key(int(t)): last[t].item() for t in last.topk(int(body.get("logprobs") or 1)).indices}
         if self.token_ids and body.get("logprob_token_ids"):
             top = {self._key(t): last[t].item() for t in body["logprob_token_ids"]}
         chosen = int(last.argmax())
         return {"choices": [{"index": 0, "text": self.tokenizer.decode([chosen]), "logprobs": {
-            "tokens": [self._key(chosen)], "token_logprobs": [last[chosen].item()], "top_logprobs": [top]}}]}
+            "tokens": [self._key(chosen)], "token_logprobs": [last[chosen].item()], "top_logprobs": [top]}}],
+            "usage": usage}
+
+    @torch.inference_mode()
+    def chat_logprobs(self, content: str) -> torch.Tensor:
+        """The log-softmax of the first answer token to one user message (what `chat` reads)."""
+        ids = self.split(self.CHAT_TEMPLATE.format(content))
+        return self.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+
+    def chat(self, body: dict) -> dict:
+        if body.get("model") != self.served:
+            raise ValueError(f"The model `{body.get('model')}` does not exist.")
+        if "prompt" in body or set(body) - {"model", "messages", "max_tokens", "temperature", "logprobs",
+                                            "top_logprobs", "stream"}:
+            raise ValueError(f"Unrecognized request arguments: {sorted(body)}")
+        (msg,) = body["messages"]
+        if msg["role"] != "user":
+            raise ValueError("one user message expected")
+        last = self.chat_logprobs(msg["content"])
+        chosen = int(last.argmax())
+        top = [{"token": self.tokenizer.decode([int(t)]), "logprob": last[t].item()}
+               for t in last.topk(int(body.get("top_logprobs") or 0) if body.get("logprobs") else 0).indices]
+        entry = {"token": self.tokenizer.decode([chosen]), "logprob": last[chosen].item(), "top_logprobs": top}
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": entry["token"]},
+                             "logprobs": {"content": [entry]} if body.get("logprobs") else None,
+                             "finish_reason": "length"}]}
 
 
 @pytest.fixture(autouse=True)
@@ -191,12 +253,28 @@ def server(tiny_model_dir, monkeypatch):
     srv.close()
 
 
-def scorer_for(srv: FakeServer, tiny_version, *, top_k: int | None = None, **client_kwargs) -> OpenAIScorer:
+def scorer_for(srv: FakeServer, tiny_version, *, top_k: int | None = None, chat: bool = False,
+               **client_kwargs) -> OpenAIScorer:
     model, torch_scorer = tiny_version
     kwargs = {"concurrency": 8, "timeout": 30.0, "max_retries": 3, "backoff": 0.001, **client_kwargs}
     client = EndpointClient(Endpoint(normalize_endpoint(srv.url), srv.served, "TINY_KEY"), **kwargs)
     return OpenAIScorer(client, torch_scorer.tokenizer, model_id=model.id, max_tokens=model.max_tokens,
-                        label_ids=dict(model.label_ids), top_k=top_k)
+                        label_ids=dict(model.label_ids), top_k=top_k, chat=chat)
+
+
+@pytest.fixture
+def text_server(tiny_model_dir, monkeypatch):
+    """A server that refuses token-id prompts: `text_server(**FakeServer options)`."""
+    monkeypatch.setenv("TINY_KEY", KEY)
+    made: list[FakeServer] = []
+
+    def make(**kwargs) -> FakeServer:
+        made.append(FakeServer(tiny_model_dir, text_only=True, **kwargs))
+        return made[-1]
+
+    yield make
+    for srv in made:
+        srv.close()
 
 
 @pytest.mark.parametrize("layout", ["reference", "shared-context"])
@@ -206,9 +284,11 @@ def test_exact_mode_reads_logprob_token_ids_and_matches_the_torch_engine(server,
     cells = scorer.score(reqs)
     assert scorer.method == TOKEN_IDS
     assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
-    # one probe, then one request per cell, each asking for exactly its labels
-    assert server.count == 1 + len(cells)
-    asked = [b for b in server.bodies[1:]]
+    # two probes (the prompt form, then logprob_token_ids), then one request per cell, each asking for
+    # exactly its labels, with the prompt as token ids
+    assert server.count == 2 + len(cells)
+    asked = [b for b in server.bodies[2:]]
+    assert all(isinstance(b["prompt"], list) for b in server.bodies)
     assert all(b["max_tokens"] == 1 and len(b["logprob_token_ids"]) == 5 for b in asked)
     assert not any(c.partial for c in cells)
 
@@ -220,21 +300,23 @@ def test_exact_mode_falls_back_to_echo_with_k_requests_per_cell(server, tiny_ver
     cells = scorer.score(reqs)
     assert scorer.method == ECHO
     assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
-    # probe: one ignored logprob_token_ids request and one echo; then 5 labels × 10 cells
-    assert server.count == 2 + 5 * len(cells)
-    assert all(b["echo"] and b["max_tokens"] == 0 for b in server.bodies[2:])
+    # probe: the prompt form, one ignored logprob_token_ids request and one echo; then 5 labels × 10 cells
+    assert server.count == 3 + 5 * len(cells)
+    assert all(b["echo"] and b["max_tokens"] == 0 for b in server.bodies[3:])
 
 
-def test_a_truncated_prompt_is_cut_as_the_other_engines_cut_it(server, tiny_version):
+@pytest.mark.parametrize("form", [TOKEN_PROMPT, TEXT])
+def test_a_truncated_prompt_is_cut_as_the_other_engines_cut_it(server, text_server, tiny_version, form):
     rec = {"instruction": "Summarize.", "input": "", "output": "word " * 300 + "THE END."}
     reqs = requests([rec], "shared-context")
-    scorer = scorer_for(server, tiny_version)
+    scorer = scorer_for(server if form == TOKEN_PROMPT else text_server(), tiny_version)
     torch_scorer = tiny_version[1]
     old = torch_scorer.max_tokens
     torch_scorer.max_tokens = scorer.max_tokens = 200
     try:
         assert scorer._prepare(reqs[0]).ids == torch_scorer._prepare(reqs[0]).ids
         cells = scorer.score(reqs)
+        assert scorer.prompt_form == form
         assert all(c.truncated and c.n_tokens <= 200 for c in cells)
         assert cell_delta(torch_scorer.score(reqs), cells) <= 1e-4
     finally:
@@ -246,7 +328,7 @@ def test_top_k_mode_counts_labels_outside_the_top_k_as_zero_and_flags_the_cell(s
     exact = by_cell(tiny_version[1].score(reqs))
     scorer = scorer_for(server, tiny_version, top_k=2)
     cells = scorer.score(reqs)
-    assert all(b["logprobs"] == 2 and "logprob_token_ids" not in b for b in server.bodies)
+    assert all(b["logprobs"] == 2 and "logprob_token_ids" not in b for b in server.bodies[1:])  # after the form probe
     assert scorer.engine_version.endswith("top-2")
     n_partial = 0
     for c in cells:
@@ -277,6 +359,101 @@ def test_a_strict_server_gets_no_extra_fields_and_is_read_by_token_text(tiny_mod
         assert all(c.ok for c in top.score(reqs))
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("tokenize_route", [True, False])
+def test_a_text_only_server_gets_text_prompts_after_one_tokenization_check(text_server, tiny_version,
+                                                                           tokenize_route):
+    srv = text_server(tokenize_route=tokenize_route)
+    reqs = requests(records(2), "shared-context")
+    scorer = scorer_for(srv, tiny_version)
+    cells = scorer.score(reqs)
+    assert (scorer.prompt_form, scorer.method) == (TEXT, TOKEN_IDS)
+    assert scorer.engine_version.endswith("exact (logprob_token_ids, text prompts)")
+    assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+    # the cells' prompts went as their rendered text, one request each
+    sent = [b["prompt"] for b in srv.bodies[-len(cells):]]
+    assert sorted(sent) == sorted(p.text for r in reqs for p in r.prompts)
+    # the probe: token ids refused, then text; the tokenization checked once, by /tokenize or by echo
+    assert isinstance(srv.bodies[0]["prompt"], list) and isinstance(srv.bodies[1]["prompt"], str)
+    assert srv.paths.count("/tokenize") == 1
+    echoed = [b for b in srv.bodies if b.get("echo")]
+    assert [b["prompt"] for b in echoed] == ([] if tokenize_route else [TOKENIZATION_CHECK])
+    scorer.score(reqs)
+    assert srv.paths.count("/tokenize") == 1 and len([b for b in srv.bodies if b.get("echo")]) == len(echoed)
+
+
+def test_a_text_only_server_without_logprob_token_ids_is_read_by_echo(text_server, tiny_version):
+    srv = text_server(token_ids=False, tokenize_route=False)
+    reqs = requests(records(1), "shared-context")
+    scorer = scorer_for(srv, tiny_version)
+    cells = scorer.score(reqs)
+    assert (scorer.prompt_form, scorer.method) == (TEXT, ECHO)
+    assert cell_delta(tiny_version[1].score(reqs), cells) <= 1e-4
+    labels = tiny_version[0].label_ids["shared-context"]
+    digits = {tiny_version[1].tokenizer.decode([t]) for t in labels[:5]}
+    assert {b["prompt"][-1] for b in srv.bodies[-5 * len(cells):]} == digits
+
+
+@pytest.mark.parametrize("check", ["/tokenize", "echo", "usage"])
+def test_a_server_that_tokenizes_otherwise_is_refused_naming_the_first_difference(text_server, tiny_version,
+                                                                                    check):
+    srv = text_server(tokenize_route=check == "/tokenize", echo_ok=check != "usage")
+    tok = tiny_version[1].tokenizer
+    srv.split = lambda text: tok(text.replace("🙂", "").replace("日本語", "Japanese"))["input_ids"]
+    local, remote = tok(TOKENIZATION_CHECK)["input_ids"], srv.split(TOKENIZATION_CHECK)
+    first = next(i for i, (a, b) in enumerate(zip(local, remote)) if a != b)
+    assert len(local) != len(remote)
+    with pytest.raises(EndpointError) as err:
+        scorer_for(srv, tiny_version).score(requests(records(1), "shared-context"))
+    msg = str(err.value)
+    assert "--tokenizer" in msg
+    if check == "usage":
+        assert f"as {len(remote)} tokens where the local tokenizer has {len(local)}" in msg
+    else:
+        assert f"tokenizes text differently from the local tokenizer (" in msg
+        assert f"first difference at token {first} (server {tok.decode([remote[first]])!r}, " \
+               f"local {tok.decode([local[first]])!r}; {len(remote)} vs {len(local)} tokens)" in msg
+
+
+def test_a_text_prompt_the_server_reads_as_other_tokens_fails_only_its_cell(text_server, tiny_version):
+    srv = text_server()
+    tok = tiny_version[1].tokenizer
+    srv.split = lambda text: tok(text.replace("zebra", "zebras"))["input_ids"]
+    recs = records(2)
+    recs[1] = {**recs[1], "output": recs[1]["output"] + " A zebra."}
+    cells = by_cell(scorer_for(srv, tiny_version).score(requests(recs, "shared-context")))
+    failed = sorted(k for k, c in cells.items() if not c.ok)
+    assert failed == [(1, k) for k in range(5)]
+    assert all("the server read the prompt text as" in cells[k].error for k in failed)
+
+
+def test_the_chat_layout_sends_one_user_message_and_reads_the_digits_top_logprobs(server, tiny_version):
+    tok = tiny_version[1].tokenizer
+    reqs = requests(records(2), "shared-context")
+    for k in (len(tok), 3):  # the whole vocabulary (then exact for this layout), and a top 3
+        server.bodies.clear()
+        scorer = scorer_for(server, tiny_version, chat=True, top_k=k)
+        cells = scorer.score(reqs)
+        assert scorer.engine_version.endswith(f"chat top-{k}")
+        assert set(server.paths) == {"/v1/chat/completions"}
+        assert all((b["max_tokens"], b["temperature"], b["logprobs"], b["top_logprobs"]) == (1, 0.0, True, k)
+                   for b in server.bodies)
+        sent = [b["messages"] for b in server.bodies]  # no probe unless loaded: every request is a cell
+        assert sorted(m[0]["content"] for m in sent) == sorted(p.text for r in reqs for p in r.prompts)
+        assert all(len(m) == 1 and m[0]["role"] == "user" for m in sent)
+        n_partial = 0
+        for c in cells:
+            logp = server.chat_logprobs(reqs[c.sample_id].prompts[c.prompt_id].text)
+            top = logp.topk(k).indices.tolist()
+            texts = {t: tok.decode([t]).strip() for t in top}
+            # p(digit) = the summed probability of the top tokens that read as that digit
+            expected = [sum(logp[t].exp().item() for t in top if texts[t] == str(d)) for d in range(1, 6)]
+            assert c.probs == pytest.approx(expected, rel=1e-5, abs=1e-9)  # float32 forwards
+            assert c.partial == any(str(d) not in texts.values() for d in range(1, 6))
+            n_partial += c.partial
+        assert n_partial == (0 if k == len(tok) else len(cells))
+        server.paths.clear()
 
 
 def test_rate_limits_server_errors_timeouts_and_garbage_are_retried_and_nothing_is_lost(server, tiny_version,
@@ -464,3 +641,31 @@ def test_scoring_from_inside_an_event_loop_works(server, tiny_version):
         return scorer.score(reqs)
 
     assert cell_delta(tiny_version[1].score(reqs), asyncio.run(notebook_cell())) <= 1e-4
+
+
+def test_a_chat_registration_is_a_version_of_its_own_and_never_mixes_with_completions_cells(
+        server, tiny_model_dir, cli, engine, tmp_path):
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records(2)), encoding="utf-8")
+    assert cli("init").exit_code == 0
+    assert cli("ingest", data, "--dataset", "d").exit_code == 0
+    served = ("--endpoint", server.url, "--served-model", "tiny", "--tokenizer", tiny_model_dir,
+              "--api-key-env", "TINY_KEY")
+    assert cli("model", "add", "srv", *served).exit_code == 0
+    assert "scored 10 cells" in cli("score", "-q").output
+    out = cli("model", "add", "srv", *served, "--chat")
+    assert out.exit_code == 0 and "added" in out.output and "(chat layout)" in out.output, out.output
+    out = cli("score", "-q")
+    assert out.exit_code == 0 and "scored 10 cells, failed 0" in out.output, out.output
+    with db.session_scope(engine) as s:
+        versions = {m.id: (m.dtype, m.fingerprint, m.active) for m in s.scalars(sa.select(LLM))}
+        rows = s.execute(sa.select(Score.model_id, Score.engine_version)).all()
+    (done, _), (chat, _) = sorted(versions.items(), key=lambda kv: kv[1][2])
+    assert versions[done][0] == "server" and versions[chat][0] == CHAT_DTYPE
+    assert versions[done][1] != versions[chat][1]
+    assert Counter((m, v) for m, v in rows) == {
+        (done, f"{server.url}, model tiny, exact ({TOKEN_IDS})"): 10,
+        (chat, f"{server.url}, model tiny, chat top-20"): 10}
+    assert cli("model", "add", "srv", *served, "--chat").output.count("unchanged") == 1
+    out = cli("model", "add", "local", "--source", tiny_model_dir, "--chat")
+    assert out.exit_code == 1 and "--chat go with --endpoint" in out.output

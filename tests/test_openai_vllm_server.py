@@ -30,7 +30,11 @@ from selectit.contract import RatingRequest, render  # noqa: E402
 from selectit.scoring import loading, registry
 from selectit.scoring.openai_engine import (  # noqa: E402
     ECHO,
+    TEXT,
     TOKEN_IDS,
+    TOKEN_PROMPT,
+    TOKENIZATION_CHECK,
+    TokenizationMismatch,
     Endpoint,
     EndpointClient,
     OpenAIScorer,
@@ -92,12 +96,14 @@ def served(tmp_path_factory):
         log.close()
 
 
-def scorer_for(served, *, top_k: int | None = None, method: str | None = None) -> OpenAIScorer:
+def scorer_for(served, *, top_k: int | None = None, method: str | None = None, prompt_form: str | None = None,
+               chat: bool = False) -> OpenAIScorer:
     model, torch_scorer, url, _, _ = served
     os.environ["SMOL_KEY"] = KEY
     client = EndpointClient(Endpoint(f"{url}/v1", "smol", "SMOL_KEY"), concurrency=8, timeout=300)
     return OpenAIScorer(client, torch_scorer.tokenizer, model_id=model.id, max_tokens=model.max_tokens,
-                        label_ids=dict(model.label_ids), top_k=top_k, method=method)
+                        label_ids=dict(model.label_ids), top_k=top_k, method=method, prompt_form=prompt_form,
+                        chat=chat)
 
 
 @pytest.mark.parametrize("layout", ["shared-context", "reference"])
@@ -110,8 +116,9 @@ def test_exact_mode_reads_logprob_token_ids_from_vllm_and_matches_the_torch_engi
     scorer = scorer_for(served)
     cells = scorer.score(reqs)
     assert scorer.method == TOKEN_IDS  # vLLM 0.32's completions endpoint passes logprob_token_ids through
+    assert scorer.prompt_form == TOKEN_PROMPT
     assert cell_delta(served[1].score(reqs), cells) <= 1e-4
-    assert scorer.client.requests == 1 + len(cells)
+    assert scorer.client.requests == 2 + len(cells)  # the probes: the prompt form, logprob_token_ids
 
 
 def test_the_echo_way_matches_the_torch_engine_too(served):
@@ -119,7 +126,53 @@ def test_the_echo_way_matches_the_torch_engine_too(served):
     scorer = scorer_for(served, method=ECHO)
     cells = scorer.score(reqs)
     assert cell_delta(served[1].score(reqs), cells) <= 1e-4
-    assert scorer.client.requests == 5 * len(cells)
+    assert scorer.client.requests == 1 + 5 * len(cells)  # the prompt form's probe, then K per cell
+
+
+def test_text_prompts_are_checked_with_vllms_tokenize_and_match_the_torch_engine(served):
+    reqs = requests(records(1, 3), "shared-context")
+    scorer = scorer_for(served, prompt_form=TEXT)  # as for a server that takes no token ids
+    cells = scorer.score(reqs)
+    assert (scorer.prompt_form, scorer.method) == (TEXT, TOKEN_IDS)
+    assert cell_delta(served[1].score(reqs), cells) <= 1e-4
+    assert scorer.client.run(scorer.check_tokenization) == "/tokenize"
+    # a local tokenizer that ends the text with one more token than vLLM's
+    real = scorer.tokenizer
+
+    class OneMore:
+        def __call__(self, text: str, **kw):
+            return {"input_ids": real(text, **kw)["input_ids"] + [real.eos_token_id]}
+
+        def decode(self, ids):
+            return real.decode(ids)
+
+    scorer.tokenizer = OneMore()
+    n = len(real(TOKENIZATION_CHECK)["input_ids"])
+    with pytest.raises(TokenizationMismatch, match=rf"first difference at token {n} \(server \(end\), local "):
+        scorer.client.run(scorer.check_tokenization)
+
+
+def test_the_chat_layout_reads_the_digits_of_vllms_chat_answer(served):
+    import torch
+
+    _, torch_scorer, *_ = served
+    tok = torch_scorer.tokenizer
+    reqs = requests(records(1, 3), "shared-context")
+    scorer = scorer_for(served, chat=True)
+    scorer.probe()
+    cells = scorer.score(reqs)
+    assert scorer.engine_version.endswith("chat top-20")
+    for c in cells:
+        assert c.ok, c.error
+        text = tok.apply_chat_template([{"role": "user", "content": reqs[c.sample_id].prompts[c.prompt_id].text}],
+                                       add_generation_prompt=True, tokenize=False)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch_scorer.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+        top = logp.topk(20).indices.tolist()
+        expected = [sum(logp[t].exp().item() for t in top if tok.decode([t]).strip() == str(d)) for d in range(1, 6)]
+        assert max(abs(a - b) for a, b in zip(c.probs, expected)) <= 1e-4
+        assert c.partial == (0.0 in expected)
 
 
 def test_top_k_mode_flags_the_cells_whose_labels_fall_outside_the_top_k(served):

@@ -299,11 +299,15 @@ def model_group() -> None:
 @click.option("--params", "n_params", type=int, default=None, metavar="N",
               help="With --endpoint: the served model's parameter count, its θ unless --weight is given "
                    "(a server does not report it).")
+@click.option("--chat", is_flag=True, default=False,
+              help="With --endpoint: a chat-only server; each prompt goes as one user message to "
+                   "/chat/completions, read in top-k mode (a version of its own, never mixed with completions "
+                   "cells).")
 @click.pass_context
 @handles_errors
 def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | None, weight: float | None,
               max_tokens: int | None, endpoint: str | None, served_model: str | None, tokenizer: str | None,
-              api_key_env: str | None, n_params: int | None) -> None:
+              api_key_env: str | None, n_params: int | None, chat: bool) -> None:
     """Register model NAME, or a new version of it (other weights or dtype, or another deployment).
 
     Loads the tokenizer and config (not the weights), derives the token ids of the labels 1..9,
@@ -322,11 +326,13 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
       selectit model add smol8 --source smollm2-135m --dtype int8
       selectit model add llama --endpoint http://10.0.0.5:8000/v1 --served-model meta-llama/Llama-2-7b-hf \\
           --tokenizer ./Llama-2-7b-hf --params 6738415616 --api-key-env LLAMA_API_KEY
+      selectit model add gpt --endpoint https://api.openai.com/v1 --served-model gpt-4o-mini --chat \\
+          --tokenizer ./o200k-tokenizer --api-key-env OPENAI_API_KEY --params 8000000000
     """
     from selectit.scoring import loading
 
     served = {"--served-model": served_model, "--tokenizer": tokenizer, "--api-key-env": api_key_env,
-              "--params": n_params}
+              "--params": n_params, "--chat": chat or None}
     if (source is None) == (endpoint is None):
         raise UserError("give either --source (a local model) or --endpoint with --served-model (a served model)")
     if endpoint is None and any(v is not None for v in served.values()):
@@ -340,7 +346,7 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
         err_console.print(warning, highlight=False, markup=False)
     if endpoint is not None:
         m = store(ctx).add_served_model(name, endpoint, served_model, tokenizer=tokenizer, api_key_env=api_key_env,
-                                        weight=weight, n_params=n_params, max_tokens=max_tokens)
+                                        weight=weight, n_params=n_params, max_tokens=max_tokens, chat=chat)
     else:
         # Hashing and reading a GGUF of a few hundred MB takes a minute: say what is going on.
         from rich.text import Text  # plain text: a name like `x[/y]` is no markup
@@ -353,7 +359,9 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
     if m.endpoint:
         theta = (f"θ {m.weight:g}" if m.weight is not None else f"{m.n_params:,} parameters"
                  if m.n_params is not None else "no θ (give --weight or --params to fuse it with other models)")
-        console.print(f"model {m.name} {word}: version {m.id}, {m.served_model} served at {m.endpoint}, {theta}, "
+        chat_note = " (chat layout)" if chat else ""
+        console.print(f"model {m.name} {word}: version {m.id}, {m.served_model} served at {m.endpoint}{chat_note}, "
+                      f"{theta}, "
                       f"deployment {m.fingerprint[:12]}…")
         return
     console.print(f"model {m.name} {word}: version {m.id}, {m.dtype}, {m.n_params:,} parameters, "

@@ -5,7 +5,10 @@ scored by an inference server that already holds its weights (vLLM, SGLang, TGI,
 hosted API); the worker needs no GPU. Everything before and after the server is
 `selectit.preparation`, shared with the torch and vLLM engines: the model version's own tokenizer
 (`--tokenizer`), the same truncation and the same label ids. The prompt goes to the server as
-token ids, so the server reads exactly the tokens the other engines read.
+token ids, so the server reads exactly the tokens the other engines read; a server that refuses a
+token-id prompt (a 400/422 to the probe) gets text, after its tokenization of a test text was
+checked once against the local tokenizer (`check_tokenization`: vLLM's `/tokenize`, else the echoed
+prompt, else `usage.prompt_tokens`), and every answer's token count is compared again.
 
 How a cell's label probabilities are read (chosen once per engine by probing the server):
 - `exact`, one request per cell: `max_tokens=1` with `logprob_token_ids` = the label ids (vLLM's
@@ -17,6 +20,10 @@ How a cell's label probabilities are read (chosen once per engine by probing the
   keep a server's prefix cache from being used.
 - `top-k` (`--logprobs-top K`), one request per cell: `max_tokens=1, logprobs=K`; a label outside
   the top K counts as 0 and the cell is `partial` (its mass is below what the model gives).
+- the chat layout (a model version registered with `--chat`), one request per cell: the rendered
+  prompt as one user message to `/chat/completions` with `max_tokens=1, temperature=0,
+  logprobs=true, top_logprobs=K`; a digit's probability is that of the first answer token reading
+  as that digit. The server's chat template makes it another layout: another model version.
 
 Faults: at most `concurrency` requests are in flight; 429, 5xx, timeouts, broken connections and
 unreadable answers are retried with exponential backoff (a `Retry-After` header is honoured) up
@@ -32,6 +39,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -44,9 +52,27 @@ from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.errors import SelectitError
 from selectit.scoring.preparation import Prepared, RequestPreparation
 
+logger = logging.getLogger(__name__)
+
 #: How exact probabilities are read; see the module docstring.
 TOKEN_IDS = "logprob_token_ids"
 ECHO = "echo"
+#: The chat layout: the rendered prompt as one user message to /chat/completions (top-k only).
+CHAT = "chat"
+#: The dtype column of a model version registered with --chat (a completions one reads "server").
+CHAT_DTYPE = "server-chat"
+#: Top log-probabilities asked in the chat layout without --logprobs-top (the most OpenAI's API gives).
+DEFAULT_CHAT_TOP = 20
+#: How the prompt is sent: as token ids (vLLM, SGLang) or as text (servers that take nothing else).
+TOKEN_PROMPT = "token-ids"
+TEXT = "text"
+#: What a text-only server is asked to tokenize once: a rating prompt's kinds of text (prose,
+#: code, digits, blank lines, accents, CJK, an emoji).
+TOKENIZATION_CHECK = ("Below is an instruction that describes a task.\n\n### Instruction:\nTranslate "
+                      "'café crème' into 日本語 and explain  `x = [1, 22, 333]` in 2 sentences 🙂.\n\n"
+                      "### Response:\n  Done —\tok.\n\nRate the response from 1 to 5.\nRating: ")
+MISMATCH_HINT = ("give the served model's own tokenizer with --tokenizer, or serve it where a token-id prompt is "
+                 "accepted (vLLM, SGLang)")
 #: `/v1/models` fields that change from one call to the next on some servers (left out of the fingerprint).
 VOLATILE_MODEL_FIELDS = ("created", "permission")
 #: Answers worth another try: rate limits, overload, server errors.
@@ -57,6 +83,10 @@ REFUSED = ("HTTP 401", "HTTP 403")
 
 class EndpointError(SelectitError):
     """An endpoint that cannot be used as registered, or a request that failed for good."""
+
+
+class TokenizationMismatch(EndpointError):
+    """A text-only server that splits text into other tokens than the local tokenizer."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,11 +122,15 @@ def endpoint_host(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
-def endpoint_fingerprint(served_model: str, listing: dict[str, Any]) -> str:
+def endpoint_fingerprint(served_model: str, listing: dict[str, Any], *, chat: bool = False) -> str:
     """sha256 of the served model id and what `/v1/models` says of it (volatile fields left out):
-    another deployment (other weights path, context, owner) is another model version."""
+    another deployment (other weights path, context, owner) is another model version, and so is
+    the chat layout (the server wraps the prompt in its chat template: other cells)."""
     stable = {k: v for k, v in listing.items() if k not in VOLATILE_MODEL_FIELDS}
-    blob = json.dumps({"served_model": served_model, "listing": stable}, sort_keys=True, separators=(",", ":"))
+    fields: dict[str, Any] = {"served_model": served_model, "listing": stable}
+    if chat:
+        fields["api"] = CHAT
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -180,11 +214,16 @@ class _Session:
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._send("POST", path, body)
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    async def post_url(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to a full URL on the endpoint's server (e.g. vLLM's `/tokenize` beside `/v1`)."""
+        return await self._send("POST", "", body, url=url)
+
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None,
+                    url: str | None = None) -> dict[str, Any]:
         import httpx
 
         c = self.client
-        url = c.endpoint.url + path
+        url = url or c.endpoint.url + path
         last = "no answer"
         for attempt in range(c.max_retries + 1):
             wait: float | None = None
@@ -283,16 +322,44 @@ def first_position_logprobs(answer: dict[str, Any], labels: Sequence[int], token
     return out
 
 
-def echoed_logprob(answer: dict[str, Any], position: int, token: int, tokenizer: Any) -> float:
-    """log p of the echoed prompt token at `position` (checked to be `token`)."""
+def echoed_logprob(answer: dict[str, Any], position: int, token: int, tokenizer: Any, *,
+                   exact_length: bool = False) -> float:
+    """log p of the echoed prompt token at `position` (checked to be `token`); `exact_length`: the
+    label must be the last echoed token (a text prompt: the server's own tokenization is checked)."""
     logprobs = _choice_logprobs(answer)
     tokens, values = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or []
+    if exact_length and len(values) != position + 1:
+        raise RuntimeError(f"the server read the prompt text and label as {len(values)} tokens where the local "
+                           f"tokenizer has {position + 1}; {MISMATCH_HINT}")
     if len(values) <= position or values[position] is None:
         raise RuntimeError(f"the server echoed {len(values)} prompt log-probabilities, not the label's at "
                            f"position {position}")
     if len(tokens) > position and _token_id(str(tokens[position]), {tokenizer.decode([token]): token}) not in (token, None):
         raise RuntimeError(f"the server echoed token {tokens[position]!r} where the label token id {token} was sent")
     return float(values[position])
+
+
+def chat_digit_logprobs(answer: dict[str, Any]) -> dict[str, float]:
+    """{digit: log p} of the digits among the top log-probabilities of a chat answer's first token.
+
+    A digit with and without surrounding space (`"3"`, `" 3"`) is one answer: their probabilities add.
+    """
+    try:
+        first = answer["choices"][0]["logprobs"]["content"][0]
+        top = first["top_logprobs"]
+    except (KeyError, IndexError, TypeError):
+        raise RuntimeError(f"the chat answer has no choices[0].logprobs.content[0].top_logprobs: "
+                           f"{json.dumps(answer)[:300]}") from None
+    if not isinstance(top, list):
+        raise RuntimeError("the server returned no top log-probabilities for the chat answer's first token")
+    probs: dict[str, float] = {}
+    for entry in top:
+        if not isinstance(entry, dict) or entry.get("logprob") is None:
+            continue
+        text = str(entry.get("token", "")).strip()
+        if len(text) == 1 and text in "123456789":
+            probs[text] = probs.get(text, 0.0) + math.exp(float(entry["logprob"]))
+    return {d: math.log(p) for d, p in probs.items() if p > 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,20 +373,26 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
 
     def __init__(self, client: EndpointClient, tokenizer: Any, *, model_id: int = 0, max_tokens: int = 2048,
                  label_ids: dict[str, list[int]] | None = None, top_k: int | None = None,
-                 method: str | None = None, token_ids_as_keys: bool = True) -> None:
+                 method: str | None = None, token_ids_as_keys: bool = True, prompt_form: str | None = None,
+                 chat: bool = False) -> None:
         self.client = client
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.max_tokens = max_tokens
-        self.top_k = top_k
-        self.method = method  # TOKEN_IDS, ECHO or "top-K"; None → probed on first use
-        self.token_ids_as_keys = token_ids_as_keys  # send vLLM's return_tokens_as_token_ids
+        self.chat = chat  # the chat layout: one user message to /chat/completions, always top-k
+        self.top_k = (top_k or DEFAULT_CHAT_TOP) if chat else top_k
+        self.method = CHAT if chat else method  # TOKEN_IDS, ECHO, "top-K" or CHAT; None → probed on first use
+        self.prompt_form = TEXT if chat else prompt_form  # TOKEN_PROMPT or TEXT; None → probed
+        self.token_ids_as_keys = token_ids_as_keys and not chat  # send vLLM's return_tokens_as_token_ids
         self.forwards = 0  # cells scored (one server forward each in the token-ids and top-k modes)
         self._init_labels(label_ids)
 
     @property
     def mode(self) -> str:
-        return f"top-{self.top_k}" if self.top_k else f"exact ({self.method or 'not probed yet'})"
+        if self.chat:
+            return f"chat top-{self.top_k}"
+        text = ", text prompts" if self.prompt_form == TEXT else ""
+        return f"top-{self.top_k}{text}" if self.top_k else f"exact ({self.method or 'not probed yet'}{text})"
 
     @property
     def engine_version(self) -> str:
@@ -327,42 +400,61 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
         ep = self.client.endpoint
         return f"{ep.host}, model {ep.served_model}, {self.mode}"[:200]
 
-    def _body(self, ids: list[int], **extra: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.client.endpoint.served_model, "prompt": ids, "temperature": 0.0,
+    def _body(self, prompt: list[int] | str, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.client.endpoint.served_model, "prompt": prompt, "temperature": 0.0,
                                 "stream": False, **extra}
         if self.token_ids_as_keys:
             body["return_tokens_as_token_ids"] = True
         return body
+
+    def _prompt(self, ids: list[int], text: str) -> list[int] | str:
+        return text if self.prompt_form == TEXT else ids
+
+    async def _ask(self, session: _Session, prompt: list[int] | str, **body: Any) -> dict[str, Any]:
+        """A completions request; a server that refuses `return_tokens_as_token_ids` is asked again
+        without it (and read by token text from then on)."""
+        try:
+            return await session.post("/completions", self._body(prompt, **body))
+        except RequestFailed as exc:
+            if "return_tokens_as_token_ids" not in str(exc) or not self.token_ids_as_keys:
+                raise
+            self.token_ids_as_keys = False  # a strict server: key the logprobs by token text
+            return await session.post("/completions", self._body(prompt, **body))
 
     # --- probing -------------------------------------------------------------------------------
 
     def probe(self) -> str:
         """Find how this server gives the label probabilities; sets and returns `method`.
 
+        The prompt form first: a token-id prompt; a server that refuses it with a 400/422 gets text,
+        and its tokenization is checked against the local tokenizer (`check_tokenization`).
         Exact mode: one short request with `logprob_token_ids`; answered with every asked id → one
         request per cell. Else `echo` (K requests per cell), checked the same way; a server with
         neither is an error that names `--logprobs-top`. A server that refuses vLLM's
-        `return_tokens_as_token_ids` is read by token text instead (both modes).
+        `return_tokens_as_token_ids` is read by token text instead (both modes). The chat layout
+        asks one chat completion with `top_logprobs`.
         """
-        ids = self.tokenizer("Rating: ", add_special_tokens=True)["input_ids"]
+        text = "Rating: "
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         labels = list((next(iter(self._labels_by_context.values()), None) or [0, 1])[:2])
 
-        async def ask(session: _Session, body: dict[str, Any], prompt: list[int] = ids) -> dict[str, Any]:
-            try:
-                return await session.post("/completions", self._body(prompt, **body))
-            except RequestFailed as exc:
-                if "return_tokens_as_token_ids" not in str(exc) or not self.token_ids_as_keys:
-                    raise
-                self.token_ids_as_keys = False  # a strict server: key the logprobs by token text
-                return await session.post("/completions", self._body(prompt, **body))
-
         async def work(session: _Session) -> str:
+            if self.chat:
+                chat_digit_logprobs(await session.post("/chat/completions", self._chat_body(text)))
+                return CHAT
+            if self.prompt_form is None:
+                self.prompt_form = await self._probe_prompt_form(session, ids, text)
+            if self.prompt_form == TEXT:
+                await self.check_tokenization(session)
+            if self.method is not None:  # given: only the prompt form was left to find
+                return self.method
+            prompt = self._prompt(ids, text)
             if self.top_k:
-                first_position_logprobs(await ask(session, {"max_tokens": 1, "logprobs": self.top_k}), labels,
+                first_position_logprobs(await self._ask(session, prompt, max_tokens=1, logprobs=self.top_k), labels,
                                         self.tokenizer)
                 return f"top-{self.top_k}"
             try:
-                answer = await ask(session, {"max_tokens": 1, "logprobs": 1, "logprob_token_ids": labels})
+                answer = await self._ask(session, prompt, max_tokens=1, logprobs=1, logprob_token_ids=labels)
                 if all(t in first_position_logprobs(answer, labels, self.tokenizer) for t in labels):
                     return TOKEN_IDS
             except RequestFailed as exc:
@@ -370,17 +462,23 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
                     raise
             except RuntimeError:
                 pass  # a server without logprob_token_ids
-            answer = await ask(session, {"max_tokens": 0, "echo": True, "logprobs": 0}, ids + [labels[0]])
-            echoed_logprob(answer, len(ids), labels[0], self.tokenizer)
+            answer = await self._ask(session, self._prompt(ids + [labels[0]], text + self._digit_text(labels, 0)),
+                                     max_tokens=0, echo=True, logprobs=0)
+            echoed_logprob(answer, len(ids), labels[0], self.tokenizer, exact_length=self.prompt_form == TEXT)
             return ECHO
 
         try:
             self.method = self.client.run(work)
+        except TokenizationMismatch:
+            raise
         except (RequestFailed, RuntimeError) as exc:
             host, served = self.client.endpoint.host, self.client.endpoint.served_model
             if str(exc).startswith(REFUSED):
                 raise EndpointError(f"{host} refused the request ({exc}); check the API key "
                                     f"(${self.client.endpoint.api_key_env or 'none given: --api-key-env'})") from exc
+            if self.chat:
+                raise EndpointError(f"{host} ({served}) gives no top log-probabilities on /chat/completions: "
+                                    f"{exc}") from exc
             if self.top_k:
                 raise EndpointError(f"{host} ({served}) gives no top log-probabilities: {exc}") from exc
             raise EndpointError(
@@ -388,12 +486,102 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
                 f"log-probabilities ({exc}); use --logprobs-top K (labels outside the top K count as 0)") from exc
         return self.method
 
+    async def _probe_prompt_form(self, session: _Session, ids: list[int], text: str) -> str:
+        """TOKEN_PROMPT where the server takes a token-id prompt, TEXT where it refuses one (400/422)."""
+        try:
+            await self._ask(session, ids, max_tokens=1)
+            return TOKEN_PROMPT
+        except RequestFailed as exc:
+            if not str(exc).startswith(("HTTP 400", "HTTP 422")):
+                raise
+            try:
+                await self._ask(session, text, max_tokens=1)
+            except RequestFailed:
+                raise exc from None  # not the prompt form: the first answer says what is wrong
+            return TEXT
+
+    async def check_tokenization(self, session: _Session, text: str = TOKENIZATION_CHECK) -> str:
+        """Check that the server splits `text` into the tokens the local tokenizer gives; returns
+        how it was checked. Raises `TokenizationMismatch` naming the first differing position.
+
+        The server's own tokenization is read, in this order, from vLLM's `/tokenize` (also at the
+        API's root), from the echoed prompt (`echo=true, logprobs=0`), or, as a count only, from the
+        answer's `usage.prompt_tokens`; a server with none of these cannot be checked (a warning).
+        """
+        local = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        ep = self.client.endpoint
+        root = ep.url[: -len("/v1")] if ep.url.endswith("/v1") else ep.url
+        for url in (root + "/tokenize", ep.url + "/tokenize"):
+            try:
+                answer = await session.post_url(url, {"model": ep.served_model, "prompt": text,
+                                                      "add_special_tokens": True})
+            except RequestFailed:
+                continue
+            tokens = answer.get("tokens")
+            if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
+                self._compare_tokens(list(tokens), local, "/tokenize")
+                return "/tokenize"
+        answer = None
+        try:
+            answer = await self._ask(session, text, max_tokens=0, echo=True, logprobs=0)
+            echoed = (answer["choices"][0]["logprobs"] or {}).get("tokens")
+        except (RequestFailed, KeyError, IndexError, TypeError):
+            echoed = None
+        if isinstance(echoed, list) and echoed:
+            server = [self._echoed_id(str(t), local[i] if i < len(local) else None) for i, t in enumerate(echoed)]
+            self._compare_tokens(server, local, "the echoed prompt")
+            return "echo"
+        if answer is None:
+            try:
+                answer = await self._ask(session, text, max_tokens=1)
+            except RequestFailed:
+                answer = {}
+        count = (answer.get("usage") or {}).get("prompt_tokens") if isinstance(answer, dict) else None
+        if isinstance(count, int):
+            if count != len(local):
+                raise TokenizationMismatch(
+                    f"{ep.host} ({ep.served_model}) reads the tokenization check text as {count} tokens where the "
+                    f"local tokenizer has {len(local)}; {MISMATCH_HINT}")
+            return "usage"
+        logger.warning("warning: %s gives no way to check its tokenization (no /tokenize, no echo, no usage); "
+                       "text prompts are sent unchecked", ep.host)
+        return "unchecked"
+
+    def _echoed_id(self, key: str, expected: int | None) -> int | None:
+        """The token id of an echoed token (`token_id:N`, or its text when it is the expected token's)."""
+        if key.startswith("token_id:"):
+            return _token_id(key, {})
+        return expected if expected is not None and self.tokenizer.decode([expected]) == key else None
+
+    def _compare_tokens(self, server: list[int | None], local: list[int], how: str) -> None:
+        if server == local:
+            return
+        i = next((i for i, (a, b) in enumerate(zip(server, local)) if a != b), min(len(server), len(local)))
+        ep = self.client.endpoint
+
+        def show(seq: list, i: int) -> str:
+            if i >= len(seq):
+                return "(end)"
+            return repr(self.tokenizer.decode([seq[i]])) if seq[i] is not None else "another token"
+
+        raise TokenizationMismatch(
+            f"{ep.host} ({ep.served_model}) tokenizes text differently from the local tokenizer ({how}): "
+            f"first difference at token {i} (server {show(server, i)}, local {show(local, i)}; "
+            f"{len(server)} vs {len(local)} tokens); {MISMATCH_HINT}")
+
+    def _digit_text(self, labels: list[int], k: int) -> str:
+        return self.tokenizer.decode([labels[k]]).strip() or str(k + 1)
+
+    def _chat_body(self, text: str) -> dict[str, Any]:
+        return {"model": self.client.endpoint.served_model, "messages": [{"role": "user", "content": text}],
+                "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": self.top_k, "stream": False}
+
     # --- scoring -------------------------------------------------------------------------------
 
     def score(self, requests: Sequence[RatingRequest],
               progress: Callable[[int], None] | None = None) -> list[CellResult]:
         """Score every (request, prompt) cell; `progress(n)` is called with cells finished."""
-        if self.method is None:
+        if self.method is None or (self.prompt_form is None and not self.chat):
             self.probe()
         results: list[CellResult] = []
         cells: list[tuple[Prepared, int, list[int]]] = []
@@ -405,7 +593,7 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
                 results.extend(self._failed(req, range(len(req.prompts)), exc))
 
         async def work(session: _Session) -> list[tuple[list[float] | None, bool, str | None]]:
-            return await asyncio.gather(*(self._cell_probs(session, prep.ids[k], labels)
+            return await asyncio.gather(*(self._cell_probs(session, prep.ids[k], (prep.texts or [])[k], labels)
                                           for prep, k, labels in cells))
 
         outcomes = self.client.run(work) if cells else []
@@ -420,24 +608,41 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
     def close(self) -> None:
         """Nothing to free: each `score` call opens and closes its own connections."""
 
-    async def _cell_probs(self, session: _Session, ids: list[int],
+    def _check_count(self, answer: dict[str, Any], ids: list[int]) -> None:
+        """A text prompt: the server must have read as many tokens as the local tokenizer made."""
+        count = (answer.get("usage") or {}).get("prompt_tokens")
+        if self.prompt_form == TEXT and isinstance(count, int) and count != len(ids):
+            raise RuntimeError(f"the server read the prompt text as {count} tokens where the local tokenizer has "
+                               f"{len(ids)}; {MISMATCH_HINT}")
+
+    async def _cell_probs(self, session: _Session, ids: list[int], text: str,
                           labels: list[int]) -> tuple[list[float] | None, bool, str | None]:
         """(label probabilities, partial, error) of one cell; never raises."""
         try:
+            if self.chat:
+                got = chat_digit_logprobs(await session.post("/chat/completions", self._chat_body(text)))
+                digits = [str(k + 1) for k in range(len(labels))]
+                return ([math.exp(got[d]) if d in got else 0.0 for d in digits],
+                        any(d not in got for d in digits), None)
+            prompt = self._prompt(ids, text)
             if self.top_k:
-                got = first_position_logprobs(await session.post("/completions", self._body(
-                    ids, max_tokens=1, logprobs=self.top_k)), labels, self.tokenizer)
+                answer = await self._ask(session, prompt, max_tokens=1, logprobs=self.top_k)
+                self._check_count(answer, ids)
+                got = first_position_logprobs(answer, labels, self.tokenizer)
                 return [math.exp(got[t]) if t in got else 0.0 for t in labels], any(t not in got for t in labels), None
             if self.method == TOKEN_IDS:
-                got = first_position_logprobs(await session.post("/completions", self._body(
-                    ids, max_tokens=1, logprobs=1, logprob_token_ids=labels)), labels, self.tokenizer)
+                answer = await self._ask(session, prompt, max_tokens=1, logprobs=1, logprob_token_ids=labels)
+                self._check_count(answer, ids)
+                got = first_position_logprobs(answer, labels, self.tokenizer)
                 missing = [t for t in labels if t not in got]
                 if missing:
                     raise RuntimeError(f"the server returned no log-probability for label token ids {missing}")
                 return [math.exp(got[t]) for t in labels], False, None
-            answers = await asyncio.gather(*(session.post("/completions", self._body(
-                ids + [t], max_tokens=0, echo=True, logprobs=0)) for t in labels))
-            return [math.exp(echoed_logprob(a, len(ids), t, self.tokenizer)) for a, t in zip(answers, labels)], False, None
+            answers = await asyncio.gather(*(self._ask(
+                session, self._prompt(ids + [t], text + self._digit_text(labels, k)), max_tokens=0, echo=True,
+                logprobs=0) for k, t in enumerate(labels)))
+            return [math.exp(echoed_logprob(a, len(ids), t, self.tokenizer, exact_length=self.prompt_form == TEXT))
+                    for a, t in zip(answers, labels)], False, None
         except RequestFailed as exc:
             return None, False, f"{self.client.endpoint.host}: {exc}"
         except Exception as exc:  # noqa: BLE001 - an unreadable answer fails only its cell
@@ -491,6 +696,7 @@ def load_openai_scorer(model: Any, options: Any = None, **client_kwargs: Any) ->
     client = EndpointClient(endpoint, concurrency=options.concurrency, timeout=options.request_timeout,
                             max_retries=options.max_retries, **client_kwargs)
     scorer = OpenAIScorer(client, tokenizer, model_id=model.id, max_tokens=model.max_tokens,
-                          label_ids=dict(model.label_ids or {}), top_k=options.logprobs_top)
+                          label_ids=dict(model.label_ids or {}), top_k=options.logprobs_top,
+                          chat=model.dtype == CHAT_DTYPE)
     scorer.probe()
     return scorer

@@ -33,6 +33,7 @@ class Prepared:
     req: RatingRequest
     ids: list[list[int]]
     truncated: bool
+    texts: list[str] | None = None  # the text each token list was tokenized from (a server may need text)
 
 
 class RequestPreparation:
@@ -58,16 +59,20 @@ class RequestPreparation:
             raise SelectitError("a request needs one rendered prompt per prompt id")
         ids = self._tokenize(req.prompts)
         if max(map(len, ids)) <= self.max_tokens:
-            return Prepared(req, ids, False)
-        return Prepared(req, self._truncate(req.prompts, ids), True)
+            return Prepared(req, ids, False, [p.text for p in req.prompts])
+        texts: list[str] = []
+        return Prepared(req, self._truncate(req.prompts, ids, texts), True, texts)
 
-    def _truncate(self, prompts: Sequence[RenderedPrompt], ids: list[list[int]]) -> list[list[int]]:
-        """Cut the middle of each response until every prompt fits in max_tokens."""
+    def _truncate(self, prompts: Sequence[RenderedPrompt], ids: list[list[int]],
+                  texts: list[str] | None = None) -> list[list[int]]:
+        """Cut the middle of each response until every prompt fits in max_tokens (the cut prompts'
+        texts are appended to `texts`)."""
         out: list[list[int]] = []
         ellipsis_len = len(self.tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"])
         for p, x in zip(prompts, ids):
             resp = self.tokenizer(p.response, add_special_tokens=False)["input_ids"]
             excess = len(x) - self.max_tokens
+            cut = p
             while excess > 0:
                 keep = len(resp) - excess - ellipsis_len - 1
                 if keep < 2:
@@ -77,9 +82,12 @@ class RequestPreparation:
                     )
                 head, tail = keep - keep // 2, keep // 2
                 text = self.tokenizer.decode(resp[:head]) + ELLIPSIS + self.tokenizer.decode(resp[len(resp) - tail:])
-                x = self._tokenize([RenderedPrompt(p.head, text, p.tail)])[0]
+                cut = RenderedPrompt(p.head, text, p.tail)
+                x = self._tokenize([cut])[0]
                 excess = max(excess + 1, len(x) - self.max_tokens + excess) if len(x) > self.max_tokens else 0
             out.append(x)
+            if texts is not None:
+                texts.append(cut.text)
         return out
 
     def _labels(self, prompt: RenderedPrompt) -> list[int]:

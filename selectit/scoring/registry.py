@@ -271,7 +271,7 @@ SERVED_DTYPE = "server"
 
 def add_served_model(session: Session, name: str, endpoint: str, served_model: str, tokenizer: str | None = None,
                      api_key_env: str | None = None, weight: float | None = None, n_params: int | None = None,
-                     max_tokens: int | None = None) -> LLM:
+                     max_tokens: int | None = None, chat: bool = False) -> LLM:
     """Register (or re-register) model `name` served at an OpenAI-compatible `endpoint`.
 
     The version's fingerprint is the served model id plus what the server's `/v1/models` says of
@@ -280,9 +280,13 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     ids, truncation and token counts exactly as for a local model. `api_key_env` names the
     environment variable holding the key: it is read now and at run time, never stored. θ is
     `weight`, else `n_params`; with neither the model cannot join the model-level fusion.
+    `chat`: the server is asked through /chat/completions (the prompt as one user message, top-k
+    only); another layout, so another version (dtype `server-chat`) whose cells never mix with
+    the completions version's.
     """
     from selectit.scoring import loading
     from selectit.scoring.openai_engine import (
+        CHAT_DTYPE,
         Endpoint,
         endpoint_fingerprint,
         normalize_endpoint,
@@ -303,10 +307,11 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     ep = Endpoint(normalize_endpoint(endpoint), served_model, api_key_env)
     ep.api_key()  # a key named but not set fails before the server is asked
     listing = read_model_listing(ep)
-    fp = endpoint_fingerprint(served_model, listing)
+    fp = endpoint_fingerprint(served_model, listing, chat=chat)
+    dtype = CHAT_DTYPE if chat else SERVED_DTYPE
     src = loading.resolve_source(tokenizer or served_model)
     versions = session.scalars(sa.select(LLM).where(LLM.name == name).order_by(LLM.id)).all()
-    same = next((v for v in versions if v.fingerprint == fp and v.dtype == SERVED_DTYPE), None)
+    same = next((v for v in versions if v.fingerprint == fp and v.dtype == dtype), None)
     if same is None:
         tok = _reading(src, loading.load_tokenizer)
         labels = {layout: label_token_ids(tok, ctx, f"model {name!r}, layout {layout}: ")
@@ -317,7 +322,7 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
         if limit < MIN_MAX_TOKENS:
             raise RegistryError(f"{ep.host}: the server's context ({served_len + 1} tokens) cannot hold a rating prompt")
         stored = src.given if (src.given in loading.ALIASES or not Path(src.given).expanduser().exists()) else str(src.path)
-        same = LLM(name=name, source=stored, fingerprint=fp, dtype=SERVED_DTYPE, n_params=n_params, weight=weight,
+        same = LLM(name=name, source=stored, fingerprint=fp, dtype=dtype, n_params=n_params, weight=weight,
                    label_ids=labels, max_tokens=limit, active=True, endpoint=ep.url, served_model=served_model,
                    api_key_env=api_key_env)
         session.add(same)
