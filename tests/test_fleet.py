@@ -7,7 +7,6 @@ exactly once" is checked on what was computed, not only on what was stored.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import os

@@ -411,7 +411,7 @@ def test_a_server_that_tokenizes_otherwise_is_refused_naming_the_first_differenc
     if check == "usage":
         assert f"as {len(remote)} tokens where the local tokenizer has {len(local)}" in msg
     else:
-        assert f"tokenizes text differently from the local tokenizer (" in msg
+        assert "tokenizes text differently from the local tokenizer (" in msg
         assert f"first difference at token {first} (server {tok.decode([remote[first]])!r}, " \
                f"local {tok.decode([local[first]])!r}; {len(remote)} vs {len(local)} tokens)" in msg
 

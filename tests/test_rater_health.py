@@ -6,7 +6,6 @@ label-mass check, a scorer that rates everything the same by the collapse check)
 from __future__ import annotations
 
 import random
-import statistics
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from selectit.formulas import token_score
 from selectit.fusion import health
 from selectit.fusion import views as fusion
 from selectit.store.db import session_scope
-from selectit.store.schema import LLM, Sample, Score
+from selectit.store.schema import LLM, Score
 
 K, N_PROMPTS, N_SAMPLES = 5, 3, 14
 
