@@ -104,3 +104,51 @@ def test_settings_travel_as_values_not_through_the_environment() -> None:
     paths = [*PACKAGE.rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
     writes = {str(p.relative_to(ROOT)): lines for p in paths if (lines := _environment_writes(p))}
     assert set(writes) <= {f"selectit/{a}" for a in allowed}, f"os.environ written at {writes}"
+
+
+def _import_time_imports(path: Path) -> set[str]:
+    """The selectit modules `path` imports when it is imported: module-level statements only (an
+    import inside a function runs later, on use; one under `if TYPE_CHECKING:` never runs)."""
+    found: set[str] = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            pending.extend(node.orelse)
+        elif isinstance(node, (ast.If, ast.Try)):
+            pending.extend([*node.body, *node.orelse, *getattr(node, "handlers", []), *getattr(node, "finalbody", [])])
+        elif isinstance(node, ast.ExceptHandler):
+            pending.extend(node.body)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            found |= _selectit_imports_of(node)
+    return found
+
+
+def _selectit_imports_of(node: ast.Import | ast.ImportFrom) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name.startswith("selectit.")}
+    if node.module and node.level == 0 and node.module.startswith("selectit."):
+        return {node.module}
+    return set()
+
+
+def test_no_import_circle() -> None:
+    """Module-level imports form no cycle: every module can be imported first, on its own."""
+    modules = {".".join(("selectit", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in PACKAGE.rglob("*.py")}
+    graph = {m: {i for i in _import_time_imports(p) if i in modules and i != m} for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            cycle = path[path.index(module):] + (module,)
+            pytest.fail(f"import circle: {' → '.join(cycle)}")
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, path + (module,))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
