@@ -90,18 +90,22 @@ def build(arch: str, tok, path: Path | None = None):
     return model.eval()
 
 
+@pytest.mark.parametrize("packing", ["cache", "mask"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_and_unpacked_scoring_equal_separate_forwards(arch, tokenizer):
+def test_packed_and_unpacked_scoring_equal_separate_forwards(arch, packing, tokenizer):
     model = build(arch, tokenizer)
     scorer = Scorer(model, tokenizer, exact=True, max_batch_tokens=1 << 16, max_padding=None)
+    assert scorer.shared == "mask"  # a CPU's default; an accelerator's is the KV cache
+    scorer.shared = packing
     assert scorer._sliding == (None if arch in ("llama", "qwen3", "granite", "cohere") else WINDOW)
-    # shared-context: one packed row per sample, all samples in one forward with the 4-D mask;
+    # shared-context: one packed row per sample, all samples in one batch;
     # the prompts are several sliding windows long
     shared = requests(records(2, 5), "shared-context", scale=9)
     assert min(len(tokenizer(r.prompts[0].text).input_ids) for r in shared) > 3 * WINDOW
     assert len(scorer._rows(0, scorer._prepare(shared[0]))) == 1
     assert max_delta(scorer, shared, rel=None) <= 1e-5
-    assert scorer.forwards == 2  # the prefixes, then the suffixes on their KV cache
+    # KV cache: the prefixes, then the suffixes on it; 4-D mask: one forward of the packed rows
+    assert scorer.forwards == (2 if packing == "cache" else 1)
     # reference: one row per prompt, ragged, right-padded with a plain padding mask
     reference = reference_requests(records(2, 5))
     assert len(scorer._rows(0, scorer._prepare(reference[0]))) == len(reference[0].prompts)
