@@ -12,8 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from click.testing import CliRunner
 from test_scorer import records, requests
 
+from selectit.cli import main
 from selectit.scoring import loading, registry
 from selectit.scoring.torch_engine import (
     CPU_MAX_BATCH_TOKENS,
@@ -59,6 +61,15 @@ def test_half_precision_warning_only_on_a_cpu_without_bf16():
     assert loading.half_precision_warning("bfloat16", no_bf16, cuda=True) is None
     assert loading.half_precision_warning("float32", no_bf16, cuda=False) is None
     assert loading.half_precision_warning("int8", no_bf16, cuda=False) is None
+
+
+def test_model_add_with_int8_warns_that_its_ratings_are_approximate(tiny_model_dir, tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    out = CliRunner().invoke(main, ["--db", url, "model", "add", "tiny8", "--source",
+                                                    str(tiny_model_dir), "--dtype", "int8"])
+    assert out.exit_code == 0, out.output
+    assert out.stderr.startswith("Warning: int8 ratings are approximate") and out.stderr.count("\n") == 1
+    assert loading.approximation_warning("float32") is None and loading.approximation_warning("bfloat16") is None
 
 
 def test_token_budget_follows_free_memory():

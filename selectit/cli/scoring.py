@@ -70,7 +70,7 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     line = (f"scored {summary.scored} cells, failed {summary.failed}, "
             f"skipped {summary.skipped} already scored")
     if summary.interrupted:
-        err_console.print(f"interrupted: {line}. Run the same command again to continue.")
+        err_console.print(f"interrupted: {line}. Run the same command again to continue.", soft_wrap=True)
         ctx.exit(130)
     console.print(line + ".")
     if summary.failed:
@@ -341,9 +341,9 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
     if endpoint is not None and (served_model is None or dtype is not None):
         raise UserError("--endpoint needs --served-model ID" if served_model is None else
                         "--dtype does not apply to a served model (the server chooses it)")
-    warning = loading.half_precision_warning(dtype) if dtype else None
+    warning = (loading.half_precision_warning(dtype) or loading.approximation_warning(dtype)) if dtype else None
     if warning:
-        err_console.print(warning, highlight=False, markup=False)
+        err_console.print(warning, highlight=False, markup=False, soft_wrap=True)  # one line, never wrapped
     if endpoint is not None:
         m = store(ctx).add_served_model(name, endpoint, served_model, tokenizer=tokenizer, api_key_env=api_key_env,
                                         weight=weight, n_params=n_params, max_tokens=max_tokens, chat=chat)
