@@ -248,7 +248,7 @@ def approximation_warning(dtype: str) -> str | None:
     if dtype != "int8":
         return None
     return ("Warning: int8 ratings are approximate: on the bundled demo data int8 changed the most likely rating "
-            "of about 3 cells in 10 against float32 and reordered the samples' S_sent (README, Benchmarks); "
+            "of 2 to 3 cells in 10 against float32 and reordered the samples' S_sent (README, Benchmarks); "
             "rank with float32 scores.")
 
 

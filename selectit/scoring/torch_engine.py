@@ -88,7 +88,7 @@ class Scorer(RequestPreparation, ScoringEngine):
         self.max_padding = max_padding
         # Packed rows: on an accelerator C runs once on its KV cache and the suffixes over it (plain
         # causal attention keeps SDPA's fused kernels); on a CPU one row under a 4-D mask, which
-        # measured 1.5-2× faster there: fewer, larger forwards (benchmarks/RESULTS.md).
+        # measured ~10% faster there (fewer, larger forwards; benchmarks/RESULTS.md).
         self.shared = "mask" if self.device.type == "cpu" else "cache"
         self._init_labels(label_ids)
         import transformers
