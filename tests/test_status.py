@@ -33,12 +33,13 @@ CELLS = {
     "a": {"a1": ("ok@30", "ok@30"), "a2": ("ok@300", "failed"), "a3": (None, None)},
     "b": {"b1": ("ok@1200", "ok@1200"), "b2": ("ok@30", None)},
 }
-# By hand, per scope: (done, missing, failed, ok cells in the last minute, in the last ten minutes)
+# By hand, per scope: (done, missing, failed, ok cells in the last minute, in the last ten minutes,
+# the seconds of the ten minutes they cover: since the first of them, at least 60)
 #   all: done 6 (a1 2, a2 1, b1 2, b2 1), missing 3 (a3 2, b2 1), failed 1; last minute a1 2 + b2 1 = 3;
-#        ten minutes 3 + a2 1 = 4 (b1, 20 minutes ago, is in neither)
-#   a:   done 3, missing 2, failed 1; last minute 2; ten minutes 3
-#   b:   done 3, missing 1, failed 0; last minute 1; ten minutes 1
-EXPECTED = {None: (6, 3, 1, 3, 4), "a": (3, 2, 1, 2, 3), "b": (3, 1, 0, 1, 1)}
+#        ten minutes 3 + a2 1 = 4 (b1, 20 minutes ago, is in neither), since a2's 300 s ago
+#   a:   done 3, missing 2, failed 1; last minute 2; ten minutes 3, since 300 s ago
+#   b:   done 3, missing 1, failed 0; last minute 1; ten minutes 1, 30 s ago: counted as 60 s
+EXPECTED = {None: (6, 3, 1, 3, 4, 300), "a": (3, 2, 1, 2, 3, 300), "b": (3, 1, 0, 1, 1, 60)}
 
 
 def _dead_pid() -> int:
@@ -102,17 +103,17 @@ def seeded(engine, monkeypatch) -> dict[str, int]:
 
 @pytest.mark.parametrize("dataset", [None, "a", "b"])
 def test_counts_rates_and_eta_of_the_store_or_one_dataset(engine, db_url, seeded, dataset) -> None:
-    done, missing, failed, last_minute, ten_minutes = EXPECTED[dataset]
+    done, missing, failed, last_minute, ten_minutes, span = EXPECTED[dataset]
     status = selectit.open(db_url).status(dataset)
     (row,) = status.scoring
     assert (row.model, row.prompt_set, row.done, row.missing, row.failed) == ("m", "s", done, missing, failed)
     assert row.cells_per_min_1m == last_minute  # cells in 60 s, per minute
-    assert row.cells_per_min == round(ten_minutes / 10, 1)
+    assert row.cells_per_min == round(ten_minutes * 60 / span, 1)  # over the part scoring covered
     assert row.by_engine == (("torch", done),)
     (model,) = status.models
     assert (model.model, model.done, model.missing, model.failed) == ("m", done, missing, failed)
-    assert model.eta_seconds == missing * 600 / ten_minutes  # missing ÷ (cells per second over ten minutes)
-    assert model.eta == duration(missing * 600 / ten_minutes)
+    assert model.eta_seconds == missing * span / ten_minutes  # missing ÷ (cells per second over that part)
+    assert model.eta == duration(missing * span / ten_minutes)
     assert model.time_left == "–"  # no finished job recorded a rate
     names = {"a": 3, "b": 2}
     assert status.samples_per_dataset == [(n, k) for n, k in names.items() if dataset in (None, n)]
@@ -140,13 +141,13 @@ def test_the_cli_shows_stalled_jobs_both_rates_and_the_eta(cli, seeded) -> None:
     assert out.exit_code == 0, out.output
     assert "stalled" in out.output and "expired" not in out.output
     # model, set, done, missing, failed, queued, running, stalled, failed jobs, 1 min, 10 min, engines
-    assert _row(out.output, "m")[:11] == ["m", "s", "3", "2", "1", "0", "1", "2", "0", "2.0", "0.3"]
+    assert _row(out.output, "m")[:11] == ["m", "s", "3", "2", "1", "0", "1", "2", "0", "2.0", "0.6"]
     per_model = out.output.split("per model (all prompt sets, dataset a)", 1)[1]
-    # model, done, missing, failed, 1 min, 10 min, ETA (2 missing at 3 cells per 600 s), time left
-    assert _row(per_model, "m") == ["m", "3", "2", "1", "2.0", "0.3", duration(2 * 600 / 3), "–"]
+    # model, done, missing, failed, 1 min, 10 min, ETA (2 missing at 3 cells per 300 s), time left
+    assert _row(per_model, "m") == ["m", "3", "2", "1", "2.0", "0.6", duration(2 * 300 / 3), "–"]
     assert "distinct samples stored" not in out.output  # a store-wide figure: left out for one dataset
     everything = cli("status")
-    assert _row(everything.output, "m")[:11] == ["m", "s", "6", "3", "1", "1", "1", "2", "1", "3.0", "0.4"]
+    assert _row(everything.output, "m")[:11] == ["m", "s", "6", "3", "1", "1", "1", "2", "1", "3.0", "0.8"]
     assert "distinct samples stored: 5" in everything.output
 
 

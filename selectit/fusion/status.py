@@ -6,7 +6,9 @@ rule of `rank` and `report` too): a cell counts *done* iff its score row has sta
 *failed* iff `failed`; every other cell of the scope is *missing*. A running job is *stalled*
 when its holder is gone: its lease expired, or its `host:pid` is a dead process on this host.
 Rates count the ok cells scored in the last minute and the last ten minutes (`scores.scored_at`,
-indexed); a model version's ETA is its missing cells at the last ten minutes' rate.
+indexed); a model version's ETA is its missing cells at the last ten minutes' rate. That rate is
+over the part of the ten minutes that scoring covered (from its first cell in them, at least a
+minute): a run that started two minutes ago is not taken for five times slower than it is.
 
     >>> for row in status_rows(engine, dataset="alpaca"): print(row.model, row.missing)  # doctest: +SKIP
 """
@@ -50,6 +52,8 @@ class StatusRow:
     cells_per_min_1m: float = 0.0  # ok cells scored in the last minute, per minute
     recent: int = 0  # ok cells scored in the last ten minutes
     recent_1m: int = 0  # … in the last minute
+    #: seconds of the ten minutes that `recent` covers: since its first cell, at least a minute
+    span: float = LAST_TEN_MINUTES
 
 
 @dataclass(frozen=True)
@@ -80,10 +84,11 @@ def model_progress(rows: Iterable[StatusRow], window: float = LAST_TEN_MINUTES,
     for model_id, mine in by_model.items():
         missing, recent, recent_1m = (sum(r.missing for r in mine), sum(r.recent for r in mine),
                                       sum(r.recent_1m for r in mine))
-        eta = 0.0 if not missing else (missing * window / recent if recent else None)
+        span = max((r.span for r in mine if r.recent), default=window)
+        eta = 0.0 if not missing else (missing * span / recent if recent else None)
         out.append(ModelProgress(mine[0].model, model_id, sum(r.done for r in mine), missing,
                                  sum(r.failed for r in mine), round(recent_1m * 60.0 / short_window, 1),
-                                 round(recent * 60.0 / window, 1), eta))
+                                 round(recent * 60.0 / span, 1), eta))
     return out
 
 
@@ -100,7 +105,8 @@ def status_rows(engine: Engine, *, dataset: str | None = None, window: float = L
         ds = lookups.dataset_id(session, dataset) if dataset is not None else None
     cells = store_coverage(engine.url.render_as_string(hide_password=False), dataset)
     with db.read_scope(engine) as session:
-        recent = {(m, s): (n, n1) for m, s, n, n1 in session.execute(recent_cells(since, short_since, ds))}
+        recent = {(m, s): (n, n1, _span(first, now, window, short_window))
+                  for m, s, n, n1, first in session.execute(recent_cells(since, short_since, ds))}
         per_engine: dict[tuple[int, str], list[tuple[str, int]]] = {}
         for m, s, eng, n in session.execute(_of_dataset(
                 sa.select(Score.model_id, Prompt.set_name, Score.engine, sa.func.count())
@@ -114,12 +120,12 @@ def status_rows(engine: Engine, *, dataset: str | None = None, window: float = L
         def jobs(state: str, c=c) -> int:  # noqa: ANN001 - the loop's coverage row
             return job_counts.get((c.model_id, c.prompt_set, state), 0)
 
-        n, n1 = recent.get((c.model_id, c.prompt_set), (0, 0))
+        n, n1, span = recent.get((c.model_id, c.prompt_set), (0, 0, window))
         rows.append(StatusRow(
             c.model, c.model_id, c.prompt_set, c.ok, c.missing, c.failed,
             jobs(JobStatus.QUEUED), jobs(JobStatus.RUNNING), jobs(STALLED), jobs(JobStatus.FAILED),
-            round(n * 60.0 / window, 1), tuple(sorted(per_engine.get((c.model_id, c.prompt_set), ()))),
-            round(n1 * 60.0 / short_window, 1), n, n1))
+            round(n * 60.0 / span, 1), tuple(sorted(per_engine.get((c.model_id, c.prompt_set), ()))),
+            round(n1 * 60.0 / short_window, 1), n, n1, span))
     return rows
 
 
@@ -131,12 +137,23 @@ def _of_dataset(q: sa.Select, dataset_id: int | None) -> sa.Select:
                                          DatasetSample.dataset_id == dataset_id))
 
 
+def _span(first: dt.datetime | str | None, now: dt.datetime, window: float, short_window: float) -> float:
+    """Seconds of the window that scoring covered: from its first cell in it to now, at least
+    `short_window` (a few cells a moment ago are no rate), at most `window`."""
+    if isinstance(first, str):  # SQLite hands an aggregate's datetime back as text
+        first = dt.datetime.fromisoformat(first)
+    if first is None:
+        return window
+    return min(window, max(short_window, (now - first.replace(tzinfo=None)).total_seconds()))
+
+
 def recent_cells(since: dt.datetime, short_since: dt.datetime, dataset_id: int | None = None) -> sa.Select:
-    """(model id, prompt set, ok cells scored since `since`, … since `short_since`) of the active
-    prompts: a range of the index `ix_scores_status_scored_at`, not a scan of every score."""
+    """(model id, prompt set, ok cells scored since `since`, … since `short_since`, the first
+    one's time) of the active prompts: a range of the index `ix_scores_status_scored_at`, not a
+    scan of every score."""
     return (_of_dataset(
         sa.select(Score.model_id, Prompt.set_name, sa.func.count(),
-                  sa.func.count().filter(Score.scored_at >= short_since))
+                  sa.func.count().filter(Score.scored_at >= short_since), sa.func.min(Score.scored_at))
         .join(Prompt, Prompt.id == Score.prompt_id)
         .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since), dataset_id)
         .group_by(Score.model_id, Prompt.set_name))
