@@ -51,7 +51,9 @@ def test_concurrent_ingests_into_a_new_dataset_both_succeed(postgres_url: str, t
     holder.execute(sa.text("INSERT INTO datasets (name, source, created_at) VALUES ('new', 'x', now())"))
     proc = subprocess.Popen([sys.executable, "-m", "selectit", "--db", postgres_url, "ingest", str(b),
                              "--dataset", "new"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with engine.connect() as watch:  # wait until it is blocked on our row lock
+    # Wait until it is blocked on our row lock. Autocommit: pg_stat_activity is a snapshot taken
+    # once per transaction, so a watch inside one transaction would never see the wait begin.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watch:
         for _ in range(600):
             waiting = watch.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -59,6 +61,7 @@ def test_concurrent_ingests_into_a_new_dataset_both_succeed(postgres_url: str, t
             if waiting or proc.poll() is not None:
                 break
             time.sleep(0.1)
+    assert waiting == 1, "the second ingest never waited on the first one's dataset row"
     tx.commit()
     holder.close()
     out, err = proc.communicate(timeout=120)
