@@ -131,6 +131,9 @@ def test_ingest_takes_a_table_in_memory(tmp_path: Path, kind: str) -> None:
         assert store.datasets().to_pylist()[0]["source"] == f"<in-memory {type(data).__name__}>"
         with pytest.raises(SelectitError, match=r"^cannot ingest a builtins.dict: give a path, a pyarrow.Table"):
             store.ingest({"instruction": "x"}, dataset="d")
+        with pytest.raises(SelectitError, match=r"^split names a split of a Hub dataset .* a table in memory has none"):
+            store.ingest(data, dataset="other", split="train")  # never silently ignored
+        assert [r["name"] for r in store.datasets().to_pylist()] == ["d"]  # nothing half-written
 
 
 def test_selection_returns_the_frozen_rows_with_texts_and_originals(tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
 from selectit.fusion.errors import FusionError, ReadOnlyError
 from selectit.fusion.store_attach import one_line
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Statement types the console runs; all others (COPY, EXPORT, CALL, SET, ATTACH, LOAD, PRAGMA
 #: settings, transactions, …) are refused. Writes to `store.*` fail: it is attached READ_ONLY.

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,6 +46,9 @@ from selectit.io.records import digest as _digest
 from selectit.store import db
 from selectit.store.db import is_postgres
 from selectit.store.schema import Dataset, Ingest, utcnow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Records written per round trip (SQLite executemany); bounded memory for any file size.
 CHUNK = 20_000
@@ -401,7 +404,9 @@ def ingest(engine: Engine, data: Any, dataset: str, **options: Any) -> IngestRes
 
     import pyarrow.parquet as pq
 
-    options.pop("split", None)
+    if options.pop("split", None) is not None:
+        raise SelectitError("split names a split of a Hub dataset or a saved DatasetDict; a table in memory "
+                            "has none: select it before ingesting (e.g. dataset_dict['train'])")
     with tempfile.TemporaryDirectory(prefix="selectit-ingest-") as tmp:
         path = Path(tmp) / "records.parquet"
         pq.write_table(table, path)
@@ -409,7 +414,7 @@ def ingest(engine: Engine, data: Any, dataset: str, **options: Any) -> IngestRes
                            source=f"<in-memory {type(data).__name__}>")
 
 
-def _as_arrow(data: Any) -> Any:
+def _as_arrow(data: Any) -> pa.Table | None:
     """`data` as a `pyarrow.Table` when it is a table in memory (Arrow, pandas, datasets), else None."""
     if isinstance(data, (str, os.PathLike)):
         return None
