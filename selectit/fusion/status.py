@@ -137,14 +137,10 @@ def _of_dataset(q: sa.Select, dataset_id: int | None) -> sa.Select:
                                          DatasetSample.dataset_id == dataset_id))
 
 
-def _span(first: dt.datetime | str | None, now: dt.datetime, window: float, short_window: float) -> float:
+def _span(first: dt.datetime, now: dt.datetime, window: float, short_window: float) -> float:
     """Seconds of the window that scoring covered: from its first cell in it to now, at least
     `short_window` (a few cells a moment ago are no rate), at most `window`."""
-    if isinstance(first, str):  # SQLite hands an aggregate's datetime back as text
-        first = dt.datetime.fromisoformat(first)
-    if first is None:
-        return window
-    return min(window, max(short_window, (now - first.replace(tzinfo=None)).total_seconds()))
+    return min(window, max(short_window, (now - first).total_seconds()))
 
 
 def recent_cells(since: dt.datetime, short_since: dt.datetime, dataset_id: int | None = None) -> sa.Select:
