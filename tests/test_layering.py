@@ -28,14 +28,20 @@ def _selectit_imports(path: Path) -> set[str]:
     """The selectit modules `path` imports, as dotted names under `selectit.`."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("selectit.")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "selectit":
-                found |= {f"selectit.{a.name}" for a in node.names}
-            elif node.module.startswith("selectit."):
-                found.add(node.module)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found |= _selectit_imports_of(node)
     return found
+
+
+def _selectit_imports_of(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The selectit modules one import statement names."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name.startswith("selectit.")}
+    if not node.module or node.level != 0:
+        return set()
+    if node.module == "selectit":
+        return {f"selectit.{a.name}" for a in node.names}
+    return {node.module} if node.module.startswith("selectit.") else set()
 
 
 def _wing(dotted: str) -> str:
@@ -123,14 +129,6 @@ def _import_time_imports(path: Path) -> set[str]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             found |= _selectit_imports_of(node)
     return found
-
-
-def _selectit_imports_of(node: ast.Import | ast.ImportFrom) -> set[str]:
-    if isinstance(node, ast.Import):
-        return {a.name for a in node.names if a.name.startswith("selectit.")}
-    if node.module and node.level == 0 and node.module.startswith("selectit."):
-        return {node.module}
-    return set()
 
 
 def test_no_import_circle() -> None:
