@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from selectit.ranking import Ranking
 from selectit.store import db
 
 N_PROMPTS = 5
@@ -186,7 +187,7 @@ def rank_selectit(url: str) -> tuple[list[int], dict[int, float]]:
     from selectit.fusion import selection
     from selectit.fusion import views as fusion
 
-    con = fusion.connect(url, prompt_set="bench", alpha=ALPHA)
+    con = fusion.connect(url, Ranking(prompt_set="bench", alpha=ALPHA))
     try:
         selection.rank_dataset(con, "bench")
         top = selection.chosen(con, selection.Criterion(top=TOP))

@@ -1,7 +1,8 @@
 """selectit: SelectIT data selection as a database-backed, incremental curation system.
 
-Importable without torch: the scoring engine (`selectit.scorer`) imports torch itself.
-`selectit.open(url)` returns a `selectit.api.Store` (imported on first use).
+Importable without torch: the scoring engines (`selectit.scoring`) import torch themselves.
+`selectit.open(url)` returns a `selectit.api.Store` (imported on first use); `selectit.Ranking`
+says how to rank.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["open", "Store", "__version__"]
+__all__ = ["open", "Store", "Ranking", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from selectit import api
 
         return getattr(api, name)
+    if name == "Ranking":
+        from selectit.ranking import Ranking
+
+        return Ranking
     raise AttributeError(f"module 'selectit' has no attribute {name!r}")

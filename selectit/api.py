@@ -3,11 +3,12 @@
     >>> import selectit
     >>> store = selectit.open("sqlite:///selectit.db")          # doctest: +SKIP
     >>> store.ingest("alpaca.json", dataset="alpaca")            # doctest: +SKIP
-    >>> store.rank("alpaca", alpha=0.2).to_pandas().head()       # doctest: +SKIP
+    >>> store.rank("alpaca", ranking=selectit.Ranking(alpha=0.5)).to_pandas().head()  # doctest: +SKIP
 
 `open(url)` gives a `Store` on a curation database (created on first use; an older schema is
 refused with the command that upgrades it). Tables come back as `pyarrow.Table`
 (``.to_pandas()`` where pandas is installed). Nothing here imports torch until `score()` runs.
+How to rank is one value, `selectit.Ranking`, which every ranked method takes as `ranking=`.
 
 Every `selectit` command is one `Store` method: the CLI parses options, calls it and prints what
 it returns, so both raise the same `selectit.errors.SelectitError` messages.
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, DEFAULT_TOP
+from selectit.contract import DEFAULT_TOP
 from selectit.errors import SelectitError
+from selectit.ranking import DEFAULT_RANKING, Ranking
 from selectit.settings import Settings
 from selectit.store import db
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from selectit.fusion.selection import Criterion
+    from selectit.fusion.session import Fusion
     from selectit.fusion.status import ModelProgress, StatusRow, TickRow
     from selectit.fusion.views import Coverage, Params
     from selectit.io.export import ExportResult
@@ -333,63 +336,51 @@ class Store:
         return time_left(self.engine, missing, EngineOptions.from_env().engine)
 
     # -- fusion -----------------------------------------------------------------------------
-    @contextmanager
-    def _fusion(self, *, alpha: float, formula: str, models: Sequence[str] | None, prompt_set: str | None,
-                weights: dict[str, float] | None, top: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        from selectit.fusion import views as fusion
+    # Every ranked method takes one `Ranking` (models, θ, prompt set, α, formula; default
+    # SelectIT's) and runs the recipe of `selectit.fusion.session.Fusion`.
+    def _fusion(self, ranking: Ranking, top: float | None = None) -> Fusion:
+        from selectit.fusion.session import Fusion
 
-        con = fusion.connect(self.url, alpha=alpha, formula=formula, models=list(models) if models else None,
-                             prompt_set=prompt_set, weights=weights, top=DEFAULT_TOP if top is None else top)
-        try:
-            yield con
-        finally:
-            con.close()
+        return Fusion(self.url, _ranking(ranking), top=DEFAULT_TOP if top is None else top)
 
-    def rank_summary(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
-                     weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-                     prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
-                     min_score: float | None = None, limit: int | None = None,
+    def rank_summary(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
+                     top_n: int | None = None, min_score: float | None = None, limit: int | None = None,
                      require_complete: bool = False) -> RankSummary:
         """The head of `dataset`'s ranking (`limit` rows of those kept), its size and its coverage.
 
         A partly scored dataset gives a `warning`, or with `require_complete` an `IncompleteScoring` error.
         """
         from selectit.fusion import selection
-        from selectit.fusion import views as fusion
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
         if limit is not None:
             limit = min(limit, MAX_ROWS)  # more rows than any dataset holds: DuckDB's LIMIT is 64-bit
-        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            params = fusion.require_scoring_setup(con)
-            n_rankable = selection.rank_dataset(con, dataset)
-            head = selection.chosen_with_texts(con, criterion, limit=limit, columns=("instruction",))
-            n_chosen = selection.count_chosen(con, criterion)
-            cov = fusion.coverage(con, dataset)
-        warning = selection.partial_warning(cov, require_complete)
-        return RankSummary(dataset, params, criterion, head, n_rankable, n_chosen, cov, warning)
+        with self._fusion(ranking) as f:
+            ranked = f.rank(dataset, require_complete=require_complete)
+            head = selection.chosen_with_texts(f.con, criterion, limit=limit, columns=("instruction",))
+            n_chosen = selection.count_chosen(f.con, criterion)
+        return RankSummary(dataset, ranked.params, criterion, head, ranked.n_rankable, n_chosen, ranked.coverage,
+                           ranked.warning)
 
-    def rank(self, dataset: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
-             weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-             prompt_set: str | None = None, top: float | None = None, top_n: int | None = None,
-             min_score: float | None = None) -> pa.Table:
+    def rank(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
+             top_n: int | None = None, min_score: float | None = None) -> pa.Table:
         """The dataset's ranking, best first: rank, sample_id, position, s_model, instruction, input, output.
 
-        Recomputed from the stored ratings for any α, formula, models or weights. `top`/`top_n`/
-        `min_score` keep only part of it (default: every rankable sample).
+        Recomputed from the stored ratings for any `Ranking` (models, θ, prompt set, α, formula).
+        `top`/`top_n`/`min_score` keep only part of it (default: every rankable sample).
+
+            >>> store.rank("alpaca", ranking=selectit.Ranking(alpha=0.5), top=0.2)  # doctest: +SKIP
         """
         from selectit.fusion import selection
 
         criterion = selection.Criterion(top=top, top_n=top_n, min_score=min_score)
-        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            selection.rank_dataset(con, dataset)
-            return selection.chosen_with_texts(con, criterion)
+        with self._fusion(ranking) as f:
+            f.rank(dataset)
+            return selection.chosen_with_texts(f.con, criterion)
 
-    def select(self, name: str, dataset: str, *, top: float | None = None, top_n: int | None = None,
-               min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
-               weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None, random: float | None = None, seed: int = 0,
-               by: str = "score", require_complete: bool = False) -> SelectionInfo:
+    def select(self, name: str, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
+               top_n: int | None = None, min_score: float | None = None, random: float | None = None,
+               seed: int = 0, by: str = "score", require_complete: bool = False) -> SelectionInfo:
         """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%).
 
         Controls for ablations, from the same rankable samples and with the same size rules:
@@ -397,13 +388,7 @@ class Store:
         ``by="length", top=0.2`` keeps the 20% with the longest responses. A partly scored dataset
         gives a `warning`, or with `require_complete` an `IncompleteScoring` error (nothing frozen).
         """
-        from selectit.fusion import views as fusion
-        from selectit.fusion.selection import (
-            Control,
-            Criterion,
-            freeze_selection,
-            partial_warning,
-        )
+        from selectit.fusion.selection import Control, Criterion, freeze_selection
         from selectit.fusion.views import FusionError
 
         criterion: Criterion | Control
@@ -420,12 +405,12 @@ class Store:
             criterion = Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
         else:
             criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
-        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            fusion.require_scoring_setup(con)
-            cov = fusion.coverage(con, dataset)
-            warning = partial_warning(cov, require_complete)  # before anything is frozen
-            selection_id, n, n_rankable = freeze_selection(self.engine, con, name, dataset, criterion)
-        return SelectionInfo(name, selection_id, dataset, n, n_rankable, cov, criterion.describe(), warning)
+        with self._fusion(ranking) as f:
+            ranked = f.rank(dataset, require_complete=require_complete)
+            selection_id, n, n_rankable = freeze_selection(self.engine, f.con, name, dataset, criterion,
+                                                           ranked.n_rankable)
+        return SelectionInfo(name, selection_id, dataset, n, n_rankable, ranked.coverage, criterion.describe(),
+                             ranked.warning)
 
     def selection(self, name: str) -> pa.Table:
         """The frozen selection `name`, best first: rank, sample_id, score (its S_model when frozen),
@@ -461,14 +446,13 @@ class Store:
     def export(self, out: str | os.PathLike[str] | None = None, *, selection: str | None = None, dataset: str | None = None,
                format: str | None = None, order: str = "rank", with_scores: bool = False,
                llamafactory: bool | str | None = False,
-               card: bool = True, top: float | None = None, top_n: int | None = None,
-               min_score: float | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
-               weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-               prompt_set: str | None = None, overwrite: bool = False, card_paths: bool = False,
-               require_complete: bool = False) -> ExportResult | datasets.Dataset:
+               card: bool = True, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
+               top_n: int | None = None, min_score: float | None = None, overwrite: bool = False,
+               card_paths: bool = False, require_complete: bool = False) -> ExportResult | datasets.Dataset:
         """Write a frozen `selection` (or the current top of `dataset`) to `out`.
 
-        `format` defaults to ``original`` (the records as ingested, in the input's format) when
+        `ranking` and `top`/`top_n`/`min_score` choose the current top of `dataset` (a frozen
+        selection keeps its own). `format` defaults to ``original`` (the records as ingested, in the input's format) when
         every selected record kept its original, else ``alpaca-json``. `out` a directory (existing,
         or ending with ``/``): the files are named after the entry. Existing files are replaced only
         when `out` names them or this export wrote them for the same entry, unless `overwrite`.
@@ -492,16 +476,16 @@ class Store:
             from selectit.contract import valid_name
 
             llamafactory = valid_name(llamafactory, "LLaMA-Factory dataset")
+        if selection is not None and ranking != DEFAULT_RANKING:
+            raise SelectitError(f"--selection {selection} is frozen with its own models, prompts, α and formula; "
+                                f"--models, --prompt-set, --alpha, --formula and --weights rank the current "
+                                f"dataset and go with --dataset")
         return export_selection(self.engine, self.url, out, selection=selection, dataset=dataset, fmt=format,
-                                order=order,
-                                with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
-                                top_n=top_n, min_score=min_score, alpha=alpha, formula=formula,
-                                weights=weights, models=list(models) if models else None,
-                                prompt_set=prompt_set, overwrite=overwrite, card_paths=card_paths,
-                                require_complete=require_complete)
+                                order=order, with_scores=with_scores, llamafactory=llamafactory, card=card,
+                                ranking=_ranking(ranking), top=top, top_n=top_n, min_score=min_score,
+                                overwrite=overwrite, card_paths=card_paths, require_complete=require_complete)
 
-    def diagnose(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
-                 alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None) -> pa.Table:
+    def diagnose(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING) -> pa.Table:
         """Rater health of `dataset`: the `rater_health` rows (per model, then per prompt; the
         fusion row last) with label mass, decisiveness, collapse, agreement and truncation, and a
         `warning` column (the lines of `health_warnings`, joined by newlines; "" when none).
@@ -512,8 +496,8 @@ class Store:
 
         from selectit.fusion import health
 
-        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights) as con:
-            rows = health.diagnose(con, dataset)
+        with self._fusion(ranking) as f:
+            rows = health.diagnose(f.con, dataset)
         found = health.judge(rows)
         for r in rows:
             r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
@@ -526,21 +510,17 @@ class Store:
 
         return health.store_words(self.url, prompt_sets)
 
-    def health_warnings(self, dataset: str, models: Sequence[str] | None = None, prompt_set: str | None = None, *,
-                        selection: str | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
-                        weights: dict[str, float] | None = None) -> list[str]:
+    def health_warnings(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING,
+                        selection: str | None = None) -> list[str]:
         """The rater health warnings of `dataset` (or of the frozen `selection`'s dataset and
         models), one line each; [] when every figure is within its threshold (`selectit.health`)."""
         from selectit.fusion import health
 
         if selection is not None:
             return health.selection_warnings(self.engine, self.url, selection)
-        return health.warnings_for(self.url, dataset, alpha=alpha, formula=formula,
-                                   models=list(models) if models else None, prompt_set=prompt_set, weights=weights)
+        return health.warnings_for(self.url, dataset, _ranking(ranking))
 
-    def report(self, dataset: str, out: str | os.PathLike[str], *, alpha: float = DEFAULT_ALPHA,
-               formula: str = DEFAULT_FORMULA, weights: dict[str, float] | None = None,
-               models: Sequence[str] | None = None, prompt_set: str | None = None,
+    def report(self, dataset: str, out: str | os.PathLike[str], *, ranking: Ranking = DEFAULT_RANKING,
                top: float = DEFAULT_TOP) -> ReportResult:
         """Write an HTML report of `dataset`'s ratings and its top share to the directory `out`.
 
@@ -548,27 +528,28 @@ class Store:
         """
         from selectit.io.report import build_report
 
-        return build_report(self.url, dataset, out, models=list(models) if models else None, prompt_set=prompt_set,
-                            alpha=alpha, formula=formula, weights=weights, top=top)
+        return build_report(self.url, dataset, out, _ranking(ranking), top=top)
 
-    def query(self, query: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
-              weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-              prompt_set: str | None = None, top: float | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(self, query: str, *, ranking: Ranking = DEFAULT_RANKING,
+              top: float | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Read-only SQL (DuckDB) over the fusion views and the curation tables: (columns, rows)."""
         from selectit.fusion import views as fusion
 
-        with self._fusion(alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights,
-                          top=top) as con:
-            return fusion.run_sql(con, query)
+        with self._fusion(ranking, top) as f:
+            return fusion.run_sql(f.con, query)
 
-    def sql(self, query: str, *, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
-            weights: dict[str, float] | None = None, models: Sequence[str] | None = None,
-            prompt_set: str | None = None, top: float | None = None) -> pa.Table:
+    def sql(self, query: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None) -> pa.Table:
         """Read-only SQL (DuckDB) over the fusion views and the curation tables (``store.<table>``)."""
         from selectit.fusion.console import as_arrow
 
-        return as_arrow(*self.query(query, alpha=alpha, formula=formula, weights=weights, models=models,
-                                    prompt_set=prompt_set, top=top))
+        return as_arrow(*self.query(query, ranking=ranking, top=top))
+
+
+def _ranking(value: Any) -> Ranking:
+    """`value` if it is a `Ranking`, else the one-line error a script needs (not an AttributeError later)."""
+    if not isinstance(value, Ranking):
+        raise SelectitError(f"ranking must be a selectit.Ranking, e.g. Ranking(alpha=0.5), not {type(value).__name__}")
+    return value
 
 
 def open(url: str | Path | None = None) -> Store:  # noqa: A001 - selectit.open mirrors sqlite_utils.Database

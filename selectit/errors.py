@@ -21,6 +21,10 @@ class BadInput(SelectitError):
     """A value given by the user (an option, a name, a file's content) that cannot be used."""
 
 
+class FusionError(SelectitError):
+    """A ranking, selection or export request that cannot be served as asked."""
+
+
 class NotFound(SelectitError, LookupError):
     """A named thing of the store does not exist."""
 

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import selectit
+from selectit.ranking import Ranking
 from selectit.cli import main
 from selectit.errors import NoSuchSelection, SelectitError
 
@@ -81,13 +82,13 @@ def test_store_methods(tmp_path: Path) -> None:
         assert (result.read, result.new) == (4, 4)
         assert store.datasets().column("name").to_pylist() == ["d"]
         score_everything(url)
-        full = store.rank("d", prompt_set="s")
+        full = store.rank("d", ranking=Ranking(prompt_set="s"))
         assert full.num_rows == 4
-        top = store.rank("d", prompt_set="s", top_n=2)
+        top = store.rank("d", ranking=Ranking(prompt_set="s"), top_n=2)
         assert top.to_pylist() == full.slice(0, 2).to_pylist()
-        other = store.rank("d", prompt_set="s", alpha=1.0, formula="reference-code")
+        other = store.rank("d", ranking=Ranking(prompt_set="s", alpha=1.0, formula="reference-code"))
         assert other["s_model"].to_pylist() != full["s_model"].to_pylist()
-        info = store.select("best", dataset="d", prompt_set="s", top_n=2)
+        info = store.select("best", dataset="d", ranking=Ranking(prompt_set="s"), top_n=2)
         assert (info.name, info.n_selected, info.n_rankable) == ("best", 2, 4)
         written = store.export(tmp_path / "best.json", selection="best")
         assert written.format == "alpaca-json" and written.n == 2  # the input's own format (original)
@@ -145,8 +146,8 @@ def test_selection_returns_the_frozen_rows_with_texts_and_originals(tmp_path: Pa
     with selectit.open(url) as store:
         store.ingest(path, dataset="d")
         score_everything(url)
-        ranking = store.rank("d", prompt_set="s")
-        store.select("best", dataset="d", prompt_set="s", top_n=3)
+        ranking = store.rank("d", ranking=Ranking(prompt_set="s"))
+        store.select("best", dataset="d", ranking=Ranking(prompt_set="s"), top_n=3)
         store.ingest(path, dataset="later")  # later data changes nothing frozen
         chosen = store.selection("best")
         assert chosen.column_names == ["rank", "sample_id", "score", "instruction", "input", "output",

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from test_fusion import seed
 from test_rater_health import _random_cells
 
+from selectit.ranking import Ranking
 from selectit.cli import main
 from selectit.contract import EXPORT_FORMATS
 from selectit.store import db
@@ -115,7 +116,7 @@ def test_report_compares_the_selection_with_both_controls(sqlite_url: str, tmp_p
     _seeded(sqlite_url)
     for args in (["sel", "--top", "0.3"], ["rnd", "--random", "0.3"], ["long", "--by", "length", "--top", "0.3"]):
         assert _run(sqlite_url, "select", args[0], "--dataset", "d", "--prompt-set", "s", *args[1:]).exit_code == 0
-    result = build_report(sqlite_url, "d", tmp_path / "report", prompt_set="s", top=0.3)
+    result = build_report(sqlite_url, "d", tmp_path / "report", Ranking(prompt_set="s"), top=0.3)
     rows = {r["selection"]: r for r in result.tables["controls"].records()}
     chosen = {r[0] for r in _selected(sqlite_url, "sel")}
     for label, name in (("SelectIT (top share)", "sel"), ("random control (seed 0)", "rnd"),

@@ -16,6 +16,7 @@ import pytest
 from test_data_io import ALPACA, MESSAGES, SHAREGPT, llamafactory_examples, ok, score_everything, write_jsonl
 
 import selectit
+from selectit.ranking import Ranking
 from selectit.api import init
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import SelectitError
@@ -142,7 +143,7 @@ def test_the_api_counts_trailing_turns_and_returns_an_hf_dataset_in_memory(db_ur
     source = SOURCES["alpaca"](tmp_path)
     assert store.ingest(source, "a").trailing == 0
     score_everything(db_url)
-    store.select("a", "a", prompt_set="s", top=1.0)
+    store.select("a", "a", ranking=Ranking(prompt_set="s"), top=1.0)
     ds = store.export(selection="a", format="hf-dataset", order="dataset")
     import datasets
 

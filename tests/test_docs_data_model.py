@@ -10,6 +10,7 @@ import re
 from conftest import ROOT
 from test_fusion import seed
 
+from selectit.ranking import Ranking
 from selectit.fusion import views as fusion
 from selectit.store.schema import Base
 
@@ -41,7 +42,7 @@ def test_every_table_and_column_of_the_store_is_documented() -> None:
 
 def test_every_view_the_console_sees_is_documented_with_its_columns(engine, db_url: str) -> None:
     seed(engine)
-    con = fusion.connect(db_url, prompt_set="s")
+    con = fusion.connect(db_url, Ranking(prompt_set="s"))
     try:
         objects = con.execute(
             "SELECT view_name, 'view' FROM duckdb_views() WHERE temporary AND NOT internal "

@@ -14,6 +14,7 @@ import random
 import pytest
 import sqlalchemy as sa
 
+from selectit.ranking import Ranking
 from selectit.fusion import views as fusion
 from selectit.io.ingest import content_hash, ingest_file
 from selectit.store.db import session_scope
@@ -132,7 +133,7 @@ def ranking(con, dataset: str = "d") -> list[tuple[int, int, float]]:
 @pytest.mark.parametrize("alpha", [0.2, 1.0])
 def test_fusion_numbers_worked_by_hand(engine, formula: str, alpha: float) -> None:
     ids = seed(engine)
-    con = fusion.connect(url_of(engine), alpha=alpha, formula=formula, prompt_set="s")
+    con = fusion.connect(url_of(engine), Ranking(alpha=alpha, formula=formula, prompt_set="s"))
     try:
         token = {(r[0], r[1], r[2]): r[3:] for r in con.execute(
             "SELECT sample_id, model, position, s_base, s_token, s_token_paper, s_token_reference FROM token_scores"
@@ -181,7 +182,7 @@ def test_reference_numbers_spelled_out(engine) -> None:
     std = math.sqrt(sum((t - mean) ** 2 for t in tok_a) / 3)  # 0.0751557
     expected = 0.25 * mean / (1 + 0.2 * std) + 0.75 * 3 * (_e - 1) / (2 + _e)
     assert expected == pytest.approx(0.25 * 0.1667970 + 0.75 * 1.0925260, abs=1e-6)
-    con = fusion.connect(url_of(engine), formula="reference-code", prompt_set="s")
+    con = fusion.connect(url_of(engine), Ranking(formula="reference-code", prompt_set="s"))
     try:
         got = con.execute(f"SELECT s_model FROM model_scores WHERE sample_id = {ids['s3']}").fetchone()[0]
     finally:
@@ -193,7 +194,7 @@ def test_ties_go_to_the_earlier_dataset_position(engine) -> None:
     # Three samples with identical cells: equal S_model. Positions 2, 0, 1 → order s2, s3, s1.
     same = {"A": (T1, T2, T3), "B": (T5, T5, T4)}
     ids = seed(engine, {"s1": same, "s2": same, "s3": same}, positions={"s1": 2, "s2": 0, "s3": 1})
-    con = fusion.connect(url_of(engine), prompt_set="s")
+    con = fusion.connect(url_of(engine), Ranking(prompt_set="s"))
     try:
         rows = con.execute("SELECT sample_id, position, rank, percentile FROM ranking ORDER BY rank").fetchall()
     finally:
@@ -209,7 +210,7 @@ def test_missing_and_failed_cells_exclude_the_sample_and_are_counted(engine, cli
     cells["s3"]["B"][2] = None
     ids = seed(engine, {k: {m: tuple(v) for m, v in per.items()} for k, per in cells.items()},
                failed={("s3", "A", 1)})
-    con = fusion.connect(url_of(engine), prompt_set="s")
+    con = fusion.connect(url_of(engine), Ranking(prompt_set="s"))
     try:
         assert [r[0] for r in ranking(con)] == [ids["s1"]]
         cov = fusion.coverage(con, "d")
@@ -229,7 +230,7 @@ def test_weights_override_and_models_weight(engine) -> None:
          for n, per in CELLS.items()}
     for weights, theta in ((None, {"A": 3.0, "B": 300.0}), ({"A": 7, "B": 13}, {"A": 7.0, "B": 13.0}),
                            ({"B": 1}, {"A": 3.0, "B": 1.0})):
-        con = fusion.connect(url_of(engine), prompt_set="s", weights=weights)
+        con = fusion.connect(url_of(engine), Ranking(prompt_set="s", weights=weights))
         try:
             got = dict(con.execute("SELECT sample_id, s_model FROM model_scores").fetchall())
             assert {m.name: m.theta for m in fusion.params_of(con).models} == theta
@@ -239,9 +240,9 @@ def test_weights_override_and_models_weight(engine) -> None:
         assert got == {ids[n]: pytest.approx(theta["A"] / total * s[n]["A"] + theta["B"] / total * s[n]["B"], rel=1e-12)
                        for n in CELLS}
     with pytest.raises(fusion.FusionError, match=r"--weights names 'C', which is not among the chosen models \(A, B\)"):
-        fusion.connect(url_of(engine), prompt_set="s", weights={"C": 1})
+        fusion.connect(url_of(engine), Ranking(prompt_set="s", weights={"C": 1}))
     # One model alone: S_model = its S_sent.
-    con = fusion.connect(url_of(engine), prompt_set="s", models=["B"])
+    con = fusion.connect(url_of(engine), Ranking(prompt_set="s", models=["B"]))
     try:
         got = dict(con.execute("SELECT sample_id, s_model FROM model_scores").fetchall())
     finally:
@@ -264,7 +265,7 @@ def test_inactive_versions_leave_the_views(engine) -> None:
                 s.add(Score(sample_id=ids[name], model_id=new.id, prompt_id=ids[f"prompt:{j}"],
                             p1=0.125, p2=0.25, p3=0.125, mass=0.5, status="ok"))  # T1 everywhere → 0.5
         new_id = new.id
-    con = fusion.connect(url_of(engine), prompt_set="s")
+    con = fusion.connect(url_of(engine), Ranking(prompt_set="s"))
     try:
         assert {m.model_id for m in fusion.params_of(con).models} == {ids["model:A"], new_id}
         assert con.execute("SELECT DISTINCT model_id FROM token_scores ORDER BY 1").fetchall() == [
@@ -295,7 +296,7 @@ def test_sqlite_and_postgres_give_identical_rankings(sqlite_url: str, postgres_u
         engine = db.open_store(url)
         seed(engine, cells, scale=5)
         for formula in ("paper", "reference-code"):
-            con = fusion.connect(url, prompt_set="s", formula=formula, alpha=0.3)
+            con = fusion.connect(url, Ranking(prompt_set="s", formula=formula, alpha=0.3))
             try:
                 rankings.append(ranking(con))
             finally:
@@ -460,7 +461,7 @@ def test_one_coverage_rule_for_rank_report_and_status(engine, cli, tmp_path) -> 
     # model → (cells done, missing, failed)
     expected = {"A": (8, 0, 1), "B": (6, 3, 0)}
 
-    con = fusion.connect(url_of(engine), prompt_set="s")
+    con = fusion.connect(url_of(engine), Ranking(prompt_set="s"))
     try:
         cov = fusion.coverage(con, "d")
         overall = fusion.scoring_coverage(con)
@@ -477,7 +478,7 @@ def test_one_coverage_rule_for_rank_report_and_status(engine, cli, tmp_path) -> 
     for model, (ok, missing, failed) in expected.items():
         assert _table_row(rank.output, model)[2:] == [str(ok), str(missing), str(failed)]
 
-    report = build_report(url_of(engine), "d", tmp_path / "report", prompt_set="s")
+    report = build_report(url_of(engine), "d", tmp_path / "report", Ranking(prompt_set="s"))
     rows = {r["model"]: r for r in report.tables["coverage"].records()}
     for model, (ok, missing, failed) in expected.items():
         assert (rows[model]["cells_ok"], rows[model]["cells_missing"], rows[model]["cells_failed"]) == (ok, missing, failed)
@@ -507,6 +508,6 @@ def test_a_top_share_keeps_at_least_one_sample(engine, cli, tmp_path) -> None:
         assert [json.loads(line)["instruction"] for line in out.read_text().splitlines()] == ["Instruction s3"]
     sql = cli("sql", "SELECT sample_id FROM selective_alpaca", "--prompt-set", "s", "--top", "0.2", "--format", "json")
     assert json.loads(sql.output) == [{"sample_id": ids["s3"]}]
-    assert build_report(url_of(engine), "d", tmp_path / "report", prompt_set="s", top=0.2).n_selected == 1
+    assert build_report(url_of(engine), "d", tmp_path / "report", Ranking(prompt_set="s"), top=0.2).n_selected == 1
     # A share that rounds down to more than one is not changed: 0.7 × 3 = 2.1 → 2.
     assert "selected: 2 of 3 rankable" in cli("rank", "--dataset", "d", "--prompt-set", "s", "--top", "0.7").output

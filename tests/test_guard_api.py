@@ -20,6 +20,7 @@ from guards import assert_one_error, invoke, sqlite_path
 from test_fusion import seed
 
 import selectit
+from selectit.ranking import Ranking
 from selectit.errors import SelectitError
 from selectit.store import db
 
@@ -97,7 +98,7 @@ CASES = [
     Case("name-prompt-set", lambda f: ["prompts", "import", f["p.txt"], "--set", " ", "--layout", "reference"],
          lambda s, f: s.import_prompts(f["p.txt"], " ", "reference"), phrase="name"),
     Case("name-selection", lambda f: ["select", "tab\there", "--dataset", "d", "--prompt-set", "s"],
-         lambda s, f: s.select("tab\there", "d", prompt_set="s"), store="seeded", phrase="name"),
+         lambda s, f: s.select("tab\there", "d", ranking=Ranking(prompt_set="s")), store="seeded", phrase="name"),
     Case("name-model", lambda f: ["model", "add", "", "--source", f["junk.gguf"]],
          lambda s, f: s.add_model("", str(f["junk.gguf"])), phrase="name"),
     # -- registering (test_guard_registry)
@@ -111,14 +112,14 @@ CASES = [
     # -- reading and writing selections (test_guard_exports, test_guard_console)
     Case("export-the-store", lambda f: ["export", "--dataset", "d", "--prompt-set", "s", "--top-n", "2", "--out",
                                         f["store"]],
-         lambda s, f: s.export(f["store"], dataset="d", prompt_set="s", top_n=2), store="seeded",
+         lambda s, f: s.export(f["store"], dataset="d", ranking=Ranking(prompt_set="s"), top_n=2), store="seeded",
          phrase="curation database"),
     Case("min-score-nan", lambda f: ["select", "v1", "--dataset", "d", "--prompt-set", "s", "--min-score=nan"],
-         lambda s, f: s.select("v1", "d", prompt_set="s", min_score=float("nan")), store="seeded", phrase="finite"),
+         lambda s, f: s.select("v1", "d", ranking=Ranking(prompt_set="s"), min_score=float("nan")), store="seeded", phrase="finite"),
     Case("console-write", lambda f: ["sql", f"COPY (SELECT 1) TO '{f['dir']}/out.csv'"],
          lambda s, f: s.sql(f"COPY (SELECT 1) TO '{f['dir']}/out.csv'"), store="seeded"),
     Case("no-such-dataset", lambda f: ["rank", "--dataset", "nope", "--prompt-set", "s"],
-         lambda s, f: s.rank_summary("nope", prompt_set="s"), store="seeded", phrase="nope"),
+         lambda s, f: s.rank_summary("nope", ranking=Ranking(prompt_set="s")), store="seeded", phrase="nope"),
 ]
 
 

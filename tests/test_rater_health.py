@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from conftest import DEMO_DATA
 from test_fusion import THETA, seed, url_of
 
+from selectit.ranking import Ranking
 from selectit.api import Store
 from selectit.formulas import token_score
 from selectit.fusion import health
@@ -115,7 +116,7 @@ def test_figures_match_numpy_on_the_stored_probabilities(engine: sa.Engine) -> N
             s.execute(sa.update(Score).where(Score.sample_id == ids[name], Score.model_id == ids[f"model:{m}"],
                                              Score.prompt_id == ids[f"prompt:{j}"]).values(truncated=True))
     expected = _expected(cells, ids, truncated)
-    table = Store(url_of(engine)).diagnose("d", prompt_set="s")
+    table = Store(url_of(engine)).diagnose("d", ranking=Ranking(prompt_set="s"))
     rows = table.to_pylist()
     assert [r["level"] for r in rows] == ["model", "prompt", "prompt", "prompt"] * 2 + ["fusion"]
     for r in rows:
@@ -229,7 +230,7 @@ def test_status_health_over_every_sample(engine: sa.Engine) -> None:
     ids = seed(engine, _random_cells(random.Random(3)), scale=K, n_prompts=N_PROMPTS)
     words = health.store_words(url_of(engine), ["s"])
     assert set(words) == {("A", "s"), ("B", "s")} and set(words.values()) <= {"ok", *health.WORDS}
-    con = fusion.connect(url_of(engine), prompt_set="s")
+    con = fusion.connect(url_of(engine), Ranking(prompt_set="s"))
     try:  # '*' covers each stored sample once: the same cells as the dataset's own rows
         cells = con.execute(f"SELECT model, cells FROM ({fusion.health_sql(fusion.ALL_SAMPLES_SCOPE, fusion.params_of(con))}) "
                             "WHERE level = 'model' ORDER BY model").fetchall()

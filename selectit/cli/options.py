@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from selectit.cli.base import F
+from selectit.cli.base import F, handles_errors
 from selectit.contract import (
     DEFAULT_ALPHA,
     DEFAULT_FORMULA,
@@ -16,12 +17,22 @@ from selectit.contract import (
     Formula,
 )
 
+if TYPE_CHECKING:
+    from selectit import Ranking
+
 
 def _fusion_options(func: F) -> F:
-    """--models, --prompt-set, --alpha, --formula, --weights: what the fusion views compute with.
+    """--models, --prompt-set, --alpha, --formula, --weights: how to rank, built here once into
+    the command's one `ranking` argument (a `selectit.Ranking`).
 
-    Shared by rank, select, export, report and sql; the defaults are `selectit.fusion`'s.
+    Shared by rank, select, export, report, diagnose and sql; the defaults are `Ranking()`'s.
     """
+
+    @functools.wraps(func)
+    def with_ranking(*args: Any, models: str | None, prompt_set: str | None, alpha: float, formula: str,
+                     weights: str | None, **kwargs: Any) -> Any:
+        return func(*args, ranking=_ranking(models, prompt_set, alpha, formula, weights), **kwargs)
+
     for option in reversed([
         click.option("--models", default=None, metavar="A,B",
                      help="Comma-separated model names [default: every active model]."),
@@ -34,8 +45,17 @@ def _fusion_options(func: F) -> F:
         click.option("--weights", default=None, metavar="A=θ,B=θ",
                      help="Model-level θ per model [default: models.weight, else the parameter count]."),
     ]):
-        func = option(func)
-    return func
+        with_ranking = option(with_ranking)
+    return with_ranking  # type: ignore[return-value]
+
+
+@handles_errors
+def _ranking(models: str | None, prompt_set: str | None, alpha: float, formula: str, weights: str | None) -> Ranking:
+    """The one place the CLI turns the fusion options into a `Ranking` (its errors: one `Error:` line)."""
+    from selectit import Ranking
+
+    return Ranking(models=_parse_models(models), weights=_parse_weights(weights), prompt_set=prompt_set,
+                   alpha=alpha, formula=formula)
 
 
 def _top_option(help_text: str) -> Callable[[F], F]:
@@ -71,13 +91,6 @@ def _parse_models(models: str | None) -> list[str] | None:
     if len(set(names)) != len(names):
         raise click.BadParameter(f"{models!r} names a model twice", param_hint="--models")
     return names
-
-
-def _fusion_args(models: str | None, prompt_set: str | None, alpha: float, formula: str,
-                 weights: str | None) -> dict[str, Any]:
-    """The fusion options as `Store` keyword arguments."""
-    return {"models": _parse_models(models), "prompt_set": prompt_set, "alpha": alpha, "formula": formula,
-            "weights": _parse_weights(weights)}
 
 
 def _scope_options(func: F) -> F:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,16 +21,14 @@ from selectit.cli.base import (
 )
 from selectit.cli.options import (
     _criterion_options,
-    _fusion_args,
     _fusion_options,
-    _parse_models,
     _require_complete_option,
     _top_option,
 )
-from selectit.contract import (
-    DEFAULT_PROMPT_SET,
-    EXPORT_FORMATS,
-)
+from selectit.contract import EXPORT_FORMATS
+
+if TYPE_CHECKING:
+    from selectit import Ranking
 
 
 @main.command()
@@ -40,8 +38,7 @@ from selectit.contract import (
 @_top_option("Share of the ranking that counts as selected (rounded down, at least one).")
 @click.pass_context
 @handles_errors
-def report(ctx: click.Context, dataset: str, out: str, models: str | None, prompt_set: str | None,
-           alpha: float, formula: str, weights: str | None, top: float) -> None:  # fmt: skip
+def report(ctx: click.Context, dataset: str, out: str, ranking: Ranking, top: float) -> None:
     """Write an HTML report with plots (and the numbers behind them) for a scored dataset.
 
     Coverage, the S_model histogram with the selection's cut-off, the 10 best and 10 worst ranked
@@ -55,12 +52,12 @@ def report(ctx: click.Context, dataset: str, out: str, models: str | None, promp
       selectit report --dataset alpaca --out report --top 0.2
       selectit report --dataset alpaca --out report-2 --models smollm2,gemma --weights smollm2=1,gemma=2
     """
-    result = store(ctx).report(dataset, out, top=top, **_fusion_args(models, prompt_set, alpha, formula, weights))
+    result = store(ctx).report(dataset, out, ranking=ranking, top=top)
     echo(
         f"Report: {result.index} ({len(result.pngs)} plots; {result.n_rankable} of {result.n_samples} samples "
         f"rankable, {result.n_selected} selected)."
     )
-    _print_health_warnings(ctx, dataset, **_fusion_args(models, prompt_set, alpha, formula, weights))
+    _print_health_warnings(ctx, dataset, ranking=ranking)
 
 
 def _print_coverage(cov, params) -> None:  # noqa: ANN001
@@ -86,9 +83,8 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
 @_require_complete_option
 @click.pass_context
 @handles_errors
-def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-         weights: str | None, top: float | None, top_n: int | None, min_score: float | None, limit: int,
-         require_complete: bool) -> None:
+def rank(ctx: click.Context, dataset: str, ranking: Ranking, top: float | None, top_n: int | None,
+         min_score: float | None, limit: int, require_complete: bool) -> None:
     """Show the head of a dataset's ranking and how much of it is rankable yet.
 
     S_model is recomputed from the stored ratings for any --alpha, --formula, --models or
@@ -101,9 +97,8 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
       selectit rank --dataset alpaca --alpha 0.5 --formula reference-code --weights smol=1,gemma=2
       selectit rank --dataset alpaca --top 0.2 --require-complete
     """
-    summary = store(ctx).rank_summary(dataset, top=top, top_n=top_n, min_score=min_score, limit=limit,
-                                      require_complete=require_complete,
-                                      **_fusion_args(models, prompt_set, alpha, formula, weights))
+    summary = store(ctx).rank_summary(dataset, ranking=ranking, top=top, top_n=top_n, min_score=min_score,
+                                      limit=limit, require_complete=require_complete)
     params, criterion, head = summary.params, summary.criterion, summary.head.to_pylist()
     echo(f"{dataset}: alpha {params.alpha:g}, formula {params.formula}, models "
                   + ", ".join(f"{m.name} (θ {m.theta:g})" for m in params.models))
@@ -118,7 +113,7 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
     elif criterion.where() != "TRUE":
         echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
         _warn(summary.warning)
-    _print_health_warnings(ctx, dataset, **_fusion_args(models, prompt_set, alpha, formula, weights))
+    _print_health_warnings(ctx, dataset, ranking=ranking)
 
 
 @main.command()
@@ -134,9 +129,8 @@ def rank(ctx: click.Context, dataset: str, models: str | None, prompt_set: str |
 @_require_complete_option
 @click.pass_context
 @handles_errors
-def select(ctx: click.Context, name: str, dataset: str, models: str | None, prompt_set: str | None, alpha: float,
-           formula: str, weights: str | None, top: float | None, top_n: int | None, min_score: float | None,
-           random_share: float | None, seed: int, by: str, require_complete: bool) -> None:
+def select(ctx: click.Context, name: str, dataset: str, ranking: Ranking, top: float | None, top_n: int | None,
+           min_score: float | None, random_share: float | None, seed: int, by: str, require_complete: bool) -> None:
     """Freeze the current top of a dataset's ranking as the selection NAME.
 
     The ranks, sample ids, scores and parameters are stored, so `selectit export --selection NAME`
@@ -155,9 +149,8 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
       selectit select longest-20 --dataset alpaca --by length --top 0.2
       selectit select full-only --dataset alpaca --top 0.2 --require-complete
     """
-    info = store(ctx).select(name, dataset, top=top, top_n=top_n, min_score=min_score, random=random_share,
-                             seed=seed, by=by, require_complete=require_complete,
-                             **_fusion_args(models, prompt_set, alpha, formula, weights))
+    info = store(ctx).select(name, dataset, ranking=ranking, top=top, top_n=top_n, min_score=min_score,
+                             random=random_share, seed=seed, by=by, require_complete=require_complete)
     echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
                f"{dataset} ({info.how}).")
     _warn(info.warning)
@@ -193,8 +186,7 @@ def select(ctx: click.Context, name: str, dataset: str, models: str | None, prom
 @_require_complete_option
 @click.pass_context
 @handles_errors
-def export(ctx: click.Context, selection: str | None, dataset: str | None, models: str | None,
-           prompt_set: str | None, alpha: float, formula: str, weights: str | None, top: float | None,
+def export(ctx: click.Context, selection: str | None, dataset: str | None, ranking: Ranking, top: float | None,
            top_n: int | None, min_score: float | None, out: str, fmt: str | None, order: str, with_scores: bool,
            llamafactory: str | None, card: bool, overwrite: bool, card_paths: bool, require_complete: bool) -> None:
     """Write a selection for training: the records as ingested, or a format fine-tuning tools read.
@@ -217,10 +209,9 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
     if (selection is None) == (dataset is None):
         raise UserError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
     result = store(ctx).export(out, selection=selection, dataset=dataset, format=fmt, order=order,
-                               with_scores=with_scores, llamafactory=llamafactory, card=card, top=top,
-                               top_n=top_n, min_score=min_score, overwrite=overwrite, card_paths=card_paths,
-                               require_complete=require_complete,
-                               **_fusion_args(models, prompt_set, alpha, formula, weights))
+                               with_scores=with_scores, llamafactory=llamafactory, card=card, ranking=ranking,
+                               top=top, top_n=top_n, min_score=min_score, overwrite=overwrite,
+                               card_paths=card_paths, require_complete=require_complete)
     what = f"selection {selection}" if selection else f"{dataset}"
     if result.note:
         echo(result.note, err=True)
@@ -230,17 +221,16 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, model
     for extra in (result.card, result.dataset_info):
         if extra is not None:
             echo(f"wrote {extra}")
-    _print_health_warnings(ctx, dataset, selection=selection, **_fusion_args(models, prompt_set, alpha, formula,
-                                                                             weights))
+    _print_health_warnings(ctx, dataset, selection=selection, ranking=ranking)
 
 
 def _print_health_warnings(ctx: click.Context, dataset: str | None, *, selection: str | None = None,
-                           **fusion_options: Any) -> None:
+                           ranking: Ranking | None = None) -> None:
     """The rater health warnings on stderr, one line each (never changes the exit code)."""
     from selectit.errors import SelectitError
 
     try:
-        lines = store(ctx).health_warnings(dataset or "", selection=selection, **fusion_options)
+        lines = store(ctx).health_warnings(dataset or "", selection=selection, **({"ranking": ranking} if ranking else {}))
     except SelectitError as exc:  # the command itself already succeeded: say why there is no check
         lines = [f"rater health not checked: {_one_line(str(exc))}"]
     for line in lines:
@@ -249,13 +239,12 @@ def _print_health_warnings(ctx: click.Context, dataset: str | None, *, selection
 
 @main.command()
 @click.option("--dataset", "-d", required=True, help="The dataset whose ratings to check.")
-@click.option("--models", default=None, metavar="A,B", help="Comma-separated model names [default: every active model].")
-@click.option("--prompt-set", default=None, metavar="SET", help=f"Prompt set [default: {DEFAULT_PROMPT_SET}].")
+@_fusion_options
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]),
               help="A table and the warnings, or JSON (rows, warnings, thresholds).")
 @click.pass_context
 @handles_errors
-def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: str | None, fmt: str) -> None:
+def diagnose(ctx: click.Context, dataset: str, ranking: Ranking, fmt: str) -> None:
     """Check the raters: can their ratings of a dataset be trusted?
 
     Per model (and per prompt): the label mass (how much probability the rater puts on the label
@@ -274,7 +263,7 @@ def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: s
 
     from selectit.fusion import health
 
-    table = store(ctx).diagnose(dataset, models=_parse_models(models), prompt_set=prompt_set)
+    table = store(ctx).diagnose(dataset, ranking=ranking)
     rows = table.to_pylist()
     warnings = [line for r in rows for line in r["warning"].splitlines()]
     if fmt == "json":
@@ -303,8 +292,7 @@ def diagnose(ctx: click.Context, dataset: str, models: str | None, prompt_set: s
               help="Output format.")
 @click.pass_context
 @handles_errors
-def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-        weights: str | None, top: float, fmt: str) -> None:
+def sql(ctx: click.Context, query: str, ranking: Ranking, top: float, fmt: str) -> None:
     """Run SQL in DuckDB over the fusion views and the curation tables (read-only).
 
     Views: token_scores, sentence_scores, model_scores, ranking, selective_alpaca; tables
@@ -319,7 +307,7 @@ def sql(ctx: click.Context, query: str, models: str | None, prompt_set: str | No
     import csv
     import json
 
-    columns, rows = store(ctx).query(query, top=top, **_fusion_args(models, prompt_set, alpha, formula, weights))
+    columns, rows = store(ctx).query(query, ranking=ranking, top=top)
     if not columns:
         echo("OK")
     elif fmt == "csv":

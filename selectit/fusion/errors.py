@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from selectit.errors import SelectitError
-
-
-class FusionError(SelectitError):
-    """A ranking, selection or export request that cannot be served as asked."""
+from selectit.errors import FusionError  # defined with the base errors: `selectit.ranking` raises it too
 
 
 class ReadOnlyError(FusionError):

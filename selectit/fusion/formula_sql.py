@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 
-from selectit.contract import CellStatus, Formula, choices
+from selectit.contract import CellStatus, Formula
 from selectit.fusion.errors import FusionError
+from selectit.ranking import validate_alpha, validate_formula  # noqa: F401 - part of this module's interface
 
 TIE_RULE = "higher s_model first, then the earlier dataset position"
 
@@ -153,21 +154,6 @@ def validate_top(top: float) -> float:
     if not (isinstance(top, (int, float)) and math.isfinite(top) and 0 < top <= 1):
         raise FusionError(f"--top must be a share in (0, 1], e.g. 0.2 for the top 20%; got {top!r}")
     return float(top)
-
-
-def validate_alpha(alpha: float) -> float:
-    """α of the sentence level: a number >= 0."""
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-        raise FusionError(f"--alpha must be a number >= 0, e.g. 0.2; got {alpha!r}")
-    return float(alpha)
-
-
-def validate_formula(formula: str) -> Formula:
-    """The token-level formula, as a `Formula`."""
-    try:
-        return Formula(formula)
-    except ValueError:
-        raise FusionError(f"unknown formula {formula!r}; choose one of: {choices(Formula)}") from None
 
 
 def top_share_sql(top: float, n_rankable: str = "n_rankable") -> str:

@@ -21,6 +21,7 @@ import duckdb
 
 from selectit.contract import valid_name
 from selectit.fusion import views as fusion
+from selectit.ranking import Ranking
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str]
     the active models and the prompt sets named."""
     out: dict[tuple[str, str], str] = {}
     for set_name in sets:
-        con = fusion.connect(db_url, prompt_set=set_name)
+        con = fusion.connect(db_url, Ranking(prompt_set=set_name))
         try:
             every_sample = fusion.health_sql(fusion.ALL_SAMPLES_SCOPE, fusion.params_of(con))
             cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM ({every_sample}) WHERE level <> 'prompt'")
@@ -159,9 +160,9 @@ def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str]
     return out
 
 
-def warnings_for(db_url: str | None, dataset: str, **fusion_options: Any) -> list[str]:
-    """The warning lines for `dataset` under the fusion options of `fusion.connect` (models, …)."""
-    con = fusion.connect(db_url, **fusion_options)
+def warnings_for(db_url: str | None, dataset: str, ranking: Ranking) -> list[str]:
+    """The warning lines for `dataset` under `ranking`."""
+    con = fusion.connect(db_url, ranking)
     try:
         return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
     finally:

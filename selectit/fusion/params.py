@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from selectit.errors import NoSuchModel
 from selectit.fusion.errors import FusionError
 from selectit.fusion.formula_sql import TIE_RULE
 from selectit.fusion.store_attach import sql_str
+from selectit.ranking import Ranking
 from selectit.store.schema import MAX_SCALE
 
 
@@ -37,13 +37,21 @@ class ChosenPrompt:
 
 @dataclass(frozen=True)
 class Params:
-    """What a ranking was computed with (stored in a frozen selection's params)."""
+    """A `Ranking` resolved against the store: the model and prompt versions it chose, with each
+    model's θ. Its `as_json` is what a frozen selection stores in `selections.params`."""
 
-    alpha: float
-    formula: str
-    prompt_set: str
+    ranking: Ranking
+    prompt_set: str  # the set's name (the ranking's, or the default)
     models: tuple[ChosenModel, ...]
     prompts: tuple[ChosenPrompt, ...]
+
+    @property
+    def alpha(self) -> float:
+        return self.ranking.alpha
+
+    @property
+    def formula(self) -> str:
+        return self.ranking.formula
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -53,18 +61,23 @@ class Params:
             "prompts": [[p.prompt_id, p.set_name, p.position, p.scale] for p in self.prompts],
             "models": [{"id": m.model_id, "name": m.name, "theta": m.theta, "share": m.share} for m in self.models],
             "tie_rule": TIE_RULE,
+            "ranking": self.ranking.as_json(),  # the choices as given, before they were resolved
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Params:
-        """The parameters stored by `as_json` (e.g. in a frozen selection's params)."""
+        """The parameters stored by `as_json` (e.g. in a frozen selection's params); a selection
+        frozen before `ranking` was stored gets it from its resolved models and θ."""
         models = tuple(ChosenModel(m["id"], m["name"], m["theta"], m["share"]) for m in raw["models"])
-        return cls(raw["alpha"], raw["formula"], raw["prompt_set"], models, tuple(ChosenPrompt(*p) for p in raw["prompts"]))
+        ranking = Ranking.from_json(raw["ranking"]) if raw.get("ranking") else Ranking(
+            models=tuple(m.name for m in models) or None, weights={m.name: m.theta for m in models} or None,
+            prompt_set=raw["prompt_set"], alpha=raw["alpha"], formula=raw["formula"])
+        return cls(ranking, raw["prompt_set"], models, tuple(ChosenPrompt(*p) for p in raw["prompts"]))
 
 
-def choose_models(
-    con: duckdb.DuckDBPyConnection, models: Sequence[str] | None, weights: dict[str, float] | None
-) -> tuple[ChosenModel, ...]:
+def choose_models(con: duckdb.DuckDBPyConnection, ranking: Ranking) -> tuple[ChosenModel, ...]:
+    """The active versions of the ranking's models (default: every active model), each with its θ."""
+    models, weights = ranking.models, ranking.weight_map
     rows = con.execute(
         "SELECT id, name, weight, n_params FROM store.models WHERE CAST(active AS INTEGER) = 1 ORDER BY name, id"
     ).fetchall()
@@ -74,7 +87,6 @@ def choose_models(
         if unknown:
             raise NoSuchModel.named(unknown, active)
         rows = [r for r in rows if r[1] in set(models)]
-    weights = dict(weights or {})
     unknown = sorted(set(weights) - {r[1] for r in rows})
     if unknown:
         raise FusionError(
@@ -127,12 +139,7 @@ def prompt_sets(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 def params_of(con: duckdb.DuckDBPyConnection) -> Params:
     """The parameters `connect()` fixed on this connection."""
-    raw = json.loads(con.execute("SELECT params::VARCHAR FROM fusion_params").fetchone()[0])
-    models = tuple(
-        ChosenModel(m["id"], m["name"], m["theta"], m["share"]) for m in raw["models"]
-    )
-    prompts = tuple(ChosenPrompt(*p) for p in raw["prompts"])
-    return Params(raw["alpha"], raw["formula"], raw["prompt_set"], models, prompts)
+    return Params.from_json(json.loads(con.execute("SELECT params::VARCHAR FROM fusion_params").fetchone()[0]))
 
 
 def require_scoring_setup(con: duckdb.DuckDBPyConnection) -> Params:

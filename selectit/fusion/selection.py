@@ -218,9 +218,11 @@ def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
 
 
 def freeze_selection(
-    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion | Control
+    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion | Control,
+    n_rankable: int,
 ) -> tuple[int, int, int]:
-    """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable).
+    """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable),
+    after `rank_dataset` (`selectit.fusion.session.Fusion.rank`) ranked its `n_rankable` samples.
 
     The ranks, sample ids and scores are copied, so the selection never changes afterwards. A
     `Control` is frozen the same way; its params' criterion says how it was drawn.
@@ -234,7 +236,6 @@ def freeze_selection(
                 f"{existing.created_at:%Y-%m-%d %H:%M}); choose another name, or export it with "
                 f"`selectit export --selection {name} --out FILE`"
             )
-    n_rankable = rank_dataset(con, dataset)
     if isinstance(criterion, Control):
         rows = control_rows(con, criterion)
     else:

@@ -16,7 +16,7 @@ store), `coverage`, and `console` (the read-only SQL console). Their public name
 from here as well. The selection/export half (criteria, frozen selections) is
 `selectit.fusion.selection`.
 
-    >>> con = connect("sqlite:///selectit.db", alpha=0.2)  # doctest: +SKIP
+    >>> con = connect("sqlite:///selectit.db", Ranking(alpha=0.5))  # doctest: +SKIP
     >>> con.execute("SELECT * FROM ranking LIMIT 5").fetchall()  # doctest: +SKIP
 """
 
@@ -65,40 +65,28 @@ from selectit.fusion.params import (  # noqa: F401
     require_scoring_setup,
 )
 from selectit.fusion.store_attach import attach, dataset_id, sql_str  # noqa: F401
+from selectit.ranking import DEFAULT_RANKING, Ranking
 
 
-def connect(
-    db_url: str | None,
-    *,
-    alpha: float = DEFAULT_ALPHA,
-    formula: str = DEFAULT_FORMULA,
-    models: list[str] | None = None,
-    prompt_set: str | None = None,
-    weights: dict[str, float] | None = None,
-    top: float = DEFAULT_TOP,
-) -> duckdb.DuckDBPyConnection:
-    """DuckDB with the curation database attached read-only as `store` and the fusion views.
+def connect(db_url: str | None, ranking: Ranking = DEFAULT_RANKING, *, top: float = DEFAULT_TOP
+            ) -> duckdb.DuckDBPyConnection:
+    """DuckDB with the curation database attached read-only as `store` and the fusion views of
+    `ranking` (its models, θ, prompt set, α and formula); `top`: the share in `selective_alpaca`.
 
-    `models`: names of active models (default: every active model); `prompt_set`: default
-    `DEFAULT_PROMPT_SET` (a set that does not exist gives empty views: `rank` says so); `weights`:
-    {model name: θ} overriding models.weight / n_params; `top`: the share in `selective_alpaca`.
-    The chosen parameters are on the connection as `con.selectit_params` (a `Params`).
+    A prompt set that does not exist gives empty views when it is the default (`rank` says so),
+    and an error when the ranking names it. The resolved choices are on the connection (`params_of`).
     """
-    formula, alpha, top = validate_formula(formula), validate_alpha(alpha), validate_top(top)
-    if prompt_set is not None:  # "" is a mistake, not the default
-        prompt_set = valid_name(prompt_set, "prompt set")
-    if models is not None and len(set(models)) != len(models):
-        raise FusionError(f"--models names a model twice: {', '.join(models)}")
+    top = validate_top(top)
     con = attach(db_url)
     try:
-        chosen_models = choose_models(con, models, weights)
-        set_name = prompt_set or DEFAULT_PROMPT_SET
+        chosen_models = choose_models(con, ranking)
+        set_name = ranking.prompt_set or DEFAULT_PROMPT_SET
         chosen_prompts = choose_prompts(con, set_name)
-        if prompt_set and not chosen_prompts:
+        if ranking.prompt_set and not chosen_prompts:
             raise FusionError(
-                f"no active prompt set named {prompt_set!r} (sets: {', '.join(prompt_sets(con)) or 'none'})"
+                f"no active prompt set named {ranking.prompt_set!r} (sets: {', '.join(prompt_sets(con)) or 'none'})"
             )
-        _define_views(con, Params(alpha, formula.value, set_name, chosen_models, chosen_prompts), top)
+        _define_views(con, Params(ranking, set_name, chosen_models, chosen_prompts), top)
     except BaseException:
         con.close()
         raise

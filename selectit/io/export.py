@@ -42,6 +42,7 @@ from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.errors import NoSuchSelection
+from selectit.fusion.session import Fusion
 from selectit.io.card import now_utc
 from selectit.io.export_files import (  # noqa: F401 - re-exported: the export interface
     ExportError,
@@ -53,6 +54,7 @@ from selectit.io.export_files import (  # noqa: F401 - re-exported: the export i
     in_memory_dataset,
     write_export,
 )
+from selectit.ranking import DEFAULT_RANKING, Ranking
 from selectit.store import db
 
 
@@ -181,14 +183,10 @@ def export_selection(
     with_scores: bool = False,
     llamafactory: bool | str | None = False,
     card: bool = True,
+    ranking: Ranking = DEFAULT_RANKING,
     top: float | None = None,
     top_n: int | None = None,
     min_score: float | None = None,
-    alpha: float = 0.2,
-    formula: str = "paper",
-    weights: dict[str, float] | None = None,
-    models: list[str] | None = None,
-    prompt_set: str | None = None,
     overwrite: bool = False,
     card_paths: bool = False,
     require_complete: bool = False,
@@ -196,6 +194,7 @@ def export_selection(
     """Export a frozen `selection`, or the current top of `dataset`'s ranking, to `out`; with `out`
     None and `fmt` ``hf-dataset``, return it as a `datasets.Dataset` in memory (`in_memory_dataset`).
 
+    `ranking` and `top`/`top_n`/`min_score` choose the current top of `dataset`.
     `fmt` None: ``original`` when every selected record kept its original (and they share one kind
     of file), else ``alpaca-json`` (`ExportResult.note` says why). `order`: ``rank`` (best first)
     or ``dataset`` (the order of the ingested files). `overwrite`: replace files the export did not
@@ -242,16 +241,11 @@ def export_selection(
         n_rankable = raw_params.get("n_rankable")
     else:
         criterion_obj = sel.Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
-        con = fusion.connect(db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set,
-                             weights=weights)
-        try:
-            params = fusion.require_scoring_setup(con)
-            n_rankable = sel.rank_dataset(con, dataset)
-            warning = sel.partial_warning(fusion.coverage(con, dataset), require_complete)
-            ranked = [(r.rank, r.sample_id, r.s_model) for r in sel.chosen(con, criterion_obj)]
-            dataset_id = fusion.dataset_id(con, dataset)
-        finally:
-            con.close()
+        with Fusion(db_url, ranking) as f:
+            found = f.rank(dataset, require_complete=require_complete)
+            params, n_rankable, warning = found.params, found.n_rankable, found.warning
+            ranked = [(r.rank, r.sample_id, r.s_model) for r in f.chosen(criterion_obj)]
+            dataset_id = fusion.dataset_id(f.con, dataset)
         criterion = criterion_obj.as_json()
     ids = [sid for _, sid, _ in ranked]
     with engine.connect() as conn:

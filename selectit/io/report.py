@@ -25,12 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selectit.errors import SelectitError
-from selectit.fusion.views import (
-    DEFAULT_ALPHA,
-    DEFAULT_FORMULA,
-    DEFAULT_TOP,
-    validate_top,
-)
+from selectit.fusion.views import DEFAULT_TOP, validate_top
 from selectit.io import report_sections as sections_
 from selectit.io.report_data import (
     ARITHMETIC_RE,
@@ -46,6 +41,7 @@ from selectit.io.report_data import (
 )
 from selectit.io.report_page import MARKER, render, write_csv
 from selectit.io.writer import MANIFEST, Writer, read_manifest
+from selectit.ranking import DEFAULT_RANKING, Ranking
 from selectit.store import db
 
 
@@ -126,19 +122,15 @@ def build_report(
     db_url: str | None,
     dataset: str,
     out: str | os.PathLike[str],
+    ranking: Ranking = DEFAULT_RANKING,
     *,
-    models: list[str] | None = None,
-    prompt_set: str | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    formula: str = DEFAULT_FORMULA,
     top: float = DEFAULT_TOP,
-    weights: dict[str, float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReportResult:
     """Write `out/index.html`, one PNG and CSV per plot, for `dataset` scored in `db_url`.
 
-    `models`, `prompt_set`, `alpha`, `formula`, `weights` and `top` go to `fusion.connect`; the
-    selected samples are its `selective_alpaca` view (the top share of the rankable samples).
+    The fusion views are `ranking`'s; the selected samples are its `selective_alpaca` view (the
+    `top` share of the rankable samples).
     """
     validate_top(top)  # before anything is written
     if not str(out).strip():
@@ -154,9 +146,7 @@ def build_report(
 
     from selectit.fusion import views as fusion
 
-    con = fusion.connect(
-        db_url, alpha=alpha, formula=formula, models=models, prompt_set=prompt_set, weights=weights, top=top
-    )
+    con = fusion.connect(db_url, ranking, top=top)
     try:
         d = gather(con, dataset)
         health_section = sections_.health_section(con, dataset)
@@ -185,8 +175,8 @@ def build_report(
              "; ".join(f"{m} (θ={_theta(t)}, {t / theta_sum:.3f})" for _, m, t in d.models) or "none"),  # fmt: skip
             ("prompt set", f"{d.set_name} ({len(d.prompts)} prompts)"),
             *((f"prompt {pos + 1}", d.label(pos)) for _, pos in d.prompts),
-            ("α", f"{alpha:g}"),
-            ("formula", formula),
+            ("α", f"{ranking.alpha:g}"),
+            ("formula", ranking.formula),
             ("top share", f"{top:g}"),
             ("rankable samples", str(len(d.ranking))),
             ("selected samples", str(len(d.selected))),

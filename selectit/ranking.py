@@ -1,0 +1,106 @@
+"""How to rank: one value for the raters chosen and how their ratings are fused.
+
+`Ranking` holds the models (default: every active model), their weights θ (default:
+models.weight, else the parameter count), the prompt set (default ``default``), α of the sentence
+level and the token-level formula. It is built once at the edge (the CLI from its options, a
+script by hand), checked when built, and passed down whole: `Store.rank`, `select`, `export`,
+`report`, `diagnose`, `sql` and the fusion views take it. A frozen selection stores the resolved
+form (`selectit.fusion.params.Params`, which carries this value) in `selections.params`.
+
+    >>> r = Ranking(models=("smol", "gemma"), weights={"smol": 1, "gemma": 2}, alpha=0.5)
+    >>> r.alpha, r.formula, r.weight_map
+    (0.5, 'paper', {'smol': 1.0, 'gemma': 2.0})
+    >>> Ranking.from_json(r.as_json()) == r
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, Formula, choices, valid_name
+from selectit.errors import FusionError
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The fusion's choices. Every field has the documented default; `Ranking()` is SelectIT's."""
+
+    #: Names of active models (None: every active model). A name given twice is an error.
+    models: tuple[str, ...] | None = None
+    #: θ per model name, overriding models.weight / n_params; stored as (name, θ) pairs in the order given.
+    weights: tuple[tuple[str, float], ...] | Mapping[str, float] | None = field(default=None)
+    #: The prompt set (None: ``default``); a set that does not exist is an error when named.
+    prompt_set: str | None = None
+    #: α of the sentence level: mean / (1 + α·std), a number >= 0.
+    alpha: float = DEFAULT_ALPHA
+    #: The token-level P'_k: ``paper`` (p_k/Σp) or ``reference-code`` (softmax of it).
+    formula: str = DEFAULT_FORMULA.value
+
+    def __post_init__(self) -> None:
+        # Normalised here, so every Ranking in the package is valid and comparable.
+        set_ = object.__setattr__
+        if self.models is not None:
+            models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
+            if len(set(models)) != len(models):
+                raise FusionError(f"--models names a model twice: {', '.join(models)}")
+            set_(self, "models", models or None)
+        set_(self, "weights", _weight_pairs(self.weights))
+        if self.prompt_set is not None:  # "" is a mistake, not the default
+            set_(self, "prompt_set", valid_name(self.prompt_set, "prompt set"))
+        set_(self, "alpha", validate_alpha(self.alpha))
+        set_(self, "formula", validate_formula(self.formula).value)
+
+    @property
+    def weight_map(self) -> dict[str, float]:
+        """θ per model name ({} when none is given)."""
+        return dict(self.weights or ())
+
+    def as_json(self) -> dict[str, Any]:
+        """The choices as given (defaults unresolved), for a selection's params and `--format json`."""
+        return {"models": list(self.models) if self.models else None, "weights": self.weight_map or None,
+                "prompt_set": self.prompt_set, "alpha": self.alpha, "formula": self.formula}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Ranking:
+        """The value `as_json` wrote; keys it does not know are ignored (a newer selectit's options)."""
+        return cls(models=raw.get("models"), weights=raw.get("weights"), prompt_set=raw.get("prompt_set"),
+                   alpha=raw.get("alpha", DEFAULT_ALPHA), formula=raw.get("formula", DEFAULT_FORMULA.value))
+
+
+def _weight_pairs(weights: Iterable[tuple[str, float]] | Mapping[str, float] | None) -> tuple[tuple[str, float], ...] | None:
+    if not weights:
+        return None
+    pairs = list(weights.items()) if isinstance(weights, Mapping) else [tuple(p) for p in weights]
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise FusionError(f"--weights gives a model two weights: {', '.join(names)}")
+    out = []
+    for name, theta in pairs:
+        try:
+            out.append((str(name), float(theta)))
+        except (TypeError, ValueError):
+            raise FusionError(f"the weight θ of model {name!r} must be a number, not {theta!r}") from None
+    return tuple(out)
+
+
+def validate_alpha(alpha: float) -> float:
+    """α of the sentence level: a number >= 0."""
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise FusionError(f"--alpha must be a number >= 0, e.g. 0.2; got {alpha!r}")
+    return float(alpha)
+
+
+def validate_formula(formula: str) -> Formula:
+    """The token-level formula, as a `Formula`."""
+    try:
+        return Formula(formula)
+    except ValueError:
+        raise FusionError(f"unknown formula {formula!r}; choose one of: {choices(Formula)}") from None
+
+
+#: SelectIT's own choices: every active model by its θ, the default prompt set, α 0.2, the paper's formula.
+DEFAULT_RANKING = Ranking()
