@@ -530,7 +530,7 @@ class Store:
                         selection: str | None = None, alpha: float = DEFAULT_ALPHA, formula: str = DEFAULT_FORMULA,
                         weights: dict[str, float] | None = None) -> list[str]:
         """The rater health warnings of `dataset` (or of the frozen `selection`'s dataset and
-        models), one line each; [] when every figure is within its threshold (`selectit.health`)."""
+        models), one line each; [] when every figure is within its threshold (`selectit.fusion.health`)."""
         from selectit.fusion import health
 
         if selection is not None:
