@@ -257,3 +257,25 @@ def test_the_module_path_check_tells_real_from_stale() -> None:
     assert not path_exists("selectit.scoring.no_such_module")
     assert not path_exists("selectit.settings.NoSuchName")
     assert DOTTED.findall("`sqlite:///selectit.db`, ./selectit.db, `selectit.jobs.runner`") == ["selectit.jobs.runner"]
+
+
+# -- docs/python-api.md runs ------------------------------------------------------------------------
+
+def test_the_python_api_page_runs_as_written(tmp_path: Path, monkeypatch) -> None:
+    """The examples of docs/python-api.md after its first block (the README's notebook, run by
+    tests/test_api.py), in order, with the tiny random Llama in place of SmolLM2."""
+    import json
+
+    from tiny_model import build_tiny_model
+
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "python-api.md").read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 4, "docs/python-api.md lost its examples"
+    code = "\n".join(blocks[1:])
+    assert '"smollm2-135m"' in code and "progress=True" in code and ".selection(" in code
+    code = code.replace('"smollm2-135m"', json.dumps(str(build_tiny_model(tmp_path / "model"))))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/python-api.md", "exec"), namespace)  # noqa: S102 - our own docs
+    assert (namespace["result"].read, namespace["result"].new, namespace["result"].duplicates) == (2, 2, 0)
+    assert namespace["summary"].scored == 10 and namespace["summary"].failed == 0
+    assert namespace["info"].n_selected == 1 and list(namespace["top"]["rank"]) == [1]

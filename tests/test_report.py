@@ -430,7 +430,7 @@ def test_prompt_labels_of_the_built_in_set_and_of_identical_texts() -> None:
     assert prompt_labels(["Is {output} good?"]) == ["Is good?"]
 
 
-def test_the_default_prompt_set_is_labelled_as_the_readme_says(sqlite_url: str) -> None:
+def test_the_default_prompt_set_is_labelled_as_the_docs_say(sqlite_url: str) -> None:
     from selectit.io.report_data import prompt_labels
     from selectit.store import db
 
