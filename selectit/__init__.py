@@ -1,6 +1,7 @@
 """selectit: SelectIT data selection as a database-backed, incremental curation system.
 
-Importable without torch: the scoring engines (`selectit.scoring`) import torch themselves.
+Importable without torch: the torch engine (`selectit.scoring.torch_engine`) and the model loader
+(`selectit.scoring.loading`) import torch themselves, on use.
 `selectit.open(url)` returns a `selectit.api.Store` (imported on first use); `selectit.Ranking`
 says how to rank.
 """

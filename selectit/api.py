@@ -513,7 +513,7 @@ class Store:
     def health_warnings(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING,
                         selection: str | None = None) -> list[str]:
         """The rater health warnings of `dataset` (or of the frozen `selection`'s dataset and
-        models), one line each; [] when every figure is within its threshold (`selectit.health`)."""
+        models), one line each; [] when every figure is within its threshold (`selectit.fusion.health`)."""
         from selectit.fusion import health
 
         if selection is not None:

@@ -4,7 +4,7 @@ No torch and no ORM here: the planner, the runner, the scoring engines (torch, v
 fusion and the CLI all import this module, and it imports nothing of theirs.
 
 The engine contract (`ScoringEngine`: `score(requests)`, `close()`, `engine`, `engine_version`,
-`forwards`; engines are loaded by name from a `ModelSpec`, see `selectit.engines`):
+`forwards`; engines are loaded by name from a `ModelSpec`, see `selectit.scoring.engines`):
 - each `RatingRequest` is one sample with its K' rendered prompts (same layout and scale K); the
   result holds one `CellResult` per (request, prompt), in any order;
 - `probs[k-1]` = softmax over the **full vocabulary** at the prompt's last token, read at the
@@ -223,7 +223,7 @@ class ModelSpec:
 class ScoringEngine(ABC):
     """A loaded rating model: what the runner needs of every engine (see the module docstring).
 
-    An engine is registered by name (`selectit.engines`): its loader takes a `ModelSpec` and the
+    An engine is registered by name (`selectit.scoring.engines`): its loader takes a `ModelSpec` and the
     `EngineOptions` and returns a `ScoringEngine`.
     """
 

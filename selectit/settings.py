@@ -1,7 +1,7 @@
 """The runner's and the fleet's knobs, read from the environment once into a typed object.
 
 Every `SELECTIT_*` variable of the planner, the leases, the runner and the Celery app is here
-(the database URL is `selectit.db`'s). An entry point reads `Settings.from_env()` once and passes
+(the database URL is `selectit.store.db`'s). An entry point reads `Settings.from_env()` once and passes
 the object down; a bad value fails at that moment with the variable's name, not deep in a job.
 """
 

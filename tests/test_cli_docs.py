@@ -1,4 +1,5 @@
-"""Every command is documented: it appears in the README and its --help has a runnable example."""
+"""Every command is documented: it appears in the README's front page and in a docs/ page of the
+manual (besides the generated docs/cli.md), and its --help has a runnable example."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from click.testing import CliRunner
 from selectit.cli import main
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+#: The manual's pages, without the reference generated from the commands' own --help.
+MANUAL = "\n".join(p.read_text(encoding="utf-8") for p in sorted(DOCS.glob("*.md")) if p.name != "cli.md")
 
 
 def all_commands(group: click.Group = main, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -29,6 +33,11 @@ COMMANDS = all_commands()
 @pytest.mark.parametrize("name", [name for name, _ in COMMANDS])
 def test_command_is_in_the_readme(name: str) -> None:
     assert f"selectit {name}" in README, f"`selectit {name}` is not documented in README.md"
+
+
+@pytest.mark.parametrize("name", [name for name, _ in COMMANDS])
+def test_command_is_in_the_manual(name: str) -> None:
+    assert f"selectit {name}" in MANUAL, f"`selectit {name}` is described in no docs/ page (docs/cli.md aside)"
 
 
 @pytest.mark.parametrize("name", [name for name, _ in COMMANDS])

@@ -131,7 +131,7 @@ def test_console_refuses_query_and_postgres_functions(seeded: str, statement: st
 
 
 def test_a_read_only_postgres_role_is_the_real_guarantee(postgres_url: str) -> None:
-    """The README's analyst role can run the console, and cannot write even past the filter."""
+    """The analyst role of docs/safety.md can run the console, and cannot write even past the filter."""
     db.upgrade(postgres_url)
     engine = db.open_store(postgres_url)
     seed(engine)

@@ -166,7 +166,7 @@ def test_the_calculation_heuristic_on_known_instructions() -> None:
     assert is_calculation("Write a function.", "a = 2 + 3")  # arithmetic counts in the input too
     assert is_calculation("What is 7 - 3?") and is_calculation("What is 10 divided by 2?")
     assert is_calculation("What is the AVERAGE of these numbers?")
-    # The README quotes this count for the bundled demo set.
+    # docs/reports.md quotes this count for the bundled demo set.
     demo = json.loads((Path(__file__).parent.parent / "selectit/data/alpaca_en_demo.json").read_text(encoding="utf-8"))
     assert sum(is_calculation(r["instruction"], r.get("input", "")) for r in demo) == 50
 
@@ -430,7 +430,7 @@ def test_prompt_labels_of_the_built_in_set_and_of_identical_texts() -> None:
     assert prompt_labels(["Is {output} good?"]) == ["Is good?"]
 
 
-def test_the_default_prompt_set_is_labelled_as_the_readme_says(sqlite_url: str) -> None:
+def test_the_default_prompt_set_is_labelled_as_the_docs_say(sqlite_url: str) -> None:
     from selectit.io.report_data import prompt_labels
     from selectit.store import db
 
@@ -442,8 +442,8 @@ def test_the_default_prompt_set_is_labelled_as_the_readme_says(sqlite_url: str) 
     engine.dispose()
     assert labels[:2] == ["How well does the response follow…", "Rate the accuracy of the response…"]
     assert len(labels) == len(set(labels)) == 5
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    assert '"How well does the response follow…",\n"Rate the accuracy of the response…"' in readme
+    page = (Path(__file__).parent.parent / "docs" / "reports.md").read_text(encoding="utf-8")
+    assert '"How well does the response follow…",\n"Rate the accuracy of the response…"' in page
 
 
 def _overlaps(a, b) -> bool:  # noqa: ANN001 - matplotlib Bbox

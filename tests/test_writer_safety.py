@@ -1,6 +1,6 @@
 """What exports, reports and init may write, replace or delete, through the CLI on SQLite and PostgreSQL.
 
-Rules under test (the README's Safety section): every file goes through one guarded writer that
+Rules under test (docs/safety.md): every file goes through one guarded writer that
 checks all targets first; a command replaces only the file the user named (never the store's files,
 an SQLite database or an ingested source without --overwrite) and the files it wrote itself for the
 same entry (the directory's manifest); nothing else is replaced or deleted; init never turns another

@@ -3,7 +3,7 @@
 A `Criterion` picks part of a dataset's ranking (the fusion views of `selectit.fusion`): a top
 share (rounded down, but at least one sample when anything is rankable), the top n, or a score
 threshold. `freeze_selection` copies the choice into the curation database so that
-`selectit.export` writes the same records later, whatever is scored meanwhile. A `Control` (a
+`selectit.io.export` writes the same records later, whatever is scored meanwhile. A `Control` (a
 random draw, or the longest responses) is frozen the same way, for honest ablations.
 """
 

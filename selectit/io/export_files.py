@@ -460,7 +460,7 @@ def write_export(
     is merged into ``dataset_info.json`` beside the data. `protect`: files never written (the
     store's); `sources`: (path, sha256) of ingested files, replaced only with `overwrite`.
     Every target is checked before anything is written, and all are renamed into place at the
-    end (`selectit.writer`): an error leaves every file as it was.
+    end (`selectit.io.writer`): an error leaves every file as it was.
     """
     import shutil
 

@@ -378,7 +378,7 @@ def calc_section(d: ReportData, plt: Any, out: Path) -> Section:
 
 
 def health_section(con: Any, dataset: str) -> Section:
-    """Rater health (`selectit.health`): the figures per model and prompt, and the warnings."""
+    """Rater health (`selectit.fusion.health`): the figures per model and prompt, and the warnings."""
     from selectit.fusion import health
 
     try:

@@ -1,7 +1,7 @@
 """Leases on jobs: claim, heartbeat, release, and taking over jobs whose holder is gone.
 
 Claiming is a guarded UPDATE (`… WHERE status = 'queued'`): on PostgreSQL the row is picked with
-`FOR UPDATE SKIP LOCKED`, on SQLite every transaction is `BEGIN IMMEDIATE` (see `selectit.db`).
+`FOR UPDATE SKIP LOCKED`, on SQLite every transaction is `BEGIN IMMEDIATE` (see `selectit.store.db`).
 Leases that expire (a worker died) go back to `queued` through `requeue_expired`; after
 `Settings.max_job_attempts` claims a job is `failed`, and its unscored cells are recorded as
 failed cells, which later plans retry until each reaches `Settings.max_cell_attempts`.

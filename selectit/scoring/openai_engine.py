@@ -3,7 +3,7 @@
 A model version registered with `selectit model add NAME --endpoint URL --served-model ID` is
 scored by an inference server that already holds its weights (vLLM, SGLang, TGI, llama.cpp, a
 hosted API); the worker needs no GPU. Everything before and after the server is
-`selectit.preparation`, shared with the torch and vLLM engines: the model version's own tokenizer
+`selectit.scoring.preparation`, shared with the torch and vLLM engines: the model version's own tokenizer
 (`--tokenizer`), the same truncation and the same label ids. The prompt goes to the server as
 token ids, so the server reads exactly the tokens the other engines read; a server that refuses a
 token-id prompt (a 400/422 to the probe) gets text, after its tokenization of a test text was
@@ -171,7 +171,7 @@ def chat_digit_logprobs(answer: dict[str, Any]) -> dict[str, float]:
 
 
 class OpenAIScorer(RequestPreparation, ScoringEngine):
-    """A model served behind an OpenAI-compatible endpoint that rates samples (see `selectit.scorer`)."""
+    """A model served behind an OpenAI-compatible endpoint that rates samples (`selectit.contract.ScoringEngine`)."""
 
     engine = "openai"
 

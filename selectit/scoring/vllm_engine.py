@@ -8,7 +8,7 @@ full-vocabulary log-softmax at the prompt's last token, read at exactly those id
 so the K' prompts of a sample share the sample's KV blocks (shared-context layout) and, in the
 reference layout, all samples share each rating instruction's.
 
-Everything before and after the model is `selectit.preparation`, shared with the torch engine:
+Everything before and after the model is `selectit.scoring.preparation`, shared with the torch engine:
 the same tokenizer (the model version's own, loaded by transformers), the same truncation, the same
 label ids, and the same failure rule (a failing request fails only its own cells; a batch that
 raises is split until the failing cells are alone). The token ids are handed to vLLM as they are
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the engine registry loads this module: no import back at ru
 
 
 class VllmScorer(RequestPreparation, ScoringEngine):
-    """A model loaded in vLLM that rates samples (see `selectit.scorer` for the contract)."""
+    """A model loaded in vLLM that rates samples (see `selectit.contract.ScoringEngine` for the contract)."""
 
     engine = "vllm"
 
