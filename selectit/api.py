@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 
     from selectit.fusion.selection import Criterion
     from selectit.fusion.session import Fusion
-    from selectit.fusion.status import ModelProgress, StatusRow, TickRow
+    from selectit.jobs.ticks import TickRow
+    from selectit.status import ModelProgress, StatusRow
     from selectit.fusion.views import Coverage, Params
     from selectit.io.export import ExportResult
     from selectit.io.ingest import IngestResult
-    from selectit.io.report import ReportResult
+    from selectit.report.build import ReportResult
     from selectit.scoring.engines import EngineOptions
     from selectit.store.schema import LLM
 
@@ -206,7 +207,8 @@ class Store:
         """
         import dataclasses
 
-        from selectit.fusion.status import model_progress, status_rows, tick_rows
+        from selectit.jobs.ticks import tick_rows
+        from selectit.status import model_progress, status_rows
         from selectit.io.ingest import sample_counts
         from selectit.jobs.estimate import duration
 
@@ -526,7 +528,7 @@ class Store:
 
         A rerun replaces only the files the previous report wrote there (its manifest lists them).
         """
-        from selectit.io.report import build_report
+        from selectit.report.build import build_report
 
         return build_report(self.url, dataset, out, _ranking(ranking), top=top)
 

@@ -111,7 +111,7 @@ def test_control_options_say_what_is_wrong(sqlite_url: str) -> None:
 
 
 def test_report_compares_the_selection_with_both_controls(sqlite_url: str, tmp_path) -> None:
-    from selectit.io.report import build_report
+    from selectit.report.build import build_report
 
     _seeded(sqlite_url)
     for args in (["sel", "--top", "0.3"], ["rnd", "--random", "0.3"], ["long", "--by", "length", "--top", "0.3"]):

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from test_jobs import DEMO, add_model, seed, tiny_dir  # noqa: F401 - tiny_dir is a fixture
 
-from selectit.fusion.status import status_rows
+from selectit.status import status_rows
 from selectit.scoring.engines import ENV, EngineError, EngineOptions
 from selectit.store import db
 from selectit.store.schema import Score

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from selectit.errors import NoSuchDataset, NoSuchModel
-from selectit.fusion import status
+from selectit import status
 from selectit.io.ingest import ingest_file
 from selectit.jobs import leases, planner, runner
 from selectit.scoring import registry

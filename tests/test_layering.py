@@ -13,7 +13,10 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "selectit"
-BASE = {"errors", "contract", "settings", "formulas", "ranking", "timing", "data", "api", "__init__", "__main__", "cli", "__version__"}
+BASE = {"errors", "contract", "settings", "formulas", "ranking", "timing", "data", "__init__", "__version__"}
+#: The front: the door (`api`), the CLI and the status composed over two wings. They import the
+#: wings; no wing imports them.
+FRONT = {"api", "cli", "status", "__main__"}
 #: wing → the wings it may import (the base modules are open to all)
 ALLOWED = {
     "store": set(),
@@ -21,6 +24,7 @@ ALLOWED = {
     "jobs": {"store", "scoring"},
     "fusion": {"store"},
     "io": {"store", "fusion"},
+    "report": {"store", "fusion", "io"},
 }
 
 
@@ -55,6 +59,7 @@ def test_a_wing_imports_only_what_its_docstring_allows(wing: str) -> None:
     for path in sorted((PACKAGE / wing).glob("*.py")):
         for dotted in _selectit_imports(path):
             other = _wing(dotted)
+            assert other not in FRONT, f"{path.relative_to(ROOT)} imports {dotted}: a wing never imports the front"
             if other == wing or other in BASE or other == "workers":
                 assert other != "workers", f"{path.relative_to(ROOT)} imports the Celery app ({dotted})"
                 continue
@@ -79,8 +84,15 @@ def test_no_module_of_the_package_is_over_600_lines() -> None:
     assert not long, f"over 600 lines: {sorted(long)}"
 
 
+def test_every_module_is_in_a_wing_the_base_or_the_front() -> None:
+    """A new top-level module must be placed: its layer decides what it may import."""
+    names = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+             if (p.suffix == ".py") or (p.is_dir() and (p / "__init__.py").exists())}
+    assert names <= BASE | FRONT | set(ALLOWED) | {"workers"}, sorted(names - BASE - FRONT - set(ALLOWED))
+
+
 def test_the_base_modules_import_no_wing() -> None:
-    for name in ("errors", "contract", "settings", "formulas"):
+    for name in ("errors", "contract", "settings", "formulas", "ranking"):
         wings = {_wing(d) for d in _selectit_imports(PACKAGE / f"{name}.py")} & set(ALLOWED)
         assert not wings, f"selectit/{name}.py imports the wings {sorted(wings)}"
 

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from selectit.contract import JobStatus, ModelSpec, ScoringEngine
 from selectit.errors import SelectitError
-from selectit.fusion import status
+from selectit.jobs import ticks
 from selectit.jobs.leases import requeue_expired as requeue_expired_jobs
 from selectit.jobs.leases import worker_id
 from selectit.jobs.planner import plan as plan_jobs
@@ -194,7 +194,7 @@ class Fleet:
 
     def record_tick(self, name: str, started_at: Any, seconds: float, error: str | None) -> None:
         """Store a control tick's run in `control_ticks` (`selectit status` shows it)."""
-        status.record_tick(self.engine(), name, worker_id(), started_at, seconds, error)
+        ticks.record_tick(self.engine(), name, worker_id(), started_at, seconds, error)
 
 
 def _with_model_names(session: Session, job_ids: Sequence[int]) -> list[tuple[int, str]]:

@@ -21,13 +21,13 @@ from selectit.contract import CellResult, JobStatus
 from selectit.jobs.cells import cells_to_score, write_results
 from selectit.settings import Settings
 from selectit.store import db
-from selectit.store.holders import dead_local_workers
+from selectit.jobs.holders import dead_local_workers
 from selectit.store.schema import Job, JobSample, utcnow
 
 
 def worker_id() -> str:
     """`host:pid` of this process: lets a rerun on the same host see that a holder is dead
-    (`selectit.store.holders`)."""
+    (`selectit.jobs.holders`)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -4,9 +4,9 @@ Everything is read through the DuckDB fusion views (`selectit.fusion.views.conne
 exactly what `selectit rank` would compute for the same α, formula, models, prompt set and top share.
 This module checks the report directory, runs the steps and writes the files:
 
-- `selectit.io.report_data`: what the page shows, gathered from the views, and the numbers;
-- `selectit.io.report_sections`: one section per question, a PNG plot and its tables;
-- `selectit.io.report_page`: the HTML page and a CSV per table.
+- `selectit.report.data`: what the page shows, gathered from the views, and the numbers;
+- `selectit.report.sections`: one section per question, a PNG plot and its tables;
+- `selectit.report.page`: the HTML page and a CSV per table.
 
 The files are made in a private temporary directory, then written into the report directory through
 `selectit.io.writer` (every target checked first, renamed into place): a rerun replaces only the files
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from selectit.errors import SelectitError
 from selectit.fusion.views import DEFAULT_TOP, validate_top
-from selectit.io import report_sections as sections_
-from selectit.io.report_data import (
+from selectit.report import sections as sections_
+from selectit.report.data import (
     ARITHMETIC_RE,
     CALC_RE,
     CALC_WORDS,
@@ -39,7 +39,7 @@ from selectit.io.report_data import (
     spearman,
     spearman_matrix,
 )
-from selectit.io.report_page import MARKER, render, write_csv
+from selectit.report.page import MARKER, render, write_csv
 from selectit.io.writer import MANIFEST, Writer, read_manifest
 from selectit.ranking import DEFAULT_RANKING, Ranking
 from selectit.store import db
