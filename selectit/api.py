@@ -149,11 +149,17 @@ class Store:
     commands, plain values in and tables out.
     """
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        self.url = url
-        #: The runner's and planner's knobs, read from the environment once, here.
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None,
+                 engine_options: EngineOptions | None = None) -> None:
+        from selectit.scoring.engines import EngineOptions
+
+        # The configuration, resolved once here (what is not given comes from the environment)
+        # and passed down as values: the database URL, the runner's knobs, the engine options.
+        db.check_url(url)
+        self.url: str = db.resolve_url(url)
         self.settings = settings or Settings.from_env()
-        self.engine: Engine = db.open_store(url)
+        self.engine_options = engine_options or EngineOptions.from_env()
+        self.engine: Engine = db.open_store(self.url)
 
     # -- context manager --------------------------------------------------------------------
     def close(self) -> None:
@@ -282,7 +288,7 @@ class Store:
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
         a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``, ``loading``; the
         CLI passes its own bar).
-        `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
+        `engine`: the scoring engine and its options (default: the store's, ``$SELECTIT_ENGINE`` and friends).
 
             >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
@@ -291,7 +297,8 @@ class Store:
         bar = TqdmProgress() if progress is True else None
         try:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
-                                    progress=bar or progress, batch_size=batch_size, engine_options=engine,
+                                    progress=bar or progress, batch_size=batch_size,
+                                    engine_options=engine or self.engine_options,
                                     settings=self.settings)
         finally:
             if bar is not None:
@@ -322,20 +329,19 @@ class Store:
                  engine: str | None = None, tokenizer: bool = True) -> list[Any]:
         """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
         cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
-        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
+        the rate recorded for `engine` (default the store's, $SELECTIT_ENGINE, else torch). Writes nothing."""
         from selectit.jobs.estimate import estimate
-        from selectit.scoring.engines import EngineOptions
 
         return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
-                        scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
+                        scoring_engine=engine or self.engine_options.engine, tokenizer=tokenizer,
+                        settings=self.settings)
 
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for
-        $SELECTIT_ENGINE (else torch); "–" without a record (`selectit status`)."""
+        the store's engine ($SELECTIT_ENGINE, else torch); "–" without a record (`selectit status`)."""
         from selectit.jobs.estimate import time_left
-        from selectit.scoring.engines import EngineOptions
 
-        return time_left(self.engine, missing, EngineOptions.from_env().engine)
+        return time_left(self.engine, missing, self.engine_options.engine)
 
     # -- fusion -----------------------------------------------------------------------------
     # Every ranked method takes one `Ranking` (models, θ, prompt set, α, formula; default

@@ -124,6 +124,35 @@ def test_settings_travel_as_values_not_through_the_environment() -> None:
     assert set(writes) <= {f"selectit/{a}" for a in allowed}, f"os.environ written at {writes}"
 
 
+def _environment_reads(path: Path) -> list[int]:
+    """Lines of `path` that read the process environment (`os.environ`, `os.getenv`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                and node.attr in ("environ", "getenv", "environb", "getenvb"):
+            found.append(node.lineno)
+    return found
+
+
+def test_the_environment_is_read_in_the_settings_module_only() -> None:
+    """Configuration is read once, at the edge, through `selectit.settings` (its `Settings.from_env`
+    and `environment`); every other module gets values. The Hugging Face offline switches of
+    `io/hub.py` are the one documented exception (they are those libraries' own configuration)."""
+    allowed = {"selectit/settings.py", "selectit/io/hub.py"}
+    paths = [*PACKAGE.rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
+    reads = {str(p.relative_to(ROOT)): lines for p in paths if (lines := _environment_reads(p))}
+    assert set(reads) <= allowed, f"the environment read outside selectit/settings.py at {reads}"
+
+
+def test_no_library_function_falls_back_to_the_environment() -> None:
+    """`Settings.from_env()` and `EngineOptions.from_env()` run at the entry points only: the
+    Store (the API's and the CLI's door) and the Celery app built by `celery -A`."""
+    entry_points = {"selectit/api.py", "workers/app.py", "selectit/settings.py", "selectit/scoring/engines.py"}
+    paths = [*PACKAGE.rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
+    calls = {str(p.relative_to(ROOT)) for p in paths if "from_env()" in p.read_text(encoding="utf-8")}
+    assert calls <= entry_points, sorted(calls - entry_points)
+
+
 def _import_time_imports(path: Path) -> set[str]:
     """The selectit modules `path` imports when it is imported: module-level statements only (an
     import inside a function runs later, on use; one under `if TYPE_CHECKING:` never runs)."""

@@ -79,9 +79,9 @@ def queue_for(model_name: str) -> str:
 
 class Fleet:
     """What the tasks of one app run with, given as values: the settings, the database URL (None:
-    `$SELECTIT_DATABASE_URL`, else ./selectit.db) and the engine options (None: `$SELECTIT_ENGINE`
-    and friends, as `selectit.scoring.engines.load_engine` reads them), plus this process's
-    database engine and loaded scoring engines."""
+    ./selectit.db) and the engine options (None: the documented defaults), all read from the
+    environment once by the entry point that built the app, plus this process's database engine
+    and loaded scoring engines."""
 
     def __init__(self, app: Celery, settings: Settings, db_url: str | None = None,
                  engine_options: EngineOptions | None = None) -> None:
@@ -316,10 +316,10 @@ def run_worker(settings: Settings, *, models: Sequence[str], control_queue: bool
 @functools.cache
 def app_from_env() -> Celery:
     """The app of `celery -A selectit.workers.app`: the settings and engine options read from the
-    environment once, here (the database URL by `selectit.store.db`, as everywhere)."""
+    environment once, here, with the database URL."""
     from selectit.scoring.engines import EngineOptions
 
-    return make_app(Settings.from_env(), engine_options=EngineOptions.from_env())
+    return make_app(Settings.from_env(), db_url=db.resolve_url(None), engine_options=EngineOptions.from_env())
 
 
 def __getattr__(name: str) -> Any:

@@ -61,9 +61,9 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     t0, started = time.perf_counter(), timing.process_age()
     if started is not None:
         timing.PHASES["start-up and imports"] = started
-    options = _engine_choice(engine_options)
     with timing.phase("store"):
         opened = store(ctx)
+    options = _engine_choice(opened.engine_options, engine_options)
     with _ScoringBar(enabled=not quiet) as bar:
         summary = opened.score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
                                batch_size=batch_size, engine=options)
@@ -251,12 +251,12 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None,
     """
     from selectit.workers.app import run_worker
 
-    options = _engine_choice(engine_options)
+    opened = store(ctx)
+    options = _engine_choice(opened.engine_options, engine_options)
     if options.engine == "openai":  # the requests run concurrently inside one task
         if concurrency is not None:
-            options = _engine_choice({**engine_options, "concurrency": concurrency})
+            options = _engine_choice(opened.engine_options, {**engine_options, "concurrency": concurrency})
         concurrency = 1
-    opened = store(ctx)
     opened.require_models(models)
     # The tasks run with these values (bound into the app), not with environment variables.
     run_worker(opened.settings, models=models, control_queue=control, pool=pool, concurrency=concurrency or 1,

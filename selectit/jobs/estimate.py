@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from selectit.contract import render
 from selectit.jobs.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
+from selectit.settings import DEFAULT_SETTINGS, Settings
 from selectit.store import db
 from selectit.store.schema import LLM, Prompt, Sample, Throughput
 
@@ -91,11 +92,11 @@ def _token_counter(model: LLM):  # noqa: ANN202 - (counter of texts, or None)
 
 def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = None,
              prompt_set: str | None = None, scoring_engine: str = "torch", tokenizer: bool = True,
-             chunk: int = 512) -> list[Estimate]:
+             chunk: int = 512, settings: Settings = DEFAULT_SETTINGS) -> list[Estimate]:
     """Per active model version of the scope (`selectit score`'s): what scoring would cost. Reads only."""
     with db.read_scope(engine) as session:
         scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
-        rows = missing_cells(session, scope)
+        rows = missing_cells(session, scope, settings=settings)
         models = {m.id: m for m in session.scalars(sa.select(LLM).where(LLM.id.in_(scope.model_ids)))}
         prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(scope.prompt_ids)))}
         by_model: dict[int, list] = defaultdict(list)

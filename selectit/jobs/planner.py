@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus
 from selectit.errors import NoSuchModel, SelectitError
 from selectit.scoring.registry import DEFAULT_PROMPT_SET
-from selectit.settings import Settings
+from selectit.settings import DEFAULT_SETTINGS, Settings
 from selectit.store import db, lookups
 from selectit.store.schema import (
     DatasetSample,
@@ -230,13 +230,12 @@ def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, excl
 
 
 def missing_cells(session: Session, scope: Scope, *, exclude_open: bool = False,
-                  settings: Settings | None = None) -> list[MissingRow]:
+                  settings: Settings = DEFAULT_SETTINGS) -> list[MissingRow]:
     """Cells never scored, or failed below the attempt limit, grouped per (model, set, sample).
 
     With `exclude_open`, cells already in a queued or running job are left out too (what the
     planner needs).
     """
-    settings = settings or Settings.from_env()
     return [MissingRow(m, s, sid, pids, tok)
             for m, pids, s, sid, tok in _missing_by_kind(session, scope, settings, exclude_open=exclude_open)]
 
@@ -319,14 +318,13 @@ def _inputs(session: Session, scope: Scope, settings: Settings) -> tuple[int, ..
 def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None,
          prompt_set: str | None = None, max_tokens_per_job: int | None = None,
          max_samples_per_job: int = MAX_SAMPLES_PER_JOB, strict: bool = True,
-         settings: Settings | None = None) -> list[int]:
+         settings: Settings = DEFAULT_SETTINGS) -> list[int]:
     """Create jobs for every missing cell not already in an open job; commit; return their ids.
 
     Idempotent: planning twice, or two planners at once, never put a cell in two open jobs. A
     plan whose inputs are those of this process's last plan of the same scope returns at once
     (`_settled`): what the control loop runs every minute costs one small query, not a pass.
     """
-    settings = settings or Settings.from_env()
     with db.session_scope(engine) as session:
         # Two planners (the control loop + `selectit plan`) must not both see the same cells as missing.
         db.lock_transaction(session, PLAN_LOCK_KEY)

@@ -44,7 +44,7 @@ from selectit.jobs.planner import (
     resolve_scope,
     total_cells,
 )
-from selectit.settings import Settings, SettingsError, variable
+from selectit.settings import DEFAULT_SETTINGS, Settings, SettingsError, variable
 from selectit.store import db
 from selectit.store.schema import (
     LLM,
@@ -243,7 +243,7 @@ def mark_done(session: Session, job_id: int, worker: str) -> bool:
 def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             on_cells: Callable[[int, int], None] | None = None,
             on_computed: Callable[[int], None] | None = None,
-            settings: Settings | None = None, lease: float | None = None,
+            settings: Settings = DEFAULT_SETTINGS, lease: float | None = None,
             batch_size: int | None = None) -> JobOutcome:
     """Claim job `job_id`, score its still-missing cells in committed batches, mark it done.
 
@@ -255,7 +255,6 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     committed batch. Safe to call for a job that is done or held by another worker: it returns
     `Outcome.SKIPPED` and scores nothing. `lease` and `batch_size` override `settings`.
     """
-    settings = settings or Settings.from_env()
     lease = settings.lease_seconds if lease is None else lease
     batch_size = batch_size or settings.batch_size
     with db.session_scope(engine) as session:
@@ -338,7 +337,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
 # --------------------------------------------------------------------------------------------
 
 
-def default_scorer_factory(settings: Settings | None = None,
+def default_scorer_factory(settings: Settings = DEFAULT_SETTINGS,
                            engine_options: EngineOptions | None = None) -> ScorerFor:
     """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default
     `selectit.scoring.engines:load_engine`: the torch or the vLLM engine, as `engine_options` (default:
@@ -347,7 +346,7 @@ def default_scorer_factory(settings: Settings | None = None,
     The hook lets a deployment plug in another scoring backend (and the tests inject faults);
     `selectit score` and the Celery workers both go through it.
     """
-    spec = (settings or Settings.from_env()).scorer
+    spec = settings.scorer
     if spec == Settings.scorer:
         from selectit.scoring.engines import load_engine
 
@@ -395,7 +394,7 @@ class ScorerCache:
     `selectit.scoring.loading.loading_note`) and `announce(None)` when it has ended.
     """
 
-    def __init__(self, load: ScorerFor | None = None, settings: Settings | None = None,
+    def __init__(self, load: ScorerFor | None = None, settings: Settings = DEFAULT_SETTINGS,
                  announce: Callable[[str | None], None] | None = None) -> None:
         self._load = load
         self._settings = settings
@@ -502,14 +501,13 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                      prompt_set: str | None = None, progress: ScoreProgress | None = None,
                      batch_size: int | None = None, scorer_for: ScorerFor | None = None,
                      worker: str | None = None, poll: float = 1.0,
-                     settings: Settings | None = None, engine_options: EngineOptions | None = None) -> ScoreSummary:
+                     settings: Settings = DEFAULT_SETTINGS, engine_options: EngineOptions | None = None) -> ScoreSummary:
     """Plan the missing cells of the scope and run the jobs here, through `run_job`.
 
     Jobs left `running` by a killed run on this host are taken over at once (their `host:pid`
     is dead); jobs held by live workers elsewhere are waited for, and taken over if their lease
     expires. Ctrl-C puts the current job back in the queue and returns with `interrupted`.
     """
-    settings = settings or Settings.from_env()
     worker = worker or worker_id()
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
     # A progress written for an older `ScoreProgress` may lack `loading`: it is then not told.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from selectit.errors import SelectitError
+from selectit.settings import environment
 
 #: The chat layout's mark in a model version's fingerprint (`--chat`).
 CHAT = "chat"
@@ -92,7 +92,7 @@ class Endpoint:
         """The key, read now from the environment (never kept anywhere else)."""
         if not self.api_key_env:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = environment(self.api_key_env)
         if not key:
             raise EndpointError(f"${self.api_key_env} is not set; the model's endpoint needs its API key there "
                                 f"(registered with --api-key-env {self.api_key_env})")

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from selectit.errors import SelectitError
+from selectit.settings import environment
 
 if TYPE_CHECKING:
     from selectit.contract import ModelSpec, ScoringEngine
@@ -128,7 +128,7 @@ class EngineOptions:
         """The options set in the environment (unset ones take their defaults)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = os.environ.get(ENV[f.name])
+            raw = environment(ENV[f.name])
             if not raw:
                 continue
             kind = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
@@ -215,13 +215,13 @@ def engine_loader(name: str) -> Loader:
 
 def load_engine(model: Any, options: EngineOptions | None = None) -> ScoringEngine:
     """The scoring engine for a model version (a `ModelSpec`, or a `models` row), as `options`
-    say (default: the environment's, read here: a Celery worker's process has nothing else).
+    say (default: the documented defaults; the entry points read the environment's and pass them).
 
     The default `$SELECTIT_SCORER` of `selectit score` and of the workers. A model registered
     with an endpoint is scored by the `openai` engine whatever the options say.
     """
     from selectit.contract import ModelSpec
 
-    opts = options if options is not None else EngineOptions.from_env()
+    opts = options if options is not None else EngineOptions()
     spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
     return engine_loader(EngineName.OPENAI if spec.endpoint else opts.engine)(spec, opts)
