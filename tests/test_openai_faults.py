@@ -15,7 +15,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from test_openai_engine import FakeServer, tiny_version  # noqa: F401 - tiny_version is a fixture
+from test_openai_engine import FakeServer
 from test_scorer import records
 
 from selectit.cli import main

@@ -52,13 +52,12 @@ from typing import Any
 from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.scoring.endpoints import (  # noqa: F401 - re-exported: the engine's interface
     CHAT,
+    EXCERPT,
     Endpoint,
     EndpointClient,
-    EXCERPT,
     EndpointError,
     RequestFailed,
     _Session,
-    redact,
     endpoint_fingerprint,
     endpoint_host,
     model_endpoint,
