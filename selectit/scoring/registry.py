@@ -36,6 +36,7 @@ from selectit.contract import (  # noqa: F401 - render and RenderedPrompt are re
     valid_name,
 )
 from selectit.errors import SelectitError
+from selectit.scoring.endpoints import Endpoint, redact
 from selectit.scoring.labels import LabelError, label_token_ids  # noqa: F401 - re-exported
 from selectit.store.schema import LLM, MAX_SCALE, Prompt
 
@@ -46,6 +47,8 @@ DEFAULT_MAX_TOKENS = 4096
 MIN_MAX_TOKENS = 16
 #: No context is longer (and the column is a 32-bit integer on PostgreSQL).
 MAX_MAX_TOKENS = 2**31 - 1
+#: The most parameters a model may declare (the column is a 64-bit integer).
+MAX_PARAMS = 2**63 - 1
 
 _DEFAULT_HEAD = (
     "Below is an instruction for an AI assistant and the assistant's response.\n\n"
@@ -287,7 +290,6 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     from selectit.scoring import loading
     from selectit.scoring.openai_engine import (
         CHAT_DTYPE,
-        Endpoint,
         endpoint_fingerprint,
         normalize_endpoint,
         read_model_listing,
@@ -298,8 +300,9 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
         raise RegistryError("--served-model is empty; give the model id the server serves (see its /v1/models)")
     if weight is not None and not (math.isfinite(weight) and weight > 0):
         raise RegistryError(f"--weight must be a positive finite number, e.g. 135e6 (got {weight})")
-    if n_params is not None and n_params < 1:
-        raise RegistryError(f"--params must be a positive parameter count, e.g. 135000000 (got {n_params})")
+    if n_params is not None and not 1 <= n_params <= MAX_PARAMS:
+        raise RegistryError(f"--params must be a positive parameter count below 2**63, e.g. 135000000 "
+                            f"(got {n_params})")
     if max_tokens is not None and max_tokens < MIN_MAX_TOKENS:
         raise RegistryError(f"--max-tokens must be at least {MIN_MAX_TOKENS} tokens (got {max_tokens})")
     if api_key_env is not None and not api_key_env.strip():
@@ -317,7 +320,7 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
         labels = {layout: label_token_ids(tok, ctx, f"model {name!r}, layout {layout}: ")
                   for layout, ctx in LABEL_CONTEXT.items()}
         # The server's context, less one position for the label token it reads.
-        served_len = int(listing.get("max_model_len") or 0) - 1
+        served_len = _served_context(listing, ep) - 1
         limit = min(max_tokens or DEFAULT_MAX_TOKENS, served_len if served_len > 0 else DEFAULT_MAX_TOKENS)
         if limit < MIN_MAX_TOKENS:
             raise RegistryError(f"{ep.host}: the server's context ({served_len + 1} tokens) cannot hold a rating prompt")
@@ -335,6 +338,21 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
             same.max_tokens = max_tokens
         same.api_key_env = api_key_env
     return _activate(session, versions, same)
+
+
+def _served_context(listing: dict[str, Any], ep: Endpoint) -> int:
+    """`max_model_len` of a `/v1/models` entry, 0 when the server gives none; anything but a
+    whole number of tokens (a text, a list, 1e400) is the server's error, said as one."""
+    value = listing.get("max_model_len")
+    if value is None:
+        return 0
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 4096.0: a JSON writer's way of writing 4096
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        shown = redact(repr(value), ep.api_key(), 40)  # the server's text: the key masked, then cut
+        raise RegistryError(f"{ep.host}: the server's /v1/models gives max_model_len {shown}, not a number of "
+                            f"tokens; fix the context length in the server's configuration")
+    return value
 
 
 def _activate(session: Session, versions: list[LLM], active: LLM) -> LLM:
