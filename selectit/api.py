@@ -271,8 +271,16 @@ class Store:
 
     # -- scoring ----------------------------------------------------------------------------
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None) -> Any:
+              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None,
+              retry_failed: bool = False) -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
+
+        Every model needed is loaded before any job is claimed: one that cannot be (a missing API
+        key, an unreachable server) raises `selectit.errors.ModelLoadError` and charges no cell.
+        A failed cell is retried by later runs up to `Settings.max_cell_attempts` times; then it
+        stays failed (the summary's `exhausted`) until `retry_failed=True` gives the scope's failed
+        cells their attempts back. The summary's `failed` counts the cells this run left failed,
+        `left_failed` those of the scope still failed as it ends.
 
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
         a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``, ``loading``; the
@@ -287,7 +295,7 @@ class Store:
         try:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                                     progress=bar or progress, batch_size=batch_size, engine_options=engine,
-                                    settings=self.settings)
+                                    retry_failed=retry_failed, settings=self.settings)
         finally:
             if bar is not None:
                 bar.close()
