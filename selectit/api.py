@@ -324,8 +324,9 @@ class Store:
     def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
                  engine: str | None = None, tokenizer: bool = True) -> list[Any]:
         """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
-        cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
-        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
+        cells, prompt tokens (tokenizer, or estimated from characters; at most the model's context
+        per cell), forwards, and a time from the rate recorded for `engine` (default
+        $SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai engine's). Writes nothing."""
         from selectit.jobs.estimate import estimate
         from selectit.scoring.engines import EngineOptions
 
@@ -334,7 +335,8 @@ class Store:
 
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for
-        $SELECTIT_ENGINE (else torch); "–" without a record (`selectit status`)."""
+        $SELECTIT_ENGINE (else torch; a model served by an endpoint: the openai engine); "–" without a
+        record (`selectit status`)."""
         from selectit.jobs.estimate import time_left
         from selectit.scoring.engines import EngineOptions
 
