@@ -502,6 +502,8 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
         if progress:
             progress.advance(ok + failed)
 
+    if progress:
+        progress.start(n_missing)
     try:
         for spec in to_load:  # every model before the first claim: a load failure charges nothing
             try:
@@ -511,8 +513,6 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
         with phase("planning"):
             requeue_expired(engine, settings)
             plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
-        if progress:
-            progress.start(n_missing)
         tried: set[int] = set()
         while True:
             with phase("DB reads"), db.session_scope(engine) as session:
