@@ -140,8 +140,8 @@ def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = 
     return out
 
 
-def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt], count, chunk: int,  # noqa: ANN001
-                  max_tokens: int) -> int:
+def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt],
+                  count, chunk: int, max_tokens: int) -> int:  # noqa: ANN001
     """Σ tokens of every missing cell's rendered prompt, each at most `max_tokens`, read and counted
     `chunk` samples at a time; no field is read, and no prompt tokenized, beyond `cut` characters."""
     cut = CUT_CHARS_PER_TOKEN * max_tokens

@@ -251,8 +251,8 @@ def total_cells(session: Session, scope: Scope) -> int:
 
 def _failed_in_scope(scope: Scope) -> str:
     """The WHERE clause of the scope's failed score rows."""
-    ds = (f" AND sample_id IN (SELECT sample_id FROM dataset_samples WHERE dataset_id IN ({ids_sql(scope.dataset_ids)}))"
-          if scope.dataset_ids is not None else "")
+    ds = ("" if scope.dataset_ids is None else " AND sample_id IN (SELECT sample_id FROM dataset_samples "
+          f"WHERE dataset_id IN ({ids_sql(scope.dataset_ids)}))")
     return (f"status = '{CellStatus.FAILED}' AND model_id IN ({ids_sql(scope.model_ids)}) "
             f"AND prompt_id IN ({ids_sql(scope.prompt_ids)}){ds}")
 

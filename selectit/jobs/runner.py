@@ -453,8 +453,8 @@ class ScoreSummary:
     jobs: int = 0  # jobs this run completed
     forwards: int = 0
     interrupted: bool = False
-    retryable: int = 0  # failed cells of the scope below the attempt limit as the run ends: the next run retries them
-    exhausted: int = 0  # failed cells of the scope at the attempt limit as the run ends: only `retry_failed` retries them
+    retryable: int = 0  # failed cells of the scope below the attempt limit as the run ends: the next run tries them
+    exhausted: int = 0  # failed cells of the scope at the attempt limit as the run ends: `retry_failed` tries them
     reset: int = 0  # failed cells given their attempts back by `retry_failed`
 
     @property
