@@ -282,8 +282,16 @@ class Store:
 
     # -- scoring ----------------------------------------------------------------------------
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None) -> Any:
+              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None,
+              retry_failed: bool = False) -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
+
+        Every model needed is loaded before any job is claimed: one that cannot be (a missing API
+        key, an unreachable server) raises `selectit.errors.ModelLoadError` and charges no cell.
+        A failed cell is retried by later runs up to `Settings.max_cell_attempts` times; then it
+        stays failed (the summary's `exhausted`) until `retry_failed=True` gives the scope's failed
+        cells their attempts back. The summary's `failed` counts the cells this run left failed,
+        `left_failed` those of the scope still failed as it ends.
 
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
         a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``, ``loading``; the
@@ -299,7 +307,7 @@ class Store:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                                     progress=bar or progress, batch_size=batch_size,
                                     engine_options=engine or self.engine_options,
-                                    settings=self.settings)
+                                    retry_failed=retry_failed, settings=self.settings)
         finally:
             if bar is not None:
                 bar.close()
@@ -328,8 +336,9 @@ class Store:
     def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
                  engine: str | None = None, tokenizer: bool = True) -> list[Any]:
         """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
-        cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
-        the rate recorded for `engine` (default the store's, $SELECTIT_ENGINE, else torch). Writes nothing."""
+        cells, prompt tokens (tokenizer, or estimated from characters; at most the model's context
+        per cell), forwards, and a time from the rate recorded for `engine` (default the store's,
+        $SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai engine's). Writes nothing."""
         from selectit.jobs.estimate import estimate
 
         return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
@@ -338,7 +347,8 @@ class Store:
 
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for
-        the store's engine ($SELECTIT_ENGINE, else torch); "–" without a record (`selectit status`)."""
+        the store's engine ($SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai
+        engine); "–" without a record (`selectit status`)."""
         from selectit.jobs.estimate import time_left
 
         return time_left(self.engine, missing, self.engine_options.engine)

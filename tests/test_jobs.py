@@ -244,8 +244,8 @@ def test_a_failing_cell_is_retried_up_to_the_limit_and_the_rest_complete(
         assert (out.scored, out.failed) == ((20 if attempt == 1 else 0), 5)
         failed = {k: v for k, v in score_rows(engine).items() if v[0] == "failed"}
         assert len(failed) == 5 and {v[1] for v in failed.values()} == {attempt}
-    out = runner.score_in_process(engine, settings=Settings.from_env())  # at the limit: left failed, not retried
-    assert (out.scored, out.failed, out.skipped) == (0, 0, 25)
+    out = runner.score_in_process(engine, settings=Settings.from_env())  # at the limit: left failed, not retried (and not "already scored")
+    assert (out.scored, out.failed, out.skipped, out.exhausted) == (0, 0, 20, 5)
     with db.session_scope(engine) as session:
         errors = set(session.scalars(sa.select(Score.error).where(Score.status == "failed")))
     assert errors == {"RuntimeError: injected failure"}

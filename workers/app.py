@@ -29,7 +29,9 @@ read once there (that command's edge):
 Tasks take ids and are idempotent: a duplicate `score_job` message finds its job not queued and
 does nothing; jobs are sent to the broker only after the transaction that created them committed.
 A job whose message was lost (the broker restarted) is sent again by `plan`/`requeue_expired`
-when its model's queue is empty. Each task reads what it sends in one session.
+when its model's queue is empty. Each task reads what it sends in one session. A worker that cannot
+load its model (a missing API key, a server that refuses or does not answer) claims nothing: the
+job stays queued with no attempt charged and the error noted on it, and is re-sent the same way.
 """
 
 from __future__ import annotations
@@ -166,6 +168,10 @@ class Fleet:
         outcome = run_job(self.engine(), int(job_id), self.scorer_for, worker_id(), settings=self.settings)
         if outcome.status == Outcome.RETRY and outcome.model:  # put back in the queue by run_job: send it again
             self.send([(outcome.job_id, outcome.model)])
+        elif outcome.status == Outcome.LOAD_FAILED:
+            # Not sent again at once (this worker would load and fail in a loop): the job stays queued,
+            # uncharged, and the control loop re-sends it once its model's queue is empty.
+            log.error("job %s left queued, no attempt charged: %s", job_id, outcome.error)
         log.info("job %s: %s (%d ok, %d failed)", job_id, outcome.status, outcome.scored, outcome.failed)
         return {"job_id": outcome.job_id, "status": str(outcome.status), "scored": outcome.scored,
                 "failed": outcome.failed}

@@ -14,6 +14,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -245,6 +246,44 @@ def total_cells(session: Session, scope: Scope) -> int:
     ds = f"WHERE dataset_id IN ({ids_sql(scope.dataset_ids)})" if scope.dataset_ids is not None else ""
     n = session.scalar(sa.text(f"SELECT COUNT(DISTINCT sample_id) FROM dataset_samples {ds}")) or 0
     return n * len(scope.model_ids) * len(scope.prompt_ids)
+
+
+def _failed_in_scope(scope: Scope) -> str:
+    """The WHERE clause of the scope's failed score rows."""
+    ds = ("" if scope.dataset_ids is None else " AND sample_id IN (SELECT sample_id FROM dataset_samples "
+          f"WHERE dataset_id IN ({ids_sql(scope.dataset_ids)}))")
+    return (f"status = '{CellStatus.FAILED}' AND model_id IN ({ids_sql(scope.model_ids)}) "
+            f"AND prompt_id IN ({ids_sql(scope.prompt_ids)}){ds}")
+
+
+def reset_failed(session: Session, scope: Scope) -> int:
+    """Give the scope's failed cells their attempts back (`score --retry-failed`): each is missing
+    again, so the next plan puts it in a job, and it is tried `max_cell_attempts` times more. The
+    row (and its error) stays until the cell is scored again. Returns how many were reset."""
+    return session.execute(sa.text(f"UPDATE scores SET attempts = 0 WHERE {_failed_in_scope(scope)} "
+                                   "AND attempts > 0")).rowcount or 0
+
+
+@dataclass(frozen=True)
+class FailedCells:
+    """The scope's failed cells, as a run ends."""
+
+    by_run: int  # written failed by `worker` since `since` (its failed attempts and the jobs it gave up)
+    retryable: int  # below the attempt limit: the next run retries them
+    exhausted: int  # at the attempt limit: retried only after `reset_failed`
+
+
+def failed_cells(session: Session, scope: Scope, settings: Settings, *, worker: str | None = None,
+                 since: dt.datetime | None = None) -> FailedCells:
+    """Count the scope's failed cells (one query); `by_run` needs `worker` and `since`."""
+    since = since or utcnow()
+    row = session.execute(sa.text(  # worker = NULL is never true: no `by_run` without a worker
+        "SELECT COALESCE(SUM(CASE WHEN worker = :worker AND scored_at >= :since THEN 1 ELSE 0 END), 0), "
+        f"COALESCE(SUM(CASE WHEN attempts < :limit THEN 1 ELSE 0 END), 0), "
+        f"COALESCE(SUM(CASE WHEN attempts >= :limit THEN 1 ELSE 0 END), 0) FROM scores WHERE {_failed_in_scope(scope)}"
+    ).bindparams(sa.bindparam("since", type_=sa.DateTime())),  # stored as the DateTime column stores it
+        {"limit": settings.max_cell_attempts, "worker": worker, "since": since}).one()
+    return FailedCells(*(int(v) for v in row))
 
 
 # --------------------------------------------------------------------------------------------
