@@ -18,7 +18,7 @@ from selectit.contract import valid_name
 from selectit.errors import NoSuchDataset
 from selectit.fusion.errors import FusionError
 from selectit.fusion.extensions import extension_path
-from selectit.store import db
+from selectit.store import db, sqlite_locks
 
 
 #: libpq settings that go into a DuckDB secret, never into the visible path (with every
@@ -84,6 +84,8 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
             if path is None or not path.is_file():
                 raise FusionError(f"no SQLite database at {str(path)!r}; create it with `selectit init`")
             con.execute(f"LOAD {sql_str(str(extension_path('sqlite')))}")
+            # DuckDB's SQLite and SQLAlchemy's must not both have the file open in this process.
+            sqlite_locks.lend_to_duckdb(path, con)
             try:
                 con.execute(f"ATTACH {sql_str(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
             except duckdb.Error as exc:

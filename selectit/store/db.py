@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from selectit.errors import SelectitError
+from selectit.store import sqlite_locks
 
 DEFAULT_URL = "sqlite:///selectit.db"
 URL_ENV = "SELECTIT_DATABASE_URL"
@@ -246,6 +247,9 @@ def _create_engine(url: str) -> Engine:
         def _no_implicit_begin(dbapi_conn, _record) -> None:  # noqa: ANN001
             dbapi_conn.isolation_level = None
 
+        path = sqlite_file(url)
+        if path is not None:  # DuckDB may read this file in this process too (see `sqlite_locks`)
+            sqlite_locks.track(engine, path)
         return engine
     connect_args = {"connect_timeout": connect_timeout()} if url.startswith("postgresql") else {}
     return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
