@@ -20,6 +20,9 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 #: Processes, and commands each runs: enough that a process whose SQLite locks were dropped is hit.
 WORKERS, ROUNDS = 6, 10
 #: Every command of the mix, in the order worker 0 runs them (worker i starts i further on).
@@ -63,6 +66,50 @@ def worker(url: str, index: int, rounds: int, data: str, out: str) -> int:
             failed += 1
             print(f"FAILED {' '.join(args)}: {buffer.getvalue().strip()}", flush=True)
     return 1 if failed else 0
+
+
+def _descriptors_on(path: Path) -> int:
+    """How many of this process's file descriptors are open on the store (database, WAL, -shm)."""
+    names = {str(p.resolve()) for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))}
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += str(fd.readlink()) in names
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            pass
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_duckdb_reads_the_file_only_while_sqlalchemy_holds_no_connection(sqlite_url: str) -> None:
+    """A DuckDB statement closes its SQLite handle, dropping every POSIX lock of this process on
+    the file: no SQLAlchemy connection may be open then (`selectit.store.sqlite_locks`)."""
+    from selectit.errors import SelectitError
+    from selectit.fusion.store_attach import attach
+    from selectit.store import db
+
+    path = db.sqlite_file(sqlite_url)
+    engine = db.open_store(sqlite_url)
+    try:
+        assert _descriptors_on(path) > 0  # open_store's check left a pooled connection
+        with engine.connect(), pytest.raises(SelectitError, match="finish the transaction first"):
+            attach(sqlite_url)  # inside a transaction: refused, not silently unlocked
+        con = attach(sqlite_url)
+        assert _descriptors_on(path) == 0  # closed before DuckDB opened the file
+        assert con.execute("SELECT set_name FROM store.prompts").fetchone() is not None
+        assert _descriptors_on(path) > 0  # a result not read to the end keeps DuckDB's handles open
+        with db.session_scope(engine) as session:  # DuckDB lets go first; closed when handed back
+            session.execute(sa.text("INSERT INTO datasets (name, source) VALUES ('x', 'test')"))
+        assert _descriptors_on(path) == 0
+        assert con.execute("SELECT count(*) FROM store.datasets").fetchone() == (1,)
+        con.close()
+        del con  # the lend ends with the DuckDB connection: the pool keeps connections again
+        with db.read_scope(engine) as session:
+            session.execute(sa.text("SELECT 1"))
+        assert _descriptors_on(path) > 0
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_writers_on_one_sqlite_store(sqlite_url: str, tmp_path: Path) -> None:

@@ -62,6 +62,15 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _end_result(con: duckdb.DuckDBPyConnection) -> None:
+    """Close `con`'s pending result, and with it the SQLite handles a result not read to the end
+    keeps open (`sqlite_locks`); nothing to do on a closed connection."""
+    try:
+        con.execute("SELECT 1")
+    except duckdb.ConnectionException:
+        pass
+
+
 def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the curation database attached read-only as `store`.
 
@@ -85,7 +94,7 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
                 raise FusionError(f"no SQLite database at {str(path)!r}; create it with `selectit init`")
             con.execute(f"LOAD {sql_str(str(extension_path('sqlite')))}")
             # DuckDB's SQLite and SQLAlchemy's must not both have the file open in this process.
-            sqlite_locks.lend_to_duckdb(path, con)
+            sqlite_locks.lend_to_duckdb(path, con, _end_result)
             try:
                 con.execute(f"ATTACH {sql_str(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
             except duckdb.Error as exc:
