@@ -77,6 +77,8 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
     Right after the ATTACH external access is turned off: nothing but the attached store can be
     read or written from here on (the views keep working; the extensions read the store through
     their own connections). The PostgreSQL password goes into a DuckDB secret, shown redacted.
+    A SQLite file is lent to the connection while it lives (`selectit.store.sqlite_locks`): run
+    none of its statements inside a SQLAlchemy transaction on the same store.
     """
     url = make_url(db.resolve_url(db_url))
     con = duckdb.connect(

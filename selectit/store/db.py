@@ -366,6 +366,9 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
         plain = sa.create_engine(resolved)
     except (ValueError, TypeError) as exc:  # a URL part the driver refuses (`?check_same_thread=maybe`)
         raise _bad_url_part(url, exc) from None
+    path = sqlite_file(resolved)
+    if path is not None:
+        sqlite_locks.track(plain, path)
     try:
         if current_revision(plain) is None:
             tables = _foreign_tables(plain)
