@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from selectit.errors import SelectitError
 from selectit.settings import environment
+from selectit.store import sqlite_locks
 
 DEFAULT_URL = "sqlite:///selectit.db"
 URL_ENV = "SELECTIT_DATABASE_URL"
@@ -247,6 +248,9 @@ def _create_engine(url: str) -> Engine:
         def _no_implicit_begin(dbapi_conn, _record) -> None:  # noqa: ANN001
             dbapi_conn.isolation_level = None
 
+        path = sqlite_file(url)
+        if path is not None:  # DuckDB may read this file in this process too (see `sqlite_locks`)
+            sqlite_locks.track(engine, path)
         return engine
     connect_args = {"connect_timeout": connect_timeout()} if url.startswith("postgresql") else {}
     return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
@@ -363,6 +367,9 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
         plain = sa.create_engine(resolved)
     except (ValueError, TypeError) as exc:  # a URL part the driver refuses (`?check_same_thread=maybe`)
         raise _bad_url_part(url, exc) from None
+    path = sqlite_file(resolved)
+    if path is not None:
+        sqlite_locks.track(plain, path)
     try:
         if current_revision(plain) is None:
             tables = _foreign_tables(plain)
