@@ -163,12 +163,14 @@ class Control:
             raise FusionError(f"unknown control {self.by!r}; choose one of: {', '.join(CONTROLS)}")
         if (self.top is None) == (self.top_n is None):
             raise FusionError("give the control's size: a share (--random SHARE, or --top with --by length) or --top-n")
-        if self.top is not None:
-            validate_top(self.top)
+        if self.top is not None:  # the message names the option the user gave
+            validate_top(self.top, "--random" if self.by == "random" else "--top")
         if self.top_n is not None and self.top_n < 1:
             raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
         if self.by == "random" and self.top is None:
             raise FusionError("--random takes a share, e.g. --random 0.2")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):  # int("x") would raise a bare ValueError
+            raise FusionError(f"--seed must be a whole number, e.g. --seed 1; got {self.seed!r}")
 
     def size(self, n_rankable: int) -> int:
         if n_rankable == 0:
