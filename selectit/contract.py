@@ -90,11 +90,23 @@ MAX_NAME = 200
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def _look_alike(c: str) -> str:
+    """What `c` is when a name holding it prints like another name ("" when it is fine): an
+    invisible format character (Unicode Cf: U+200B, U+00AD, U+FEFF, …) or a space other than
+    U+0020 (Zs such as U+00A0, U+3000, and any other whitespace)."""
+    if unicodedata.category(c) == "Cf":
+        return "invisible format character"
+    if c != " " and (c.isspace() or unicodedata.category(c) == "Zs"):
+        return "space character"
+    return ""
+
+
 def valid_name(value: str, what: str) -> str:
     """`value` in Unicode NFC, or an error: a name is one non-empty line of printable text.
 
     NFC makes `café` typed on any keyboard one name; a line break would forge extra rows in
-    every listing, so control characters are refused.
+    every listing, so control characters are refused; so are invisible format characters and
+    spaces other than ' ', with which two names would print alike.
 
     >>> valid_name("cafe\u0301", "dataset") == "caf\u00e9"
     True
@@ -113,6 +125,12 @@ def valid_name(value: str, what: str) -> str:
     if all(unicodedata.category(c) in ("Cf", "Zs", "Mn") for c in name):
         raise InvalidNameError(f"the {what} name {name!r} shows nothing (only invisible characters); "
                                f"give a name such as 'alpaca-v1'")
+    found = next(((i, c, kind) for i, c in enumerate(name, 1) if (kind := _look_alike(c))), None)
+    if found is not None:  # `a\u200bb` and `ab` would print alike in every listing, yet be two names
+        i, c, kind = found
+        raise InvalidNameError(f"the {what} name {name!r} holds the {kind} U+{ord(c):04X} "
+                               f"({unicodedata.name(c, 'unnamed')}) at position {i}; it would print like "
+                               f"another name: use visible characters and plain spaces")
     if len(name) > MAX_NAME:
         raise InvalidNameError(f"the {what} name is {len(name)} characters long; use at most {MAX_NAME}")
     return name
