@@ -18,6 +18,7 @@ The engine contract (`ScoringEngine`: `score(requests)`, `close()`, `engine`, `e
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from abc import ABC, abstractmethod
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from selectit.errors import SelectitError
+from selectit.errors import BadInput, SelectitError
 
 
 class JobStatus(StrEnum):
@@ -111,6 +112,8 @@ def valid_name(value: str, what: str) -> str:
     >>> valid_name("cafe\u0301", "dataset") == "caf\u00e9"
     True
     """
+    if not isinstance(value, str):  # from the Python API: normalize() would raise a bare TypeError
+        raise InvalidNameError(f"the {what} name must be a string; got {value!r}")
     name = unicodedata.normalize("NFC", value)
     if not name.strip():
         raise InvalidNameError(f"the {what} name is empty; give a name such as 'alpaca-v1'")
@@ -134,6 +137,19 @@ def valid_name(value: str, what: str) -> str:
     if len(name) > MAX_NAME:
         raise InvalidNameError(f"the {what} name is {len(name)} characters long; use at most {MAX_NAME}")
     return name
+
+
+def valid_path(value: Any, option: str) -> str | os.PathLike[str]:
+    """`value` when it can name a file (a str, or an os.PathLike of one), else `BadInput` naming
+    `option`: a bytes path or another object would fail deep inside with a bare TypeError.
+
+    >>> valid_path(b"/tmp/x", "--out")
+    Traceback (most recent call last):
+    selectit.errors.BadInput: --out must be a path (a str or a pathlib.Path); got b'/tmp/x'
+    """
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
+        return value
+    raise BadInput(f"{option} must be a path (a str or a pathlib.Path); got {value!r}")
 
 
 def choices(enum: type[StrEnum]) -> str:

@@ -363,9 +363,13 @@ def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
     """``"instruction=question,output=response"`` → {"instruction": "question", "output": "response"}."""
     if not spec:
         return {}
+    if not isinstance(spec, (str, dict)):  # the Python API's map=: a .split() would raise AttributeError
+        raise IngestError(f"--map is 'instruction=question,…' or a dict of field → column; got {spec!r}")
     pairs = spec.items() if isinstance(spec, dict) else (p.partition("=")[::2] for p in spec.split(",") if p.strip())
     result: dict[str, str] = {}
     for target, column in pairs:
+        if not (isinstance(target, str) and isinstance(column, str)):
+            raise IngestError(f"--map names fields and columns with strings; got {target!r}: {column!r}")
         target, column = target.strip(), column.strip()
         name = MAP_ALIASES.get(target, target)
         if name not in MAP_FIELDS:
