@@ -167,9 +167,10 @@ def read_prompt_lines(path: str | Path) -> list[str]:
         raise RegistryError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise RegistryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    # Universal newlines like readlines(): \r\n and \r become \n.
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.splitlines(keepends=True)
+    # Universal newlines like readlines(): \r\n and \r become \n, and only \n ends a line
+    # (str.splitlines() would also cut a prompt at U+2028, U+0085, \x0c, … inside it).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
 def import_prompts(session: Session, path: str | Path, set_name: str, layout: str,
