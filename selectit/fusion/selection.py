@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,19 @@ from selectit.store.schema import Dataset, Selection, SelectionSample
 # --------------------------------------------------------------------------------------------
 # Choosing from the ranking
 # --------------------------------------------------------------------------------------------
+def _whole(value: object) -> bool:
+    """An integer, not a bool (numpy's too): the API's arguments are not parsed by click."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    return _whole(value) and value >= 1  # type: ignore[operator]
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Criterion:
     """Which ranked samples to keep: a top share, the top n, or a score threshold (else all).
@@ -47,9 +61,9 @@ class Criterion:
             raise FusionError("give only one of --top, --top-n and --min-score")
         if self.top is not None:
             validate_top(self.top)
-        if self.top_n is not None and self.top_n < 1:
+        if self.top_n is not None and not _count(self.top_n):
             raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
-        if self.min_score is not None and not math.isfinite(self.min_score):
+        if self.min_score is not None and not (_real(self.min_score) and math.isfinite(self.min_score)):
             raise FusionError(f"--min-score must be a finite number, e.g. 0.5; got {self.min_score!r}")
 
     @classmethod
@@ -163,12 +177,14 @@ class Control:
             raise FusionError(f"unknown control {self.by!r}; choose one of: {', '.join(CONTROLS)}")
         if (self.top is None) == (self.top_n is None):
             raise FusionError("give the control's size: a share (--random SHARE, or --top with --by length) or --top-n")
-        if self.top is not None:
-            validate_top(self.top)
-        if self.top_n is not None and self.top_n < 1:
+        if self.top is not None:  # the message names the option the user gave
+            validate_top(self.top, "--random" if self.by == "random" else "--top")
+        if self.top_n is not None and not _count(self.top_n):
             raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
         if self.by == "random" and self.top is None:
             raise FusionError("--random takes a share, e.g. --random 0.2")
+        if not _whole(self.seed):  # random_key's int("x") would raise a bare ValueError
+            raise FusionError(f"--seed must be a whole number, e.g. --seed 1; got {self.seed!r}")
 
     def size(self, n_rankable: int) -> int:
         if n_rankable == 0:

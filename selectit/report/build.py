@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from selectit.contract import valid_path
 from selectit.errors import SelectitError
 from selectit.fusion.views import DEFAULT_TOP, validate_top
 from selectit.report import sections as sections_
@@ -133,7 +134,7 @@ def build_report(
     `top` share of the rankable samples).
     """
     validate_top(top)  # before anything is written
-    if not str(out).strip():
+    if not str(valid_path(out, "--out")).strip():
         raise ReportError("--out is empty; give the report's directory (e.g. --out report)")
     out = Path(out)
     legacy = _prepare_out(out)
