@@ -140,7 +140,7 @@ def _engine_choice(base: Any, given: dict[str, Any]):  # noqa: ANN202 - selectit
     """The given engine options over `base` (the store's, read from the environment once), checked."""
     import dataclasses
 
-    options = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    options = base.replace(**{k: v for k, v in given.items() if v is not None})
     if options.engine == "vllm":
         from selectit.scoring.engines import require_vllm
 

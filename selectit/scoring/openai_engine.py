@@ -47,7 +47,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.scoring.endpoints import (  # noqa: F401 - re-exported: the engine's interface
@@ -65,6 +65,9 @@ from selectit.scoring.endpoints import (  # noqa: F401 - re-exported: the engine
     read_model_listing,
 )
 from selectit.scoring.preparation import Prepared, RequestPreparation
+
+if TYPE_CHECKING:
+    from selectit.scoring.engines import OpenAIOptions
 
 logger = logging.getLogger(__name__)
 
@@ -500,14 +503,14 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
 # Registration and loading
 
 
-def load_openai_scorer(model: Any, options: Any = None, **client_kwargs: Any) -> OpenAIScorer:
+def load_openai_scorer(model: Any, options: OpenAIOptions | None = None, **client_kwargs: Any) -> OpenAIScorer:
     """An `OpenAIScorer` for a model version registered with `--endpoint` (a `ModelSpec` or a
     `models` row), with the engine options' concurrency, timeout, retries and `--logprobs-top`;
     the server is probed now, so a wrong key or an unusable server fails before a job is claimed."""
     from selectit.scoring import loading
-    from selectit.scoring.engines import EngineOptions
+    from selectit.scoring.engines import OpenAIOptions
 
-    options = options or EngineOptions(engine="openai")
+    options = options or OpenAIOptions()
     endpoint = model_endpoint(model)
     endpoint.api_key()  # a missing key fails here, before any job is claimed
     tokenizer = loading.load_tokenizer(loading.resolve_source(model.source))
