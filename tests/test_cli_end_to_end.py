@@ -67,3 +67,17 @@ def test_demo_runs_end_to_end_on_three_samples(sqlite_url: str, tiny_model_dir: 
     assert isinstance(selected, list) and all(set(r) == {"instruction", "input", "output"} for r in selected)
     again = CliRunner().invoke(main, args, catch_exceptions=False)  # a second run reuses every score
     assert again.exit_code == 0 and "scored 0 cells" in again.output
+
+
+def test_a_command_on_the_default_store_names_it_on_stderr(tmp_path: Path, monkeypatch) -> None:
+    """Neither --db nor $SELECTIT_DATABASE_URL: ./selectit.db, named in one line (created, then used);
+    a store the user named gets no such line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SELECTIT_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    first, again = runner.invoke(main, ["datasets"]), runner.invoke(main, ["datasets"])
+    where = tmp_path.resolve() / "selectit.db"
+    assert first.exit_code == 0 and first.stderr == f"created the store {where} (--db or $SELECTIT_DATABASE_URL to use another)\n"
+    assert again.exit_code == 0 and again.stderr == f"using the store {where} (--db or $SELECTIT_DATABASE_URL to use another)\n"
+    named = runner.invoke(main, ["--db", f"sqlite:///{tmp_path / 'other.db'}", "datasets"])
+    assert named.exit_code == 0 and named.stderr == ""

@@ -391,3 +391,14 @@ def test_the_parse_step_reads_records_without_a_database(tmp_path: Path) -> None
     assert items[1].unparsed and not items[2].unparsed
     assert items[2].reason == "no assistant turn (the last assistant turn is the response)"
     assert read_records(path, limit=1) == items[:1]
+
+
+def test_the_summary_tells_new_in_this_dataset_from_new_samples(cli, tmp_path) -> None:
+    """A record already stored for another dataset is new in this one, but no new sample (nothing to score)."""
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    one.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]))
+    two.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "e", "output": "f"}]))
+    assert cli("ingest", one, "--dataset", "one").stdout == "one: read 2, new 2, duplicates 0, invalid 0\n"
+    assert cli("ingest", two, "--dataset", "two").stdout == (
+        "two: read 2, new 2, duplicates 0, invalid 0; of the 2 new in this dataset, already stored for another "
+        "dataset (and scored once): 1, new samples: 1\n")

@@ -166,8 +166,13 @@ def store(ctx: click.Context):  # noqa: ANN201 - a selectit.api.Store
     if "store" not in root.obj:
         from selectit.api import Store
 
+        default = db.default_store_file(root.obj["db_url"])  # neither --db nor $SELECTIT_DATABASE_URL
+        existed = default is not None and default.exists()
         root.obj["store"] = Store(root.obj["db_url"])
         root.call_on_close(root.obj["store"].close)
+        if default is not None:  # a store nobody named: say which, so a command in another directory is no surprise
+            echo(f"{'using' if existed else 'created'} the store {default.resolve()} (--db or $SELECTIT_DATABASE_URL "
+                 f"to use another)", err=True)
     return root.obj["store"]
 
 

@@ -89,8 +89,12 @@ class IngestResult:
 
     @property
     def summary(self) -> str:
-        return (f"{self.dataset}: read {self.read}, new {self.new}, duplicates {self.duplicates}, "
+        line = (f"{self.dataset}: read {self.read}, new {self.new}, duplicates {self.duplicates}, "
                 f"invalid {len(self.invalid)}")
+        if self.new_samples < self.new:  # "new" is new in this dataset: say what the store already had
+            line += (f"; of the {self.new} new in this dataset, already stored for another dataset (and "
+                     f"scored once): {self.new - self.new_samples}, new samples: {self.new_samples}")
+        return line
 
     def invalid_report(self, limit: int = LIST_INVALID) -> list[str]:
         """Lines listing the first `limit` invalid records, then how many more there are."""

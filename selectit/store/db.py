@@ -174,6 +174,14 @@ def connect_timeout() -> int:
     return value
 
 
+def default_store_file(url: str | None) -> Path | None:
+    """The default store's file (./selectit.db) when neither `url` nor $SELECTIT_DATABASE_URL names
+    a database, else None."""
+    if url or environment(URL_ENV):
+        return None
+    return Path(DEFAULT_URL.removeprefix("sqlite:///"))
+
+
 def resolve_url(url: str | None = None) -> str:
     """The database URL: explicit, else $SELECTIT_DATABASE_URL, else ./selectit.db.
 
