@@ -19,13 +19,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectit.contract import DEFAULT_TOP
 from selectit.errors import SelectitError
 from selectit.ranking import DEFAULT_RANKING, Ranking
+from selectit.results import (  # noqa: F401 - what the methods return, importable from here too
+    InitResult,
+    ModelVersion,
+    PlanResult,
+    RankSummary,
+    SelectionInfo,
+    StoreStatus,
+)
 from selectit.settings import Settings
 from selectit.store import db
 
@@ -35,97 +42,15 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
-    from selectit.fusion.selection import Criterion
     from selectit.fusion.session import Fusion
-    from selectit.jobs.ticks import TickRow
-    from selectit.status import ModelProgress, StatusRow
-    from selectit.fusion.views import Coverage, Params
     from selectit.io.export import ExportResult
     from selectit.io.ingest import IngestResult
     from selectit.report.build import ReportResult
     from selectit.scoring.engines import EngineOptions
-    from selectit.store.schema import LLM
 
 
 #: More rows than any dataset holds (a `--limit` above it is capped, not an overflow).
 MAX_ROWS = 2**62
-
-
-@dataclass(frozen=True)
-class SelectionInfo:
-    """A frozen selection, as `Store.select` made it."""
-
-    name: str
-    id: int
-    dataset: str
-    n_selected: int
-    n_rankable: int
-    coverage: Coverage | None = None
-    how: str = ""  # how the samples were chosen, e.g. "top 0.2 share" or "random 0.2 share, seed 1"
-    warning: str | None = None  # only part of the dataset was rankable
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered model version (`selectit models`)."""
-
-    id: int
-    name: str
-    dtype: str
-    n_params: int | None  # None: a served model registered without --params
-    weight: float | None
-    active: bool
-    source: str  # of a served model: its tokenizer
-    fingerprint: str
-    added: bool = False  # `add_model`: a new version (else the same weights and dtype were known)
-    endpoint: str | None = None  # a served model: the OpenAI-compatible server's base URL
-    served_model: str | None = None  # … and the id it serves the model under
-
-    @classmethod
-    def of(cls, row: LLM, *, added: bool = False) -> ModelVersion:
-        return cls(row.id, row.name, row.dtype, row.n_params, row.weight, bool(row.active), row.source,
-                   row.fingerprint, added, row.endpoint, row.served_model)
-
-
-@dataclass(frozen=True)
-class StoreStatus:
-    """What `selectit status` shows: samples per dataset, distinct samples, scoring per model × set."""
-
-    samples_per_dataset: list[tuple[str, int]]
-    distinct_samples: int
-    scoring: list[StatusRow]
-    control_ticks: list[TickRow] = field(default_factory=list)  # the fleet's clock: last run of each tick
-    models: list[ModelProgress] = field(default_factory=list)  # per model version: rates and ETA
-    dataset: str | None = None  # the dataset the counts are of (None: every dataset)
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    planned: int  # new jobs
-    sent: int  # sent to the broker
-    resent: int = 0  # queued earlier but never sent (a failed plan, a lost broker), sent now
-
-
-@dataclass(frozen=True)
-class RankSummary:
-    """What `selectit rank` shows: the parameters, the head of the ranking (with each sample's
-    instruction), how many samples are rankable and kept, and the dataset's coverage."""
-
-    dataset: str
-    params: Params
-    criterion: Criterion
-    head: pa.Table  # rank, sample_id, position, s_model, instruction
-    n_rankable: int
-    n_chosen: int
-    coverage: Coverage
-    warning: str | None = None  # only part of the dataset is rankable
-
-
-@dataclass(frozen=True)
-class InitResult:
-    url: str  # shown without its password
-    before: str | None  # the revision found (None: an empty database)
-    after: str
 
 
 def init(url: str | None = None) -> InitResult:
@@ -324,6 +249,16 @@ class Store:
 
             sent, resent = send(self.engine, ids, self.settings)  # and those queued earlier but never sent
         return PlanResult(len(ids), sent, resent)
+
+    def run_worker(self, models: Sequence[str], *, control_queue: bool, pool: str, concurrency: int,
+                   engine_options: EngineOptions | None = None) -> None:
+        """Run a Celery worker of the fleet on `models`' queues (and the control queue), with this
+        store's settings and database, until it is stopped (`selectit worker`)."""
+        from selectit.workers.app import run_worker
+
+        self.require_models(models)
+        run_worker(self.settings, models=models, control_queue=control_queue, pool=pool, concurrency=concurrency,
+                   db_url=self.url, engine_options=engine_options or self.engine_options)
 
     def require_models(self, names: Sequence[str]) -> None:
         """Fail with `NoSuchModel` unless every name is an active model (a worker's queues)."""
@@ -561,6 +496,42 @@ class Store:
         from selectit.fusion.console import as_arrow
 
         return as_arrow(*self.query(query, ranking=ranking, top=top))
+
+
+# -- the rest of the front door: what the CLI needs besides a Store ---------------------------
+#: The environment variable of the database URL, and the errors a database URL or a driver raises.
+URL_ENV, DriverError, StoreError = db.URL_ENV, db.DriverError, db.StoreError
+check_url, explain_error, default_store_file = db.check_url, db.explain_error, db.default_store_file
+
+
+def engine_names() -> list[str]:
+    """The scoring engines `--engine` accepts: the built-in ones, then those of installed packages."""
+    from selectit.scoring.engines import engine_names as names
+
+    return names()
+
+
+def require_vllm() -> None:
+    """Fail early, with the install command, where vLLM is missing."""
+    from selectit.scoring.engines import require_vllm as require
+
+    require()
+
+
+def health_thresholds() -> dict[str, float]:
+    """The documented rater-health thresholds (`diagnose --format json`)."""
+    import dataclasses
+
+    from selectit.fusion.health import THRESHOLDS
+
+    return dataclasses.asdict(THRESHOLDS)
+
+
+def dtype_warning(dtype: str | None) -> str | None:
+    """One line when a dtype rates only approximately (half precision without hardware, int8)."""
+    from selectit.scoring import loading
+
+    return (loading.half_precision_warning(dtype) or loading.approximation_warning(dtype)) if dtype else None
 
 
 def _ranking(value: Any) -> Ranking:

@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from selectit.store import db
+from selectit import api  # the front door: the database URL check and the drivers' errors too
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,8 +78,8 @@ def _one_line(text: str) -> str:
 
 
 def explain_store_error(exc: BaseException, url: str | None) -> str | None:
-    """What a driver's error says about the database, in one line (see `db.explain_error`)."""
-    return db.explain_error(exc, url)
+    """What a driver's error says about the database, in one line (see `api.explain_error`)."""
+    return api.explain_error(exc, url)
 
 
 def handles_errors(func: F) -> F:
@@ -91,7 +91,7 @@ def handles_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except (SelectitError, db.DriverError) as exc:
+        except (SelectitError, api.DriverError) as exc:
             ctx = click.get_current_context(silent=True)
             url = ctx.find_root().obj.get("db_url") if ctx and ctx.find_root().obj else None
             message = explain_store_error(exc, url) if not isinstance(exc, SelectitError) else None
@@ -117,8 +117,8 @@ def handles_errors(func: F) -> F:
 def _checked_url(url: str | None) -> str | None:
     """`--db` / $SELECTIT_DATABASE_URL as given, refusing what no command could open."""
     try:
-        db.check_url(url)
-    except db.StoreError as exc:
+        api.check_url(url)
+    except api.StoreError as exc:
         raise UserError(str(exc)) from None
     return url
 
@@ -141,10 +141,10 @@ class _Utf8Group(click.Group):
 @click.option(
     "--db",
     "db_url",
-    envvar=db.URL_ENV,
+    envvar=api.URL_ENV,
     default=None,
     metavar="URL",
-    help=f"SQLAlchemy database URL [env {db.URL_ENV}; default sqlite:///selectit.db].",
+    help=f"SQLAlchemy database URL [env {api.URL_ENV}; default sqlite:///selectit.db].",
 )
 @click.version_option(package_name="selectit")
 @click.pass_context
@@ -166,7 +166,7 @@ def store(ctx: click.Context):  # noqa: ANN201 - a selectit.api.Store
     if "store" not in root.obj:
         from selectit.api import Store
 
-        default = db.default_store_file(root.obj["db_url"])  # neither --db nor $SELECTIT_DATABASE_URL
+        default = api.default_store_file(root.obj["db_url"])  # neither --db nor $SELECTIT_DATABASE_URL
         existed = default is not None and default.exists()
         root.obj["store"] = Store(root.obj["db_url"])
         root.call_on_close(root.obj["store"].close)

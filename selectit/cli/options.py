@@ -105,7 +105,7 @@ def _scope_options(func: F) -> F:
 
 def _engine_options(func: F) -> F:
     """--engine and its options (selectit.scoring.engines): a value for `score` and `worker`."""
-    from selectit.scoring.engines import engine_names
+    from selectit.api import engine_names
 
     for option in reversed([
         click.option("--engine", type=click.Choice(engine_names()), default=None,
@@ -138,11 +138,9 @@ def _engine_options(func: F) -> F:
 
 def _engine_choice(base: Any, given: dict[str, Any]):  # noqa: ANN202 - selectit.scoring.engines.EngineOptions
     """The given engine options over `base` (the store's, read from the environment once), checked."""
-    import dataclasses
-
     options = base.replace(**{k: v for k, v in given.items() if v is not None})
     if options.engine == "vllm":
-        from selectit.scoring.engines import require_vllm
+        from selectit.api import require_vllm
 
         require_vllm()
     return options

@@ -258,17 +258,16 @@ def diagnose(ctx: click.Context, dataset: str, ranking: Ranking, fmt: str) -> No
       selectit diagnose --dataset alpaca
       selectit diagnose --dataset alpaca --models smollm2 --format json
     """
-    import dataclasses
     import json
 
-    from selectit.fusion import health
+    from selectit.api import health_thresholds
 
     table = store(ctx).diagnose(dataset, ranking=ranking)
     rows = table.to_pylist()
     warnings = [line for r in rows for line in r["warning"].splitlines()]
     if fmt == "json":
         echo(json.dumps({"dataset": dataset, "rows": rows, "warnings": warnings,
-                               "thresholds": dataclasses.asdict(health.THRESHOLDS)}, ensure_ascii=False, indent=2))
+                               "thresholds": health_thresholds()}, ensure_ascii=False, indent=2))
         return
     print_table(f"rater health of {dataset}",
                 ["model", "prompt", "cells", "label mass (median)", "p10", "mean max P'", "collapse",

@@ -273,18 +273,14 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None,
       selectit worker --model llama2-70b --engine vllm --tensor-parallel-size 4
       selectit worker --model served-llama --engine openai --concurrency 64
     """
-    from selectit.workers.app import run_worker
-
     opened = store(ctx)
     options = _engine_choice(opened.engine_options, engine_options)
     if options.engine == "openai":  # the requests run concurrently inside one task
         if concurrency is not None:
             options = _engine_choice(opened.engine_options, {**engine_options, "concurrency": concurrency})
         concurrency = 1
-    opened.require_models(models)
     # The tasks run with these values (bound into the app), not with environment variables.
-    run_worker(opened.settings, models=models, control_queue=control, pool=pool, concurrency=concurrency or 1,
-               db_url=opened.url, engine_options=options)
+    opened.run_worker(models, control_queue=control, pool=pool, concurrency=concurrency or 1, engine_options=options)
 
 
 @main.group("model")
@@ -353,7 +349,7 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
       selectit model add gpt --endpoint https://api.openai.com/v1 --served-model gpt-4o-mini --chat \\
           --tokenizer ./o200k-tokenizer --api-key-env OPENAI_API_KEY --params 8000000000
     """
-    from selectit.scoring import loading
+    from selectit.api import dtype_warning
 
     served = {"--served-model": served_model, "--tokenizer": tokenizer, "--api-key-env": api_key_env,
               "--params": n_params, "--chat": chat or None}
@@ -365,7 +361,7 @@ def model_add(ctx: click.Context, name: str, source: str | None, dtype: str | No
     if endpoint is not None and (served_model is None or dtype is not None):
         raise UserError("--endpoint needs --served-model ID" if served_model is None else
                         "--dtype does not apply to a served model (the server chooses it)")
-    warning = (loading.half_precision_warning(dtype) or loading.approximation_warning(dtype)) if dtype else None
+    warning = dtype_warning(dtype)
     if warning:
         err_console.print(warning, highlight=False, markup=False, soft_wrap=True)  # one line, never wrapped
     if endpoint is not None:
