@@ -78,7 +78,8 @@ def test_demo_ingest_then_again_adds_nothing(cli, db_url: str) -> None:
 def test_limit_reads_only_the_first_records_and_reuses_stored_samples(cli, db_url: str) -> None:
     assert cli("ingest", DEMO, "--dataset", "alpaca-demo").exit_code == 0
     first_ten = cli("ingest", DEMO, "--dataset", "first-ten", "--limit", "10")
-    assert first_ten.stdout.strip() == "first-ten: read 10, new 10, duplicates 0, invalid 0"
+    assert first_ten.stdout.strip() == ("first-ten: read 10, new 10, duplicates 0, invalid 0"
+        "; of the 10 new in this dataset, already stored for another dataset (and scored once): 10, new samples: 0")
     # Ten memberships, but no new sample rows: they are the demo's first ten records.
     assert counts(db_url) == (2, 985, 995)
     records = json.loads(DEMO.read_text(encoding="utf-8"))[:10]
@@ -89,7 +90,8 @@ def test_two_datasets_sharing_records_reuse_the_sample_rows(cli, db_url: str, tm
     a = write_jsonl(tmp_path / "a.jsonl", [rec(i) for i in range(6)])
     b = write_jsonl(tmp_path / "b.jsonl", [rec(i) for i in range(4, 10)])
     assert cli("ingest", a, "--dataset", "a").stdout.strip() == "a: read 6, new 6, duplicates 0, invalid 0"
-    assert cli("ingest", b, "--dataset", "b").stdout.strip() == "b: read 6, new 6, duplicates 0, invalid 0"
+    assert cli("ingest", b, "--dataset", "b").stdout.strip() == ("b: read 6, new 6, duplicates 0, invalid 0"
+                                                                       "; of the 6 new in this dataset, already stored for another dataset (and scored once): 2, new samples: 4")
     assert counts(db_url) == (2, 10, 12)
     shared = query(db_url, "SELECT COUNT(*) FROM (SELECT sample_id FROM dataset_samples GROUP BY sample_id "
                            "HAVING COUNT(*) = 2) x")
@@ -130,7 +132,8 @@ def test_hash_is_stable_across_line_endings_and_unicode_forms(cli, db_url: str, 
                     encoding="utf-8")
     lf = write_json(tmp_path / "lf.json", [{"instruction": nfc, "input": "line1\nline2", "output": "ok\n"}])
     assert cli("ingest", crlf, "--dataset", "a").exit_code == 0
-    assert cli("ingest", lf, "--dataset", "b").stdout.strip() == "b: read 1, new 1, duplicates 0, invalid 0"
+    assert cli("ingest", lf, "--dataset", "b").stdout.strip() == ("b: read 1, new 1, duplicates 0, invalid 0"
+                                                                        "; of the 1 new in this dataset, already stored for another dataset (and scored once): 1, new samples: 0")
     assert counts(db_url) == (2, 1, 2)
     # The canonical form is what is stored.
     assert members(db_url, "a")[0][1:4] == (nfc, "line1\nline2", "ok\n")
@@ -146,7 +149,8 @@ def test_alpaca_json_and_jsonl_give_the_same_samples(cli, db_url: str, tmp_path:
     j = write_json(tmp_path / "a.json", records)
     jl = write_jsonl(tmp_path / "a.jsonl", records)
     assert cli("ingest", j, "--dataset", "json").stdout.strip() == "json: read 3, new 3, duplicates 0, invalid 0"
-    assert cli("ingest", jl, "--dataset", "jsonl").stdout.strip() == "jsonl: read 3, new 3, duplicates 0, invalid 0"
+    assert cli("ingest", jl, "--dataset", "jsonl").stdout.strip() == ("jsonl: read 3, new 3, duplicates 0, invalid 0"
+        "; of the 3 new in this dataset, already stored for another dataset (and scored once): 3, new samples: 0")
     assert counts(db_url) == (2, 3, 6)
     assert members(db_url, "json")[1][1:4] == ("Sum", "1 2", "3")
     assert members(db_url, "json")[2][1:4] == ("No input", "", "fine")
@@ -184,7 +188,8 @@ def test_messages_with_format_override(cli, db_url: str, tmp_path: Path) -> None
     assert result.stdout.strip() == "chat: read 2, new 2, duplicates 0, invalid 0"
     assert [m[1:] for m in members(db_url, "chat")] == RENDERED
     detected = cli("ingest", path, "--dataset", "chat2")  # detected too
-    assert detected.stdout.strip() == "chat2: read 2, new 2, duplicates 0, invalid 0"
+    assert detected.stdout.strip() == ("chat2: read 2, new 2, duplicates 0, invalid 0"
+                                        "; of the 2 new in this dataset, already stored for another dataset (and scored once): 2, new samples: 0")
     assert counts(db_url) == (2, 2, 4)  # same content as the ShareGPT rendering: the same samples
 
 
