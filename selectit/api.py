@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selectit.contract import DEFAULT_TOP
+from selectit.contract import DEFAULT_PROMPT_SET, DEFAULT_TOP
 from selectit.errors import SelectitError
 from selectit.ranking import DEFAULT_RANKING, Ranking
 from selectit.settings import Settings
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
+    from selectit.fusion.audit import AuditFigures
     from selectit.fusion.selection import Criterion
     from selectit.fusion.session import Fusion
     from selectit.fusion.status import ModelProgress, StatusRow, TickRow
@@ -503,6 +504,40 @@ class Store:
             r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
         columns = [*health.COLUMNS, "warning"]
         return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
+
+    def audit(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, size: int | None = None, seed: int = 0,
+              top: float = DEFAULT_TOP, score: bool = True, progress: Any = None,
+              engine: EngineOptions | None = None) -> AuditFigures:
+        """Draw `size` records of `dataset` (default a few percent, at least 20) with `seed`, store
+        known-bad twins in ``<dataset>.audit`` (`selectit.io.audit`), score its missing cells (unless
+        not `score`; `progress`, `engine` as in `score`) and return the figures and verdict
+        (`selectit.fusion.audit.AuditFigures`, with `made` and `scored`). docs/audit.md.
+
+            >>> print(store.audit("alpaca", size=40, progress=True).verdict)  # doctest: +SKIP
+            raters separate broken responses from good ones (AUROC 0.91)
+        """
+        import dataclasses
+
+        from selectit.io.audit import make_audit
+
+        made = make_audit(self.engine, dataset, size=size, seed=seed)
+        scored = [self.score(dataset=made.name, model=model, prompt_set=ranking.prompt_set or DEFAULT_PROMPT_SET,
+                             progress=progress, engine=engine) for model in (ranking.models or (None,)) if score]
+        return dataclasses.replace(self.audit_figures(dataset, ranking=ranking, top=top), made=made, scored=scored)
+
+    def audit_figures(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float = DEFAULT_TOP
+                      ) -> AuditFigures:
+        """The stored audit of `dataset` under `ranking` (nothing made or scored)."""
+        from selectit.fusion import audit
+
+        with self._fusion(ranking, top) as f:
+            return audit.figures(f.con, dataset)
+
+    def delete_audit(self, dataset: str) -> int:
+        """Remove `dataset`'s audit and the twins only it held, with their scores (not `dataset`'s); samples deleted."""
+        from selectit.io.audit import delete_audit
+
+        return delete_audit(self.engine, dataset)
 
     def health_words(self, prompt_sets: Sequence[str]) -> dict[tuple[str, str], str]:
         """(model, prompt set) → a one-word rater health over every stored sample (`selectit status`)."""
