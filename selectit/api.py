@@ -499,7 +499,7 @@ class Store:
 
         with self._fusion(ranking) as f:
             rows = health.diagnose(f.con, dataset)
-        found = health.judge(rows)
+            found = health.judge(rows) + health.audit_warnings(f.con, dataset)  # a failed audit: the fusion's
         for r in rows:
             r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
         columns = [*health.COLUMNS, "warning"]

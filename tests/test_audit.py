@@ -161,3 +161,12 @@ def test_a_random_weight_rater_is_close_to_random(sqlite_url, tmp_path) -> None:
     assert report["verdict"].startswith(f"raters rank broken responses like good ones (AUROC {fused['auroc']:.2f}): "
                                         "this selection is close to random")
     assert report["passed"] is False
+    # a failed audit is said wherever the ranking is used, and the dataset card records it
+    failed = f"the audit failed: raters rank broken responses like good ones (AUROC {fused['auroc']:.2f})"
+    ranked = cli("rank", "--dataset", "d")
+    assert ranked.exit_code == 0 and failed in ranked.stderr and failed not in ranked.stdout
+    assert failed in cli("diagnose", "--dataset", "d").stdout
+    exported = cli("export", "--dataset", "d", "--out", tmp_path / "top.json")
+    assert exported.exit_code == 0 and failed in exported.stderr
+    card = (tmp_path / "top.json.README.md").read_text(encoding="utf-8")
+    assert "- audit (`selectit audit`, 60 records drawn with seed 0 and" in card and "close to random" in card

@@ -210,9 +210,9 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
     """Run the main job end to end on the bundled 999-record Alpaca demo dataset.
 
     Each step is an ordinary selectit command, printed before it runs: ingest, register
-    SmolLM2-135M-Instruct, score, add Gemma-3-270M and score only its cells, rank with the
-    model-level fusion, export the top 20% (Selective Alpaca) and write the HTML report. A second
-    run reuses every stored score.
+    SmolLM2-135M-Instruct, score, add Gemma-3-270M and score only its cells, audit the ranking
+    with known-bad twins of 20 records (its verdict), rank with the model-level fusion, export the
+    top 20% (Selective Alpaca) and write the HTML report. A second run reuses every stored score.
 
     \b
     Example:
@@ -237,6 +237,8 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
         # After the first model only the new model's cells are missing: stored ones are reused.
         steps.append(["score", "--dataset", subset] + (["--model", name] if i == 0 else []))
     steps += [
+        # known-bad twins of 20 records must rank below them: the verdict says whether they do
+        ["audit", "--dataset", subset, "--size", "20"],
         ["rank", "--dataset", subset, "--limit", "10"],
         ["export", "--dataset", subset, "--top", "0.2", "--out", str(out_dir / "selective_alpaca.json")],
         ["report", "--dataset", subset, "--out", str(out_dir / "report")],

@@ -181,6 +181,32 @@ def figures(con: duckdb.DuckDBPyConnection, dataset: str) -> AuditFigures:
     return AuditFigures(dataset, [dict(zip(COLUMNS, r)) for r in rows])
 
 
+def failure(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
+    """The warning line when `dataset`'s audit has failed (fused AUROC below `PASS_AUROC`), else None."""
+    if not has_audit(con, dataset):
+        return None
+    found = figures(con, dataset)
+    if found.passed is not False:
+        return None
+    return f"the audit failed: {found.verdict} — see `selectit audit --dataset {dataset}` (docs/audit.md)"
+
+
+def summary(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, Any] | None:
+    """`dataset`'s audit for a dataset card: the audit dataset, its draw, twins, fused AUROC (and by
+    length) and verdict; None when it has no audit."""
+    row = con.execute("SELECT a.name, au.seed, au.size, (SELECT count(*) FROM store.audit_samples x "
+                      "WHERE x.dataset_id = au.dataset_id AND x.kind <> 'clean') FROM store.audits au "
+                      "JOIN store.datasets a ON a.id = au.dataset_id JOIN store.datasets d ON d.id = au.subject_id "
+                      f"WHERE d.name = {sql_str(dataset)}").fetchone()
+    if row is None:
+        return None
+    found = figures(con, dataset)
+    fused = found.fused or {}
+    return {"audit_dataset": row[0], "seed": int(row[1]), "drawn": int(row[2]), "twins": int(row[3]),
+            "auroc": fused.get("auroc"), "auroc_length": fused.get("auroc_length"), "passed": found.passed,
+            "verdict": found.verdict}
+
+
 def has_audit(con: duckdb.DuckDBPyConnection, dataset: str) -> bool:
     """Whether `dataset` has an audit dataset."""
     return bool(con.execute("SELECT count(*) FROM store.audits au JOIN store.datasets d ON d.id = au.subject_id "

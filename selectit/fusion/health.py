@@ -54,7 +54,8 @@ WORDS = ("no-labels", "collapsed", "undecided", "disagrees", "length", "truncate
 
 @dataclass(frozen=True)
 class RaterWarning:
-    """One warning: its one-word kind (see `WORDS`), the model it is about (None: the fusion) and its text."""
+    """One warning: its one-word kind (see `WORDS`; `audit` for a failed audit), the model it is about (None:
+    the fusion) and its text."""
 
     kind: str
     model: str | None
@@ -160,11 +161,19 @@ def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str]
     return out
 
 
+def audit_warnings(con: duckdb.DuckDBPyConnection, dataset: str) -> list[RaterWarning]:
+    """A failed audit of `dataset` (`selectit audit`) as one warning of the fusion; [] when it passed or there is none."""
+    from selectit.fusion import audit
+
+    text = audit.failure(con, dataset)
+    return [] if text is None else [RaterWarning("audit", None, text)]
+
+
 def warnings_for(db_url: str | None, dataset: str, ranking: Ranking) -> list[str]:
-    """The warning lines for `dataset` under `ranking`."""
+    """The warning lines for `dataset` under `ranking` (a failed audit's last)."""
     con = fusion.connect(db_url, ranking)
     try:
-        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
+        return [w.text for w in judge(diagnose(con, dataset, prompts=False)) + audit_warnings(con, dataset)]
     finally:
         con.close()
 
@@ -173,7 +182,7 @@ def warnings_for_params(db_url: str | None, dataset: str, params: fusion.Params)
     """The warning lines for `dataset` under exactly `params` (a frozen selection's)."""
     con = fusion.connect_pinned(db_url, params)
     try:
-        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
+        return [w.text for w in judge(diagnose(con, dataset, prompts=False)) + audit_warnings(con, dataset)]
     finally:
         con.close()
 
