@@ -506,32 +506,31 @@ class Store:
         return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
 
     def audit(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, size: int | None = None, seed: int = 0,
-              top: float = DEFAULT_TOP, score: bool = True, progress: Any = None,
-              engine: EngineOptions | None = None) -> AuditFigures:
+              top: float = DEFAULT_TOP, labels: str | os.PathLike[str] | None = None, score: bool = True,
+              progress: Any = None, engine: EngineOptions | None = None) -> Any:
         """Draw `size` records of `dataset` (default a few percent, at least 20) with `seed`, store
         known-bad twins in ``<dataset>.audit`` (`selectit.io.audit`), score its missing cells (unless
-        not `score`; `progress`, `engine` as in `score`) and return the figures and verdict
-        (`selectit.fusion.audit.AuditFigures`, with `made` and `scored`). docs/audit.md.
+        not `score`; `progress`, `engine` as in `score`) and return `selectit.fusion.audit.AuditFigures`
+        (figures, verdict, `made`, `scored`). With `labels` (a file of human preferences or graded
+        records, `selectit.io.labels`) score those instead: `selectit.fusion.labels.LabelFigures`.
 
             >>> print(store.audit("alpaca", size=40, progress=True).verdict)  # doctest: +SKIP
             raters separate broken responses from good ones (AUROC 0.91)
         """
         import dataclasses
 
+        from selectit.fusion import audit
+        from selectit.fusion import labels as labelled
         from selectit.io.audit import make_audit
+        from selectit.io.labels import make_labels
 
-        made = make_audit(self.engine, dataset, size=size, seed=seed)
+        made = make_audit(self.engine, dataset, size=size, seed=seed) if labels is None else (
+            make_labels(self.engine, dataset, labels))
         scored = [self.score(dataset=made.name, model=model, prompt_set=ranking.prompt_set or DEFAULT_PROMPT_SET,
                              progress=progress, engine=engine) for model in (ranking.models or (None,)) if score]
-        return dataclasses.replace(self.audit_figures(dataset, ranking=ranking, top=top), made=made, scored=scored)
-
-    def audit_figures(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float = DEFAULT_TOP
-                      ) -> AuditFigures:
-        """The stored audit of `dataset` under `ranking` (nothing made or scored)."""
-        from selectit.fusion import audit
-
         with self._fusion(ranking, top) as f:
-            return audit.figures(f.con, dataset)
+            found = audit.figures(f.con, dataset) if labels is None else labelled.figures(f.con, made)
+        return dataclasses.replace(found, made=made, scored=scored)
 
     def delete_audit(self, dataset: str) -> int:
         """Remove `dataset`'s audit and the twins only it held, with their scores (not `dataset`'s); samples deleted."""

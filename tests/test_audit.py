@@ -170,3 +170,53 @@ def test_a_random_weight_rater_is_close_to_random(sqlite_url, tmp_path) -> None:
     assert exported.exit_code == 0 and failed in exported.stderr
     card = (tmp_path / "top.json.README.md").read_text(encoding="utf-8")
     assert "- audit (`selectit audit`, 60 records drawn with seed 0 and" in card and "close to random" in card
+
+
+def _pairs_file(path, lengths: list[tuple[int, int]]) -> None:
+    """A JSON Lines file of preferences whose chosen and rejected responses have the given word counts."""
+    lines = [json.dumps({"prompt": f"Write {i}.", "chosen": " ".join(["ok"] * c), "rejected": " ".join(["ok"] * r)})
+             for i, (c, r) in enumerate(lengths)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_pairwise_preferences_give_the_accuracy_counted_by_hand(cli, db_url, monkeypatch, tmp_path) -> None:
+    _length_rater(cli, db_url, monkeypatch, n=5)
+    # 20 pairs: the chosen response longer in 12, shorter in 6, as long (a tie, ½) in 2
+    lengths = [(30, 10)] * 12 + [(5, 40)] * 6 + [(20, 20)] * 2
+    _pairs_file(tmp_path / "prefs.jsonl", lengths)
+    shown = cli("audit", "--dataset", "d", "--labels", tmp_path / "prefs.jsonl", "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    fused = next(r for r in report["rows"] if r["level"] == "fusion")
+    assert fused["n"] == 20 and fused["agreement"] == (12 + 0.5 * 2) / 20  # a rater by length: the hand count
+    assert fused["agreement_length"] == (12 + 0.5 * 2) / 20
+    assert report["verdict"].startswith("raters prefer the human-chosen response in 65% of 20 pairs")
+    again = cli("audit", "--dataset", "d", "--labels", tmp_path / "prefs.jsonl")  # only missing cells: none
+    assert again.exit_code == 0 and "scored 0 cells" in again.stdout and "accuracy" in again.stdout
+    with Store(db_url) as store:  # only the labelled samples were scored, and they are not the dataset's
+        assert store.rank("d").num_rows == 0 and store.datasets()["samples"].to_pylist() == [5, 38]
+
+
+def test_graded_records_give_spearman_rho(cli, db_url, monkeypatch, tmp_path) -> None:
+    _length_rater(cli, db_url, monkeypatch, n=5)
+    words = [3, 9, 27, 1, 14, 6, 40, 2]
+    labels = [2, 3, 5, 1, 4, 4, 3, 1]
+    (tmp_path / "graded.json").write_text(json.dumps(
+        [{"instruction": f"Say {i}.", "output": " ".join(["ok"] * w), "label": g}
+         for i, (w, g) in enumerate(zip(words, labels))]), encoding="utf-8")
+    shown = cli("audit", "--dataset", "d", "--labels", tmp_path / "graded.json", "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    fused = next(r for r in json.loads(shown.stdout)["rows"] if r["level"] == "fusion")
+
+    def ranks(v):  # mean ranks of ties, as scipy.stats.rankdata
+        return np.array([np.mean([j for j, b in enumerate(sorted(v)) if b == a]) for a in v])
+
+    expected = float(np.corrcoef(ranks(words), ranks(labels))[0, 1])
+    assert fused["n"] == 8 and fused["agreement"] == pytest.approx(expected)
+
+
+def test_a_labels_file_says_what_is_wrong(cli, tmp_path) -> None:
+    assert cli("ingest", DEMO_DATA, "--dataset", "d", "--limit", "2").exit_code == 0
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "Hi", "chosen": "Hello"}\n', encoding="utf-8")
+    bad = cli("audit", "--dataset", "d", "--labels", tmp_path / "bad.jsonl", "--no-score")
+    assert bad.exit_code == 1 and "record 1: field 'rejected' must be a non-empty string" in bad.output

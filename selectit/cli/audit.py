@@ -28,13 +28,16 @@ if TYPE_CHECKING:
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]),
               help="Tables and the verdict, or JSON (rows, verdict, thresholds).")
 @click.option("--no-score", is_flag=True, help="Store the twins but score nothing (then run `selectit score --dataset D.audit`).")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Human labels instead of twins: preferences (prompt, chosen, rejected) or records with a "
+                   "numeric label, JSON or JSON Lines; scores only their missing cells.")
 @click.option("--delete", is_flag=True, help="Remove the dataset's audit and the twins' scores (its own scores stay).")
 @_engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 @handles_errors
 def audit(ctx: click.Context, dataset: str, ranking: Ranking, size: int | None, seed: int, top: float, fmt: str,
-          no_score: bool, delete: bool, quiet: bool, **engine_options: Any) -> None:
+          no_score: bool, labels: str | None, delete: bool, quiet: bool, **engine_options: Any) -> None:
     """Check that the ranking puts a dataset's records above known-bad copies of them.
 
     Draws N records of the dataset (by content hash and --seed: the same records on every store)
@@ -47,11 +50,16 @@ def audit(ctx: click.Context, dataset: str, ranking: Ranking, size: int | None, 
     response length alone; the share of twins that would enter the top share vs chance; Spearman
     ρ with length; and a one-line verdict. The numbers are the view `audit_results` of `selectit sql`.
 
+    With --labels FILE, a human-labelled set instead (stored as D.labels): pairwise preferences
+    ({"prompt", "chosen", "rejected"}) give the share of pairs each rater gets right, graded
+    records (a record and a numeric "label") Spearman ρ; each beside response length alone.
+
     \b
     Example:
       selectit audit --dataset alpaca
       selectit audit --dataset alpaca --size 100 --seed 1 --models smollm2 --format json
       selectit sql "SELECT level, model, kind, auroc, auroc_length FROM audit_results WHERE level <> 'prompt'"
+      selectit audit --dataset alpaca --labels preferences.jsonl
       selectit audit --dataset alpaca --delete
     """
     opened = store(ctx)
@@ -60,8 +68,11 @@ def audit(ctx: click.Context, dataset: str, ranking: Ranking, size: int | None, 
         return
     options = _engine_choice(engine_options)
     with _ScoringBar(enabled=not quiet and fmt == "table" and not no_score) as bar:
-        result = opened.audit(dataset, ranking=ranking, size=size, seed=seed, top=top, score=not no_score,
-                              progress=bar, engine=options)
+        result = opened.audit(dataset, ranking=ranking, size=size, seed=seed, top=top, labels=labels,
+                              score=not no_score, progress=bar, engine=options)
+    if labels is not None:
+        _print_labels(result, fmt)
+        return
     made = result.made
     if fmt == "json":
         echo(json.dumps({"dataset": dataset, "audit": made.name, "seed": made.seed, "drawn": made.size,
@@ -111,3 +122,22 @@ def _print_figures(rows: list[dict[str, Any]], top: float) -> None:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
+
+
+def _print_labels(result: Any, fmt: str) -> None:
+    """`--labels`: agreement with the human labels per rater, beside response length alone."""
+    made = result.made
+    if fmt == "json":
+        echo(json.dumps({"dataset": result.dataset, "labels": made.name, "file": made.path, "kind": result.kind,
+                         "verdict": result.verdict, "rows": result.rows}, ensure_ascii=False, indent=2))
+        return
+    n = len(made.pairs) if result.kind == "pairs" else len(made.labels)
+    echo(f"labels of {result.dataset}: {n} {'preference pairs' if result.kind == 'pairs' else 'labelled records'} "
+         f"from {made.path}, in the dataset {made.name}")
+    for summary in result.scored:
+        echo(f"scored {summary.scored} cells, failed {summary.failed}, skipped {summary.skipped} already scored.")
+    figure = "accuracy" if result.kind == "pairs" else "ρ with label"
+    print_table(f"agreement with the human labels ({'pairwise accuracy; chance 0.5' if result.kind == 'pairs' else 'Spearman ρ'})",
+                ["rater", "n", figure, "length alone"],
+                [(_rater(r), r["n"], _fmt(r["agreement"], 3), _fmt(r["agreement_length"], 3)) for r in result.rows])
+    echo(f"verdict: {result.verdict}")
