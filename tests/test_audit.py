@@ -93,6 +93,8 @@ def test_twins_stay_out_of_the_dataset_and_deleting_them_keeps_its_scores(cli, d
     assert [(r.done, r.missing) for r in store.status("d").scoring] == [(30 * 5, 0)]
     report = store.report("d", tmp_path / "report")
     assert (report.n_samples, report.n_rankable) == (30, 30)
+    page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")  # the audit: its own section
+    assert (tmp_path / "report" / "audit.png").is_file() and "Audit: known-bad twins" in page and "Verdict: raters" in page
     deleted = cli("audit", "--dataset", "d", "--delete")
     assert deleted.exit_code == 0 and f"{len(twins)} twin samples" in deleted.stdout
     with session_scope(store.engine) as s:

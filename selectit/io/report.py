@@ -6,6 +6,7 @@ This module checks the report directory, runs the steps and writes the files:
 
 - `selectit.io.report_data`: what the page shows, gathered from the views, and the numbers;
 - `selectit.io.report_sections`: one section per question, a PNG plot and its tables;
+- `selectit.io.report_audit`: the audit's section (clean records vs known-bad twins), when the dataset has one;
 - `selectit.io.report_page`: the HTML page and a CSV per table.
 
 The files are made in a private temporary directory, then written into the report directory through
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from selectit.errors import SelectitError
 from selectit.fusion.views import DEFAULT_TOP, validate_top
+from selectit.io import report_audit
 from selectit.io import report_sections as sections_
 from selectit.io.report_data import (
     ARITHMETIC_RE,
@@ -151,6 +153,7 @@ def build_report(
         d = gather(con, dataset)
         health_section = sections_.health_section(con, dataset)
         controls_section = sections_.controls_section(con, d, top)
+        audited = report_audit.gather(con, dataset)  # None: the dataset has no audit
     finally:
         con.close()
 
@@ -167,6 +170,8 @@ def build_report(
             if progress:
                 progress(sec.title)
             sections.append(sec)
+        if audited is not None:
+            sections.append(report_audit.section(audited, plt, tmp))
         sections.append(controls_section)
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
