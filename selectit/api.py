@@ -538,11 +538,11 @@ class Store:
 
         return delete_audit(self.engine, dataset)
 
-    def health_words(self, prompt_sets: Sequence[str]) -> dict[tuple[str, str], str]:
-        """(model, prompt set) → a one-word rater health over every stored sample (`selectit status`)."""
+    def health_words(self, prompt_sets: Sequence[str], dataset: str | None = None) -> dict[tuple[str, str], str]:
+        """(model, prompt set) → `diagnose`'s judgement of `dataset` (None: every stored sample) in one word (`status`)."""
         from selectit.fusion import health
 
-        return health.store_words(self.url, prompt_sets)
+        return health.store_words(self.url, prompt_sets, dataset)
 
     def health_warnings(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING,
                         selection: str | None = None) -> list[str]:

@@ -149,3 +149,19 @@ class LengthScorer:
 
 def by_length(model: Any) -> LengthScorer:
     return LengthScorer()
+
+
+class OnePromptSaysOne(LengthScorer):
+    """`LengthScorer`, except that the first prompt of the set rates every sample "1": a collapse
+    that hides in the model's figures (4 prompts of 5 still separate the samples)."""
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        out = super().score(requests, progress)
+        first = {r.sample_id: min(r.prompt_ids) for r in requests}
+        ones = lambda c: tuple([0.9] + [0.1 / (len(c.probs) - 1)] * (len(c.probs) - 1))  # noqa: E731
+        return [CellResult(c.sample_id, c.prompt_id, ones(c), 1.0, 100, False) if c.prompt_id == first[c.sample_id]
+                else c for c in out]
+
+
+def one_prompt_says_one(model: Any) -> OnePromptSaysOne:
+    return OnePromptSaysOne()

@@ -140,12 +140,12 @@ def status(ctx: click.Context, dataset: str | None) -> None:
     print_table("samples", ["dataset", "samples"], status.samples_per_dataset)
     if dataset is None:
         console.print(f"distinct samples stored: {status.distinct_samples}")
-    _print_scoring_status(status.scoring, api_store)
+    _print_scoring_status(status.scoring, api_store, dataset)
     _print_model_progress(status.models, dataset)
     _print_control_ticks(status.control_ticks)
 
 
-def _print_scoring_status(rows: list[Any], api_store: Any = None) -> None:
+def _print_scoring_status(rows: list[Any], api_store: Any = None, dataset: str | None = None) -> None:
     if not rows:
         return
     print_table("scoring (per model × prompt set)",
@@ -157,7 +157,8 @@ def _print_scoring_status(rows: list[Any], api_store: Any = None) -> None:
                  for r in rows])
     if api_store is None:
         return
-    words = api_store.health_words(sorted({r.prompt_set for r in rows if r.done}))
+    # diagnose's judgement, of the dataset's samples (or of every sample once)
+    words = api_store.health_words(sorted({r.prompt_set for r in rows if r.done}), dataset)
     print_table("rater health (see selectit diagnose)", ["model", "prompt set", "health"],
                 [(r.model, r.prompt_set, words.get((r.model, r.prompt_set), "–")) for r in rows])
 
