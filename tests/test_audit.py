@@ -222,3 +222,18 @@ def test_a_labels_file_says_what_is_wrong(cli, tmp_path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"prompt": "Hi", "chosen": "Hello"}\n', encoding="utf-8")
     bad = cli("audit", "--dataset", "d", "--labels", tmp_path / "bad.jsonl", "--no-score")
     assert bad.exit_code == 1 and "record 1: field 'rejected' must be a non-empty string" in bad.output
+
+
+def test_an_audit_of_two_chosen_models_scores_each_and_fuses_them(cli, db_url, monkeypatch) -> None:
+    _length_rater(cli, db_url, monkeypatch, n=20)
+    with Store(db_url) as store, session_scope(store.engine) as s:
+        for name in ("len2", "unused"):
+            s.add(LLM(name=name, source="test", fingerprint=name[0] * 64, dtype="float32", n_params=3,
+                      label_ids={"shared-context": [1, 2, 3, 4, 5, 6, 7, 8, 9]}, max_tokens=4096))
+    shown = cli("audit", "--dataset", "d", "--models", "len,len2", "--weights", "len=1,len2=3")
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.count("scored ") == 2 and "S_model (fused)" in shown.stdout and "len2 prompt 4" in shown.stdout
+    with Store(db_url) as store:  # the model not chosen was not scored
+        per_model = store.sql("SELECT m.name AS model, count(*) AS n FROM store.scores s JOIN store.models m ON m.id = s.model_id "
+                              "GROUP BY ALL ORDER BY model").to_pylist()
+    assert [r["model"] for r in per_model] == ["len", "len2"]

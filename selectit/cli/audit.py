@@ -27,7 +27,8 @@ if TYPE_CHECKING:
               metavar="SHARE", help="The selected share: how many twins would enter it.")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]),
               help="Tables and the verdict, or JSON (rows, verdict, thresholds).")
-@click.option("--no-score", is_flag=True, help="Store the twins but score nothing (then run `selectit score --dataset D.audit`).")
+@click.option("--no-score", is_flag=True,
+              help="Store the twins but score nothing (then run `selectit score --dataset D.audit`).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Human labels instead of twins: preferences (prompt, chosen, rejected) or records with a "
                    "numeric label, JSON or JSON Lines; scores only their missing cells.")
@@ -137,7 +138,8 @@ def _print_labels(result: Any, fmt: str) -> None:
     for summary in result.scored:
         echo(f"scored {summary.scored} cells, failed {summary.failed}, skipped {summary.skipped} already scored.")
     figure = "accuracy" if result.kind == "pairs" else "ρ with label"
-    print_table(f"agreement with the human labels ({'pairwise accuracy; chance 0.5' if result.kind == 'pairs' else 'Spearman ρ'})",
+    what = "pairwise accuracy; chance 0.5" if result.kind == "pairs" else "Spearman ρ"
+    print_table(f"agreement with the human labels ({what})",
                 ["rater", "n", figure, "length alone"],
                 [(_rater(r), r["n"], _fmt(r["agreement"], 3), _fmt(r["agreement_length"], 3)) for r in result.rows])
     echo(f"verdict: {result.verdict}")
