@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selectit.contract import DEFAULT_TOP
+from selectit.contract import DEFAULT_PROMPT_SET, DEFAULT_TOP
 from selectit.errors import SelectitError
 from selectit.ranking import DEFAULT_RANKING, Ranking
 from selectit.results import (  # noqa: F401 - what the methods return, importable from here too
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
+    from selectit.fusion.audit import AuditFigures
     from selectit.fusion.session import Fusion
     from selectit.io.export import ExportResult
     from selectit.io.ingest import IngestResult
@@ -451,17 +452,50 @@ class Store:
 
         with self._fusion(ranking) as f:
             rows = health.diagnose(f.con, dataset)
-        found = health.judge(rows)
+            found = health.judge(rows) + health.audit_warnings(f.con, dataset)  # a failed audit: the fusion's
         for r in rows:
             r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
         columns = [*health.COLUMNS, "warning"]
         return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
 
-    def health_words(self, prompt_sets: Sequence[str]) -> dict[tuple[str, str], str]:
-        """(model, prompt set) → a one-word rater health over every stored sample (`selectit status`)."""
+    def audit(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, size: int | None = None, seed: int = 0,
+              top: float = DEFAULT_TOP, labels: str | os.PathLike[str] | None = None, score: bool = True,
+              progress: Any = None, engine: EngineOptions | None = None) -> Any:
+        """Draw `size` records of `dataset` (default a few percent, at least 20) with `seed`, store
+        known-bad twins in ``<dataset>.audit`` (`selectit.io.audit`), score its missing cells (unless
+        not `score`; `progress`, `engine` as in `score`) and return `selectit.fusion.audit.AuditFigures`
+        (figures, verdict, `made`, `scored`). With `labels` (a file of human preferences or graded
+        records, `selectit.io.labels`) score those instead: `selectit.fusion.labels.LabelFigures`.
+
+            >>> print(store.audit("alpaca", size=40, progress=True).verdict)  # doctest: +SKIP
+            raters separate broken responses from good ones (AUROC 0.91)
+        """
+        import dataclasses
+
+        from selectit.fusion import audit
+        from selectit.fusion import labels as labelled
+        from selectit.io.audit import make_audit
+        from selectit.io.labels import make_labels
+
+        made = make_audit(self.engine, dataset, size=size, seed=seed) if labels is None else (
+            make_labels(self.engine, dataset, labels))
+        scored = [self.score(dataset=made.name, model=model, prompt_set=ranking.prompt_set or DEFAULT_PROMPT_SET,
+                             progress=progress, engine=engine) for model in (ranking.models or (None,)) if score]
+        with self._fusion(ranking, top) as f:
+            found = audit.figures(f.con, dataset) if labels is None else labelled.figures(f.con, made)
+        return dataclasses.replace(found, made=made, scored=scored)
+
+    def delete_audit(self, dataset: str) -> int:
+        """Remove `dataset`'s audit and the twins only it held, with their scores (not `dataset`'s); samples deleted."""
+        from selectit.io.audit import delete_audit
+
+        return delete_audit(self.engine, dataset)
+
+    def health_words(self, prompt_sets: Sequence[str], dataset: str | None = None) -> dict[tuple[str, str], str]:
+        """(model, prompt set) → `diagnose`'s judgement of `dataset` (None: every stored sample) in one word (`status`)."""
         from selectit.fusion import health
 
-        return health.store_words(self.url, prompt_sets)
+        return health.store_words(self.url, prompt_sets, dataset)
 
     def health_warnings(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING,
                         selection: str | None = None) -> list[str]:

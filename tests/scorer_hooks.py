@@ -123,3 +123,45 @@ class PerRequestScorer(InstantScorer):
 
 def per_request(model: Any) -> PerRequestScorer:
     return PerRequestScorer()
+
+
+class LengthScorer:
+    """Rates a sample by the length of its prompt (so, of its response): the longer, the higher
+    the label, the peak's height breaking ties within a label, so S_token grows with the length.
+    A rater that only measures length, for the audit's tests."""
+
+    forwards = 0
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        import math
+
+        out = []
+        for r in requests:
+            for p, prompt in zip(r.prompt_ids, r.prompts):
+                f = (1 - math.exp(-len(prompt.response) / 600)) * r.scale  # in [0, K)
+                label = min(r.scale - 1, int(f))  # 0-based
+                peak = 0.8 + 0.1 * (f - int(f))
+                probs = [(1 - peak) / (r.scale - 1)] * r.scale
+                probs[label] = peak
+                out.append(CellResult(r.sample_id, p, tuple(probs), 1.0, 100, False))
+        return out
+
+
+def by_length(model: Any) -> LengthScorer:
+    return LengthScorer()
+
+
+class OnePromptSaysOne(LengthScorer):
+    """`LengthScorer`, except that the first prompt of the set rates every sample "1": a collapse
+    that hides in the model's figures (4 prompts of 5 still separate the samples)."""
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        out = super().score(requests, progress)
+        first = {r.sample_id: min(r.prompt_ids) for r in requests}
+        ones = lambda c: tuple([0.9] + [0.1 / (len(c.probs) - 1)] * (len(c.probs) - 1))  # noqa: E731
+        return [CellResult(c.sample_id, c.prompt_id, ones(c), 1.0, 100, False) if c.prompt_id == first[c.sample_id]
+                else c for c in out]
+
+
+def one_prompt_says_one(model: Any) -> OnePromptSaysOne:
+    return OnePromptSaysOne()

@@ -62,6 +62,7 @@ def test_demo_runs_end_to_end_on_three_samples(sqlite_url: str, tiny_model_dir: 
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "$ selectit score --dataset alpaca-demo-3 --model tiny" in result.output
+    assert "$ selectit audit --dataset alpaca-demo-3 --size 20" in result.output and "verdict: " in result.output
     assert (out / "report" / "index.html").is_file()
     selected = json.loads((out / "selective_alpaca.json").read_text(encoding="utf-8"))
     assert isinstance(selected, list) and all(set(r) == {"instruction", "input", "output"} for r in selected)

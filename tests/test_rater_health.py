@@ -237,3 +237,19 @@ def test_status_health_over_every_sample(engine: sa.Engine) -> None:
     finally:
         con.close()
     assert cells == [("A", N_SAMPLES * N_PROMPTS), ("B", N_SAMPLES * N_PROMPTS)] and ids
+
+
+def test_one_prompt_that_rates_everything_the_same_is_flagged(cli, db_url, monkeypatch) -> None:
+    """36 samples, one prompt of five rating every one "1": the model's own figures pass, the prompt's warn."""
+    monkeypatch.setenv("SELECTIT_SCORER", "scorer_hooks:one_prompt_says_one")
+    _score_demo(cli, 36)
+    with session_scope(Store(db_url).engine) as s:
+        s.add(LLM(name="len", source="test", fingerprint="d" * 64, dtype="float32", n_params=1,
+                  label_ids={"shared-context": [1, 2, 3, 4, 5, 6, 7, 8, 9]}, max_tokens=4096))
+    assert cli("score", "--dataset", "d", "--quiet").exit_code == 0
+    line = "prompt 0 of rater len: 100% of cells get S_base 1 — the ratings barely separate the data"
+    ranked = cli("rank", "--dataset", "d")
+    assert ranked.exit_code == 0 and line in ranked.stderr and "warning: rater len: 100%" not in ranked.stderr
+    shown = cli("diagnose", "--dataset", "d")
+    assert line in shown.stdout
+    assert "collapsed" in cli("status", "--dataset", "d").stdout and "collapsed" in cli("status").stdout

@@ -141,12 +141,12 @@ def status(ctx: click.Context, dataset: str | None) -> None:
     print_table("samples", ["dataset", "samples"], status.samples_per_dataset)
     if dataset is None:
         console.print(f"distinct samples stored: {status.distinct_samples}")
-    _print_scoring_status(status.scoring, api_store)
+    _print_scoring_status(status.scoring, api_store, dataset)
     _print_model_progress(status.models, dataset)
     _print_control_ticks(status.control_ticks)
 
 
-def _print_scoring_status(rows: list[Any], api_store: Any = None) -> None:
+def _print_scoring_status(rows: list[Any], api_store: Any = None, dataset: str | None = None) -> None:
     if not rows:
         return
     print_table("scoring (per model × prompt set)",
@@ -158,7 +158,8 @@ def _print_scoring_status(rows: list[Any], api_store: Any = None) -> None:
                  for r in rows])
     if api_store is None:
         return
-    words = api_store.health_words(sorted({r.prompt_set for r in rows if r.done}))
+    # diagnose's judgement, of the dataset's samples (or of every sample once)
+    words = api_store.health_words(sorted({r.prompt_set for r in rows if r.done}), dataset)
     print_table("rater health (see selectit diagnose)", ["model", "prompt set", "health"],
                 [(r.model, r.prompt_set, words.get((r.model, r.prompt_set), "–")) for r in rows])
 
@@ -211,9 +212,9 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
     """Run the main job end to end on the bundled 999-record Alpaca demo dataset.
 
     Each step is an ordinary selectit command, printed before it runs: ingest, register
-    SmolLM2-135M-Instruct, score, add Gemma-3-270M and score only its cells, rank with the
-    model-level fusion, export the top 20% (Selective Alpaca) and write the HTML report. A second
-    run reuses every stored score.
+    SmolLM2-135M-Instruct, score, add Gemma-3-270M and score only its cells, audit the ranking
+    with known-bad twins of 20 records (its verdict), rank with the model-level fusion, export the
+    top 20% (Selective Alpaca) and write the HTML report. A second run reuses every stored score.
 
     \b
     Example:
@@ -238,6 +239,8 @@ def demo(ctx: click.Context, samples: int, out: str, models: tuple[str, ...]) ->
         # After the first model only the new model's cells are missing: stored ones are reused.
         steps.append(["score", "--dataset", subset] + (["--model", name] if i == 0 else []))
     steps += [
+        # known-bad twins of 20 records must rank below them: the verdict says whether they do
+        ["audit", "--dataset", subset, "--size", "20"],
         ["rank", "--dataset", subset, "--limit", "10"],
         ["export", "--dataset", subset, "--top", "0.2", "--out", str(out_dir / "selective_alpaca.json")],
         ["report", "--dataset", subset, "--out", str(out_dir / "report")],

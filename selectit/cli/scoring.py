@@ -164,6 +164,9 @@ class _ScoringBar:
             self._show()
 
     def start(self, total: int) -> None:
+        if self._bar is not None and self._shown:  # a second run (`audit --models a,b`): one bar each
+            self._bar.stop()
+            self._shown = False
         if not self.enabled or total <= 0:
             return
         import time

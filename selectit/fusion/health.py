@@ -54,7 +54,8 @@ WORDS = ("no-labels", "collapsed", "undecided", "disagrees", "length", "truncate
 
 @dataclass(frozen=True)
 class RaterWarning:
-    """One warning: its one-word kind (see `WORDS`), the model it is about (None: the fusion) and its text."""
+    """One warning: its one-word kind (see `WORDS`; `audit` for a failed audit), the model it is about (None:
+    the fusion) and its text."""
 
     kind: str
     model: str | None
@@ -66,53 +67,69 @@ def _pct(x: float) -> str:
 
 
 def judge(rows: Iterable[Mapping[str, Any]], t: Thresholds = THRESHOLDS) -> list[RaterWarning]:
-    """The warnings for `rater_health` rows (model and fusion levels; prompt rows are detail)."""
+    """The warnings for `rater_health` rows: each model's, then each of its prompts' (rows in the
+    `diagnose` order) for a figure the model's own row does not already warn about — one prompt
+    rating every sample "1" hides in its model's figures —, then the fusion's."""
     out: list[RaterWarning] = []
+    model_kinds: dict[Any, set[str]] = {}
     for r in rows:
         name = r.get("model")
-        if r["level"] == "model" and r["cells"]:
-            rater = f"rater {name}"
-            k = r["scale"] or 2
-            if r["mass_median"] is not None and r["mass_median"] < t.mass_median:
-                out.append(RaterWarning("no-labels", name,
-                    f"{rater}: median label mass {r['mass_median']:.2g} — it rarely answers with a digit; its "
-                    f"ratings are mostly noise: check the prompt's label context or use a larger rater"))
-            elif r["mass_p10"] is not None and r["mass_p10"] < t.mass_p10:
-                out.append(RaterWarning("no-labels", name,
-                    f"{rater}: 10% of its cells put under {t.mass_p10:g} on the labels (p10 label mass "
-                    f"{r['mass_p10']:.2g}) — those ratings are noise: read them with `selectit sql` and check the "
-                    f"prompt on such samples"))
-            if r["collapse_share"] is not None and r["collapse_share"] > t.collapse_share:
-                out.append(RaterWarning("collapsed", name,
-                    f"{rater}: {_pct(r['collapse_share'])} of cells get S_base {r['collapse_base']} — the ratings "
-                    f"barely separate the data: try other prompts or a larger rater"))
-            if r["mean_max_p"] is not None and r["mean_max_p"] < t.max_p_over_uniform / k:
-                out.append(RaterWarning("undecided", name,
-                    f"{rater}: mean max P' {r['mean_max_p']:.2f} (uniform is {1 / k:.2f}) — it barely prefers "
-                    f"any rating: use a larger or instruction-tuned rater"))
-            if (r["rho_prompts"] is not None and r["samples"] >= t.min_samples_for_rho
-                    and r["rho_prompts"] < t.rho_agreement):
-                out.append(RaterWarning("disagrees", name,
-                    f"prompts of {name} disagree (median ρ {r['rho_prompts']:.2f} over {r['rho_pairs']} pairs) — "
-                    f"its S_sent averages unrelated ratings: check each prompt with `selectit diagnose`"))
-            if (r["rho_length"] is not None and r["samples"] >= t.min_samples_for_rho
-                    and abs(r["rho_length"]) > t.rho_length):
-                out.append(RaterWarning("length", name,
-                    f"{rater}: S_sent follows the response length (ρ {r['rho_length']:.2f}) — compare with a "
-                    f"`selectit select NAME --by length` control"))
-            if r["truncated_share"] is not None and r["truncated_share"] > t.truncated_share:
-                out.append(RaterWarning("truncated", name,
-                    f"{rater}: {_pct(r['truncated_share'])} of cells were truncated — it rated cut responses: "
-                    f"register it with a larger --max-tokens"))
+        if r["level"] in ("model", "prompt") and r["cells"]:
+            found = _rater_warnings(r, t)
+            if r["level"] == "model":
+                model_kinds[name] = {w.kind for w in found}
+            else:
+                found = [w for w in found if w.kind not in model_kinds.get(name, set())]
+            out += found
         elif r["level"] == "fusion" and (r["samples"] or 0) >= t.min_samples_for_rho:
             if r["rho_models"] is not None and r["rho_models"] < t.rho_agreement:
                 out.append(RaterWarning("disagrees", None,
                     f"models disagree (median ρ of S_sent {r['rho_models']:.2f}) — S_model mixes unrelated "
-                    f"rankings: check each rater with `selectit diagnose`"))
+                    f"rankings: rank with each model alone (`selectit rank --models NAME`) and keep those that agree"))
             if r["rho_length"] is not None and abs(r["rho_length"]) > t.rho_length:
                 out.append(RaterWarning("length", None,
                     f"the ranking follows the response length (ρ of S_model {r['rho_length']:.2f}) — compare "
                     f"with a `selectit select NAME --by length` control"))
+    return out
+
+
+def _rater_warnings(r: Mapping[str, Any], t: Thresholds) -> list[RaterWarning]:
+    """The warnings of one model row, or of one prompt row (the same thresholds, named for the prompt)."""
+    name, k, out = r.get("model"), r["scale"] or 2, []
+    prompt = r["level"] == "prompt"
+    rater = f"prompt {r['position']} of rater {name}" if prompt else f"rater {name}"
+    if r["mass_median"] is not None and r["mass_median"] < t.mass_median:
+        out.append(RaterWarning("no-labels", name,
+            f"{rater}: median label mass {r['mass_median']:.2g} — it rarely answers with a digit; its "
+            f"ratings are mostly noise: check the prompt's label context or use a larger rater"))
+    elif r["mass_p10"] is not None and r["mass_p10"] < t.mass_p10:
+        out.append(RaterWarning("no-labels", name,
+            f"{rater}: 10% of its cells put under {t.mass_p10:g} on the labels (p10 label mass "
+            f"{r['mass_p10']:.2g}) — those ratings are noise: read them with `selectit sql` and check the "
+            f"prompt on such samples"))
+    if r["collapse_share"] is not None and r["collapse_share"] > t.collapse_share:
+        out.append(RaterWarning("collapsed", name,
+            f"{rater}: {_pct(r['collapse_share'])} of cells get S_base {r['collapse_base']} — the ratings "
+            f"barely separate the data: try other prompts or a larger rater"))
+    if r["mean_max_p"] is not None and r["mean_max_p"] < t.max_p_over_uniform / k:
+        out.append(RaterWarning("undecided", name,
+            f"{rater}: mean max P' {r['mean_max_p']:.2f} (uniform is {1 / k:.2f}) — it barely prefers "
+            f"any rating: use a larger or instruction-tuned rater"))
+    if r["rho_prompts"] is not None and r["samples"] >= t.min_samples_for_rho and r["rho_prompts"] < t.rho_agreement:
+        out.append(RaterWarning("disagrees", name,
+            f"{rater} disagrees with the other prompts (median ρ {r['rho_prompts']:.2f} over {r['rho_pairs']} "
+            f"pairs) — rephrase it or leave it out of the prompt set (`selectit prompts import`)" if prompt else
+            f"prompts of {name} disagree (median ρ {r['rho_prompts']:.2f} over {r['rho_pairs']} pairs) — "
+            f"its S_sent averages unrelated ratings: keep the prompts that agree (a set of its own, "
+            f"`selectit prompts import`) or use a larger rater"))
+    if r["rho_length"] is not None and r["samples"] >= t.min_samples_for_rho and abs(r["rho_length"]) > t.rho_length:
+        out.append(RaterWarning("length", name,
+            f"{rater}: S_sent follows the response length (ρ {r['rho_length']:.2f}) — compare with a "
+            f"`selectit select NAME --by length` control"))
+    if r["truncated_share"] is not None and r["truncated_share"] > t.truncated_share:
+        out.append(RaterWarning("truncated", name,
+            f"{rater}: {_pct(r['truncated_share'])} of cells were truncated — it rated cut responses: "
+            f"register it with a larger --max-tokens"))
     return out
 
 
@@ -141,16 +158,20 @@ def diagnose(con: duckdb.DuckDBPyConnection, dataset: str, *, prompts: bool = Tr
     return [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
 
 
-def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str], str]:
-    """(model, prompt set) → one-word health over every stored sample (`selectit status`), for
-    the active models and the prompt sets named."""
+def store_words(db_url: str | None, sets: Iterable[str], dataset: str | None = None) -> dict[tuple[str, str], str]:
+    """(model, prompt set) → one-word health (`selectit status`), for the active models and the
+    prompt sets named: `diagnose`'s judgement (model and prompt rows) of `dataset`, or of every
+    stored sample once (the twins of `selectit audit` left out) when it is None."""
     out: dict[tuple[str, str], str] = {}
     for set_name in sets:
         con = fusion.connect(db_url, Ranking(prompt_set=set_name))
         try:
-            every_sample = fusion.health_sql(fusion.ALL_SAMPLES_SCOPE, fusion.params_of(con))
-            cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM ({every_sample}) WHERE level <> 'prompt'")
-            rows = [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
+            if dataset is not None:
+                rows = diagnose(con, dataset)
+            else:
+                every_sample = fusion.health_sql(fusion.ALL_SAMPLES_SCOPE, fusion.params_of(con))
+                cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM ({every_sample}) {_ORDER}")
+                rows = [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
         finally:
             con.close()
         found = judge(rows)
@@ -160,11 +181,19 @@ def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str]
     return out
 
 
+def audit_warnings(con: duckdb.DuckDBPyConnection, dataset: str) -> list[RaterWarning]:
+    """A failed audit of `dataset` (`selectit audit`) as one warning of the fusion; [] when it passed or there is none."""
+    from selectit.fusion import audit
+
+    text = audit.failure(con, dataset)
+    return [] if text is None else [RaterWarning("audit", None, text)]
+
+
 def warnings_for(db_url: str | None, dataset: str, ranking: Ranking) -> list[str]:
-    """The warning lines for `dataset` under `ranking`."""
+    """The warning lines for `dataset` under `ranking` (a failed audit's last)."""
     con = fusion.connect(db_url, ranking)
     try:
-        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
+        return [w.text for w in judge(diagnose(con, dataset)) + audit_warnings(con, dataset)]
     finally:
         con.close()
 
@@ -173,7 +202,7 @@ def warnings_for_params(db_url: str | None, dataset: str, params: fusion.Params)
     """The warning lines for `dataset` under exactly `params` (a frozen selection's)."""
     con = fusion.connect_pinned(db_url, params)
     try:
-        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
+        return [w.text for w in judge(diagnose(con, dataset)) + audit_warnings(con, dataset)]
     finally:
         con.close()
 

@@ -11,10 +11,12 @@ DATASET_SCOPE = """
 SELECT d.name AS dataset, ds.sample_id, length(s.output) AS response_chars
 FROM store.dataset_samples ds JOIN store.datasets d ON d.id = ds.dataset_id JOIN store.samples s ON s.id = ds.sample_id
 """
-#: Every stored sample of any dataset once, as the dataset '*' (what `selectit status` reports).
+#: Every stored sample of any dataset once, as the dataset '*' (what `selectit status` reports);
+#: not the known-bad twins of `selectit audit`, which would count as the raters' own failings.
 ALL_SAMPLES_SCOPE = """
 SELECT '*' AS dataset, s.id AS sample_id, length(s.output) AS response_chars
 FROM store.samples s WHERE s.id IN (SELECT sample_id FROM store.dataset_samples)
+  AND s.id NOT IN (SELECT sample_id FROM store.audit_samples WHERE kind <> 'clean')
 """
 
 

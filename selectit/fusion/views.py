@@ -4,7 +4,8 @@ read-only as `store` and the fusion views defined over it for one choice of mode
 
 `connect()` defines, besides the views of `selectit.fusion.formula_sql` (`token_scores`,
 `sentence_scores`, `model_scores`, `ranking`, `selective_alpaca`), `rater_health`
-(`selectit.fusion.health_sql`) and `fusion_params` (the parameters as JSON). Only active model
+(`selectit.fusion.health_sql`), `audit_scores` and `audit_results` (`selectit.fusion.audit`)
+and `fusion_params` (the parameters as JSON). Only active model
 and prompt versions of the chosen models and prompt set enter the views (the temporary tables
 `chosen_models` and `chosen_prompts` say which, with each model's θ); older versions stay
 queryable by id through `store.scores`. The parameters are fixed when the connection is made:
@@ -34,6 +35,7 @@ from selectit.contract import (  # noqa: F401 - the defaults are part of this mo
     Formula,
     valid_name,
 )
+from selectit.fusion.audit import audit_sql
 from selectit.fusion.console import READ_ONLY_MESSAGE, check_console_sql, run_sql, seal  # noqa: F401
 from selectit.fusion.coverage import (  # noqa: F401
     Coverage,
@@ -110,6 +112,7 @@ def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) ->
     con.execute(token_sql(max_scale, Formula(params.formula)))
     con.execute(views_sql(float(params.alpha), len(params.prompts), len(params.models), top))
     con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE, params)}")
+    con.execute(audit_sql(top))
     # The parameters travel with the connection (and are visible to ad-hoc SQL).
     con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {sql_str(json.dumps(params.as_json()))}::JSON AS params")
 

@@ -193,6 +193,10 @@ def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int, *, is_di
         f"- α = {p.get('alpha')}, formula `{p.get('formula')}`, fusion engine {p.get('engine')}",
         f"- prompt set `{p.get('prompt_set', {}).get('name') if isinstance(p.get('prompt_set'), dict) else p.get('prompt_set')}`",
     ]
+    if p.get("audit"):
+        a = p["audit"]
+        lines.append(f"- audit (`selectit audit`, {a.get('drawn')} records drawn with seed {a.get('seed')} and "
+                     f"{a.get('twins')} known-bad twins): {a.get('verdict')}")
     for m in p.get("models", []):
         lines.append(f"- model `{m.get('name')}` (version {m.get('id')}, {m.get('dtype')}, fingerprint "
                      f"{str(m.get('fingerprint', ''))[:12]}, θ {m.get('theta')})")

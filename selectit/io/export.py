@@ -171,6 +171,18 @@ def _scores(db_url: str | None, params: Any, sample_ids: Sequence[int]) -> Score
     return Scores(s_sent, s_token)
 
 
+def _audit(db_url: str | None, params: Any, dataset: str) -> dict[str, Any] | None:
+    """The dataset's audit (`selectit audit`) under the export's models and prompts, for the card."""
+    from selectit.fusion import audit
+    from selectit.fusion import views as fusion
+
+    con = fusion.connect_pinned(db_url, params)
+    try:
+        return audit.summary(con, dataset)
+    finally:
+        con.close()
+
+
 def export_selection(
     engine: Any,
     db_url: str | None,
@@ -279,6 +291,9 @@ def export_selection(
             "selectit_version": __version__,
             "created_at": now_utc(),
         }
+    audited = _audit(db_url, params, dataset)
+    if audited is not None:  # the card says how the ranking did against known-bad twins
+        provenance["audit"] = audited
     items = []
     for rank, sid, score in ranked:
         position, original, ingest_id = members.get(sid, (0, None, None))

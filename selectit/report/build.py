@@ -6,6 +6,7 @@ This module checks the report directory, runs the steps and writes the files:
 
 - `selectit.report.data`: what the page shows, gathered from the views, and the numbers;
 - `selectit.report.sections`: one section per question, a PNG plot and its tables;
+- `selectit.report.audit`: the audit's section (clean records vs known-bad twins), when the dataset has one;
 - `selectit.report.page`: the HTML page and a CSV per table.
 
 The files are made in a private temporary directory, then written into the report directory through
@@ -27,6 +28,7 @@ from pathlib import Path
 from selectit.contract import valid_path
 from selectit.errors import SelectitError
 from selectit.fusion.views import DEFAULT_TOP, validate_top
+from selectit.report import audit as report_audit
 from selectit.report import sections as sections_
 from selectit.report.data import (
     ARITHMETIC_RE,
@@ -152,6 +154,7 @@ def build_report(
         d = gather(con, dataset)
         health_section = sections_.health_section(con, dataset)
         controls_section = sections_.controls_section(con, d, top)
+        audited = report_audit.gather(con, dataset)  # None: the dataset has no audit
     finally:
         con.close()
 
@@ -168,6 +171,8 @@ def build_report(
             if progress:
                 progress(sec.title)
             sections.append(sec)
+        if audited is not None:
+            sections.append(report_audit.section(audited, plt, tmp))
         sections.append(controls_section)
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [

@@ -385,7 +385,7 @@ def health_section(con: Any, dataset: str) -> Section:
         rows = health.diagnose(con, dataset)
     except SelectitError as exc:  # e.g. no model chosen: the coverage section says what to do
         return Section("rater-health", "Rater health", "Nothing to judge yet.", note=str(exc))
-    warnings = [w.text for w in health.judge(rows)]
+    warnings = [w.text for w in health.judge(rows) + health.audit_warnings(con, dataset)]
     sec = Section(
         "rater-health", "Rater health",
         "Can these ratings be trusted? Label mass: the probability the rater puts on the label digits at all "
@@ -394,8 +394,12 @@ def health_section(con: Any, dataset: str) -> Section:
         "response length. Thresholds: README, \"Can I trust these ratings?\".",
         note=("Warnings: " + " • ".join(warnings)) if warnings else "No warnings: every figure is within its threshold.",
     )
-    sec.tables = [Table("rater_health", "Rater health per model and prompt", list(health.COLUMNS),
-                        [[rounded(r[c]) for c in health.COLUMNS] for r in rows])]
+    # the figures that decide a warning first, then the counts; the ids last (they are for SQL)
+    columns = ["model", "level", "position", "mass_median", "collapse_share", "collapse_base", "mean_max_p",
+               "rho_prompts", "rho_models", "rho_length", "truncated_share", "mass_p10", "cells", "samples", "scale",
+               "rho_pairs", "prompt_set", "dataset", "model_id", "prompt_id"]
+    sec.tables = [Table("rater_health", "Rater health per model and prompt (the decisive figures first)", columns,
+                        [[rounded(r[c], 3) for c in columns] for r in rows])]
     return sec
 
 

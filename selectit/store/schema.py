@@ -322,3 +322,28 @@ class SelectionSample(Base):
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
     score: Mapped[float] = mapped_column(Float)
+
+
+class Audit(Base):
+    """An audit dataset (`D.audit`) and the dataset D it audits: one audit per dataset, its
+    draw's seed and size (`selectit audit`)."""
+
+    __tablename__ = "audits"
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), unique=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)  # records of D drawn
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class AuditSample(Base):
+    """A member of an audit dataset: a drawn record of D (`kind` clean) or a known-bad twin of
+    one (`source_id`: the drawn record it was made from)."""
+
+    __tablename__ = "audit_samples"
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("audits.dataset_id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # clean | mismatched | truncated | refusal | echo | turn
+    source_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
