@@ -67,7 +67,7 @@ def audit(ctx: click.Context, dataset: str, ranking: Ranking, size: int | None, 
     if delete:
         echo(f"deleted the audit of {dataset} ({opened.delete_audit(dataset)} twin samples and their scores).")
         return
-    options = _engine_choice(engine_options)
+    options = _engine_choice(opened.engine_options, engine_options)
     with _ScoringBar(enabled=not quiet and fmt == "table" and not no_score) as bar:
         result = opened.audit(dataset, ranking=ranking, size=size, seed=seed, top=top, labels=labels,
                               score=not no_score, progress=bar, engine=options)
