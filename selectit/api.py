@@ -274,8 +274,11 @@ class Store:
 
     # -- scoring ----------------------------------------------------------------------------
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None) -> Any:
+              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None,
+              turns: str = "all") -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
+
+        `turns`: ``"all"`` rates every assistant turn of a conversation, ``"last"`` its last only.
 
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
         a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``, ``loading``; the
@@ -290,17 +293,19 @@ class Store:
         try:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                                     progress=bar or progress, batch_size=batch_size, engine_options=engine,
-                                    settings=self.settings)
+                                    settings=self.settings, turns=turns)
         finally:
             if bar is not None:
                 bar.close()
 
     def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-             enqueue: bool = True) -> PlanResult:
-        """Turn the missing cells into jobs and (with `enqueue`) send them to the workers' queues."""
+             enqueue: bool = True, turns: str = "all") -> PlanResult:
+        """Turn the missing cells (of every turn, or with ``turns="last"`` of the last turns) into
+        jobs and (with `enqueue`) send them to the workers' queues."""
         from selectit.jobs.planner import plan as plan_jobs
 
-        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings)
+        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings,
+                        turns=turns)
         sent = resent = 0
         if enqueue:
             from selectit.workers.app import enqueue as send
@@ -317,15 +322,16 @@ class Store:
                 lookups.active_models(session, names)
 
     def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-                 engine: str | None = None, tokenizer: bool = True) -> list[Any]:
+                 engine: str | None = None, tokenizer: bool = True, turns: str = "all") -> list[Any]:
         """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
         cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
-        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
+        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch), for `turns` and for
+        the last turns alone. Writes nothing."""
         from selectit.jobs.estimate import estimate
         from selectit.scoring.engines import EngineOptions
 
         return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
-                        scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
+                        scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer, turns=turns)
 
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for

@@ -94,6 +94,9 @@ def _parse_models(models: str | None) -> list[str] | None:
 
 
 def _scope_options(func: F) -> F:
+    func = click.option("--turns", type=click.Choice(["all", "last"]), default="all", show_default=True,
+                        help="Which assistant turns of a conversation to rate: every one, or the last only "
+                             "(a single-turn sample has one either way).")(func)
     func = click.option("--prompt-set", default=None, metavar="SET",
                         help="Only this prompt set [default: every active set].")(func)
     func = click.option("--model", "-m", default=None, metavar="NAME",

@@ -76,7 +76,7 @@ WITH cell AS (
     FROM store.scores s
     JOIN chosen_models m ON m.model_id = s.model_id
     JOIN chosen_prompts p ON p.prompt_id = s.prompt_id
-    WHERE s.status = '{CellStatus.OK}'
+    WHERE s.status = '{CellStatus.OK}' AND s.turn = 0  -- the last turns (fusion across turns: later)
 ), normed AS (
     -- Σp = 0 cannot be normalised: NULLIF leaves the cell without a score (not rankable).
     SELECT *, {paper} FROM (SELECT *, NULLIF({psum}, 0) AS psum FROM cell)

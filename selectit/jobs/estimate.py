@@ -5,7 +5,8 @@ Prompt tokens come from the model's own tokenizer (each missing cell's prompt re
 counted, special tokens included, before any truncation), or — when the tokenizer cannot be
 loaded here, or `tokenizer=False` — are estimated from characters (the planner's 4 characters
 per token); `Estimate.tokens_from` says which. Forwards are packed sequences: one per sample
-and model (its missing prompts share one sequence; the engine batches several per pass). The
+and model (its missing prompts share one sequence; the engine batches several per pass). Cells of
+every rated turn and of the last turns alone are counted apart (`score --turns all|last`). The
 time is missing cells ÷ the cells/s of the model version's last finished jobs on that engine
 (`throughput` rows, written when a job ends); without a record it is None and the text says so.
 
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit.contract import render
+from selectit.contract import Turns
+from selectit.jobs.cells import turn_prompts
 from selectit.jobs.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
 from selectit.store import db
 from selectit.store.schema import LLM, Prompt, Sample, Throughput
@@ -45,13 +47,20 @@ class Estimate:
     forwards: int  # packed sequences: one per sample (and prompt layout/scale)
     cells_per_second: float | None  # the recorded rate, None without a record
     seconds: float | None  # the estimated time, None without a record
+    last_cells: int = 0  # of `cells`, those of last assistant turns (`--turns last`)
+    last_tokens: int = 0  # their prompt tokens
 
     def line(self) -> str:
         eta = (f"about {duration(self.seconds)} at {self.cells_per_second:.3g} cells/s "
                f"({self.engine}, this store's last {RECENT_JOBS} jobs at most)" if self.seconds is not None
                else f"no time: no {self.engine} run of {self.model} is recorded yet")
-        return (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
+        text = (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
                 f"({self.tokens_from}), {self.forwards} forwards; {eta}")
+        if self.last_cells == self.cells:  # one turn per sample (Alpaca data), or --turns last
+            return text
+        last = (f", about {duration(self.last_cells / self.cells_per_second)}" if self.cells_per_second else "")
+        return (f"{text}\n{' ' * len(self.model)}  with --turns last (last assistant turns only): {self.last_cells} "
+                f"cells, {self.last_tokens:,} prompt tokens{last}")
 
 
 def duration(seconds: float) -> str:
@@ -91,10 +100,11 @@ def _token_counter(model: LLM):  # noqa: ANN202 - (counter of texts, or None)
 
 def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = None,
              prompt_set: str | None = None, scoring_engine: str = "torch", tokenizer: bool = True,
-             chunk: int = 512) -> list[Estimate]:
-    """Per active model version of the scope (`selectit score`'s): what scoring would cost. Reads only."""
+             chunk: int = 512, turns: Turns | str = Turns.ALL) -> list[Estimate]:
+    """Per active model version of the scope (`selectit score`'s): what scoring would cost, for the
+    `turns` asked and for the last turns alone. Reads only."""
     with db.read_scope(engine) as session:
-        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
+        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set, turns=turns)
         rows = missing_cells(session, scope)
         models = {m.id: m for m in session.scalars(sa.select(LLM).where(LLM.id.in_(scope.model_ids)))}
         prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(scope.prompt_ids)))}
@@ -107,28 +117,36 @@ def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = 
             llm = models[model_id]
             count = _token_counter(llm) if tokenizer and mine else None
             if count is None:
-                tokens, source = sum(r.est_tokens for r in mine), f"characters (≈{CHARS_PER_TOKEN} per token)"
+                per_row, source = [r.est_tokens for r in mine], f"characters (≈{CHARS_PER_TOKEN} per token)"
             else:
-                tokens, source = _count_tokens(session, mine, prompts, count, chunk), "tokenizer"
+                per_row, source = _count_tokens(session, mine, prompts, count, chunk), "tokenizer"
             forwards = sum(len({(prompts[p].layout, prompts[p].scale) for p in r.prompt_ids}) for r in mine)
             rate = recorded_rate(session, model_id, scoring_engine)
             cells = sum(len(r.prompt_ids) for r in mine)
-            out.append(Estimate(llm.name, model_id, scoring_engine, cells, len({r.sample_id for r in mine}), tokens,
-                                source, forwards, rate, cells / rate if rate else None))
+            last = [i for i, r in enumerate(mine) if r.turn == 0]
+            out.append(Estimate(llm.name, model_id, scoring_engine, cells, len({r.sample_id for r in mine}),
+                                sum(per_row), source, forwards, rate, cells / rate if rate else None,
+                                sum(len(mine[i].prompt_ids) for i in last), sum(per_row[i] for i in last)))
         session.rollback()  # nothing to keep: a read
     return out
 
 
-def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt], count, chunk: int) -> int:  # noqa: ANN001
-    """Σ tokens of every missing cell's rendered prompt, read and counted `chunk` samples at a time."""
-    total = 0
+def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt], count,  # noqa: ANN001
+                  chunk: int) -> list[int]:
+    """Tokens of each row's missing cells' rendered prompts (its turn's), read and counted `chunk`
+    rows at a time."""
+    totals: list[int] = []
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
         samples = {s.id: s for s in session.scalars(sa.select(Sample).where(Sample.id.in_([r.sample_id for r in part])))}
-        texts = []
-        for r in part:
-            s = samples[r.sample_id]
-            texts += [render(prompts[p].layout, prompts[p].template, s.instruction, s.input, s.output).text
-                      for p in r.prompt_ids]
-        total += sum(count(texts))
-    return total
+        texts, owner = [], []
+        for i, r in enumerate(part):
+            rendered = turn_prompts(samples[r.sample_id], r.turn,
+                                    [(prompts[p].layout, prompts[p].template) for p in r.prompt_ids])["prompts"]
+            texts += [p.text for p in rendered]
+            owner += [i] * len(rendered)
+        part_totals = [0] * len(part)
+        for i, n in zip(owner, count(texts)):
+            part_totals[i] += n
+        totals += part_totals
+    return totals
