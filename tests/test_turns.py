@@ -211,6 +211,73 @@ def test_scoring_again_after_the_last_turns_fills_in_only_the_earlier_turns(shar
         assert store.estimate(prompt_set="s", tokenizer=False)[0].cells == 0
 
 
+def fused_in_numpy(rows: list[tuple], agg: str, alpha: float = 0.2) -> dict[int, float]:
+    """S_model per sample from per-turn cells (sample, model, turn, n_turns, p1..p5), as docs/method.md
+    says, in numpy: token → sentence (per turn) → `agg` over the turns → model level (equal θ)."""
+    import numpy as np
+
+    sent: dict[tuple[int, int], dict[int, list[float]]] = {}
+    n_turns: dict[int, int] = {}
+    for sample, model, turn, n, *p in rows:
+        prob = np.array(p, dtype=float) / sum(p)  # paper: P'_k = p_k / Σp
+        base = int(np.argmax(prob)) + 1
+        s_token = base * np.abs(prob - prob.max()).sum() / (len(p) - 1)
+        sent.setdefault((sample, model), {}).setdefault(turn, []).append(s_token)
+        n_turns[sample] = n
+    models = sorted({m for _, m in sent})
+    out: dict[int, float] = {}
+    for sample in sorted(n_turns):
+        per_model = []
+        for m in models:
+            turns = sent.get((sample, m), {})
+            s = {t: np.mean(v) / (1 + alpha * np.std(v)) for t, v in turns.items() if len(v) == 3}
+            if agg == "last":
+                if 0 not in s:
+                    break
+                per_model.append(s[0])
+            else:
+                if len(s) != n_turns[sample]:
+                    break
+                per_model.append(np.mean(list(s.values())) if agg == "mean" else min(s.values()))
+        else:
+            out[sample] = sum(per_model) / len(models)
+    return out
+
+
+def test_rank_fuses_the_turns_as_numpy_does_from_the_cells_sql_returns(sharegpt) -> None:
+    from selectit import Ranking
+
+    db_url, _ = sharegpt
+    with selectit.open(db_url) as store:
+        store.score(prompt_set="s", turns="last")
+        # only the last turns scored: mean and min rank the single-turn samples alone, last ranks all
+        partial = {agg: store.rank("sg", ranking=Ranking(prompt_set="s", turns_agg=agg)).num_rows
+                   for agg in ("mean", "min", "last")}
+        n_samples, n_single = store.sql("SELECT count(*), count(*) FILTER (WHERE n_turns = 1) "
+                                        "FROM store.samples").to_pylist()[0].values()
+        assert partial == {"mean": n_single, "min": n_single, "last": n_samples}
+        summary = store.rank_summary("sg", ranking=Ranking(prompt_set="s"))
+        assert summary.coverage.n_rankable_last == n_samples - n_single
+        assert "--turns-agg last ranks them" in summary.warning
+        store.score(prompt_set="s")
+        cells = store.sql("SELECT c.sample_id, c.model_id, c.turn, s.n_turns, c.p1, c.p2, c.p3, c.p4, c.p5 "
+                          "FROM store.scores c JOIN store.samples s ON s.id = c.sample_id "
+                          "ORDER BY 1, 2, 3, c.prompt_id").to_pylist()
+        rows = [tuple(r.values()) for r in cells]
+        tops = {}
+        for agg in ("mean", "min", "last"):
+            ranked = store.rank("sg", ranking=Ranking(prompt_set="s", turns_agg=agg)).to_pylist()
+            expected = fused_in_numpy(rows, agg)
+            assert len(ranked) == len(expected) == n_samples
+            assert max(abs(r["s_model"] - expected[r["sample_id"]]) for r in ranked) < 1e-12, agg
+            tops[agg] = [r["sample_id"] for r in ranked[:30]]
+            # the views say which turn each row is, and how many the sample has
+            per_turn = store.sql("SELECT count(*) AS n, max(n_turns) AS most FROM sentence_scores",
+                                 ranking=Ranking(prompt_set="s", turns_agg=agg)).to_pylist()[0]
+            assert per_turn["n"] == 2 * (len({(r[0], r[2]) for r in rows}) if agg != "last" else n_samples)
+        assert tops["mean"] != tops["last"]  # on real conversations the choice matters
+
+
 # ---------------------------------------------------------------------------------------- truncation
 class _Words:
     """A whitespace tokenizer: one token per word (enough for the truncation rules)."""

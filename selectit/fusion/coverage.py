@@ -62,6 +62,10 @@ class Coverage:
     models: tuple[ModelCoverage, ...] = field(default_factory=tuple)
     #: ok cells scored in top-k mode with a label outside the server's top K (counted as 0)
     cells_partial: int = 0
+    #: the ranking's turns aggregate, and (under mean / min) how many samples would rank under
+    #: ``last``: those whose last turn is scored while an earlier turn is not
+    turns_agg: str = "last"
+    n_rankable_last: int | None = None
 
     @property
     def n_not_rankable(self) -> int:
@@ -131,7 +135,7 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
     """Cells done / missing / failed per chosen model, and rankable samples, for one dataset."""
     params = params_of(con)
     ds = dataset_id(con, dataset)
-    every_turn = False  # the ranking reads the last turns (token_scores)
+    every_turn = params.every_turn  # mean / min: every rated turn must be scored; last: turn 0
     n_samples, models = cell_coverage(con, ds, [(m.model_id, m.name) for m in params.models],
                                        [(p.prompt_id, p.set_name) for p in params.prompts], every_turn)
     expected = len(params.prompts) * len(params.models)
@@ -141,6 +145,15 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
         "sum(n_partial) AS partial, any_value(n_turns) AS n_turns FROM coverage_cells GROUP BY sample_id)"
     ).fetchone()
     n_rankable = int(complete) if expected else 0
+    rankable_last = None
+    if every_turn and expected and n_rankable < n_samples:
+        prompts = ", ".join(str(int(p.prompt_id)) for p in params.prompts)
+        models_in = ", ".join(str(int(m.model_id)) for m in params.models)
+        rankable_last = int(con.execute(
+            f"SELECT count(*) FROM (SELECT sample_id FROM store.scores WHERE turn = 0 AND status = '{CellStatus.OK}' "
+            f"AND prompt_id IN ({prompts}) AND model_id IN ({models_in}) AND sample_id IN "
+            f"(SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(ds)}) "
+            f"GROUP BY sample_id HAVING count(*) = {int(expected)})").fetchone()[0]) - n_rankable
     # A sample can only be ranked with all cells ok; the ranking may still drop one whose stored
     # probabilities sum to 0 (cannot be normalised) — those count as rankable-in-coverage only.
     return Coverage(
@@ -152,6 +165,8 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
         samples_with_missing=n_samples - n_rankable - int(with_failed),
         models=tuple(models),
         cells_partial=int(partial),
+        turns_agg=params.ranking.turns_agg,
+        n_rankable_last=rankable_last,
     )
 
 
