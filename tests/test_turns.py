@@ -201,10 +201,15 @@ def test_scoring_again_after_the_last_turns_fills_in_only_the_earlier_turns(shar
         assert summary.scored == 2 * 3 * n_samples
         last = cells(db_url)
         assert {c[3] for c in last} == {0}
+        # status: the missing cells are all of earlier turns, per model × prompt set
+        rows = [r for r in store.status().scoring if r.prompt_set == "s"]
+        assert [(r.missing, r.missing_earlier) for r in rows] == [(3 * (n_turns - n_samples),) * 2] * 2
         summary = store.score(prompt_set="s")
         assert (summary.scored, summary.skipped) == (2 * 3 * (n_turns - n_samples), 2 * 3 * n_samples)
     every = cells(db_url)
     assert len(every) == 2 * 3 * n_turns  # Σ rated turns × prompts × models
+    with selectit.open(db_url) as store:
+        assert [(r.missing, r.missing_earlier) for r in store.status().scoring if r.prompt_set == "s"] == [(0, 0)] * 2
     assert [c for c in every if c[3] == 0] == last  # the last turns untouched
     with selectit.open(db_url) as store:
         assert store.score(prompt_set="s").scored == 0

@@ -37,11 +37,18 @@ class ModelCoverage:
     samples_complete: int
     samples_failed: int
     n_turns: int = 0  # rated turns of the samples (Σ n_turns; n_samples when only the last counts)
+    ok_last: int = 0  # of `ok`, cells of the last turns (turn 0)
+    failed_last: int = 0  # of `failed`, cells of the last turns
 
     @property
     def missing(self) -> int:
         """Cells never scored."""
         return max(self.n_turns, self.n_samples) * self.n_prompts - self.ok - self.failed
+
+    @property
+    def missing_earlier(self) -> int:
+        """Of `missing`, the cells of turns before the last (what `score --turns last` leaves)."""
+        return self.missing - (self.n_samples * self.n_prompts - self.ok_last - self.failed_last)
 
     @property
     def samples_missing(self) -> int:
@@ -101,6 +108,8 @@ def cell_coverage(
                count(*) FILTER (WHERE s.status = '{CellStatus.FAILED}') AS n_failed,
                count(*) FILTER (WHERE s.status = '{CellStatus.OK}'
                                 AND COALESCE(CAST(s.partial AS INTEGER), 0) = 1) AS n_partial,
+               count(*) FILTER (WHERE s.status = '{CellStatus.OK}' AND s.turn = 0) AS n_ok_last,
+               count(*) FILTER (WHERE s.status = '{CellStatus.FAILED}' AND s.turn = 0) AS n_failed_last,
                any_value({turns.replace("s.", "x.")}) AS n_turns
         FROM store.scores s
         JOIN store.samples x ON x.id = s.sample_id
@@ -117,14 +126,15 @@ def cell_coverage(
         (int(m), str(name)): tuple(int(x or 0) for x in rest)
         for m, name, *rest in con.execute(
             "SELECT c.model_id, c.set_name, sum(n_ok), sum(n_failed), count(*) FILTER (WHERE n_ok = k.k * n_turns), "
-            "count(*) FILTER (WHERE n_failed > 0) FROM coverage_cells c "
+            "count(*) FILTER (WHERE n_failed > 0), sum(n_ok_last), sum(n_failed_last) FROM coverage_cells c "
             f"JOIN (VALUES {', '.join(f'({sql_str(n)}, {k})' for n, k in k_of.items()) or '(NULL, 0)'}) "
             "k(set_name, k) ON k.set_name = c.set_name GROUP BY c.model_id, c.set_name"
         ).fetchall()
     }
     rows = [
-        ModelCoverage(name, int(model_id), set_name, n_samples, k, *counts.get((int(model_id), set_name), (0, 0, 0, 0)),
-                      n_turns=n_turns)
+        ModelCoverage(name, int(model_id), set_name, n_samples, k, *counts.get((int(model_id), set_name), (0,) * 4)[:4],
+                      n_turns=n_turns, ok_last=counts.get((int(model_id), set_name), (0,) * 6)[4],
+                      failed_last=counts.get((int(model_id), set_name), (0,) * 6)[5])
         for model_id, name in models
         for set_name, k in k_of.items()
     ]
