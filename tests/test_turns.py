@@ -113,6 +113,30 @@ def test_alpaca_requests_are_rendered_byte_for_byte_as_before(tmp_path: Path, mo
     engine.dispose()
 
 
+def test_ingest_names_the_records_of_each_quirk_of_real_sharegpt_data(cli, db_url: str, tmp_path: Path) -> None:
+    records = sharegpt_records(400)
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    by_hand: dict[str, list[str]] = {}
+    for r in records:
+        turns = r["conversations"]
+        if not any(t["from"] == "gpt" for t in turns[1:]):  # invalid: nothing to rate
+            continue
+        roles = [t["from"] for t in turns if t["from"] != "system"]
+        for rule, has in (("leading-assistant", roles[:1] == ["gpt"]),
+                          ("empty-turn", any(not t["value"].strip() for t in turns)),
+                          ("same-role-run", any(a == b for a, b in zip(roles, roles[1:])))):
+            if has:
+                by_hand.setdefault(rule, []).append(r["id"])
+    with selectit.open(db_url) as store:
+        result = store.ingest(path, "sg", format="sharegpt", skip_invalid=True)
+    assert {k: v for k, v in result.quirks.items()} == by_hand and len(by_hand["leading-assistant"]) > 50
+    out = cli("ingest", path, "--dataset", "sg2", "--format", "sharegpt", "--skip-invalid")
+    first = ", ".join(by_hand["leading-assistant"][:5])
+    assert (f"Warning: {len(by_hand['leading-assistant'])} of 400 records start with an assistant turn: it is "
+            f"context for the turns after it, not rated (leading-assistant: {first}, …)") in out.stderr
+
+
 # ---------------------------------------------------------------------------------------- migration
 def test_an_old_store_upgrades_with_every_score_kept_as_the_last_turn(db_url: str) -> None:
     """A store at revision 0010 with scores of an Alpaca sample and of a three-turn conversation:

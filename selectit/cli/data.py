@@ -82,6 +82,8 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
         for line in result.invalid_report():
             echo(line, err=True)
     _warn(result.warning)
+    for line in result.quirk_warnings:
+        _warn(line)
     echo(result.summary)
 
 

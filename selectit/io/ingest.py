@@ -43,6 +43,7 @@ from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interf
 )
 from selectit.io.records import canonical, content_hash, render_conversation  # noqa: F401 - re-exported
 from selectit.io.records import digest as _digest
+from selectit.io.records import QUIRKS
 from selectit.store import db
 from selectit.store.db import is_postgres
 from selectit.store.schema import Dataset, Ingest, utcnow
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 CHUNK = 20_000
 #: How many invalid records `IngestResult.invalid_report` lists before summarising the rest.
 LIST_INVALID = 20
+#: How many records a quirk warning names.
+LIST_QUIRKS = 5
 
 SKIP_HINT = "Nothing was ingested; fix the record, or try --skip-invalid to ingest only the valid records."
 
@@ -76,6 +79,17 @@ class IngestResult:
     invalid: list[InvalidRecord] = field(default_factory=list)
     trailing: int = 0  # valid records whose turns after the last assistant turn were not rated
     first_trailing: int | None = None  # the record number of the first of them
+    #: rule of `selectit.io.records.QUIRKS` → the valid records that have it (their ids, else numbers)
+    quirks: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def quirk_warnings(self) -> list[str]:
+        """One line per quirk rule some records have, naming the first few of them."""
+        lines = []
+        for rule, records in self.quirks.items():
+            named = ", ".join(records[:LIST_QUIRKS]) + (", …" if len(records) > LIST_QUIRKS else "")
+            lines.append(f"{len(records)} of {self.read} records {QUIRKS[rule]} ({rule}: {named})")
+        return lines
 
     @property
     def warning(self) -> str | None:
@@ -301,6 +315,8 @@ def ingest_file(
                         raise IngestError(f"{path}, {where}: {rec.reason}. {hint}")
                     result.invalid.append(rec)
                     continue
+                for rule in rec.quirks:
+                    result.quirks.setdefault(rule, []).append(rec.original_id or f"record {rec.number}")
                 if rec.trailing:
                     result.trailing += 1
                     result.first_trailing = result.first_trailing or rec.number

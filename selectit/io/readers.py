@@ -96,6 +96,7 @@ class Record(NamedTuple):
     trailing: int = 0  # turns after the last assistant turn, not rated
     turns: str | None = None  # `samples.turns` as JSON text (`Conversation.stored_turns`), if any
     n_turns: int = 1  # rated assistant turns
+    quirks: tuple[str, ...] = ()  # `selectit.io.records.QUIRKS` of the conversation
 
 
 @dataclass(frozen=True)
@@ -579,7 +580,7 @@ class RecordReader:
         turns = conv.stored_turns()
         return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text, conv.trailing,
                       None if turns is None else json.dumps(turns, ensure_ascii=False),
-                      1 if turns is None else len(rated_turns(turns)))
+                      1 if turns is None else len(rated_turns(turns)), conv.quirks())
 
 
 def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None = None,

@@ -65,6 +65,15 @@ HASH_FIELD = "content_hash"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+#: What real conversation data does that a record shape does not forbid, and what selectit makes of
+#: it (`Conversation.quirks`; ingest names the records of each in one warning line per rule).
+QUIRKS = {
+    "leading-assistant": "start with an assistant turn: it is context for the turns after it, not rated",
+    "empty-turn": "have an empty turn: an empty answer is not rated, an empty question stays in the context",
+    "same-role-run": "have two turns of one role in a row: kept as they are, one context line each",
+}
+
+
 class IngestError(SelectitError):
     """The file cannot be ingested; nothing from it was committed."""
 
@@ -182,6 +191,18 @@ class Conversation:
         if len(turns) <= 2 and turns[0][0] == "user":
             return None
         return [[role, canonical(text)] for role, text in turns]
+
+    def quirks(self) -> tuple[str, ...]:
+        """The `QUIRKS` this conversation has (ingest names the records of each; nothing is changed)."""
+        talk = [(role, text) for role, text in self.turns if role != "system"]
+        found = []
+        if talk and talk[0][0] == "assistant":
+            found.append("leading-assistant")
+        if any(not text.strip() for _, text in self.turns):
+            found.append("empty-turn")
+        if any(a[0] == b[0] for a, b in zip(talk, talk[1:])):
+            found.append("same-role-run")
+        return tuple(found)
 
     @property
     def trailing(self) -> int:
