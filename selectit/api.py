@@ -209,9 +209,10 @@ class Store:
     # -- scoring ----------------------------------------------------------------------------
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
               progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None,
-              retry_failed: bool = False) -> Any:
+              retry_failed: bool = False, turns: str = "all") -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
 
+        `turns`: ``"all"`` rates every assistant turn of a conversation, ``"last"`` its last only.
         Every model needed is loaded before any job is claimed: one that cannot be (a missing API
         key, an unreachable server) raises `selectit.errors.ModelLoadError` and charges no cell.
         A failed cell is retried by later runs up to `Settings.max_cell_attempts` times; then it
@@ -233,17 +234,19 @@ class Store:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                                     progress=bar or progress, batch_size=batch_size,
                                     engine_options=engine or self.engine_options,
-                                    retry_failed=retry_failed, settings=self.settings)
+                                    retry_failed=retry_failed, settings=self.settings, turns=turns)
         finally:
             if bar is not None:
                 bar.close()
 
     def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-             enqueue: bool = True) -> PlanResult:
-        """Turn the missing cells into jobs and (with `enqueue`) send them to the workers' queues."""
+             enqueue: bool = True, turns: str = "all") -> PlanResult:
+        """Turn the missing cells (of every turn, or with ``turns="last"`` of the last turns) into
+        jobs and (with `enqueue`) send them to the workers' queues."""
         from selectit.jobs.planner import plan as plan_jobs
 
-        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings)
+        ids = plan_jobs(self.engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=self.settings,
+                        turns=turns)
         sent = resent = 0
         if enqueue:
             from selectit.workers.app import enqueue as send
@@ -270,16 +273,17 @@ class Store:
                 lookups.active_models(session, names)
 
     def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-                 engine: str | None = None, tokenizer: bool = True) -> list[Any]:
+                 engine: str | None = None, tokenizer: bool = True, turns: str = "all") -> list[Any]:
         """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
         cells, prompt tokens (tokenizer, or estimated from characters; at most the model's context
         per cell), forwards, and a time from the rate recorded for `engine` (default the store's,
-        $SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai engine's). Writes nothing."""
+        $SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai engine's), for
+        `turns` and for the last turns alone. Writes nothing."""
         from selectit.jobs.estimate import estimate
 
         return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
                         scoring_engine=engine or self.engine_options.engine, tokenizer=tokenizer,
-                        settings=self.settings)
+                        settings=self.settings, turns=turns)
 
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for

@@ -5,15 +5,20 @@ fusion and the CLI all import this module, and it imports nothing of theirs.
 
 The engine contract (`ScoringEngine`: `score(requests)`, `close()`, `engine`, `engine_version`,
 `forwards`; engines are loaded by name from a `ModelSpec`, see `selectit.scoring.engines`):
-- each `RatingRequest` is one sample with its K' rendered prompts (same layout and scale K); the
-  result holds one `CellResult` per (request, prompt), in any order;
+- each `RatingRequest` is one sample's turn with its K' rendered prompts (same layout and scale K);
+  the result holds one `CellResult` per (request, prompt), in any order, carrying the request's
+  `turn`;
 - `probs[k-1]` = softmax over the **full vocabulary** at the prompt's last token, read at the
   token id of the digit k (k = 1..K), `mass` = Σ probs; the prompt is tokenized with the
   tokenizer's default special tokens, exactly as the model's own forward of that prompt would be;
-- a prompt longer than the model's context has the middle of its response cut, so the rating
-  question stays; the cell is `truncated`;
+- a prompt longer than the model's context loses its history's oldest turns first
+  (`RatingRequest.shorter`), then the middle of its response, so the rating question stays; the
+  cell is `truncated`;
 - a request whose scoring fails yields failed cells (`probs=None`, `error` set); the other
   requests go on. Never a default score.
+
+The conversation rules (`render_conversation`, `rated_turns`, `render_turn`) live here too: ingest
+renders a record's last assistant turn by them and the runner its earlier turns, the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
@@ -58,6 +63,21 @@ class Formula(StrEnum):
 
     PAPER = "paper"  # P'_k = p_k / Σ p_j
     REFERENCE_CODE = "reference-code"  # softmax of the above, as the authors' released code
+
+
+class Turns(StrEnum):
+    """Which assistant turns of a conversation `score` and `plan` rate (docs/method.md)."""
+
+    ALL = "all"  # every rated turn: a cell per (sample, model, prompt, turn)
+    LAST = "last"  # the last assistant turn only (turn 0), what selectit rated before revision 0011
+
+
+class TurnsAgg(StrEnum):
+    """How a sample's per-turn S_sent become one, before the model level (docs/method.md)."""
+
+    LAST = "last"  # the last turn's S_sent (an Alpaca record's one turn)
+    MEAN = "mean"  # the mean over every rated turn
+    MIN = "min"  # the weakest turn
 
 
 #: The built-in prompt set (created by `selectit init`); the fusion's default.
@@ -199,12 +219,20 @@ def render(layout: str, template: str, instruction: str, input: str, output: str
 
 @dataclass(frozen=True)
 class RatingRequest:
-    """One sample to rate with K' prompts of one prompt set."""
+    """One sample's turn to rate with K' prompts of one prompt set.
+
+    `shorter(d)`, for d = 1 .. `n_shorter`, renders the same prompts with the d oldest turns of the
+    conversation's history left out: what an engine tries, oldest first, before cutting the
+    response when a prompt is longer than the model's context (the rated turn is never cut while
+    history is left)."""
 
     sample_id: int
     prompt_ids: tuple[int, ...]  # K' prompt versions, same layout and scale
     prompts: tuple[RenderedPrompt, ...]  # rendered, same order as prompt_ids
     scale: int  # K
+    turn: int = 0  # counted back from the last assistant turn (`Score.turn`)
+    n_shorter: int = 0
+    shorter: Callable[[int], tuple[RenderedPrompt, ...]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -219,6 +247,7 @@ class CellResult:
     truncated: bool
     error: str | None = None  # set ⇒ the cell failed
     partial: bool = False  # a label's probability was not returned (top-k mode): it counts as 0
+    turn: int = 0  # as the request's
 
     @property
     def ok(self) -> bool:
@@ -226,8 +255,8 @@ class CellResult:
 
     @classmethod
     def failed(cls, sample_id: int, prompt_id: int, error: str, n_tokens: int = 0,
-               truncated: bool = False) -> CellResult:
-        return cls(sample_id, prompt_id, None, None, n_tokens, truncated, error[:2000])
+               truncated: bool = False, turn: int = 0) -> CellResult:
+        return cls(sample_id, prompt_id, None, None, n_tokens, truncated, error[:2000], turn=turn)
 
 
 @dataclass(frozen=True)
@@ -305,3 +334,79 @@ def split_on_failure(items: Sequence[Item], run: Callable[[list[Item]], Sequence
         half = len(items) // 2
         return split_on_failure(items[:half], run, on_error) + split_on_failure(items[half:], run, on_error)
     return [(item, out, None) for item, out in zip(items, outputs)]
+
+
+# ---------------------------------------------------------------------------------------- conversations
+#: One turn of a conversation: (role, text), role ∈ system, user, assistant, tool.
+Turn = tuple[str, str]
+ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+class BadRecord(Exception):
+    """One record is invalid; the message is the reason."""
+
+
+def render_conversation(turns: list[Turn] | tuple[Turn, ...]) -> tuple[str, str]:
+    """(instruction, output) of a conversation given as (role, text) pairs, role ∈ system/user/assistant/tool.
+
+    The last assistant turn is the output; the turns before it are the instruction: one single
+    user turn as is, otherwise ``"<Role>: <text>"`` lines joined by ``"\\n"``.
+    """
+    last = last_assistant(turns)
+    if last is None:
+        raise BadRecord("no assistant turn (the last assistant turn is the response)")
+    output = turns[last][1]
+    if not output.strip():
+        raise BadRecord(f"empty response (turn {last + 1}, the last assistant turn)")
+    context = turns[:last]
+    if not context:
+        raise BadRecord("no turn before the last assistant turn (it would be the instruction)")
+    if len(context) == 1 and context[0][0] == "user":
+        instruction = context[0][1]
+    else:
+        instruction = "\n".join(f"{ROLE_LABEL[role]}: {text}" for role, text in context)
+    if not instruction.strip():
+        raise BadRecord("empty instruction (the turns before the last assistant turn are empty)")
+    return instruction, output
+
+
+def rated_turns(turns: Sequence[Turn]) -> list[int]:
+    """Indices of the assistant turns rated, oldest first: each one renders as a sample (a
+    non-empty response after a non-empty context), the last assistant turn among them."""
+    rated = []
+    for i, (role, _) in enumerate(turns):
+        if role == "assistant":
+            try:
+                render_conversation(turns[:i + 1])
+            except BadRecord:
+                continue
+            rated.append(i)
+    return rated
+
+
+def render_turn(turns: Sequence[Turn], turn: int, *, drop: int = 0) -> tuple[str, str]:
+    """(instruction, output) of the rated turn `turn` (counted back: 0 is the last assistant
+    turn) of a stored conversation, as `render_conversation` renders that turn's conversation;
+    `drop` > 0 leaves out that many of its oldest context turns (a leading system turn is kept),
+    how a history too long for the model is cut. `IndexError` when there is no such turn."""
+    rated = rated_turns(turns)
+    if not 0 <= turn < len(rated):
+        raise IndexError(f"turn {turn} of a conversation with {len(rated)} rated turns")
+    upto = list(turns[:rated[-1 - turn] + 1])
+    if drop:
+        keep = 1 if upto[0][0] == "system" else 0
+        upto = upto[:keep] + upto[keep + drop:]
+    return render_conversation(upto)
+
+
+def history_cuts(turns: Sequence[Turn], turn: int) -> int:
+    """How many oldest context turns `render_turn` may drop for `turn`: all but the one right
+    before the rated turn (and a leading system turn)."""
+    rated = rated_turns(turns)
+    context = rated[-1 - turn]
+    keep = 1 if turns and turns[0][0] == "system" else 0
+    return max(0, context - keep - 1)
+
+
+def last_assistant(turns: list[Turn] | tuple[Turn, ...]) -> int | None:
+    return max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)

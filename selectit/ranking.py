@@ -2,7 +2,8 @@
 
 `Ranking` holds the models (default: every active model), their weights θ (default:
 models.weight, else the parameter count), the prompt set (default ``default``), α of the sentence
-level and the token-level formula. It is built once at the edge (the CLI from its options, a
+level, the token-level formula, and how a conversation's turns are fused (``turns_agg``: the mean
+of its turns' S_sent by default). It is built once at the edge (the CLI from its options, a
 script by hand), checked when built, and passed down whole: `Store.rank`, `select`, `export`,
 `report`, `diagnose`, `sql` and the fusion views take it. A frozen selection stores the resolved
 form (`selectit.fusion.params.Params`, which carries this value) in `selections.params`.
@@ -21,7 +22,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, Formula, choices, valid_name
+from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, Formula, TurnsAgg, choices, valid_name
+
+#: How a sample's turns are fused unless told (docs/method.md, "Fusion across turns").
+DEFAULT_TURNS_AGG = TurnsAgg.MEAN
 from selectit.errors import FusionError
 
 
@@ -39,6 +43,9 @@ class Ranking:
     alpha: float = DEFAULT_ALPHA
     #: The token-level P'_k: ``paper`` (p_k/Σp) or ``reference-code`` (softmax of it).
     formula: str = DEFAULT_FORMULA.value
+    #: A sample's S_sent from its turns' (per model, before the model level): ``mean`` of every
+    #: rated turn, their ``min``, or the ``last`` turn's. One turn (an Alpaca record): all the same.
+    turns_agg: str = DEFAULT_TURNS_AGG.value
 
     def __post_init__(self) -> None:
         # Normalised here, so every Ranking in the package is valid and comparable.
@@ -55,6 +62,7 @@ class Ranking:
             set_(self, "prompt_set", valid_name(self.prompt_set, "prompt set"))
         set_(self, "alpha", validate_alpha(self.alpha))
         set_(self, "formula", validate_formula(self.formula).value)
+        set_(self, "turns_agg", validate_turns_agg(self.turns_agg).value)
 
     @property
     def weight_map(self) -> dict[str, float]:
@@ -64,13 +72,16 @@ class Ranking:
     def as_json(self) -> dict[str, Any]:
         """The choices as given (defaults unresolved), for a selection's params and `--format json`."""
         return {"models": list(self.models) if self.models else None, "weights": self.weight_map or None,
-                "prompt_set": self.prompt_set, "alpha": self.alpha, "formula": self.formula}
+                "prompt_set": self.prompt_set, "alpha": self.alpha, "formula": self.formula,
+                "turns_agg": self.turns_agg}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Ranking:
-        """The value `as_json` wrote; keys it does not know are ignored (a newer selectit's options)."""
+        """The value `as_json` wrote; keys it does not know are ignored (a newer selectit's options).
+        A ranking written before turns were fused (no ``turns_agg``) rated the last turn only."""
         return cls(models=raw.get("models"), weights=raw.get("weights"), prompt_set=raw.get("prompt_set"),
-                   alpha=raw.get("alpha", DEFAULT_ALPHA), formula=raw.get("formula", DEFAULT_FORMULA.value))
+                   alpha=raw.get("alpha", DEFAULT_ALPHA), formula=raw.get("formula", DEFAULT_FORMULA.value),
+                   turns_agg=raw.get("turns_agg", TurnsAgg.LAST.value))
 
 
 def _weight_pairs(weights: Iterable[tuple[str, float]] | Mapping[str, float] | None) -> tuple[tuple[str, float], ...] | None:
@@ -102,6 +113,14 @@ def validate_formula(formula: str) -> Formula:
         return Formula(formula)
     except ValueError:
         raise FusionError(f"unknown formula {formula!r}; choose one of: {choices(Formula)}") from None
+
+
+def validate_turns_agg(turns_agg: str) -> TurnsAgg:
+    """How a sample's turns are fused, as a `TurnsAgg`."""
+    try:
+        return TurnsAgg(turns_agg)
+    except ValueError:
+        raise FusionError(f"unknown --turns-agg {turns_agg!r}; choose one of: {choices(TurnsAgg)}") from None
 
 
 #: SelectIT's own choices: every active model by its θ, the default prompt set, α 0.2, the paper's formula.

@@ -51,6 +51,8 @@ class StatusRow:
     recent_1m: int = 0  # … in the last minute
     #: seconds of the ten minutes that `recent` covers: since its first cell, at least a minute
     span: float = LAST_TEN_MINUTES
+    #: of `missing`, the cells of conversations' turns before the last (`score --turns last` leaves them)
+    missing_earlier: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def status_rows(engine: Engine, *, dataset: str | None = None, window: float = L
             c.model, c.model_id, c.prompt_set, c.ok, c.missing, c.failed,
             jobs(JobStatus.QUEUED), jobs(JobStatus.RUNNING), jobs(STALLED), jobs(JobStatus.FAILED),
             round(n * 60.0 / span, 1), tuple(sorted(per_engine.get((c.model_id, c.prompt_set), ()))),
-            round(n1 * 60.0 / short_window, 1), n, n1, span))
+            round(n1 * 60.0 / short_window, 1), n, n1, span, c.missing_earlier))
     return rows
 
 

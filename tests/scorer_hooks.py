@@ -165,3 +165,27 @@ class OnePromptSaysOne(LengthScorer):
 
 def one_prompt_says_one(model: Any) -> OnePromptSaysOne:
     return OnePromptSaysOne()
+
+
+class TextualScorer:
+    """Every cell answered at once with probabilities drawn from a hash of its prompt's text: no
+    model, yet cells differ per sample, turn and prompt (and the same prompt gets the same cell)."""
+
+    forwards = 0
+    engine = "textual"
+    engine_version = "sha256"
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        import hashlib
+
+        out = []
+        for r in requests:
+            for p, prompt in zip(r.prompt_ids, r.prompts):
+                digest = hashlib.sha256(prompt.text.encode()).digest()
+                probs = tuple(0.01 + digest[k] / 512 for k in range(r.scale))
+                out.append(CellResult(r.sample_id, p, probs, sum(probs), len(prompt.text), False))
+        return out
+
+
+def textual(model: Any) -> TextualScorer:
+    return TextualScorer()

@@ -96,8 +96,8 @@ INPUTS = {
 
 
 def score_everything(db_url: str, *, model: str = "A", fingerprint: str = "f" * 64) -> None:
-    """Rate every stored sample with model `model` on 3 prompts of the set 's' (cells inserted directly),
-    with probabilities that differ per sample, so the ranking is total."""
+    """Rate every stored sample (each of its turns alike) with model `model` on 3 prompts of the set
+    's' (cells inserted directly), with probabilities that differ per sample, so the ranking is total."""
     engine = db.open_store(db_url)
     with session_scope(engine) as s:
         llm = LLM(name=model, source="test", fingerprint=fingerprint, dtype="float32", n_params=100,
@@ -109,11 +109,11 @@ def score_everything(db_url: str, *, model: str = "A", fingerprint: str = "f" * 
                               text_hash=f"{i:064x}", scale=3) for i in range(3)]
             s.add_all(prompts)
         s.flush()
-        for sid in s.scalars(sa.select(Sample.id)):
+        for sid, n_turns in s.execute(sa.select(Sample.id, Sample.n_turns)):
             for p in prompts:
                 probs = cell(sid, p.position)
-                s.add(Score(sample_id=sid, model_id=llm.id, prompt_id=p.id, p1=probs[0], p2=probs[1], p3=probs[2],
-                            mass=sum(probs), n_tokens=10, status="ok"))
+                s.add_all(Score(sample_id=sid, model_id=llm.id, prompt_id=p.id, turn=t, p1=probs[0], p2=probs[1],
+                                p3=probs[2], mass=sum(probs), n_tokens=10, status="ok") for t in range(n_turns))
     engine.dispose()
 
 

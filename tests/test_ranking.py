@@ -13,7 +13,7 @@ from selectit.fusion.params import ChosenModel, ChosenPrompt, Params
 from selectit.ranking import DEFAULT_RANKING, Ranking
 
 #: The fusion's knobs: a signature holding two of them passes "how to rank" as loose parameters.
-KNOBS = {"alpha", "formula", "weights", "models", "prompt_set"}
+KNOBS = {"alpha", "formula", "weights", "models", "prompt_set", "turns_agg"}
 
 
 def test_defaults_are_selectits() -> None:
@@ -38,6 +38,7 @@ def test_built_values_are_normalised_and_compare_equal() -> None:
     ({"weights": {"a": "heavy"}}, "the weight θ of model 'a' must be a number"),
     ({"prompt_set": ""}, "prompt set name is empty"),
     ({"models": 5}, "models must be model names"),
+    ({"turns_agg": "max"}, "unknown --turns-agg 'max'; choose one of: last, mean, min"),
 ])
 def test_a_bad_choice_fails_when_the_value_is_built(kwargs: dict, phrase: str) -> None:
     with pytest.raises(SelectitError, match=phrase):
@@ -55,19 +56,23 @@ def test_the_api_refuses_a_ranking_for_a_frozen_selection_and_a_value_that_is_no
 
 
 def test_json_round_trip_and_unknown_keys_of_a_newer_selectit() -> None:
-    r = Ranking(models=("b", "a"), weights={"a": 2}, prompt_set="s", alpha=0.5, formula="reference-code")
+    r = Ranking(models=("b", "a"), weights={"a": 2}, prompt_set="s", alpha=0.5, formula="reference-code",
+                turns_agg="min")
     raw = r.as_json()
     assert raw == {"models": ["b", "a"], "weights": {"a": 2.0}, "prompt_set": "s", "alpha": 0.5,
-                   "formula": "reference-code"}
+                   "formula": "reference-code", "turns_agg": "min"}
     assert Ranking.from_json(raw) == r
-    assert Ranking.from_json(raw | {"turns_agg": "min"}) == r
+    assert Ranking.from_json(raw | {"dedup": "minhash"}) == r
+    # a ranking stored before turns were fused ranked the last turns
+    assert Ranking.from_json({"alpha": 0.5}).turns_agg == "last" and Ranking().turns_agg == "mean"
 
 
 def test_a_selection_frozen_before_the_ranking_was_stored_reads_back_with_its_resolved_choices() -> None:
     old = {"alpha": 0.3, "formula": "paper", "prompt_set": "s", "prompts": [[7, "s", 0, 5]],
            "models": [{"id": 1, "name": "a", "theta": 135.0, "share": 1.0}], "tie_rule": "x"}
     params = Params.from_json(old)
-    assert params.ranking == Ranking(models=("a",), weights={"a": 135.0}, prompt_set="s", alpha=0.3)
+    assert params.ranking == Ranking(models=("a",), weights={"a": 135.0}, prompt_set="s", alpha=0.3,
+                                     turns_agg="last")
     assert (params.alpha, params.formula, params.prompts) == (0.3, "paper", (ChosenPrompt(7, "s", 0, 5),))
     new = Params(Ranking(alpha=0.3), "s", (ChosenModel(1, "a", 135.0, 1.0),), params.prompts).as_json()
     assert new["ranking"] == Ranking(alpha=0.3).as_json() and new["alpha"] == 0.3

@@ -197,4 +197,4 @@ def print_table(title: str | None, columns: list[str], rows: list[tuple[Any, ...
 
 
 NUMERIC_COLUMNS = {"samples", "done", "missing", "failed", "queued", "running", "stalled", "rank", "score",
-                   "failed jobs", "cells/min (1 min)", "cells/min (10 min)"}
+                   "failed jobs", "cells/min (1 min)", "cells/min (10 min)", "of earlier turns"}

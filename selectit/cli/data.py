@@ -83,6 +83,8 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
         for line in result.invalid_report():
             echo(line, err=True)
     _warn(result.warning)
+    for line in result.quirk_warnings:
+        _warn(line)
     echo(result.summary)
 
 
@@ -149,11 +151,14 @@ def status(ctx: click.Context, dataset: str | None) -> None:
 def _print_scoring_status(rows: list[Any], api_store: Any = None, dataset: str | None = None) -> None:
     if not rows:
         return
+    # conversations with earlier turns unscored: how many of the missing cells are theirs (per turn)
+    earlier = any(getattr(r, "missing_earlier", 0) for r in rows)
     print_table("scoring (per model × prompt set)",
-                ["model", "prompt set", "done", "missing", "failed", "queued", "running", "stalled",
-                 "failed jobs", "cells/min (1 min)", "cells/min (10 min)", "done by engine"],
-                [(r.model, r.prompt_set, r.done, r.missing, r.failed, r.queued, r.running, r.stalled,
-                  r.failed_jobs, r.cells_per_min_1m, r.cells_per_min,
+                ["model", "prompt set", "done", "missing", *(["of earlier turns"] if earlier else []), "failed",
+                 "queued", "running", "stalled", "failed jobs", "cells/min (1 min)", "cells/min (10 min)",
+                 "done by engine"],
+                [(r.model, r.prompt_set, r.done, r.missing, *([r.missing_earlier] if earlier else []), r.failed,
+                  r.queued, r.running, r.stalled, r.failed_jobs, r.cells_per_min_1m, r.cells_per_min,
                   ", ".join(f"{e} {n}" for e, n in r.by_engine) or "–")
                  for r in rows])
     if api_store is None:

@@ -15,23 +15,25 @@ from selectit.contract import (
     DEFAULT_PROMPT_SET,
     DEFAULT_TOP,
     Formula,
+    TurnsAgg,
 )
+from selectit.ranking import DEFAULT_TURNS_AGG
 
 if TYPE_CHECKING:
     from selectit import Ranking
 
 
 def _fusion_options(func: F) -> F:
-    """--models, --prompt-set, --alpha, --formula, --weights: how to rank, built here once into
-    the command's one `ranking` argument (a `selectit.Ranking`).
+    """--models, --prompt-set, --alpha, --formula, --weights, --turns-agg: how to rank, built here
+    once into the command's one `ranking` argument (a `selectit.Ranking`).
 
     Shared by rank, select, export, report, diagnose and sql; the defaults are `Ranking()`'s.
     """
 
     @functools.wraps(func)
     def with_ranking(*args: Any, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-                     weights: str | None, **kwargs: Any) -> Any:
-        return func(*args, ranking=_ranking(models, prompt_set, alpha, formula, weights), **kwargs)
+                     weights: str | None, turns_agg: str, **kwargs: Any) -> Any:
+        return func(*args, ranking=_ranking(models, prompt_set, alpha, formula, weights, turns_agg), **kwargs)
 
     for option in reversed([
         click.option("--models", default=None, metavar="A,B",
@@ -44,18 +46,23 @@ def _fusion_options(func: F) -> F:
                      help="Token-level P'_k: p_k/Σp (paper) or softmax(p_k/Σp) (the authors' code)."),
         click.option("--weights", default=None, metavar="A=θ,B=θ",
                      help="Model-level θ per model [default: models.weight, else the parameter count]."),
+        click.option("--turns-agg", default=DEFAULT_TURNS_AGG.value, show_default=True,
+                     type=click.Choice([t.value for t in TurnsAgg]),
+                     help="A conversation's S_sent from its turns': their mean, their min, or the last turn's "
+                          "(a sample with an unscored turn ranks under last only)."),
     ]):
         with_ranking = option(with_ranking)
     return with_ranking  # type: ignore[return-value]
 
 
 @handles_errors
-def _ranking(models: str | None, prompt_set: str | None, alpha: float, formula: str, weights: str | None) -> Ranking:
+def _ranking(models: str | None, prompt_set: str | None, alpha: float, formula: str, weights: str | None,
+             turns_agg: str) -> Ranking:
     """The one place the CLI turns the fusion options into a `Ranking` (its errors: one `Error:` line)."""
     from selectit import Ranking
 
     return Ranking(models=_parse_models(models), weights=_parse_weights(weights), prompt_set=prompt_set,
-                   alpha=alpha, formula=formula)
+                   alpha=alpha, formula=formula, turns_agg=turns_agg)
 
 
 def _top_option(help_text: str) -> Callable[[F], F]:
@@ -94,6 +101,9 @@ def _parse_models(models: str | None) -> list[str] | None:
 
 
 def _scope_options(func: F) -> F:
+    func = click.option("--turns", type=click.Choice(["all", "last"]), default="all", show_default=True,
+                        help="Which assistant turns of a conversation to rate: every one, or the last only "
+                             "(a single-turn sample has one either way).")(func)
     func = click.option("--prompt-set", default=None, metavar="SET",
                         help="Only this prompt set [default: every active set].")(func)
     func = click.option("--model", "-m", default=None, metavar="NAME",

@@ -69,6 +69,9 @@ def _print_coverage(cov, params) -> None:  # noqa: ANN001
     if cov.n_not_rankable:
         line += (f" ({cov.n_not_rankable} not rankable: {cov.samples_with_missing} with missing cells, "
                  f"{cov.samples_with_failed} with failed cells)")
+    if cov.n_rankable_last:
+        line += (f"; {cov.n_rankable_last} of them have their last turn scored but not every turn "
+                 f"(--turns-agg {cov.turns_agg}; --turns-agg last ranks them)")
     echo(line)
     if cov.cells_partial:
         echo(f"warning: {cov.cells_partial} cells are partial (scored with --logprobs-top: a label outside "

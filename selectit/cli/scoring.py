@@ -37,10 +37,10 @@ from selectit.cli.options import _engine_choice, _engine_options, _scope_options
                    "$SELECTIT_MAX_ATTEMPTS times are tried again.")
 @click.pass_context
 @handles_errors
-def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
+def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None, turns: str,
           batch_size: int, quiet: bool, estimate: bool, verbose: bool, retry_failed: bool,
           **engine_options: Any) -> None:
-    """Score the missing (sample, model, prompt) cells here, in this process.
+    """Score the missing (sample, model, prompt, turn) cells here, in this process.
 
     Only cells never scored (or failed, below the attempt limit) are computed, through the same
     job code the Celery workers run. Ctrl-C is safe: what was written stays written and a rerun
@@ -60,6 +60,7 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score              # every dataset × active model × active prompt set
       selectit score --model llama2-70b --engine vllm --tensor-parallel-size 4
       selectit score --dataset alpaca --estimate   # the cost first: tokens, forwards, time
+      selectit score --dataset chats --turns last  # conversations: their last turns only
       selectit score -v           # and where the time went
       selectit score --model served-llama --concurrency 64 --batch-size 64
       selectit score --dataset alpaca --retry-failed   # cells at the attempt limit, once more
@@ -69,7 +70,7 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     from selectit import timing
 
     if estimate:
-        _print_estimates(ctx, dataset, model, prompt_set, engine_options.get("engine"))
+        _print_estimates(ctx, dataset, model, prompt_set, engine_options.get("engine"), turns)
         return
     t0, started = time.perf_counter(), timing.process_age()
     if started is not None:
@@ -79,7 +80,7 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     options = _engine_choice(opened.engine_options, engine_options)
     with _ScoringBar(enabled=not quiet) as bar:
         summary = opened.score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
-                               batch_size=batch_size, engine=options, retry_failed=retry_failed)
+                               batch_size=batch_size, engine=options, retry_failed=retry_failed, turns=turns)
     line = (f"scored {summary.scored} cells, failed {summary.failed}, "
             f"skipped {summary.skipped} already scored")
     if summary.interrupted:
@@ -108,9 +109,10 @@ def _left_failed(summary: Any, limit: int) -> str:
 
 
 def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-                     engine: str | None) -> None:
-    """`score --estimate` / `plan --dry-run`: the cost per model version, one line each."""
-    estimates = store(ctx).estimate(dataset=dataset, model=model, prompt_set=prompt_set, engine=engine)
+                     engine: str | None, turns: str) -> None:
+    """`score --estimate` / `plan --dry-run`: the cost per model version, one line each (and one for
+    the last turns alone where conversations have earlier turns missing)."""
+    estimates = store(ctx).estimate(dataset=dataset, model=model, prompt_set=prompt_set, engine=engine, turns=turns)
     for e in estimates:
         echo(e.line())
     echo("Nothing was scored or written (estimate only).")
@@ -223,7 +225,7 @@ class _ScoringBar:
               help="Only print what scoring would cost (cells, prompt tokens, forwards, time); plan and write nothing.")
 @click.pass_context
 @handles_errors
-def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
+def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None, turns: str,
          enqueue: bool, dry_run: bool) -> None:
     """Turn the missing cells into jobs and send them to the workers' queues now.
 
@@ -237,9 +239,9 @@ def plan(ctx: click.Context, dataset: str | None, model: str | None, prompt_set:
       selectit plan --dry-run      # the cost first: tokens, forwards, time per model
     """
     if dry_run:
-        _print_estimates(ctx, dataset, model, prompt_set, None)
+        _print_estimates(ctx, dataset, model, prompt_set, None, turns)
         return
-    result = store(ctx).plan(dataset=dataset, model=model, prompt_set=prompt_set, enqueue=enqueue)
+    result = store(ctx).plan(dataset=dataset, model=model, prompt_set=prompt_set, enqueue=enqueue, turns=turns)
     console.print(f"planned {result.planned} new job(s), sent {result.sent} to the broker"
                   + (f"; re-sent {result.resent} queued job(s) whose queue was empty." if result.resent else "."))
 

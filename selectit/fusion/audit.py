@@ -66,9 +66,10 @@ WITH members AS (
     JOIN store.datasets d ON d.id = au.subject_id
     JOIN store.samples s ON s.id = x.sample_id
 ), scored AS (
-    SELECT 'prompt' AS level, model, prompt_id, position, sample_id, s_token AS score FROM token_scores
+    -- per prompt: the last turn's S_token; per model: S_sent fused over the turns, as the ranking does
+    SELECT 'prompt' AS level, model, prompt_id, position, sample_id, s_token AS score FROM token_scores WHERE turn = 0
     UNION ALL
-    SELECT 'model', model, NULL, NULL, sample_id, s_sent FROM sentence_scores
+    SELECT 'model', model, NULL, NULL, sample_id, s_sent FROM fused_turns
     UNION ALL
     SELECT 'fusion', NULL, NULL, NULL, sample_id, s_model FROM model_scores
 )

@@ -1,8 +1,9 @@
 """Coverage: which cells are done, failed or missing, and which samples can be ranked.
 
 A cell is *done* iff its stored status is `ok`, *failed* iff it is `failed`, and *missing*
-otherwise (never scored). A sample is complete when all its cells are done, failed when at least
-one cell failed, else missing. `cell_coverage` is the one computation, used by `rank`, `select`,
+otherwise (never scored). A sample's cells are those of each of its rated turns (`samples.n_turns`;
+turn 0, its last, alone where only the last turn counts). A sample is complete when all its cells
+are done, failed when at least one cell failed, else missing. `cell_coverage` is the one computation, used by `rank`, `select`,
 `report` and `status`.
 """
 
@@ -35,11 +36,19 @@ class ModelCoverage:
     failed: int  # cells failed
     samples_complete: int
     samples_failed: int
+    n_turns: int = 0  # rated turns of the samples (Σ n_turns; n_samples when only the last counts)
+    ok_last: int = 0  # of `ok`, cells of the last turns (turn 0)
+    failed_last: int = 0  # of `failed`, cells of the last turns
 
     @property
     def missing(self) -> int:
         """Cells never scored."""
-        return self.n_samples * self.n_prompts - self.ok - self.failed
+        return max(self.n_turns, self.n_samples) * self.n_prompts - self.ok - self.failed
+
+    @property
+    def missing_earlier(self) -> int:
+        """Of `missing`, the cells of turns before the last (what `score --turns last` leaves)."""
+        return self.missing - (self.n_samples * self.n_prompts - self.ok_last - self.failed_last)
 
     @property
     def samples_missing(self) -> int:
@@ -60,6 +69,10 @@ class Coverage:
     models: tuple[ModelCoverage, ...] = field(default_factory=tuple)
     #: ok cells scored in top-k mode with a label outside the server's top K (counted as 0)
     cells_partial: int = 0
+    #: the ranking's turns aggregate, and (under mean / min) how many samples would rank under
+    #: ``last``: those whose last turn is scored while an earlier turn is not
+    turns_agg: str = "last"
+    n_rankable_last: int | None = None
 
     @property
     def n_not_rankable(self) -> int:
@@ -71,16 +84,20 @@ def cell_coverage(
     dataset: int | None,
     models: Sequence[tuple[int, str]],
     prompts: Sequence[tuple[int, str]],
+    every_turn: bool = True,
 ) -> tuple[int, list[ModelCoverage]]:
     """The one coverage computation: (samples in scope, per model × prompt set counts).
 
     `dataset`: a dataset id, or None for the samples of every dataset. `models`: (id, name) of
-    model versions; `prompts`: (id, set name) of prompt versions. Leaves the temp table
-    `coverage_cells` (sample_id, model_id, set_name, n_ok, n_failed) for per-sample questions.
+    model versions; `prompts`: (id, set name) of prompt versions; `every_turn`: the cells of every
+    rated turn, else of the last turns alone. Leaves the temp table `coverage_cells` (sample_id,
+    model_id, set_name, n_ok, n_failed, n_partial, n_turns) for per-sample questions.
     """
     scope = (f"SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(dataset)}" if dataset is not None
              else "SELECT DISTINCT sample_id FROM store.dataset_samples")
-    n_samples = int(con.execute(f"SELECT count(*) FROM ({scope})").fetchone()[0])
+    turns = "s.n_turns" if every_turn else "1"
+    n_samples, n_turns = (int(x or 0) for x in con.execute(
+        f"SELECT count(*), sum({turns}) FROM store.samples s WHERE s.id IN ({scope})").fetchone())
     model_rows = ", ".join(f"({int(i)})" for i, _ in models) or "(NULL)"
     prompt_rows = ", ".join(f"({int(i)}, {sql_str(name)})" for i, name in prompts) or "(NULL, NULL)"
     con.execute(
@@ -90,11 +107,15 @@ def cell_coverage(
                count(*) FILTER (WHERE s.status = '{CellStatus.OK}') AS n_ok,
                count(*) FILTER (WHERE s.status = '{CellStatus.FAILED}') AS n_failed,
                count(*) FILTER (WHERE s.status = '{CellStatus.OK}'
-                                AND COALESCE(CAST(s.partial AS INTEGER), 0) = 1) AS n_partial
+                                AND COALESCE(CAST(s.partial AS INTEGER), 0) = 1) AS n_partial,
+               count(*) FILTER (WHERE s.status = '{CellStatus.OK}' AND s.turn = 0) AS n_ok_last,
+               count(*) FILTER (WHERE s.status = '{CellStatus.FAILED}' AND s.turn = 0) AS n_failed_last,
+               any_value({turns.replace("s.", "x.")}) AS n_turns
         FROM store.scores s
+        JOIN store.samples x ON x.id = s.sample_id
         JOIN (VALUES {model_rows}) m(model_id) ON m.model_id = s.model_id
         JOIN (VALUES {prompt_rows}) p(prompt_id, set_name) ON p.prompt_id = s.prompt_id
-        WHERE s.sample_id IN ({scope})
+        WHERE s.sample_id IN ({scope}){"" if every_turn else " AND s.turn = 0"}
         GROUP BY s.sample_id, s.model_id, p.set_name
         """
     )
@@ -104,14 +125,16 @@ def cell_coverage(
     counts = {
         (int(m), str(name)): tuple(int(x or 0) for x in rest)
         for m, name, *rest in con.execute(
-            "SELECT c.model_id, c.set_name, sum(n_ok), sum(n_failed), count(*) FILTER (WHERE n_ok = k.k), "
-            "count(*) FILTER (WHERE n_failed > 0) FROM coverage_cells c "
+            "SELECT c.model_id, c.set_name, sum(n_ok), sum(n_failed), count(*) FILTER (WHERE n_ok = k.k * n_turns), "
+            "count(*) FILTER (WHERE n_failed > 0), sum(n_ok_last), sum(n_failed_last) FROM coverage_cells c "
             f"JOIN (VALUES {', '.join(f'({sql_str(n)}, {k})' for n, k in k_of.items()) or '(NULL, 0)'}) "
             "k(set_name, k) ON k.set_name = c.set_name GROUP BY c.model_id, c.set_name"
         ).fetchall()
     }
     rows = [
-        ModelCoverage(name, int(model_id), set_name, n_samples, k, *counts.get((int(model_id), set_name), (0, 0, 0, 0)))
+        ModelCoverage(name, int(model_id), set_name, n_samples, k, *counts.get((int(model_id), set_name), (0,) * 4)[:4],
+                      n_turns=n_turns, ok_last=counts.get((int(model_id), set_name), (0,) * 6)[4],
+                      failed_last=counts.get((int(model_id), set_name), (0,) * 6)[5])
         for model_id, name in models
         for set_name, k in k_of.items()
     ]
@@ -122,15 +145,25 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
     """Cells done / missing / failed per chosen model, and rankable samples, for one dataset."""
     params = params_of(con)
     ds = dataset_id(con, dataset)
+    every_turn = params.every_turn  # mean / min: every rated turn must be scored; last: turn 0
     n_samples, models = cell_coverage(con, ds, [(m.model_id, m.name) for m in params.models],
-                                       [(p.prompt_id, p.set_name) for p in params.prompts])
+                                       [(p.prompt_id, p.set_name) for p in params.prompts], every_turn)
     expected = len(params.prompts) * len(params.models)
     complete, with_failed, partial = con.execute(
-        f"SELECT count(*) FILTER (WHERE ok = {int(expected)}), count(*) FILTER (WHERE failed > 0), "
+        f"SELECT count(*) FILTER (WHERE ok = {int(expected)} * n_turns), count(*) FILTER (WHERE failed > 0), "
         "COALESCE(sum(partial), 0) FROM (SELECT sample_id, sum(n_ok) AS ok, sum(n_failed) AS failed, "
-        "sum(n_partial) AS partial FROM coverage_cells GROUP BY sample_id)"
+        "sum(n_partial) AS partial, any_value(n_turns) AS n_turns FROM coverage_cells GROUP BY sample_id)"
     ).fetchone()
     n_rankable = int(complete) if expected else 0
+    rankable_last = None
+    if every_turn and expected and n_rankable < n_samples:
+        prompts = ", ".join(str(int(p.prompt_id)) for p in params.prompts)
+        models_in = ", ".join(str(int(m.model_id)) for m in params.models)
+        rankable_last = int(con.execute(
+            f"SELECT count(*) FROM (SELECT sample_id FROM store.scores WHERE turn = 0 AND status = '{CellStatus.OK}' "
+            f"AND prompt_id IN ({prompts}) AND model_id IN ({models_in}) AND sample_id IN "
+            f"(SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(ds)}) "
+            f"GROUP BY sample_id HAVING count(*) = {int(expected)})").fetchone()[0]) - n_rankable
     # A sample can only be ranked with all cells ok; the ranking may still drop one whose stored
     # probabilities sum to 0 (cannot be normalised) — those count as rankable-in-coverage only.
     return Coverage(
@@ -142,6 +175,8 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
         samples_with_missing=n_samples - n_rankable - int(with_failed),
         models=tuple(models),
         cells_partial=int(partial),
+        turns_agg=params.ranking.turns_agg,
+        n_rankable_last=rankable_last,
     )
 
 

@@ -4,17 +4,22 @@ Notation: p_k = stored probability of label k, K = prompts.scale. The views, ove
 tables `chosen_models(model_id, model, theta, share)` and `chosen_prompts(prompt_id, set_name,
 position, scale)` and the attached store:
 
-- `token_scores(sample_id, model_id, model, prompt_id, set_name, position, scale, s_base,
-  s_token_paper, s_token_reference, s_token, mass, p_max, truncated)` — one row per usable cell;
-- `sentence_scores(sample_id, model_id, model, n_prompts, s_sent)`;
-- `model_scores(sample_id, n_models, s_model)`;
+- `token_scores(sample_id, model_id, model, prompt_id, set_name, position, scale, turn, n_turns,
+  s_base, s_token_paper, s_token_reference, s_token, mass, p_max, truncated)` — one row per usable
+  cell (of every rated turn; of turn 0, the last, alone with ``turns_agg = last``);
+- `sentence_scores(sample_id, model_id, model, turn, n_turns, n_prompts, s_sent)` — per turn;
+- `fused_turns(sample_id, model_id, model, n_turns, s_sent)` — per (sample, model), the aggregate
+  of the sample's turns' S_sent (``turns_agg``: their mean or min over every rated turn, or the
+  last turn's);
+- `model_scores(sample_id, n_models, s_model)` — over the models' `fused_turns`;
 - `ranking(dataset, dataset_id, sample_id, position, s_model, rank, percentile)` (rank 1 = best);
 - `selective_alpaca(dataset, rank, sample_id, instruction, input, output, s_model)` (top share).
 
 **Tie rule.** Higher S_model first; equal S_model → the earlier position in the dataset (the
 order of the ingested file). Positions are unique within a dataset, so the order is total.
 
-**Rankable.** A sample is ranked only if every chosen (model, prompt) cell is stored with status
+**Rankable.** A sample is ranked only if every chosen (model, prompt) cell of every turn that
+enters (all rated turns under ``mean``/``min``, the last under ``last``) is stored with status
 `ok`; otherwise it is counted as not yet rankable (missing or failed cells), never defaulted.
 
 **Top share.** `top_share_sql`: the first floor(share × rankable) samples, but at least one when
@@ -28,9 +33,14 @@ from __future__ import annotations
 
 import math
 
-from selectit.contract import CellStatus, Formula
+from selectit.contract import CellStatus, Formula, TurnsAgg
 from selectit.fusion.errors import FusionError
-from selectit.ranking import validate_alpha, validate_formula  # noqa: F401 - part of this module's interface
+from selectit.ranking import (  # noqa: F401 - part of this module's interface
+    Ranking,
+    validate_alpha,
+    validate_formula,
+    validate_turns_agg,
+)
 
 TIE_RULE = "higher s_model first, then the earlier dataset position"
 
@@ -38,12 +48,15 @@ TIE_RULE = "higher s_model first, then the earlier dataset position"
 # --------------------------------------------------------------------------------------------
 # The views (docs/method.md §5). Notation: p_k = stored probability of label k, K = prompts.scale.
 # --------------------------------------------------------------------------------------------
-def token_sql(max_scale: int, formula: Formula) -> str:
-    """token_scores, with both formula variants; `s_token` is the chosen one.
+def token_sql(max_scale: int, ranking: Ranking) -> str:
+    """token_scores, with both formula variants; `s_token` is the ranking's formula.
 
     The K-wide expressions are written out for k = 1..max_scale (the largest K of the chosen
-    prompts); terms with k > K are NULL and drop out of every sum, max and argmax.
+    prompts); terms with k > K are NULL and drop out of every sum, max and argmax. Under
+    ``turns_agg = last`` only the cells of turn 0 (every sample's last turn) are read.
     """
+    formula = Formula(ranking.formula)
+    turns = "" if ranking.turns_agg != TurnsAgg.LAST else " AND s.turn = 0"
     ks = range(1, max_scale + 1)
     mask = ",\n           ".join(f"CASE WHEN p.scale >= {k} THEN s.p{k} END AS p{k}" for k in ks)
     psum = " + ".join(f"coalesce(p{k}, 0)" for k in ks)
@@ -63,7 +76,7 @@ def token_sql(max_scale: int, formula: Formula) -> str:
     greatest = lambda v: "greatest(" + ", ".join(f"{v}{k}" for k in ks) + ")"  # noqa: E731
     chosen = "paper" if formula == Formula.PAPER else "reference"
     return f"""
--- Token level, per (sample, model, prompt) cell with status ok:
+-- Token level, per (sample, model, prompt, turn) cell with status ok:
 --   paper:          P'_k = p_k / Σ_j p_j
 --   reference-code: P'_k = softmax_k(p_k / Σ_j p_j)
 --   S_base  = argmax_k P'_k (1-based; ties → the smaller k)
@@ -71,12 +84,13 @@ def token_sql(max_scale: int, formula: Formula) -> str:
 CREATE OR REPLACE TEMP VIEW token_scores AS
 WITH cell AS (
     SELECT s.sample_id, s.model_id, m.model, s.prompt_id, p.set_name, p.position, p.scale,
-           CAST(s.truncated AS INTEGER) AS truncated,
+           s.turn, x.n_turns, CAST(s.truncated AS INTEGER) AS truncated,
            {mask}
     FROM store.scores s
     JOIN chosen_models m ON m.model_id = s.model_id
     JOIN chosen_prompts p ON p.prompt_id = s.prompt_id
-    WHERE s.status = '{CellStatus.OK}'
+    JOIN store.samples x ON x.id = s.sample_id
+    WHERE s.status = '{CellStatus.OK}'{turns}
 ), normed AS (
     -- Σp = 0 cannot be normalised: NULLIF leaves the cell without a score (not rankable).
     SELECT *, {paper} FROM (SELECT *, NULLIF({psum}, 0) AS psum FROM cell)
@@ -87,7 +101,7 @@ WITH cell AS (
 ), based AS (
     SELECT *, {argmax('a')} AS base_a, {argmax('b')} AS base_b FROM maxed
 )
-SELECT sample_id, model_id, model, prompt_id, set_name, position, scale,
+SELECT sample_id, model_id, model, prompt_id, set_name, position, scale, turn, n_turns,
        base_{"a" if formula == Formula.PAPER else "b"} AS s_base,
        base_a * {spread('a')} / (scale - 1) AS s_token_paper,
        base_b * {spread('b')} / (scale - 1) AS s_token_reference,
@@ -104,24 +118,40 @@ def s_sent_sql(alpha: float) -> str:
     return f"avg(s_token) / (1 + {float(alpha)!r} * stddev_pop(s_token))"
 
 
-def views_sql(alpha: float, n_prompts: int, n_models: int, top: float) -> str:
+#: A sample's S_sent from its turns' (per model): the SQL aggregate of `sentence_scores.s_sent`.
+TURNS_AGG_SQL = {TurnsAgg.MEAN: "avg(s_sent)", TurnsAgg.MIN: "min(s_sent)", TurnsAgg.LAST: "any_value(s_sent)"}
+
+
+def views_sql(ranking: Ranking, n_prompts: int, n_models: int, top: float) -> str:
+    alpha, agg = ranking.alpha, TurnsAgg(ranking.turns_agg)
+    # last: token_scores holds turn 0 alone, so one turn per (sample, model); else every rated turn
+    turns_needed = "1" if agg == TurnsAgg.LAST else "any_value(n_turns)"
     return f"""
--- Sentence level, per (sample, model) over the K' prompts of the set (population std, ddof 0):
+-- Sentence level, per (sample, model, turn) over the K' prompts of the set (population std, ddof 0):
 --   S_sent = mean_i(S_token_i) / (1 + α × std_i(S_token_i)),   α = {alpha!r}
--- Only pairs with all K' = {n_prompts} cells scored enter.
+-- Only triples with all K' = {n_prompts} cells scored enter.
 CREATE OR REPLACE TEMP VIEW sentence_scores AS
-SELECT sample_id, model_id, any_value(model) AS model, count(s_token) AS n_prompts,
-       {s_sent_sql(alpha)} AS s_sent
+SELECT sample_id, model_id, any_value(model) AS model, turn, any_value(n_turns) AS n_turns,
+       count(s_token) AS n_prompts, {s_sent_sql(alpha)} AS s_sent
 FROM token_scores
-GROUP BY sample_id, model_id
+GROUP BY sample_id, model_id, turn
 HAVING count(s_token) = {n_prompts};
+
+-- Turns, per (sample, model): S_sent of the sample = {agg.value} of its turns' S_sent ({TURNS_AGG_SQL[agg]}),
+-- only when every turn that enters has one ({"turn 0, the last" if agg == TurnsAgg.LAST else "all n_turns"}).
+CREATE OR REPLACE TEMP VIEW fused_turns AS
+SELECT sample_id, model_id, any_value(model) AS model, count(*) AS n_turns, {TURNS_AGG_SQL[agg]} AS s_sent
+FROM sentence_scores
+GROUP BY sample_id, model_id
+HAVING count(*) = {turns_needed};
 
 -- Model level, per sample over the N chosen models:
 --   S_model = Σ_m (θ_m / Σ_n θ_n) × S_sent_m,  θ = chosen_models.theta (share = θ/Σθ)
 -- Only samples with a sentence score from all N = {n_models} models enter.
+
 CREATE OR REPLACE TEMP VIEW model_scores AS
 SELECT s.sample_id, count(*) AS n_models, sum(m.share * s.s_sent) AS s_model
-FROM sentence_scores s JOIN chosen_models m ON m.model_id = s.model_id
+FROM fused_turns s JOIN chosen_models m ON m.model_id = s.model_id
 GROUP BY s.sample_id
 HAVING count(*) = {n_models};
 

@@ -73,6 +73,7 @@ def health_sql(scope: str, params: Params) -> str:
 WITH scope AS MATERIALIZED ({scope}),
 health_cells AS MATERIALIZED (
     SELECT sc.dataset, sc.response_chars, t.* FROM token_scores t JOIN scope sc USING (sample_id)
+    WHERE t.turn = 0  -- the last turns: one cell per (sample, model, prompt), as the figures assume
 ), health_sent AS MATERIALIZED (  -- sentence_scores' S_sent, from the cells above (no second scan)
     SELECT dataset, model_id, sample_id, any_value(response_chars) AS response_chars,
            {s_sent_sql(params.alpha)} AS s_sent

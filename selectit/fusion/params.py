@@ -11,6 +11,7 @@ from typing import Any
 
 import duckdb
 
+from selectit.contract import TurnsAgg
 from selectit.errors import NoSuchModel
 from selectit.fusion.errors import FusionError
 from selectit.fusion.formula_sql import TIE_RULE
@@ -53,6 +54,11 @@ class Params:
     def formula(self) -> str:
         return self.ranking.formula
 
+    @property
+    def every_turn(self) -> bool:
+        """Whether every rated turn of a sample enters (``mean``, ``min``), or its last alone."""
+        return self.ranking.turns_agg != TurnsAgg.LAST
+
     def as_json(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,
@@ -71,7 +77,7 @@ class Params:
         models = tuple(ChosenModel(m["id"], m["name"], m["theta"], m["share"]) for m in raw["models"])
         ranking = Ranking.from_json(raw["ranking"]) if raw.get("ranking") else Ranking(
             models=tuple(m.name for m in models) or None, weights={m.name: m.theta for m in models} or None,
-            prompt_set=raw["prompt_set"], alpha=raw["alpha"], formula=raw["formula"])
+            prompt_set=raw["prompt_set"], alpha=raw["alpha"], formula=raw["formula"], turns_agg=TurnsAgg.LAST)
         return cls(ranking, raw["prompt_set"], models, tuple(ChosenPrompt(*p) for p in raw["prompts"]))
 
 

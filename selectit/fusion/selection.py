@@ -291,6 +291,9 @@ def partial_warning(cov: Any, require_complete: bool = False) -> str | None:
     text = (f"only {cov.n_rankable} of {cov.n_samples} samples of {cov.dataset} are rankable "
             f"({cov.samples_with_missing} with missing cells, {cov.samples_with_failed} with failed cells), and the "
             f"selection is taken from those; finish scoring with `selectit score --dataset {cov.dataset}`")
+    if getattr(cov, "n_rankable_last", None):
+        text += (f" ({cov.n_rankable_last} more have their last turn scored but not every turn, which "
+                 f"--turns-agg {cov.turns_agg} needs; --turns-agg last ranks them)")
     if require_complete:
         raise IncompleteScoring(text + ", or leave out --require-complete")
     return text

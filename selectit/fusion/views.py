@@ -3,9 +3,9 @@ read-only as `store` and the fusion views defined over it for one choice of mode
 α, formula and θ.
 
 `connect()` defines, besides the views of `selectit.fusion.formula_sql` (`token_scores`,
-`sentence_scores`, `model_scores`, `ranking`, `selective_alpaca`), `rater_health`
-(`selectit.fusion.health_sql`), `audit_scores` and `audit_results` (`selectit.fusion.audit`)
-and `fusion_params` (the parameters as JSON). Only active model
+`sentence_scores` — both per turn — `fused_turns`, `model_scores`, `ranking`, `selective_alpaca`),
+`rater_health` (`selectit.fusion.health_sql`), `audit_scores` and `audit_results`
+(`selectit.fusion.audit`) and `fusion_params` (the parameters as JSON). Only active model
 and prompt versions of the chosen models and prompt set enter the views (the temporary tables
 `chosen_models` and `chosen_prompts` say which, with each model's θ); older versions stay
 queryable by id through `store.scores`. The parameters are fixed when the connection is made:
@@ -73,7 +73,8 @@ from selectit.ranking import DEFAULT_RANKING, Ranking
 def connect(db_url: str | None, ranking: Ranking = DEFAULT_RANKING, *, top: float = DEFAULT_TOP
             ) -> duckdb.DuckDBPyConnection:
     """DuckDB with the curation database attached read-only as `store` and the fusion views of
-    `ranking` (its models, θ, prompt set, α and formula); `top`: the share in `selective_alpaca`.
+    `ranking` (its models, θ, prompt set, α, formula and turns aggregate); `top`: the share in
+    `selective_alpaca`.
 
     A prompt set that does not exist gives empty views when it is the default (`rank` says so),
     and an error when the ranking names it. The resolved choices are on the connection (`params_of`).
@@ -109,8 +110,8 @@ def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) ->
             f"INSERT INTO chosen_prompts VALUES ({int(p.prompt_id)}, {sql_str(p.set_name)}, {int(p.position)}, {int(p.scale)})"
         )
     max_scale = max((p.scale for p in params.prompts), default=2)
-    con.execute(token_sql(max_scale, Formula(params.formula)))
-    con.execute(views_sql(float(params.alpha), len(params.prompts), len(params.models), top))
+    con.execute(token_sql(max_scale, params.ranking))
+    con.execute(views_sql(params.ranking, len(params.prompts), len(params.models), top))
     con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE, params)}")
     con.execute(audit_sql(top))
     # The parameters travel with the connection (and are visible to ad-hoc SQL).

@@ -158,13 +158,13 @@ def _scores(db_url: str | None, params: Any, sample_ids: Sequence[int]) -> Score
         con.register("export_ids", pa.table({"sample_id": pa.array(list(sample_ids), pa.int64())}))
         s_sent: dict[int, dict[str, float]] = {}
         for sid, model, value in con.execute(
-                "SELECT s.sample_id, s.model, s.s_sent FROM sentence_scores s JOIN export_ids USING (sample_id) "
+                "SELECT s.sample_id, s.model, s.s_sent FROM fused_turns s JOIN export_ids USING (sample_id) "
                 "ORDER BY s.sample_id, s.model").fetchall():
             s_sent.setdefault(sid, {})[model] = value
         s_token: dict[int, dict[str, dict[str, float]]] = {}
         for sid, model, position, value in con.execute(
                 "SELECT t.sample_id, t.model, t.position, t.s_token FROM token_scores t JOIN export_ids USING (sample_id) "
-                "ORDER BY t.sample_id, t.model, t.position").fetchall():
+                "WHERE t.turn = 0 ORDER BY t.sample_id, t.model, t.position").fetchall():
             s_token.setdefault(sid, {}).setdefault(model, {})[f"p{position}"] = value
     finally:
         con.close()

@@ -44,6 +44,7 @@ from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interf
 )
 from selectit.io.records import canonical, content_hash, render_conversation  # noqa: F401 - re-exported
 from selectit.io.records import digest as _digest
+from selectit.io.records import QUIRKS
 from selectit.store import db
 from selectit.store.db import is_postgres
 from selectit.store.schema import Dataset, Ingest, utcnow
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 CHUNK = 20_000
 #: How many invalid records `IngestResult.invalid_report` lists before summarising the rest.
 LIST_INVALID = 20
+#: How many records a quirk warning names.
+LIST_QUIRKS = 5
 
 SKIP_HINT = "Nothing was ingested; fix the record, or try --skip-invalid to ingest only the valid records."
 
@@ -77,6 +80,17 @@ class IngestResult:
     invalid: list[InvalidRecord] = field(default_factory=list)
     trailing: int = 0  # valid records whose turns after the last assistant turn were not rated
     first_trailing: int | None = None  # the record number of the first of them
+    #: rule of `selectit.io.records.QUIRKS` → the valid records that have it (their ids, else numbers)
+    quirks: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def quirk_warnings(self) -> list[str]:
+        """One line per quirk rule some records have, naming the first few of them."""
+        lines = []
+        for rule, records in self.quirks.items():
+            named = ", ".join(records[:LIST_QUIRKS]) + (", …" if len(records) > LIST_QUIRKS else "")
+            lines.append(f"{len(records)} of {self.read} records {QUIRKS[rule]} ({rule}: {named})")
+        return lines
 
     @property
     def warning(self) -> str | None:
@@ -108,8 +122,9 @@ class IngestResult:
 # ---------------------------------------------------------------------------------------- writing
 
 
-#: (position, content hash, instruction, input, output, n_chars, original id, original record)
-Row = tuple[int, str, str, str, str, int, "str | None", "str | None"]
+#: (position, content hash, instruction, input, output, n_chars, original id, original record,
+#: turns as JSON text or None, rated turns)
+Row = tuple[int, str, str, str, str, int, "str | None", "str | None", "str | None", int]
 
 
 class _Writer:
@@ -143,16 +158,16 @@ class _SqliteWriter(_Writer):
     def write(self, rows: list[Row]) -> None:
         cur = self.cur
         cur.executemany(
-            "INSERT INTO samples (content_hash, instruction, input, output, n_chars) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (content_hash) DO NOTHING",
-            [(h, i, n, o, c) for _, h, i, n, o, c, _, _ in rows],
+            "INSERT INTO samples (content_hash, instruction, input, output, n_chars, turns, n_turns) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (content_hash) DO NOTHING",
+            [(h, i, n, o, c, t, nt) for _, h, i, n, o, c, _, _, t, nt in rows],
         )
         self.new_samples += max(cur.rowcount, 0)
         cur.executemany(
             "INSERT INTO dataset_samples (dataset_id, sample_id, position, original_id, ingest_id, original) "
             "SELECT ?, id, ?, ?, ?, ? FROM samples WHERE content_hash = ? "
             "ON CONFLICT (dataset_id, sample_id) DO NOTHING",
-            [(self.dataset_id, p, orig, self.ingest_id, record, h) for p, h, _, _, _, _, orig, record in rows],
+            [(self.dataset_id, p, orig, self.ingest_id, record, h) for p, h, _, _, _, _, orig, record, _, _ in rows],
         )
         self.new_members += max(cur.rowcount, 0)
 
@@ -172,7 +187,7 @@ class _PostgresWriter(_Writer):
         self.cur = self.raw.cursor()
         self.cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _selectit_ingest (content_hash text, instruction text, "
-            "input text, output text, n_chars integer) ON COMMIT DROP"
+            "input text, output text, n_chars integer, turns text, n_turns integer) ON COMMIT DROP"
         )
         self.cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _selectit_members (sample_id integer, position integer, "
@@ -189,14 +204,15 @@ class _PostgresWriter(_Writer):
         ids = self._lookup([r[1] for r in rows])
         new = [r for r in rows if r[1] not in ids]
         if new:
-            with cur.copy("COPY _selectit_ingest (content_hash, instruction, input, output, n_chars) "
-                          "FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "text", "text", "text", "int4"])
-                for _, h, i, n, o, c, _, _ in new:
-                    copy.write_row((h, i, n, o, c))
+            with cur.copy("COPY _selectit_ingest (content_hash, instruction, input, output, n_chars, turns, "
+                          "n_turns) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "text", "text", "int4", "text", "int4"])
+                for _, h, i, n, o, c, _, _, t, nt in new:
+                    copy.write_row((h, i, n, o, c, t, nt))
             cur.execute(
-                "INSERT INTO samples (content_hash, instruction, input, output, n_chars) "
-                "SELECT content_hash, instruction, input, output, n_chars FROM _selectit_ingest "
+                "INSERT INTO samples (content_hash, instruction, input, output, n_chars, turns, n_turns) "
+                "SELECT content_hash, instruction, input, output, n_chars, CAST(turns AS json), n_turns "
+                "FROM _selectit_ingest "
                 "ON CONFLICT (content_hash) DO NOTHING RETURNING content_hash, id"
             )
             inserted = dict(cur.fetchall())
@@ -209,7 +225,7 @@ class _PostgresWriter(_Writer):
         with cur.copy("COPY _selectit_members (sample_id, position, original_id, original) "
                       "FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int4", "int4", "text", "text"])
-            for pos, h, *_, orig, record in rows:
+            for pos, h, *_, orig, record, _, _ in rows:
                 copy.write_row((ids[h], pos, orig, record))
         cur.execute(
             "INSERT INTO dataset_samples (dataset_id, sample_id, position, original_id, ingest_id, original) "
@@ -304,6 +320,8 @@ def ingest_file(
                         raise IngestError(f"{path}, {where}: {rec.reason}. {hint}")
                     result.invalid.append(rec)
                     continue
+                for rule in rec.quirks:
+                    result.quirks.setdefault(rule, []).append(rec.original_id or f"record {rec.number}")
                 if rec.trailing:
                     result.trailing += 1
                     result.first_trailing = result.first_trailing or rec.number
@@ -313,7 +331,7 @@ def ingest_file(
                 seen.add(digest)
                 rows.append((offset + rec.number - 1, digest, rec.instruction, rec.input, rec.output,
                              len(rec.instruction) + len(rec.input) + len(rec.output), rec.original_id,
-                             rec.original))
+                             rec.original, rec.turns, rec.n_turns))
                 if len(rows) >= CHUNK:
                     writer.write(rows)
                     rows = []

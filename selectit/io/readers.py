@@ -65,6 +65,7 @@ from selectit.io.hub import datasets_offline, hf_dataset, hub_dataset, hub_id  #
 from selectit.io.json_text import _decode_error, _loads, _NotJson, _Raw, iter_json_list
 from selectit.io.records import MAP_ALIASES, MAP_FIELDS, check_map, map_hint, parse_column_map  # noqa: F401
 from selectit.io.records import HASH_FIELD, IngestError, canonical, parse, render_conversation, split_by_hash  # noqa: F401
+from selectit.io.records import rated_turns
 from selectit.io.records import SHAPE_FIELDS as _SHAPE_FIELDS
 from selectit.io.records import BadRecord as _Invalid
 from selectit.io.records import json_type as _json_type
@@ -98,6 +99,9 @@ class Record(NamedTuple):
     original_id: str | None  # the record's own `id`, if any
     original: str | None = None  # the record as it was in the file (see the module docstring)
     trailing: int = 0  # turns after the last assistant turn, not rated
+    turns: str | None = None  # `samples.turns` as JSON text (`Conversation.stored_turns`), if any
+    n_turns: int = 1  # rated assistant turns
+    quirks: tuple[str, ...] = ()  # `selectit.io.records.QUIRKS` of the conversation
 
 
 @dataclass(frozen=True)
@@ -581,7 +585,10 @@ class RecordReader:
         if HASH_FIELD in obj:  # an export of selectit's: the sample it came from
             instruction, inp = split_by_hash(instruction, inp, output, obj[HASH_FIELD])
         _check_storable(instruction, inp, output)
-        return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text, conv.trailing)
+        turns = conv.stored_turns()
+        return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text, conv.trailing,
+                      None if turns is None else json.dumps(turns, ensure_ascii=False),
+                      1 if turns is None else len(rated_turns(turns)), conv.quirks())
 
 
 def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None = None,

@@ -37,6 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selectit.contract import (  # noqa: F401 - the conversation rules, re-exported for io
+    ROLE_LABEL,
+    BadRecord,
+    Turn,
+    last_assistant,
+    history_cuts,
+    rated_turns,
+    render_conversation,
+    render_turn,
+)
 from selectit.errors import SelectitError
 
 SHAREGPT_ROLES = {
@@ -50,14 +60,18 @@ MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "ass
                  "tool": "tool", "function": "tool"}
 #: role → ShareGPT's ``from`` as LLaMA-Factory writes it.
 SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}
-ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 #: The metadata field of an exported record naming its sample (`split_by_hash`).
 HASH_FIELD = "content_hash"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class BadRecord(Exception):
-    """One record is invalid; the message is the reason."""
+#: What real conversation data does that a record shape does not forbid, and what selectit makes of
+#: it (`Conversation.quirks`; ingest names the records of each in one warning line per rule).
+QUIRKS = {
+    "leading-assistant": "start with an assistant turn: it is context for the turns after it, not rated",
+    "empty-turn": "have an empty turn: an empty answer is not rated, an empty question stays in the context",
+    "same-role-run": "have two turns of one role in a row: kept as they are, one context line each",
+}
 
 
 class IngestError(SelectitError):
@@ -155,35 +169,6 @@ def _content(value: Any, where: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- conversations
-Turn = tuple[str, str]
-
-
-def render_conversation(turns: list[Turn] | tuple[Turn, ...]) -> tuple[str, str]:
-    """(instruction, output) of a conversation given as (role, text) pairs, role ∈ system/user/assistant/tool.
-
-    The last assistant turn is the output; the turns before it are the instruction: one single
-    user turn as is, otherwise ``"<Role>: <text>"`` lines joined by ``"\\n"``.
-    """
-    last = _last_assistant(turns)
-    if last is None:
-        raise BadRecord("no assistant turn (the last assistant turn is the response)")
-    output = turns[last][1]
-    if not output.strip():
-        raise BadRecord(f"empty response (turn {last + 1}, the last assistant turn)")
-    context = turns[:last]
-    if not context:
-        raise BadRecord("no turn before the last assistant turn (it would be the instruction)")
-    if len(context) == 1 and context[0][0] == "user":
-        instruction = context[0][1]
-    else:
-        instruction = "\n".join(f"{ROLE_LABEL[role]}: {text}" for role, text in context)
-    if not instruction.strip():
-        raise BadRecord("empty instruction (the turns before the last assistant turn are empty)")
-    return instruction, output
-
-
-def _last_assistant(turns: list[Turn] | tuple[Turn, ...]) -> int | None:
-    return max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
 
 
 @dataclass(frozen=True)
@@ -198,10 +183,31 @@ class Conversation:
         instruction, output = render_conversation(self.turns)
         return instruction, self.input, output
 
+    def stored_turns(self) -> list[list[str]] | None:
+        """The conversation through its last assistant turn as stored with the sample
+        (`samples.turns`: [[role, text], …], texts in canonical form), or None when its context is
+        a single user turn (an Alpaca record: nothing but the stored fields to render)."""
+        turns = self.rated().turns
+        if len(turns) <= 2 and turns[0][0] == "user":
+            return None
+        return [[role, canonical(text)] for role, text in turns]
+
+    def quirks(self) -> tuple[str, ...]:
+        """The `QUIRKS` this conversation has (ingest names the records of each; nothing is changed)."""
+        talk = [(role, text) for role, text in self.turns if role != "system"]
+        found = []
+        if talk and talk[0][0] == "assistant":
+            found.append("leading-assistant")
+        if any(not text.strip() for _, text in self.turns):
+            found.append("empty-turn")
+        if any(a[0] == b[0] for a, b in zip(talk, talk[1:])):
+            found.append("same-role-run")
+        return tuple(found)
+
     @property
     def trailing(self) -> int:
         """How many turns follow the last assistant turn (not rated)."""
-        last = _last_assistant(self.turns)
+        last = last_assistant(self.turns)
         return 0 if last is None else len(self.turns) - last - 1
 
     def rated(self) -> Conversation:
@@ -212,7 +218,7 @@ class Conversation:
         """The turns with ``input`` joined to the user turn before the last assistant turn (as
         LLaMA-Factory joins an Alpaca record's instruction and input)."""
         turns = list(self.turns)
-        last = _last_assistant(turns)
+        last = last_assistant(turns)
         if self.input and last is not None and last > 0:
             role, text = turns[last - 1]
             turns[last - 1] = (role, text + "\n" + self.input)

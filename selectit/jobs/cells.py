@@ -1,6 +1,6 @@
-"""The cells of a job: which are still owed, and storing their results.
+"""The cells of a job: which are still owed, the requests that rate them, and storing their results.
 
-A cell is (sample, model version, prompt version); its row in `scores` is written
+A cell is (sample, model version, prompt version, turn); its row in `scores` is written
 insert-or-ignore, except that a stored *failed* cell is overwritten in place with attempts + 1.
 So a cell scored ok is never written twice, whoever computes it again.
 """
@@ -8,21 +8,31 @@ So a cell scored ok is never written twice, whoever computes it again.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from selectit.contract import CellResult, CellStatus
+from selectit.contract import (
+    CellResult,
+    CellStatus,
+    RatingRequest,
+    RenderedPrompt,
+    history_cuts,
+    render,
+    render_turn,
+)
 from selectit.store import db
-from selectit.store.schema import MAX_SCALE, Job, JobSample, Score, utcnow
+from selectit.store.schema import MAX_SCALE, Job, JobSample, Prompt, Sample, Score, utcnow
 
 
 def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[int, list[int]]:
-    """{sample_id: [prompt_id, …]} of the job's cells neither scored ok nor failed at the limit."""
+    """{sample_id: [prompt_id, …]} of the job's cells (at its turn) neither scored ok nor failed at
+    the limit."""
     done = set(session.execute(
         sa.select(Score.sample_id, Score.prompt_id)
         .join(JobSample, sa.and_(JobSample.job_id == job.id, JobSample.sample_id == Score.sample_id))
-        .where(Score.model_id == job.model_id, Score.prompt_id.in_(job.prompt_ids),
+        .where(Score.model_id == job.model_id, Score.prompt_id.in_(job.prompt_ids), Score.turn == job.turn,
                sa.or_(Score.status == CellStatus.OK, Score.attempts >= max_cell_attempts))).all())
     cells: dict[int, list[int]] = {}
     for s in job.sample_ids:
@@ -30,6 +40,46 @@ def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[i
         if missing:
             cells[s] = missing
     return cells
+
+
+def requests_for(session: Session, cells: dict[int, list[int]], prompts: dict[int, Prompt],
+                 turn: int = 0) -> list[RatingRequest]:
+    """The requests that rate `cells` ({sample_id: [prompt_id, …]}) at `turn`: one per sample and
+    (layout, scale), since a request's prompts share both."""
+    samples = {s.id: s for s in session.scalars(sa.select(Sample).where(Sample.id.in_(list(cells))))}
+    requests = []
+    for sid, pids in cells.items():
+        groups: dict[tuple[str, int], list[int]] = {}
+        for p in pids:
+            groups.setdefault((prompts[p].layout, prompts[p].scale), []).append(p)
+        for (layout, scale), group in groups.items():
+            templates = [(layout, prompts[p].template) for p in group]
+            requests.append(RatingRequest(sample_id=sid, prompt_ids=tuple(group), scale=scale, turn=turn,
+                                          **turn_prompts(samples[sid], turn, templates)))
+    return requests
+
+
+def turn_prompts(sample: Sample, turn: int, templates: list[tuple[str, str]]) -> dict[str, Any]:
+    """A request's `prompts` for `turn` of `sample`, and its history cuts (`RatingRequest.shorter`).
+
+    Turn 0 of any sample is its stored fields, as it always was; an earlier turn is rendered from
+    `samples.turns` by the same rule (its context the conversation before it, no Alpaca input).
+    """
+    conv = sample.turns
+
+    def rendered(drop: int) -> tuple[RenderedPrompt, ...]:
+        if drop == 0 and turn == 0:
+            instruction, output = sample.instruction, sample.output
+        else:
+            instruction, output = render_turn(conv, turn, drop=drop)
+        inp = sample.input if turn == 0 else ""
+        return tuple(render(layout, template, instruction, inp, output) for layout, template in templates)
+
+    if conv is None:
+        if turn:
+            raise ValueError(f"sample {sample.id} has no turn {turn}: it has one rated turn")
+        return {"prompts": rendered(0)}
+    return {"prompts": rendered(0), "n_shorter": history_cuts(conv, turn), "shorter": rendered}
 
 
 def write_results(session: Session, model_id: int, results: Sequence[CellResult], worker: str | None,
@@ -44,7 +94,7 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
     rows = []
     for r in results:
         probs = list(r.probs or ())
-        row = {"sample_id": r.sample_id, "model_id": model_id, "prompt_id": r.prompt_id,
+        row = {"sample_id": r.sample_id, "model_id": model_id, "prompt_id": r.prompt_id, "turn": r.turn,
                "mass": r.mass, "n_tokens": r.n_tokens, "truncated": bool(r.truncated),
                "partial": bool(r.ok and r.partial),
                "status": str(CellStatus.OK if r.ok else CellStatus.FAILED),
@@ -61,22 +111,22 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
         session.execute(_PG_UPSERT, {c: [row[c] for row in rows] for c in _COLUMNS})
         return
     stmt = db.upsert(session, Score)  # SQLite: executemany of one statement, in-process
-    keep = ("sample_id", "model_id", "prompt_id", "attempts")
+    keep = (*_KEY, "attempts")
     stmt = stmt.on_conflict_do_update(
-        index_elements=["sample_id", "model_id", "prompt_id"],
+        index_elements=list(_KEY),
         set_={**{c: stmt.excluded[c] for c in rows[0] if c not in keep}, "attempts": Score.attempts + 1},
         where=Score.status == CellStatus.FAILED)
     session.execute(stmt, rows)
 
 
 #: (column, PostgreSQL array type) of a score row, in `write_results`' row order.
-_COLUMNS = {"sample_id": "integer", "model_id": "integer", "prompt_id": "integer",
+_COLUMNS = {"sample_id": "integer", "model_id": "integer", "prompt_id": "integer", "turn": "integer",
             **{f"p{k}": "double precision" for k in range(1, MAX_SCALE + 1)},
             "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "partial": "boolean",
             "status": "text",
             "error": "text", "attempts": "integer", "scored_at": "timestamp", "worker": "text",
             "engine": "text", "engine_version": "text"}
-_KEY = ("sample_id", "model_id", "prompt_id")
+_KEY = ("sample_id", "model_id", "prompt_id", "turn")
 _PG_UPSERT = sa.text(
     f"INSERT INTO scores ({', '.join(_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in _COLUMNS.items())}) "

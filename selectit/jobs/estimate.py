@@ -9,7 +9,8 @@ counted, special tokens included), or — when the tokenizer cannot be loaded he
 each field is read from the database cut to `CUT_CHARS_PER_TOKEN × max_tokens` characters, and
 no more than that of a prompt is tokenized (a head that short of the context is scaled up by the
 prompt's length). Forwards are packed sequences: one per sample
-and model (its missing prompts share one sequence; the engine batches several per pass). The
+and model (its missing prompts share one sequence; the engine batches several per pass). Cells of
+every rated turn and of the last turns alone are counted apart (`score --turns all|last`). The
 time is missing cells ÷ the cells/s of the model version's last finished jobs on its engine
 (`throughput` rows, written when a job ends): the `openai` engine's for a model registered with
 an endpoint (it is always scored by it), else the given engine's; without a record it is None
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from selectit.contract import render
+from selectit.contract import Turns, render
+from selectit.jobs.cells import turn_prompts
 from selectit.jobs.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
 from selectit.settings import DEFAULT_SETTINGS, Settings
 from selectit.store import db
@@ -59,13 +61,20 @@ class Estimate:
     forwards: int  # packed sequences: one per sample (and prompt layout/scale)
     cells_per_second: float | None  # the recorded rate, None without a record
     seconds: float | None  # the estimated time, None without a record
+    last_cells: int = 0  # of `cells`, those of last assistant turns (`--turns last`)
+    last_tokens: int = 0  # their prompt tokens
 
     def line(self) -> str:
         eta = (f"about {duration(self.seconds)} at {self.cells_per_second:.3g} cells/s "
                f"({self.engine}, this store's last {RECENT_JOBS} jobs at most)" if self.seconds is not None
                else f"no time: no {self.engine} run of {self.model} is recorded yet")
-        return (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
+        text = (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
                 f"({self.tokens_from}), {self.forwards} forwards; {eta}")
+        if self.last_cells == self.cells:  # one turn per sample (Alpaca data), or --turns last
+            return text
+        last = (f", about {duration(self.last_cells / self.cells_per_second)}" if self.cells_per_second else "")
+        return (f"{text}\n{' ' * len(self.model)}  with --turns last (last assistant turns only): {self.last_cells} "
+                f"cells, {self.last_tokens:,} prompt tokens{last}")
 
 
 def duration(seconds: float) -> str:
@@ -111,10 +120,12 @@ def _token_counter(model: LLM):  # noqa: ANN202 - (counter of texts, or None)
 
 def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = None,
              prompt_set: str | None = None, scoring_engine: str = "torch", tokenizer: bool = True,
-             chunk: int = 512, settings: Settings = DEFAULT_SETTINGS) -> list[Estimate]:
-    """Per active model version of the scope (`selectit score`'s): what scoring would cost. Reads only."""
+             chunk: int = 512, settings: Settings = DEFAULT_SETTINGS,
+             turns: Turns | str = Turns.ALL) -> list[Estimate]:
+    """Per active model version of the scope (`selectit score`'s): what scoring would cost, for the
+    `turns` asked and for the last turns alone. Reads only."""
     with db.read_scope(engine) as session:
-        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
+        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set, turns=turns)
         rows = missing_cells(session, scope, settings=settings)
         models = {m.id: m for m in session.scalars(sa.select(LLM).where(LLM.id.in_(scope.model_ids)))}
         prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(scope.prompt_ids)))}
@@ -127,39 +138,56 @@ def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = 
             llm = models[model_id]
             count = _token_counter(llm) if tokenizer and mine else None
             if count is None:
-                tokens = sum(min(r.est_tokens, len(r.prompt_ids) * llm.max_tokens) for r in mine)
+                per_row = [min(r.est_tokens, len(r.prompt_ids) * llm.max_tokens) for r in mine]
                 source = f"characters (≈{CHARS_PER_TOKEN} per token)"
             else:
-                tokens, source = _count_tokens(session, mine, prompts, count, chunk, llm.max_tokens), "tokenizer"
+                per_row, source = _count_tokens(session, mine, prompts, count, chunk, llm.max_tokens), "tokenizer"
             forwards = sum(len({(prompts[p].layout, prompts[p].scale) for p in r.prompt_ids}) for r in mine)
             name = engine_of(llm, scoring_engine)
             rate = recorded_rate(session, model_id, name)
             cells = sum(len(r.prompt_ids) for r in mine)
-            out.append(Estimate(llm.name, model_id, name, cells, len({r.sample_id for r in mine}), tokens,
-                                source, forwards, rate, cells / rate if rate else None))
+            last = [i for i, r in enumerate(mine) if r.turn == 0]
+            out.append(Estimate(llm.name, model_id, name, cells, len({r.sample_id for r in mine}),
+                                sum(per_row), source, forwards, rate, cells / rate if rate else None,
+                                sum(len(mine[i].prompt_ids) for i in last), sum(per_row[i] for i in last)))
         session.rollback()  # nothing to keep: a read
     return out
 
 
 def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt],
-                  count, chunk: int, max_tokens: int) -> int:  # noqa: ANN001
-    """Σ tokens of every missing cell's rendered prompt, each at most `max_tokens`, read and counted
-    `chunk` samples at a time; no field is read, and no prompt tokenized, beyond `cut` characters."""
+                  count, chunk: int, max_tokens: int) -> list[int]:  # noqa: ANN001
+    """Tokens of each row's missing cells' rendered prompts (its turn's), each cell at most
+    `max_tokens`, read and counted `chunk` rows at a time. A last turn reads no field, and no prompt
+    is tokenized, beyond `cut` characters; a turn before the last renders from the stored
+    conversation (its prompt is then cut to `cut` characters before it is tokenized)."""
     cut = CUT_CHARS_PER_TOKEN * max_tokens
     fields = [sa.func.substr(c, 1, cut) for c in (Sample.instruction, Sample.input, Sample.output)]
-    total = 0
+    totals: list[int] = []
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
-        samples = {sid: (i, x, o, n) for sid, i, x, o, n in session.execute(
-            sa.select(Sample.id, *fields, Sample.n_chars).where(Sample.id.in_([r.sample_id for r in part])))}
-        texts, lengths = [], []
-        for r in part:
-            instruction, input, output, n_chars = samples[r.sample_id]
-            for p in r.prompt_ids:
-                text = render(prompts[p].layout, prompts[p].template, instruction, input, output).text
-                # the prompt's whole length: what the cut fields left out comes back
-                lengths.append(len(text) + n_chars - len(instruction) - len(input) - len(output))
-                texts.append(text[:cut])
-        for n, length in zip(count(texts), lengths):
-            total += min(max_tokens, n if length <= cut else math.ceil(n * length / cut))
-    return total
+        last = {sid: (i, x, o, n) for sid, i, x, o, n in session.execute(
+            sa.select(Sample.id, *fields, Sample.n_chars).where(
+                Sample.id.in_([r.sample_id for r in part if r.turn == 0])))}
+        earlier = {s.id: s for s in session.scalars(sa.select(Sample).where(
+            Sample.id.in_([r.sample_id for r in part if r.turn != 0])))}
+        texts, lengths, owner = [], [], []
+        for k, r in enumerate(part):
+            if r.turn == 0:
+                instruction, input, output, n_chars = last[r.sample_id]
+                for p in r.prompt_ids:
+                    text = render(prompts[p].layout, prompts[p].template, instruction, input, output).text
+                    # the prompt's whole length: what the cut fields left out comes back
+                    lengths.append(len(text) + n_chars - len(instruction) - len(input) - len(output))
+                    texts.append(text[:cut])
+                    owner.append(k)
+            else:
+                for rendered in turn_prompts(earlier[r.sample_id], r.turn,
+                                             [(prompts[p].layout, prompts[p].template) for p in r.prompt_ids])["prompts"]:
+                    lengths.append(len(rendered.text))
+                    texts.append(rendered.text[:cut])
+                    owner.append(k)
+        part_totals = [0] * len(part)
+        for k, n, length in zip(owner, count(texts), lengths):
+            part_totals[k] += min(max_tokens, n if length <= cut else math.ceil(n * length / cut))
+        totals += part_totals
+    return totals

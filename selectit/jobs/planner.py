@@ -1,7 +1,9 @@
 """The planner: which cells a command is about (scope), which are missing, and jobs for them.
 
-A *cell* is (sample, model version, prompt version). The planner turns the missing cells into
-jobs — token-balanced chunks of `samples × prompts` for one model version — and commits them;
+A *cell* is (sample, model version, prompt version, turn); `turn` counts a conversation's rated
+assistant turns back from the last (0: the sample's `output`, a single-turn sample's only turn).
+The planner turns the missing cells into jobs — token-balanced chunks of `samples × prompts` for
+one model version at one turn — and commits them;
 runners (`selectit.jobs.runner`) claim and score them. Planning is idempotent: a cell already in a
 queued or running job is left out, and two planners run one after the other (a transaction
 lock), so no cell is ever in two open jobs.
@@ -23,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus
+from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus, Turns
 from selectit.errors import NoSuchModel, SelectitError
 from selectit.scoring.registry import DEFAULT_PROMPT_SET
 from selectit.settings import DEFAULT_SETTINGS, Settings
@@ -57,6 +59,7 @@ class Scope:
     dataset_ids: tuple[int, ...] | None  # None: every dataset
     model_ids: tuple[int, ...]
     prompt_ids: tuple[int, ...]
+    turns: Turns = Turns.ALL  # every rated turn of a conversation, or its last only
 
 
 def _names(session: Session, column: sa.ColumnElement, *where: sa.ColumnElement) -> str:
@@ -64,7 +67,7 @@ def _names(session: Session, column: sa.ColumnElement, *where: sa.ColumnElement)
 
 
 def resolve_scope(session: Session, *, dataset: str | None = None, model: str | None = None,
-                  prompt_set: str | None = None, strict: bool = True) -> Scope:
+                  prompt_set: str | None = None, strict: bool = True, turns: Turns | str = Turns.ALL) -> Scope:
     """The active model and prompt versions (and datasets) named, with errors that say what to do.
 
     Reads only. `strict=False` (the periodic planner) returns an empty scope instead of failing
@@ -92,7 +95,7 @@ def resolve_scope(session: Session, *, dataset: str | None = None, model: str | 
         sets = _names(session, Prompt.set_name, Prompt.active.is_(True))
         raise JobError(f"no active prompt set named {prompt_set!r} (prompt sets: {sets}). "
                        f"Run `selectit prompts import FILE --set {prompt_set} --layout reference` first.")
-    return Scope(dataset_ids, model_ids, prompt_ids)
+    return Scope(dataset_ids, model_ids, prompt_ids, Turns(turns))
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,13 +105,14 @@ def resolve_scope(session: Session, *, dataset: str | None = None, model: str | 
 
 @dataclass(frozen=True)
 class MissingRow:
-    """The missing cells of one sample for one model version within one prompt set."""
+    """The missing cells of one sample's turn for one model version within one prompt set."""
 
     model_id: int
     set_name: str
     sample_id: int
     prompt_ids: tuple[int, ...]
     est_tokens: int
+    turn: int = 0
 
 
 def ids_sql(values: Sequence[int] | None) -> str:
@@ -151,10 +155,11 @@ def _slices(session: Session, scope: Scope) -> Iterator[tuple[int, list[tuple[in
 
 
 def _coverage_sql(scope: Scope, pairs: list[tuple[int, int]], full: int, *, exclude_open: bool) -> str:
-    """One row per sample of the scope with work left: its n_chars and the mask of covered cells.
+    """One row per (sample, turn) of the scope with work left: its n_chars and the mask of covered
+    cells. The turns are 0 .. n_turns − 1 of each sample (turn 0 alone with `Turns.LAST`).
 
-    Each (model, prompt) of the slice is one bit, so a sample is one row whatever the number of
-    models: its finished cells (scored ok, or failed at the attempt limit) and, with
+    Each (model, prompt) of the slice is one bit, so a sample's turn is one row whatever the
+    number of models: its finished cells (scored ok, or failed at the attempt limit) and, with
     `exclude_open`, the cells of its open jobs are OR-ed into one mask (a cell has one score row
     and lies in at most one open job, so SUM is OR). Samples whose mask is full — nearly all of
     them once a dataset is planned — are dropped inside the database; Python sees only the rest.
@@ -165,35 +170,42 @@ def _coverage_sql(scope: Scope, pairs: list[tuple[int, int]], full: int, *, excl
     # a job's cells as one mask first, so the samples of open jobs are joined once, not × prompts
     open_cte = f""",
     jb AS (
-      SELECT j.id, CAST(SUM(mp.bit) AS BIGINT) AS bits
+      SELECT j.id, j.turn, CAST(SUM(mp.bit) AS BIGINT) AS bits
       FROM jobs j
       JOIN job_prompts jp ON jp.job_id = j.id
       JOIN mp ON mp.model_id = j.model_id AND mp.prompt_id = jp.prompt_id
       WHERE j.status IN ({_quoted(OPEN_JOB_STATUSES)}) AND j.model_id IN ({models})
-      GROUP BY j.id),
+      GROUP BY j.id, j.turn),
     o AS (
-      SELECT js.sample_id, CAST(SUM(jb.bits) AS BIGINT) AS bits
+      SELECT js.sample_id, jb.turn, CAST(SUM(jb.bits) AS BIGINT) AS bits
       FROM job_samples js JOIN jb ON jb.id = js.job_id
-      GROUP BY js.sample_id)""" if exclude_open else ""
-    open_join = "LEFT JOIN o ON o.sample_id = ss.sample_id" if exclude_open else ""
+      GROUP BY js.sample_id, jb.turn)""" if exclude_open else ""
+    open_join = "LEFT JOIN o ON o.sample_id = ss.sample_id AND o.turn = ss.turn" if exclude_open else ""
+    if scope.turns == Turns.LAST:
+        sel, last = "\n    sel AS (SELECT sample_id, 0 AS turn FROM ids),", " AND sc.turn = 0"
+    else:  # turn numbers 0 .. the longest conversation's, then each sample's own
+        sel, last = """
+    tn(turn) AS (SELECT 0 UNION ALL SELECT turn + 1 FROM tn
+                 WHERE turn + 1 < (SELECT COALESCE(MAX(s.n_turns), 1) FROM samples s JOIN ids ON ids.sample_id = s.id)),
+    sel AS (SELECT ids.sample_id, tn.turn FROM ids JOIN samples s ON s.id = ids.sample_id JOIN tn ON tn.turn < s.n_turns),""", ""
     covered = "(COALESCE(d.bits, 0) | COALESCE(o.bits, 0))" if exclude_open else "COALESCE(d.bits, 0)"
     return f"""
-    WITH mp(model_id, prompt_id, bit) AS (VALUES {mp}),
-    sel AS (SELECT DISTINCT sample_id FROM dataset_samples {ds_filter}),
+    WITH RECURSIVE mp(model_id, prompt_id, bit) AS (VALUES {mp}),
+    ids AS (SELECT DISTINCT sample_id FROM dataset_samples {ds_filter}),{sel}
     d AS (
-      SELECT sc.sample_id, CAST(SUM(mp.bit) AS BIGINT) AS bits
+      SELECT sc.sample_id, sc.turn, CAST(SUM(mp.bit) AS BIGINT) AS bits
       FROM scores sc JOIN mp ON mp.model_id = sc.model_id AND mp.prompt_id = sc.prompt_id
-      WHERE sc.model_id IN ({models}) AND (sc.status = '{CellStatus.OK}' OR sc.attempts >= :max_attempts)
-      GROUP BY sc.sample_id){open_cte},
+      WHERE sc.model_id IN ({models}) AND (sc.status = '{CellStatus.OK}' OR sc.attempts >= :max_attempts){last}
+      GROUP BY sc.sample_id, sc.turn){open_cte},
     todo AS (
-      SELECT ss.sample_id, {covered} AS covered
+      SELECT ss.sample_id, ss.turn, {covered} AS covered
       FROM sel ss
-      LEFT JOIN d ON d.sample_id = ss.sample_id
+      LEFT JOIN d ON d.sample_id = ss.sample_id AND d.turn = ss.turn
       {open_join}
       WHERE {covered} <> {int(full)})
-    SELECT t.sample_id, s.n_chars, t.covered
+    SELECT t.sample_id, s.n_chars, t.covered, t.turn
     FROM todo t JOIN samples s ON s.id = t.sample_id
-    ORDER BY t.sample_id
+    ORDER BY t.sample_id, t.turn
     """
 
 
@@ -205,16 +217,16 @@ def _token_table(kind_prompts: Sequence[int]) -> tuple[int, tuple[int, ...]]:
 
 
 def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, exclude_open: bool
-                     ) -> Iterator[tuple[int, tuple[int, ...], str, int, int]]:
-    """(model_id, prompt_ids, set_name, sample_id, est_tokens) of every sample with missing cells,
-    in sample order per slice."""
+                     ) -> Iterator[tuple[int, tuple[int, ...], str, int, int, int]]:
+    """(model_id, prompt_ids, set_name, sample_id, est_tokens, turn) of every sample's turn with
+    missing cells, in sample order per slice (a turn's estimate is its sample's: an upper bound)."""
     if not scope.model_ids or not scope.prompt_ids:
         return
     for full, pairs, kinds in _slices(session, scope):
         rows = session.execute(sa.text(_coverage_sql(scope, pairs, full, exclude_open=exclude_open)),
                                {"max_attempts": settings.max_cell_attempts})
         memo: dict[tuple[int, int], tuple[tuple[int, ...], int, tuple[int, ...]]] = {}
-        for sample_id, n_chars, covered in rows:
+        for sample_id, n_chars, covered, turn in rows:
             missing = full & ~covered
             for kind in kinds:
                 bits = missing & kind.mask
@@ -227,7 +239,7 @@ def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, excl
                                                             *_token_table([n for _, n in chosen]))
                 prompt_ids, k, table = about
                 yield (kind.model_id, prompt_ids, kind.set_name, sample_id,
-                       k * (n_chars // CHARS_PER_TOKEN) + table[n_chars % CHARS_PER_TOKEN])
+                       k * (n_chars // CHARS_PER_TOKEN) + table[n_chars % CHARS_PER_TOKEN], turn)
 
 
 def missing_cells(session: Session, scope: Scope, *, exclude_open: bool = False,
@@ -237,14 +249,17 @@ def missing_cells(session: Session, scope: Scope, *, exclude_open: bool = False,
     With `exclude_open`, cells already in a queued or running job are left out too (what the
     planner needs).
     """
-    return [MissingRow(m, s, sid, pids, tok)
-            for m, pids, s, sid, tok in _missing_by_kind(session, scope, settings, exclude_open=exclude_open)]
+    return [MissingRow(m, s, sid, pids, tok, turn)
+            for m, pids, s, sid, tok, turn in _missing_by_kind(session, scope, settings, exclude_open=exclude_open)]
 
 
 def total_cells(session: Session, scope: Scope) -> int:
-    """Cells of the scope: distinct samples × model versions × prompt versions."""
+    """Cells of the scope: distinct samples' rated turns (their last only, with `Turns.LAST`) ×
+    model versions × prompt versions."""
     ds = f"WHERE dataset_id IN ({ids_sql(scope.dataset_ids)})" if scope.dataset_ids is not None else ""
-    n = session.scalar(sa.text(f"SELECT COUNT(DISTINCT sample_id) FROM dataset_samples {ds}")) or 0
+    per = "1" if scope.turns == Turns.LAST else "s.n_turns"
+    n = session.scalar(sa.text(f"SELECT COALESCE(SUM({per}), 0) FROM samples s WHERE s.id IN "
+                               f"(SELECT sample_id FROM dataset_samples {ds})")) or 0
     return n * len(scope.model_ids) * len(scope.prompt_ids)
 
 
@@ -295,31 +310,32 @@ def failed_cells(session: Session, scope: Scope, settings: Settings, *, worker: 
 class Chunk:
     model_id: int
     prompt_ids: tuple[int, ...]
+    turn: int = 0
     sample_ids: list[int] = field(default_factory=list)
     est_tokens: int = 0
 
 
-def chunks(rows: Iterable[tuple[int, tuple[int, ...], str, int, int]], max_tokens: int,
+def chunks(rows: Iterable[tuple[int, tuple[int, ...], str, int, int, int]], max_tokens: int,
            max_samples: int) -> list[Chunk]:
-    """Token-balanced chunks of samples sharing the same missing prompts, per model version.
+    """Token-balanced chunks of samples sharing the same missing prompts and turn, per model version.
 
     Greedy in sample order within each (model, prompts): a chunk is closed when the next sample
     would take it over `max_tokens` or `max_samples` (a single sample over the limit is a job
     of its own). Rows come from `_missing_by_kind`; no sort, one pass.
     """
     done: list[Chunk] = []
-    current: dict[tuple[int, tuple[int, ...]], Chunk] = {}
-    for model_id, prompt_ids, _set, sample_id, tokens in rows:
-        c = current.get((model_id, prompt_ids))
+    current: dict[tuple[int, tuple[int, ...], int], Chunk] = {}
+    for model_id, prompt_ids, _set, sample_id, tokens, turn in rows:
+        c = current.get((model_id, prompt_ids, turn))
         if c is None:
-            c = current[(model_id, prompt_ids)] = Chunk(model_id, prompt_ids)
+            c = current[(model_id, prompt_ids, turn)] = Chunk(model_id, prompt_ids, turn)
         elif c.est_tokens + tokens > max_tokens or len(c.sample_ids) >= max_samples:
             done.append(c)
-            c = current[(model_id, prompt_ids)] = Chunk(model_id, prompt_ids)
+            c = current[(model_id, prompt_ids, turn)] = Chunk(model_id, prompt_ids, turn)
         c.sample_ids.append(sample_id)
         c.est_tokens += tokens
     done.extend(current.values())
-    done.sort(key=lambda c: (c.model_id, c.prompt_ids, c.sample_ids[0]))
+    done.sort(key=lambda c: (c.model_id, c.turn, c.prompt_ids, c.sample_ids[0]))
     return done
 
 
@@ -357,7 +373,7 @@ def _inputs(session: Session, scope: Scope, settings: Settings) -> tuple[int, ..
 def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None,
          prompt_set: str | None = None, max_tokens_per_job: int | None = None,
          max_samples_per_job: int = MAX_SAMPLES_PER_JOB, strict: bool = True,
-         settings: Settings = DEFAULT_SETTINGS) -> list[int]:
+         settings: Settings = DEFAULT_SETTINGS, turns: Turns | str = Turns.ALL) -> list[int]:
     """Create jobs for every missing cell not already in an open job; commit; return their ids.
 
     Idempotent: planning twice, or two planners at once, never put a cell in two open jobs. A
@@ -367,7 +383,8 @@ def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None
     with db.session_scope(engine) as session:
         # Two planners (the control loop + `selectit plan`) must not both see the same cells as missing.
         db.lock_transaction(session, PLAN_LOCK_KEY)
-        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set, strict=strict)
+        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set, strict=strict,
+                              turns=turns)
         if not scope.model_ids or not scope.prompt_ids:
             return []
         key = (engine.url.render_as_string(hide_password=True), scope, settings.max_cell_attempts)
@@ -385,7 +402,7 @@ def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None
 def _insert_jobs(session: Session, planned: list[Chunk]) -> list[int]:
     """Insert the jobs and their membership rows; the ids in the order of `planned`."""
     now = utcnow()
-    rows = [{"model_id": c.model_id, "sample_ids": c.sample_ids, "prompt_ids": list(c.prompt_ids),
+    rows = [{"model_id": c.model_id, "turn": c.turn, "sample_ids": c.sample_ids, "prompt_ids": list(c.prompt_ids),
              "n_cells": len(c.sample_ids) * len(c.prompt_ids), "est_tokens": c.est_tokens,
              "status": str(JobStatus.QUEUED), "attempts": 0, "created_at": now} for c in planned]
     if db.is_postgres(session.bind):
@@ -393,9 +410,9 @@ def _insert_jobs(session: Session, planned: list[Chunk]) -> list[int]:
         # ids spends its time binding parameters.
         ids = list(session.scalars(sa.text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
                                            "FROM generate_series(1, :n)"), {"n": len(rows)}))
-        db.copy_rows(session, "jobs", ["id", "model_id", "sample_ids", "prompt_ids", "n_cells", "est_tokens",
+        db.copy_rows(session, "jobs", ["id", "model_id", "turn", "sample_ids", "prompt_ids", "n_cells", "est_tokens",
                                        "status", "attempts", "created_at"],
-                     ((i, r["model_id"], json.dumps(r["sample_ids"]), json.dumps(r["prompt_ids"]), r["n_cells"],
+                     ((i, r["model_id"], r["turn"], json.dumps(r["sample_ids"]), json.dumps(r["prompt_ids"]), r["n_cells"],
                        r["est_tokens"], r["status"], 0, now) for i, r in zip(ids, rows)))
         # Membership rows by COPY too: it fills pages in batches, an INSERT … SELECT row by row.
         for table, member, attr in (("job_prompts", "prompt_id", "prompt_ids"), ("job_samples", "sample_id", "sample_ids")):
@@ -415,6 +432,8 @@ def open_jobs_in_scope(session: Session, scope: Scope) -> list[tuple[int, JobSta
     """(id, status, n_cells) of open jobs whose cells lie in the scope."""
     q = sa.select(Job.id, Job.status, Job.n_cells, Job.prompt_ids).where(
         Job.status.in_(OPEN_JOB_STATUSES), Job.model_id.in_(scope.model_ids)).order_by(Job.id)
+    if scope.turns == Turns.LAST:
+        q = q.where(Job.turn == 0)
     if scope.dataset_ids is not None:
         q = q.where(sa.exists().where(JobSample.job_id == Job.id, DatasetSample.sample_id == JobSample.sample_id,
                                       DatasetSample.dataset_id.in_(scope.dataset_ids)))

@@ -12,6 +12,7 @@ No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import importlib
 import queue
@@ -32,11 +33,11 @@ from selectit.contract import (
     ModelSpec,
     RatingRequest,
     ScoringEngine,
-    render,
+    Turns,
     split_on_failure,
 )
 from selectit.errors import ModelLoadError
-from selectit.jobs.cells import cells_to_score, write_results
+from selectit.jobs.cells import cells_to_score, requests_for, write_results
 from selectit.jobs.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.jobs.planner import (
     failed_cells,
@@ -89,21 +90,6 @@ class JobOutcome:
     model: str | None = None  # the job's model name (its broker queue); None for a job not found
 
 
-def _requests(session: Session, cells: dict[int, list[int]], prompts: dict[int, Prompt]) -> list[RatingRequest]:
-    samples = {s.id: s for s in session.scalars(sa.select(Sample).where(Sample.id.in_(list(cells))))}
-    requests = []
-    for sid, pids in cells.items():
-        s = samples[sid]
-        # One request per (layout, scale): a request's prompts share both.
-        groups: dict[tuple[str, int], list[int]] = {}
-        for p in pids:
-            groups.setdefault((prompts[p].layout, prompts[p].scale), []).append(p)
-        for (layout, scale), group in groups.items():
-            rendered = tuple(render(layout, prompts[p].template, s.instruction, s.input, s.output) for p in group)
-            requests.append(RatingRequest(sample_id=sid, prompt_ids=tuple(group), prompts=rendered, scale=scale))
-    return requests
-
-
 def _in_batches(requests: list[RatingRequest], batch_size: int) -> list[list[RatingRequest]]:
     """`requests` (grouped by sample) cut into batches of `batch_size` samples."""
     batches: list[list[RatingRequest]] = []
@@ -128,12 +114,14 @@ def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest],
         owner = {(r.sample_id, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
         grouped: list[list[CellResult]] = [[] for _ in reqs]
         for cell in scorer.score(reqs, computed):
-            grouped[owner[cell.sample_id, cell.prompt_id]].append(cell)
+            i = owner[cell.sample_id, cell.prompt_id]  # a job rates one turn: its requests' (engines may not say)
+            grouped[i].append(cell if cell.turn == reqs[i].turn else dataclasses.replace(cell, turn=reqs[i].turn))
         return grouped
 
     results: list[CellResult] = []
     for req, cells, err in split_on_failure(requests, per_request):
-        results.extend(cells if err is None else (CellResult.failed(req.sample_id, p, err) for p in req.prompt_ids))
+        results.extend(cells if err is None else
+                       (CellResult.failed(req.sample_id, p, err, turn=req.turn) for p in req.prompt_ids))
     return results
 
 
@@ -300,7 +288,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             job = session.get(Job, job_id)
             cells = cells_to_score(session, job, settings.max_cell_attempts)
             prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
-            batches = _in_batches(_requests(session, cells, prompts), batch_size)
+            batches = _in_batches(requests_for(session, cells, prompts, job.turn), batch_size)
         writer = BatchWriter(engine, job_id, job.model_id, worker, lease, scorer.engine, scorer.engine_version)
         for i, requests in enumerate(batches):
             with phase("scoring"):
@@ -466,8 +454,10 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                      prompt_set: str | None = None, progress: ScoreProgress | None = None,
                      batch_size: int | None = None, scorer_for: ScorerFor | None = None,
                      worker: str | None = None, poll: float = 1.0, retry_failed: bool = False,
-                     settings: Settings = DEFAULT_SETTINGS, engine_options: EngineOptions | None = None) -> ScoreSummary:
-    """Plan the missing cells of the scope and run the jobs here, through `run_job`.
+                     settings: Settings = DEFAULT_SETTINGS, engine_options: EngineOptions | None = None,
+                     turns: Turns | str = Turns.ALL) -> ScoreSummary:
+    """Plan the missing cells of the scope (every rated turn, or with `Turns.LAST` the last) and run
+    the jobs here, through `run_job`.
 
     Every model with missing cells is loaded first: one that cannot be loaded raises
     `ModelLoadError` before any job is claimed, and no cell is charged an attempt.
@@ -486,7 +476,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     summary = ScoreSummary()
     started = utcnow()
     with phase("planning"), db.session_scope(engine) as session:
-        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
+        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set, turns=turns)
         if retry_failed:
             summary.reset = reset_failed(session, scope)
         rows = missing_cells(session, scope, settings=settings)
@@ -510,7 +500,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                 raise ModelLoadError.of(spec.name, exc) from exc
         with phase("planning"):
             requeue_expired(engine, settings)
-            plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
+            plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings, turns=turns)
         tried: set[int] = set()
         while True:
             with phase("DB reads"), db.session_scope(engine) as session:

@@ -272,15 +272,15 @@ def gather(con: Any, dataset: str) -> ReportData:
     sent: dict[str, dict[int, float]] = {}
     for model, sample_id, s in _fetch(
         con,
-        f"SELECT v.model, v.sample_id, v.s_sent FROM sentence_scores v {in_dataset} "
-        "WHERE v.s_sent IS NOT NULL AND v.n_prompts = ? ORDER BY v.model, v.sample_id",
-        [dataset_id, len(prompts)],
+        f"SELECT v.model, v.sample_id, v.s_sent FROM fused_turns v {in_dataset} "
+        "WHERE v.s_sent IS NOT NULL ORDER BY v.model, v.sample_id",
+        [dataset_id],
     ):
         sent.setdefault(model, {})[int(sample_id)] = float(s)
     token: dict[tuple[str, int], dict[int, float]] = {}
     cols = con.execute(
         f"SELECT v.model, v.position, v.sample_id, v.s_token FROM token_scores v {in_dataset} "
-        "WHERE v.s_token IS NOT NULL ORDER BY v.model, v.position, v.sample_id",
+        "WHERE v.s_token IS NOT NULL AND v.turn = 0 ORDER BY v.model, v.position, v.sample_id",
         [dataset_id],
     ).fetchnumpy()  # columns, not 5 × 52k Python tuples
     model_col, position_col = cols["model"], cols["position"]

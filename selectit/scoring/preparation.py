@@ -6,8 +6,10 @@ cells are built by the same rules; that is what lets cells from either engine co
 cell (docs/method.md §1, §3):
 - the prompt is tokenized with the tokenizer's default special tokens, exactly as a separate
   forward of that prompt would be;
-- a prompt longer than the model's context (`max_tokens`) has the middle of its response cut (head
-  and tail kept, joined by " … "), so the rating question stays; the cell is `truncated`;
+- a prompt longer than the model's context (`max_tokens`) first loses the oldest turns of its
+  conversation's history (`RatingRequest.shorter`; the rated turn is never cut while history is
+  left), then the middle of its response (head and tail kept, joined by " … "), so the rating
+  question stays; the cell is `truncated`;
 - a request that cannot be prepared, or whose scoring fails, yields failed cells (`probs=None`,
   `error` set); never a default score, and never another request's cells.
 """
@@ -60,8 +62,14 @@ class RequestPreparation:
         ids = self._tokenize(req.prompts)
         if max(map(len, ids)) <= self.max_tokens:
             return Prepared(req, ids, False, [p.text for p in req.prompts])
+        prompts = req.prompts
+        for drop in range(1, req.n_shorter + 1 if req.shorter else 1):  # the oldest history first
+            prompts = req.shorter(drop)  # type: ignore[misc]
+            ids = self._tokenize(prompts)
+            if max(map(len, ids)) <= self.max_tokens:
+                return Prepared(req, ids, True, [p.text for p in prompts])
         texts: list[str] = []
-        return Prepared(req, self._truncate(req.prompts, ids, texts), True, texts)
+        return Prepared(req, self._truncate(prompts, ids, texts), True, texts)
 
     def _truncate(self, prompts: Sequence[RenderedPrompt], ids: list[list[int]],
                   texts: list[str] | None = None) -> list[list[int]]:
@@ -106,11 +114,12 @@ class RequestPreparation:
             err = "the model produced non-finite probabilities (NaN or inf)"
         if err is not None or probs is None:
             return CellResult.failed(req.sample_id, req.prompt_ids[k], err or "no probabilities", len(prep.ids[k]),
-                                     prep.truncated)
+                                     prep.truncated, turn=req.turn)
         p = tuple(float(v) for v in probs)
-        return CellResult(req.sample_id, req.prompt_ids[k], p, math.fsum(p), len(prep.ids[k]), prep.truncated)
+        return CellResult(req.sample_id, req.prompt_ids[k], p, math.fsum(p), len(prep.ids[k]), prep.truncated,
+                          turn=req.turn)
 
     @staticmethod
     def _failed(req: RatingRequest, cells: Iterable[int], exc: BaseException) -> list[CellResult]:
         msg = str(exc) if isinstance(exc, SelectitError) else f"{type(exc).__name__}: {exc}"
-        return [CellResult.failed(req.sample_id, req.prompt_ids[k], msg) for k in cells]
+        return [CellResult.failed(req.sample_id, req.prompt_ids[k], msg, turn=req.turn) for k in cells]

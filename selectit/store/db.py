@@ -275,17 +275,19 @@ def _package_dir(package: str) -> str:
     install alike; those are always real directories, which Alembic needs. One exception:
     setuptools' editable finder cannot import a directory without `__init__.py` (the Alembic
     environment must not have one, or `alembic/` would shadow the library in a checkout), but
-    then the checkout is right beside `selectit/`.
+    then the checkout is right beside `selectit/`. A checkout's own directories come first: a
+    worktree imported through PYTHONPATH over another checkout's editable install must run its
+    own migrations, not the install's.
     """
+    checkout = Path(__file__).resolve().parents[2] / _CHECKOUT_DIRS[package]
+    if (checkout / "env.py").is_file() or (checkout / "__init__.py").is_file():
+        return str(checkout)
     try:
         spec = importlib.util.find_spec(package)
     except ModuleNotFoundError:
         spec = None
     if spec is not None and spec.submodule_search_locations:
         return list(spec.submodule_search_locations)[0]
-    checkout = Path(__file__).resolve().parents[2] / _CHECKOUT_DIRS[package]
-    if (checkout / "env.py").is_file() or (checkout / "__init__.py").is_file():
-        return str(checkout)
     raise StoreError(f"the package {package} is missing from this selectit installation; reinstall selectit")
 
 

@@ -1,7 +1,7 @@
 """The curation store: SQLAlchemy 2.x tables (docs/data-model.md).
 
 Data flows one way: datasets → samples → jobs → scores → selections. The `scores` table is the
-cache keyed by what produced a rating (sample, model version, prompt version): nothing is scored
+cache keyed by what produced a rating (sample, model version, prompt version, turn): nothing is scored
 twice, and new models or prompts simply leave new cells missing.
 
 The migrations in `migrations/` build this schema; `tests/test_store.py` checks they agree.
@@ -85,6 +85,11 @@ class Sample(Base):
     input: Mapped[str] = mapped_column(Text, default="")
     output: Mapped[str] = mapped_column(Text)
     n_chars: Mapped[int] = mapped_column(Integer)
+    #: The rated assistant turns (1 for an Alpaca record) and, for a sample whose context is more
+    #: than one user turn, the conversation through its last assistant turn as [[role, text], …]
+    #: in canonical form: turn t (counted back from the last) is rendered from it (revision 0011).
+    n_turns: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    turns: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
 
 
@@ -181,7 +186,10 @@ class Prompt(Base):
 
 
 class Score(Base):
-    """One rating cell: the raw label probabilities of (sample, model version, prompt version).
+    """One rating cell: the raw label probabilities of (sample, model version, prompt version, turn).
+
+    `turn` counts assistant turns back from the sample's last: 0 is the last one (the sample's
+    `output`, what every cell rated before revision 0011), 1 the one before it, and so on.
 
     `p1..p9` hold the softmax probability (over the full vocabulary) of each label token; only
     p1..pK are set for a prompt of scale K. `mass` = Σ p_k. A failed cell keeps status
@@ -198,6 +206,7 @@ class Score(Base):
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), primary_key=True)
+    turn: Mapped[int] = mapped_column(Integer, primary_key=True, default=0, server_default="0")
     p1: Mapped[float | None] = mapped_column(Float)
     p2: Mapped[float | None] = mapped_column(Float)
     p3: Mapped[float | None] = mapped_column(Float)
@@ -226,7 +235,7 @@ class Score(Base):
 
 
 class Job(Base):
-    """A claimed chunk of missing cells for one model version: samples × prompts."""
+    """A claimed chunk of missing cells for one model version: samples × prompts at one `turn`."""
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_model", "status", "model_id"),)
@@ -235,6 +244,7 @@ class Job(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     sample_ids: Mapped[list[Any]] = mapped_column(JSON)
     prompt_ids: Mapped[list[Any]] = mapped_column(JSON)
+    turn: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # as `Score.turn`
     n_cells: Mapped[int] = mapped_column(Integer)
     est_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[JobStatus] = mapped_column(state(JobStatus, "status", 16), default=JobStatus.QUEUED)

