@@ -64,6 +64,8 @@ from typing import Any, NamedTuple
 from selectit.io.hub import datasets_offline, hf_dataset, hub_dataset, hub_id  # noqa: F401 - re-exported
 from selectit.io.json_text import _decode_error, _loads, _NotJson, _Raw, iter_json_list
 from selectit.io.records import MAP_ALIASES, MAP_FIELDS, check_map, map_hint, parse_column_map  # noqa: F401
+from selectit.io.file_bytes import check_encoding as _check_encoding
+from selectit.io.file_bytes import first_byte as _first_byte
 from selectit.io.records import HASH_FIELD, IngestError, canonical, parse, render_conversation, split_by_hash  # noqa: F401
 from selectit.io.records import rated_turns
 from selectit.io.records import SHAPE_FIELDS as _SHAPE_FIELDS
@@ -140,43 +142,6 @@ def _check_storable(instruction: str, input: str, output: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- reading
-
-
-
-def _wide_encoding(head: bytes) -> str | None:
-    """UTF-16 or UTF-32 (by BOM, or by the NUL bytes around ASCII), else None."""
-    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
-                      (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE")):
-        if head.startswith(bom):
-            return name
-    if len(head) >= 4 and head[0] and not head[1] and not head[2] and not head[3]:
-        return "UTF-32LE"
-    if len(head) >= 4 and not head[0] and not head[1] and not head[2] and head[3]:
-        return "UTF-32BE"
-    if len(head) >= 2 and head[0] and not head[1]:
-        return "UTF-16LE"
-    if len(head) >= 2 and not head[0] and head[1]:
-        return "UTF-16BE"
-    return None
-
-
-def _check_encoding(path: Path) -> None:
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    wide = _wide_encoding(head)
-    if wide is not None:
-        raise IngestError(
-            f"{path}: the file is {wide[:6]} text ({wide}), not UTF-8. Nothing was ingested; re-encode it as UTF-8 "
-            f"(e.g. `iconv -f {wide} -t UTF-8 {path.name} > fixed.json`) and ingest that."
-        )
-
-
-def _first_byte(path: Path) -> bytes:
-    with path.open("rb") as fh:
-        head = fh.read(4096)
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:]
-    return head.lstrip()[:1]
 
 
 
