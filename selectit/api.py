@@ -285,7 +285,9 @@ class Store:
             >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
         from selectit.jobs.runner import TqdmProgress, score_in_process
+        from selectit.store import signatures
 
+        signatures.fill(self.engine, dataset=dataset)  # cheap cells first: samples ingested before they existed
         bar = TqdmProgress() if progress is True else None
         try:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
@@ -536,6 +538,8 @@ class Store:
         from selectit.fusion import views as fusion
 
         with self._fusion(ranking, top) as f:
+            if "near_duplicates" in query.lower():  # its groups are computed when asked for
+                f.near_duplicates()
             return fusion.run_sql(f.con, query)
 
     def sql(self, query: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None) -> pa.Table:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from selectit.contract import DEFAULT_TOP, valid_name
+from selectit.fusion.dedup import provenance, trimmed_sql
 from selectit.fusion.errors import FusionError
 from selectit.fusion.formula_sql import top_share_sql, validate_top
 from selectit.fusion.params import params_of, require_scoring_setup
@@ -99,14 +100,18 @@ def rank_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
 
     One pass over the attached scores; `chosen()` and `count_chosen()` then read the table.
     """
-    require_scoring_setup(con)
+    params = require_scoring_setup(con)
     ds = dataset_id(con, dataset)
+    n_rankable = int(con.execute(f"SELECT count(*) FROM ranking WHERE dataset_id = {int(ds)}").fetchone()[0])
+    # Dedup and per-group caps take samples out and renumber the ranks; a top share stays a share
+    # of every rankable sample (docs/dedup.md).
+    source = (trimmed_sql(con, ds, dataset) if params.ranking.trims
+              else f"SELECT rank, sample_id, position, s_model FROM ranking WHERE dataset_id = {int(ds)}")
     con.execute(
         "CREATE OR REPLACE TEMP TABLE dataset_ranking AS "
-        "SELECT rank, sample_id, position, s_model, count(*) OVER () AS n_rankable "
-        f"FROM ranking WHERE dataset_id = {int(ds)} ORDER BY rank"
+        f"SELECT rank, sample_id, position, s_model, {n_rankable} AS n_rankable FROM ({source}) ORDER BY rank"
     )
-    return int(con.execute("SELECT count(*) FROM dataset_ranking").fetchone()[0])
+    return n_rankable
 
 
 def chosen(
@@ -245,6 +250,9 @@ def freeze_selection(
         "criterion": criterion.as_json(),
         "n_rankable": n_rankable,
     }
+    found = provenance(con, dataset_id(con, dataset))
+    if found is not None:  # what --dedup used and found: the signature config, the counts
+        params["dedup"] = found
     with db.session_scope(engine) as session:
         if _selection_by_name(session, name) is not None:  # created meanwhile by someone else
             raise FusionError(f"a selection named {name!r} already exists; choose another name")

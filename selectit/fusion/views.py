@@ -34,6 +34,7 @@ from selectit.contract import (  # noqa: F401 - the defaults are part of this mo
     Formula,
     valid_name,
 )
+from selectit.fusion import dedup
 from selectit.fusion.console import READ_ONLY_MESSAGE, check_console_sql, run_sql, seal  # noqa: F401
 from selectit.fusion.coverage import (  # noqa: F401
     Coverage,
@@ -110,6 +111,7 @@ def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) ->
     con.execute(token_sql(max_scale, Formula(params.formula)))
     con.execute(views_sql(float(params.alpha), len(params.prompts), len(params.models), top))
     con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE, params)}")
+    dedup.define(con)  # near_duplicates: filled per dataset when a ranking dedups (or a query asks)
     # The parameters travel with the connection (and are visible to ad-hoc SQL).
     con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {sql_str(json.dumps(params.as_json()))}::JSON AS params")
 

@@ -43,7 +43,7 @@ from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interf
 )
 from selectit.io.records import canonical, content_hash, render_conversation  # noqa: F401 - re-exported
 from selectit.io.records import digest as _digest
-from selectit.store import db
+from selectit.store import db, signatures
 from selectit.store.db import is_postgres
 from selectit.store.schema import Dataset, Ingest, utcnow
 
@@ -76,6 +76,7 @@ class IngestResult:
     invalid: list[InvalidRecord] = field(default_factory=list)
     trailing: int = 0  # valid records whose turns after the last assistant turn were not rated
     first_trailing: int | None = None  # the record number of the first of them
+    signatures: int = 0  # near-duplicate signature cells computed (the new samples' only)
 
     @property
     def warning(self) -> str | None:
@@ -323,6 +324,8 @@ def ingest_file(
         result.duplicates = result.read - len(result.invalid) - result.new
         conn.execute(sa.update(Ingest).where(Ingest.id == ingest_id).values(
             format=records.format, layout=records.layout, n_read=result.read, n_new=result.new))
+    # After the commit: cheap cells of the samples that have none yet (docs/dedup.md).
+    result.signatures = signatures.fill(engine, dataset_id=dataset_id)
     return result
 
 

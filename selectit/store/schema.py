@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -322,3 +323,44 @@ class SelectionSample(Base):
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
     score: Mapped[float] = mapped_column(Float)
+
+
+class SignatureConfig(Base):
+    """One version of the near-duplicate signature producer: the MinHash library and its version,
+    the hash scheme, seed, n-gram, permutations and bands (`config`, JSON). A change of any of
+    them is a new row, and its signature cells are missing (`selectit.store.signatures`)."""
+
+    __tablename__ = "signature_configs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the canonical config JSON
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SampleSignature(Base):
+    """A signature cell: the MinHash signature of one sample's whole text under one config, with
+    the keys of its exact duplicates (`norm_key`: the normalised whole text) and of its prompt
+    (`prompt_key`: the normalised first user turn), both signed 64-bit hashes."""
+
+    __tablename__ = "sample_signatures"
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    config_id: Mapped[int] = mapped_column(ForeignKey("signature_configs.id"), primary_key=True)
+    norm_key: Mapped[int] = mapped_column(BigInteger)
+    prompt_key: Mapped[int] = mapped_column(BigInteger)
+    n_shingles: Mapped[int] = mapped_column(Integer)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)  # num_perm little-endian uint32
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SignatureBand(Base):
+    """LSH: one row per (config, band, bucket, sample); samples sharing a bucket in any band are
+    candidate near-duplicates (a DuckDB self-join, `selectit.fusion.dedup`)."""
+
+    __tablename__ = "signature_bands"
+
+    config_id: Mapped[int] = mapped_column(ForeignKey("signature_configs.id"), primary_key=True)
+    band: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
