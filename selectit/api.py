@@ -118,6 +118,7 @@ class RankSummary:
     n_chosen: int
     coverage: Coverage
     warning: str | None = None  # only part of the dataset is rankable
+    n_kept: int | None = None  # rankable samples left after the ranking's dedup and per-group cap
 
 
 @dataclass(frozen=True)
@@ -361,8 +362,9 @@ class Store:
             ranked = f.rank(dataset, require_complete=require_complete)
             head = selection.chosen_with_texts(f.con, criterion, limit=limit, columns=("instruction",))
             n_chosen = selection.count_chosen(f.con, criterion)
+            n_kept = selection.count_chosen(f.con)
         return RankSummary(dataset, ranked.params, criterion, head, ranked.n_rankable, n_chosen, ranked.coverage,
-                           ranked.warning)
+                           ranked.warning, n_kept)
 
     def rank(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
              top_n: int | None = None, min_score: float | None = None) -> pa.Table:
@@ -382,21 +384,33 @@ class Store:
 
     def select(self, name: str, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
                top_n: int | None = None, min_score: float | None = None, random: float | None = None,
-               seed: int = 0, by: str = "score", require_complete: bool = False) -> SelectionInfo:
+               seed: int = 0, by: str = "score", require_complete: bool = False, sql: str | None = None,
+               ids: Sequence[int] | str | os.PathLike[str] | None = None) -> SelectionInfo:
         """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%).
 
         Controls for ablations, from the same rankable samples and with the same size rules:
         ``random=0.2, seed=1`` draws 20% at random (the same ids on every store), and
         ``by="length", top=0.2`` keeps the 20% with the longest responses. A partly scored dataset
         gives a `warning`, or with `require_complete` an `IncompleteScoring` error (nothing frozen).
+        `sql` (a read-only query with a ``sample_id`` column) or `ids` (sample ids, or a file of
+        them, one a line) freeze exactly those samples, in that order; the params record the query.
         """
-        from selectit.fusion.selection import Control, Criterion, freeze_selection
+        from selectit.fusion.selection import Control, Criterion, Listed, freeze_selection, read_ids
         from selectit.fusion.views import FusionError
 
-        criterion: Criterion | Control
+        criterion: Criterion | Control | Listed
         if by not in ("score", "length"):
             raise FusionError(f"--by must be score or length, not {by!r}")
-        if random is not None:
+        if sql is not None or ids is not None:
+            if (top, top_n, min_score, random, by) != (None, None, None, None, "score"):
+                raise FusionError("--sql and --ids name the samples themselves: give them without --top, --top-n, "
+                                  "--min-score, --random or --by")
+            if isinstance(ids, (str, os.PathLike)):
+                listed_ids, source = read_ids(str(ids))
+                criterion = Listed(sql=sql, ids=listed_ids, source=source)
+            else:
+                criterion = Listed(sql=sql, ids=None if ids is None else tuple(int(i) for i in ids))
+        elif random is not None:
             if by != "score" or top is not None or top_n is not None or min_score is not None:
                 raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
                                   "--min-score or --by")

@@ -42,13 +42,19 @@ def score_everything(engine: sa.Engine, seed: int = 0) -> None:
     """One model and one prompt of the set `s` (K = 3); every sample gets an ok cell whose
     probabilities are drawn from its content hash, so ranks are fixed and ties are rare."""
     with session_scope(engine) as s:
-        llm = LLM(name="A", source="test", fingerprint="a" * 8, dtype="float32", n_params=100,
-                  label_ids={"shared-context": [1, 2, 3]}, max_tokens=512)
-        prompt = Prompt(set_name="s", position=0, layout="shared-context", template="Rate: ",
-                        text_hash="0" * 64, scale=3)
-        s.add_all([llm, prompt])
-        s.flush()
+        llm = s.scalars(sa.select(LLM).where(LLM.name == "A")).one_or_none()
+        prompt = s.scalars(sa.select(Prompt).where(Prompt.set_name == "s")).one_or_none()
+        if llm is None:
+            llm = LLM(name="A", source="test", fingerprint="a" * 8, dtype="float32", n_params=100,
+                      label_ids={"shared-context": [1, 2, 3]}, max_tokens=512)
+            prompt = Prompt(set_name="s", position=0, layout="shared-context", template="Rate: ",
+                            text_hash="0" * 64, scale=3)
+            s.add_all([llm, prompt])
+            s.flush()
+        scored = set(s.scalars(sa.select(Score.sample_id)))
         for sid, h in s.execute(sa.select(Sample.id, Sample.content_hash)).all():
+            if sid in scored:
+                continue
             rng = random.Random(f"{seed}:{h}")
             p = [rng.random() for _ in range(3)]
             s.add(Score(sample_id=sid, model_id=llm.id, prompt_id=prompt.id, p1=p[0], p2=p[1], p3=p[2],
@@ -288,3 +294,54 @@ def test_ranking_json_round_trip_keeps_the_dedup_choices() -> None:
     r = Ranking(dedup="near", jaccard=0.8, max_per_group=2, group_by="source")
     assert Ranking.from_json(r.as_json()) == r
     assert "dedup" not in Ranking().as_json()
+
+
+def test_select_dedup_through_the_cli_and_its_export_stays_byte_identical(cli, engine, tmp_path) -> None:
+    rng = random.Random(5)
+    records = demo()[:120]
+    write(tmp_path / "a.json", records + [variant(r, i % 5, rng) for i, r in enumerate(records[:40])])
+    assert cli("ingest", tmp_path / "a.json", "--dataset", "d").exit_code == 0
+    score_everything(engine)
+    out = cli("rank", "--dataset", "d", "--prompt-set", "s", "--dedup", "near", "--top", "0.5")
+    assert out.exit_code == 0, out.output
+    assert "kept after --dedup near: " in out.output and "of 159 rankable samples" in out.output
+    assert cli("select", "top", "--dataset", "d", "--prompt-set", "s", "--dedup", "near", "--top", "0.5").exit_code == 0
+    assert cli("export", "--selection", "top", "--out", tmp_path / "top.json").exit_code == 0
+    first = (tmp_path / "top.json").read_bytes()
+    # More near-copies arrive and are scored: the frozen selection exports the same bytes.
+    write(tmp_path / "b.json", [variant(r, (i + 1) % 5, rng) for i, r in enumerate(records[40:80])])
+    assert cli("ingest", tmp_path / "b.json", "--dataset", "d").exit_code == 0
+    score_everything(engine)
+    assert cli("export", "--selection", "top", "--out", tmp_path / "top.json").exit_code == 0
+    assert (tmp_path / "top.json").read_bytes() == first
+    again = cli("select", "top-2", "--dataset", "d", "--prompt-set", "s", "--dedup", "near", "--top", "0.5")
+    assert again.exit_code == 0 and "(top 0.5 share)" in again.output
+
+
+def test_select_freezes_a_query_or_a_file_of_ids_in_their_order(cli, engine, tmp_path) -> None:
+    write(tmp_path / "a.json", demo()[:40])
+    assert cli("ingest", tmp_path / "a.json", "--dataset", "d").exit_code == 0
+    score_everything(engine)
+    query = "SELECT sample_id FROM ranking WHERE dataset = 'd' ORDER BY rank DESC LIMIT 5"
+    out = cli("select", "worst", "--dataset", "d", "--prompt-set", "s", "--sql", query)
+    assert out.exit_code == 0, out.output
+    with selectit.open(url_of(engine)) as store:
+        worst = store.sql(query, ranking=Ranking(prompt_set="s")).column("sample_id").to_pylist()
+        frozen = store.selection("worst").to_pylist()
+        params = store.sql("SELECT params FROM store.selections WHERE name = 'worst'").to_pylist()[0]["params"]
+    params = json.loads(params) if isinstance(params, str) else params
+    assert [r["sample_id"] for r in frozen] == worst and [r["rank"] for r in frozen] == [1, 2, 3, 4, 5]
+    assert params["criterion"] == {"sql": query}
+    (tmp_path / "ids.txt").write_text(f"# picked by hand\n{worst[2]}\n\n{worst[0]}\n{worst[2]}\n")
+    assert cli("select", "picked", "--dataset", "d", "--prompt-set", "s", "--ids", tmp_path / "ids.txt").exit_code == 0
+    with selectit.open(url_of(engine)) as store:
+        assert store.selection("picked").column("sample_id").to_pylist() == [worst[2], worst[0]]
+    bad = cli("select", "x", "--dataset", "d", "--prompt-set", "s", "--sql", query, "--top", "0.2")
+    assert bad.exit_code != 0 and "--sql and --ids name the samples themselves" in bad.output
+    bad = cli("select", "x", "--dataset", "d", "--prompt-set", "s", "--sql", "SELECT 1 AS n")
+    assert bad.exit_code != 0 and "--sql must return a sample_id column; it returned: n" in bad.output
+    (tmp_path / "bad.txt").write_text("99999\n")
+    bad = cli("select", "x", "--dataset", "d", "--prompt-set", "s", "--ids", tmp_path / "bad.txt")
+    assert bad.exit_code != 0 and "1 of the 1 listed samples are not rankable samples of d" in bad.output
+    bad = cli("select", "x", "--dataset", "d", "--prompt-set", "s", "--sql", "DELETE FROM store.samples")
+    assert bad.exit_code != 0 and "Error:" in bad.output

@@ -216,6 +216,81 @@ def control_rows(con: duckdb.DuckDBPyConnection, control: Control) -> list[Ranke
 
 
 # --------------------------------------------------------------------------------------------
+# Listed selections: any query's samples, or a file of ids, frozen as given
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Listed:
+    """Samples named outright: the `sample_id` column of a read-only `sql` query (over the fusion
+    views and `store.*`, as `selectit sql` runs it), or `ids` read from the file `source`. They
+    are frozen in the order given (rank 1..), each with its S_model; a sample named twice counts
+    once. Every one must be a rankable sample of the dataset."""
+
+    sql: str | None = None
+    ids: tuple[int, ...] | None = None
+    source: str | None = None  # the ids' file: name and sha256, for the params
+
+    def __post_init__(self) -> None:
+        if (self.sql is None) == (self.ids is None):
+            raise FusionError("give either --sql QUERY or --ids FILE")
+        if self.sql is not None and not self.sql.strip():
+            raise FusionError("--sql is empty; write e.g. --sql \"SELECT sample_id FROM ranking WHERE …\"")
+
+    def describe(self) -> str:
+        return "the samples of the query" if self.sql is not None else f"the ids of {self.source or 'a list'}"
+
+    def as_json(self) -> dict[str, Any]:
+        if self.sql is not None:
+            return {"sql": self.sql}
+        return {"ids": {"source": self.source, "n": len(self.ids or ())}}
+
+
+def listed_rows(con: duckdb.DuckDBPyConnection, listed: Listed, dataset: str) -> list[RankedSample]:
+    """The listed samples in the order given, rank 1.. (after `rank_dataset`)."""
+    from selectit.fusion.console import run_sql
+
+    if listed.sql is not None:
+        columns, result = run_sql(con, listed.sql)
+        if "sample_id" not in columns:
+            raise FusionError(f"--sql must return a sample_id column; it returned: {', '.join(columns) or 'nothing'}")
+        at = columns.index("sample_id")
+        try:
+            ids = [int(r[at]) for r in result]
+        except (TypeError, ValueError):
+            raise FusionError("--sql's sample_id column must hold sample ids (whole numbers, no NULL)") from None
+    else:
+        ids = list(listed.ids or ())
+    ids = list(dict.fromkeys(ids))
+    ranked = {sid: (position, s_model) for sid, position, s_model in
+              con.execute("SELECT sample_id, position, s_model FROM ranking WHERE dataset_id = "
+                          f"{int(dataset_id(con, dataset))}").fetchall()}
+    missing = [i for i in ids if i not in ranked]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
+        raise FusionError(f"{len(missing)} of the {len(ids)} listed samples are not rankable samples of {dataset} "
+                          f"(not in it, or not fully scored): {shown}; check them with `selectit sql`")
+    return [RankedSample(i + 1, sid, *ranked[sid]) for i, sid in enumerate(ids)]
+
+
+def read_ids(path: str) -> tuple[tuple[int, ...], str]:
+    """The sample ids of a file (one per line; blank lines and `#` comments skipped) and its name and sha256."""
+    from pathlib import Path
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise FusionError(f"cannot read --ids {path}: {exc.strerror or exc}") from None
+    ids = []
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise FusionError(f"--ids {path}, line {number}: {text[:40]!r} is not a sample id (one whole number a line)")
+        ids.append(int(text))
+    return tuple(ids), f"{Path(path).name} (sha256 {hashlib.sha256(raw).hexdigest()})"
+
+
+# --------------------------------------------------------------------------------------------
 # Frozen selections and exports
 # --------------------------------------------------------------------------------------------
 def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
@@ -223,7 +298,7 @@ def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
 
 
 def freeze_selection(
-    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion | Control,
+    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion | Control | Listed,
     n_rankable: int,
 ) -> tuple[int, int, int]:
     """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable),
@@ -243,6 +318,8 @@ def freeze_selection(
             )
     if isinstance(criterion, Control):
         rows = control_rows(con, criterion)
+    elif isinstance(criterion, Listed):
+        rows = listed_rows(con, criterion, dataset)
     else:
         rows = chosen(con, criterion)
     params = params_of(con).as_json() | {
