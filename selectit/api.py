@@ -298,6 +298,14 @@ class Store:
             if bar is not None:
                 bar.close()
 
+    def embed(self, *, dataset: str | None = None, model: str | None = None) -> Any:
+        """Compute the missing embedding cells of `dataset` (the active `model`'s mean-pooled hidden
+        states; default the first active model) and grow `similar_pairs` new × all, for `--diverse`
+        (loads torch); a `selectit.scoring.embeddings.EmbedResult`."""
+        from selectit.scoring.embeddings import fill
+
+        return fill(self.engine, model=model, dataset=dataset)
+
     def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
              enqueue: bool = True) -> PlanResult:
         """Turn the missing cells into jobs and (with `enqueue`) send them to the workers' queues."""

@@ -57,6 +57,9 @@ class Ranking:
     #: ``id-prefix`` (the original id without its ``_<n>`` chunk suffix, ShareGPT's ``ZUkSe7V_0``) or a
     #: field of the ingested record (``source``, ``category``, …).
     group_by: str | None = None
+    #: Walk the ranking from the top and keep a sample unless its embedding's cosine to one kept
+    #: before is above τ (deita's greedy pass over `similar_pairs`; τ >= their floor, 0.8).
+    diverse: float | None = None
 
     def __post_init__(self) -> None:
         # Normalised here, so every Ranking in the package is valid and comparable.
@@ -77,6 +80,11 @@ class Ranking:
         if isinstance(jaccard, bool) or not (isinstance(jaccard, (int, float)) and 0 < jaccard <= 1):
             raise FusionError(f"--jaccard must be a similarity in (0, 1], e.g. 0.7; got {jaccard!r}")
         set_(self, "jaccard", float(jaccard))
+        if self.diverse is not None:
+            tau = self.diverse
+            if isinstance(tau, bool) or not (isinstance(tau, (int, float)) and 0 < tau <= 1):
+                raise FusionError(f"--diverse must be a cosine in (0, 1], e.g. 0.9; got {tau!r}")
+            set_(self, "diverse", float(tau))
         if (self.max_per_group is None) != (self.group_by is None):
             raise FusionError("--max-per-group N and --group-by COLUMN|id-prefix go together")
         if self.max_per_group is not None:
@@ -101,6 +109,8 @@ class Ranking:
             out |= {"dedup": self.dedup} | ({"jaccard": self.jaccard} if self.dedup == "near" else {})
         if self.max_per_group is not None:
             out |= {"max_per_group": self.max_per_group, "group_by": self.group_by}
+        if self.diverse is not None:
+            out |= {"diverse": self.diverse}
         return out
 
     @classmethod
@@ -109,12 +119,13 @@ class Ranking:
         return cls(models=raw.get("models"), weights=raw.get("weights"), prompt_set=raw.get("prompt_set"),
                    alpha=raw.get("alpha", DEFAULT_ALPHA), formula=raw.get("formula", DEFAULT_FORMULA.value),
                    dedup=raw.get("dedup"), jaccard=raw.get("jaccard", DEFAULT_JACCARD),
-                   max_per_group=raw.get("max_per_group"), group_by=raw.get("group_by"))
+                   max_per_group=raw.get("max_per_group"), group_by=raw.get("group_by"),
+                   diverse=raw.get("diverse"))
 
     @property
     def trims(self) -> bool:
-        """Whether anything is taken out of the ranking (dedup or a per-group cap)."""
-        return self.dedup is not None or self.max_per_group is not None
+        """Whether anything is taken out of the ranking (dedup, a per-group cap, diversity)."""
+        return self.dedup is not None or self.max_per_group is not None or self.diverse is not None
 
 
 def _weight_pairs(weights: Iterable[tuple[str, float]] | Mapping[str, float] | None) -> tuple[tuple[str, float], ...] | None:

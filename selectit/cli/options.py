@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def _fusion_options(func: F) -> F:
     """--models, --prompt-set, --alpha, --formula, --weights, --dedup, --jaccard, --max-per-group,
-    --group-by: how to rank, built here once into the command's one `ranking` argument (a
+    --group-by, --diverse: how to rank, built here once into the command's one `ranking` argument (a
     `selectit.Ranking`).
 
     Shared by rank, select, export, report, diagnose and sql; the defaults are `Ranking()`'s.
@@ -57,6 +57,9 @@ def _fusion_options(func: F) -> F:
         click.option("--group-by", default=None, metavar="COLUMN|id-prefix",
                      help="The groups of --max-per-group: a field of the ingested record, or id-prefix (the "
                           "original id without its _<n> chunk suffix, e.g. ShareGPT's ZUkSe7V_0)."),
+        click.option("--diverse", type=float, default=None, metavar="TAU",
+                     help="From the top, keep a sample unless its embedding's cosine to one kept is above TAU "
+                          "(>= 0.8; needs `selectit embed`)."),
     ]):
         with_ranking = option(with_ranking)
     return with_ranking  # type: ignore[return-value]
@@ -64,7 +67,7 @@ def _fusion_options(func: F) -> F:
 
 #: The options `_fusion_options` adds, gathered into the one `Ranking`.
 RANKING_OPTIONS = ("models", "prompt_set", "alpha", "formula", "weights", "dedup", "jaccard", "max_per_group",
-                   "group_by")
+                   "group_by", "diverse")
 
 
 @handles_errors

@@ -247,6 +247,8 @@ def _trims(ranking: Ranking) -> str:
     parts = [f"--dedup {ranking.dedup}"] if ranking.dedup else []
     if ranking.max_per_group is not None:
         parts.append(f"--max-per-group {ranking.max_per_group} --group-by {ranking.group_by}")
+    if ranking.diverse is not None:
+        parts.append(f"--diverse {ranking.diverse:g}")
     return ", ".join(parts)
 
 

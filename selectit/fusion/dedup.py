@@ -55,9 +55,9 @@ def _config_id(con: duckdb.DuckDBPyConnection) -> int | None:
 
 def near_groups(con: duckdb.DuckDBPyConnection, dataset_id: int, dataset: str, jaccard: float) -> int:
     """Group `dataset_id`'s samples into `dedup_groups` (once per connection); the number of groups."""
-    done = con.execute(f"SELECT info FROM dedup_info WHERE dataset_id = {int(dataset_id)}").fetchone()
-    if done is not None:
-        return int(json.loads(done[0])["groups"])
+    done = provenance(con, dataset_id) or {}
+    if "groups" in done:
+        return int(done["groups"])
     cfg = _config_id(con)
     n_samples = int(con.execute(
         f"SELECT count(*) FROM store.dataset_samples WHERE dataset_id = {int(dataset_id)}").fetchone()[0])
@@ -96,7 +96,7 @@ def near_groups(con: duckdb.DuckDBPyConnection, dataset_id: int, dataset: str, j
     info = {"signatures": default_config().as_json(), "jaccard": jaccard, "groups": n_groups,
             "grouped_samples": len(rows), "candidate_pairs": int(len(candidates["a"])), "near_pairs": len(near),
             "exact_pairs": len(exact)}
-    con.execute(f"INSERT INTO dedup_info VALUES ({int(dataset_id)}, {sql_str(json.dumps(info))})")
+    _note(con, dataset_id, info)
     return n_groups
 
 
@@ -155,9 +155,7 @@ def prompt_keys(con: duckdb.DuckDBPyConnection, dataset_id: int, dataset: str) -
         raise FusionError(f"{n_samples - n_signed} of {n_samples} samples of {dataset} have no prompt key yet; "
                           f"compute them with `selectit score --dataset {dataset}` (it fills the missing "
                           f"signatures first), then rank again")
-    info = {"signatures": default_config().as_json(), "prompt_key": "the normalised first user turn"}
-    con.execute(f"DELETE FROM dedup_info WHERE dataset_id = {int(dataset_id)}")
-    con.execute(f"INSERT INTO dedup_info VALUES ({int(dataset_id)}, {sql_str(json.dumps(info))})")
+    _note(con, dataset_id, {"signatures": default_config().as_json(), "prompt_key": "the normalised first user turn"})
 
 
 def group_key_sql(group_by: str) -> str:
@@ -189,8 +187,60 @@ def trimmed_sql(con: duckdb.DuckDBPyConnection, dataset_id: int, dataset: str) -
                f"JOIN store.dataset_samples ds ON ds.dataset_id = {int(dataset_id)} AND ds.sample_id = t.sample_id "
                f"QUALIFY {key} IS NULL OR row_number() OVER (PARTITION BY {key} ORDER BY t.rank) "
                f"<= {int(ranking.max_per_group)}")
+    if ranking.diverse is not None:
+        sql = diverse_sql(con, dataset_id, dataset, sql, ranking.diverse)
     return (f"SELECT row_number() OVER (ORDER BY rank) AS rank, sample_id, position, s_model "
             f"FROM ({sql}) ORDER BY rank")
+
+
+def _embedder(con: duckdb.DuckDBPyConnection, dataset_id: int, dataset: str) -> tuple[int, dict[str, Any]]:
+    """The newest embedder with a cell for every sample of the dataset: (id, config)."""
+    rows = con.execute(
+        "SELECT e.id, e.config, count(x.sample_id) FROM store.embedders e LEFT JOIN (SELECT ds.sample_id, "
+        "se.embedder_id FROM store.dataset_samples ds JOIN store.sample_embeddings se ON se.sample_id = ds.sample_id "
+        f"WHERE ds.dataset_id = {int(dataset_id)}) x ON x.embedder_id = e.id GROUP BY e.id, e.config "
+        "ORDER BY e.id DESC").fetchall()
+    n = int(con.execute(f"SELECT count(*) FROM store.dataset_samples WHERE dataset_id = {int(dataset_id)}").fetchone()[0])
+    for emb_id, config, cells in rows:
+        if int(cells) == n:
+            return int(emb_id), json.loads(config) if isinstance(config, str) else dict(config)
+    raise FusionError(f"--diverse needs an embedding of every sample of {dataset}; compute them with "
+                      f"`selectit embed --dataset {dataset}`")
+
+
+def diverse_sql(con: duckdb.DuckDBPyConnection, dataset_id: int, dataset: str, sql: str, tau: float) -> str:
+    """`sql` (a ranking) with deita's greedy pass: from the top, a sample is kept unless its
+    cosine to one kept before is above `tau` (the pairs come from `store.similar_pairs`)."""
+    emb_id, config = _embedder(con, dataset_id, dataset)
+    if tau < config["floor"]:
+        raise FusionError(f"--diverse {tau:g} is below the floor of the stored similar pairs ({config['floor']:g}); "
+                          f"give a τ >= {config['floor']:g}")
+    order = [int(r[0]) for r in con.execute(f"SELECT sample_id FROM ({sql}) ORDER BY rank").fetchall()]
+    near: dict[int, list[int]] = {}
+    members = f"(SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(dataset_id)})"
+    for a, b in con.execute(f"SELECT sample_a, sample_b FROM store.similar_pairs WHERE embedder_id = {emb_id} "
+                            f"AND cosine > {float(tau)!r} AND sample_a IN {members} AND sample_b IN {members}"
+                            ).fetchall():
+        near.setdefault(int(a), []).append(int(b))
+        near.setdefault(int(b), []).append(int(a))
+    kept: set[int] = set()
+    for sid in order:
+        if not any(other in kept for other in near.get(sid, ())):
+            kept.add(sid)
+    import pyarrow as pa
+
+    con.register("_diverse_rows", pa.table({"sample_id": sorted(kept)}))
+    con.execute("CREATE OR REPLACE TEMP TABLE _diverse_kept AS SELECT sample_id FROM _diverse_rows")
+    con.unregister("_diverse_rows")
+    _note(con, dataset_id, {"diverse": {"tau": tau, "embedder": config, "kept": len(kept), "dropped": len(order) - len(kept)}})
+    return f"SELECT t.* FROM ({sql}) t SEMI JOIN _diverse_kept k ON k.sample_id = t.sample_id"
+
+
+def _note(con: duckdb.DuckDBPyConnection, dataset_id: int, info: dict[str, Any]) -> None:
+    """Merge `info` into the dataset's `dedup_info` row."""
+    old = provenance(con, dataset_id) or {}
+    con.execute(f"DELETE FROM dedup_info WHERE dataset_id = {int(dataset_id)}")
+    con.execute(f"INSERT INTO dedup_info VALUES ({int(dataset_id)}, {sql_str(json.dumps(old | info))})")
 
 
 def provenance(con: duckdb.DuckDBPyConnection, dataset_id: int) -> dict[str, Any] | None:

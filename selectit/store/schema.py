@@ -364,3 +364,39 @@ class SignatureBand(Base):
     band: Mapped[int] = mapped_column(Integer, primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Embedder(Base):
+    """One version of the embedding producer: the rater model version whose hidden states are
+    mean-pooled, the pooling, the token limit and the floor of `similar_pairs` (`config`, JSON)."""
+
+    __tablename__ = "embedders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SampleEmbedding(Base):
+    """An embedding cell: one sample's L2-normalised vector under one embedder (float32 bytes)."""
+
+    __tablename__ = "sample_embeddings"
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    embedder_id: Mapped[int] = mapped_column(ForeignKey("embedders.id"), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SimilarPair(Base):
+    """A pairwise fact: two samples whose embeddings have cosine >= the embedder's floor
+    (`sample_a` < `sample_b`), grown new × all as embeddings are added."""
+
+    __tablename__ = "similar_pairs"
+
+    embedder_id: Mapped[int] = mapped_column(ForeignKey("embedders.id"), primary_key=True)
+    sample_a: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_b: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cosine: Mapped[float] = mapped_column(Float)
