@@ -96,6 +96,7 @@ class StoreStatus:
     control_ticks: list[TickRow] = field(default_factory=list)  # the fleet's clock: last run of each tick
     models: list[ModelProgress] = field(default_factory=list)  # per model version: rates and ETA
     dataset: str | None = None  # the dataset the counts are of (None: every dataset)
+    signatures: tuple[int, int] = (0, 0)  # near-duplicate signature cells: (stored, samples without one)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,10 @@ class Store:
         left = self.time_left({m.model_id: m.missing for m in models})
         models = [dataclasses.replace(m, eta=duration(m.eta_seconds) if m.eta_seconds is not None else "–",
                                       time_left=left[m.model_id]) for m in models]
-        return StoreStatus(per_dataset, total, rows, tick_rows(self.engine), models, dataset)
+        from selectit.store import signatures
+
+        return StoreStatus(per_dataset, total, rows, tick_rows(self.engine), models, dataset,
+                           signatures.count(self.engine, dataset))
 
     # -- models and prompts -----------------------------------------------------------------
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,
@@ -522,9 +526,11 @@ class Store:
 
         with self._fusion(ranking) as f:
             rows = health.diagnose(f.con, dataset)
+            near = health.near_duplicate_warning(f.con, dataset)  # on the fusion row
         found = health.judge(rows)
         for r in rows:
-            r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
+            r["warning"] = "\n".join([w.text for w in found if r["level"] != "prompt" and w.model == r["model"]]
+                                     + ([near] if near and r["level"] == "fusion" else []))
         columns = [*health.COLUMNS, "warning"]
         return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
 

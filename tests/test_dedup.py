@@ -172,7 +172,7 @@ def test_adding_ten_percent_computes_only_the_new_samples_signatures(engine, tmp
     assert first.signatures == first.new_samples and second.signatures == second.new_samples > 0
     assert again.signatures == 0 and n_cells == n_samples == first.new_samples + second.new_samples
     assert n_bands == n_samples * signatures.BANDS
-    assert signatures.count(engine) == (n_samples, 0)
+    assert signatures.count(engine) == signatures.count(engine, "d") == (n_samples, 0)
 
 
 def test_a_new_config_means_new_cells_never_a_mix(engine, tmp_path) -> None:
@@ -345,3 +345,37 @@ def test_select_freezes_a_query_or_a_file_of_ids_in_their_order(cli, engine, tmp
     assert bad.exit_code != 0 and "1 of the 1 listed samples are not rankable samples of d" in bad.output
     bad = cli("select", "x", "--dataset", "d", "--prompt-set", "s", "--sql", "DELETE FROM store.samples")
     assert bad.exit_code != 0 and "Error:" in bad.output
+
+
+def test_diagnose_and_status_say_when_near_copies_fill_the_top(cli, engine, tmp_path) -> None:
+    rng = random.Random(2)
+    records = demo()[:30]  # 25 of them with 5 near-copies each: 9 of the top 31 have a better-ranked copy
+    write(tmp_path / "a.json", records + [variant(r, k, rng) for r in records[:25] for k in range(5)])
+    assert cli("ingest", tmp_path / "a.json", "--dataset", "d").exit_code == 0
+    score_everything(engine)
+    out = cli("diagnose", "--dataset", "d", "--prompt-set", "s", "--models", "A")
+    assert out.exit_code == 0 and "warning: near-duplicates fill " in out.output, out.output
+    assert "keep one of each with --dedup near (docs/dedup.md)" in out.output
+    out = cli("rank", "--dataset", "d", "--prompt-set", "s")
+    assert "warning: near-duplicates fill " in out.output
+    out = cli("rank", "--dataset", "d", "--prompt-set", "s", "--dedup", "near")
+    assert out.exit_code == 0 and "near-duplicates fill" not in out.output
+    out = cli("diagnose", "--dataset", "d", "--prompt-set", "s", "--format", "json")
+    assert json.loads(out.output)["thresholds"]["near_duplicate_top_share"] == 0.1
+    out = cli("status")
+    assert out.exit_code == 0 and "near-duplicate signatures: " in out.output and "without one" not in out.output
+
+
+def test_the_report_has_a_near_duplicates_section(cli, engine, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    rng = random.Random(2)
+    records = demo()[:30]
+    write(tmp_path / "a.json", records + [variant(r, k, rng) for r in records[:25] for k in range(5)])
+    assert cli("ingest", tmp_path / "a.json", "--dataset", "d").exit_code == 0
+    score_everything(engine)
+    out = cli("report", "--dataset", "d", "--prompt-set", "s", "--out", tmp_path / "report")
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Near-duplicates" in page and "Warning: near-duplicates fill 29% of the top 20% of d" in page
+    with (tmp_path / "report" / "near_duplicates_summary.csv").open(encoding="utf-8") as f:
+        assert f.read().splitlines() == ["groups,samples in groups,samples --dedup near leaves out", "25,145,120"]

@@ -151,6 +151,7 @@ def build_report(
         d = gather(con, dataset)
         health_section = sections_.health_section(con, dataset)
         controls_section = sections_.controls_section(con, d, top)
+        near_section = sections_.near_duplicates_section(con, dataset, top)
     finally:
         con.close()
 
@@ -167,7 +168,7 @@ def build_report(
             if progress:
                 progress(sec.title)
             sections.append(sec)
-        sections.append(controls_section)
+        sections += [near_section, controls_section]
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
             ("dataset", f"{d.dataset} ({d.n_samples} samples)"),

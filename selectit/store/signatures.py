@@ -226,12 +226,14 @@ def _write(conn: Connection, cfg_id: int, config: MinHashConfig, ids: list[int])
     return len(new)
 
 
-def count(engine: Engine, dataset_id: int | None = None, config: MinHashConfig | None = None) -> tuple[int, int]:
+def count(engine: Engine, dataset: str | None = None, config: MinHashConfig | None = None) -> tuple[int, int]:
     """(signature cells stored under `config`, samples without one) — of the dataset or of every sample."""
     config = config or default_config()
     with engine.connect() as conn:
         cfg_id = find_config_id(conn, config)
-        where = "" if dataset_id is None else " WHERE id IN (SELECT sample_id FROM dataset_samples WHERE dataset_id = :d)"
+        dataset_id = None if dataset is None else conn.execute(
+            sa.text("SELECT id FROM datasets WHERE name = :n"), {"n": dataset}).scalar()
+        where = "" if dataset is None else " WHERE id IN (SELECT sample_id FROM dataset_samples WHERE dataset_id = :d)"
         total = int(conn.execute(sa.text("SELECT count(*) FROM samples" + where), {"d": dataset_id}).scalar_one())
         if cfg_id is None:
             return 0, total
