@@ -45,13 +45,14 @@ def upgrade() -> None:
     )
     op.create_table(
         "signature_bands",
+        sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("config_id", sa.Integer(), nullable=False),
         sa.Column("band", sa.Integer(), nullable=False),
         sa.Column("bucket", sa.BigInteger(), nullable=False),
         sa.Column("sample_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["config_id"], ["signature_configs.id"],
                                 name="fk_signature_bands_config_id_signature_configs"),
-        sa.PrimaryKeyConstraint("config_id", "band", "bucket", "sample_id", name="pk_signature_bands"),
+        sa.PrimaryKeyConstraint("id", name="pk_signature_bands"),
     )
     op.create_table(
         "embedders",

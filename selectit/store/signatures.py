@@ -35,14 +35,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from selectit.store.schema import SampleSignature, SignatureBand, SignatureConfig, utcnow
+from selectit.store.schema import SampleSignature, SignatureConfig, utcnow
 
 #: Defaults (docs/dedup.md): word 5-grams, 128 permutations in 32 bands of 4 rows — a pair of
 #: Jaccard 0.7 shares a bucket with probability 1 − (1 − 0.7⁴)³² ≈ 0.9998, one of 0.3 with 0.23;
 #: every candidate is then checked against the estimated Jaccard (`Ranking.jaccard`, 0.7).
 NGRAM, NUM_PERM, BANDS, SEED = 5, 128, 32, 1
 #: Bump when `normalise`, `shingles` or the keys change: the config, hence the cells, change with it.
-SCHEME = "nfkc-casefold-punct-space/word-ngrams/blake2b64-keys/v1"
+SCHEME = "nfkc-casefold-punct-space/word-ngrams/blake2b64-keys/multiply-xor-band-buckets/v1"
 _ROLE_LINE = re.compile(r"^(System|User|Assistant|Tool): ", re.MULTILINE)
 _PUNCT = re.compile(r"[^\w\s]|_")
 #: Samples per transaction of `fill` (a sample is 1 signature row and BANDS band rows).
@@ -61,6 +61,10 @@ class MinHashConfig:
     num_perm: int = NUM_PERM
     bands: int = BANDS
     seed: int = SEED
+
+    def __post_init__(self) -> None:
+        if self.num_perm % self.bands or (self.num_perm // self.bands) % 2:
+            raise ValueError(f"{self.num_perm} permutations do not make {self.bands} bands of an even number of rows")
 
     @property
     def rows(self) -> int:
@@ -98,7 +102,7 @@ def shingles(norm: str, ngram: int) -> list[str]:
     words = norm.split()
     if len(words) < ngram:
         return [norm]
-    return list(dict.fromkeys(" ".join(words[i:i + ngram]) for i in range(len(words) - ngram + 1)))
+    return list(set(map(" ".join, zip(*(words[i:] for i in range(ngram))))))  # MinHash ignores the order
 
 
 def whole_text(instruction: str, input_: str, output: str) -> str:
@@ -122,25 +126,36 @@ def key64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def band_buckets(signature: Any, config: MinHashConfig) -> list[int]:
-    """The bucket of each band: blake2b-64 of the band's `rows` uint32 values (little-endian)."""
-    raw, width = signature.astype("<u4").tobytes(), 4 * config.rows
-    return [int.from_bytes(hashlib.blake2b(raw[b * width:(b + 1) * width], digest_size=8).digest(), "little",
-                           signed=True) for b in range(config.bands)]
+#: Odd 64-bit multipliers of the band hash (splitmix64's and two of its mixing constants).
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
+
+
+def band_buckets(sigs: Any, config: MinHashConfig) -> Any:
+    """The bucket of each band of each signature, a (samples, bands) int64 array: the band's
+    `rows` uint32 values taken two at a time as uint64 words, each multiplied by its own odd
+    constant, XOR-ed (wrapping arithmetic; a collision only adds a candidate, which is verified)."""
+    import numpy as np
+
+    words = sigs.astype(np.uint64).reshape(len(sigs), config.bands, -1, 2)  # [sample, band, word, half]
+    words = words[..., 0] | (words[..., 1] << np.uint64(32))  # [sample, band, word]
+    out = np.zeros(words.shape[:2], dtype=np.uint64)
+    for j in range(words.shape[2]):
+        out ^= words[..., j] * np.uint64(_MIX[j % len(_MIX)])
+    return out.view(np.int64)
 
 
 def signatures(texts: Sequence[str], config: MinHashConfig) -> Any:
     """MinHash signatures of `texts` as a (len(texts), num_perm) uint32 array."""
+    return _signed([shingles(normalise(t), config.ngram) for t in texts], config)
+
+
+def _signed(sets: Sequence[list[str]], config: MinHashConfig) -> Any:
     import numpy as np
     import rensa
 
-    sets = [shingles(normalise(t), config.ngram) for t in texts]
-    out = np.empty((len(texts), config.num_perm), dtype=np.uint32)  # [sample, permutation]
-    for i, tokens in enumerate(sets):
-        m = rensa.RMinHash(config.num_perm, config.seed)
-        m.update(tokens)
-        out[i] = m.digest()
-    return out
+    # One call for the batch: the same digests as RMinHash(num_perm, seed).update(tokens), one by one.
+    return np.array(rensa.RMinHash.digests_from_token_sets(sets, config.num_perm, config.seed),
+                    dtype=np.uint32).reshape(len(sets), config.num_perm)  # [sample, permutation]
 
 
 def decode(blob: bytes) -> Any:
@@ -201,28 +216,28 @@ def _write(conn: Connection, cfg_id: int, config: MinHashConfig, ids: list[int])
     """Compute and insert the cells of `ids` (one transaction); how many were new."""
     rows = conn.execute(sa.text("SELECT id, instruction, input, output FROM samples WHERE id IN "
                                 f"({', '.join(str(int(i)) for i in ids)}) ORDER BY id")).all()
-    texts = [whole_text(r[1], r[2] or "", r[3]) for r in rows]
-    sigs = signatures(texts, config)
+    norms = [normalise(whole_text(r[1], r[2] or "", r[3])) for r in rows]
+    sets = [shingles(norm, config.ngram) for norm in norms]
+    sigs = _signed(sets, config)
     now = utcnow()
-    cells, bands = [], []
-    for (sid, instruction, input_, _), text, sig in zip(rows, texts, sigs):
-        norm = normalise(text)
-        cells.append({"sample_id": sid, "config_id": cfg_id, "norm_key": key64(norm),
-                      "prompt_key": key64(normalise(first_user_turn(instruction, input_ or ""))),
-                      "n_shingles": len(shingles(norm, config.ngram)), "signature": sig.astype("<u4").tobytes(),
-                      "created_at": now})
-        bands += [{"config_id": cfg_id, "band": b, "bucket": bucket, "sample_id": sid}
-                  for b, bucket in enumerate(band_buckets(sig, config))]
+    cells = [{"sample_id": sid, "config_id": cfg_id, "norm_key": key64(norm),
+              "prompt_key": key64(normalise(first_user_turn(instruction, input_ or ""))),
+              "n_shingles": len(tokens), "signature": sig.astype("<u4").tobytes(), "created_at": now}
+             for (sid, instruction, input_, _), norm, tokens, sig in zip(rows, norms, sets, sigs)]
     if not cells:
         return 0
-    dialect = postgresql if conn.engine.dialect.name == "postgresql" else sqlite
+    postgres = conn.engine.dialect.name == "postgresql"
     table = SampleSignature.__table__
     # RETURNING tells which cells were new (rowcount of an executemany is -1 on psycopg).
-    new = {r[0] for r in conn.execute(dialect.insert(table).on_conflict_do_nothing().returning(table.c.sample_id),
-                                      cells)}
-    bands = [b for b in bands if b["sample_id"] in new]
-    if bands:
-        conn.execute(dialect.insert(SignatureBand.__table__).on_conflict_do_nothing(), bands)
+    new = {r[0] for r in conn.execute((postgresql if postgres else sqlite).insert(table).on_conflict_do_nothing()
+                                      .returning(table.c.sample_id), cells)}
+    buckets = band_buckets(sigs, config).tolist()  # [sample, band]
+    bands = [(cfg_id, b, bucket, sid) for (sid, *_), row in zip(rows, buckets) if sid in new
+             for b, bucket in enumerate(row)]
+    if bands:  # BANDS rows a sample: straight to the driver, past SQLAlchemy's per-row work
+        mark = "%s" if postgres else "?"
+        conn.exec_driver_sql(f"INSERT INTO signature_bands (config_id, band, bucket, sample_id) VALUES "
+                             f"({mark}, {mark}, {mark}, {mark})", bands)
     return len(new)
 
 
