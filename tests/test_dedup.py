@@ -356,9 +356,7 @@ def test_diagnose_and_status_say_when_near_copies_fill_the_top(cli, engine, tmp_
     out = cli("diagnose", "--dataset", "d", "--prompt-set", "s", "--models", "A")
     assert out.exit_code == 0 and "warning: near-duplicates fill " in out.output, out.output
     assert "keep one of each with --dedup near (docs/dedup.md)" in out.output
-    out = cli("rank", "--dataset", "d", "--prompt-set", "s")
-    assert "warning: near-duplicates fill " in out.output
-    out = cli("rank", "--dataset", "d", "--prompt-set", "s", "--dedup", "near")
+    out = cli("diagnose", "--dataset", "d", "--prompt-set", "s", "--dedup", "near")
     assert out.exit_code == 0 and "near-duplicates fill" not in out.output
     out = cli("diagnose", "--dataset", "d", "--prompt-set", "s", "--format", "json")
     assert json.loads(out.output)["thresholds"]["near_duplicate_top_share"] == 0.1

@@ -164,12 +164,11 @@ def store_words(db_url: str | None, sets: Iterable[str]) -> dict[tuple[str, str]
 
 
 def warnings_for(db_url: str | None, dataset: str, ranking: Ranking) -> list[str]:
-    """The warning lines for `dataset` under `ranking` (the raters', then the near-duplicates')."""
+    """The warning lines for `dataset` under `ranking` (the near-duplicate check is `diagnose`'s
+    and the report's only: grouping a large dataset costs seconds that rank and export need not pay)."""
     con = fusion.connect(db_url, ranking)
     try:
-        lines = [w.text for w in judge(diagnose(con, dataset, prompts=False))]
-        near = near_duplicate_warning(con, dataset)
-        return lines + ([near] if near else [])
+        return [w.text for w in judge(diagnose(con, dataset, prompts=False))]
     finally:
         con.close()
 
