@@ -377,3 +377,22 @@ def test_the_report_has_a_near_duplicates_section(cli, engine, tmp_path) -> None
     assert "Near-duplicates" in page and "Warning: near-duplicates fill 29% of the top 20% of d" in page
     with (tmp_path / "report" / "near_duplicates_summary.csv").open(encoding="utf-8") as f:
         assert f.read().splitlines() == ["groups,samples in groups,samples --dedup near leaves out", "25,145,120"]
+
+
+def test_max_per_group_by_a_field_of_the_record_and_a_missing_field_is_a_group_of_its_own(engine, tmp_path) -> None:
+    records = [{"instruction": f"Task number {i}.", "input": "", "output": f"Answer {i}.",
+                **({"source": "web" if i % 3 else "book"} if i < 12 else {})} for i in range(15)]
+    with selectit.open(url_of(engine)) as store:
+        store.ingest(write(tmp_path / "a.json", records), "d")
+        score_everything(engine)
+        plain = store.rank("d", ranking=Ranking(prompt_set="s")).to_pylist()
+        capped = store.rank("d", ranking=Ranking(prompt_set="s", max_per_group=2, group_by="source")).to_pylist()
+    source = {r["sample_id"]: records[r["position"]].get("source") for r in plain}
+    count: dict[str | None, int] = {}
+    expected = []
+    for r in plain:
+        key = source[r["sample_id"]]
+        count[key] = count.get(key, 0) + 1
+        if key is None or count[key] <= 2:
+            expected.append(r["sample_id"])
+    assert [r["sample_id"] for r in capped] == expected and len(expected) == 2 + 2 + 3
