@@ -320,7 +320,7 @@ def run_vllm(m32, m16, ref_reqs: list[RatingRequest], shared_reqs: list[RatingRe
         print("(vLLM is not installed here: run with .venv-vllm/bin/python for the vLLM lines)")
         return None
     t0 = time.perf_counter()
-    opts = EngineOptions(engine="vllm", vllm_args=vllm_args)
+    opts = EngineOptions.of(engine="vllm", vllm_args=vllm_args).vllm
     v32 = load_vllm_scorer(m32, opts)
     load = time.perf_counter() - t0
     v32.score(ref_reqs[:1])  # warm-up, not timed

@@ -3,7 +3,7 @@
 
 Builds a SQLite store at head with N samples × 5 prompts × 1 model of ok cells, scored one per
 second back from now (so the last ten minutes hold 600 samples' cells), then times, best of 3:
-the recent-cells count (`selectit.fusion.status.recent_cells`) with the 0010 index and with the
+the recent-cells count (`selectit.jobs.counts.recent_cells`) with the 0010 index and with the
 index it replaced (`status` alone), the per-engine count, and the whole `Store.status()`.
 
     python benchmarks/status.py                    # 200k samples: 1M score rows
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 import selectit
 from selectit.contract import CellStatus
-from selectit.fusion.status import recent_cells
+from selectit.jobs.counts import recent_cells
 from selectit.store import db
 from selectit.store.schema import Prompt, Score, utcnow
 

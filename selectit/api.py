@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 
     from selectit.fusion.selection import Criterion
     from selectit.fusion.session import Fusion
-    from selectit.fusion.status import ModelProgress, StatusRow, TickRow
+    from selectit.jobs.ticks import TickRow
+    from selectit.status import ModelProgress, StatusRow
     from selectit.fusion.views import Coverage, Params
     from selectit.io.export import ExportResult
     from selectit.io.ingest import IngestResult
-    from selectit.io.report import ReportResult
+    from selectit.report.build import ReportResult
     from selectit.scoring.engines import EngineOptions
     from selectit.store.schema import LLM
 
@@ -150,11 +151,17 @@ class Store:
     commands, plain values in and tables out.
     """
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        self.url = url
-        #: The runner's and planner's knobs, read from the environment once, here.
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None,
+                 engine_options: EngineOptions | None = None) -> None:
+        from selectit.scoring.engines import EngineOptions
+
+        # The configuration, resolved once here (what is not given comes from the environment)
+        # and passed down as values: the database URL, the runner's knobs, the engine options.
+        db.check_url(url)
+        self.url: str = db.resolve_url(url)
         self.settings = settings or Settings.from_env()
-        self.engine: Engine = db.open_store(url)
+        self.engine_options = engine_options or EngineOptions.from_env()
+        self.engine: Engine = db.open_store(self.url)
 
     # -- context manager --------------------------------------------------------------------
     def close(self) -> None:
@@ -208,7 +215,8 @@ class Store:
         """
         import dataclasses
 
-        from selectit.fusion.status import model_progress, status_rows, tick_rows
+        from selectit.jobs.ticks import tick_rows
+        from selectit.status import model_progress, status_rows
         from selectit.io.ingest import sample_counts
         from selectit.jobs.estimate import duration
 
@@ -279,13 +287,21 @@ class Store:
 
     # -- scoring ----------------------------------------------------------------------------
     def score(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
-              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None) -> Any:
+              progress: Any = None, batch_size: int | None = None, engine: EngineOptions | None = None,
+              retry_failed: bool = False) -> Any:
         """Score the missing cells in this process (loads torch); a `ScoreSummary` of what was done.
+
+        Every model needed is loaded before any job is claimed: one that cannot be (a missing API
+        key, an unreachable server) raises `selectit.errors.ModelLoadError` and charges no cell.
+        A failed cell is retried by later runs up to `Settings.max_cell_attempts` times; then it
+        stays failed (the summary's `exhausted`) until `retry_failed=True` gives the scope's failed
+        cells their attempts back. The summary's `failed` counts the cells this run left failed,
+        `left_failed` those of the scope still failed as it ends.
 
         `progress`: ``True`` for a progress bar that suits notebooks and terminals (tqdm.auto), or
         a `selectit.jobs.runner.ScoreProgress` (``start``, ``computed``, ``advance``, ``note``, ``loading``; the
         CLI passes its own bar).
-        `engine`: the scoring engine and its options (default: ``$SELECTIT_ENGINE`` and friends).
+        `engine`: the scoring engine and its options (default: the store's, ``$SELECTIT_ENGINE`` and friends).
 
             >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
@@ -296,8 +312,9 @@ class Store:
         bar = TqdmProgress() if progress is True else None
         try:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
-                                    progress=bar or progress, batch_size=batch_size, engine_options=engine,
-                                    settings=self.settings)
+                                    progress=bar or progress, batch_size=batch_size,
+                                    engine_options=engine or self.engine_options,
+                                    retry_failed=retry_failed, settings=self.settings)
         finally:
             if bar is not None:
                 bar.close()
@@ -334,21 +351,22 @@ class Store:
     def estimate(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
                  engine: str | None = None, tokenizer: bool = True) -> list[Any]:
         """What scoring the missing cells would cost, per model version (`selectit.jobs.estimate.Estimate`):
-        cells, prompt tokens (tokenizer, or estimated from characters), forwards, and a time from
-        the rate recorded for `engine` (default $SELECTIT_ENGINE, else torch). Writes nothing."""
+        cells, prompt tokens (tokenizer, or estimated from characters; at most the model's context
+        per cell), forwards, and a time from the rate recorded for `engine` (default the store's,
+        $SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai engine's). Writes nothing."""
         from selectit.jobs.estimate import estimate
-        from selectit.scoring.engines import EngineOptions
 
         return estimate(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
-                        scoring_engine=engine or EngineOptions.from_env().engine, tokenizer=tokenizer)
+                        scoring_engine=engine or self.engine_options.engine, tokenizer=tokenizer,
+                        settings=self.settings)
 
     def time_left(self, missing: dict[int, int]) -> dict[int, str]:
         """model version id → how long its `missing` cells take at the rate recorded for
-        $SELECTIT_ENGINE (else torch); "–" without a record (`selectit status`)."""
+        the store's engine ($SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai
+        engine); "–" without a record (`selectit status`)."""
         from selectit.jobs.estimate import time_left
-        from selectit.scoring.engines import EngineOptions
 
-        return time_left(self.engine, missing, EngineOptions.from_env().engine)
+        return time_left(self.engine, missing, self.engine_options.engine)
 
     # -- fusion -----------------------------------------------------------------------------
     # Every ranked method takes one `Ranking` (models, θ, prompt set, α, formula; default
@@ -407,32 +425,10 @@ class Store:
         `sql` (a read-only query with a ``sample_id`` column) or `ids` (sample ids, or a file of
         them, one a line) freeze exactly those samples, in that order; the params record the query.
         """
-        from selectit.fusion.selection import Control, Criterion, Listed, freeze_selection, read_ids
-        from selectit.fusion.views import FusionError
+        from selectit.fusion.selection import criterion_for, freeze_selection
 
-        criterion: Criterion | Control | Listed
-        if by not in ("score", "length"):
-            raise FusionError(f"--by must be score or length, not {by!r}")
-        if sql is not None or ids is not None:
-            if (top, top_n, min_score, random, by) != (None, None, None, None, "score"):
-                raise FusionError("--sql and --ids name the samples themselves: give them without --top, --top-n, "
-                                  "--min-score, --random or --by")
-            if isinstance(ids, (str, os.PathLike)):
-                listed_ids, source = read_ids(str(ids))
-                criterion = Listed(sql=sql, ids=listed_ids, source=source)
-            else:
-                criterion = Listed(sql=sql, ids=None if ids is None else tuple(int(i) for i in ids))
-        elif random is not None:
-            if by != "score" or top is not None or top_n is not None or min_score is not None:
-                raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
-                                  "--min-score or --by")
-            criterion = Control("random", top=random, seed=seed)
-        elif by == "length":
-            if min_score is not None:
-                raise FusionError("--by length keeps the longest responses: give --top or --top-n, not --min-score")
-            criterion = Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
-        else:
-            criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
+        criterion = criterion_for(top=top, top_n=top_n, min_score=min_score, random=random, seed=seed, by=by,
+                                  sql=sql, ids=ids)
         with self._fusion(ranking) as f:
             ranked = f.rank(dataset, require_complete=require_complete)
             selection_id, n, n_rankable = freeze_selection(self.engine, f.con, name, dataset, criterion,
@@ -556,7 +552,7 @@ class Store:
 
         A rerun replaces only the files the previous report wrote there (its manifest lists them).
         """
-        from selectit.io.report import build_report
+        from selectit.report.build import build_report
 
         return build_report(self.url, dataset, out, _ranking(ranking), top=top)
 

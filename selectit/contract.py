@@ -18,6 +18,7 @@ The engine contract (`ScoringEngine`: `score(requests)`, `close()`, `engine`, `e
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from abc import ABC, abstractmethod
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from selectit.errors import SelectitError
+from selectit.errors import BadInput, SelectitError
 
 
 class JobStatus(StrEnum):
@@ -90,15 +91,29 @@ MAX_NAME = 200
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def _look_alike(c: str) -> str:
+    """What `c` is when a name holding it prints like another name ("" when it is fine): an
+    invisible format character (Unicode Cf: U+200B, U+00AD, U+FEFF, …) or a space other than
+    U+0020 (Zs such as U+00A0, U+3000, and any other whitespace)."""
+    if unicodedata.category(c) == "Cf":
+        return "invisible format character"
+    if c != " " and (c.isspace() or unicodedata.category(c) == "Zs"):
+        return "space character"
+    return ""
+
+
 def valid_name(value: str, what: str) -> str:
     """`value` in Unicode NFC, or an error: a name is one non-empty line of printable text.
 
     NFC makes `café` typed on any keyboard one name; a line break would forge extra rows in
-    every listing, so control characters are refused.
+    every listing, so control characters are refused; so are invisible format characters and
+    spaces other than ' ', with which two names would print alike.
 
     >>> valid_name("cafe\u0301", "dataset") == "caf\u00e9"
     True
     """
+    if not isinstance(value, str):  # from the Python API: normalize() would raise a bare TypeError
+        raise InvalidNameError(f"the {what} name must be a string; got {value!r}")
     name = unicodedata.normalize("NFC", value)
     if not name.strip():
         raise InvalidNameError(f"the {what} name is empty; give a name such as 'alpaca-v1'")
@@ -113,9 +128,28 @@ def valid_name(value: str, what: str) -> str:
     if all(unicodedata.category(c) in ("Cf", "Zs", "Mn") for c in name):
         raise InvalidNameError(f"the {what} name {name!r} shows nothing (only invisible characters); "
                                f"give a name such as 'alpaca-v1'")
+    found = next(((i, c, kind) for i, c in enumerate(name, 1) if (kind := _look_alike(c))), None)
+    if found is not None:  # `a\u200bb` and `ab` would print alike in every listing, yet be two names
+        i, c, kind = found
+        raise InvalidNameError(f"the {what} name {name!r} holds the {kind} U+{ord(c):04X} "
+                               f"({unicodedata.name(c, 'unnamed')}) at position {i}; it would print like "
+                               f"another name: use visible characters and plain spaces")
     if len(name) > MAX_NAME:
         raise InvalidNameError(f"the {what} name is {len(name)} characters long; use at most {MAX_NAME}")
     return name
+
+
+def valid_path(value: Any, option: str) -> str | os.PathLike[str]:
+    """`value` when it can name a file (a str, or an os.PathLike of one), else `BadInput` naming
+    `option`: a bytes path or another object would fail deep inside with a bare TypeError.
+
+    >>> valid_path(b"/tmp/x", "--out")
+    Traceback (most recent call last):
+    selectit.errors.BadInput: --out must be a path (a str or a pathlib.Path); got b'/tmp/x'
+    """
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
+        return value
+    raise BadInput(f"{option} must be a path (a str or a pathlib.Path); got {value!r}")
 
 
 def choices(enum: type[StrEnum]) -> str:

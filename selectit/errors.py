@@ -60,6 +60,18 @@ class NoSuchSelection(NotFound):
                    f"make one with `selectit select {name} --dataset D`")
 
 
+class ModelLoadError(SelectitError):
+    """A model version's scoring engine cannot be loaded or configured (a missing API key, a server
+    that refuses, redirects or does not answer, a tokenizer that cannot be read). It is the model's
+    fault, not its cells': no job was claimed and no cell charged an attempt."""
+
+    @classmethod
+    def of(cls, name: str, exc: BaseException) -> ModelLoadError:
+        why = str(exc) if isinstance(exc, SelectitError) else f"{type(exc).__name__}: {exc}"
+        return cls(f"cannot load model {name}: {why}. Nothing was claimed and no cell was charged an attempt; "
+                   f"fix it and run the command again")
+
+
 #: The extra that installs each optional top-level module (pyproject.toml's optional-dependencies).
 EXTRAS = {
     "matplotlib": "report", "pandas": "report", "numpy": "report",

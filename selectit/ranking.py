@@ -65,6 +65,8 @@ class Ranking:
         # Normalised here, so every Ranking in the package is valid and comparable.
         set_ = object.__setattr__
         if self.models is not None:
+            if not isinstance(self.models, (str, Iterable)) or any(not isinstance(m, str) for m in self.models):
+                raise FusionError(f"models must be model names, e.g. ('smol', 'gemma'); got {self.models!r}")
             models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
             if len(set(models)) != len(models):
                 raise FusionError(f"--models names a model twice: {', '.join(models)}")

@@ -1,8 +1,12 @@
-"""The runner's and the fleet's knobs, read from the environment once into a typed object.
+"""The one module that reads the process environment.
 
-Every `SELECTIT_*` variable of the planner, the leases, the runner and the Celery app is here
-(the database URL is `selectit.store.db`'s). An entry point reads `Settings.from_env()` once and passes
-the object down; a bad value fails at that moment with the variable's name, not deep in a job.
+`Settings` holds the runner's and the fleet's knobs (every `SELECTIT_*` variable of the planner,
+the leases, the runner and the Celery app), read into a typed object by `Settings.from_env()`.
+Every other variable (the database URL, the connect timeout, the model cache, the engines'
+options, a served model's API key) is read through `environment(name)`, here, so that a test can
+tell that no other module reads the environment. An entry point (`selectit.open`, the CLI's one
+`Store`, `celery -A selectit.workers.app`) reads it once and passes the values down; a bad value
+fails at that moment with the variable's name, not deep in a job.
 """
 
 from __future__ import annotations
@@ -95,6 +99,17 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "plan_interval": ("SELECTIT_PLAN_INTERVAL", _number(float, 0.1)),
     "requeue_interval": ("SELECTIT_REQUEUE_INTERVAL", _number(float, 0.1)),
 }
+
+
+def environment(name: str) -> str | None:
+    """The variable `name` of the process environment (None when unset): the package's one read
+    of it, made by the entry points (and, for a served model's API key, when a request needs it,
+    so that the key is never kept anywhere)."""
+    return os.environ.get(name)
+
+
+#: The documented defaults, for library calls made without settings (an entry point reads the environment).
+DEFAULT_SETTINGS = Settings()
 
 
 def variable(field_name: str) -> str:

@@ -60,10 +60,24 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def merge_wal(engine: sa.Engine) -> None:
+    """Copy what a SQLite store's WAL holds into its file (nothing on PostgreSQL), so that a digest
+    of the file changes only when something writes the store. A command that hands the file to
+    DuckDB first closes this process's idle connections on it (`selectit.store.sqlite_locks`), the
+    test's own too, and the last connection to close merges the WAL."""
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+
+
 @pytest.fixture
 def seeded(engine, db_url: str) -> str:
-    """The database URL of a store with a scored dataset `d` (prompt set `s`)."""
+    """The database URL of a store with a scored dataset `d` (prompt set `s`), its WAL merged."""
     seed(engine)
+    merge_wal(engine)
     return db_url
 
 

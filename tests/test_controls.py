@@ -102,7 +102,7 @@ def test_controls_export_in_every_format_with_their_card(db_url: str, tmp_path) 
 def test_control_options_say_what_is_wrong(sqlite_url: str) -> None:
     _seeded(sqlite_url)
     for args, text in ((["--random", "0.2", "--top", "0.2"], "--random SHARE is the control's size"),
-                       (["--random", "1.5"], "--top must be a share in (0, 1]"),
+                       (["--random", "1.5"], "--random must be a share in (0, 1]"),
                        (["--by", "length", "--min-score", "0.1"], "give --top or --top-n, not --min-score")):
         result = _run(sqlite_url, "select", "bad", "--dataset", "d", "--prompt-set", "s", *args)
         assert result.exit_code == 1 and "Error:" in result.output and text in result.output, result.output
@@ -111,7 +111,7 @@ def test_control_options_say_what_is_wrong(sqlite_url: str) -> None:
 
 
 def test_report_compares_the_selection_with_both_controls(sqlite_url: str, tmp_path) -> None:
-    from selectit.io.report import build_report
+    from selectit.report.build import build_report
 
     _seeded(sqlite_url)
     for args in (["sel", "--top", "0.3"], ["rnd", "--random", "0.3"], ["long", "--by", "length", "--top", "0.3"]):

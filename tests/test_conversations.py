@@ -168,7 +168,8 @@ def test_llamafactory_alpaca_history_is_read_as_the_turns_before_the_instruction
         {"instruction": "Hi", "input": "", "output": "Bye", "history": [["only a question"]]},
     ])
     result = cli("ingest", path, "--dataset", "h", "--skip-invalid")
-    assert result.stdout == "h: read 3, new 2, duplicates 0, invalid 1\n"
+    assert result.stdout == "h: read 3, new 1, duplicates 0, invalid 2\n"
+    assert ("record 2 (line 2): field 'history' is not a list of [user, assistant] text pairs (got a string)"
+            in result.stderr)
     assert "record 3 (line 3): field 'history' is not a list of [user, assistant] text pairs" in result.stderr
-    assert stored(db_url, "h") == [("System: Be exact.\nUser: 2+2?\nAssistant: 4\nUser: And 3+3?", "", "6"),
-                                   ("Hi", "", "Hello")]
+    assert stored(db_url, "h") == [("System: Be exact.\nUser: 2+2?\nAssistant: 4\nUser: And 3+3?", "", "6")]

@@ -20,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from selectit.cli import main
+from selectit.contract import EXPORT_FORMATS
 from selectit.formulas import token_score
 from selectit.store import db
 from selectit.store.db import session_scope
@@ -587,3 +588,80 @@ def test_content_parts_with_text_or_value(cli_sqlite, tmp_path: Path) -> None:
                              {"role": "assistant", "content": [{"type": "text", "value": "Hi."}]}]}]
     ok(cli_sqlite("ingest", write_jsonl(tmp_path / "m.jsonl", records), "--dataset", "d"))
     assert stored(cli_sqlite.url) == [("Hello world", "", "Hi.")]
+
+
+# ------------------------------------------------------------------------------------ line separators
+# What str.splitlines() splits on besides \n and \r: inside JSON text they are ordinary characters
+# (json.dumps writes them raw with ensure_ascii=False), so a reader that splits on them cuts a record.
+SEPARATORS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+
+
+def _separated_sources(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Shape → (a file with one record per separator, that separator in every text field; the texts)."""
+    alpaca = [{"instruction": f"Add{c}them", "input": f"2{c}3", "output": f"5{c}done", "system": f"Be{c}exact",
+               "history": [[f"Hi{c}there", f"Hello{c}you"]]} for c in SEPARATORS]
+    sharegpt = [{"system": f"Sys{c}tem", "conversations": [
+        {"from": "human", "value": f"Q{c}1"}, {"from": "gpt", "value": f"A{c}1"},
+        {"from": "human", "value": f"Q{c}2"}, {"from": "gpt", "value": f"A{c}2"}]} for c in SEPARATORS]
+    messages = [{"messages": [{"role": "system", "content": f"Be{c}kind"}, {"role": "user", "content": f"U{c}u"},
+                              {"role": "assistant", "content": f"R{c}r"}]} for c in SEPARATORS]
+    (tmp_path / "chats.json").write_text(json.dumps(sharegpt, ensure_ascii=False), encoding="utf-8")
+    texts = {"alpaca": [t for r in alpaca for t in (r["instruction"], r["input"], r["output"], r["system"],
+                                                     *r["history"][0])],
+             "sharegpt": [t for r in sharegpt for t in (r["system"], *(x["value"] for x in r["conversations"]))],
+             "messages": [m["content"] for r in messages for m in r["messages"]]}
+    return {"alpaca": (write_jsonl(tmp_path / "alpaca.jsonl", alpaca), texts["alpaca"]),
+            "sharegpt": (tmp_path / "chats.json", texts["sharegpt"]),
+            "messages": (write_jsonl(tmp_path / "messages.jsonl", messages), texts["messages"])}
+
+
+def _exported_strings(path: Path) -> list[list[str]]:
+    """Every string of every exported record (a JSON list, JSON lines split at \\n only, Parquet, a
+    save_to_disk directory), per record."""
+    def strings(value: object) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+        return [s for v in items for s in strings(v)]
+
+    if path.is_dir():
+        from selectit.io.readers import datasets_offline
+
+        rows = datasets_offline().load_from_disk(str(path)).to_list()
+    elif path.suffix == ".parquet":
+        rows = pq.read_table(path).to_pylist()
+    else:
+        text = path.read_text(encoding="utf-8")
+        rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.split("\n") if line]
+    return [strings(row) for row in rows]
+
+
+@pytest.mark.parametrize("llamafactory", [False, True], ids=["plain", "llamafactory"])
+@pytest.mark.parametrize("shape", ["alpaca", "sharegpt", "messages"])
+def test_line_separators_inside_text_survive_ingest_and_every_export(cli_sqlite, tmp_path: Path, shape: str,
+                                                                    llamafactory: bool) -> None:
+    cli = cli_sqlite
+    source, texts = _separated_sources(tmp_path)[shape]
+    select_all(cli, cli.url, source)
+    last = {"alpaca": "5{}done", "sharegpt": "A{}2", "messages": "R{}r"}[shape]  # the rated answer
+    assert [output for _, _, output in stored(cli.url)] == [last.format(c) for c in SEPARATORS]
+    for fmt in EXPORT_FORMATS:
+        if llamafactory and fmt == "hf-dataset":
+            continue  # LLaMA-Factory reads files, not save_to_disk directories
+        out = tmp_path / f"out-{fmt}"
+        extra = ["--llamafactory", "sep"] if llamafactory else []
+        ok(cli("export", "--selection", "all", "--out", f"{out}/", "--format", fmt, "--order", "dataset", *extra))
+        data = next(p for p in out.iterdir() if p.name.startswith("sep" if llamafactory else "all")
+                    and not p.name.endswith(".md"))
+        if fmt == "original":
+            assert records_of(data) == records_of(source), fmt
+        records = _exported_strings(data)
+        assert len(records) == len(SEPARATORS), fmt
+        for n, c in enumerate(SEPARATORS):  # each text, whole, in its own record (input may join the instruction)
+            mine = [t for t in texts if c in t]
+            assert all(any(t in s for s in records[n]) for t in mine), (fmt, repr(c), records[n])
+        if llamafactory:
+            examples = llamafactory_examples(out, "sep")
+            assert [sum(len(text) for _, text in turns) > 0 for turns in examples] == [True] * len(SEPARATORS)
+            for turns, c in zip(examples, SEPARATORS):
+                assert all(any(t in text for _, text in turns) for t in texts if c in t), (fmt, repr(c), turns)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from test_jobs import DEMO, add_model, seed, tiny_dir  # noqa: F401 - tiny_dir is a fixture
 
-from selectit.fusion.status import status_rows
+from selectit.status import status_rows
 from selectit.scoring.engines import ENV, EngineError, EngineOptions
 from selectit.store import db
 from selectit.store.schema import Score
@@ -54,16 +54,29 @@ def test_engine_options_come_from_the_environment(clean_env) -> None:
     clean_env.setenv("SELECTIT_GPU_MEMORY_UTILIZATION", "0.8")
     clean_env.setenv("SELECTIT_VLLM_ARGS", '{"enforce_eager": true}')
     opts = EngineOptions.from_env()
-    assert (opts.engine, opts.tensor_parallel_size, opts.gpu_memory_utilization) == ("vllm", 4, 0.8)
-    assert opts.llm_kwargs() == {"enforce_eager": True}
+    assert (opts.engine, opts.vllm.tensor_parallel_size, opts.vllm.gpu_memory_utilization) == ("vllm", 4, 0.8)
+    assert opts.vllm.llm_kwargs() == {"enforce_eager": True}
+    assert opts.options_for("vllm") is opts.vllm and opts.options_for("openai") is opts.openai
     clean_env.setenv("SELECTIT_ENGINE", "openai")
     clean_env.setenv("SELECTIT_TENSOR_PARALLEL_SIZE", "1")
     clean_env.setenv("SELECTIT_OPENAI_CONCURRENCY", "64")
     clean_env.setenv("SELECTIT_LOGPROBS_TOP", "5")
     clean_env.setenv("SELECTIT_REQUEST_TIMEOUT", "2.5")
     opts = EngineOptions.from_env()
-    assert (opts.engine, opts.concurrency, opts.logprobs_top, opts.request_timeout, opts.max_retries) == (
-        "openai", 64, 5, 2.5, 8)
+    assert (opts.engine, opts.openai.concurrency, opts.openai.logprobs_top, opts.openai.request_timeout,
+            opts.openai.max_retries) == ("openai", 64, 5, 2.5, 8)
+
+
+def test_each_engine_owns_its_options_and_they_are_type_checked() -> None:
+    from selectit.scoring.engines import OpenAIOptions, TorchOptions, VllmOptions
+
+    opts = EngineOptions.of(engine="openai", device_map="auto", max_model_len=512, max_retries=2)
+    assert opts.torch == TorchOptions("auto") and opts.vllm == VllmOptions(max_model_len=512)
+    assert opts.openai == OpenAIOptions(max_retries=2) and opts.replace(max_retries=3).openai.max_retries == 3
+    with pytest.raises(EngineError, match="the vllm engine's options must be a VllmOptions, not OpenAIOptions"):
+        EngineOptions(vllm=OpenAIOptions())
+    with pytest.raises(EngineError, match="unknown engine option"):
+        EngineOptions.of(tensor_parallel=2)
 
 
 @pytest.mark.parametrize("env,message", [

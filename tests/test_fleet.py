@@ -496,6 +496,6 @@ def test_the_app_is_built_from_values_not_at_import(monkeypatch) -> None:
     module.app_from_env.cache_clear()
     assert module.app is module.app and module.fleet_of(module.app).settings.batch_size == 3
     module.app_from_env.cache_clear()
-    options = EngineOptions(concurrency=5)
+    options = EngineOptions.of(concurrency=5)
     fleet = module.fleet_of(module.make_app(Settings(), db_url="sqlite:///elsewhere.db", engine_options=options))
     assert (fleet.db_url, fleet.engine_options, fleet.settings) == ("sqlite:///elsewhere.db", options, Settings())

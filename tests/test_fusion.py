@@ -451,7 +451,7 @@ def _table_row(output: str, first: str) -> list[str]:
 
 def test_one_coverage_rule_for_rank_report_and_status(engine, cli, tmp_path) -> None:
     """done iff 'ok', failed iff 'failed', missing otherwise: the same numbers in all three views."""
-    from selectit.io.report import build_report
+    from selectit.report.build import build_report
 
     cells = {k: {m: list(v) for m, v in per.items()} for k, per in CELLS.items()}
     cells["s2"]["B"][1] = None  # never scored
@@ -493,7 +493,7 @@ def test_one_coverage_rule_for_rank_report_and_status(engine, cli, tmp_path) -> 
 
 def test_a_top_share_keeps_at_least_one_sample(engine, cli, tmp_path) -> None:
     """3 rankable samples, --top 0.2: floor(0.6) = 0, but the share keeps at least one everywhere."""
-    from selectit.io.report import build_report
+    from selectit.report.build import build_report
 
     ids = seed(engine)
     rank = cli("rank", "--dataset", "d", "--prompt-set", "s", "--top", "0.2")

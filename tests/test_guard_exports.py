@@ -1,8 +1,8 @@
 """`selectit export` (and the criteria of rank/select/export): files are written, never destroyed.
 
 An export refuses the store's own files, links to them, FIFOs and devices; it writes through a
-symlink and keeps the replaced file's mode; a non-finite --min-score is refused before anything
-is read or written.
+symlink and keeps the replaced file's mode; a non-finite --min-score, and a --random share outside
+(0, 1], are refused (naming the option given) before anything is read or written.
 """
 
 from __future__ import annotations
@@ -92,3 +92,12 @@ def test_min_score_must_be_finite(seeded: str, tmp_path: Path, command: str, val
     result = invoke("--db", seeded, *args, "--dataset", "d", "--prompt-set", "s", f"--min-score={value}")
     assert_one_error(result, "--min-score", "finite")
     assert snapshot(seeded) == before and not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2", "nan", "inf"])
+def test_a_bad_random_share_names_random(seeded: str, value: str) -> None:
+    before = snapshot(seeded)
+    result = invoke("--db", seeded, "select", "r1", "--dataset", "d", "--prompt-set", "s", f"--random={value}")
+    line = assert_one_error(result, "--random must be a share in (0, 1]", f"got {float(value)!r}")
+    assert "--top" not in line  # an option the user never gave
+    assert snapshot(seeded) == before

@@ -1,7 +1,7 @@
 """`selectit ingest`: bad files get one clear error line and leave the store as it was.
 
 Deep nesting, files without records, UTF-16/32 text, truncated JSONL lines, JSON values of the
-wrong type, and two ingests into one new dataset at once (PostgreSQL).
+wrong type, a `history` that is not a list, and two ingests into one new dataset at once (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -133,3 +133,29 @@ def test_an_id_must_be_a_string_or_a_number(cli, db_url: str, tmp_path: Path, ba
     with db.make_engine(db_url).connect() as conn:
         ids = conn.execute(sa.text("SELECT original_id FROM dataset_samples ORDER BY position")).scalars().all()
     assert ids == ["7", "x-1"]
+
+
+# ------------------------------------------------------------------ LLaMA-Factory's history field
+@pytest.mark.parametrize("history, got", [
+    (json.dumps([["2+2?", "4"]]), "a string"),  # JSON text in a string: not read as the list it spells
+    ("an unrelated note", "a string"),
+    (3, "a number"),
+    ({"user": "2+2?", "assistant": "4"}, "an object"),
+    (True, "a boolean"),
+])
+def test_a_history_that_is_not_a_list_is_an_invalid_record(cli, db_url: str, tmp_path: Path, history: object,
+                                                           got: str) -> None:
+    path = tmp_path / "h.jsonl"
+    records = [{"instruction": "Hi", "output": "Hello"},
+               {"instruction": "And 3+3?", "output": "6", "history": history},
+               {"instruction": "Bye", "output": "Bye.", "history": None},  # null and "" are no history
+               {"instruction": "Yo", "output": "Yo.", "history": ""}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert_one_error(invoke("--db", db_url, "ingest", path, "--dataset", "h"),
+                     f"{path}, record 2 (line 2): field 'history' is not a list of [user, assistant] text pairs "
+                     f"(got {got})", "--skip-invalid")
+    assert "h" not in cli("datasets").output  # nothing was ingested
+    result = invoke("--db", db_url, "ingest", path, "--dataset", "h", "--skip-invalid")
+    assert result.exit_code == 0, result.output
+    assert "h: read 4, new 3, duplicates 0, invalid 1" in result.output
+    assert "record 2 (line 2): field 'history'" in result.output

@@ -1,7 +1,7 @@
 """`selectit prompts import` and `selectit model add`: what cannot be registered is refused whole.
 
 A shared-context template's {input} on a line of its own, junk model sources, bad numbers for
---weight and --max-tokens.
+--weight and --max-tokens; a line separator (U+2028, \x0c, …) inside a prompt does not split it.
 """
 
 from __future__ import annotations
@@ -59,3 +59,21 @@ def test_model_add_refuses_bad_numbers(cli, db_url: str, tiny_model_dir: Path, o
                     f"{option}={value}")
     assert_one_error(result, phrase)
     assert snapshot(db_url) == before
+
+
+# ------------------------------------------------------------- only \n (or \r) ends a prompt's line
+def test_line_separators_inside_a_prompt_do_not_split_it(cli, db_url: str, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from selectit.store import db
+
+    inside = "\u2028\u2029\x85\x0b\x0c\x1c\x1d\x1e"
+    path = tmp_path / "p.txt"
+    path.write_text(f"Rate{inside}it.\nAnd{inside}this.\r\nLast one.", encoding="utf-8")
+    assert cli("prompts", "import", path, "--set", "x", "--layout", "reference").exit_code == 0
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        templates = conn.execute(sa.text("SELECT template FROM prompts WHERE set_name = 'x' ORDER BY position")
+                                 ).scalars().all()
+    engine.dispose()
+    assert templates == [f"Rate{inside}it.\n", f"And{inside}this.\n", "Last one."]

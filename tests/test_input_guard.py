@@ -247,6 +247,22 @@ def test_long_fields_and_lines(sqlite_url: str, tmp_path: Path, monkeypatch) -> 
     assert_one_error(invoke("--db", sqlite_url, "ingest", data, "--dataset", "long2"), "long.csv", "field larger")
 
 
+def test_a_record_over_the_size_limit_is_refused_in_a_json_list_too(sqlite_url: str, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A JSON list's record is held to the JSON Lines cap (64 MiB): one error naming the record."""
+    from selectit.io import readers
+
+    assert readers.MAX_RECORD_BYTES == 64 * 2**20
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 1000)
+    good = json.loads(GOOD)
+    data = tmp_path / "big.json"
+    data.write_text(json.dumps([good, {"instruction": "a", "input": "", "output": "é" * 600}, good]))  # 1,200 bytes
+    assert_one_error(invoke("--db", sqlite_url, "ingest", data, "--dataset", "big"),
+                     "big.json, record 2: longer than 1,000 bytes, the most one record may take", "--skip-invalid")
+    result = invoke("--db", sqlite_url, "ingest", data, "--dataset", "big", "--skip-invalid")
+    assert result.exit_code == 0 and "record 2: longer than 1,000 bytes" in result.output, result.output
+
+
 def test_unwritable_and_full_targets_give_one_error_line(engine, db_url: str, tmp_path: Path) -> None:
     seed_scores(engine)
     for args in (["report", "--dataset", "d", "--prompt-set", "s", "--out", "/proc/selectit-report"],

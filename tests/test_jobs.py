@@ -21,10 +21,11 @@ import pytest
 import sqlalchemy as sa
 
 from selectit.errors import NoSuchDataset, NoSuchModel
-from selectit.fusion import status
+from selectit import status
 from selectit.io.ingest import ingest_file
 from selectit.jobs import leases, planner, runner
 from selectit.scoring import registry
+from selectit.settings import Settings
 from selectit.store import db
 from selectit.store.schema import Job, JobSample, Prompt, Score
 
@@ -165,14 +166,14 @@ def test_postgres_claim_skips_a_locked_job_instead_of_waiting(engine, one_job) -
 
 
 def test_expired_lease_goes_back_to_the_queue_then_fails_after_n_attempts(engine, one_job, monkeypatch) -> None:
-    monkeypatch.setenv("SELECTIT_MAX_JOB_ATTEMPTS", "2")
+    two_attempts = Settings(max_job_attempts=2)
     assert leases.claim(engine, one_job, "elsewhere:1", lease=0)
-    assert leases.requeue_expired(engine) == [one_job]
+    assert leases.requeue_expired(engine, two_attempts) == [one_job]
     job = job_row(engine, one_job)
     assert (job.status, job.attempts, job.worker) == ("queued", 1, None)
     assert job.error == "lease of elsewhere:1 expired"
     assert leases.claim(engine, one_job, "elsewhere:2", lease=0)
-    assert leases.requeue_expired(engine) == []
+    assert leases.requeue_expired(engine, two_attempts) == []
     job = job_row(engine, one_job)
     assert job.status == "failed"
     assert job.error == "lease of elsewhere:2 expired (gave up after 2 attempts)"
@@ -209,20 +210,20 @@ def test_second_score_does_no_forward_and_new_prompts_or_models_score_only_new_c
     assert "scored 30 cells, failed 0, skipped 0 already scored." in first.output
     assert sum(computed(hooks).values()) == 30
 
-    again = runner.score_in_process(engine)
+    again = runner.score_in_process(engine, settings=Settings.from_env())
     assert (again.scored, again.skipped, again.forwards, again.jobs) == (0, 30, 0, 0)
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("Rate this answer from 1 to 5.\\n{instruction}\\n{output}\\nRating: \n", encoding="utf-8")
     with db.session_scope(engine) as session:
         (new_prompt,) = [p.id for p in registry.import_prompts(session, prompts, "mine", "shared-context")]
-    out = runner.score_in_process(engine)
+    out = runner.score_in_process(engine, settings=Settings.from_env())
     assert (out.scored, out.skipped) == (6, 30)
     log = computed(hooks)
     assert sum(log.values()) == 36 and {p for (_, _, p), n in log.items()} >= {new_prompt}
 
     m2 = add_model(engine, "tiny2", tiny_dir)
-    out = runner.score_in_process(engine, model="tiny2")
+    out = runner.score_in_process(engine, settings=Settings.from_env(), model="tiny2")
     assert (out.scored, out.skipped) == (36, 0)
     log = computed(hooks)
     assert sum(log.values()) == 72 and max(log.values()) == 1  # no cell computed twice
@@ -239,12 +240,12 @@ def test_a_failing_cell_is_retried_up_to_the_limit_and_the_rest_complete(
     add_model(engine, "tiny", tiny_dir)
     monkeypatch.setenv("SELECTIT_TEST_POISON", "POISON")
     for attempt in (1, 2, 3):
-        out = runner.score_in_process(engine)
+        out = runner.score_in_process(engine, settings=Settings.from_env())
         assert (out.scored, out.failed) == ((20 if attempt == 1 else 0), 5)
         failed = {k: v for k, v in score_rows(engine).items() if v[0] == "failed"}
         assert len(failed) == 5 and {v[1] for v in failed.values()} == {attempt}
-    out = runner.score_in_process(engine)  # at the limit: left failed, not retried
-    assert (out.scored, out.failed, out.skipped) == (0, 0, 25)
+    out = runner.score_in_process(engine, settings=Settings.from_env())  # at the limit: left failed, not retried (and not "already scored")
+    assert (out.scored, out.failed, out.skipped, out.exhausted) == (0, 0, 20, 5)
     with db.session_scope(engine) as session:
         errors = set(session.scalars(sa.select(Score.error).where(Score.status == "failed")))
     assert errors == {"RuntimeError: injected failure"}
@@ -471,7 +472,7 @@ def test_progress_hears_of_cells_as_computed_before_their_batch_is_written(engin
         def note(self, text: str) -> None:
             pass
 
-    summary = runner.score_in_process(engine, progress=Recorder(), batch_size=3)
+    summary = runner.score_in_process(engine, settings=Settings.from_env(), progress=Recorder(), batch_size=3)
     assert summary.scored == 6 * 5 and events[0] == ("start", 30)
     kinds = [k for k, _ in events[1:]]
     assert sum(n for k, n in events if k == "computed") == 30 and sum(n for k, n in events if k == "advance") == 30

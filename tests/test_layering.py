@@ -13,7 +13,10 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "selectit"
-BASE = {"errors", "contract", "settings", "formulas", "ranking", "timing", "data", "api", "__init__", "__main__", "cli", "__version__"}
+BASE = {"errors", "contract", "settings", "formulas", "ranking", "timing", "data", "__init__", "__version__"}
+#: The front: the door (`api`), the CLI and the status composed over two wings. They import the
+#: wings; no wing imports them.
+FRONT = {"api", "cli", "status", "__main__"}
 #: wing → the wings it may import (the base modules are open to all)
 ALLOWED = {
     "store": set(),
@@ -21,6 +24,7 @@ ALLOWED = {
     "jobs": {"store", "scoring"},
     "fusion": {"store"},
     "io": {"store", "fusion"},
+    "report": {"store", "fusion", "io"},
 }
 
 
@@ -55,6 +59,7 @@ def test_a_wing_imports_only_what_its_docstring_allows(wing: str) -> None:
     for path in sorted((PACKAGE / wing).glob("*.py")):
         for dotted in _selectit_imports(path):
             other = _wing(dotted)
+            assert other not in FRONT, f"{path.relative_to(ROOT)} imports {dotted}: a wing never imports the front"
             if other == wing or other in BASE or other == "workers":
                 assert other != "workers", f"{path.relative_to(ROOT)} imports the Celery app ({dotted})"
                 continue
@@ -79,8 +84,15 @@ def test_no_module_of_the_package_is_over_600_lines() -> None:
     assert not long, f"over 600 lines: {sorted(long)}"
 
 
+def test_every_module_is_in_a_wing_the_base_or_the_front() -> None:
+    """A new top-level module must be placed: its layer decides what it may import."""
+    names = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+             if (p.suffix == ".py") or (p.is_dir() and (p / "__init__.py").exists())}
+    assert names <= BASE | FRONT | set(ALLOWED) | {"workers"}, sorted(names - BASE - FRONT - set(ALLOWED))
+
+
 def test_the_base_modules_import_no_wing() -> None:
-    for name in ("errors", "contract", "settings", "formulas"):
+    for name in ("errors", "contract", "settings", "formulas", "ranking"):
         wings = {_wing(d) for d in _selectit_imports(PACKAGE / f"{name}.py")} & set(ALLOWED)
         assert not wings, f"selectit/{name}.py imports the wings {sorted(wings)}"
 
@@ -110,6 +122,35 @@ def test_settings_travel_as_values_not_through_the_environment() -> None:
     paths = [*PACKAGE.rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
     writes = {str(p.relative_to(ROOT)): lines for p in paths if (lines := _environment_writes(p))}
     assert set(writes) <= {f"selectit/{a}" for a in allowed}, f"os.environ written at {writes}"
+
+
+def _environment_reads(path: Path) -> list[int]:
+    """Lines of `path` that read the process environment (`os.environ`, `os.getenv`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                and node.attr in ("environ", "getenv", "environb", "getenvb"):
+            found.append(node.lineno)
+    return found
+
+
+def test_the_environment_is_read_in_the_settings_module_only() -> None:
+    """Configuration is read once, at the edge, through `selectit.settings` (its `Settings.from_env`
+    and `environment`); every other module gets values. The Hugging Face offline switches of
+    `io/hub.py` are the one documented exception (they are those libraries' own configuration)."""
+    allowed = {"selectit/settings.py", "selectit/io/hub.py"}
+    paths = [*PACKAGE.rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
+    reads = {str(p.relative_to(ROOT)): lines for p in paths if (lines := _environment_reads(p))}
+    assert set(reads) <= allowed, f"the environment read outside selectit/settings.py at {reads}"
+
+
+def test_no_library_function_falls_back_to_the_environment() -> None:
+    """`Settings.from_env()` and `EngineOptions.from_env()` run at the entry points only: the
+    Store (the API's and the CLI's door) and the Celery app built by `celery -A`."""
+    entry_points = {"selectit/api.py", "workers/app.py", "selectit/settings.py", "selectit/scoring/engines.py"}
+    paths = [*PACKAGE.rglob("*.py"), *(ROOT / "workers").rglob("*.py")]
+    calls = {str(p.relative_to(ROOT)) for p in paths if "from_env()" in p.read_text(encoding="utf-8")}
+    assert calls <= entry_points, sorted(calls - entry_points)
 
 
 def _import_time_imports(path: Path) -> set[str]:

@@ -56,8 +56,11 @@ class FakeServer:
     the model's tokenizer, special tokens added). `tokenize_route`: answer vLLM's `POST /tokenize`.
     `echo_ok`: honour `echo` (else a 400). `/v1/chat/completions` wraps the one user message in
     `CHAT_TEMPLATE` and answers the first token's `top_logprobs` by token text.
-    `fault(body, n)`: the n-th completions request's fault, one of "429", "500", "timeout",
-    "garbage", "echo-key" (a 400 quoting the Authorization header), or None.
+    `fault(body, n)`: the n-th completions or chat request's fault, one of "429", "500", "timeout",
+    "garbage", "echo-key" (a 400 quoting the Authorization header), "drip" (a 200 whose body comes
+    a byte every half second, for three minutes), `(status, JSON object)` to answer as is, or None.
+    `models_fault(auth)`: the same for `GET /v1/models`. `max_model_len` as bytes is written into the
+    listing's JSON as is (`b"1e400"`); `extra_models` are listed after the served one.
     """
 
     CHAT_TEMPLATE = "<|user|>\n{}\n<|assistant|>\n"
@@ -75,6 +78,8 @@ class FakeServer:
         self.split = lambda text: self.tokenizer(text)["input_ids"]
         self.paths: list[str] = []
         self.fault = lambda body, n: None
+        self.models_fault = lambda auth: None
+        self.extra_models: list[dict] = []
         self.count = 0
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
@@ -85,13 +90,19 @@ class FakeServer:
                 pass
 
             def do_GET(self) -> None:
+                fault = server.models_fault(self.headers.get("Authorization"))
+                if fault is not None:
+                    return self._send(*fault)
                 if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
                     return self._send(401, {"error": {"message": "invalid API key"}})
                 if self.path != "/v1/models":
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
-                self._send(200, {"object": "list", "data": [
+                raw = isinstance(server.max_model_len, bytes)
+                payload = json.dumps({"object": "list", "data": [
                     {"id": server.served, "object": "model", "created": int(time.time() * 1000), "owned_by": "test",
-                     "root": "/models/tiny", "max_model_len": server.max_model_len}]})
+                     "root": "/models/tiny", "max_model_len": "RAW" if raw else server.max_model_len},
+                    *server.extra_models]}).encode()
+                self._raw(200, payload.replace(b'"RAW"', server.max_model_len) if raw else payload)
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -111,12 +122,16 @@ class FakeServer:
                     n, server.count = server.count, server.count + 1
                     server.bodies.append(body)
                     server.paths.append(self.path)
+                fault = server.fault(body, n)
+                if isinstance(fault, tuple):
+                    return self._send(*fault)
+                if fault == "drip":
+                    return self._drip()
                 if self.path == "/v1/chat/completions":
                     try:
                         return self._send(200, server.chat(body))
                     except ValueError as exc:
                         return self._send(400, {"error": {"message": str(exc)}})
-                fault = server.fault(body, n)
                 if fault == "timeout":
                     time.sleep(server.sleep)
                     return self._send(200, {"late": True})
@@ -133,6 +148,20 @@ class FakeServer:
                     self._send(200, server.complete(body))
                 except ValueError as exc:
                     self._send(400, {"error": {"message": str(exc)}})
+
+            def _drip(self) -> None:
+                """A 200 whose body never ends in time: each read gets a byte, the whole takes 3 minutes."""
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    for _ in range(360):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.5)
+                    self.wfile.write(b"{}")
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up: what it should do
+                    pass
 
             def _send(self, code: int, data: dict, headers: dict | None = None) -> None:
                 self._raw(code, json.dumps(data).encode(), headers)

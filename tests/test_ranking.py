@@ -37,6 +37,7 @@ def test_built_values_are_normalised_and_compare_equal() -> None:
     ({"weights": [("a", 1), ("a", 2)]}, "--weights gives a model two weights"),
     ({"weights": {"a": "heavy"}}, "the weight θ of model 'a' must be a number"),
     ({"prompt_set": ""}, "prompt set name is empty"),
+    ({"models": 5}, "models must be model names"),
 ])
 def test_a_bad_choice_fails_when_the_value_is_built(kwargs: dict, phrase: str) -> None:
     with pytest.raises(SelectitError, match=phrase):

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 import selectit
 
 from selectit.fusion import views as fusion
-from selectit.io.report import build_report, is_calculation
+from selectit.report.build import build_report, is_calculation
 from selectit.store.schema import LLM, Dataset, DatasetSample, Prompt, Sample, Score
 
 # (instruction, input, output, is a calculation by the documented heuristic)
@@ -360,8 +360,8 @@ def test_the_s_model_histogram_marks_the_rank_cut_off(engine, db_url: str, cli, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from selectit.io.report_data import gather
-    from selectit.io.report_sections import s_model_figure
+    from selectit.report.data import gather
+    from selectit.report.sections import s_model_figure
 
     build_fixture(engine)
     out = tmp_path / "rep"
@@ -420,7 +420,7 @@ def test_prompts_are_labelled_with_their_first_words(engine, db_url: str, cli, t
 
 
 def test_prompt_labels_of_the_built_in_set_and_of_identical_texts() -> None:
-    from selectit.io.report_data import prompt_labels
+    from selectit.report.data import prompt_labels
 
     head = "Below is an instruction.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}\n\n"
     questions = ["How well does the response follow the instruction?", "Rate the accuracy from 1 to 5."]
@@ -431,7 +431,7 @@ def test_prompt_labels_of_the_built_in_set_and_of_identical_texts() -> None:
 
 
 def test_the_default_prompt_set_is_labelled_as_the_docs_say(sqlite_url: str) -> None:
-    from selectit.io.report_data import prompt_labels
+    from selectit.report.data import prompt_labels
     from selectit.store import db
 
     db.upgrade(sqlite_url)  # the migration stores the default set
@@ -458,8 +458,8 @@ def test_the_coverage_legend_covers_no_bar(engine, db_url: str, tmp_path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from selectit.io.report_data import gather
-    from selectit.io.report_sections import coverage_figure
+    from selectit.report.data import gather
+    from selectit.report.sections import coverage_figure
 
     build_fixture(engine)
     con = fusion.connect(db_url)

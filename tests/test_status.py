@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 import selectit
 from selectit.errors import NoSuchDataset
-from selectit.fusion import status as fusion_status
+from selectit import status as fusion_status
+from selectit.jobs import counts
 from selectit.io.ingest import content_hash
 from selectit.jobs.estimate import duration
 from selectit.store.db import session_scope
@@ -162,7 +163,7 @@ def test_an_unknown_dataset_is_one_error_line(cli, db_url, seeded) -> None:
 
 def test_the_recent_cells_are_read_from_an_index_range(engine, seeded) -> None:
     """The rates read the `(status, scored_at)` index from the window's start, not every score."""
-    query = fusion_status.recent_cells(NOW - 600 * SECONDS, NOW - 60 * SECONDS, dataset_id=None)
+    query = counts.recent_cells(NOW - 600 * SECONDS, NOW - 60 * SECONDS, dataset_id=None)
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":

@@ -29,7 +29,9 @@ read once there (that command's edge):
 Tasks take ids and are idempotent: a duplicate `score_job` message finds its job not queued and
 does nothing; jobs are sent to the broker only after the transaction that created them committed.
 A job whose message was lost (the broker restarted) is sent again by `plan`/`requeue_expired`
-when its model's queue is empty. Each task reads what it sends in one session.
+when its model's queue is empty. Each task reads what it sends in one session. A worker that cannot
+load its model (a missing API key, a server that refuses or does not answer) claims nothing: the
+job stays queued with no attempt charged and the error noted on it, and is re-sent the same way.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from selectit.contract import JobStatus, ModelSpec, ScoringEngine
 from selectit.errors import SelectitError
-from selectit.fusion import status
+from selectit.jobs import ticks
 from selectit.jobs.leases import requeue_expired as requeue_expired_jobs
 from selectit.jobs.leases import worker_id
 from selectit.jobs.planner import plan as plan_jobs
@@ -79,9 +81,9 @@ def queue_for(model_name: str) -> str:
 
 class Fleet:
     """What the tasks of one app run with, given as values: the settings, the database URL (None:
-    `$SELECTIT_DATABASE_URL`, else ./selectit.db) and the engine options (None: `$SELECTIT_ENGINE`
-    and friends, as `selectit.scoring.engines.load_engine` reads them), plus this process's
-    database engine and loaded scoring engines."""
+    ./selectit.db) and the engine options (None: the documented defaults), all read from the
+    environment once by the entry point that built the app, plus this process's database engine
+    and loaded scoring engines."""
 
     def __init__(self, app: Celery, settings: Settings, db_url: str | None = None,
                  engine_options: EngineOptions | None = None) -> None:
@@ -166,6 +168,10 @@ class Fleet:
         outcome = run_job(self.engine(), int(job_id), self.scorer_for, worker_id(), settings=self.settings)
         if outcome.status == Outcome.RETRY and outcome.model:  # put back in the queue by run_job: send it again
             self.send([(outcome.job_id, outcome.model)])
+        elif outcome.status == Outcome.LOAD_FAILED:
+            # Not sent again at once (this worker would load and fail in a loop): the job stays queued,
+            # uncharged, and the control loop re-sends it once its model's queue is empty.
+            log.error("job %s left queued, no attempt charged: %s", job_id, outcome.error)
         log.info("job %s: %s (%d ok, %d failed)", job_id, outcome.status, outcome.scored, outcome.failed)
         return {"job_id": outcome.job_id, "status": str(outcome.status), "scored": outcome.scored,
                 "failed": outcome.failed}
@@ -194,7 +200,7 @@ class Fleet:
 
     def record_tick(self, name: str, started_at: Any, seconds: float, error: str | None) -> None:
         """Store a control tick's run in `control_ticks` (`selectit status` shows it)."""
-        status.record_tick(self.engine(), name, worker_id(), started_at, seconds, error)
+        ticks.record_tick(self.engine(), name, worker_id(), started_at, seconds, error)
 
 
 def _with_model_names(session: Session, job_ids: Sequence[int]) -> list[tuple[int, str]]:
@@ -316,10 +322,10 @@ def run_worker(settings: Settings, *, models: Sequence[str], control_queue: bool
 @functools.cache
 def app_from_env() -> Celery:
     """The app of `celery -A selectit.workers.app`: the settings and engine options read from the
-    environment once, here (the database URL by `selectit.store.db`, as everywhere)."""
+    environment once, here, with the database URL."""
     from selectit.scoring.engines import EngineOptions
 
-    return make_app(Settings.from_env(), engine_options=EngineOptions.from_env())
+    return make_app(Settings.from_env(), db_url=db.resolve_url(None), engine_options=EngineOptions.from_env())
 
 
 def __getattr__(name: str) -> Any:

@@ -62,7 +62,8 @@ def ingest(ctx: click.Context, file: str, dataset: str, fmt: str | None, column_
     """Add the records of FILE (`-` for standard input; or a save_to_disk directory, or an OWNER/NAME Hub dataset from the
     local Hugging Face cache, offline) to a dataset (one transaction; duplicates stored once). Each
     record is kept as it was, for `export --format original`. A conversation is rated through its
-    last assistant turn; a warning line counts the records with turns after it (not rated).
+    last assistant turn; a warning line counts the records with turns after it (not rated). A record
+    (a JSON object or line, a row) may take at most 64 MiB; a longer one is an invalid record.
 
     \b
     Example:

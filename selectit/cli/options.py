@@ -156,13 +156,11 @@ def _engine_options(func: F) -> F:
     return func
 
 
-def _engine_choice(given: dict[str, Any]):  # noqa: ANN202 - selectit.scoring.engines.EngineOptions
-    """The given engine options over the environment's, checked."""
+def _engine_choice(base: Any, given: dict[str, Any]):  # noqa: ANN202 - selectit.scoring.engines.EngineOptions
+    """The given engine options over `base` (the store's, read from the environment once), checked."""
     import dataclasses
 
-    from selectit.scoring.engines import EngineOptions
-
-    options = dataclasses.replace(EngineOptions.from_env(), **{k: v for k, v in given.items() if v is not None})
+    options = base.replace(**{k: v for k, v in given.items() if v is not None})
     if options.engine == "vllm":
         from selectit.scoring.engines import require_vllm
 

@@ -32,15 +32,27 @@ from selectit.cli.options import _engine_choice, _engine_options, _scope_options
               help="Only print what scoring would cost (cells, prompt tokens, forwards, time); score and write nothing.")
 @click.option("--verbose", "-v", is_flag=True,
               help="Print where the command's time went: start-up, store, model load, scoring, DB writes.")
+@click.option("--retry-failed", is_flag=True,
+              help="First give the failed cells of the scope their attempts back, so cells that failed "
+                   "$SELECTIT_MAX_ATTEMPTS times are tried again.")
 @click.pass_context
 @handles_errors
 def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
-          batch_size: int, quiet: bool, estimate: bool, verbose: bool, **engine_options: Any) -> None:
+          batch_size: int, quiet: bool, estimate: bool, verbose: bool, retry_failed: bool,
+          **engine_options: Any) -> None:
     """Score the missing (sample, model, prompt) cells here, in this process.
 
     Only cells never scored (or failed, below the attempt limit) are computed, through the same
     job code the Celery workers run. Ctrl-C is safe: what was written stays written and a rerun
     continues; a run killed outright is taken over by the next one.
+
+    Every model needed is loaded before any job is claimed: a model that cannot be loaded (a
+    missing API key, a server that refuses or does not answer, a tokenizer) is an error that
+    charges no cell an attempt. A failed cell is retried by the next runs, up to
+    $SELECTIT_MAX_ATTEMPTS attempts [3]; after that only --retry-failed tries it again.
+
+    Exit status: 0 when every cell of the scope is scored; 1 on an error, or when cells of the
+    scope are left failed (the summary counts them, and so does `selectit status`); 130 on Ctrl-C.
 
     \b
     Example:
@@ -50,6 +62,7 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score --dataset alpaca --estimate   # the cost first: tokens, forwards, time
       selectit score -v           # and where the time went
       selectit score --model served-llama --concurrency 64 --batch-size 64
+      selectit score --dataset alpaca --retry-failed   # cells at the attempt limit, once more
     """
     import time
 
@@ -61,26 +74,37 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
     t0, started = time.perf_counter(), timing.process_age()
     if started is not None:
         timing.PHASES["start-up and imports"] = started
-    options = _engine_choice(engine_options)
     with timing.phase("store"):
         opened = store(ctx)
+    options = _engine_choice(opened.engine_options, engine_options)
     with _ScoringBar(enabled=not quiet) as bar:
         summary = opened.score(dataset=dataset, model=model, prompt_set=prompt_set, progress=bar,
-                               batch_size=batch_size, engine=options)
+                               batch_size=batch_size, engine=options, retry_failed=retry_failed)
     line = (f"scored {summary.scored} cells, failed {summary.failed}, "
             f"skipped {summary.skipped} already scored")
     if summary.interrupted:
         err_console.print(f"interrupted: {line}. Run the same command again to continue.", soft_wrap=True)
         ctx.exit(130)
-    console.print(line + ".")
-    if summary.failed:
-        console.print("Failed cells are retried by the next `selectit score`; `selectit status` lists them.")
+    console.print(line + (f" ({summary.reset} failed cells given their attempts back)." if summary.reset else "."))
     if verbose:
         total = time.perf_counter() - t0 + (started or 0.0)
         console.print(f"time: {total:.2f} s in all" + ("" if started is not None else " (start-up not known here)"),
                       highlight=False)
         for text in timing.breakdown(total):
             console.print(text, highlight=False, markup=False)
+    if summary.left_failed:
+        raise UserError(_left_failed(summary, opened.settings.max_cell_attempts))
+
+
+def _left_failed(summary: Any, limit: int) -> str:
+    """The one line of a run that left failed cells in its scope: how many, and what retries them."""
+    parts = []
+    if summary.retryable:
+        parts.append(f"{summary.retryable} will be retried by the next `selectit score`")
+    if summary.exhausted:
+        parts.append(f"{summary.exhausted} failed {limit} times and are retried only by "
+                     f"`selectit score --retry-failed`")
+    return f"{summary.left_failed} cells are failed: {'; '.join(parts)}. `selectit status` counts them"
 
 
 def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None, prompt_set: str | None,
@@ -277,12 +301,12 @@ def worker(ctx: click.Context, models: tuple[str, ...], concurrency: int | None,
     """
     from selectit.workers.app import run_worker
 
-    options = _engine_choice(engine_options)
+    opened = store(ctx)
+    options = _engine_choice(opened.engine_options, engine_options)
     if options.engine == "openai":  # the requests run concurrently inside one task
         if concurrency is not None:
-            options = _engine_choice({**engine_options, "concurrency": concurrency})
+            options = _engine_choice(opened.engine_options, {**engine_options, "concurrency": concurrency})
         concurrency = 1
-    opened = store(ctx)
     opened.require_models(models)
     # The tasks run with these values (bound into the app), not with environment variables.
     run_worker(opened.settings, models=models, control_queue=control, pool=pool, concurrency=concurrency or 1,

@@ -157,6 +157,8 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[t
     that read files or send raw SQL to the server (`query()`, `postgres_*`, `sqlite_*`, `read_*`),
     are refused by parsing the SQL, never by matching its text.
     """
+    if not isinstance(sql, str):  # the Python API's argument: DuckDB would raise a bare TypeError
+        raise FusionError(f"the SQL must be a string; got {sql!r}")
     check_console_sql(sql)
     seal(con)
     try:

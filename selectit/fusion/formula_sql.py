@@ -149,10 +149,11 @@ WHERE r.rank <= {top_share_sql(top, "r.n_rankable")};
 # --------------------------------------------------------------------------------------------
 # One validator per knob
 # --------------------------------------------------------------------------------------------
-def validate_top(top: float) -> float:
-    """The share kept by --top: a number in (0, 1]."""
+def validate_top(top: float, option: str = "--top") -> float:
+    """The share kept by --top (or by `option`, the one the user gave: --random): a number in (0, 1]."""
     if not (isinstance(top, (int, float)) and math.isfinite(top) and 0 < top <= 1):
-        raise FusionError(f"--top must be a share in (0, 1], e.g. 0.2 for the top 20%; got {top!r}")
+        kept = "the top 20%" if option == "--top" else "20%"
+        raise FusionError(f"{option} must be a share in (0, 1], e.g. 0.2 for {kept}; got {top!r}")
     return float(top)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,19 @@ from selectit.store.schema import Dataset, Selection, SelectionSample
 # --------------------------------------------------------------------------------------------
 # Choosing from the ranking
 # --------------------------------------------------------------------------------------------
+def _whole(value: object) -> bool:
+    """An integer, not a bool (numpy's too): the API's arguments are not parsed by click."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    return _whole(value) and value >= 1  # type: ignore[operator]
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Criterion:
     """Which ranked samples to keep: a top share, the top n, or a score threshold (else all).
@@ -48,9 +62,9 @@ class Criterion:
             raise FusionError("give only one of --top, --top-n and --min-score")
         if self.top is not None:
             validate_top(self.top)
-        if self.top_n is not None and self.top_n < 1:
+        if self.top_n is not None and not _count(self.top_n):
             raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
-        if self.min_score is not None and not math.isfinite(self.min_score):
+        if self.min_score is not None and not (_real(self.min_score) and math.isfinite(self.min_score)):
             raise FusionError(f"--min-score must be a finite number, e.g. 0.5; got {self.min_score!r}")
 
     @classmethod
@@ -168,12 +182,14 @@ class Control:
             raise FusionError(f"unknown control {self.by!r}; choose one of: {', '.join(CONTROLS)}")
         if (self.top is None) == (self.top_n is None):
             raise FusionError("give the control's size: a share (--random SHARE, or --top with --by length) or --top-n")
-        if self.top is not None:
-            validate_top(self.top)
-        if self.top_n is not None and self.top_n < 1:
+        if self.top is not None:  # the message names the option the user gave
+            validate_top(self.top, "--random" if self.by == "random" else "--top")
+        if self.top_n is not None and not _count(self.top_n):
             raise FusionError(f"--top-n must be a positive count; got {self.top_n!r}")
         if self.by == "random" and self.top is None:
             raise FusionError("--random takes a share, e.g. --random 0.2")
+        if not _whole(self.seed):  # random_key's int("x") would raise a bare ValueError
+            raise FusionError(f"--seed must be a whole number, e.g. --seed 1; got {self.seed!r}")
 
     def size(self, n_rankable: int) -> int:
         if n_rankable == 0:
@@ -288,6 +304,35 @@ def read_ids(path: str) -> tuple[tuple[int, ...], str]:
             raise FusionError(f"--ids {path}, line {number}: {text[:40]!r} is not a sample id (one whole number a line)")
         ids.append(int(text))
     return tuple(ids), f"{Path(path).name} (sha256 {hashlib.sha256(raw).hexdigest()})"
+
+
+def criterion_for(*, top: float | None = None, top_n: int | None = None, min_score: float | None = None,
+                  random: float | None = None, seed: int = 0, by: str = "score", sql: str | None = None,
+                  ids: Any = None) -> Criterion | Control | Listed:
+    """What `selectit select` freezes, from its options (`selectit.Store.select`): the top of the
+    ranking, a control, or the samples a query or a list names; contradictory options are an error."""
+    import os
+
+    if by not in ("score", "length"):
+        raise FusionError(f"--by must be score or length, not {by!r}")
+    if sql is not None or ids is not None:
+        if (top, top_n, min_score, random, by) != (None, None, None, None, "score"):
+            raise FusionError("--sql and --ids name the samples themselves: give them without --top, --top-n, "
+                              "--min-score, --random or --by")
+        if isinstance(ids, (str, os.PathLike)):
+            listed_ids, source = read_ids(str(ids))
+            return Listed(sql=sql, ids=listed_ids, source=source)
+        return Listed(sql=sql, ids=None if ids is None else tuple(int(i) for i in ids))
+    if random is not None:
+        if by != "score" or top is not None or top_n is not None or min_score is not None:
+            raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
+                              "--min-score or --by")
+        return Control("random", top=random, seed=seed)
+    if by == "length":
+        if min_score is not None:
+            raise FusionError("--by length keeps the longest responses: give --top or --top-n, not --min-score")
+        return Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
+    return Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
 
 
 # --------------------------------------------------------------------------------------------

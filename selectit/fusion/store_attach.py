@@ -18,7 +18,7 @@ from selectit.contract import valid_name
 from selectit.errors import NoSuchDataset
 from selectit.fusion.errors import FusionError
 from selectit.fusion.extensions import extension_path
-from selectit.store import db
+from selectit.store import db, sqlite_locks
 
 
 #: libpq settings that go into a DuckDB secret, never into the visible path (with every
@@ -62,12 +62,23 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _end_result(con: duckdb.DuckDBPyConnection) -> None:
+    """Close `con`'s pending result, and with it the SQLite handles a result not read to the end
+    keeps open (`sqlite_locks`); nothing to do on a closed connection."""
+    try:
+        con.execute("SELECT 1")
+    except duckdb.ConnectionException:
+        pass
+
+
 def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the curation database attached read-only as `store`.
 
     Right after the ATTACH external access is turned off: nothing but the attached store can be
     read or written from here on (the views keep working; the extensions read the store through
     their own connections). The PostgreSQL password goes into a DuckDB secret, shown redacted.
+    A SQLite file is lent to the connection while it lives (`selectit.store.sqlite_locks`): run
+    none of its statements inside a SQLAlchemy transaction on the same store.
     """
     url = make_url(db.resolve_url(db_url))
     con = duckdb.connect(
@@ -84,6 +95,8 @@ def attach(db_url: str | None) -> duckdb.DuckDBPyConnection:
             if path is None or not path.is_file():
                 raise FusionError(f"no SQLite database at {str(path)!r}; create it with `selectit init`")
             con.execute(f"LOAD {sql_str(str(extension_path('sqlite')))}")
+            # DuckDB's SQLite and SQLAlchemy's must not both have the file open in this process.
+            sqlite_locks.lend_to_duckdb(path, con, _end_result)
             try:
                 con.execute(f"ATTACH {sql_str(str(path.resolve()))} AS store (TYPE sqlite, READ_ONLY)")
             except duckdb.Error as exc:

@@ -77,7 +77,9 @@ def _json_records(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         return [r for r in json.loads(text) if isinstance(r, dict)]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    # JSON lines end at \n only: str.splitlines() would also cut at U+2028, U+0085, \x0c, … that
+    # json.dumps leaves raw inside a string (ensure_ascii=False), splitting a record in two.
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def _column_names(path: Path, suffix: str | None = None) -> set[str]:

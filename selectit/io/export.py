@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from selectit.contract import EXPORT_FORMATS
+from selectit.contract import EXPORT_FORMATS, valid_path
 from selectit.errors import NoSuchSelection
 from selectit.fusion.session import Fusion
 from selectit.io.card import now_utc
@@ -215,10 +215,12 @@ def export_selection(
                           "returned in memory without one")
     if out is None and llamafactory not in (False, None):
         raise ExportError("llamafactory needs a data file beside dataset_info.json; give out")
-    if out is not None and not str(out).strip():
+    if out is not None and not str(valid_path(out, "--out")).strip():
         raise ExportError("--out is empty; give the file (or the directory, ending with '/') to export to")
     if (selection is None) == (dataset is None):
         raise ExportError("give either --selection NAME (a frozen selection) or --dataset D (the current ranking)")
+    if not (llamafactory is None or isinstance(llamafactory, (bool, str))):  # 5 would count as True
+        raise ExportError(f"--llamafactory takes the entry's name (a string) or nothing; got {llamafactory!r}")
     if fmt is not None and fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
     if order not in ("rank", "dataset"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -400,7 +401,8 @@ def ingest(engine: Engine, data: Any, dataset: str, **options: Any) -> IngestRes
     """`ingest_file` of a path, or of a table in memory (a ``pyarrow.Table``, a pandas
     ``DataFrame`` or a ``datasets.Dataset``) through a Parquet file that lives as long as the ingest:
     the reader's one path for tables."""
-    table = _as_arrow(data)
+    source = f"<in-memory {type(data).__name__}>"  # what the ingest record and the errors name
+    table = _as_arrow(data, source)
     if table is None:
         return ingest_file(engine, data, dataset, **options)
     import tempfile
@@ -413,23 +415,54 @@ def ingest(engine: Engine, data: Any, dataset: str, **options: Any) -> IngestRes
     with tempfile.TemporaryDirectory(prefix="selectit-ingest-") as tmp:
         path = Path(tmp) / "records.parquet"
         pq.write_table(table, path)
-        return ingest_file(engine, path, dataset, **{**options, "fmt": "parquet"},
-                           source=f"<in-memory {type(data).__name__}>")
+        try:
+            return ingest_file(engine, path, dataset, **{**options, "fmt": "parquet"}, source=source)
+        except IngestError as exc:  # about the temporary file: told of the table instead
+            raise IngestError(_of_table(str(exc), str(path), source)) from None
 
 
-def _as_arrow(data: Any) -> pa.Table | None:
-    """`data` as a `pyarrow.Table` when it is a table in memory (Arrow, pandas, datasets), else None."""
+#: What an ingest error says of a file, and what it says of a table in memory instead (a table
+#: has no file to convert or check, and no format to pass).
+_TABLE_WORDS = (
+    (re.compile(r": unknown format \("), ": no columns selectit reads ("),
+    (re.compile(r"selectit reads [^;]*; convert the file, or pass --format if detection got it wrong"),
+     "rename the table's columns, or map them with --map"),
+    (re.compile(r"check the file(, or pass --format)?"), "check the table"),
+    (re.compile("give a file with at least one record"), "give a table with at least one row"),
+    (re.compile("the file does not have"), "the table does not have"),
+)
+
+
+def _of_table(message: str, path: str, source: str) -> str:
+    """An ingest error about the temporary Parquet file of a table, as said of the table."""
+    message = message.replace(path, source)
+    for words, instead in _TABLE_WORDS:
+        message = words.sub(instead, message)
+    return message
+
+
+def _as_arrow(data: Any, source: str) -> pa.Table | None:
+    """`data` as a `pyarrow.Table` when it is a table in memory (Arrow, pandas, datasets), else
+    None; `IngestError` (naming `source`) for one that Arrow cannot hold or whose columns repeat."""
     if isinstance(data, (str, os.PathLike)):
         return None
     import pyarrow as pa
 
-    if isinstance(data, pa.Table):
-        return data
     # By package and class name: neither pandas nor datasets is imported unless the caller did.
     kind = f"{type(data).__module__.partition('.')[0]}.{type(data).__name__}"
-    if kind == "pandas.DataFrame":
-        return pa.Table.from_pandas(data, preserve_index=False)
-    if kind == "datasets.Dataset":
-        return data.with_format("arrow")[:]
-    raise SelectitError(f"cannot ingest a {kind}: give a path, a pyarrow.Table, a pandas DataFrame "
-                        f"or a datasets.Dataset")
+    if kind not in ("pyarrow.Table", "pandas.DataFrame", "datasets.Dataset"):
+        raise SelectitError(f"cannot ingest a {kind}: give a path, a pyarrow.Table, a pandas DataFrame "
+                            f"or a datasets.Dataset")
+    names = [str(c) for c in (data.columns if kind == "pandas.DataFrame" else data.column_names)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # one of the two would be read and the other dropped (pandas: a bare ValueError)
+        raise IngestError(f"{source} has more than one column named {', '.join(map(repr, twice))}. "
+                          f"Nothing was ingested; rename or drop the repeated columns.")
+    try:
+        if kind == "pandas.DataFrame":
+            return pa.Table.from_pandas(data, preserve_index=False)
+        return data if kind == "pyarrow.Table" else data.with_format("arrow")[:]
+    except (pa.ArrowException, ValueError, TypeError) as exc:  # a column of mixed types, say
+        reason = " ".join("; ".join(map(str, exc.args)).split()) or type(exc).__name__  # Arrow's args: a tuple
+        raise IngestError(f"{source}: cannot read it as a table ({reason}). Nothing was ingested; give each "
+                          f"column one type (text for instruction, input and output).") from None

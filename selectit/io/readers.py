@@ -47,7 +47,8 @@ instruction and input joined by a newline is read back as that instruction and i
 
 Canonical form (`canonical`): ``\\r\\n`` → ``\\n``, then Unicode NFC, for each of instruction,
 input and output; that is the text stored and hashed. A record whose text no backend can store
-(a NUL character, an unpaired surrogate) is invalid.
+(a NUL character, an unpaired surrogate) is invalid, and so is a record over `MAX_RECORD_BYTES`
+(64 MiB of UTF-8: a JSON list's object, a row) — a JSON line that long is not even read.
 """
 
 from __future__ import annotations
@@ -78,8 +79,12 @@ _TABULAR = ("parquet", "csv", "tsv", "arrow", "hf-dir")
 CHUNK = 20_000
 #: dataset_samples.original_id is VARCHAR(200).
 MAX_ORIGINAL_ID = 200
-#: The most one record (a JSON line, a CSV field) may take; longer ones are refused, not read whole.
+#: The most one record (a JSON line or object, a row, a CSV field) may take; longer ones are refused.
 MAX_RECORD_BYTES = 64 * 2**20
+
+
+def _record_limit() -> str:
+    return f"{MAX_RECORD_BYTES // 2**20} MiB" if MAX_RECORD_BYTES % 2**20 == 0 else f"{MAX_RECORD_BYTES:,} bytes"
 
 
 class Record(NamedTuple):
@@ -205,7 +210,7 @@ def _iter_jsonl(path: Path, progress: Callable[[int, int], None], layout: dict[s
     with path.open("rb") as fh:
         for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
             if len(raw) > MAX_RECORD_BYTES:  # never hold an endless line in memory
-                raise IngestError(f"{path}, line {lineno}: longer than {MAX_RECORD_BYTES // 2**20} MiB, the most one "
+                raise IngestError(f"{path}, line {lineno}: longer than {_record_limit()}, the most one "
                                   f"record may take. Nothing was ingested; is this a JSON Lines file?")
             start = offset
             offset += len(raw)
@@ -548,6 +553,9 @@ class RecordReader:
     def _parse(self, raw: _Raw) -> Record:
         if raw.error is not None:
             raise _Invalid(raw.error)
+        text = raw.text or ""  # a character takes 1 to 4 bytes: encoded only when it could be too long
+        if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
+            raise _Invalid(f"longer than {_record_limit()}, the most one record may take")
         obj = raw.obj
         if not isinstance(obj, dict):
             if self.read == 1 and self._shape is None:

@@ -245,14 +245,16 @@ def turns_of(obj: dict[str, Any], key: str) -> list[Turn]:
     return turns
 
 
-def _history(obj: dict[str, Any], key: str, mapped: bool) -> list[Turn]:
-    """LLaMA-Factory's ``history``: a list of [user, assistant] pairs. A field of that name that is
-    no list (a CSV cell, another dataset's text) is not read, unless --map names it."""
+def _history(obj: dict[str, Any], key: str) -> list[Turn]:
+    """LLaMA-Factory's ``history``: a list of [user, assistant] pairs; null or "" (an empty CSV
+    cell) is none. Anything else (JSON text in a string, a number, an object) is an invalid
+    record, like a malformed list: dropping it would rate the instruction without its context."""
     value = obj.get(key)
-    if value is None or (not isinstance(value, list) and not mapped):
+    if value is None or value == "":
         return []
-    if not isinstance(value, list) or not all(
-            isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in value):
+    if not isinstance(value, list):
+        raise BadRecord(f"field '{key}' is not a list of [user, assistant] text pairs (got {json_type(value)})")
+    if not all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in value):
         raise BadRecord(f"field '{key}' is not a list of [user, assistant] text pairs")
     return [turn for user, assistant in value for turn in (("user", user), ("assistant", assistant))]
 
@@ -263,7 +265,7 @@ def _alpaca(obj: dict[str, Any], cmap: dict[str, str]) -> Conversation:
     output = _field(obj, cmap.get("output", "output"), required=True)
     system = _field(obj, cmap.get("system", "system"), required=False)
     turns = [("system", system)] if system.strip() else []
-    turns += _history(obj, cmap.get("history", "history"), "history" in cmap)
+    turns += _history(obj, cmap.get("history", "history"))
     return Conversation((*turns, ("user", instruction), ("assistant", output)), inp)
 
 
@@ -361,9 +363,13 @@ def parse_column_map(spec: str | dict[str, str] | None) -> dict[str, str]:
     """``"instruction=question,output=response"`` → {"instruction": "question", "output": "response"}."""
     if not spec:
         return {}
+    if not isinstance(spec, (str, dict)):  # the Python API's map=: a .split() would raise AttributeError
+        raise IngestError(f"--map is 'instruction=question,…' or a dict of field → column; got {spec!r}")
     pairs = spec.items() if isinstance(spec, dict) else (p.partition("=")[::2] for p in spec.split(",") if p.strip())
     result: dict[str, str] = {}
     for target, column in pairs:
+        if not (isinstance(target, str) and isinstance(column, str)):
+            raise IngestError(f"--map names fields and columns with strings; got {target!r}: {column!r}")
         target, column = target.strip(), column.strip()
         name = MAP_ALIASES.get(target, target)
         if name not in MAP_FIELDS:

@@ -2,12 +2,18 @@
 forwards, and an estimated time from the rate this store has recorded (reads only).
 
 Prompt tokens come from the model's own tokenizer (each missing cell's prompt rendered and
-counted, special tokens included, before any truncation), or — when the tokenizer cannot be
-loaded here, or `tokenizer=False` — are estimated from characters (the planner's 4 characters
-per token); `Estimate.tokens_from` says which. Forwards are packed sequences: one per sample
+counted, special tokens included), or — when the tokenizer cannot be loaded here, or
+`tokenizer=False` — are estimated from characters (the planner's 4 characters per token);
+`Estimate.tokens_from` says which. Either way a cell counts at most the model's context
+(`max_tokens`): the scorer cuts a longer prompt to it. The estimate stays cheap on huge records:
+each field is read from the database cut to `CUT_CHARS_PER_TOKEN × max_tokens` characters, and
+no more than that of a prompt is tokenized (a head that short of the context is scaled up by the
+prompt's length). Forwards are packed sequences: one per sample
 and model (its missing prompts share one sequence; the engine batches several per pass). The
-time is missing cells ÷ the cells/s of the model version's last finished jobs on that engine
-(`throughput` rows, written when a job ends); without a record it is None and the text says so.
+time is missing cells ÷ the cells/s of the model version's last finished jobs on its engine
+(`throughput` rows, written when a job ends): the `openai` engine's for a model registered with
+an endpoint (it is always scored by it), else the given engine's; without a record it is None
+and the text says so.
 
     >>> import selectit
     >>> for e in selectit.open("selectit.db").estimate(dataset="alpaca"): print(e.line())  # doctest: +SKIP
@@ -15,6 +21,7 @@ time is missing cells ÷ the cells/s of the model version's last finished jobs o
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,11 +31,18 @@ from sqlalchemy.engine import Engine
 
 from selectit.contract import render
 from selectit.jobs.planner import CHARS_PER_TOKEN, missing_cells, resolve_scope
+from selectit.settings import DEFAULT_SETTINGS, Settings
 from selectit.store import db
 from selectit.store.schema import LLM, Prompt, Sample, Throughput
 
 #: How many of a model version's most recent finished jobs its rate is taken over.
 RECENT_JOBS = 10
+#: A prompt is tokenized from at most this many characters per token of the model's context:
+#: ordinary text (prose, code, base64) holds far fewer characters per token, so the cut head alone
+#: overflows the context; a head that does not is scaled up by the prompt's whole length.
+CUT_CHARS_PER_TOKEN = 16
+#: The engine that scores a model registered with an endpoint, whatever `--engine` says.
+SERVED_ENGINE = "openai"
 
 
 @dataclass(frozen=True)
@@ -71,10 +85,16 @@ def recorded_rate(session: sa.orm.Session, model_id: int, engine: str) -> float 
     return float(cells) / float(seconds) if cells and seconds else None
 
 
+def engine_of(model: LLM, scoring_engine: str) -> str:
+    """The engine that scores `model`: the `openai` engine for a model served by an endpoint."""
+    return SERVED_ENGINE if model.endpoint else scoring_engine
+
+
 def time_left(engine: Engine, missing: dict[int, int], scoring_engine: str = "torch") -> dict[int, str]:
     """model version id → the time its `missing` cells take at its recorded rate ("–" without one)."""
     with db.read_scope(engine) as session:
-        rates = {m: recorded_rate(session, m, scoring_engine) for m in missing}
+        served = set(session.scalars(sa.select(LLM.id).where(LLM.id.in_(list(missing)), LLM.endpoint.is_not(None))))
+        rates = {m: recorded_rate(session, m, SERVED_ENGINE if m in served else scoring_engine) for m in missing}
     return {m: (duration(n / rates[m]) if rates[m] and n else ("0 s" if not n else "–")) for m, n in missing.items()}
 
 
@@ -91,11 +111,11 @@ def _token_counter(model: LLM):  # noqa: ANN202 - (counter of texts, or None)
 
 def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = None,
              prompt_set: str | None = None, scoring_engine: str = "torch", tokenizer: bool = True,
-             chunk: int = 512) -> list[Estimate]:
+             chunk: int = 512, settings: Settings = DEFAULT_SETTINGS) -> list[Estimate]:
     """Per active model version of the scope (`selectit score`'s): what scoring would cost. Reads only."""
     with db.read_scope(engine) as session:
         scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
-        rows = missing_cells(session, scope)
+        rows = missing_cells(session, scope, settings=settings)
         models = {m.id: m for m in session.scalars(sa.select(LLM).where(LLM.id.in_(scope.model_ids)))}
         prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(scope.prompt_ids)))}
         by_model: dict[int, list] = defaultdict(list)
@@ -107,28 +127,39 @@ def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = 
             llm = models[model_id]
             count = _token_counter(llm) if tokenizer and mine else None
             if count is None:
-                tokens, source = sum(r.est_tokens for r in mine), f"characters (≈{CHARS_PER_TOKEN} per token)"
+                tokens = sum(min(r.est_tokens, len(r.prompt_ids) * llm.max_tokens) for r in mine)
+                source = f"characters (≈{CHARS_PER_TOKEN} per token)"
             else:
-                tokens, source = _count_tokens(session, mine, prompts, count, chunk), "tokenizer"
+                tokens, source = _count_tokens(session, mine, prompts, count, chunk, llm.max_tokens), "tokenizer"
             forwards = sum(len({(prompts[p].layout, prompts[p].scale) for p in r.prompt_ids}) for r in mine)
-            rate = recorded_rate(session, model_id, scoring_engine)
+            name = engine_of(llm, scoring_engine)
+            rate = recorded_rate(session, model_id, name)
             cells = sum(len(r.prompt_ids) for r in mine)
-            out.append(Estimate(llm.name, model_id, scoring_engine, cells, len({r.sample_id for r in mine}), tokens,
+            out.append(Estimate(llm.name, model_id, name, cells, len({r.sample_id for r in mine}), tokens,
                                 source, forwards, rate, cells / rate if rate else None))
         session.rollback()  # nothing to keep: a read
     return out
 
 
-def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt], count, chunk: int) -> int:  # noqa: ANN001
-    """Σ tokens of every missing cell's rendered prompt, read and counted `chunk` samples at a time."""
+def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt],
+                  count, chunk: int, max_tokens: int) -> int:  # noqa: ANN001
+    """Σ tokens of every missing cell's rendered prompt, each at most `max_tokens`, read and counted
+    `chunk` samples at a time; no field is read, and no prompt tokenized, beyond `cut` characters."""
+    cut = CUT_CHARS_PER_TOKEN * max_tokens
+    fields = [sa.func.substr(c, 1, cut) for c in (Sample.instruction, Sample.input, Sample.output)]
     total = 0
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
-        samples = {s.id: s for s in session.scalars(sa.select(Sample).where(Sample.id.in_([r.sample_id for r in part])))}
-        texts = []
+        samples = {sid: (i, x, o, n) for sid, i, x, o, n in session.execute(
+            sa.select(Sample.id, *fields, Sample.n_chars).where(Sample.id.in_([r.sample_id for r in part])))}
+        texts, lengths = [], []
         for r in part:
-            s = samples[r.sample_id]
-            texts += [render(prompts[p].layout, prompts[p].template, s.instruction, s.input, s.output).text
-                      for p in r.prompt_ids]
-        total += sum(count(texts))
+            instruction, input, output, n_chars = samples[r.sample_id]
+            for p in r.prompt_ids:
+                text = render(prompts[p].layout, prompts[p].template, instruction, input, output).text
+                # the prompt's whole length: what the cut fields left out comes back
+                lengths.append(len(text) + n_chars - len(instruction) - len(input) - len(output))
+                texts.append(text[:cut])
+        for n, length in zip(count(texts), lengths):
+            total += min(max_tokens, n if length <= cut else math.ceil(n * length / cut))
     return total

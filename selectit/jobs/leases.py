@@ -19,21 +19,20 @@ from sqlalchemy.orm import Session
 
 from selectit.contract import CellResult, JobStatus
 from selectit.jobs.cells import cells_to_score, write_results
-from selectit.settings import Settings
+from selectit.settings import DEFAULT_SETTINGS, Settings
 from selectit.store import db
-from selectit.store.holders import dead_local_workers
+from selectit.jobs.holders import dead_local_workers
 from selectit.store.schema import Job, JobSample, utcnow
 
 
 def worker_id() -> str:
     """`host:pid` of this process: lets a rerun on the same host see that a holder is dead
-    (`selectit.store.holders`)."""
+    (`selectit.jobs.holders`)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim(engine: Engine, job_id: int, worker: str, *, lease: float | None = None) -> bool:
+def claim(engine: Engine, job_id: int, worker: str, *, lease: float = DEFAULT_SETTINGS.lease_seconds) -> bool:
     """Take the queued job `job_id` for `worker` with a lease; False if someone else has it."""
-    lease = Settings.from_env().lease_seconds if lease is None else lease
     with db.session_scope(engine) as session:
         q = sa.select(Job.id).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         if session.scalar(db.skip_locked(q, session)) is None:
@@ -55,13 +54,12 @@ def heartbeat(session: Session, job_id: int, worker: str, lease: float) -> bool:
 
 
 def release(engine: Engine, job_id: int, worker: str, *, error: str | None = None,
-            count_attempt: bool = True, settings: Settings | None = None) -> JobStatus | None:
+            count_attempt: bool = True, settings: Settings = DEFAULT_SETTINGS) -> JobStatus | None:
     """Give a running job back: `queued` again, or `failed` once it used up its attempts.
 
     `count_attempt=False` (Ctrl-C) does not charge the interrupted claim. Returns the job's
     status afterwards (None if there is no such job).
     """
-    settings = settings or Settings.from_env()
     with db.session_scope(engine) as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
@@ -91,12 +89,11 @@ def _requeue_or_fail(session: Session, job: Job, error: str | None, settings: Se
     return JobStatus(job.status)
 
 
-def requeue_expired(engine: Engine, settings: Settings | None = None) -> list[int]:
+def requeue_expired(engine: Engine, settings: Settings = DEFAULT_SETTINGS) -> list[int]:
     """Running jobs whose lease expired (or whose holder on this host is dead) → queued or failed.
 
     Returns the ids put back in the queue (the caller re-sends them to the broker).
     """
-    settings = settings or Settings.from_env()
     now = utcnow()
     requeued = []
     with db.session_scope(engine) as session:

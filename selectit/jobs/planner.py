@@ -14,6 +14,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus
 from selectit.errors import NoSuchModel, SelectitError
 from selectit.scoring.registry import DEFAULT_PROMPT_SET
-from selectit.settings import Settings
+from selectit.settings import DEFAULT_SETTINGS, Settings
 from selectit.store import db, lookups
 from selectit.store.schema import (
     DatasetSample,
@@ -230,13 +231,12 @@ def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, excl
 
 
 def missing_cells(session: Session, scope: Scope, *, exclude_open: bool = False,
-                  settings: Settings | None = None) -> list[MissingRow]:
+                  settings: Settings = DEFAULT_SETTINGS) -> list[MissingRow]:
     """Cells never scored, or failed below the attempt limit, grouped per (model, set, sample).
 
     With `exclude_open`, cells already in a queued or running job are left out too (what the
     planner needs).
     """
-    settings = settings or Settings.from_env()
     return [MissingRow(m, s, sid, pids, tok)
             for m, pids, s, sid, tok in _missing_by_kind(session, scope, settings, exclude_open=exclude_open)]
 
@@ -246,6 +246,44 @@ def total_cells(session: Session, scope: Scope) -> int:
     ds = f"WHERE dataset_id IN ({ids_sql(scope.dataset_ids)})" if scope.dataset_ids is not None else ""
     n = session.scalar(sa.text(f"SELECT COUNT(DISTINCT sample_id) FROM dataset_samples {ds}")) or 0
     return n * len(scope.model_ids) * len(scope.prompt_ids)
+
+
+def _failed_in_scope(scope: Scope) -> str:
+    """The WHERE clause of the scope's failed score rows."""
+    ds = ("" if scope.dataset_ids is None else " AND sample_id IN (SELECT sample_id FROM dataset_samples "
+          f"WHERE dataset_id IN ({ids_sql(scope.dataset_ids)}))")
+    return (f"status = '{CellStatus.FAILED}' AND model_id IN ({ids_sql(scope.model_ids)}) "
+            f"AND prompt_id IN ({ids_sql(scope.prompt_ids)}){ds}")
+
+
+def reset_failed(session: Session, scope: Scope) -> int:
+    """Give the scope's failed cells their attempts back (`score --retry-failed`): each is missing
+    again, so the next plan puts it in a job, and it is tried `max_cell_attempts` times more. The
+    row (and its error) stays until the cell is scored again. Returns how many were reset."""
+    return session.execute(sa.text(f"UPDATE scores SET attempts = 0 WHERE {_failed_in_scope(scope)} "
+                                   "AND attempts > 0")).rowcount or 0
+
+
+@dataclass(frozen=True)
+class FailedCells:
+    """The scope's failed cells, as a run ends."""
+
+    by_run: int  # written failed by `worker` since `since` (its failed attempts and the jobs it gave up)
+    retryable: int  # below the attempt limit: the next run retries them
+    exhausted: int  # at the attempt limit: retried only after `reset_failed`
+
+
+def failed_cells(session: Session, scope: Scope, settings: Settings, *, worker: str | None = None,
+                 since: dt.datetime | None = None) -> FailedCells:
+    """Count the scope's failed cells (one query); `by_run` needs `worker` and `since`."""
+    since = since or utcnow()
+    row = session.execute(sa.text(  # worker = NULL is never true: no `by_run` without a worker
+        "SELECT COALESCE(SUM(CASE WHEN worker = :worker AND scored_at >= :since THEN 1 ELSE 0 END), 0), "
+        f"COALESCE(SUM(CASE WHEN attempts < :limit THEN 1 ELSE 0 END), 0), "
+        f"COALESCE(SUM(CASE WHEN attempts >= :limit THEN 1 ELSE 0 END), 0) FROM scores WHERE {_failed_in_scope(scope)}"
+    ).bindparams(sa.bindparam("since", type_=sa.DateTime())),  # stored as the DateTime column stores it
+        {"limit": settings.max_cell_attempts, "worker": worker, "since": since}).one()
+    return FailedCells(*(int(v) for v in row))
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,14 +357,13 @@ def _inputs(session: Session, scope: Scope, settings: Settings) -> tuple[int, ..
 def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None,
          prompt_set: str | None = None, max_tokens_per_job: int | None = None,
          max_samples_per_job: int = MAX_SAMPLES_PER_JOB, strict: bool = True,
-         settings: Settings | None = None) -> list[int]:
+         settings: Settings = DEFAULT_SETTINGS) -> list[int]:
     """Create jobs for every missing cell not already in an open job; commit; return their ids.
 
     Idempotent: planning twice, or two planners at once, never put a cell in two open jobs. A
     plan whose inputs are those of this process's last plan of the same scope returns at once
     (`_settled`): what the control loop runs every minute costs one small query, not a pass.
     """
-    settings = settings or Settings.from_env()
     with db.session_scope(engine) as session:
         # Two planners (the control loop + `selectit plan`) must not both see the same cells as missing.
         db.lock_transaction(session, PLAN_LOCK_KEY)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -35,16 +35,20 @@ from selectit.contract import (
     render,
     split_on_failure,
 )
+from selectit.errors import ModelLoadError
 from selectit.jobs.cells import cells_to_score, write_results
 from selectit.jobs.leases import claim, heartbeat, release, requeue_expired, worker_id
 from selectit.jobs.planner import (
+    failed_cells,
     missing_cells,
     open_jobs_in_scope,
     plan,
+    reset_failed,
     resolve_scope,
     total_cells,
 )
-from selectit.settings import Settings, SettingsError, variable
+from selectit.jobs.progress import ScoreProgress, TqdmProgress  # noqa: F401 - re-exported
+from selectit.settings import DEFAULT_SETTINGS, Settings, SettingsError, variable
 from selectit.store import db
 from selectit.store.schema import (
     LLM,
@@ -72,6 +76,7 @@ class Outcome(StrEnum):
     RETRY = "retry"  # an error; the job is back in the queue for its next attempt
     FAILED = "failed"  # an error on its last attempt; the job is failed
     LOST = "lost"  # the lease expired and another worker took the job over
+    LOAD_FAILED = "load failed"  # the model could not be loaded: the job was not claimed (queued, uncharged)
 
 
 @dataclass
@@ -243,7 +248,7 @@ def mark_done(session: Session, job_id: int, worker: str) -> bool:
 def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             on_cells: Callable[[int, int], None] | None = None,
             on_computed: Callable[[int], None] | None = None,
-            settings: Settings | None = None, lease: float | None = None,
+            settings: Settings = DEFAULT_SETTINGS, lease: float | None = None,
             batch_size: int | None = None) -> JobOutcome:
     """Claim job `job_id`, score its still-missing cells in committed batches, mark it done.
 
@@ -254,8 +259,11 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     bar that moves per request), `on_cells(ok, failed)`, on this thread, for each
     committed batch. Safe to call for a job that is done or held by another worker: it returns
     `Outcome.SKIPPED` and scores nothing. `lease` and `batch_size` override `settings`.
+
+    A model that cannot be loaded (a missing key, an unreachable server, a tokenizer) is no fault of
+    the job's cells: the job is not claimed, keeps its attempts and stays queued with the error
+    noted, and the outcome is `Outcome.LOAD_FAILED`.
     """
-    settings = settings or Settings.from_env()
     lease = settings.lease_seconds if lease is None else lease
     batch_size = batch_size or settings.batch_size
     with db.session_scope(engine) as session:
@@ -267,12 +275,12 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     try:
         with phase("model load"):
             scorer = scorer_for(ModelSpec.of(model))
-    except Exception as exc:  # noqa: BLE001 - recorded on the job, retried up to its limit
-        if claim(engine, job_id, worker, lease=lease):
-            status = release(engine, job_id, worker, settings=settings,
-                             error=f"loading model {model.name}: {type(exc).__name__}: {exc}")
-            return JobOutcome(job_id, _after_error(status), error=str(exc), model=model.name)
-        return JobOutcome(job_id, Outcome.SKIPPED, model=model.name)
+    except Exception as exc:  # noqa: BLE001 - noted on the queued job; nothing is charged
+        error = str(ModelLoadError.of(model.name, exc))
+        with db.session_scope(engine) as session:  # `selectit status` shows why the job waits
+            session.execute(sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                            .values(error=error[:2000]))
+        return JobOutcome(job_id, Outcome.LOAD_FAILED, error=error, model=model.name)
     if not claim(engine, job_id, worker, lease=lease):
         return JobOutcome(job_id, Outcome.SKIPPED, model=model.name)
     started = time.monotonic()  # after the model load: the rate `score --estimate` uses
@@ -338,7 +346,7 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
 # --------------------------------------------------------------------------------------------
 
 
-def default_scorer_factory(settings: Settings | None = None,
+def default_scorer_factory(settings: Settings = DEFAULT_SETTINGS,
                            engine_options: EngineOptions | None = None) -> ScorerFor:
     """`$SELECTIT_SCORER` (`module:callable`, model version → engine), by default
     `selectit.scoring.engines:load_engine`: the torch or the vLLM engine, as `engine_options` (default:
@@ -347,7 +355,7 @@ def default_scorer_factory(settings: Settings | None = None,
     The hook lets a deployment plug in another scoring backend (and the tests inject faults);
     `selectit score` and the Celery workers both go through it.
     """
-    spec = (settings or Settings.from_env()).scorer
+    spec = settings.scorer
     if spec == Settings.scorer:
         from selectit.scoring.engines import load_engine
 
@@ -395,7 +403,7 @@ class ScorerCache:
     `selectit.scoring.loading.loading_note`) and `announce(None)` when it has ended.
     """
 
-    def __init__(self, load: ScorerFor | None = None, settings: Settings | None = None,
+    def __init__(self, load: ScorerFor | None = None, settings: Settings = DEFAULT_SETTINGS,
                  announce: Callable[[str | None], None] | None = None) -> None:
         self._load = load
         self._settings = settings
@@ -436,103 +444,73 @@ class ScorerCache:
 # --------------------------------------------------------------------------------------------
 
 
-class ScoreProgress(Protocol):
-    """What `score_in_process` reports while it runs (the CLI draws a progress bar from it)."""
-
-    def start(self, total: int) -> None:
-        """`total` cells are missing in the scope."""
-
-    def advance(self, cells: int) -> None:
-        """`cells` more cells were written (ok or failed)."""
-
-    def computed(self, cells: int) -> None:
-        """`cells` more cells were computed by the engine (written with their batch later)."""
-
-    def note(self, text: str) -> None:
-        """Something worth a line: waiting for other workers, a failed job."""
-
-    def loading(self, text: str | None) -> None:
-        """A model is loading (`text`: "loading model NAME…"); None: the load has ended."""
-
-
-class TqdmProgress:
-    """`Store.score(progress=True)`: a tqdm.auto bar (a widget in notebooks, text in terminals)."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def start(self, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=total, unit="cell", desc="scoring", smoothing=0.1)
-
-    def computed(self, cells: int) -> None:
-        if self._bar is not None:
-            self._bar.update(min(cells, (self._bar.total or 0) - self._bar.n))
-            if self._bar.n >= (self._bar.total or 0):
-                self._bar.close()
-
-    def advance(self, cells: int) -> None:
-        """Cells written: the bar shows them computed already."""
-
-    def note(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text)
-
-    def loading(self, text: str | None) -> None:
-        if self._bar is not None:
-            self._bar.set_description(text or "scoring")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 @dataclass
 class ScoreSummary:
     scored: int = 0  # ok cells written by this run
-    failed: int = 0  # failed cells written by this run
-    skipped: int = 0  # cells in scope already scored (or failed at the attempt limit) before the run
+    failed: int = 0  # cells of the scope this run left failed (a failed attempt, or a job given up)
+    skipped: int = 0  # cells of the scope scored ok before the run
     jobs: int = 0  # jobs this run completed
     forwards: int = 0
     interrupted: bool = False
+    retryable: int = 0  # failed cells of the scope below the attempt limit as the run ends: the next run tries them
+    exhausted: int = 0  # failed cells of the scope at the attempt limit as the run ends: `retry_failed` tries them
+    reset: int = 0  # failed cells given their attempts back by `retry_failed`
+
+    @property
+    def left_failed(self) -> int:
+        """Failed cells of the scope as the run ends: the scope cannot be fully ranked yet."""
+        return self.retryable + self.exhausted
 
 
 def score_in_process(engine: Engine, *, dataset: str | None = None, model: str | None = None,
                      prompt_set: str | None = None, progress: ScoreProgress | None = None,
                      batch_size: int | None = None, scorer_for: ScorerFor | None = None,
-                     worker: str | None = None, poll: float = 1.0,
-                     settings: Settings | None = None, engine_options: EngineOptions | None = None) -> ScoreSummary:
+                     worker: str | None = None, poll: float = 1.0, retry_failed: bool = False,
+                     settings: Settings = DEFAULT_SETTINGS, engine_options: EngineOptions | None = None) -> ScoreSummary:
     """Plan the missing cells of the scope and run the jobs here, through `run_job`.
 
-    Jobs left `running` by a killed run on this host are taken over at once (their `host:pid`
-    is dead); jobs held by live workers elsewhere are waited for, and taken over if their lease
-    expires. Ctrl-C puts the current job back in the queue and returns with `interrupted`.
+    Every model with missing cells is loaded first: one that cannot be loaded raises
+    `ModelLoadError` before any job is claimed, and no cell is charged an attempt.
+    `retry_failed` gives the scope's failed cells their attempts back first (`reset_failed`), so
+    cells at the attempt limit are tried again. Jobs left `running` by a killed run on this host
+    are taken over at once (their `host:pid` is dead); jobs held by live workers elsewhere are
+    waited for, and taken over if their lease expires. Ctrl-C puts the current job back in the
+    queue and returns with `interrupted`. The summary counts the failed cells from the database
+    as the run ends.
     """
-    settings = settings or Settings.from_env()
     worker = worker or worker_id()
     # A bad $SELECTIT_SCORER fails here, before any job is claimed.
     # A progress written for an older `ScoreProgress` may lack `loading`: it is then not told.
     cache = scorer_for if scorer_for is not None else ScorerCache(default_scorer_factory(settings, engine_options),
                                                                   announce=getattr(progress, "loading", None))
     summary = ScoreSummary()
-    with phase("planning"):
-        with db.session_scope(engine) as session:
-            scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
-            n_missing = sum(len(r.prompt_ids) for r in missing_cells(session, scope, settings=settings))
-            summary.skipped = total_cells(session, scope) - n_missing
-        requeue_expired(engine, settings)
-        plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
-    if progress:
-        progress.start(n_missing)
+    started = utcnow()
+    with phase("planning"), db.session_scope(engine) as session:
+        scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set)
+        if retry_failed:
+            summary.reset = reset_failed(session, scope)
+        rows = missing_cells(session, scope, settings=settings)
+        n_missing = sum(len(r.prompt_ids) for r in rows)
+        summary.skipped = total_cells(session, scope) - n_missing - failed_cells(session, scope, settings).exhausted
+        to_load = [ModelSpec.of(m) for m in session.scalars(
+            sa.select(LLM).where(LLM.id.in_({r.model_id for r in rows})).order_by(LLM.id))]
 
     def on_cells(ok: int, failed: int) -> None:
         summary.scored += ok
-        summary.failed += failed
         if progress:
             progress.advance(ok + failed)
 
+    if progress:
+        progress.start(n_missing)
     try:
+        for spec in to_load:  # every model before the first claim: a load failure charges nothing
+            try:
+                cache(spec)
+            except Exception as exc:  # noqa: BLE001 - whatever the engine raised, as one message
+                raise ModelLoadError.of(spec.name, exc) from exc
+        with phase("planning"):
+            requeue_expired(engine, settings)
+            plan(engine, dataset=dataset, model=model, prompt_set=prompt_set, settings=settings)
         tried: set[int] = set()
         while True:
             with phase("DB reads"), db.session_scope(engine) as session:
@@ -556,6 +534,8 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
                     summary.jobs += 1
                 elif out.status == Outcome.RETRY:
                     tried.discard(job_id)  # give it its next attempt in this run
+                elif out.status == Outcome.LOAD_FAILED:  # a model first needed now (a job taken over)
+                    raise ModelLoadError(out.error)
                 elif out.status == Outcome.FAILED and out.error and progress:
                     progress.note(f"job {job_id} failed: {out.error}")
     except KeyboardInterrupt:
@@ -564,4 +544,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
         summary.forwards = getattr(cache, "forwards", 0)
         if scorer_for is None:  # the engines this run loaded end with it
             cache.close()
+    with db.read_scope(engine) as session:
+        counts = failed_cells(session, scope, settings, worker=worker, since=started)
+    summary.failed, summary.retryable, summary.exhausted = counts.by_run, counts.retryable, counts.exhausted
     return summary

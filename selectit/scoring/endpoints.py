@@ -1,7 +1,12 @@
 """Where an OpenAI-compatible server lives and how requests reach it: the endpoint (base URL,
 served model id, the environment variable holding its API key), its fingerprint, and an async HTTP
-client with bounded concurrency, retries with backoff and a per-request timeout. The `openai`
-engine (`selectit.scoring.openai_engine`) scores through it.
+client with bounded concurrency, retries with backoff and a deadline on each request. The
+`openai` engine (`selectit.scoring.openai_engine`) scores through it.
+
+Whatever a server sends (an answer, an error body, a message quoting either) may hold the API
+key: a server that echoes the request headers puts it there. Every such text goes through
+`redact`, which masks the key in each form it could take and only then cuts the text, so no
+message, log line or database row holds any part of it. Answers are masked as they arrive.
 
     >>> normalize_endpoint("http://127.0.0.1:8000")
     'http://127.0.0.1:8000/v1'
@@ -10,16 +15,19 @@ engine (`selectit.scoring.openai_engine`) scores through it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import html
 import json
-import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 from selectit.errors import SelectitError
+from selectit.settings import environment
 
 #: The chat layout's mark in a model version's fingerprint (`--chat`).
 CHAT = "chat"
@@ -27,9 +35,77 @@ CHAT = "chat"
 VOLATILE_MODEL_FIELDS = ("created", "permission")
 #: Answers worth another try: rate limits, overload, server errors.
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: What the API key is replaced by in any text a server sent.
+MASK = "***"
+#: The most characters of a server's text kept in a message (after masking).
+EXCERPT = 500
+
 
 class EndpointError(SelectitError):
     """An endpoint that cannot be used as registered, or a request that failed for good."""
+
+
+# --------------------------------------------------------------------------------------------
+# The API key in a server's text
+
+
+def redact(text: str, key: str | None, limit: int | None = None) -> str:
+    r"""`text` (from a server, or quoting one) with `key` masked, then cut to `limit` characters.
+
+    The key is masked raw and as `repr()`, JSON, URL and HTML escaping write it, and as each of
+    those writes the others (a JSON body quoted with `!r`). Masking comes first: a cut through the
+    middle of the key would leave its start, which no mask matches any more.
+
+        >>> redact("401: bad header 'Bearer sk-1\\'2' " + "x" * 40, "sk-1'2", limit=30)
+        "401: bad header 'Bearer ***' …"
+    """
+    if key:
+        text = _key_pattern(key).sub(MASK, text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+#: The ways a server or a message can write a string: Python's escapes (repr, and ascii as
+#: unicode_escape gives it, with either quote escaped), JSON (also with `\/`), URL encoding
+#: (upper- and lower-case hex, `+` for space) and HTML.
+_ENCODINGS: tuple[Callable[[str], str], ...] = (
+    lambda s: repr(s)[1:-1],
+    lambda s: s.encode("unicode_escape").decode("ascii"),
+    lambda s: s.encode("unicode_escape").decode("ascii").replace("'", "\\'"),
+    lambda s: s.encode("unicode_escape").decode("ascii").replace('"', '\\"'),
+    lambda s: json.dumps(s)[1:-1],
+    lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
+    lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
+    lambda s: quote(s, safe=""),
+    lambda s: quote(s),
+    lambda s: quote_plus(s),
+    lambda s: html.escape(s),
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _key_pattern(key: str) -> re.Pattern[str]:
+    """One regular expression for every form of `key`: raw, each encoding, and each encoding of those."""
+    forms = {key}
+    for _ in range(2):
+        forms |= {encode(f) for f in forms for encode in _ENCODINGS}
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), f) for f in forms}
+    # The longest first: a form that holds a shorter one is masked whole.
+    return re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+
+
+def _redact_json(value: Any, key: str | None) -> Any:
+    """A parsed answer with the key masked in every string (keys of objects included)."""
+    if not key:
+        return value
+    if isinstance(value, str):
+        return redact(value, key)
+    if isinstance(value, list):
+        return [_redact_json(v, key) for v in value]
+    if isinstance(value, dict):
+        return {redact(str(k), key): _redact_json(v, key) for k, v in value.items()}
+    return value
 
 # --------------------------------------------------------------------------------------------
 # Endpoints
@@ -43,7 +119,14 @@ def normalize_endpoint(url: str) -> str:
     >>> normalize_endpoint("https://api.example.com/v1/")
     'https://api.example.com/v1'
     """
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # raises for a port out of 0..65535 or not a number
+    except ValueError as exc:  # a malformed IPv6 host ("[::1"), a port "99999" or "ab"
+        raise EndpointError(f"--endpoint {url!r} is not a valid URL ({exc}); give e.g. "
+                            f"http://127.0.0.1:8000/v1") from None
+    if port == 0:
+        raise EndpointError(f"--endpoint {url!r} has port 0, which no server listens on; give the server's port")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EndpointError(f"--endpoint {url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1")
     if parts.username or parts.password:
@@ -92,7 +175,7 @@ class Endpoint:
         """The key, read now from the environment (never kept anywhere else)."""
         if not self.api_key_env:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = environment(self.api_key_env)
         if not key:
             raise EndpointError(f"${self.api_key_env} is not set; the model's endpoint needs its API key there "
                                 f"(registered with --api-key-env {self.api_key_env})")
@@ -104,17 +187,25 @@ class Endpoint:
 
 
 class RequestFailed(Exception):
-    """A request that failed for good; `str()` is the server's message (with the key masked)."""
+    """A request that failed for good; `str()` is the server's message (with the key masked).
+
+    `status` is the HTTP status of the last answer, None when none came (a timeout, a broken
+    connection).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class EndpointClient:
-    """Async POST/GET of JSON with bounded concurrency, retries and a per-request timeout."""
+    """Async POST/GET of JSON with bounded concurrency, retries and a deadline on each request."""
 
     def __init__(self, endpoint: Endpoint, *, concurrency: int = 32, timeout: float = 60.0, max_retries: int = 8,
                  backoff: float = 0.5, max_backoff: float = 30.0) -> None:
         self.endpoint = endpoint
         self.concurrency = concurrency
-        self.timeout = timeout
+        self.timeout = timeout  # seconds for a whole request, answer read to its end
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -147,8 +238,9 @@ class _Session:
     def __init__(self, client: EndpointClient, http: Any, gate: asyncio.Semaphore, key: str | None) -> None:
         self.client, self.http, self.gate, self.key = client, http, gate, key
 
-    def _mask(self, text: str) -> str:
-        return text.replace(self.key, "***") if self.key else text
+    def redact(self, text: str, limit: int | None = EXCERPT) -> str:
+        """`redact` with this session's key: for any message that quotes what the server sent."""
+        return redact(text, self.key, limit)
 
     async def get(self, path: str) -> dict[str, Any]:
         return await self._send("GET", path, None)
@@ -162,60 +254,68 @@ class _Session:
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None,
                     url: str | None = None) -> dict[str, Any]:
+        """The answer (a JSON object, the key masked in its strings), retried as the module says."""
         import httpx
 
         c = self.client
         url = url or c.endpoint.url + path
-        last = "no answer"
+        last, status = "no answer", None
         for attempt in range(c.max_retries + 1):
             wait: float | None = None
             async with self.gate:
                 c.requests += 1
                 try:
-                    resp = await self.http.request(method, url, json=body)
-                except httpx.TimeoutException:
-                    last = f"no answer from {c.endpoint.host} within {c.timeout:g} s"
+                    # httpx's timeout bounds each read, so a server that drips a byte at a time never
+                    # trips it: the deadline is on the whole request, answer included.
+                    resp = await asyncio.wait_for(self.http.request(method, url, json=body), c.timeout)
+                except (asyncio.TimeoutError, httpx.TimeoutException):
+                    last, status = f"no answer from {c.endpoint.host} within {c.timeout:g} s", None
                 except httpx.TransportError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
+                    last, status = f"{type(exc).__name__}: {exc}", None
                 else:
+                    status = resp.status_code
                     if resp.status_code == 200:
                         try:
                             data = resp.json()
                         except ValueError:
                             data = None
                         if isinstance(data, dict):
-                            return data
-                        last = f"the server answered 200 with no JSON object: {resp.text[:300]!r}"
+                            return _redact_json(data, self.key)
+                        last = f"the server answered 200 with no JSON object: {self.redact(resp.text, 300)!r}"
                     else:
-                        last = f"HTTP {resp.status_code}: {_server_message(resp)}"
+                        last = f"HTTP {resp.status_code}: {_server_message(resp, self.key)}"
                         if resp.status_code not in RETRY_STATUS:
-                            raise RequestFailed(self._mask(last))
+                            raise RequestFailed(self.redact(last, 2 * EXCERPT), status)
                         wait = _retry_after(resp)
             if attempt == c.max_retries:
                 break
             c.retries += 1
             delay = min(c.max_backoff, c.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
             await asyncio.sleep(min(c.max_backoff, wait) if wait is not None else delay)
-        raise RequestFailed(self._mask(f"{last} (after {c.max_retries + 1} tries)"))
+        raise RequestFailed(self.redact(last, 2 * EXCERPT) + f" (after {c.max_retries + 1} tries)", status)
 
 
-def _server_message(resp: Any) -> str:
-    """The error message in an OpenAI-style error body, else the start of the body."""
+def _server_message(resp: Any, key: str | None) -> str:
+    """The error message in an OpenAI-style error body, else the body: whole, for `redact` to cut.
+
+    The body's strings are masked as parsed, before `json.dumps` escapes them once more than the
+    server did.
+    """
     try:
-        data = resp.json()
+        data = _redact_json(resp.json(), key)
     except ValueError:
-        return resp.text[:500].strip() or resp.reason_phrase
+        return redact(resp.text.strip(), key) or resp.reason_phrase
     if isinstance(data, dict):
         err = data.get("error", data)
         if isinstance(err, dict):
             msg = err.get("message") or err.get("detail")
             if msg:
-                return str(msg)[:1000]
+                return str(msg)
         elif isinstance(err, str):
-            return err[:1000]
+            return err
         if isinstance(data.get("detail"), str):
-            return data["detail"][:1000]
-    return json.dumps(data)[:500]
+            return data["detail"]
+    return json.dumps(data)
 
 
 def _retry_after(resp: Any) -> float | None:
@@ -244,7 +344,8 @@ def read_model_listing(endpoint: Endpoint, *, timeout: float = 30.0) -> dict[str
     for entry in entries:
         if isinstance(entry, dict) and entry.get("id") == endpoint.served_model:
             return entry
-    ids = ", ".join(repr(e.get("id")) for e in entries if isinstance(e, dict)) or "none"
+    ids = redact(", ".join(repr(e.get("id")) for e in entries if isinstance(e, dict)), endpoint.api_key(),
+                 EXCERPT) or "none"
     raise EndpointError(f"{endpoint.host} does not serve a model {endpoint.served_model!r} (it serves: {ids}); "
                         f"give one of those with --served-model")
 

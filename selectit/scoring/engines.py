@@ -7,6 +7,9 @@ and are registered by name: the built-in ones below, and third-party ones throug
     [project.entry-points."selectit.engines"]
     myengine = "my_package.engine:load"     # load(model: ModelSpec, options: EngineOptions) -> ScoringEngine
 
+(a built-in engine's loader gets its own options class instead: `TorchOptions`, `VllmOptions`,
+`OpenAIOptions`, registered in `OPTIONS` and checked when `EngineOptions` is built)
+
 after which `selectit score --engine myengine` uses it. The built-in engines:
 - `torch` (default; `selectit.scoring.torch_engine.Scorer`): transformers' own forward, all K' prompts of a
   sample packed in one row. The right engine on a CPU and for a single GPU; `device_map="auto"`
@@ -31,13 +34,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from selectit.errors import SelectitError
+from selectit.settings import environment
 
 if TYPE_CHECKING:
     from selectit.contract import ModelSpec, ScoringEngine
@@ -70,25 +74,27 @@ ENV = {
 
 
 @dataclass(frozen=True)
-class EngineOptions:
-    engine: str = EngineName.TORCH
-    device_map: str | None = None  # torch: "auto" spreads the model over every visible GPU
-    tensor_parallel_size: int = 1  # vllm: GPUs that split each layer
-    pipeline_parallel_size: int = 1  # vllm: GPUs (or nodes) that split the layers
-    gpu_memory_utilization: float | None = None  # vllm: share of each GPU's memory [vLLM's 0.92]
-    max_model_len: int | None = None  # vllm: context [the model version's max_tokens + 1]
-    vllm_args: str | None = None  # vllm: more `vllm.LLM` arguments, a JSON object, e.g. {"enforce_eager": true}
-    concurrency: int = 32  # openai: requests in flight at once
-    logprobs_top: int | None = None  # openai: top-k mode (labels outside the top K count 0); None: exact
-    request_timeout: float = 120.0  # openai: seconds one request may take before it is retried
-    max_retries: int = 8  # openai: retries of a request (429, 5xx, timeout) before its cell fails
+class TorchOptions:
+    """The torch engine's options."""
+
+    device_map: str | None = None  # "auto" spreads the model over every visible GPU
 
     def __post_init__(self) -> None:
-        if self.engine not in engine_names():
-            raise EngineError(f"unknown engine {self.engine!r} (${ENV['engine']} or --engine); "
-                              f"choose one of: {', '.join(engine_names())}")
         if self.device_map not in (None, "auto"):
             raise EngineError(f"--device-map {self.device_map!r} is not supported; use 'auto' or leave it unset")
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    """The vllm engine's options."""
+
+    tensor_parallel_size: int = 1  # GPUs that split each layer
+    pipeline_parallel_size: int = 1  # GPUs (or nodes) that split the layers
+    gpu_memory_utilization: float | None = None  # share of each GPU's memory [vLLM's 0.92]
+    max_model_len: int | None = None  # context [the model version's max_tokens + 1]
+    vllm_args: str | None = None  # more `vllm.LLM` arguments, a JSON object, e.g. {"enforce_eager": true}
+
+    def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
             if getattr(self, name) < 1:
                 raise EngineError(f"--{name.replace('_', '-')} must be 1 or more (got {getattr(self, name)})")
@@ -98,17 +104,6 @@ class EngineOptions:
             raise EngineError(f"--max-model-len must be 2 or more (got {self.max_model_len})")
         if self.vllm_args is not None:
             self.llm_kwargs()  # checked now, not in a worker
-        if self.concurrency < 1:
-            raise EngineError(f"--concurrency must be 1 or more (got {self.concurrency})")
-        if self.logprobs_top is not None and self.logprobs_top < 1:
-            raise EngineError(f"--logprobs-top must be 1 or more (got {self.logprobs_top})")
-        if not self.request_timeout > 0:
-            raise EngineError(f"--request-timeout must be a positive number of seconds (got {self.request_timeout})")
-        if self.max_retries < 0:
-            raise EngineError(f"--max-retries must be 0 or more (got {self.max_retries})")
-        if self.engine == EngineName.TORCH and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
-            raise EngineError("tensor and pipeline parallelism need --engine vllm; "
-                              "the torch engine splits a model over GPUs with --device-map auto")
 
     def llm_kwargs(self) -> dict[str, Any]:
         """`vllm_args` as a dict."""
@@ -123,22 +118,98 @@ class EngineOptions:
             raise EngineError(f"--vllm-args / ${ENV['vllm_args']} must be a JSON object, not {shown}")
         return value
 
+
+@dataclass(frozen=True)
+class OpenAIOptions:
+    """The openai engine's options."""
+
+    concurrency: int = 32  # requests in flight at once
+    logprobs_top: int | None = None  # top-k mode (labels outside the top K count 0); None: exact
+    request_timeout: float = 120.0  # seconds one whole request may take before it is retried
+    max_retries: int = 8  # retries of a request (429, 5xx, timeout) before its cell fails
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise EngineError(f"--concurrency must be 1 or more (got {self.concurrency})")
+        if self.logprobs_top is not None and self.logprobs_top < 1:
+            raise EngineError(f"--logprobs-top must be 1 or more (got {self.logprobs_top})")
+        if not self.request_timeout > 0:
+            raise EngineError(f"--request-timeout must be a positive number of seconds (got {self.request_timeout})")
+        if self.max_retries < 0:
+            raise EngineError(f"--max-retries must be 0 or more (got {self.max_retries})")
+
+
+#: Each built-in engine's options class, by engine name: the field of `EngineOptions` that holds it.
+OPTIONS = {EngineName.TORCH: TorchOptions, EngineName.VLLM: VllmOptions, EngineName.OPENAI: OpenAIOptions}
+#: Each option's engine (the CLI's and the environment's flat names: `--max-retries`, `$SELECTIT_MAX_RETRIES`).
+OWNER = {f.name: engine for engine, cls in OPTIONS.items() for f in fields(cls)}
+#: How an option's text in the environment becomes its value.
+_KIND = {f.name: {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
+         for cls in OPTIONS.values() for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Which engine scores, and every built-in engine's own options (each engine owns a dataclass,
+    registered with it in `OPTIONS`; its loader gets that object). A model served by an endpoint is
+    always scored by `openai`, whatever `engine` says, so its options travel too.
+
+        >>> EngineOptions.of(engine="vllm", tensor_parallel_size=4).vllm.tensor_parallel_size
+        4
+    """
+
+    engine: str = EngineName.TORCH
+    torch: TorchOptions = field(default_factory=TorchOptions)
+    vllm: VllmOptions = field(default_factory=VllmOptions)
+    openai: OpenAIOptions = field(default_factory=OpenAIOptions)
+
+    def __post_init__(self) -> None:
+        if self.engine not in engine_names():
+            raise EngineError(f"unknown engine {self.engine!r} (${ENV['engine']} or --engine); "
+                              f"choose one of: {', '.join(engine_names())}")
+        for name, cls in OPTIONS.items():  # type-checked like a registry: each engine gets its own class
+            if not isinstance(getattr(self, name), cls):
+                raise EngineError(f"the {name} engine's options must be a {cls.__name__}, "
+                                  f"not {type(getattr(self, name)).__name__}")
+        parallel = self.vllm.tensor_parallel_size > 1 or self.vllm.pipeline_parallel_size > 1
+        if self.engine == EngineName.TORCH and parallel:
+            raise EngineError("tensor and pipeline parallelism need --engine vllm; "
+                              "the torch engine splits a model over GPUs with --device-map auto")
+
+    @classmethod
+    def of(cls, engine: str = EngineName.TORCH, **flat: Any) -> EngineOptions:
+        """The options from their flat names (the CLI's options, the environment's variables)."""
+        return cls(engine).replace(**flat)
+
+    def replace(self, **flat: Any) -> EngineOptions:
+        """These options with some changed, by flat name (`engine`, `max_retries`, …)."""
+        unknown = sorted(set(flat) - set(OWNER) - {"engine"})
+        if unknown:
+            raise EngineError(f"unknown engine option(s): {', '.join(unknown)}")
+        changed: dict[str, Any] = {"engine": flat.pop("engine", self.engine)}
+        for name in OPTIONS:
+            mine = {k: v for k, v in flat.items() if OWNER[k] == name}
+            changed[name] = dataclasses.replace(getattr(self, name), **mine) if mine else getattr(self, name)
+        return type(self)(**changed)
+
+    def options_for(self, engine: str) -> Any:
+        """What the loader of `engine` gets: a built-in engine its own options, another engine all of them."""
+        return getattr(self, engine) if engine in OPTIONS else self
+
     @classmethod
     def from_env(cls) -> EngineOptions:
-        """The options set in the environment (unset ones take their defaults)."""
+        """The options set in the environment (unset ones take their defaults): an entry point's call."""
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = os.environ.get(ENV[f.name])
+        for name, variable in ENV.items():
+            raw = environment(variable)
             if not raw:
                 continue
-            kind = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
-                    "gpu_memory_utilization": float, "concurrency": int, "logprobs_top": int,
-                    "request_timeout": float, "max_retries": int}.get(f.name, str)
+            kind = _KIND.get(name, str)
             try:
-                values[f.name] = kind(raw)
+                values[name] = kind(raw)
             except ValueError as exc:
-                raise EngineError(f"${ENV[f.name]}={raw!r} is not a valid {kind.__name__}") from exc
-        return cls(**values)
+                raise EngineError(f"${variable}={raw!r} is not a valid {kind.__name__}") from exc
+        return cls.of(**values)
 
 
 def require_vllm() -> None:
@@ -153,10 +224,11 @@ def require_vllm() -> None:
 
 #: The entry-point group where packages register more engines.
 ENTRY_POINT_GROUP = "selectit.engines"
-Loader = Callable[["ModelSpec", EngineOptions], "ScoringEngine"]
+#: A loader gets a model version and its engine's options (`EngineOptions.options_for`).
+Loader = Callable[["ModelSpec", Any], "ScoringEngine"]
 
 
-def load_torch(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
+def load_torch(model: ModelSpec, options: TorchOptions) -> ScoringEngine:
     from selectit.timing import phase
 
     with phase("model load: torch + transformers imports"):
@@ -166,14 +238,14 @@ def load_torch(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
     return load_scorer(model, device_map=options.device_map)
 
 
-def load_vllm(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
+def load_vllm(model: ModelSpec, options: VllmOptions) -> ScoringEngine:
     require_vllm()
     from selectit.scoring.vllm_engine import load_vllm_scorer
 
     return load_vllm_scorer(model, options)
 
 
-def load_openai(model: ModelSpec, options: EngineOptions) -> ScoringEngine:
+def load_openai(model: ModelSpec, options: OpenAIOptions) -> ScoringEngine:
     from selectit.scoring.openai_engine import load_openai_scorer
 
     return load_openai_scorer(model, options)
@@ -215,13 +287,14 @@ def engine_loader(name: str) -> Loader:
 
 def load_engine(model: Any, options: EngineOptions | None = None) -> ScoringEngine:
     """The scoring engine for a model version (a `ModelSpec`, or a `models` row), as `options`
-    say (default: the environment's, read here: a Celery worker's process has nothing else).
+    say (default: the documented defaults; the entry points read the environment's and pass them).
 
     The default `$SELECTIT_SCORER` of `selectit score` and of the workers. A model registered
     with an endpoint is scored by the `openai` engine whatever the options say.
     """
     from selectit.contract import ModelSpec
 
-    opts = options if options is not None else EngineOptions.from_env()
+    opts = options if options is not None else EngineOptions()
     spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
-    return engine_loader(EngineName.OPENAI if spec.endpoint else opts.engine)(spec, opts)
+    name = EngineName.OPENAI if spec.endpoint else opts.engine
+    return engine_loader(name)(spec, opts.options_for(name))

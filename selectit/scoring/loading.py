@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from selectit.errors import SelectitError
+from selectit.settings import environment
 
 CACHE_ENV = "SELECTIT_CACHE_DIR"
 #: Weight dtypes of a model version. `int8`: float32 weights whose linear layers (all but the
@@ -272,7 +273,7 @@ def measured_slowdown(dtype: str, n: int = 512, repeats: int = 3) -> float:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "selectit" / "models").expanduser()
+    return Path(environment(CACHE_ENV) or Path.home() / ".cache" / "selectit" / "models").expanduser()
 
 
 def needs_dequantizing(source: str, fingerprint: str) -> bool:

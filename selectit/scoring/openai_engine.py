@@ -28,9 +28,15 @@ How a cell's label probabilities are read (chosen once per engine by probing the
 Faults: at most `concurrency` requests are in flight; 429, 5xx, timeouts, broken connections and
 unreadable answers are retried with exponential backoff (a `Retry-After` header is honoured) up
 to `max_retries` times, then the cell fails with the server's message (never a default score).
-Other 4xx answers (a prompt longer than the server's context) fail the cell at once. The API key
-is read from the named environment variable when a request is made; it is never stored, and
-any message that would quote it has it masked.
+Other 4xx answers (a prompt longer than the server's context) fail the cell at once. A deadline
+(`timeout`) bounds each request whole, however slowly the server sends. Label probabilities
+that are no distribution (one above 1, or more than 1 in all beyond rounding: `MASS_TOLERANCE`)
+are the server's fault and fail the cell, as NaN does. The API key is read from the named
+environment variable when a request is made; it is never stored, and every text from the server
+reaches a message only through `endpoints.redact` (the key masked in any form, then cut).
+
+Messages quote answers whole; the session's `redact` cuts them, after masking, where they leave
+the engine (`probe`, `_cell_probs`).
 """
 
 from __future__ import annotations
@@ -41,11 +47,12 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selectit.contract import CellResult, RatingRequest, ScoringEngine
 from selectit.scoring.endpoints import (  # noqa: F401 - re-exported: the engine's interface
     CHAT,
+    EXCERPT,
     Endpoint,
     EndpointClient,
     EndpointError,
@@ -58,6 +65,9 @@ from selectit.scoring.endpoints import (  # noqa: F401 - re-exported: the engine
     read_model_listing,
 )
 from selectit.scoring.preparation import Prepared, RequestPreparation
+
+if TYPE_CHECKING:
+    from selectit.scoring.engines import OpenAIOptions
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +91,8 @@ MISMATCH_HINT = ("give the served model's own tokenizer with --tokenizer, or ser
                  "accepted (vLLM, SGLang)")
 #: Answers that say the key is wrong: no probing goes on after them.
 REFUSED = ("HTTP 401", "HTTP 403")
+#: How far above 1 a cell's label probabilities may sum (float rounding of the server's log-probabilities).
+MASS_TOLERANCE = 1e-3
 
 
 class TokenizationMismatch(EndpointError):
@@ -106,7 +118,7 @@ def _choice_logprobs(answer: dict[str, Any]) -> dict[str, Any]:
     try:
         logprobs = answer["choices"][0]["logprobs"]
     except (KeyError, IndexError, TypeError):
-        raise RuntimeError(f"the answer has no choices[0].logprobs: {json.dumps(answer)[:300]}") from None
+        raise RuntimeError(f"the answer has no choices[0].logprobs: {json.dumps(answer)}") from None
     if not isinstance(logprobs, dict):
         raise RuntimeError("the server returned no log-probabilities (choices[0].logprobs is empty)")
     return logprobs
@@ -153,7 +165,7 @@ def chat_digit_logprobs(answer: dict[str, Any]) -> dict[str, float]:
         top = first["top_logprobs"]
     except (KeyError, IndexError, TypeError):
         raise RuntimeError(f"the chat answer has no choices[0].logprobs.content[0].top_logprobs: "
-                           f"{json.dumps(answer)[:300]}") from None
+                           f"{json.dumps(answer)}") from None
     if not isinstance(top, list):
         raise RuntimeError("the server returned no top log-probabilities for the chat answer's first token")
     probs: dict[str, float] = {}
@@ -164,6 +176,22 @@ def chat_digit_logprobs(answer: dict[str, Any]) -> dict[str, float]:
         if len(text) == 1 and text in "123456789":
             probs[text] = probs.get(text, 0.0) + math.exp(float(entry["logprob"]))
     return {d: math.log(p) for d, p in probs.items() if p > 0}
+
+
+def _distribution(probs: list[float]) -> list[float]:
+    """`probs`, checked to be possible: label probabilities of one position sum to at most 1.
+
+    A server that gives positive log-probabilities, or the same token twice in a top list, makes
+    numbers no model gives; stored, they would rank as the best ratings. Non-finite values are
+    left to the cell check that fails every engine's NaN.
+    """
+    if all(math.isfinite(p) for p in probs):
+        mass = math.fsum(probs)
+        if mass > 1 + MASS_TOLERANCE:
+            shown = ", ".join(f"{p:.4g}" for p in probs)
+            raise RuntimeError(f"the server's log-probabilities are not a distribution: label probabilities "
+                               f"[{shown}] sum to {mass:.4g}, above 1 (a fault of the server, not a rating)")
+    return probs
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +270,7 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         labels = list((next(iter(self._labels_by_context.values()), None) or [0, 1])[:2])
 
-        async def work(session: _Session) -> str:
+        async def find(session: _Session) -> str:
             if self.chat:
                 chat_digit_logprobs(await session.post("/chat/completions", self._chat_body(text)))
                 return CHAT
@@ -262,7 +290,7 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
                 if all(t in first_position_logprobs(answer, labels, self.tokenizer) for t in labels):
                     return TOKEN_IDS
             except RequestFailed as exc:
-                if str(exc).startswith(REFUSED):
+                if str(exc).startswith(REFUSED) or exc.status is None:
                     raise
             except RuntimeError:
                 pass  # a server without logprob_token_ids
@@ -271,24 +299,34 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
             echoed_logprob(answer, len(ids), labels[0], self.tokenizer, exact_length=self.prompt_form == TEXT)
             return ECHO
 
-        try:
-            self.method = self.client.run(work)
-        except TokenizationMismatch:
-            raise
-        except (RequestFailed, RuntimeError) as exc:
-            host, served = self.client.endpoint.host, self.client.endpoint.served_model
-            if str(exc).startswith(REFUSED):
-                raise EndpointError(f"{host} refused the request ({exc}); check the API key "
-                                    f"(${self.client.endpoint.api_key_env or 'none given: --api-key-env'})") from exc
-            if self.chat:
-                raise EndpointError(f"{host} ({served}) gives no top log-probabilities on /chat/completions: "
-                                    f"{exc}") from exc
-            if self.top_k:
-                raise EndpointError(f"{host} ({served}) gives no top log-probabilities: {exc}") from exc
-            raise EndpointError(
-                f"{host} ({served}) gives neither the log-probabilities of chosen tokens nor echoed prompt "
-                f"log-probabilities ({exc}); use --logprobs-top K (labels outside the top K count as 0)") from exc
+        async def work(session: _Session) -> str:
+            try:
+                return await find(session)
+            except TokenizationMismatch as exc:
+                raise TokenizationMismatch(session.redact(str(exc), None)) from None
+            except Exception as exc:  # noqa: BLE001 - an unreadable answer is the server's: one clear error
+                raise self._probe_error(exc, session) from exc
+
+        self.method = self.client.run(work)
         return self.method
+
+    def _probe_error(self, exc: Exception, session: _Session) -> EndpointError:
+        """Why the probe found no way to read this server's probabilities (the server's text redacted)."""
+        host, served = self.client.endpoint.host, self.client.endpoint.served_model
+        reason = str(exc) if isinstance(exc, (RequestFailed, RuntimeError)) else f"{type(exc).__name__}: {exc}"
+        reason = session.redact(reason, EXCERPT)
+        if reason.startswith(REFUSED):
+            return EndpointError(f"{host} refused the request ({reason}); check the API key "
+                                 f"(${self.client.endpoint.api_key_env or 'none given: --api-key-env'})")
+        if isinstance(exc, RequestFailed) and exc.status is None:  # no answer: nothing to say of its logprobs
+            return EndpointError(f"{host} ({served}) did not answer the probe: {reason}")
+        if self.chat:
+            return EndpointError(f"{host} ({served}) gives no top log-probabilities on /chat/completions: {reason}")
+        if self.top_k:
+            return EndpointError(f"{host} ({served}) gives no top log-probabilities: {reason}")
+        return EndpointError(
+            f"{host} ({served}) gives neither the log-probabilities of chosen tokens nor echoed prompt "
+            f"log-probabilities ({reason}); use --logprobs-top K (labels outside the top K count as 0)")
 
     async def _probe_prompt_form(self, session: _Session, ids: list[int], text: str) -> str:
         """TOKEN_PROMPT where the server takes a token-id prompt, TEXT where it refuses one (400/422)."""
@@ -421,50 +459,58 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
 
     async def _cell_probs(self, session: _Session, ids: list[int], text: str,
                           labels: list[int]) -> tuple[list[float] | None, bool, str | None]:
-        """(label probabilities, partial, error) of one cell; never raises."""
+        """(label probabilities, partial, error) of one cell; never raises. The error quotes the
+        server through `session.redact`."""
+        host = self.client.endpoint.host
         try:
-            if self.chat:
-                got = chat_digit_logprobs(await session.post("/chat/completions", self._chat_body(text)))
-                digits = [str(k + 1) for k in range(len(labels))]
-                return ([math.exp(got[d]) if d in got else 0.0 for d in digits],
-                        any(d not in got for d in digits), None)
-            prompt = self._prompt(ids, text)
-            if self.top_k:
-                answer = await self._ask(session, prompt, max_tokens=1, logprobs=self.top_k)
-                self._check_count(answer, ids)
-                got = first_position_logprobs(answer, labels, self.tokenizer)
-                return [math.exp(got[t]) if t in got else 0.0 for t in labels], any(t not in got for t in labels), None
-            if self.method == TOKEN_IDS:
-                answer = await self._ask(session, prompt, max_tokens=1, logprobs=1, logprob_token_ids=labels)
-                self._check_count(answer, ids)
-                got = first_position_logprobs(answer, labels, self.tokenizer)
-                missing = [t for t in labels if t not in got]
-                if missing:
-                    raise RuntimeError(f"the server returned no log-probability for label token ids {missing}")
-                return [math.exp(got[t]) for t in labels], False, None
-            answers = await asyncio.gather(*(self._ask(
-                session, self._prompt(ids + [t], text + self._digit_text(labels, k)), max_tokens=0, echo=True,
-                logprobs=0) for k, t in enumerate(labels)))
-            return [math.exp(echoed_logprob(a, len(ids), t, self.tokenizer, exact_length=self.prompt_form == TEXT))
-                    for a, t in zip(answers, labels)], False, None
+            probs, partial = await self._read_cell(session, ids, text, labels)
+            return _distribution(probs), partial, None
         except RequestFailed as exc:
-            return None, False, f"{self.client.endpoint.host}: {exc}"
+            return None, False, session.redact(f"{host}: {exc}", 2 * EXCERPT)
         except Exception as exc:  # noqa: BLE001 - an unreadable answer fails only its cell
-            return None, False, f"{self.client.endpoint.host}: {type(exc).__name__}: {exc}"
+            return None, False, session.redact(f"{host}: {type(exc).__name__}: {exc}", 2 * EXCERPT)
+
+    async def _read_cell(self, session: _Session, ids: list[int], text: str,
+                         labels: list[int]) -> tuple[list[float], bool]:
+        """(label probabilities, partial) of one cell as the server gives them, in this engine's mode."""
+        if self.chat:
+            got = chat_digit_logprobs(await session.post("/chat/completions", self._chat_body(text)))
+            digits = [str(k + 1) for k in range(len(labels))]
+            return ([math.exp(got[d]) if d in got else 0.0 for d in digits],
+                    any(d not in got for d in digits))
+        prompt = self._prompt(ids, text)
+        if self.top_k:
+            answer = await self._ask(session, prompt, max_tokens=1, logprobs=self.top_k)
+            self._check_count(answer, ids)
+            got = first_position_logprobs(answer, labels, self.tokenizer)
+            return [math.exp(got[t]) if t in got else 0.0 for t in labels], any(t not in got for t in labels)
+        if self.method == TOKEN_IDS:
+            answer = await self._ask(session, prompt, max_tokens=1, logprobs=1, logprob_token_ids=labels)
+            self._check_count(answer, ids)
+            got = first_position_logprobs(answer, labels, self.tokenizer)
+            missing = [t for t in labels if t not in got]
+            if missing:
+                raise RuntimeError(f"the server returned no log-probability for label token ids {missing}")
+            return [math.exp(got[t]) for t in labels], False
+        answers = await asyncio.gather(*(self._ask(
+            session, self._prompt(ids + [t], text + self._digit_text(labels, k)), max_tokens=0, echo=True,
+            logprobs=0) for k, t in enumerate(labels)))
+        return [math.exp(echoed_logprob(a, len(ids), t, self.tokenizer, exact_length=self.prompt_form == TEXT))
+                for a, t in zip(answers, labels)], False
 
 
 # --------------------------------------------------------------------------------------------
 # Registration and loading
 
 
-def load_openai_scorer(model: Any, options: Any = None, **client_kwargs: Any) -> OpenAIScorer:
+def load_openai_scorer(model: Any, options: OpenAIOptions | None = None, **client_kwargs: Any) -> OpenAIScorer:
     """An `OpenAIScorer` for a model version registered with `--endpoint` (a `ModelSpec` or a
     `models` row), with the engine options' concurrency, timeout, retries and `--logprobs-top`;
     the server is probed now, so a wrong key or an unusable server fails before a job is claimed."""
     from selectit.scoring import loading
-    from selectit.scoring.engines import EngineOptions
+    from selectit.scoring.engines import OpenAIOptions
 
-    options = options or EngineOptions(engine="openai")
+    options = options or OpenAIOptions()
     endpoint = model_endpoint(model)
     endpoint.api_key()  # a missing key fails here, before any job is claimed
     tokenizer = loading.load_tokenizer(loading.resolve_source(model.source))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ from selectit.contract import (  # noqa: F401 - render and RenderedPrompt are re
     RenderedPrompt,
     render,
     valid_name,
+    valid_path,
 )
 from selectit.errors import SelectitError
+from selectit.scoring.endpoints import Endpoint, redact
 from selectit.scoring.labels import LabelError, label_token_ids  # noqa: F401 - re-exported
 from selectit.store.schema import LLM, MAX_SCALE, Prompt
 
@@ -46,6 +49,8 @@ DEFAULT_MAX_TOKENS = 4096
 MIN_MAX_TOKENS = 16
 #: No context is longer (and the column is a 32-bit integer on PostgreSQL).
 MAX_MAX_TOKENS = 2**31 - 1
+#: The most parameters a model may declare (the column is a 64-bit integer).
+MAX_PARAMS = 2**63 - 1
 
 _DEFAULT_HEAD = (
     "Below is an instruction for an AI assistant and the assistant's response.\n\n"
@@ -165,9 +170,10 @@ def read_prompt_lines(path: str | Path) -> list[str]:
         raise RegistryError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise RegistryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    # Universal newlines like readlines(): \r\n and \r become \n.
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.splitlines(keepends=True)
+    # Universal newlines like readlines(): \r\n and \r become \n, and only \n ends a line
+    # (str.splitlines() would also cut a prompt at U+2028, U+0085, \x0c, … inside it).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
 def import_prompts(session: Session, path: str | Path, set_name: str, layout: str,
@@ -180,7 +186,7 @@ def import_prompts(session: Session, path: str | Path, set_name: str, layout: st
     """
     if layout not in LAYOUTS:
         raise RegistryError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
-    lines = read_prompt_lines(path)
+    lines = read_prompt_lines(valid_path(path, "the prompts file"))
     if first is not None:
         if first < 1:
             raise RegistryError(f"--first must be at least 1 (got {first})")
@@ -225,14 +231,14 @@ def add_model(session: Session, name: str, source: str, dtype: str | None = None
     name = valid_name(name, "model")
     if dtype is not None and dtype not in loading.DTYPES:
         raise RegistryError(f"unknown dtype {dtype!r}; choose one of: {', '.join(loading.DTYPES)}")
-    if weight is not None and not (math.isfinite(weight) and weight > 0):
+    if weight is not None and not (_number(weight) and math.isfinite(weight) and weight > 0):
         raise RegistryError(f"--weight must be a positive finite number, e.g. 135e6 (got {weight})")
-    if max_tokens is not None and max_tokens < MIN_MAX_TOKENS:
+    if max_tokens is not None and not (_whole(max_tokens) and max_tokens >= MIN_MAX_TOKENS):
         raise RegistryError(f"--max-tokens must be at least {MIN_MAX_TOKENS} tokens (got {max_tokens}); "
                             f"leave it out for the default, {DEFAULT_MAX_TOKENS} capped by the model's own context")
     if max_tokens is not None and max_tokens > MAX_MAX_TOKENS:
         raise RegistryError(f"--max-tokens {max_tokens} is beyond any model's context (at most {MAX_MAX_TOKENS})")
-    src = loading.resolve_source(source)
+    src = loading.resolve_source(valid_path(source, "--source"))
     dtype = dtype or loading.default_dtype()
     fp = _reading(src, loading.fingerprint)
     versions = session.scalars(sa.select(LLM).where(LLM.name == name).order_by(LLM.id)).all()
@@ -287,7 +293,6 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     from selectit.scoring import loading
     from selectit.scoring.openai_engine import (
         CHAT_DTYPE,
-        Endpoint,
         endpoint_fingerprint,
         normalize_endpoint,
         read_model_listing,
@@ -296,11 +301,12 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     name = valid_name(name, "model")
     if not served_model.strip():
         raise RegistryError("--served-model is empty; give the model id the server serves (see its /v1/models)")
-    if weight is not None and not (math.isfinite(weight) and weight > 0):
+    if weight is not None and not (_number(weight) and math.isfinite(weight) and weight > 0):
         raise RegistryError(f"--weight must be a positive finite number, e.g. 135e6 (got {weight})")
-    if n_params is not None and n_params < 1:
-        raise RegistryError(f"--params must be a positive parameter count, e.g. 135000000 (got {n_params})")
-    if max_tokens is not None and max_tokens < MIN_MAX_TOKENS:
+    if n_params is not None and not (_whole(n_params) and 1 <= n_params <= MAX_PARAMS):
+        raise RegistryError(f"--params must be a positive parameter count below 2**63, e.g. 135000000 "
+                            f"(got {n_params})")
+    if max_tokens is not None and not (_whole(max_tokens) and max_tokens >= MIN_MAX_TOKENS):
         raise RegistryError(f"--max-tokens must be at least {MIN_MAX_TOKENS} tokens (got {max_tokens})")
     if api_key_env is not None and not api_key_env.strip():
         raise RegistryError("--api-key-env is empty; give the name of the environment variable holding the key")
@@ -317,7 +323,7 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
         labels = {layout: label_token_ids(tok, ctx, f"model {name!r}, layout {layout}: ")
                   for layout, ctx in LABEL_CONTEXT.items()}
         # The server's context, less one position for the label token it reads.
-        served_len = int(listing.get("max_model_len") or 0) - 1
+        served_len = _served_context(listing, ep) - 1
         limit = min(max_tokens or DEFAULT_MAX_TOKENS, served_len if served_len > 0 else DEFAULT_MAX_TOKENS)
         if limit < MIN_MAX_TOKENS:
             raise RegistryError(f"{ep.host}: the server's context ({served_len + 1} tokens) cannot hold a rating prompt")
@@ -337,6 +343,21 @@ def add_served_model(session: Session, name: str, endpoint: str, served_model: s
     return _activate(session, versions, same)
 
 
+def _served_context(listing: dict[str, Any], ep: Endpoint) -> int:
+    """`max_model_len` of a `/v1/models` entry, 0 when the server gives none; anything but a
+    whole number of tokens (a text, a list, 1e400) is the server's error, said as one."""
+    value = listing.get("max_model_len")
+    if value is None:
+        return 0
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 4096.0: a JSON writer's way of writing 4096
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        shown = redact(repr(value), ep.api_key(), 40)  # the server's text: the key masked, then cut
+        raise RegistryError(f"{ep.host}: the server's /v1/models gives max_model_len {shown}, not a number of "
+                            f"tokens; fix the context length in the server's configuration")
+    return value
+
+
 def _activate(session: Session, versions: list[LLM], active: LLM) -> LLM:
     """Make `active` the one active version of its model (the others keep their scores for audit)."""
     for v in versions:
@@ -344,6 +365,15 @@ def _activate(session: Session, versions: list[LLM], active: LLM) -> LLM:
     active.active = True
     session.flush()
     return active
+
+
+def _number(value: object) -> bool:
+    """A real number, not a bool or a string: the Python API's arguments are not parsed by click."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _reading(src: Any, read: Any) -> Any:

@@ -28,7 +28,7 @@ from selectit.contract import CellResult, RatingRequest, ScoringEngine, split_on
 from selectit.scoring.preparation import Prepared, RequestPreparation
 
 if TYPE_CHECKING:  # the engine registry loads this module: no import back at run time
-    from selectit.scoring.engines import EngineOptions
+    from selectit.scoring.engines import VllmOptions
 
 
 class VllmScorer(RequestPreparation, ScoringEngine):
@@ -100,7 +100,7 @@ def _label_probs(output: Any, labels: list[int]) -> list[float]:
     return [math.exp(first[t].logprob) for t in labels]
 
 
-def load_vllm_scorer(model: Any, options: EngineOptions | None = None, *, dtype: str | None = None,
+def load_vllm_scorer(model: Any, options: VllmOptions | None = None, *, dtype: str | None = None,
                      **llm_kwargs: Any) -> VllmScorer:
     """A `VllmScorer` for a model version (an `LLM` row), in its dtype unless `dtype` is given.
 
@@ -118,9 +118,9 @@ def load_vllm_scorer(model: Any, options: EngineOptions | None = None, *, dtype:
     from vllm import LLM as VllmLLM
 
     if options is None:
-        from selectit.scoring.engines import EngineOptions
+        from selectit.scoring.engines import VllmOptions
 
-        options = EngineOptions(engine="vllm")
+        options = VllmOptions()
     src = loading.resolve_source(model.source)
     expected = model.fingerprint if src.is_gguf else None
     path = loading.model_dir(src, expected)

@@ -19,6 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from selectit.errors import SelectitError
+from selectit.settings import environment
+from selectit.store import sqlite_locks
 
 DEFAULT_URL = "sqlite:///selectit.db"
 URL_ENV = "SELECTIT_DATABASE_URL"
@@ -63,7 +65,7 @@ def shown_url(url: str | sa.URL | None) -> str:
 def check_url(url: str | None) -> sa.URL:
     """The parsed database URL, or a `StoreError` for one no command could open: empty, not a
     URL, a bad port, another database than SQLite or PostgreSQL, a driver that is missing."""
-    if url is None and os.environ.get(URL_ENV) is not None and not os.environ[URL_ENV].strip():
+    if url is None and environment(URL_ENV) is not None and not environment(URL_ENV).strip():
         raise StoreError(f"${URL_ENV} is set but empty; unset it to use ./selectit.db, or give a database URL")
     if url is not None and not str(url).strip():
         raise StoreError("the database URL is empty; give one, e.g. --db sqlite:///selectit.db "
@@ -162,7 +164,7 @@ DEFAULT_CONNECT_TIMEOUT = 10
 
 def connect_timeout() -> int:
     """$SELECTIT_CONNECT_TIMEOUT in whole seconds (default 10)."""
-    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    raw = (environment(CONNECT_TIMEOUT_ENV) or "").strip()
     try:
         value = int(raw) if raw else DEFAULT_CONNECT_TIMEOUT
     except ValueError:
@@ -178,7 +180,7 @@ def resolve_url(url: str | None = None) -> str:
     >>> resolve_url("postgresql://u@h/db")
     'postgresql+psycopg://u@h/db'
     """
-    url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    url = url or environment(URL_ENV) or DEFAULT_URL
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
@@ -246,6 +248,9 @@ def _create_engine(url: str) -> Engine:
         def _no_implicit_begin(dbapi_conn, _record) -> None:  # noqa: ANN001
             dbapi_conn.isolation_level = None
 
+        path = sqlite_file(url)
+        if path is not None:  # DuckDB may read this file in this process too (see `sqlite_locks`)
+            sqlite_locks.track(engine, path)
         return engine
     connect_args = {"connect_timeout": connect_timeout()} if url.startswith("postgresql") else {}
     return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
@@ -362,6 +367,9 @@ def _refuse_foreign_sqlite(url: str | None) -> None:
         plain = sa.create_engine(resolved)
     except (ValueError, TypeError) as exc:  # a URL part the driver refuses (`?check_same_thread=maybe`)
         raise _bad_url_part(url, exc) from None
+    path = sqlite_file(resolved)
+    if path is not None:
+        sqlite_locks.track(plain, path)
     try:
         if current_revision(plain) is None:
             tables = _foreign_tables(plain)

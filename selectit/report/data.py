@@ -2,7 +2,7 @@
 selection, the coverage, the prompts' labels and the example texts (`gather`), and the numbers
 worked out from them (histograms, Spearman's ρ, summary rows, the calculation heuristic).
 
-Nothing here draws or writes a file; `selectit.io.report_sections` turns this into the page's sections.
+Nothing here draws or writes a file; `selectit.report.sections` turns this into the page's sections.
 numpy is imported inside the functions, so `import selectit` stays light.
 """
 

@@ -1,5 +1,5 @@
 """The report's sections, one per question: a plot drawn with matplotlib (PNG) and the tables of
-the numbers behind it, made from `selectit.io.report_data.ReportData`.
+the numbers behind it, made from `selectit.report.data.ReportData`.
 
 Each `*_section(d, plt, out)` saves its PNG into the staging directory `out` and returns a
 `Section`; the rater health and controls sections are tables only and read the fusion connection.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from selectit.errors import SelectitError
-from selectit.io.report_data import (
+from selectit.report.data import (
     N_EXAMPLES,
     STATS_COLUMNS,
     ReportData,
@@ -24,7 +24,7 @@ from selectit.io.report_data import (
     spearman_matrix,
     stats_row,
 )
-from selectit.io.report_page import Section
+from selectit.report.page import Section
 
 
 def _save(fig: Any, plt: Any, out: Path, name: str, tight: bool = True) -> str:

@@ -1,7 +1,7 @@
 """The report's page: its sections rendered as one static `index.html` (every text escaped), and
 each table as a CSV beside it.
 
-    >>> from selectit.io.report_data import Table
+    >>> from selectit.report.data import Table
     >>> sec = Section("demo", "A <demo>", "Text & more", tables=[Table("t", "T", ["a"], [[1.5]])])
     >>> "<h2>A &lt;demo&gt;</h2>" in render([("dataset", "d")], [sec], "title")
     True
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selectit.io.report_data import Table
+from selectit.report.data import Table
 
 #: Marked the index.html of reports written before the manifest (`selectit.io.writer.MANIFEST`) listed their files.
 MARKER = "<!-- selectit report -->"

@@ -4,9 +4,9 @@ Everything is read through the DuckDB fusion views (`selectit.fusion.views.conne
 exactly what `selectit rank` would compute for the same α, formula, models, prompt set and top share.
 This module checks the report directory, runs the steps and writes the files:
 
-- `selectit.io.report_data`: what the page shows, gathered from the views, and the numbers;
-- `selectit.io.report_sections`: one section per question, a PNG plot and its tables;
-- `selectit.io.report_page`: the HTML page and a CSV per table.
+- `selectit.report.data`: what the page shows, gathered from the views, and the numbers;
+- `selectit.report.sections`: one section per question, a PNG plot and its tables;
+- `selectit.report.page`: the HTML page and a CSV per table.
 
 The files are made in a private temporary directory, then written into the report directory through
 `selectit.io.writer` (every target checked first, renamed into place): a rerun replaces only the files
@@ -24,10 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from selectit.contract import valid_path
 from selectit.errors import SelectitError
 from selectit.fusion.views import DEFAULT_TOP, validate_top
-from selectit.io import report_sections as sections_
-from selectit.io.report_data import (
+from selectit.report import sections as sections_
+from selectit.report.data import (
     ARITHMETIC_RE,
     CALC_RE,
     CALC_WORDS,
@@ -39,7 +40,7 @@ from selectit.io.report_data import (
     spearman,
     spearman_matrix,
 )
-from selectit.io.report_page import MARKER, render, write_csv
+from selectit.report.page import MARKER, render, write_csv
 from selectit.io.writer import MANIFEST, Writer, read_manifest
 from selectit.ranking import DEFAULT_RANKING, Ranking
 from selectit.store import db
@@ -133,7 +134,7 @@ def build_report(
     `top` share of the rankable samples).
     """
     validate_top(top)  # before anything is written
-    if not str(out).strip():
+    if not str(valid_path(out, "--out")).strip():
         raise ReportError("--out is empty; give the report's directory (e.g. --out report)")
     out = Path(out)
     legacy = _prepare_out(out)
