@@ -396,3 +396,20 @@ def test_max_per_group_by_a_field_of_the_record_and_a_missing_field_is_a_group_o
         if key is None or count[key] <= 2:
             expected.append(r["sample_id"])
     assert [r["sample_id"] for r in capped] == expected and len(expected) == 2 + 2 + 3
+
+
+def test_a_store_from_before_signatures_gets_them_from_score(engine, tmp_path) -> None:
+    with selectit.open(url_of(engine)) as store:
+        store.ingest(write(tmp_path / "a.json", demo()[:20]), "d")
+        score_everything(engine)
+        with engine.begin() as conn:  # as if ingested by a selectit without signature cells
+            conn.execute(sa.text("DELETE FROM signature_bands"))
+            conn.execute(sa.text("DELETE FROM sample_signatures"))
+        with pytest.raises(selectit.errors.SelectitError, match="samples of d have no near-duplicate signature yet; "
+                                                                  "compute them with `selectit score --dataset d`"):
+            store.rank("d", ranking=Ranking(prompt_set="s", dedup="near"))
+        assert store.status("d").signatures == (0, 20)
+        with pytest.raises(selectit.errors.SelectitError, match="no such file"):  # model A is no real model,
+            store.score(dataset="d")  # but the signatures are filled before any model is looked at
+        assert store.status("d").signatures == (20, 0)
+        assert len(store.rank("d", ranking=Ranking(prompt_set="s", dedup="near"))) == 20
