@@ -152,7 +152,10 @@ class Store:
         left = self.time_left({m.model_id: m.missing for m in models})
         models = [dataclasses.replace(m, eta=duration(m.eta_seconds) if m.eta_seconds is not None else "–",
                                       time_left=left[m.model_id]) for m in models]
-        return StoreStatus(per_dataset, total, rows, tick_rows(self.engine), models, dataset)
+        from selectit.store import signatures
+
+        return StoreStatus(per_dataset, total, rows, tick_rows(self.engine), models, dataset,
+                           signatures.count(self.engine, dataset))
 
     # -- models and prompts -----------------------------------------------------------------
     def add_model(self, name: str, source: str, *, dtype: str | None = None, weight: float | None = None,
@@ -228,7 +231,9 @@ class Store:
             >>> store.score(dataset="demo", progress=True)  # doctest: +SKIP
         """
         from selectit.jobs.runner import TqdmProgress, score_in_process
+        from selectit.store import signatures
 
+        signatures.fill(self.engine, dataset=dataset)  # cheap cells first: samples ingested before they existed
         bar = TqdmProgress() if progress is True else None
         try:
             return score_in_process(self.engine, dataset=dataset, model=model, prompt_set=prompt_set,
@@ -238,6 +243,14 @@ class Store:
         finally:
             if bar is not None:
                 bar.close()
+
+    def embed(self, *, dataset: str | None = None, model: str | None = None) -> Any:
+        """Compute the missing embedding cells of `dataset` (the active `model`'s mean-pooled hidden
+        states; default the first active model) and grow `similar_pairs` new × all, for `--diverse`
+        (loads torch); a `selectit.scoring.embeddings.EmbedResult`."""
+        from selectit.scoring.embeddings import fill
+
+        return fill(self.engine, model=model, dataset=dataset)
 
     def plan(self, *, dataset: str | None = None, model: str | None = None, prompt_set: str | None = None,
              enqueue: bool = True, turns: str = "all") -> PlanResult:
@@ -317,8 +330,9 @@ class Store:
             ranked = f.rank(dataset, require_complete=require_complete)
             head = selection.chosen_with_texts(f.con, criterion, limit=limit, columns=("instruction",))
             n_chosen = selection.count_chosen(f.con, criterion)
+            n_kept = selection.count_chosen(f.con)
         return RankSummary(dataset, ranked.params, criterion, head, ranked.n_rankable, n_chosen, ranked.coverage,
-                           ranked.warning)
+                           ranked.warning, n_kept)
 
     def rank(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
              top_n: int | None = None, min_score: float | None = None) -> pa.Table:
@@ -338,31 +352,21 @@ class Store:
 
     def select(self, name: str, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None,
                top_n: int | None = None, min_score: float | None = None, random: float | None = None,
-               seed: int = 0, by: str = "score", require_complete: bool = False) -> SelectionInfo:
+               seed: int = 0, by: str = "score", require_complete: bool = False, sql: str | None = None,
+               ids: Sequence[int] | str | os.PathLike[str] | None = None) -> SelectionInfo:
         """Freeze the current top of `dataset`'s ranking as the selection `name` (default: top 20%).
 
         Controls for ablations, from the same rankable samples and with the same size rules:
         ``random=0.2, seed=1`` draws 20% at random (the same ids on every store), and
         ``by="length", top=0.2`` keeps the 20% with the longest responses. A partly scored dataset
         gives a `warning`, or with `require_complete` an `IncompleteScoring` error (nothing frozen).
+        `sql` (a read-only query with a ``sample_id`` column) or `ids` (sample ids, or a file of
+        them, one a line) freeze exactly those samples, in that order; the params record the query.
         """
-        from selectit.fusion.selection import Control, Criterion, freeze_selection
-        from selectit.fusion.views import FusionError
+        from selectit.fusion.selection import criterion_for, freeze_selection
 
-        criterion: Criterion | Control
-        if by not in ("score", "length"):
-            raise FusionError(f"--by must be score or length, not {by!r}")
-        if random is not None:
-            if by != "score" or top is not None or top_n is not None or min_score is not None:
-                raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
-                                  "--min-score or --by")
-            criterion = Control("random", top=random, seed=seed)
-        elif by == "length":
-            if min_score is not None:
-                raise FusionError("--by length keeps the longest responses: give --top or --top-n, not --min-score")
-            criterion = Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
-        else:
-            criterion = Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
+        criterion = criterion_for(top=top, top_n=top_n, min_score=min_score, random=random, seed=seed, by=by,
+                                  sql=sql, ids=ids)
         with self._fusion(ranking) as f:
             ranked = f.rank(dataset, require_complete=require_complete)
             selection_id, n, n_rankable = freeze_selection(self.engine, f.con, name, dataset, criterion,
@@ -457,8 +461,10 @@ class Store:
         with self._fusion(ranking) as f:
             rows = health.diagnose(f.con, dataset)
             found = health.judge(rows) + health.audit_warnings(f.con, dataset)  # a failed audit: the fusion's
+            near = health.near_duplicate_warning(f.con, dataset)  # on the fusion row
         for r in rows:
-            r["warning"] = "\n".join(w.text for w in found if r["level"] != "prompt" and w.model == r["model"])
+            r["warning"] = "\n".join([w.text for w in found if r["level"] != "prompt" and w.model == r["model"]]
+                                     + ([near] if near and r["level"] == "fusion" else []))
         columns = [*health.COLUMNS, "warning"]
         return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
 
@@ -527,6 +533,8 @@ class Store:
         from selectit.fusion import views as fusion
 
         with self._fusion(ranking, top) as f:
+            if "near_duplicates" in query.lower():  # its groups are computed when asked for
+                f.near_duplicates()
             return fusion.run_sql(f.con, query)
 
     def sql(self, query: str, *, ranking: Ranking = DEFAULT_RANKING, top: float | None = None) -> pa.Table:

@@ -2,8 +2,10 @@
 
 `Ranking` holds the models (default: every active model), their weights θ (default:
 models.weight, else the parameter count), the prompt set (default ``default``), α of the sentence
-level, the token-level formula, and how a conversation's turns are fused (``turns_agg``: the mean
-of its turns' S_sent by default). It is built once at the edge (the CLI from its options, a
+level, the token-level formula, how a conversation's turns are fused (``turns_agg``: the mean of
+its turns' S_sent by default), and what is kept of the ranking: near-duplicates or repeated
+prompts (`dedup`, docs/dedup.md) and at most so many samples per group (`max_per_group`,
+`group_by`). It is built once at the edge (the CLI from its options, a
 script by hand), checked when built, and passed down whole: `Store.rank`, `select`, `export`,
 `report`, `diagnose`, `sql` and the fusion views take it. A frozen selection stores the resolved
 form (`selectit.fusion.params.Params`, which carries this value) in `selections.params`.
@@ -18,6 +20,7 @@ form (`selectit.fusion.params.Params`, which carries this value) in `selections.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,11 @@ from selectit.contract import DEFAULT_ALPHA, DEFAULT_FORMULA, Formula, TurnsAgg,
 #: How a sample's turns are fused unless told (docs/method.md, "Fusion across turns").
 DEFAULT_TURNS_AGG = TurnsAgg.MEAN
 from selectit.errors import FusionError
+
+#: `Ranking.dedup`'s choices, and the default similarity of near-duplicates (docs/dedup.md).
+DEDUPS = ("near", "prompt")
+DEFAULT_JACCARD = 0.7
+_FIELD = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,19 @@ class Ranking:
     #: A sample's S_sent from its turns' (per model, before the model level): ``mean`` of every
     #: rated turn, their ``min``, or the ``last`` turn's. One turn (an Alpaca record): all the same.
     turns_agg: str = DEFAULT_TURNS_AGG.value
+    #: Keep one sample per group: ``near`` (near-duplicates of the whole text, by MinHash) or
+    #: ``prompt`` (the same normalised first user turn); the best-ranked one is kept. None: all.
+    dedup: str | None = None
+    #: With ``dedup="near"``: the estimated Jaccard similarity at which two samples are near-duplicates.
+    jaccard: float = DEFAULT_JACCARD
+    #: Keep at most this many samples (the best-ranked) per group of `group_by`.
+    max_per_group: int | None = None
+    #: ``id-prefix`` (the original id without its ``_<n>`` chunk suffix, ShareGPT's ``ZUkSe7V_0``) or a
+    #: field of the ingested record (``source``, ``category``, …).
+    group_by: str | None = None
+    #: Walk the ranking from the top and keep a sample unless its embedding's cosine to one kept
+    #: before is above τ (deita's greedy pass over `similar_pairs`; τ >= their floor, 0.8).
+    diverse: float | None = None
 
     def __post_init__(self) -> None:
         # Normalised here, so every Ranking in the package is valid and comparable.
@@ -63,6 +84,25 @@ class Ranking:
         set_(self, "alpha", validate_alpha(self.alpha))
         set_(self, "formula", validate_formula(self.formula).value)
         set_(self, "turns_agg", validate_turns_agg(self.turns_agg).value)
+        if self.dedup is not None and self.dedup not in DEDUPS:
+            raise FusionError(f"unknown --dedup {self.dedup!r}; choose one of: {', '.join(DEDUPS)}")
+        jaccard = self.jaccard
+        if isinstance(jaccard, bool) or not (isinstance(jaccard, (int, float)) and 0 < jaccard <= 1):
+            raise FusionError(f"--jaccard must be a similarity in (0, 1], e.g. 0.7; got {jaccard!r}")
+        set_(self, "jaccard", float(jaccard))
+        if self.diverse is not None:
+            tau = self.diverse
+            if isinstance(tau, bool) or not (isinstance(tau, (int, float)) and 0 < tau <= 1):
+                raise FusionError(f"--diverse must be a cosine in (0, 1], e.g. 0.9; got {tau!r}")
+            set_(self, "diverse", float(tau))
+        if (self.max_per_group is None) != (self.group_by is None):
+            raise FusionError("--max-per-group N and --group-by COLUMN|id-prefix go together")
+        if self.max_per_group is not None:
+            if isinstance(self.max_per_group, bool) or not isinstance(self.max_per_group, int) or self.max_per_group < 1:
+                raise FusionError(f"--max-per-group must be a positive count; got {self.max_per_group!r}")
+            if not _FIELD.fullmatch(str(self.group_by)):
+                raise FusionError(f"--group-by takes id-prefix or a record field (letters, digits, _ . -); "
+                                  f"got {self.group_by!r}")
 
     @property
     def weight_map(self) -> dict[str, float]:
@@ -71,9 +111,17 @@ class Ranking:
 
     def as_json(self) -> dict[str, Any]:
         """The choices as given (defaults unresolved), for a selection's params and `--format json`."""
-        return {"models": list(self.models) if self.models else None, "weights": self.weight_map or None,
-                "prompt_set": self.prompt_set, "alpha": self.alpha, "formula": self.formula,
-                "turns_agg": self.turns_agg}
+        out: dict[str, Any] = {"models": list(self.models) if self.models else None,
+                               "weights": self.weight_map or None, "prompt_set": self.prompt_set,
+                               "alpha": self.alpha, "formula": self.formula, "turns_agg": self.turns_agg}
+        # What is kept of the ranking: written only when chosen, so SelectIT's own params read as before.
+        if self.dedup is not None:
+            out |= {"dedup": self.dedup} | ({"jaccard": self.jaccard} if self.dedup == "near" else {})
+        if self.max_per_group is not None:
+            out |= {"max_per_group": self.max_per_group, "group_by": self.group_by}
+        if self.diverse is not None:
+            out |= {"diverse": self.diverse}
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Ranking:
@@ -81,7 +129,15 @@ class Ranking:
         A ranking written before turns were fused (no ``turns_agg``) rated the last turn only."""
         return cls(models=raw.get("models"), weights=raw.get("weights"), prompt_set=raw.get("prompt_set"),
                    alpha=raw.get("alpha", DEFAULT_ALPHA), formula=raw.get("formula", DEFAULT_FORMULA.value),
-                   turns_agg=raw.get("turns_agg", TurnsAgg.LAST.value))
+                   turns_agg=raw.get("turns_agg", TurnsAgg.LAST.value),
+                   dedup=raw.get("dedup"), jaccard=raw.get("jaccard", DEFAULT_JACCARD),
+                   max_per_group=raw.get("max_per_group"), group_by=raw.get("group_by"),
+                   diverse=raw.get("diverse"))
+
+    @property
+    def trims(self) -> bool:
+        """Whether anything is taken out of the ranking (dedup, a per-group cap, diversity)."""
+        return self.dedup is not None or self.max_per_group is not None or self.diverse is not None
 
 
 def _weight_pairs(weights: Iterable[tuple[str, float]] | Mapping[str, float] | None) -> tuple[tuple[str, float], ...] | None:

@@ -64,6 +64,7 @@ class StoreStatus:
     control_ticks: list[TickRow] = field(default_factory=list)  # the fleet's clock: last run of each tick
     models: list[ModelProgress] = field(default_factory=list)  # per model version: rates and ETA
     dataset: str | None = None  # the dataset the counts are of (None: every dataset)
+    signatures: tuple[int, int] = (0, 0)  # near-duplicate signature cells: (stored, samples without one)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class RankSummary:
     n_chosen: int
     coverage: Coverage
     warning: str | None = None  # only part of the dataset is rankable
+    n_kept: int | None = None  # rankable samples left after the ranking's dedup and per-group cap
 
 
 @dataclass(frozen=True)

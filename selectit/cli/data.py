@@ -145,6 +145,9 @@ def status(ctx: click.Context, dataset: str | None) -> None:
         console.print(f"distinct samples stored: {status.distinct_samples}")
     _print_scoring_status(status.scoring, api_store, dataset)
     _print_model_progress(status.models, dataset)
+    done, missing = status.signatures
+    console.print(f"near-duplicate signatures: {done} cells" + (
+        f", {missing} samples without one (`selectit score` computes them)" if missing else ""))
     _print_control_ticks(status.control_ticks)
 
 

@@ -17,23 +17,24 @@ from selectit.contract import (
     Formula,
     TurnsAgg,
 )
-from selectit.ranking import DEFAULT_TURNS_AGG
+from selectit.ranking import DEFAULT_JACCARD, DEFAULT_TURNS_AGG
 
 if TYPE_CHECKING:
     from selectit import Ranking
 
 
 def _fusion_options(func: F) -> F:
-    """--models, --prompt-set, --alpha, --formula, --weights, --turns-agg: how to rank, built here
-    once into the command's one `ranking` argument (a `selectit.Ranking`).
+    """--models, --prompt-set, --alpha, --formula, --weights, --turns-agg, --dedup, --jaccard,
+    --max-per-group, --group-by, --diverse: how to rank, built here once into the command's one
+    `ranking` argument (a `selectit.Ranking`).
 
     Shared by rank, select, export, report, diagnose and sql; the defaults are `Ranking()`'s.
     """
 
     @functools.wraps(func)
-    def with_ranking(*args: Any, models: str | None, prompt_set: str | None, alpha: float, formula: str,
-                     weights: str | None, turns_agg: str, **kwargs: Any) -> Any:
-        return func(*args, ranking=_ranking(models, prompt_set, alpha, formula, weights, turns_agg), **kwargs)
+    def with_ranking(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in RANKING_OPTIONS}
+        return func(*args, ranking=_ranking(given), **kwargs)
 
     for option in reversed([
         click.option("--models", default=None, metavar="A,B",
@@ -50,19 +51,36 @@ def _fusion_options(func: F) -> F:
                      type=click.Choice([t.value for t in TurnsAgg]),
                      help="A conversation's S_sent from its turns': their mean, their min, or the last turn's "
                           "(a sample with an unscored turn ranks under last only)."),
+        click.option("--dedup", type=click.Choice(["near", "prompt"]), default=None,
+                     help="Keep the best-ranked sample of each group: near (near-duplicates of the whole text, "
+                          "MinHash) or prompt (the same normalised first user turn) [default: keep all]."),
+        click.option("--jaccard", type=float, default=DEFAULT_JACCARD, show_default=True, metavar="J",
+                     help="--dedup near: the estimated Jaccard similarity of word 5-grams that makes two samples "
+                          "near-duplicates."),
+        click.option("--max-per-group", type=click.IntRange(1), default=None, metavar="N",
+                     help="Keep at most N samples (the best-ranked) per group of --group-by."),
+        click.option("--group-by", default=None, metavar="COLUMN|id-prefix",
+                     help="The groups of --max-per-group: a field of the ingested record, or id-prefix (the "
+                          "original id without its _<n> chunk suffix, e.g. ShareGPT's ZUkSe7V_0)."),
+        click.option("--diverse", type=float, default=None, metavar="TAU",
+                     help="From the top, keep a sample unless its embedding's cosine to one kept is above TAU "
+                          "(>= 0.8; needs `selectit embed`)."),
     ]):
         with_ranking = option(with_ranking)
     return with_ranking  # type: ignore[return-value]
 
 
+#: The options `_fusion_options` adds, gathered into the one `Ranking`.
+RANKING_OPTIONS = ("models", "prompt_set", "alpha", "formula", "weights", "turns_agg", "dedup", "jaccard", "max_per_group",
+                   "group_by", "diverse")
+
+
 @handles_errors
-def _ranking(models: str | None, prompt_set: str | None, alpha: float, formula: str, weights: str | None,
-             turns_agg: str) -> Ranking:
+def _ranking(given: dict[str, Any]) -> Ranking:
     """The one place the CLI turns the fusion options into a `Ranking` (its errors: one `Error:` line)."""
     from selectit import Ranking
 
-    return Ranking(models=_parse_models(models), weights=_parse_weights(weights), prompt_set=prompt_set,
-                   alpha=alpha, formula=formula, turns_agg=turns_agg)
+    return Ranking(**given | {"models": _parse_models(given["models"]), "weights": _parse_weights(given["weights"])})
 
 
 def _top_option(help_text: str) -> Callable[[F], F]:

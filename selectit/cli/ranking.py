@@ -115,6 +115,8 @@ def rank(ctx: click.Context, dataset: str, ranking: Ranking, top: float | None, 
         echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion.where() != "TRUE":
         echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
+    if summary.n_rankable and ranking.trims:
+        echo(f"kept after {_trims(ranking)}: {summary.n_kept} of {summary.n_rankable} rankable samples")
         _warn(summary.warning)
     _print_health_warnings(ctx, dataset, ranking=ranking)
 
@@ -129,11 +131,17 @@ def rank(ctx: click.Context, dataset: str, ranking: Ranking, top: float | None, 
 @click.option("--seed", type=int, default=0, show_default=True, help="The seed of --random.")
 @click.option("--by", type=click.Choice(["score", "length"]), default="score", show_default=True,
               help="score: SelectIT's ranking; length: a control of the longest responses (with --top/--top-n).")
+@click.option("--sql", "query", default=None, metavar="QUERY",
+              help="Freeze the samples of a read-only query with a sample_id column (over the views of `selectit "
+                   "sql`), in its order; the query is recorded.")
+@click.option("--ids", "ids_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Freeze the sample ids of FILE (one a line, '#' comments), in its order.")
 @_require_complete_option
 @click.pass_context
 @handles_errors
 def select(ctx: click.Context, name: str, dataset: str, ranking: Ranking, top: float | None, top_n: int | None,
-           min_score: float | None, random_share: float | None, seed: int, by: str, require_complete: bool) -> None:
+           min_score: float | None, random_share: float | None, seed: int, by: str, query: str | None,
+           ids_file: str | None, require_complete: bool) -> None:
     """Freeze the current top of a dataset's ranking as the selection NAME.
 
     The ranks, sample ids, scores and parameters are stored, so `selectit export --selection NAME`
@@ -144,6 +152,10 @@ def select(ctx: click.Context, name: str, dataset: str, ranking: Ranking, top: f
     SHARE (a seeded hash of each sample's content, so every store draws the same ids) and --by
     length (the longest responses).
 
+    --dedup near|prompt and --max-per-group N --group-by COLUMN|id-prefix keep the best-ranked
+    sample (or N) of each group before the top is taken (docs/dedup.md); --sql QUERY and --ids
+    FILE freeze exactly the samples they name, in their order.
+
     \b
     Example:
       selectit select selective-alpaca-v1 --dataset alpaca --top 0.2
@@ -151,9 +163,15 @@ def select(ctx: click.Context, name: str, dataset: str, ranking: Ranking, top: f
       selectit select random-20 --dataset alpaca --random 0.2 --seed 1
       selectit select longest-20 --dataset alpaca --by length --top 0.2
       selectit select full-only --dataset alpaca --top 0.2 --require-complete
+      selectit select alpaca-dedup --dataset alpaca --top 0.2 --dedup near
+      selectit select one-per-chat --dataset chats --top-n 5000 --max-per-group 1 --group-by id-prefix
+      selectit select short-top --dataset alpaca --sql "SELECT sample_id FROM ranking r JOIN store.samples s
+        ON s.id = r.sample_id WHERE dataset = 'alpaca' AND s.n_chars < 500 ORDER BY rank LIMIT 100"
+      selectit select hand-picked --dataset alpaca --ids picked.txt
     """
     info = store(ctx).select(name, dataset, ranking=ranking, top=top, top_n=top_n, min_score=min_score,
-                             random=random_share, seed=seed, by=by, require_complete=require_complete)
+                             random=random_share, seed=seed, by=by, require_complete=require_complete,
+                             sql=query, ids=ids_file)
     echo(f"selection {name} (id {info.id}): {info.n_selected} of {info.n_rankable} rankable samples of "
                f"{dataset} ({info.how}).")
     _warn(info.warning)
@@ -225,6 +243,16 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, ranki
         if extra is not None:
             echo(f"wrote {extra}")
     _print_health_warnings(ctx, dataset, selection=selection, ranking=ranking)
+
+
+def _trims(ranking: Ranking) -> str:
+    """What a ranking takes out, as its options read: "--dedup near, --max-per-group 1 --group-by id-prefix"."""
+    parts = [f"--dedup {ranking.dedup}"] if ranking.dedup else []
+    if ranking.max_per_group is not None:
+        parts.append(f"--max-per-group {ranking.max_per_group} --group-by {ranking.group_by}")
+    if ranking.diverse is not None:
+        parts.append(f"--diverse {ranking.diverse:g}")
+    return ", ".join(parts)
 
 
 def _print_health_warnings(ctx: click.Context, dataset: str | None, *, selection: str | None = None,

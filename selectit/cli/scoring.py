@@ -218,6 +218,32 @@ class _ScoringBar:
 
 
 @main.command()
+@click.option("--dataset", "-d", default=None, metavar="NAME",
+              help="Only the samples of this dataset [default: every dataset].")
+@click.option("--model", "-m", default=None, metavar="NAME",
+              help="The rater model whose hidden states embed the samples [default: the first active model].")
+@click.pass_context
+@handles_errors
+def embed(ctx: click.Context, dataset: str | None, model: str | None) -> None:
+    """Compute the missing embeddings (for --diverse) and the similar pairs they give.
+
+    Each sample's embedding is the mean of the model's last hidden states over its text (all
+    turns, first 512 tokens), L2-normalised: a cell keyed by (sample, embedder version). New
+    embeddings are compared with every stored one, and the pairs with cosine >= 0.8 are stored
+    (`similar_pairs`), so `rank/select/export/report --diverse TAU` walks the ranking without a
+    model. Only missing cells are computed: a rerun after new data embeds the new samples only.
+
+    \b
+    Example:
+      selectit embed --dataset alpaca --model smollm2
+      selectit select alpaca-diverse --dataset alpaca --top 0.2 --diverse 0.9
+    """
+    result = store(ctx).embed(dataset=dataset, model=model)
+    echo(f"embeddings of {result.model}: {result.cells} computed, {result.pairs} similar pairs added "
+         f"(cosine >= 0.8).")
+
+
+@main.command()
 @_scope_options
 @click.option("--enqueue/--no-enqueue", default=True, show_default=True,
               help="Send the new jobs to the broker ($SELECTIT_BROKER_URL).")

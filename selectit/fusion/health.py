@@ -44,6 +44,9 @@ class Thresholds:
     truncated_share: float = 0.05
     #: ρ figures are only judged over at least this many samples (fewer say too little).
     min_samples_for_rho: int = 10
+    #: Share of the top 20% taken by samples with a better-ranked near-duplicate above this: a
+    #: cluster of near-copies fills the top (docs/dedup.md; `--dedup near` keeps one of each).
+    near_duplicate_top_share: float = 0.10
 
 
 THRESHOLDS = Thresholds()
@@ -190,12 +193,42 @@ def audit_warnings(con: duckdb.DuckDBPyConnection, dataset: str) -> list[RaterWa
 
 
 def warnings_for(db_url: str | None, dataset: str, ranking: Ranking) -> list[str]:
-    """The warning lines for `dataset` under `ranking` (a failed audit's last)."""
+    """The warning lines for `dataset` under `ranking` (a failed audit's last; the near-duplicate
+    check is `diagnose`'s and the report's only: grouping a large dataset costs seconds that rank
+    and export need not pay)."""
     con = fusion.connect(db_url, ranking)
     try:
         return [w.text for w in judge(diagnose(con, dataset)) + audit_warnings(con, dataset)]
     finally:
         con.close()
+
+
+def near_duplicate_warning(con: duckdb.DuckDBPyConnection, dataset: str, top: float = 0.2,
+                           t: Thresholds = THRESHOLDS) -> str | None:
+    """One line when samples with a better-ranked near-duplicate take more than
+    `t.near_duplicate_top_share` of the dataset's top share; None otherwise, when the ranking
+    already dedups, or when the dataset's signatures are not all computed."""
+    from selectit.fusion.dedup import near_groups
+    from selectit.fusion.formula_sql import top_share_sql
+
+    ranking = fusion.params_of(con).ranking
+    if ranking.dedup == "near":
+        return None
+    try:
+        ds = fusion.dataset_id(con, dataset)
+        near_groups(con, ds, dataset, ranking.jaccard)
+    except fusion.FusionError:
+        return None
+    copies, kept = con.execute(f"""
+        WITH r AS (SELECT sample_id, rank, count(*) OVER () AS n_rankable FROM ranking WHERE dataset_id = {int(ds)}),
+        g AS (SELECT r.*, d.group_id, min(r.rank) OVER (PARTITION BY d.group_id) AS best FROM r
+              LEFT JOIN dedup_groups d ON d.dataset_id = {int(ds)} AND d.sample_id = r.sample_id)
+        SELECT count(*) FILTER (WHERE group_id IS NOT NULL AND rank > best), count(*) FROM g
+        WHERE rank <= {top_share_sql(top)}""").fetchone()
+    if not kept or copies / kept <= t.near_duplicate_top_share:
+        return None
+    return (f"near-duplicates fill {100 * copies / kept:.0f}% of the top {100 * top:g}% of {dataset} ({copies} of "
+            f"{kept} samples have a better-ranked near-copy); keep one of each with --dedup near (docs/dedup.md)")
 
 
 def warnings_for_params(db_url: str | None, dataset: str, params: fusion.Params) -> list[str]:

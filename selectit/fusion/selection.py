@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from selectit.contract import DEFAULT_TOP, valid_name
+from selectit.fusion.dedup import provenance, trimmed_sql
 from selectit.fusion.errors import FusionError
 from selectit.fusion.formula_sql import top_share_sql, validate_top
 from selectit.fusion.params import params_of, require_scoring_setup
@@ -113,14 +114,18 @@ def rank_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
 
     One pass over the attached scores; `chosen()` and `count_chosen()` then read the table.
     """
-    require_scoring_setup(con)
+    params = require_scoring_setup(con)
     ds = dataset_id(con, dataset)
+    n_rankable = int(con.execute(f"SELECT count(*) FROM ranking WHERE dataset_id = {int(ds)}").fetchone()[0])
+    # Dedup and per-group caps take samples out and renumber the ranks; a top share stays a share
+    # of every rankable sample (docs/dedup.md).
+    source = (trimmed_sql(con, ds, dataset) if params.ranking.trims
+              else f"SELECT rank, sample_id, position, s_model FROM ranking WHERE dataset_id = {int(ds)}")
     con.execute(
         "CREATE OR REPLACE TEMP TABLE dataset_ranking AS "
-        "SELECT rank, sample_id, position, s_model, count(*) OVER () AS n_rankable "
-        f"FROM ranking WHERE dataset_id = {int(ds)} ORDER BY rank"
+        f"SELECT rank, sample_id, position, s_model, {n_rankable} AS n_rankable FROM ({source}) ORDER BY rank"
     )
-    return int(con.execute("SELECT count(*) FROM dataset_ranking").fetchone()[0])
+    return n_rankable
 
 
 def chosen(
@@ -227,6 +232,110 @@ def control_rows(con: duckdb.DuckDBPyConnection, control: Control) -> list[Ranke
 
 
 # --------------------------------------------------------------------------------------------
+# Listed selections: any query's samples, or a file of ids, frozen as given
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Listed:
+    """Samples named outright: the `sample_id` column of a read-only `sql` query (over the fusion
+    views and `store.*`, as `selectit sql` runs it), or `ids` read from the file `source`. They
+    are frozen in the order given (rank 1..), each with its S_model; a sample named twice counts
+    once. Every one must be a rankable sample of the dataset."""
+
+    sql: str | None = None
+    ids: tuple[int, ...] | None = None
+    source: str | None = None  # the ids' file: name and sha256, for the params
+
+    def __post_init__(self) -> None:
+        if (self.sql is None) == (self.ids is None):
+            raise FusionError("give either --sql QUERY or --ids FILE")
+        if self.sql is not None and not self.sql.strip():
+            raise FusionError("--sql is empty; write e.g. --sql \"SELECT sample_id FROM ranking WHERE …\"")
+
+    def describe(self) -> str:
+        return "the samples of the query" if self.sql is not None else f"the ids of {self.source or 'a list'}"
+
+    def as_json(self) -> dict[str, Any]:
+        if self.sql is not None:
+            return {"sql": self.sql}
+        return {"ids": {"source": self.source, "n": len(self.ids or ())}}
+
+
+def listed_rows(con: duckdb.DuckDBPyConnection, listed: Listed, dataset: str) -> list[RankedSample]:
+    """The listed samples in the order given, rank 1.. (after `rank_dataset`)."""
+    from selectit.fusion.console import run_sql
+
+    if listed.sql is not None:
+        columns, result = run_sql(con, listed.sql)
+        if "sample_id" not in columns:
+            raise FusionError(f"--sql must return a sample_id column; it returned: {', '.join(columns) or 'nothing'}")
+        at = columns.index("sample_id")
+        try:
+            ids = [int(r[at]) for r in result]
+        except (TypeError, ValueError):
+            raise FusionError("--sql's sample_id column must hold sample ids (whole numbers, no NULL)") from None
+    else:
+        ids = list(listed.ids or ())
+    ids = list(dict.fromkeys(ids))
+    ranked = {sid: (position, s_model) for sid, position, s_model in
+              con.execute("SELECT sample_id, position, s_model FROM ranking WHERE dataset_id = "
+                          f"{int(dataset_id(con, dataset))}").fetchall()}
+    missing = [i for i in ids if i not in ranked]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
+        raise FusionError(f"{len(missing)} of the {len(ids)} listed samples are not rankable samples of {dataset} "
+                          f"(not in it, or not fully scored): {shown}; check them with `selectit sql`")
+    return [RankedSample(i + 1, sid, *ranked[sid]) for i, sid in enumerate(ids)]
+
+
+def read_ids(path: str) -> tuple[tuple[int, ...], str]:
+    """The sample ids of a file (one per line; blank lines and `#` comments skipped) and its name and sha256."""
+    from pathlib import Path
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise FusionError(f"cannot read --ids {path}: {exc.strerror or exc}") from None
+    ids = []
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise FusionError(f"--ids {path}, line {number}: {text[:40]!r} is not a sample id (one whole number a line)")
+        ids.append(int(text))
+    return tuple(ids), f"{Path(path).name} (sha256 {hashlib.sha256(raw).hexdigest()})"
+
+
+def criterion_for(*, top: float | None = None, top_n: int | None = None, min_score: float | None = None,
+                  random: float | None = None, seed: int = 0, by: str = "score", sql: str | None = None,
+                  ids: Any = None) -> Criterion | Control | Listed:
+    """What `selectit select` freezes, from its options (`selectit.Store.select`): the top of the
+    ranking, a control, or the samples a query or a list names; contradictory options are an error."""
+    import os
+
+    if by not in ("score", "length"):
+        raise FusionError(f"--by must be score or length, not {by!r}")
+    if sql is not None or ids is not None:
+        if (top, top_n, min_score, random, by) != (None, None, None, None, "score"):
+            raise FusionError("--sql and --ids name the samples themselves: give them without --top, --top-n, "
+                              "--min-score, --random or --by")
+        if isinstance(ids, (str, os.PathLike)):
+            listed_ids, source = read_ids(str(ids))
+            return Listed(sql=sql, ids=listed_ids, source=source)
+        return Listed(sql=sql, ids=None if ids is None else tuple(int(i) for i in ids))
+    if random is not None:
+        if by != "score" or top is not None or top_n is not None or min_score is not None:
+            raise FusionError("--random SHARE is the control's size: give it without --top, --top-n, "
+                              "--min-score or --by")
+        return Control("random", top=random, seed=seed)
+    if by == "length":
+        if min_score is not None:
+            raise FusionError("--by length keeps the longest responses: give --top or --top-n, not --min-score")
+        return Control("length", top=DEFAULT_TOP if top is None and top_n is None else top, top_n=top_n)
+    return Criterion.or_default(top=top, top_n=top_n, min_score=min_score)
+
+
+# --------------------------------------------------------------------------------------------
 # Frozen selections and exports
 # --------------------------------------------------------------------------------------------
 def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
@@ -234,7 +343,7 @@ def _selection_by_name(session: sa.orm.Session, name: str) -> Selection | None:
 
 
 def freeze_selection(
-    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion | Control,
+    engine: Engine, con: duckdb.DuckDBPyConnection, name: str, dataset: str, criterion: Criterion | Control | Listed,
     n_rankable: int,
 ) -> tuple[int, int, int]:
     """Store the dataset's current choice as the selection `name`: (selection id, kept, rankable),
@@ -254,6 +363,8 @@ def freeze_selection(
             )
     if isinstance(criterion, Control):
         rows = control_rows(con, criterion)
+    elif isinstance(criterion, Listed):
+        rows = listed_rows(con, criterion, dataset)
     else:
         rows = chosen(con, criterion)
     params = params_of(con).as_json() | {
@@ -261,6 +372,9 @@ def freeze_selection(
         "criterion": criterion.as_json(),
         "n_rankable": n_rankable,
     }
+    found = provenance(con, dataset_id(con, dataset))
+    if found is not None:  # what --dedup used and found: the signature config, the counts
+        params["dedup"] = found
     with db.session_scope(engine) as session:
         if _selection_by_name(session, name) is not None:  # created meanwhile by someone else
             raise FusionError(f"a selection named {name!r} already exists; choose another name")

@@ -65,6 +65,14 @@ class Fusion:
         warning = partial_warning(cov, require_complete)  # before anything is computed or frozen
         return Ranked(dataset, params, rank_dataset(self.con, dataset), cov, warning)
 
+    def near_duplicates(self, dataset: str | None = None) -> int:
+        """Fill the `near_duplicates` view's groups for `dataset` (None: every dataset); how many groups."""
+        from selectit.fusion.dedup import near_groups
+
+        rows = self.con.execute("SELECT id, name FROM store.datasets ORDER BY id").fetchall()
+        return sum(near_groups(self.con, int(i), name, self.ranking.jaccard)
+                   for i, name in rows if dataset is None or name == dataset)
+
     def chosen(self, criterion: Criterion = Criterion(), limit: int | None = None) -> list[RankedSample]:
         """The ranked samples `criterion` keeps, best first (after `rank`)."""
         return chosen(self.con, criterion, limit)

@@ -35,6 +35,7 @@ from selectit.contract import (  # noqa: F401 - the defaults are part of this mo
     Formula,
     valid_name,
 )
+from selectit.fusion import dedup
 from selectit.fusion.audit import audit_sql
 from selectit.fusion.console import READ_ONLY_MESSAGE, check_console_sql, run_sql, seal  # noqa: F401
 from selectit.fusion.coverage import (  # noqa: F401
@@ -114,6 +115,7 @@ def _define_views(con: duckdb.DuckDBPyConnection, params: Params, top: float) ->
     con.execute(views_sql(params.ranking, len(params.prompts), len(params.models), top))
     con.execute(f"CREATE OR REPLACE TEMP VIEW rater_health AS {health_sql(DATASET_SCOPE, params)}")
     con.execute(audit_sql(top))
+    dedup.define(con)  # near_duplicates: filled per dataset when a ranking dedups (or a query asks)
     # The parameters travel with the connection (and are visible to ad-hoc SQL).
     con.execute(f"CREATE TEMP TABLE fusion_params AS SELECT {sql_str(json.dumps(params.as_json()))}::JSON AS params")
 

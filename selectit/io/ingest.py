@@ -45,7 +45,7 @@ from selectit.io.readers import (  # noqa: F401 - re-exported: the ingest interf
 from selectit.io.records import canonical, content_hash, render_conversation  # noqa: F401 - re-exported
 from selectit.io.records import digest as _digest
 from selectit.io.records import QUIRKS
-from selectit.store import db
+from selectit.store import db, signatures
 from selectit.store.db import is_postgres
 from selectit.store.schema import Dataset, Ingest, utcnow
 
@@ -80,6 +80,7 @@ class IngestResult:
     invalid: list[InvalidRecord] = field(default_factory=list)
     trailing: int = 0  # valid records whose turns after the last assistant turn were not rated
     first_trailing: int | None = None  # the record number of the first of them
+    signatures: int = 0  # near-duplicate signature cells computed (the new samples' only)
     #: rule of `selectit.io.records.QUIRKS` → the valid records that have it (their ids, else numbers)
     quirks: dict[str, list[str]] = field(default_factory=dict)
 
@@ -346,6 +347,8 @@ def ingest_file(
         result.duplicates = result.read - len(result.invalid) - result.new
         conn.execute(sa.update(Ingest).where(Ingest.id == ingest_id).values(
             format=records.format, layout=records.layout, n_read=result.read, n_new=result.new))
+    # After the commit: cheap cells of the samples that have none yet (docs/dedup.md).
+    result.signatures = signatures.fill(engine, dataset_id=dataset_id)
     return result
 
 

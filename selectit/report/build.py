@@ -155,6 +155,7 @@ def build_report(
         health_section = sections_.health_section(con, dataset)
         controls_section = sections_.controls_section(con, d, top)
         audited = report_audit.gather(con, dataset)  # None: the dataset has no audit
+        near_section = sections_.near_duplicates_section(con, dataset, top)
     finally:
         con.close()
 
@@ -173,7 +174,7 @@ def build_report(
             sections.append(sec)
         if audited is not None:
             sections.append(report_audit.section(audited, plt, tmp))
-        sections.append(controls_section)
+        sections += [near_section, controls_section]
         theta_sum = sum(t for _, _, t in d.models) or 1.0
         header = [
             ("dataset", f"{d.dataset} ({d.n_samples} samples)"),

@@ -437,3 +437,46 @@ def controls_section(con: Any, d: ReportData, top: float) -> Section:
                         ["selection", "samples", "overlap with SelectIT", "mean length", "median length",
                          "calculation share"], rows)]
     return sec
+
+
+def near_duplicates_section(con: Any, dataset: str, top: float) -> Section:
+    """Near-duplicate groups (docs/dedup.md): how many, how much of the top share they fill, and
+    the largest groups with their best-ranked member."""
+    from selectit.fusion import health
+    from selectit.fusion.dedup import near_groups
+    from selectit.fusion.views import dataset_id, params_of, sql_str
+
+    sec = Section(
+        "near-duplicates", "Near-duplicates",
+        "Samples whose whole texts are near-copies (MinHash of word 5-grams, estimated Jaccard >= "
+        f"{params_of(con).ranking.jaccard:g}, exact copies after normalisation included) form groups; "
+        "`--dedup near` keeps the best-ranked of each. A cluster of near-copies at the top of the ranking "
+        "is redundant training data.",
+    )  # fmt: skip
+    try:
+        ds = dataset_id(con, dataset)
+        n_groups = near_groups(con, ds, dataset, params_of(con).ranking.jaccard)
+    except SelectitError as exc:  # signatures not computed yet: the error says how
+        sec.note = str(exc)
+        return sec
+    warning = health.near_duplicate_warning(con, dataset, top)
+    sec.note = f"Warning: {warning}" if warning else "No warning: near-copies do not crowd the top share."
+    grouped, extra = con.execute(
+        f"SELECT count(*), count(*) - count(DISTINCT group_id) FROM dedup_groups WHERE dataset_id = {int(ds)}"
+    ).fetchone()
+    largest = con.execute(
+        f"SELECT n.group_id, count(*) AS size, any_value(n.representative) AS rep, min(r.rank) AS best_rank, "
+        f"any_value(s.instruction) FILTER (WHERE n.sample_id = n.representative) AS instruction "
+        f"FROM near_duplicates n JOIN store.samples s ON s.id = n.sample_id "
+        f"LEFT JOIN ranking r ON r.dataset_id = {int(ds)} AND r.sample_id = n.sample_id "
+        f"WHERE n.dataset = {sql_str(dataset)} GROUP BY n.group_id ORDER BY size DESC, best_rank NULLS LAST, n.group_id "
+        f"LIMIT {N_EXAMPLES}").fetchall()
+    sec.tables = [
+        Table("near_duplicates_summary", "Groups of near-duplicates", ["groups", "samples in groups",
+              "samples --dedup near leaves out"], [[n_groups, grouped, extra]]),
+        Table("near_duplicates", f"The {N_EXAMPLES} largest groups", ["group", "samples", "representative",
+              "best rank", "representative's instruction"],
+              [[g, size, rep, best, excerpt(text or "")] for g, size, rep, best, text in largest],
+              text=("representative's instruction",)),
+    ]
+    return sec

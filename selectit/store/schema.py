@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -357,3 +358,81 @@ class AuditSample(Base):
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # clean | mismatched | truncated | refusal | echo | turn
     source_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+class SignatureConfig(Base):
+    """One version of the near-duplicate signature producer: the MinHash library and its version,
+    the hash scheme, seed, n-gram, permutations and bands (`config`, JSON). A change of any of
+    them is a new row, and its signature cells are missing (`selectit.store.signatures`)."""
+
+    __tablename__ = "signature_configs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the canonical config JSON
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SampleSignature(Base):
+    """A signature cell: the MinHash signature of one sample's whole text under one config, with
+    the keys of its exact duplicates (`norm_key`: the normalised whole text) and of its prompt
+    (`prompt_key`: the normalised first user turn), both signed 64-bit hashes."""
+
+    __tablename__ = "sample_signatures"
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    config_id: Mapped[int] = mapped_column(ForeignKey("signature_configs.id"), primary_key=True)
+    norm_key: Mapped[int] = mapped_column(BigInteger)
+    prompt_key: Mapped[int] = mapped_column(BigInteger)
+    n_shingles: Mapped[int] = mapped_column(Integer)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)  # num_perm little-endian uint32
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SignatureBand(Base):
+    """LSH: one row per (config, band, bucket, sample); samples sharing a bucket in any band are
+    candidate near-duplicates (a DuckDB self-join, `selectit.fusion.dedup`). A plain heap: no index
+    but the row id, because the join scans the rows anyway and a key over random buckets made
+    every insert 4–8× slower (the rows are written once, with their new signature cell)."""
+
+    __tablename__ = "signature_bands"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_id: Mapped[int] = mapped_column(ForeignKey("signature_configs.id"))
+    band: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[int] = mapped_column(BigInteger)
+    sample_id: Mapped[int] = mapped_column(Integer)
+
+
+class Embedder(Base):
+    """One version of the embedding producer: the rater model version whose hidden states are
+    mean-pooled, the pooling, the token limit and the floor of `similar_pairs` (`config`, JSON)."""
+
+    __tablename__ = "embedders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SampleEmbedding(Base):
+    """An embedding cell: one sample's L2-normalised vector under one embedder (float32 bytes)."""
+
+    __tablename__ = "sample_embeddings"
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+    embedder_id: Mapped[int] = mapped_column(ForeignKey("embedders.id"), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+
+
+class SimilarPair(Base):
+    """A pairwise fact: two samples whose embeddings have cosine >= the embedder's floor
+    (`sample_a` < `sample_b`), grown new × all as embeddings are added."""
+
+    __tablename__ = "similar_pairs"
+
+    embedder_id: Mapped[int] = mapped_column(ForeignKey("embedders.id"), primary_key=True)
+    sample_a: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_b: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cosine: Mapped[float] = mapped_column(Float)
