@@ -533,7 +533,7 @@ class Store:
         from selectit.fusion import views as fusion
 
         with self._fusion(ranking, top) as f:
-            if "near_duplicates" in query.lower():  # its groups are computed when asked for
+            if isinstance(query, str) and "near_duplicates" in query.lower():  # its groups are computed when asked for
                 f.near_duplicates()
             return fusion.run_sql(f.con, query)
 

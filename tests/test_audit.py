@@ -96,7 +96,7 @@ def test_twins_stay_out_of_the_dataset_and_deleting_them_keeps_its_scores(cli, d
     page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")  # the audit: its own section
     assert (tmp_path / "report" / "audit.png").is_file() and "Audit: known-bad twins" in page and "Verdict: raters" in page
     deleted = cli("audit", "--dataset", "d", "--delete")
-    assert deleted.exit_code == 0 and f"{len(twins)} twin samples" in deleted.stdout
+    assert deleted.exit_code == 0 and f"{len(twins)} twin samples" in deleted.stdout, deleted.output
     with session_scope(store.engine) as s:
         after = sorted(tuple(r) for r in s.execute(sa.select(Score.sample_id, Score.prompt_id, Score.p1)))
         assert not s.scalars(sa.select(Sample.id).where(Sample.id.in_(twins))).all()

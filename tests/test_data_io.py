@@ -502,7 +502,8 @@ def test_trl_prompt_completion_records_need_no_map(cli, db_url: str, tmp_path: P
     assert stored(db_url) == expected
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "trl.parquet")
     assert ok(cli("ingest", tmp_path / "trl.parquet", "--dataset", "p")).endswith(
-        "p: read 2, new 2, duplicates 0, invalid 0\n")
+        "p: read 2, new 2, duplicates 0, invalid 0; of the 2 new in this dataset, already stored for "
+        "another dataset (and scored once): 2, new samples: 0\n")
     assert stored(db_url, "p") == expected
     score_everything(db_url)
     ok(cli("select", "all", "--dataset", "d", "--prompt-set", "s", "--top", "1"))

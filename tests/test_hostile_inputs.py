@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
-from guards import invoke, snapshot, sqlite_path
+from guards import invoke, merge_wal, snapshot, sqlite_path
 from test_fusion import seed
 
 from selectit.store import db
@@ -50,6 +50,7 @@ def _violations(db_url: str, cases: list[tuple[str, list[object]]], created: lis
 @pytest.fixture
 def seeded(engine, db_url: str) -> str:
     seed(engine)
+    merge_wal(engine)
     return db_url
 
 

@@ -626,12 +626,11 @@ def test_served_model_registration_errors_say_what_is_wrong(server, tiny_model_d
     assert "srv" not in cli("models").output
 
 
-def test_the_openai_engine_with_a_local_model_is_an_error(tiny_version, monkeypatch):
-    from selectit.scoring.engines import load_engine
+def test_the_openai_engine_with_a_local_model_is_an_error(tiny_version):
+    from selectit.scoring.engines import EngineOptions, load_engine
 
-    monkeypatch.setenv("SELECTIT_ENGINE", "openai")
     with pytest.raises(EndpointError, match="is not served by an endpoint"):
-        load_engine(tiny_version[0])
+        load_engine(tiny_version[0], EngineOptions(engine="openai"))
 
 
 def test_a_failing_request_list_is_still_one_result_per_cell(server, tiny_version):

@@ -62,7 +62,7 @@ def test_json_round_trip_and_unknown_keys_of_a_newer_selectit() -> None:
     assert raw == {"models": ["b", "a"], "weights": {"a": 2.0}, "prompt_set": "s", "alpha": 0.5,
                    "formula": "reference-code", "turns_agg": "min"}
     assert Ranking.from_json(raw) == r
-    assert Ranking.from_json(raw | {"dedup": "minhash"}) == r
+    assert Ranking.from_json(raw | {"tokens_agg": "minhash"}) == r
     # a ranking stored before turns were fused ranked the last turns
     assert Ranking.from_json({"alpha": 0.5}).turns_agg == "last" and Ranking().turns_agg == "mean"
 

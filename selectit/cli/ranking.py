@@ -115,9 +115,9 @@ def rank(ctx: click.Context, dataset: str, ranking: Ranking, top: float | None, 
         echo(f"Nothing is rankable yet: score the missing cells with `selectit score --dataset {dataset}`.")
     elif criterion.where() != "TRUE":
         echo(f"selected: {summary.n_chosen} of {summary.n_rankable} rankable ({criterion.describe()})")
+        _warn(summary.warning)
     if summary.n_rankable and ranking.trims:
         echo(f"kept after {_trims(ranking)}: {summary.n_kept} of {summary.n_rankable} rankable samples")
-        _warn(summary.warning)
     _print_health_warnings(ctx, dataset, ranking=ranking)
 
 

@@ -33,7 +33,20 @@ from selectit.fusion.selection import random_key
 from selectit.io.records import canonical, digest
 from selectit.store import db
 from selectit.store import lookups
-from selectit.store.schema import Audit, AuditSample, Dataset, DatasetSample, JobSample, Sample, Score, SelectionSample
+from selectit.store.schema import (
+    Audit,
+    AuditSample,
+    Dataset,
+    DatasetSample,
+    JobSample,
+    Sample,
+    SampleEmbedding,
+    SampleSignature,
+    Score,
+    SelectionSample,
+    SignatureBand,
+    SimilarPair,
+)
 
 #: The corruptions, in the order their twins are stored.
 KINDS = ("mismatched", "truncated", "refusal", "echo", "turn")
@@ -250,6 +263,12 @@ def _drop_orphans(conn: Connection, twins: list[int]) -> int:
     for i in range(0, len(orphans), 500):
         chunk = orphans[i:i + 500]
         conn.execute(sa.delete(Score).where(Score.sample_id.in_(chunk)))
+        # the twins' other cells: near-duplicate signatures and their bands, embeddings and pairs
+        conn.execute(sa.delete(SignatureBand).where(SignatureBand.sample_id.in_(chunk)))
+        conn.execute(sa.delete(SampleSignature).where(SampleSignature.sample_id.in_(chunk)))
+        conn.execute(sa.delete(SimilarPair).where(sa.or_(SimilarPair.sample_a.in_(chunk),
+                                                         SimilarPair.sample_b.in_(chunk))))
+        conn.execute(sa.delete(SampleEmbedding).where(SampleEmbedding.sample_id.in_(chunk)))
         conn.execute(sa.delete(Sample).where(Sample.id.in_(chunk)))
     return len(orphans)
 

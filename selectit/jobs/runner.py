@@ -495,7 +495,8 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
     try:
         for spec in to_load:  # every model before the first claim: a load failure charges nothing
             try:
-                cache(spec)
+                with phase("model load"):
+                    cache(spec)
             except Exception as exc:  # noqa: BLE001 - whatever the engine raised, as one message
                 raise ModelLoadError.of(spec.name, exc) from exc
         with phase("planning"):

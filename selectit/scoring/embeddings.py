@@ -98,7 +98,7 @@ def grow_pairs(engine: Engine, embedder_id: int, new_ids: list[int], floor: floa
 
     if not new_ids:
         return 0
-    with engine.connect() as conn:
+    with db.reading(engine).connect() as conn:  # a read: it never waits for a writer's lock
         rows = conn.execute(sa.text("SELECT sample_id, vector FROM sample_embeddings WHERE embedder_id = :e "
                                     "ORDER BY sample_id"), {"e": embedder_id}).all()
     ids = np.array([r[0] for r in rows], dtype=np.int64)

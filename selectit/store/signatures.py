@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from selectit.store.db import reading
 from selectit.store.schema import SampleSignature, SignatureConfig, utcnow
 
 #: Defaults (docs/dedup.md): word 5-grams, 128 permutations in 32 bands of 4 rows — a pair of
@@ -244,7 +245,7 @@ def _write(conn: Connection, cfg_id: int, config: MinHashConfig, ids: list[int])
 def count(engine: Engine, dataset: str | None = None, config: MinHashConfig | None = None) -> tuple[int, int]:
     """(signature cells stored under `config`, samples without one) — of the dataset or of every sample."""
     config = config or default_config()
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:  # a read: it never waits for a writer's lock
         cfg_id = find_config_id(conn, config)
         dataset_id = None if dataset is None else conn.execute(
             sa.text("SELECT id FROM datasets WHERE name = :n"), {"n": dataset}).scalar()
