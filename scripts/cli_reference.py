@@ -5,7 +5,7 @@ Usage (from the repository root):
     .venv/bin/python scripts/cli_reference.py > docs/cli.md
 
 The text is click's own help formatting at a fixed width (`WIDTH`), commands in sorted order, so
-the output is the same on every machine; tests/test_cli_docs.py fails when docs/cli.md differs.
+the output is the same on every machine; tests/project/test_cli_docs.py fails when docs/cli.md differs.
 """
 
 from __future__ import annotations

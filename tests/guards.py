@@ -1,4 +1,4 @@
-"""What the guard tests (tests/test_guard_*.py, tests/test_hostile_inputs.py) share.
+"""What the guard tests (tests/test_guard_*.py, tests/guards/test_hostile_inputs.py) share.
 
 A refused command must exit 1 with exactly one `Error: …` line, no traceback, and leave the store
 as it was: `invoke` runs the CLI catching everything, `assert_one_error` checks the line, and
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from test_fusion import seed
+from test_views import seed
 
 from selectit.cli import main
 from selectit.store import db

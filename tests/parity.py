@@ -3,8 +3,8 @@
 `separate` is the authors' way (one forward of the whole prompt, full logits, softmax at the last
 position); `max_delta` scores requests with an engine and compares every cell with it;
 `cell_delta` compares two engines' cells (torch against vLLM or a server). Used by
-tests/test_scorer.py (the tiny model and SmolLM2, relative and absolute error) and
-tests/test_architectures.py (random-weight models of every architecture, absolute error only:
+tests/scoring/test_torch_engine.py (the tiny model and SmolLM2, relative and absolute error) and
+tests/scoring/test_architectures.py (random-weight models of every architecture, absolute error only:
 their probabilities are tiny).
 """
 

@@ -74,7 +74,7 @@ if [ "$vllm" = auto ]; then
 fi
 if [ "$vllm" = 1 ]; then
   [ -x "$VLLM_PY" ] || { echo "tests/run.sh: $VLLM_PY is missing; run \`make venv-vllm\` (or SELECTIT_TEST_VLLM=0)" >&2; exit 1; }
-  "$VLLM_PY" -m pytest -q tests/test_vllm_engine.py tests/test_openai_vllm_server.py
+  "$VLLM_PY" -m pytest -q tests/scoring/test_vllm_engine.py tests/scoring/test_openai_vllm_server.py
 fi
 smoke=${SELECTIT_WHEEL_SMOKE:-auto}
 [ "$smoke" = auto ] && smoke=$whole

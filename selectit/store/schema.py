@@ -4,7 +4,7 @@ Data flows one way: datasets → samples → jobs → scores → selections. The
 cache keyed by what produced a rating (sample, model version, prompt version, turn): nothing is scored
 twice, and new models or prompts simply leave new cells missing.
 
-The migrations in `migrations/` build this schema; `tests/test_store.py` checks they agree.
+The migrations in `migrations/` build this schema; `tests/store/test_db.py` checks they agree.
 """
 
 from __future__ import annotations
