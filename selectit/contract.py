@@ -182,6 +182,10 @@ class RenderedPrompt:
     head: str  # text before the response
     response: str  # the sample's output (truncation cuts from its middle)
     tail: str  # text after the response, ending where the label token is read
+    #: The same text cut where it is tokenized piece by piece (a conversation's transcript, one
+    #: piece per turn: `render_transcript`), so turn t's tokens are a prefix of turn t+1's; empty:
+    #: the text is tokenized whole.
+    segments: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -406,6 +410,54 @@ def history_cuts(turns: Sequence[Turn], turn: int) -> int:
     context = rated[-1 - turn]
     keep = 1 if turns and turns[0][0] == "system" else 0
     return max(0, context - keep - 1)
+
+
+#: The version of the rendering rules, part of each cell's key (`Score.rendering`): a cell rendered
+#: by other rules is kept for audit but never read with these. 1: a sample of several rated turns
+#: in the shared-context layout is a transcript (`render_transcript`); every other sample renders
+#: as under version 0 (the cells revision 0014 found carry 1 unless that rule changed their text).
+RENDERING = 1
+#: Between a transcript and the template's rating question: what "the response" is.
+TRANSCRIPT_BRIDGE = "\n\nThe response to rate is the assistant's last reply above."
+
+
+def shares_turns(layout: str, n_turns: int) -> bool:
+    """Whether a sample's turns render as one growing transcript (and so score in one pass): a
+    conversation of several rated turns in the shared-context layout. The `reference` layout
+    wraps the sample inside the prompt, so its turns share no prefix."""
+    return layout == Layout.SHARED_CONTEXT and n_turns > 1
+
+
+def render_transcript(template: str, turns: Sequence[Turn], turn: int, *, drop: int = 0) -> RenderedPrompt:
+    """Rated turn `turn` (counted back) of a conversation in a shared-context `template`, as a
+    transcript: the template's text before `{instruction}`, one ``"<Role>: <text>"`` line per turn
+    through the rated reply, `TRANSCRIPT_BRIDGE`, then the template's text after `{output}` (the
+    rating question). Its `segments` are the text before the transcript and one per line (each
+    line after the first starts with its ``"\\n"``), so the tokens of turn t's transcript are a
+    prefix of turn t+1's. `drop` leaves out the oldest context turns, as `render_turn`.
+
+    >>> render_transcript("Chat:\\n{instruction}\\n{output}\\nRating: ", [("user", "Hi"), ("assistant", "Yo")], 0).segments
+    ('Chat:\\n', 'User: Hi', '\\nAssistant: Yo', "\\n\\nThe response to rate is the assistant's last reply above.\\nRating: ")
+    """
+    rated = rated_turns(turns)
+    if not 0 <= turn < len(rated):
+        raise IndexError(f"turn {turn} of a conversation with {len(rated)} rated turns")
+    upto = list(turns[:rated[-1 - turn] + 1])
+    if drop:
+        keep = 1 if upto[0][0] == "system" else 0
+        upto = upto[:keep] + upto[keep + drop:]
+    template = "".join(line for line in template.splitlines(keepends=True) if "{input}" not in line)
+    before, sep, rest = template.partition("{instruction}")
+    _, sep2, after = rest.partition("{output}")
+    if not (sep and sep2):
+        raise TemplateError("a shared-context template needs {instruction} before {output}")
+    empty = {"instruction": "", "input": "", "output": ""}
+    lines = [f"{ROLE_LABEL[role]}: {text}" for role, text in upto]
+    segments = (_fill(before, empty), lines[0], *("\n" + line for line in lines[1:]),
+                TRANSCRIPT_BRIDGE + _fill(after, empty))
+    label = ROLE_LABEL["assistant"] + ": "
+    head = "".join(segments[:-2]) + ("\n" if len(lines) > 1 else "") + label
+    return RenderedPrompt(head, upto[-1][1], segments[-1], segments)
 
 
 def last_assistant(turns: list[Turn] | tuple[Turn, ...]) -> int | None:

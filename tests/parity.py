@@ -25,6 +25,29 @@ def separate(scorer: Scorer, text: str, labels: list[int]) -> list[float]:
     return probs[labels].tolist()
 
 
+@torch.inference_mode()
+def separate_ids(scorer: Scorer, ids: list[int], labels: list[int]) -> list[float]:
+    """One forward of these tokens, full logits, softmax at the last position."""
+    probs = scorer.model(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+    return probs[labels].tolist()
+
+
+def turns_delta(scorer: Scorer, reqs: list[RatingRequest]) -> float:
+    """Largest |Δp| between the engine's cells of several turns (scored together) and one
+    separate forward per (turn, prompt) of the very tokens the engine read for it."""
+    cells = {(c.sample_id, c.turn, c.prompt_id): c for c in scorer.score(reqs)}
+    assert len(cells) == sum(len(r.prompts) for r in reqs)
+    worst = 0.0
+    for r in reqs:
+        prep = scorer._prepare(r)
+        for pid, p, ids in zip(r.prompt_ids, r.prompts, prep.ids):
+            cell = cells[(r.sample_id, r.turn, pid)]
+            assert cell.ok and cell.n_tokens == len(ids), cell.error
+            expected = separate_ids(scorer, ids, scorer._labels(p)[: r.scale])
+            worst = max(worst, *(abs(a - b) for a, b in zip(cell.probs, expected)))
+    return worst
+
+
 def max_delta(scorer: Scorer, reqs: list[RatingRequest], label_ids: list[int] | None = None, *,
               rel: float | None = 1e-4) -> float:
     """Largest |Δp| between the engine's cells and one separate forward per prompt.

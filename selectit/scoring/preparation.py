@@ -52,7 +52,27 @@ class RequestPreparation:
         self._label_cache: dict[str, list[int]] = {}
 
     def _tokenize(self, prompts: Sequence[RenderedPrompt]) -> list[list[int]]:
-        return [list(x) for x in self.tokenizer([p.text for p in prompts])["input_ids"]]
+        whole = [i for i, p in enumerate(prompts) if not p.segments]
+        out: list[list[int]] = [[] for _ in prompts]
+        if whole:
+            for i, x in zip(whole, self.tokenizer([prompts[i].text for i in whole])["input_ids"]):
+                out[i] = list(x)
+        for i, p in enumerate(prompts):
+            if p.segments:
+                out[i] = self._tokenize_segments(p.segments)
+        return out
+
+    def _tokenize_segments(self, segments: Sequence[str]) -> list[int]:
+        """The segments tokenized one by one and joined, inside the tokenizer's special tokens (those
+        it puts around a text: found by tokenizing the first segment with and without them), so a
+        conversation's turn t is a token prefix of turn t+1 (`RenderedPrompt.segments`)."""
+        parts = self.tokenizer(list(segments), add_special_tokens=False)["input_ids"]
+        first = list(self.tokenizer(segments[0])["input_ids"])
+        bare = list(parts[0])
+        at = next((i for i in range(len(first) - len(bare) + 1) if first[i:i + len(bare)] == bare), None)
+        if at is None:  # a tokenizer that changes the text next to its special tokens: no sharing then
+            return list(self.tokenizer("".join(segments))["input_ids"])
+        return first[:at] + [t for x in parts for t in x] + first[at + len(bare):]
 
     def _prepare(self, req: RatingRequest) -> Prepared:
         if not 2 <= req.scale <= 9:

@@ -40,16 +40,31 @@ __all__ = ["ELLIPSIS", "CellResult", "RatingRequest", "Scorer", "default_device"
 
 @dataclass
 class _Row:
-    """One sequence of a forward: a whole packed request, or one prompt of it."""
+    """One sequence of a forward: a packed tree of prompts (a trunk and branches), or one prompt.
 
-    req: int  # index of the request
-    cells: list[int]  # prompt indices (within the request) whose label is read in this row
-    tokens: list[int]  # C + s_1 + … (packed) or one prompt's tokens
-    pos: list[int]  # position ids (restart at len(C) for each suffix)
-    seg: list[int]  # 0 = shared prefix C, i = suffix i (1-based)
+    Segment 0 is the trunk (a packed row's shared tokens); every other segment is a branch that
+    sees, of each segment in `sees[seg]`, the tokens before a position, and itself causally. The
+    position ids of a branch go on from its branch point, so each cell's tokens are at the
+    positions of a separate forward of its prompt.
+    """
+
+    cells: list[tuple[int, int]]  # (request index, prompt index) whose label is read in this row
+    tokens: list[int]  # trunk + branches (packed) or one prompt's tokens
+    pos: list[int]  # position ids
+    seg: list[int]  # segment of each token (an unpacked row: all 1)
     label_at: list[int]  # index into tokens of each cell's last token
     label_ids: list[list[int]] = field(default_factory=list)  # per cell: token ids of 1..K
-    prefix: int = 0  # len(C) of a packed row (0: an unpacked row)
+    prefix: int = 0  # the trunk's length in a packed row (0: an unpacked row)
+    sees: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # seg → [(segment, before position)]
+    paths: list[tuple[int, list[int]]] = field(default_factory=list)  # per cell: (branch point off the trunk, its tokens after it)
+
+
+def _common(ids: list[list[int]]) -> int:
+    """The longest common prefix of token lists, leaving each at least one token."""
+    c, limit = 0, min(map(len, ids)) - 1
+    while c < limit and all(x[c] == ids[0][c] for x in ids):
+        c += 1
+    return c
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -121,21 +136,25 @@ class Scorer(RequestPreparation, ScoringEngine):
         """Score every (request, prompt) cell; `progress(n)` is called with cells finished."""
         results: list[CellResult] = []
         prepared: dict[int, Prepared] = {}
-        rows: list[_Row] = []
         for i, req in enumerate(requests):
             try:
-                prep = self._prepare(req)
-                prepared[i] = prep
-                rows.extend(self._rows(i, prep))
+                prepared[i] = self._prepare(req)
             except Exception as exc:  # noqa: BLE001 - one bad request never stops the batch
                 results.extend(self._failed(req, range(len(req.prompts)), exc))
                 if progress:
                     progress(len(req.prompts))
+        # The turns of one conversation (requests of one sample) are packed together: its
+        # transcript once, each turn's prompts branching off at that turn's end.
+        by_sample: dict[int, list[int]] = {}
+        for i in prepared:
+            by_sample.setdefault(requests[i].sample_id, []).append(i)
+        rows: list[_Row] = []
+        for group in by_sample.values():
+            rows.extend(self._rows_of([(i, prepared[i]) for i in group]))
         for batch in self._batches(rows):
             for row, probs, err in self._run(batch):
-                prep = prepared[row.req]
-                for j, cell in enumerate(row.cells):
-                    results.append(self._cell(prep, cell, None if probs is None else probs[j].tolist(), err))
+                for j, (r, cell) in enumerate(row.cells):
+                    results.append(self._cell(prepared[r], cell, None if probs is None else probs[j].tolist(), err))
             if progress:
                 progress(sum(len(r.cells) for r in batch))
         return results
@@ -181,25 +200,87 @@ class Scorer(RequestPreparation, ScoringEngine):
         return self._flops_per_token * n + 4 * self._layers * self._hidden * n * n
 
     def _rows(self, i: int, prep: Prepared) -> list[_Row]:
-        ids = prep.ids
-        labels = [self._labels(p)[: prep.req.scale] for p in prep.req.prompts]
-        c = 0  # longest common prefix, leaving each suffix at least one token
-        limit = min(map(len, ids)) - 1
-        while c < limit and all(x[c] == ids[0][c] for x in ids):
-            c += 1
-        packed_len = c + sum(len(x) - c for x in ids)
-        if len(ids) > 1 and self._cost(packed_len) < sum(self._cost(len(x)) for x in ids):
-            tokens, pos, seg, label_at = list(ids[0][:c]), list(range(c)), [0] * c, []
-            for k, x in enumerate(ids, start=1):
+        """The rows of one request (see `_rows_of`)."""
+        return self._rows_of([(i, prep)])
+
+    def _rows_of(self, group: list[tuple[int, Prepared]]) -> list[_Row]:
+        """One packed row for the requests of one sample (its K' prompts; a conversation's turns),
+        or where that costs more (a short shared prefix: the reference layout) a row per request
+        (a packed row each, or one row per prompt), by a FLOP estimate."""
+        if len(group) > 1:
+            tree = self._tree(group)
+            apart = [r for g in group for r in self._rows_of([g])]
+            return [tree] if self._cost(len(tree.tokens)) <= sum(self._cost(len(r.tokens)) for r in apart) else apart
+        i, prep = group[0]
+        if len(prep.ids) > 1 and self._packs(prep.ids, _common(prep.ids)):
+            return [self._tree(group)]
+        return [_Row([(i, k)], x, list(range(len(x))), [1] * len(x), [len(x) - 1],
+                     [self._labels(prep.req.prompts[k])[: prep.req.scale]], sees={1: []})
+                for k, x in enumerate(prep.ids)]
+
+    def _tree(self, group: list[tuple[int, Prepared]]) -> _Row:
+        """A packed row: a trunk, and every prompt of the group branching off it.
+
+        The trunk is the longest common prefix of one request's prompts (the longest such: a
+        conversation's last turn, whose transcript holds every earlier turn's). Every request
+        leaves the trunk where its first prompt does, with a stem (its prompts' common prefix
+        beyond that point) from which its prompts branch in turn.
+        """
+        cs = [_common(prep.ids) for _, prep in group]
+        top = max(range(len(group)), key=lambda g: cs[g])
+        trunk = group[top][1].ids[0][:cs[top]]
+        tokens, pos, seg = list(trunk), list(range(len(trunk))), [0] * len(trunk)
+        cells, label_at, labels, paths = [], [], [], []
+        sees: dict[int, list[tuple[int, int]]] = {}
+        for g, (i, prep) in enumerate(group):
+            ids, c = prep.ids, cs[g]
+            b = 0  # where this request leaves the trunk
+            while b < c and b < len(trunk) and ids[0][b] == trunk[b]:
+                b += 1
+            up = [(0, b)]
+            if c > b:  # a stem: the prompts' common tokens beyond the trunk
+                stem = len(sees) + 1
+                sees[stem] = list(up)
+                tokens += ids[0][b:c]
+                pos += range(b, c)
+                seg += [stem] * (c - b)
+                up.append((stem, c))
+            for k, x in enumerate(ids):
+                leaf = len(sees) + 1
+                sees[leaf] = list(up)
                 tokens += x[c:]
                 pos += range(c, len(x))
-                seg += [k] * (len(x) - c)
+                seg += [leaf] * (len(x) - c)
                 label_at.append(len(tokens) - 1)
-            return [_Row(i, list(range(len(ids))), tokens, pos, seg, label_at, labels, prefix=c)]
-        return [_Row(i, [k], x, list(range(len(x))), [1] * len(x), [len(x) - 1], [labels[k]])
-                for k, x in enumerate(ids)]
+                cells.append((i, k))
+                labels.append(self._labels(prep.req.prompts[k])[: prep.req.scale])
+                paths.append((b, x[b:]))
+        return _Row(cells, tokens, pos, seg, label_at, labels, prefix=len(trunk), sees=sees, paths=paths)
+
+    def _packs(self, ids: list[list[int]], c: int) -> bool:
+        """Whether one packed row of these prompts (prefix length c) costs less than a row each."""
+        return self._cost(c + sum(len(x) - c for x in ids)) < sum(self._cost(len(x)) for x in ids)
 
     # -- the numeric kernel -------------------------------------------------------------------
+
+    def _tree_mask(self, rows: list[_Row], seg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """allowed[b, q, k] (B, T, T) bool: key k is in q's own segment and not in q's future, or in a
+        segment q's branch sees (`_Row.sees`) before the position where q's branch leaves it."""
+        B, T = seg.shape
+        S = max(max(r.seg) for r in rows) + 1
+        # limit[b, s, a]: the position before which segment s sees segment a (0: not at all)
+        limit = torch.zeros((B, S, S), dtype=torch.long)
+        for b, r in enumerate(rows):
+            for s, seen in r.sees.items():
+                for a, before in seen:
+                    limit[b, s, a] = before
+        limit = limit.to(seg.device)
+        sq, sk = seg.clamp(min=0)[:, :, None], seg.clamp(min=0)[:, None, :]  # (B, T, 1), (B, 1, T)
+        seen_before = limit.gather(1, sq.expand(B, T, S)).gather(2, sk.expand(B, T, T))  # (B, T, T)
+        pq, pk = pos[:, :, None], pos[:, None, :]
+        real = (seg[:, :, None] >= 0) & (seg[:, None, :] >= 0)
+        allowed = real & (((sk == sq) & (pk <= pq)) | ((sk != sq) & (pk < seen_before)))
+        return allowed | torch.eye(T, dtype=torch.bool, device=seg.device)  # padding queries see themselves: no NaN
 
     @torch.inference_mode()
     def _forward(self, rows: list[_Row]) -> list[torch.Tensor]:
@@ -213,11 +294,8 @@ class Scorer(RequestPreparation, ScoringEngine):
             n = len(r.tokens)
             ids[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(r.tokens), torch.tensor(r.pos), torch.tensor(r.seg)
         ids, pos, seg = ids.to(dev), pos.to(dev), seg.to(dev)
-        sq, sk = seg[:, :, None], seg[:, None, :]  # (B, T, 1) queries, (B, 1, T) keys
+        allowed = self._tree_mask(rows, seg, pos)  # (B, T, T)
         pq, pk = pos[:, :, None], pos[:, None, :]
-        # allowed[b, q, k]: key k is the shared prefix or in q's own segment, and not in q's future.
-        allowed = ((sk == sq) | (sk == 0)) & (sk >= 0) & (pk <= pq)  # (B, T, T)
-        allowed |= torch.eye(T, dtype=torch.bool, device=dev)  # padding queries see themselves: no NaN
         neg = torch.finfo(self.dtype).min
 
         def as_mask(a: torch.Tensor) -> torch.Tensor:  # (B, T, T) bool → (B, 1, T, T) additive float
@@ -265,6 +343,11 @@ class Scorer(RequestPreparation, ScoringEngine):
         the prefixes C (left-padded, so each C ends where its suffixes start and a sliding window
         spans real tokens only) with `use_cache`, then all suffixes of all rows in one batch
         (right-padded) over that cache, each suffix row given its own row's cache.
+
+        A conversation's turns branch off its transcript (the trunk) at several points: then the
+        cache keeps every layer whole (no sliding-window layer drops old keys), and the suffix
+        forward gets a 4-D mask that hides the trunk's keys from its branch point on (and applies
+        the sliding window by position).
         """
         dev = self.device
         B = len(rows)
@@ -277,18 +360,19 @@ class Scorer(RequestPreparation, ScoringEngine):
             ids[b, Lp - c:] = torch.tensor(r.tokens[:c])
             pos[b, Lp - c:] = torch.arange(c)
             pmask[b, Lp - c:] = 1
+        # One suffix row per cell: its tokens after its branch point, up to its label.
+        suffixes = [path for r in rows for path in r.paths]
+        owner = [b for b, r in enumerate(rows) for _ in r.paths]
+        branched = any(c != rows[o].prefix for (c, _), o in zip(suffixes, owner))
+        given = {}
+        if branched:
+            from transformers import DynamicCache
+
+            given = {self._cache_kw: DynamicCache()}  # no config: every layer keeps all its keys
         out = self.model(input_ids=ids.to(dev), attention_mask=pmask.to(dev), position_ids=pos.to(dev),
-                         use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **given)
         cache = out.cache if self._cache_kw == "cache" else out.past_key_values
         del out
-        # One suffix row per cell: tokens after C up to the cell's label position.
-        suffixes, owner = [], []
-        for b, r in enumerate(rows):
-            start = r.prefix
-            for end in r.label_at:
-                suffixes.append((r.prefix, r.tokens[start:end + 1]))
-                owner.append(b)
-                start = end + 1
         S, Ls = len(suffixes), max(len(t) for _, t in suffixes)
         sids = torch.full((S, Ls), self._pad_id, dtype=torch.long)
         spos = torch.zeros((S, Ls), dtype=torch.long)
@@ -299,7 +383,10 @@ class Scorer(RequestPreparation, ScoringEngine):
             smask[j, :len(t)] = 1
         owner_t = torch.tensor(owner, device=dev)
         cache.batch_select_indices(owner_t)  # each suffix row gets its own row's C
-        mask = torch.cat([pmask.to(dev)[owner_t], smask.to(dev)], dim=1)
+        mask: Any = torch.cat([pmask.to(dev)[owner_t], smask.to(dev)], dim=1)
+        if branched:
+            mask = self._branch_mask(pos.to(dev)[owner_t], pmask.to(dev)[owner_t], spos.to(dev), smask.to(dev),
+                                     torch.tensor([c for c, _ in suffixes], device=dev))
         last = [len(t) - 1 for _, t in suffixes]
         if self._keep_per_row:
             keep = torch.tensor([[i] for i in last], device=dev)
@@ -312,7 +399,7 @@ class Scorer(RequestPreparation, ScoringEngine):
                             use_cache=True, logits_to_keep=keep, **{self._cache_kw: cache}).logits
         del cache
         self.forwards += 2
-        self.tokens_run += sum(len(r.tokens) for r in rows)
+        self.tokens_run += sum(r.prefix for r in rows) + sum(len(t) for _, t in suffixes)
         logits = logits[torch.arange(S, device=dev), torch.tensor(cols, device=dev)].float()  # (S, V)
         logp = torch.log_softmax(logits, dim=-1)
         res, n = [], 0
@@ -321,6 +408,30 @@ class Scorer(RequestPreparation, ScoringEngine):
             res.append(logp[n:n + len(r.label_at)].gather(1, lab).exp().cpu())
             n += len(r.label_at)
         return res
+
+    def _branch_mask(self, ppos: torch.Tensor, pmask: torch.Tensor, spos: torch.Tensor, smask: torch.Tensor,
+                     branch: torch.Tensor) -> Any:
+        """The 4-D mask of suffixes over a whole cache: (S, 1, Ls, Lp + Ls) additive, or one per layer
+        type. Suffix j sees its trunk's real keys before `branch[j]`, and its own tokens causally.
+
+        ppos, pmask: (S, Lp) the trunk's positions and real tokens per suffix row; spos, smask:
+        (S, Ls); branch: (S,).
+        """
+        S, Ls = spos.shape
+        causal = torch.ones((Ls, Ls), dtype=torch.bool, device=spos.device).tril()
+        on_trunk = (pmask.bool() & (ppos < branch[:, None]))[:, None, :].expand(S, Ls, -1)  # (S, Ls, Lp)
+        own = causal[None] & (smask.bool()[:, None, :] | torch.eye(Ls, dtype=torch.bool, device=spos.device))
+        allowed = torch.cat([on_trunk, own], dim=2)  # (S, Ls, Lp + Ls)
+        neg = torch.finfo(self.dtype).min
+
+        def as_mask(a: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(a.shape, dtype=self.dtype, device=a.device).masked_fill(~a, neg)[:, None]
+
+        if not self._sliding:
+            return as_mask(allowed)
+        kpos = torch.cat([ppos, spos], dim=1)[:, None, :]  # (S, 1, Lp + Ls)
+        windowed = as_mask(allowed & (spos[:, :, None] - kpos < self._sliding))
+        return windowed if self._sliding_everywhere else {"full_attention": as_mask(allowed), "sliding_attention": windowed}
 
     def _run(self, batch: list[_Row]) -> list[tuple[_Row, torch.Tensor | None, str | None]]:
         """Forward a batch; on failure split it in halves (and shrink the budget on OOM)."""

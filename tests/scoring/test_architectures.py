@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from parity import max_delta
+from parity import max_delta, turns_delta
 from test_torch_engine import records, requests
 from tiny_model import build_tokenizer
 
 from selectit.cli import main
-from selectit.contract import RatingRequest, render
+from selectit.contract import RatingRequest, rated_turns, render, render_transcript
+from selectit.scoring import registry
 from selectit.scoring.torch_engine import Scorer, load_scorer
 from selectit.store import db
 from selectit.store.schema import LLM
@@ -140,3 +141,33 @@ def test_one_list_of_positions_for_older_transformers(arch, tokenizer):
     scorer._keep_per_row = False
     reqs = requests(records(2, 5), "shared-context")
     assert max_delta(scorer, reqs[:1] + reference_requests(records(2, 5))[1:], rel=None) <= 1e-5
+
+
+def conversation_requests(recs: list[dict], sample_id: int = 0) -> list[RatingRequest]:
+    """Every rated turn of one conversation made of `recs` (a user turn and its reply each), in
+    the shared-context transcript rendering: turn t's tokens are a prefix of turn t+1's."""
+    turns = [("system", "Be helpful.")] + [x for r in recs for x in (("user", r["instruction"]),
+                                                                  ("assistant", r["output"]))]
+    ts = list(registry.DEFAULT_TEMPLATES)
+    return [RatingRequest(sample_id, tuple(range(len(ts))), tuple(render_transcript(t, turns, turn) for t in ts), 5,
+                          turn=turn) for turn in range(len(rated_turns(turns)))]
+
+
+@pytest.mark.parametrize("packing", ["cache", "mask"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_all_turns_of_a_conversation_in_one_pass_equal_separate_forwards(arch, packing, tokenizer):
+    scorer = Scorer(build(arch, tokenizer), tokenizer, exact=True, max_batch_tokens=1 << 16, max_padding=None)
+    scorer.shared = packing
+    scorer._cost = lambda n: n  # tokens only: hidden 32 makes attention dominate, and packing would lose
+    turns = conversation_requests(records(3, 20)) + conversation_requests(records(2, 40), sample_id=1)
+    prep = [scorer._prepare(r) for r in turns[:3]]
+    for later, earlier in zip(prep, prep[1:]):  # turn t's transcript is a token prefix of turn t+1's
+        transcript = len(tokenizer(earlier.req.prompts[0].head + earlier.req.prompts[0].response).input_ids)
+        assert later.ids[0][:transcript - 2] == earlier.ids[0][:transcript - 2]
+    (row,) = scorer._rows_of([(i, p) for i, p in enumerate(prep)])  # one row: the conversation once
+    last = prep[0].req.prompts[0]
+    assert row.prefix >= len(tokenizer(last.head + last.response).input_ids) - 2 and len(row.cells) == 15
+    assert len(row.tokens) < sum(len(r.tokens) for i, p in enumerate(prep) for r in scorer._rows_of([(i, p)]))
+    assert max(len(x) for p in prep for x in p.ids) > 3 * WINDOW
+    assert turns_delta(scorer, turns) <= 1e-5
+    assert scorer.forwards == (2 if packing == "cache" else 1)  # both conversations, all turns
