@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from selectit.contract import CellStatus
+from selectit.contract import RENDERING, CellStatus
 from selectit.fusion.params import params_of
 from selectit.fusion.store_attach import attach, dataset_id, sql_str
 
@@ -115,7 +115,7 @@ def cell_coverage(
         JOIN store.samples x ON x.id = s.sample_id
         JOIN (VALUES {model_rows}) m(model_id) ON m.model_id = s.model_id
         JOIN (VALUES {prompt_rows}) p(prompt_id, set_name) ON p.prompt_id = s.prompt_id
-        WHERE s.sample_id IN ({scope}){"" if every_turn else " AND s.turn = 0"}
+        WHERE s.rendering = {RENDERING} AND s.sample_id IN ({scope}){"" if every_turn else " AND s.turn = 0"}
         GROUP BY s.sample_id, s.model_id, p.set_name
         """
     )
@@ -160,7 +160,8 @@ def coverage(con: duckdb.DuckDBPyConnection, dataset: str) -> Coverage:
         prompts = ", ".join(str(int(p.prompt_id)) for p in params.prompts)
         models_in = ", ".join(str(int(m.model_id)) for m in params.models)
         rankable_last = int(con.execute(
-            f"SELECT count(*) FROM (SELECT sample_id FROM store.scores WHERE turn = 0 AND status = '{CellStatus.OK}' "
+            f"SELECT count(*) FROM (SELECT sample_id FROM store.scores WHERE turn = 0 AND rendering = {RENDERING} "
+            f"AND status = '{CellStatus.OK}' "
             f"AND prompt_id IN ({prompts}) AND model_id IN ({models_in}) AND sample_id IN "
             f"(SELECT sample_id FROM store.dataset_samples WHERE dataset_id = {int(ds)}) "
             f"GROUP BY sample_id HAVING count(*) = {int(expected)})").fetchone()[0]) - n_rankable

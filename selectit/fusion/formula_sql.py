@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-from selectit.contract import CellStatus, Formula, TurnsAgg
+from selectit.contract import RENDERING, CellStatus, Formula, TurnsAgg
 from selectit.fusion.errors import FusionError
 from selectit.ranking import (  # noqa: F401 - part of this module's interface
     Ranking,
@@ -90,7 +90,7 @@ WITH cell AS (
     JOIN chosen_models m ON m.model_id = s.model_id
     JOIN chosen_prompts p ON p.prompt_id = s.prompt_id
     JOIN store.samples x ON x.id = s.sample_id
-    WHERE s.status = '{CellStatus.OK}'{turns}
+    WHERE s.status = '{CellStatus.OK}' AND s.rendering = {RENDERING}{turns}
 ), normed AS (
     -- Σp = 0 cannot be normalised: NULLIF leaves the cell without a score (not rankable).
     SELECT *, {paper} FROM (SELECT *, NULLIF({psum}, 0) AS psum FROM cell)

@@ -1,6 +1,6 @@
 """The cells of a job: which are still owed, the requests that rate them, and storing their results.
 
-A cell is (sample, model version, prompt version, turn); its row in `scores` is written
+A cell is (sample, model version, prompt version, turn, rendering version); its row in `scores` is written
 insert-or-ignore, except that a stored *failed* cell is overwritten in place with attempts + 1.
 So a cell scored ok is never written twice, whoever computes it again.
 """
@@ -14,41 +14,51 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from selectit.contract import (
+    RENDERING,
     CellResult,
     CellStatus,
     RatingRequest,
     RenderedPrompt,
     history_cuts,
     render,
+    render_transcript,
     render_turn,
+    shares_turns,
 )
+from selectit.jobs.planner import ALL_TURNS
 from selectit.store import db
 from selectit.store.schema import MAX_SCALE, Job, JobSample, Prompt, Sample, Score, utcnow
 
 
-def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[int, list[int]]:
-    """{sample_id: [prompt_id, …]} of the job's cells (at its turn) neither scored ok nor failed at
-    the limit."""
-    done = set(session.execute(
-        sa.select(Score.sample_id, Score.prompt_id)
-        .join(JobSample, sa.and_(JobSample.job_id == job.id, JobSample.sample_id == Score.sample_id))
-        .where(Score.model_id == job.model_id, Score.prompt_id.in_(job.prompt_ids), Score.turn == job.turn,
-               sa.or_(Score.status == CellStatus.OK, Score.attempts >= max_cell_attempts))).all())
-    cells: dict[int, list[int]] = {}
+def cells_to_score(session: Session, job: Job, max_cell_attempts: int) -> dict[tuple[int, int], list[int]]:
+    """{(sample_id, turn): [prompt_id, …]} of the job's cells neither scored ok nor failed at the
+    limit: at the job's turn, or at every turn of its samples (`ALL_TURNS`), a sample's turns
+    together, latest first."""
+    every = job.turn == ALL_TURNS
+    q = (sa.select(Score.sample_id, Score.turn, Score.prompt_id)
+         .join(JobSample, sa.and_(JobSample.job_id == job.id, JobSample.sample_id == Score.sample_id))
+         .where(Score.model_id == job.model_id, Score.prompt_id.in_(job.prompt_ids), Score.rendering == RENDERING,
+                sa.or_(Score.status == CellStatus.OK, Score.attempts >= max_cell_attempts)))
+    done = set(session.execute(q if every else q.where(Score.turn == job.turn)).all())
+    n_turns = dict(session.execute(sa.select(Sample.id, Sample.n_turns).where(Sample.id.in_(job.sample_ids)))
+                   .all()) if every else {}
+    cells: dict[tuple[int, int], list[int]] = {}
     for s in job.sample_ids:
-        missing = [p for p in job.prompt_ids if (s, p) not in done]
-        if missing:
-            cells[s] = missing
+        for t in range(n_turns.get(s, 1)) if every else (job.turn,):
+            missing = [p for p in job.prompt_ids if (s, t, p) not in done]
+            if missing:
+                cells[s, t] = missing
     return cells
 
 
-def requests_for(session: Session, cells: dict[int, list[int]], prompts: dict[int, Prompt],
-                 turn: int = 0) -> list[RatingRequest]:
-    """The requests that rate `cells` ({sample_id: [prompt_id, …]}) at `turn`: one per sample and
-    (layout, scale), since a request's prompts share both."""
-    samples = {s.id: s for s in session.scalars(sa.select(Sample).where(Sample.id.in_(list(cells))))}
+def requests_for(session: Session, cells: dict[int, list[int]] | dict[tuple[int, int], list[int]],
+                 prompts: dict[int, Prompt], turn: int = 0) -> list[RatingRequest]:
+    """The requests that rate `cells` ({sample_id: [prompt_id, …]} at `turn`, or {(sample_id,
+    turn): …}): one per sample's turn and (layout, scale), since a request's prompts share both."""
+    owed = {(k if isinstance(k, tuple) else (k, turn)): v for k, v in cells.items()}
+    samples = {s.id: s for s in session.scalars(sa.select(Sample).where(Sample.id.in_({s for s, _ in owed})))}
     requests = []
-    for sid, pids in cells.items():
+    for (sid, turn), pids in owed.items():
         groups: dict[tuple[str, int], list[int]] = {}
         for p in pids:
             groups.setdefault((prompts[p].layout, prompts[p].scale), []).append(p)
@@ -64,10 +74,15 @@ def turn_prompts(sample: Sample, turn: int, templates: list[tuple[str, str]]) ->
 
     Turn 0 of any sample is its stored fields, as it always was; an earlier turn is rendered from
     `samples.turns` by the same rule (its context the conversation before it, no Alpaca input).
+    A conversation of several rated turns in the shared-context layout is a transcript instead
+    (`render_transcript`, rendering version `RENDERING`): turn t's tokens are a prefix of turn
+    t+1's, so an engine scores all its turns in one pass.
     """
     conv = sample.turns
 
     def rendered(drop: int) -> tuple[RenderedPrompt, ...]:
+        if conv is not None and all(shares_turns(layout, sample.n_turns) for layout, _ in templates):
+            return tuple(render_transcript(template, conv, turn, drop=drop) for _, template in templates)
         if drop == 0 and turn == 0:
             instruction, output = sample.instruction, sample.output
         else:
@@ -95,6 +110,7 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
     for r in results:
         probs = list(r.probs or ())
         row = {"sample_id": r.sample_id, "model_id": model_id, "prompt_id": r.prompt_id, "turn": r.turn,
+               "rendering": RENDERING,
                "mass": r.mass, "n_tokens": r.n_tokens, "truncated": bool(r.truncated),
                "partial": bool(r.ok and r.partial),
                "status": str(CellStatus.OK if r.ok else CellStatus.FAILED),
@@ -121,12 +137,13 @@ def write_results(session: Session, model_id: int, results: Sequence[CellResult]
 
 #: (column, PostgreSQL array type) of a score row, in `write_results`' row order.
 _COLUMNS = {"sample_id": "integer", "model_id": "integer", "prompt_id": "integer", "turn": "integer",
+            "rendering": "integer",
             **{f"p{k}": "double precision" for k in range(1, MAX_SCALE + 1)},
             "mass": "double precision", "n_tokens": "integer", "truncated": "boolean", "partial": "boolean",
             "status": "text",
             "error": "text", "attempts": "integer", "scored_at": "timestamp", "worker": "text",
             "engine": "text", "engine_version": "text"}
-_KEY = ("sample_id", "model_id", "prompt_id", "turn")
+_KEY = ("sample_id", "model_id", "prompt_id", "turn", "rendering")
 _PG_UPSERT = sa.text(
     f"INSERT INTO scores ({', '.join(_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in _COLUMNS.items())}) "

@@ -9,7 +9,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from selectit.contract import CellStatus, JobStatus
+from selectit.contract import RENDERING, CellStatus, JobStatus
 from selectit.jobs.holders import dead_local_workers
 from selectit.store.schema import DatasetSample, Job, JobPrompt, JobSample, Prompt, Score
 
@@ -34,7 +34,8 @@ def recent_cells(since: dt.datetime, short_since: dt.datetime, dataset_id: int |
         sa.select(Score.model_id, Prompt.set_name, sa.func.count(),
                   sa.func.count().filter(Score.scored_at >= short_since), sa.func.min(Score.scored_at))
         .join(Prompt, Prompt.id == Score.prompt_id)
-        .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since), dataset_id)
+        .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since,
+               Score.rendering == RENDERING), dataset_id)
         .group_by(Score.model_id, Prompt.set_name))
 
 
@@ -88,5 +89,5 @@ def cells_per_engine(dataset_id: int | None = None) -> sa.Select:
     return (_of_dataset(
         sa.select(Score.model_id, Prompt.set_name, Score.engine, sa.func.count())
         .join(Prompt, Prompt.id == Score.prompt_id)
-        .where(Prompt.active.is_(True), Score.status == CellStatus.OK), dataset_id)
+        .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.rendering == RENDERING), dataset_id)
         .group_by(Score.model_id, Prompt.set_name, Score.engine))

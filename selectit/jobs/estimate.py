@@ -74,7 +74,8 @@ class Estimate:
             return text
         last = (f", about {duration(self.last_cells / self.cells_per_second)}" if self.cells_per_second else "")
         return (f"{text}\n{' ' * len(self.model)}  with --turns last (last assistant turns only): {self.last_cells} "
-                f"cells, {self.last_tokens:,} prompt tokens{last}")
+                f"cells, {self.last_tokens:,} prompt tokens{last}; a conversation's turns run in one pass "
+                f"(shared-context layout), or one request each (reference layout: no shared prefix)")
 
 
 def duration(seconds: float) -> str:

@@ -79,7 +79,7 @@ def _requeue_or_fail(session: Session, job: Job, error: str | None, settings: Se
         # Its unscored cells become failed cells: later plans retry each up to its own limit.
         cells = cells_to_score(session, job, settings.max_cell_attempts)
         write_results(session, job.model_id,
-                      [CellResult.failed(s, p, job.error) for s, ps in cells.items() for p in ps], job.worker)
+                      [CellResult.failed(s, p, job.error, turn=t) for (s, t), ps in cells.items() for p in ps], job.worker)
         session.execute(sa.delete(JobSample).where(JobSample.job_id == job.id))
     else:
         job.status = str(JobStatus.QUEUED)

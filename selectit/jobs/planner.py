@@ -3,7 +3,8 @@
 A *cell* is (sample, model version, prompt version, turn); `turn` counts a conversation's rated
 assistant turns back from the last (0: the sample's `output`, a single-turn sample's only turn).
 The planner turns the missing cells into jobs — token-balanced chunks of `samples × prompts` for
-one model version at one turn — and commits them;
+one model version at one turn, or at every turn (`ALL_TURNS`: a conversation whose turns all miss
+the same prompts is scored in one pass) — and commits them;
 runners (`selectit.jobs.runner`) claim and score them. Planning is idempotent: a cell already in a
 queued or running job is left out, and two planners run one after the other (a transaction
 lock), so no cell is ever in two open jobs.
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit.contract import OPEN_JOB_STATUSES, CellStatus, JobStatus, Turns
+from selectit.contract import OPEN_JOB_STATUSES, RENDERING, CellStatus, JobStatus, Turns
 from selectit.errors import NoSuchModel, SelectitError
 from selectit.scoring.registry import DEFAULT_PROMPT_SET
 from selectit.settings import DEFAULT_SETTINGS, Settings
@@ -39,6 +40,8 @@ from selectit.store.schema import (
 )
 
 MAX_SAMPLES_PER_JOB = 1_000
+#: `Job.turn` of a job that rates every turn of its samples (conversations): one pass each.
+ALL_TURNS = -1
 #: Characters per token for the planner's estimate (English text, BPE tokenizers).
 CHARS_PER_TOKEN = 4
 #: An arbitrary constant key for the planner's transaction lock: one planner at a time.
@@ -180,7 +183,9 @@ def _coverage_sql(scope: Scope, pairs: list[tuple[int, int]], full: int, *, excl
       SELECT js.sample_id, jb.turn, CAST(SUM(jb.bits) AS BIGINT) AS bits
       FROM job_samples js JOIN jb ON jb.id = js.job_id
       GROUP BY js.sample_id, jb.turn)""" if exclude_open else ""
-    open_join = "LEFT JOIN o ON o.sample_id = ss.sample_id AND o.turn = ss.turn" if exclude_open else ""
+    # a job of every turn (`ALL_TURNS`) holds its samples' cells at each of their turns
+    open_join = ("LEFT JOIN o ON o.sample_id = ss.sample_id AND o.turn = ss.turn\n      "
+                 f"LEFT JOIN o oa ON oa.sample_id = ss.sample_id AND oa.turn = {ALL_TURNS}") if exclude_open else ""
     if scope.turns == Turns.LAST:
         sel, last = "\n    sel AS (SELECT sample_id, 0 AS turn FROM ids),", " AND sc.turn = 0"
     else:  # turn numbers 0 .. the longest conversation's, then each sample's own
@@ -188,14 +193,16 @@ def _coverage_sql(scope: Scope, pairs: list[tuple[int, int]], full: int, *, excl
     tn(turn) AS (SELECT 0 UNION ALL SELECT turn + 1 FROM tn
                  WHERE turn + 1 < (SELECT COALESCE(MAX(s.n_turns), 1) FROM samples s JOIN ids ON ids.sample_id = s.id)),
     sel AS (SELECT ids.sample_id, tn.turn FROM ids JOIN samples s ON s.id = ids.sample_id JOIN tn ON tn.turn < s.n_turns),""", ""
-    covered = "(COALESCE(d.bits, 0) | COALESCE(o.bits, 0))" if exclude_open else "COALESCE(d.bits, 0)"
+    covered = ("(COALESCE(d.bits, 0) | COALESCE(o.bits, 0) | COALESCE(oa.bits, 0))" if exclude_open
+               else "COALESCE(d.bits, 0)")
     return f"""
     WITH RECURSIVE mp(model_id, prompt_id, bit) AS (VALUES {mp}),
     ids AS (SELECT DISTINCT sample_id FROM dataset_samples {ds_filter}),{sel}
     d AS (
       SELECT sc.sample_id, sc.turn, CAST(SUM(mp.bit) AS BIGINT) AS bits
       FROM scores sc JOIN mp ON mp.model_id = sc.model_id AND mp.prompt_id = sc.prompt_id
-      WHERE sc.model_id IN ({models}) AND (sc.status = '{CellStatus.OK}' OR sc.attempts >= :max_attempts){last}
+      WHERE sc.model_id IN ({models}) AND sc.rendering = {RENDERING}
+        AND (sc.status = '{CellStatus.OK}' OR sc.attempts >= :max_attempts){last}
       GROUP BY sc.sample_id, sc.turn){open_cte},
     todo AS (
       SELECT ss.sample_id, ss.turn, {covered} AS covered
@@ -203,7 +210,7 @@ def _coverage_sql(scope: Scope, pairs: list[tuple[int, int]], full: int, *, excl
       LEFT JOIN d ON d.sample_id = ss.sample_id AND d.turn = ss.turn
       {open_join}
       WHERE {covered} <> {int(full)})
-    SELECT t.sample_id, s.n_chars, t.covered, t.turn
+    SELECT t.sample_id, s.n_chars, t.covered, t.turn, s.n_turns
     FROM todo t JOIN samples s ON s.id = t.sample_id
     ORDER BY t.sample_id, t.turn
     """
@@ -217,16 +224,16 @@ def _token_table(kind_prompts: Sequence[int]) -> tuple[int, tuple[int, ...]]:
 
 
 def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, exclude_open: bool
-                     ) -> Iterator[tuple[int, tuple[int, ...], str, int, int, int]]:
-    """(model_id, prompt_ids, set_name, sample_id, est_tokens, turn) of every sample's turn with
-    missing cells, in sample order per slice (a turn's estimate is its sample's: an upper bound)."""
+                     ) -> Iterator[tuple[int, tuple[int, ...], str, int, int, int, int]]:
+    """(model_id, prompt_ids, set_name, sample_id, est_tokens, turn, n_turns) of every sample's turn
+    with missing cells, in sample order per slice (a turn's estimate is its sample's: an upper bound)."""
     if not scope.model_ids or not scope.prompt_ids:
         return
     for full, pairs, kinds in _slices(session, scope):
         rows = session.execute(sa.text(_coverage_sql(scope, pairs, full, exclude_open=exclude_open)),
                                {"max_attempts": settings.max_cell_attempts})
         memo: dict[tuple[int, int], tuple[tuple[int, ...], int, tuple[int, ...]]] = {}
-        for sample_id, n_chars, covered, turn in rows:
+        for sample_id, n_chars, covered, turn, n_turns in rows:
             missing = full & ~covered
             for kind in kinds:
                 bits = missing & kind.mask
@@ -239,7 +246,7 @@ def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, excl
                                                             *_token_table([n for _, n in chosen]))
                 prompt_ids, k, table = about
                 yield (kind.model_id, prompt_ids, kind.set_name, sample_id,
-                       k * (n_chars // CHARS_PER_TOKEN) + table[n_chars % CHARS_PER_TOKEN], turn)
+                       k * (n_chars // CHARS_PER_TOKEN) + table[n_chars % CHARS_PER_TOKEN], turn, n_turns)
 
 
 def missing_cells(session: Session, scope: Scope, *, exclude_open: bool = False,
@@ -250,7 +257,7 @@ def missing_cells(session: Session, scope: Scope, *, exclude_open: bool = False,
     planner needs).
     """
     return [MissingRow(m, s, sid, pids, tok, turn)
-            for m, pids, s, sid, tok, turn in _missing_by_kind(session, scope, settings, exclude_open=exclude_open)]
+            for m, pids, s, sid, tok, turn, _ in _missing_by_kind(session, scope, settings, exclude_open=exclude_open)]
 
 
 def total_cells(session: Session, scope: Scope) -> int:
@@ -267,7 +274,7 @@ def _failed_in_scope(scope: Scope) -> str:
     """The WHERE clause of the scope's failed score rows."""
     ds = ("" if scope.dataset_ids is None else " AND sample_id IN (SELECT sample_id FROM dataset_samples "
           f"WHERE dataset_id IN ({ids_sql(scope.dataset_ids)}))")
-    return (f"status = '{CellStatus.FAILED}' AND model_id IN ({ids_sql(scope.model_ids)}) "
+    return (f"status = '{CellStatus.FAILED}' AND rendering = {RENDERING} AND model_id IN ({ids_sql(scope.model_ids)}) "
             f"AND prompt_id IN ({ids_sql(scope.prompt_ids)}){ds}")
 
 
@@ -310,12 +317,45 @@ def failed_cells(session: Session, scope: Scope, settings: Settings, *, worker: 
 class Chunk:
     model_id: int
     prompt_ids: tuple[int, ...]
-    turn: int = 0
+    turn: int = 0  # or ALL_TURNS
     sample_ids: list[int] = field(default_factory=list)
     est_tokens: int = 0
+    n_cells: int = 0
 
 
-def chunks(rows: Iterable[tuple[int, tuple[int, ...], str, int, int, int]], max_tokens: int,
+def whole_conversations(rows: Iterable[tuple[int, tuple[int, ...], str, int, int, int, int]]
+                        ) -> Iterator[tuple[int, tuple[int, ...], str, int, int, int, int]]:
+    """`_missing_by_kind`'s rows, where every turn of a conversation misses the same prompts of one
+    model (and prompt set), as one row at `ALL_TURNS`: its job scores the whole conversation in one
+    pass (its turns' prompts branch off one transcript). Other rows pass as they are. The rows of
+    a sample come together (all its turns, every model), so one sample is held at a time."""
+    held: list[tuple[int, tuple[int, ...], str, int, int, int, int]] = []
+
+    def flush() -> Iterator[tuple[int, tuple[int, ...], str, int, int, int, int]]:
+        kinds: dict[tuple[int, str], list[tuple[int, tuple[int, ...], str, int, int, int, int]]] = {}
+        for row in held:
+            kinds.setdefault((row[0], row[2]), []).append(row)
+        for group in kinds.values():
+            m, pids, name, sample, _, _, n_turns = group[0]
+            if (len(group) == n_turns and {r[5] for r in group} == set(range(n_turns))
+                    and all(r[1] == pids for r in group)):
+                yield (m, pids, name, sample, sum(r[4] for r in group), ALL_TURNS, n_turns)
+            else:
+                yield from group
+        held.clear()
+
+    for row in rows:
+        if held and held[0][3] != row[3]:
+            yield from flush()
+        if row[6] <= 1:
+            yield row
+        else:
+            held.append(row)
+    if held:
+        yield from flush()
+
+
+def chunks(rows: Iterable[tuple[int, tuple[int, ...], str, int, int, int, int]], max_tokens: int,
            max_samples: int) -> list[Chunk]:
     """Token-balanced chunks of samples sharing the same missing prompts and turn, per model version.
 
@@ -325,7 +365,7 @@ def chunks(rows: Iterable[tuple[int, tuple[int, ...], str, int, int, int]], max_
     """
     done: list[Chunk] = []
     current: dict[tuple[int, tuple[int, ...], int], Chunk] = {}
-    for model_id, prompt_ids, _set, sample_id, tokens, turn in rows:
+    for model_id, prompt_ids, _set, sample_id, tokens, turn, n_turns in rows:
         c = current.get((model_id, prompt_ids, turn))
         if c is None:
             c = current[(model_id, prompt_ids, turn)] = Chunk(model_id, prompt_ids, turn)
@@ -334,6 +374,7 @@ def chunks(rows: Iterable[tuple[int, tuple[int, ...], str, int, int, int]], max_
             c = current[(model_id, prompt_ids, turn)] = Chunk(model_id, prompt_ids, turn)
         c.sample_ids.append(sample_id)
         c.est_tokens += tokens
+        c.n_cells += len(prompt_ids) * (n_turns if turn == ALL_TURNS else 1)
     done.extend(current.values())
     done.sort(key=lambda c: (c.model_id, c.turn, c.prompt_ids, c.sample_ids[0]))
     return done
@@ -392,6 +433,8 @@ def plan(engine: Engine, *, dataset: str | None = None, model: str | None = None
         if _settled.get(key) == inputs:
             return []
         rows = _missing_by_kind(session, scope, settings, exclude_open=True)
+        if scope.turns == Turns.ALL:
+            rows = whole_conversations(rows)
         planned = chunks(rows, max_tokens_per_job or settings.job_tokens, max_samples_per_job)
         ids = _insert_jobs(session, planned) if planned else []
     if inputs[-1] == 0:  # no failed cell left to retry, so none can come free when a job ends
@@ -403,7 +446,7 @@ def _insert_jobs(session: Session, planned: list[Chunk]) -> list[int]:
     """Insert the jobs and their membership rows; the ids in the order of `planned`."""
     now = utcnow()
     rows = [{"model_id": c.model_id, "turn": c.turn, "sample_ids": c.sample_ids, "prompt_ids": list(c.prompt_ids),
-             "n_cells": len(c.sample_ids) * len(c.prompt_ids), "est_tokens": c.est_tokens,
+             "n_cells": c.n_cells or len(c.sample_ids) * len(c.prompt_ids), "est_tokens": c.est_tokens,
              "status": str(JobStatus.QUEUED), "attempts": 0, "created_at": now} for c in planned]
     if db.is_postgres(session.bind):
         # ids first, then one COPY: a multi-row INSERT … RETURNING of 16k jobs carrying 2M sample

@@ -111,10 +111,21 @@ def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest],
     `computed(n)` hears of cells as the engine finishes them, before the batch is written.
     """
     def per_request(reqs: list[RatingRequest]) -> list[list[CellResult]]:
-        owner = {(r.sample_id, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
+        owner = {(r.sample_id, r.turn, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
+        # an engine that does not say the turn (a hook): the next request of that (sample, prompt)
+        waiting: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(reqs):
+            for p in r.prompt_ids:
+                waiting.setdefault((r.sample_id, p), []).append(i)
         grouped: list[list[CellResult]] = [[] for _ in reqs]
         for cell in scorer.score(reqs, computed):
-            i = owner[cell.sample_id, cell.prompt_id]  # a job rates one turn: its requests' (engines may not say)
+            queue = waiting.get((cell.sample_id, cell.prompt_id)) or []
+            i = owner.get((cell.sample_id, cell.turn, cell.prompt_id))
+            i = i if i in queue else (queue[0] if queue else None)
+            if i is None:
+                raise RuntimeError(f"the engine returned a cell no request asked for: sample {cell.sample_id}, "
+                                   f"prompt {cell.prompt_id}")
+            queue.remove(i)
             grouped[i].append(cell if cell.turn == reqs[i].turn else dataclasses.replace(cell, turn=reqs[i].turn))
         return grouped
 

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from selectit.contract import CellStatus, JobStatus, Layout
+from selectit.contract import RENDERING, CellStatus, JobStatus, Layout
 
 #: The largest rating scale: each label must be one token, and "10" rarely is.
 MAX_SCALE = 9
@@ -191,6 +191,8 @@ class Score(Base):
 
     `turn` counts assistant turns back from the sample's last: 0 is the last one (the sample's
     `output`, what every cell rated before revision 0011), 1 the one before it, and so on.
+    `rendering` is the version of the rendering rules (revision 0014): a conversation of several
+    turns rendered as a transcript is another cell than the same turn rendered before.
 
     `p1..p9` hold the softmax probability (over the full vocabulary) of each label token; only
     p1..pK are set for a prompt of scale K. `mass` = Σ p_k. A failed cell keeps status
@@ -208,6 +210,9 @@ class Score(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), primary_key=True)
     turn: Mapped[int] = mapped_column(Integer, primary_key=True, default=0, server_default="0")
+    #: The rendering rules the cell's prompt was rendered by (`selectit.contract.RENDERING`); only the
+    #: current version's cells are read, older ones stay for audit (migration 0014).
+    rendering: Mapped[int] = mapped_column(Integer, primary_key=True, default=RENDERING, server_default=str(RENDERING))
     p1: Mapped[float | None] = mapped_column(Float)
     p2: Mapped[float | None] = mapped_column(Float)
     p3: Mapped[float | None] = mapped_column(Float)

@@ -20,7 +20,7 @@ from selectit.errors import SelectitError
 from selectit.io.records import content_hash, parse
 from selectit.store import db
 from selectit.store.db import session_scope
-from selectit.store.schema import LLM, Prompt, Sample, Score
+from selectit.store.schema import LLM, Job, Prompt, Sample, Score
 
 CHAT = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Name a colour."),
         ("assistant", "Blue."), ("user", "Another?"), ("assistant", "Red.")]
@@ -138,10 +138,11 @@ def test_ingest_names_the_records_of_each_quirk_of_real_sharegpt_data(cli, db_ur
 
 
 # ---------------------------------------------------------------------------------------- migration
-def test_an_old_store_upgrades_with_every_score_kept_as_the_last_turn(db_url: str) -> None:
+def test_an_old_store_upgrades_with_every_score_kept_as_the_last_turn(db_url: str, monkeypatch) -> None:
     """A store at revision 0010 with scores of an Alpaca sample and of a three-turn conversation:
-    after `upgrade head` every score is there byte for byte, as turn 0; the conversation's earlier
-    turns (read from its stored original) are the only missing cells."""
+    after `upgrade head` every score is there byte for byte, as turn 0. The conversation is a
+    transcript now (revision 0014): its old cells are kept with rendering 0 and never read; its
+    three turns are missing cells, scored anew beside them."""
     db.upgrade(db_url, "0010")
     engine = db.make_engine(db_url)
     chat = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
@@ -185,11 +186,27 @@ def test_an_old_store_upgrades_with_every_score_kept_as_the_last_turn(db_url: st
         n_turns = dict(conn.execute(sa.text("SELECT id, n_turns FROM samples")).all())
     assert after == before and len(before) == 10 and turns == [0]
     assert n_turns == {1: 1, 2: 3}
+    with engine.connect() as conn:  # revision 0014: the conversation is a transcript now (another text)
+        rendering = dict(conn.execute(sa.text("SELECT sample_id, MAX(rendering) FROM scores GROUP BY 1")).all())
+    assert rendering == {1: 1, 2: 0}
     engine.dispose()
+    monkeypatch.setenv("SELECTIT_SCORER", "scorer_hooks:textual")
     with selectit.open(db_url) as store:
         (e,) = store.estimate(tokenizer=False)
-        assert (e.cells, e.last_cells) == (10, 0)  # turns 1 and 2 of the conversation × 5 prompts
-    db.upgrade(db_url, "0010")  # and back: the earlier turns have no place in the old key
+        # its three turns × 5 prompts: the old cells of its last turn are kept, never read
+        assert (e.cells, e.last_cells) == (15, 5)
+        assert store.score().scored == 15
+        kept = store.sql("SELECT rendering, turn, count(*) AS n FROM store.scores WHERE sample_id = 2 "
+                         "GROUP BY 1, 2 ORDER BY 1, 2").to_pylist()
+        assert [tuple(r.values()) for r in kept] == [(0, 0, 5), (1, 0, 5), (1, 1, 5), (1, 2, 5)]
+        read = store.sql("SELECT turn, count(*) AS n FROM token_scores WHERE sample_id = 2 GROUP BY 1 ORDER BY 1",
+                         ranking=selectit.Ranking(turns_agg="mean")).to_pylist()
+        assert [tuple(r.values()) for r in read] == [(0, 5), (1, 5), (2, 5)]  # the new cells only
+    from alembic import command
+
+    # and back: the transcript cells and the earlier turns have no place in the old key; the old
+    # cells are read again as they were
+    command.downgrade(db.alembic_config(db_url), "0010")
     engine = db.make_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT {columns} FROM scores ORDER BY 1, 2, 3")).all() == before
@@ -341,3 +358,106 @@ def test_a_long_history_is_cut_from_the_left_and_the_rated_turn_is_kept() -> Non
                            "the rated answer stays whole\nRating: "
     with pytest.raises(SelectitError, match="even without its response"):  # no history to cut
         prep._prepare(RatingRequest(1, (1,), rendered(0), 5))
+
+
+# ---------------------------------------------------------------------------------------- one pass
+SHORT_CHATS = [
+    [("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another one?"), ("assistant", "Red."),
+     ("user", "And a fruit?"), ("assistant", "An apple.")],
+    [("system", "Be brief."), ("user", "What is 2 + 2?"), ("assistant", "4."), ("user", "And 3 + 3?"),
+     ("assistant", "6.")],
+    [("user", "Say hi."), ("assistant", "Hi!")],  # one rated turn: rendered as before
+]
+
+
+def _sharegpt(chat: list[tuple[str, str]], i: int) -> dict:
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    return {"id": f"c{i}", "conversations": [{"from": names[r], "value": t} for r, t in chat]}
+
+
+def test_a_conversation_scored_in_one_pass_stores_the_cells_of_separate_forwards(db_url: str, tmp_path: Path,
+                                                                                 tiny_model_dir: Path,
+                                                                                 monkeypatch) -> None:
+    """Every turn of a conversation in one job (`ALL_TURNS`) and one packed row: each stored cell
+    equals a separate float32 forward of the very tokens of that turn's prompt (≤ 1e-5)."""
+    from parity import separate_ids
+
+    from selectit.jobs.cells import requests_for
+    from selectit.jobs.planner import ALL_TURNS
+    from selectit.scoring import registry
+    from selectit.scoring.torch_engine import Scorer, load_scorer
+
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps([_sharegpt(c, i) for i, c in enumerate(SHORT_CHATS)]), encoding="utf-8")
+    with selectit.open(db_url) as store:
+        store.ingest(path, "chats", format="sharegpt")
+    engine = db.open_store(db_url)
+    with session_scope(engine) as s:
+        model = registry.add_model(s, "tiny", str(tiny_model_dir), dtype="float32")
+        s.expunge(model)
+    # tokens only: the tiny model's hidden size 32 makes attention outweigh its dense layers, and
+    # the FLOP estimate would pack each turn apart (a real model packs the conversation: benchmarks/turns.py)
+    monkeypatch.setattr(Scorer, "_cost", lambda self, n: n)
+    packed: list[list[int]] = []  # cells per row of the engine, for each sample of several requests
+    rows_of = Scorer._rows_of
+    monkeypatch.setattr(Scorer, "_rows_of", lambda self, group: (
+        rows := rows_of(self, group), len(group) > 1 and packed.append([len(r.cells) for r in rows]))[0])
+    with selectit.open(db_url) as store:
+        summary = store.score(dataset="chats")
+    assert summary.scored == 5 * (3 + 2 + 1) and summary.failed == 0
+    assert sorted(packed) == [[10], [15]]  # one row per conversation: all its turns × 5 prompts
+    scorer = load_scorer(model, device="cpu", exact=True)
+    with session_scope(engine) as s:
+        jobs = sorted((j.turn, len(j.sample_ids), j.n_cells) for j in s.scalars(sa.select(Job)))
+        assert jobs == [(ALL_TURNS, 2, 5 * 5), (0, 1, 5)]  # the conversations whole, the single turn alone
+        prompts = {p.id: p for p in s.scalars(sa.select(Prompt).where(Prompt.set_name == "default"))}
+        stored = s.scalars(sa.select(Score)).all()
+        assert {c.rendering for c in stored} == {1} and all(c.status == "ok" for c in stored)
+        worst = 0.0
+        for c in stored:
+            (req,) = requests_for(s, {(c.sample_id, c.turn): [c.prompt_id]}, prompts)
+            prep = scorer._prepare(req)
+            assert not prep.truncated and c.n_tokens == len(prep.ids[0])
+            expected = separate_ids(scorer, prep.ids[0], scorer._labels(req.prompts[0])[:5])
+            worst = max(worst, *(abs(a - b) for a, b in zip([c.p1, c.p2, c.p3, c.p4, c.p5], expected)))
+    engine.dispose()
+    assert worst <= 1e-5
+
+
+def test_a_single_turn_renders_byte_for_byte_as_before_and_a_conversation_as_a_transcript() -> None:
+    from selectit.contract import render_conversation
+    from selectit.jobs.cells import turn_prompts
+    from selectit.scoring.registry import DEFAULT_TEMPLATES
+
+    templates = [("shared-context", t) for t in DEFAULT_TEMPLATES]
+    for chat in (SHORT_CHATS[2], [("system", "Be brief."), *SHORT_CHATS[2]]):  # one rated turn
+        instruction, output = render_conversation(chat)
+        sample = Sample(id=1, instruction=instruction, input="", output=output, turns=chat, n_turns=1)
+        got = turn_prompts(sample, 0, templates)["prompts"]
+        assert got == tuple(render("shared-context", t, instruction, "", output) for _, t in templates)
+        assert not any(p.segments for p in got)
+    chat = SHORT_CHATS[0]
+    instruction, output = render_conversation(chat)
+    sample = Sample(id=2, instruction=instruction, input="", output=output, turns=chat, n_turns=3)
+    turn0, turn1 = (turn_prompts(sample, t, templates)["prompts"][0] for t in (0, 1))
+    assert "".join(turn0.segments) == turn0.text and turn0.response == "An apple."
+    assert turn0.segments[:3] == turn1.segments[:3]  # turn 1's transcript is turn 0's prefix
+    assert turn1.text.startswith(DEFAULT_TEMPLATES[0].split("{instruction}")[0] + "User: Name a colour.\n"
+                                 "Assistant: Blue.\nUser: Another one?\nAssistant: Red.\n\n"
+                                 "The response to rate is the assistant's last reply above.")
+    # the reference layout wraps the sample inside the prompt: its turns keep their own rendering
+    (ref,) = turn_prompts(sample, 1, [("reference", "Rate it.\n")])["prompts"]
+    instruction, output = render_turn(chat, 1)
+    assert ref == render("reference", "Rate it.\n", instruction, "", output) and not ref.segments
+
+
+def test_a_conversation_missing_the_same_prompts_at_every_turn_is_one_row_per_model() -> None:
+    from selectit.jobs.planner import ALL_TURNS, whole_conversations
+
+    # (model, prompts, set, sample, tokens, turn, n_turns), a sample's rows together, every model
+    rows = [(m, (1, 2), "s", 7, 10, t, 3) for t in range(3) for m in (1, 2)]
+    rows += [(1, (1, 2), "s", 8, 5, 0, 1)]  # one turn: as it is
+    rows += [(1, (1, 2), "s", 9, 4, 1, 2)]  # turn 0 already scored: its earlier turn alone
+    rows += [(1, (1, 2), "s", 10, 4, 0, 2), (1, (2,), "s", 10, 4, 1, 2)]  # other prompts per turn
+    assert list(whole_conversations(rows)) == [
+        (1, (1, 2), "s", 7, 30, ALL_TURNS, 3), (2, (1, 2), "s", 7, 30, ALL_TURNS, 3), rows[6], rows[7], *rows[8:]]
