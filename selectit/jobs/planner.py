@@ -475,8 +475,8 @@ def open_jobs_in_scope(session: Session, scope: Scope) -> list[tuple[int, JobSta
     """(id, status, n_cells) of open jobs whose cells lie in the scope."""
     q = sa.select(Job.id, Job.status, Job.n_cells, Job.prompt_ids).where(
         Job.status.in_(OPEN_JOB_STATUSES), Job.model_id.in_(scope.model_ids)).order_by(Job.id)
-    if scope.turns == Turns.LAST:
-        q = q.where(Job.turn == 0)
+    if scope.turns == Turns.LAST:  # a job of every turn holds last turns too: it is run whole
+        q = q.where(Job.turn.in_((0, ALL_TURNS)))
     if scope.dataset_ids is not None:
         q = q.where(sa.exists().where(JobSample.job_id == Job.id, DatasetSample.sample_id == JobSample.sample_id,
                                       DatasetSample.dataset_id.in_(scope.dataset_ids)))

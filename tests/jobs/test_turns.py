@@ -461,3 +461,25 @@ def test_a_conversation_missing_the_same_prompts_at_every_turn_is_one_row_per_mo
     rows += [(1, (1, 2), "s", 10, 4, 0, 2), (1, (2,), "s", 10, 4, 1, 2)]  # other prompts per turn
     assert list(whole_conversations(rows)) == [
         (1, (1, 2), "s", 7, 30, ALL_TURNS, 3), (2, (1, 2), "s", 7, 30, ALL_TURNS, 3), rows[6], rows[7], *rows[8:]]
+
+
+def test_score_turns_last_runs_an_open_job_of_every_turn_whole(db_url: str, tmp_path: Path, monkeypatch) -> None:
+    """A job of every turn left open (a `score` cut short) holds last turns too: `score --turns last`
+    runs it, so those last turns are scored, not left waiting in it."""
+    from selectit.jobs import planner
+    from selectit.jobs.planner import ALL_TURNS
+
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps([_sharegpt(c, i) for i, c in enumerate(SHORT_CHATS)]), encoding="utf-8")
+    with selectit.open(db_url) as store:
+        store.ingest(path, "chats", format="sharegpt")
+    add_rater(db_url)
+    engine = db.open_store(db_url)
+    planner.plan(engine, prompt_set="s")
+    with session_scope(engine) as s:
+        assert sorted(j.turn for j in s.scalars(sa.select(Job))) == [ALL_TURNS, 0]
+    engine.dispose()
+    monkeypatch.setenv("SELECTIT_SCORER", "scorer_hooks:textual")
+    with selectit.open(db_url) as store:
+        store.score(prompt_set="s", turns="last")
+    assert sorted({(c[0], c[3]) for c in cells(db_url)}) == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (3, 0)]
