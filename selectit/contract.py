@@ -7,7 +7,8 @@ The engine contract (`ScoringEngine`: `score(requests)`, `close()`, `engine`, `e
 `forwards`; engines are loaded by name from a `ModelSpec`, see `selectit.scoring.engines`):
 - each `RatingRequest` is one sample's turn with its K' rendered prompts (same layout and scale K);
   the result holds one `CellResult` per (request, prompt), in any order, carrying the request's
-  `turn`;
+  `turn`; several turns of one sample may come in one call (a job of every turn): an engine may
+  run their shared prefix once (a transcript's `RenderedPrompt.segments`), never change a cell;
 - `probs[k-1]` = softmax over the **full vocabulary** at the prompt's last token, read at the
   token id of the digit k (k = 1..K), `mass` = Σ probs; the prompt is tokenized with the
   tokenizer's default special tokens, exactly as the model's own forward of that prompt would be;
