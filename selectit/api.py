@@ -149,7 +149,7 @@ class Store:
         if dataset is not None:
             per_dataset = [(name, n) for name, n in per_dataset if name == dataset]
         models = model_progress(rows)
-        left = self.time_left({m.model_id: m.missing for m in models}, dataset=dataset)
+        left = self.time_left({m.model_id: m.missing for m in models}, dataset, {m.model_id: m.missing_tokens for m in models})
         models = [dataclasses.replace(m, eta=duration(m.eta_seconds) if m.eta_seconds is not None else "–",
                                       time_left=left[m.model_id]) for m in models]
         from selectit.store import signatures
@@ -298,13 +298,12 @@ class Store:
                         scoring_engine=engine or self.engine_options.engine, tokenizer=tokenizer,
                         settings=self.settings, turns=turns)
 
-    def time_left(self, missing: dict[int, int], dataset: str | None = None) -> dict[int, str]:
-        """model version id → how long its `missing` cells (of `dataset`, else of every dataset)
-        take at the per-token rate recorded for the store's engine ($SELECTIT_ENGINE, else torch; a
-        model served by an endpoint: the openai engine); "–" without a record (`selectit status`)."""
+    def time_left(self, missing: dict[int, int], dataset: str | None = None, tokens: dict[int, int] | None = None) -> dict[int, str]:
+        """model version id → how long its `missing` cells (of `dataset`, else of every one; `tokens`: theirs, if
+        known) take at the per-token rate recorded for the store's engine (`selectit.jobs.estimate.time_left`)."""
         from selectit.jobs.estimate import time_left
 
-        return time_left(self.engine, missing, self.engine_options.engine, dataset)
+        return time_left(self.engine, missing, self.engine_options.engine, dataset, tokens)
 
     # -- fusion -----------------------------------------------------------------------------
     # Every ranked method takes one `Ranking` (models, θ, prompt set, α, formula; default

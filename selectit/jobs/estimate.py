@@ -71,6 +71,11 @@ class Estimate:
     tokens_per_second: float | None = None
     planned_tokens: int = 0  # the missing cells' tokens as the planner counts them (the rate's measure)
     last_planned_tokens: int = 0  # of those, the last turns'
+    #: samples of the scope without a near-duplicate signature cell (`score` computes them first)
+    signatures_missing: int = 0
+    #: samples of the scope without an embedding cell of this model's newest embedder (`selectit
+    #: embed`); None when the model has none (it was never asked for embeddings)
+    embeddings_missing: int | None = None
 
     def _seconds(self, cells: int, planned: int) -> float | None:
         if self.tokens_per_second:
@@ -88,6 +93,9 @@ class Estimate:
                    f"({self.engine}, this store's last {RECENT_JOBS} jobs at most, recorded without tokens)")
         text = (f"{self.model}: {self.cells} cells missing over {self.samples} samples, {self.tokens:,} prompt tokens "
                 f"({self.tokens_from}), {self.forwards} forwards; {eta}")
+        if self.embeddings_missing:
+            text += (f"\n{' ' * len(self.model)}  and {self.embeddings_missing} embedding cells "
+                     f"(`selectit embed --model {self.model}`)")
         if self.last_cells == self.cells:  # one turn per sample (Alpaca data), or --turns last
             return text
         last_seconds = self._seconds(self.last_cells, self.last_planned_tokens)
@@ -128,25 +136,39 @@ def engine_of(model: LLM, scoring_engine: str) -> str:
     return SERVED_ENGINE if model.endpoint else scoring_engine
 
 
+def missing_tokens(engine: Engine, dataset: str | None = None) -> dict[tuple[int, str], int]:
+    """(model version id, prompt set) → the planner's tokens of its missing cells, of `dataset`'s
+    samples or of every dataset (what the per-token times divide). Missing as `status` counts it:
+    never scored (a failed cell is counted apart, not as work left)."""
+    out: dict[tuple[int, str], int] = defaultdict(int)
+    never_retried = dataclasses.replace(DEFAULT_SETTINGS, max_cell_attempts=0)
+    with db.read_scope(engine) as session:
+        scope = resolve_scope(session, dataset=dataset, strict=False)
+        for r in missing_cells(session, scope, settings=never_retried):
+            out[(r.model_id, r.set_name)] += r.est_tokens
+        session.rollback()  # nothing to keep: a read
+    return dict(out)
+
+
 def time_left(engine: Engine, missing: dict[int, int], scoring_engine: str = "torch",
-              dataset: str | None = None) -> dict[int, str]:
+              dataset: str | None = None, tokens: dict[int, int] | None = None) -> dict[int, str]:
     """model version id → the time its `missing` cells take at its recorded rate ("–" without one):
-    per token when its jobs recorded tokens (the missing cells' planner tokens, of `dataset` or of
-    every dataset), else per cell."""
+    per token when its jobs recorded tokens (`tokens`: the missing cells' planner tokens per model
+    version; counted here, of `dataset` or of every dataset, when not given), else per cell."""
     with db.read_scope(engine) as session:
         served = set(session.scalars(sa.select(LLM.id).where(LLM.id.in_(list(missing)), LLM.endpoint.is_not(None))))
         on = {m: SERVED_ENGINE if m in served else scoring_engine for m in missing}
         per_token = {m: recorded_token_rate(session, m, on[m]) for m in missing if missing[m]}
-        tokens: dict[int, int] = defaultdict(int)
-        if any(per_token.values()):
-            scope = resolve_scope(session, dataset=dataset, strict=False)
-            scope = dataclasses.replace(scope, model_ids=tuple(m for m in scope.model_ids if per_token.get(m)))
-            for r in missing_cells(session, scope):
-                tokens[r.model_id] += r.est_tokens
+    if tokens is None and any(per_token.values()):
+        tokens = defaultdict(int)
+        for (m, _), n in missing_tokens(engine, dataset).items():
+            tokens[m] += n
+    tokens = tokens or {}
+    with db.read_scope(engine) as session:
         seconds: dict[int, float | None] = {}
         for m, n in missing.items():
             rate = per_token.get(m)
-            if rate and tokens[m]:
+            if rate and tokens.get(m):
                 seconds[m] = tokens[m] / rate
             else:
                 cells_rate = recorded_rate(session, m, on[m]) if n else None
@@ -173,6 +195,8 @@ def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = 
              turns: Turns | str = Turns.ALL) -> list[Estimate]:
     """Per active model version of the scope (`selectit score`'s): what scoring would cost, for the
     `turns` asked and for the last turns alone. Reads only."""
+    from selectit.store import signatures
+
     with db.read_scope(engine) as session:
         scope = resolve_scope(session, dataset=dataset, model=model, prompt_set=prompt_set, turns=turns)
         rows = missing_cells(session, scope, settings=settings)
@@ -202,9 +226,26 @@ def estimate(engine: Engine, *, dataset: str | None = None, model: str | None = 
             out.append(Estimate(llm.name, model_id, name, cells, len({r.sample_id for r in mine}),
                                 sum(per_row), source, forwards, rate, seconds,
                                 sum(len(mine[i].prompt_ids) for i in last), sum(per_row[i] for i in last),
-                                token_rate, planned, sum(mine[i].est_tokens for i in last)))
+                                token_rate, planned, sum(mine[i].est_tokens for i in last),
+                                0, _embeddings_missing(session, model_id, scope.dataset_ids)))
         session.rollback()  # nothing to keep: a read
-    return out
+    unsigned = signatures.count(engine, dataset)[1]  # cells of every kind: the cheap ones too
+    return [dataclasses.replace(e, signatures_missing=unsigned) for e in out]
+
+
+def _embeddings_missing(session: sa.orm.Session, model_id: int, dataset_ids: Sequence[int] | None) -> int | None:
+    """Samples of the scope without an embedding cell of the model version's newest embedder (None:
+    it has none)."""
+    from selectit.store.schema import Embedder
+
+    mine = [e.id for e in session.scalars(sa.select(Embedder)) if (e.config or {}).get("model_id") == model_id]
+    if not mine:
+        return None
+    members = "SELECT sample_id FROM dataset_samples" + (
+        f" WHERE dataset_id IN ({','.join(str(int(d)) for d in dataset_ids)})" if dataset_ids else "")
+    return int(session.scalar(sa.text(
+        f"SELECT count(*) FROM samples s WHERE s.id IN ({members}) AND NOT EXISTS (SELECT 1 FROM sample_embeddings e "
+        "WHERE e.sample_id = s.id AND e.embedder_id = :e)"), {"e": max(mine)}) or 0)
 
 
 def _count_tokens(session: sa.orm.Session, rows: Sequence, prompts: dict[int, Prompt],
