@@ -93,6 +93,8 @@ def fit(items: Sequence[Item], fmt: str) -> Fit:
         if shaped is None and fmt in TURN_FORMATS:
             result.left_out.append(row_name(item))
             continue
+        if fmt not in TURN_FORMATS and shaped is not None and any(role == "tool" for role, _ in shaped[1]):
+            shaped = None  # the alpaca columns hold no tool turn: its stored text is written, not reshaped
         for rule in shaped[2] if shaped is not None else ():
             result.reshaped[rule] = result.reshaped.get(rule, 0) + 1
         result.kept.append(item)

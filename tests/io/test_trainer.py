@@ -29,7 +29,7 @@ import pytest
 from test_export import front_matter, ok, score_everything
 from test_turns import sharegpt_records
 
-from selectit.io.records import parse, trainer_turns
+from selectit.io.records import parse, role_aliases, trainer_turns
 
 # ------------------------------------------------------------------------------------ LLaMA-Factory
 WARNINGS: list[str] = []
@@ -117,6 +117,11 @@ def test_trainer_turns_start_with_the_user_and_alternate() -> None:
         {"role": "user", "content": "Hi"}, {"role": "system", "content": "Be brief."},
         {"role": "assistant", "content": "Hello."}]}, "messages")) == (
         "Be brief.", [("user", "Hi"), ("assistant", "Hello.")], ("system-moved",))
+    # role aliases: the names LLaMA-Factory's and TRL's default tags do not read
+    assert role_aliases({"messages": [{"role": "developer", "content": "x"}, {"role": "User", "content": "y"},
+                                      {"role": "assistant", "content": "z"}]}, "messages") == {"developer", "User"}
+    assert role_aliases({"conversations": [{"from": "human", "value": "a"}, {"from": "chatgpt", "value": "b"}]},
+                        "sharegpt") == {"chatgpt"}
     # nothing but assistant turns, and a tool turn right after a user turn: no trainer turns
     assert trainer_turns(parse({"conversations": [{"from": "gpt", "value": "A"}, {"from": "gpt", "value": "B"}]},
                                "sharegpt")) is None

@@ -148,7 +148,8 @@ def test_a_served_model_is_estimated_at_the_openai_engines_rate(cli, db_url, tmp
         assert "srv: 10 cells missing over 2 samples" in line and f"at {token_rate:,.0f} tokens/s" in line, line
         assert "openai, this store's last" in line
         [e] = store.estimate(dataset="d2")
-        assert (e.engine, e.tokens_per_second) == ("openai", pytest.approx(token_rate))
+        assert (e.engine, e.tokens_per_second, e.cells_per_second) == ("openai", pytest.approx(token_rate),
+                                                                       pytest.approx(rate))
         assert set(store.time_left({e.model_id: 10}).values()) != {"–"}  # `selectit status`, the same rate
     finally:
         server.close()
