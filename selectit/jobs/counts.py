@@ -27,6 +27,10 @@ def _of_dataset(q: sa.Select, dataset_id: int | None) -> sa.Select:
                                          DatasetSample.dataset_id == dataset_id))
 
 
+#: The characters of a score's sample (a correlated subquery: the recent cells are few).
+_sample_chars = sa.select(Sample.n_chars).where(Sample.id == Score.sample_id).scalar_subquery()
+
+
 def recent_cells(since: dt.datetime, short_since: dt.datetime, dataset_id: int | None = None) -> sa.Select:
     """(model id, prompt set, ok cells scored since `since`, … since `short_since`, the first
     one's time, their tokens as the planner counts them: (sample + template characters) // 4) of
@@ -34,8 +38,8 @@ def recent_cells(since: dt.datetime, short_since: dt.datetime, dataset_id: int |
     return (_of_dataset(
         sa.select(Score.model_id, Prompt.set_name, sa.func.count(),
                   sa.func.count().filter(Score.scored_at >= short_since), sa.func.min(Score.scored_at),
-                  sa.func.sum((Sample.n_chars + sa.func.length(Prompt.template)) // CHARS_PER_TOKEN))
-        .join(Prompt, Prompt.id == Score.prompt_id).join(Sample, Sample.id == Score.sample_id)
+                  sa.func.sum((_sample_chars + sa.func.length(Prompt.template)) // CHARS_PER_TOKEN))
+        .join(Prompt, Prompt.id == Score.prompt_id)
         .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since), dataset_id)
         .group_by(Score.model_id, Prompt.set_name))
 
