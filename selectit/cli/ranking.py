@@ -237,6 +237,7 @@ def export(ctx: click.Context, selection: str | None, dataset: str | None, ranki
     if result.note:
         echo(result.note, err=True)
     _warn(result.warning)
+    _warn(result.left_out)
     shown = f"original {result.format}" if (fmt or "original") == "original" and not result.note else result.format
     echo(f"wrote {result.n} samples of {what} to {result.data} ({shown}).")
     for extra in (result.card, result.dataset_info):
@@ -283,6 +284,8 @@ def diagnose(ctx: click.Context, dataset: str, ranking: Ranking, fmt: str) -> No
     with the most common S_base (collapse), the share of truncated cells, and Spearman ρ between
     the model's prompts, between models and with the response length. A figure past its threshold
     (README: "Can I trust these ratings?") prints a warning naming the rater and what to do.
+    Conversations add a table by turn position: the mean S_sent and the truncated cells of each
+    model's first, second, … rated turns.
 
     \b
     Example:
@@ -300,6 +303,7 @@ def diagnose(ctx: click.Context, dataset: str, ranking: Ranking, fmt: str) -> No
         echo(json.dumps({"dataset": dataset, "rows": rows, "warnings": warnings,
                                "thresholds": health_thresholds()}, ensure_ascii=False, indent=2))
         return
+    turns, rows = [r for r in rows if r["level"] == "turn"], [r for r in rows if r["level"] != "turn"]
     print_table(f"rater health of {dataset}",
                 ["model", "prompt", "cells", "label mass (median)", "p10", "mean max P'", "collapse",
                  "truncated", "ρ prompts", "ρ models", "ρ length"],
@@ -308,6 +312,11 @@ def diagnose(ctx: click.Context, dataset: str, ranking: Ranking, fmt: str) -> No
                   "–" if r["collapse_share"] is None else f"{100 * r['collapse_share']:.0f}% → {r['collapse_base']}",
                   "–" if r["truncated_share"] is None else f"{100 * r['truncated_share']:.0f}%",
                   _fmt(r["rho_prompts"], 2), _fmt(r["rho_models"], 2), _fmt(r["rho_length"], 2)) for r in rows])
+    if turns:  # conversations: do later turns rate lower, are their histories cut?
+        print_table("by turn position (1: a conversation's first rated turn; conversations of 2+ rated turns)",
+                    ["model", "turn", "turns rated", "mean S_sent", "cells", "truncated"],
+                    [(r["model"], r["position"], r["samples"], _fmt(r["mean_s_sent"]), r["cells"],
+                      f"{r['truncated']} ({100 * r['truncated_share']:.0f}%)") for r in turns])
     for line in warnings:
         echo(f"warning: {line}")
     if not warnings:

@@ -115,6 +115,9 @@ def _print_estimates(ctx: click.Context, dataset: str | None, model: str | None,
     estimates = store(ctx).estimate(dataset=dataset, model=model, prompt_set=prompt_set, engine=engine, turns=turns)
     for e in estimates:
         echo(e.line())
+    if estimates and estimates[0].signatures_missing:  # cheap cells of every sample, no model
+        echo(f"near-duplicate signatures: {estimates[0].signatures_missing} samples without one "
+             f"(`selectit score` computes them first, in seconds)")
     echo("Nothing was scored or written (estimate only).")
 
 

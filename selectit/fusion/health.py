@@ -161,6 +161,36 @@ def diagnose(con: duckdb.DuckDBPyConnection, dataset: str, *, prompts: bool = Tr
     return [dict(zip(COLUMNS, row)) for row in cur.fetchall()]
 
 
+#: The figures of a turn position (`turn_positions`), in a `diagnose` row of level ``turn``.
+TURN_COLUMNS = ("dataset", "level", "model_id", "model", "position", "cells", "samples", "truncated_share",
+                "mean_s_sent", "truncated")
+
+
+def turn_positions(con: duckdb.DuckDBPyConnection, dataset: str) -> list[dict[str, Any]]:
+    """Per model and turn position (1: a conversation's first rated assistant turn, counted from its
+    start), over `dataset`'s samples that have more than one rated turn: the cells, the turns rated
+    (samples), the mean S_sent and how many cells (and what share) were truncated — do later turns
+    rate lower, are their histories cut? Empty when no sample has two rated turns. With
+    ``--turns-agg last`` the views hold the last turns only, so only those positions show."""
+    name = fusion.sql_str(valid_name(dataset, "dataset"))
+    scope = ("SELECT ds.sample_id FROM store.dataset_samples ds JOIN store.datasets d ON d.id = ds.dataset_id "
+             f"JOIN store.samples x ON x.id = ds.sample_id WHERE d.name = {name} AND x.n_turns > 1")
+    cur = con.execute(f"""
+WITH cells AS (
+    SELECT t.model_id, t.n_turns - t.turn AS position, count(*) AS cells, sum(t.truncated) AS truncated
+    FROM token_scores t WHERE t.sample_id IN ({scope}) GROUP BY ALL
+), sent AS (
+    SELECT s.model_id, any_value(s.model) AS model, s.n_turns - s.turn AS position, count(*) AS samples,
+           avg(s.s_sent) AS mean_s_sent
+    FROM sentence_scores s WHERE s.sample_id IN ({scope}) GROUP BY s.model_id, position
+)
+SELECT {name} AS dataset, 'turn' AS level, c.model_id, m.model, c.position, c.cells, coalesce(s.samples, 0),
+       c.truncated / c.cells AS truncated_share, s.mean_s_sent, c.truncated
+FROM cells c JOIN chosen_models m USING (model_id) LEFT JOIN sent s USING (model_id, position)
+ORDER BY m.model, c.model_id, c.position""")
+    return [dict(zip(TURN_COLUMNS, row)) for row in cur.fetchall()]
+
+
 def store_words(db_url: str | None, sets: Iterable[str], dataset: str | None = None) -> dict[tuple[str, str], str]:
     """(model, prompt set) → one-word health (`selectit status`), for the active models and the
     prompt sets named: `diagnose`'s judgement (model and prompt rows) of `dataset`, or of every

@@ -197,6 +197,12 @@ def card_text(provenance: dict[str, Any], data: Path, fmt: str, n: int, *, is_di
         a = p["audit"]
         lines.append(f"- audit (`selectit audit`, {a.get('drawn')} records drawn with seed {a.get('seed')} and "
                      f"{a.get('twins')} known-bad twins): {a.get('verdict')}")
+    shape = p.get("trainer_shape") or {}
+    for rule, done in (shape.get("reshaped") or {}).items():
+        lines.append(f"- reshaped for trainers ({rule}): {done['records']} records, {done['rule']}")
+    if (shape.get("left_out") or {}).get("rows"):
+        lines.append(f"- left out (LLaMA-Factory and TRL cannot read them): {shape['left_out']['rows']} rows, "
+                     f"ids {', '.join(shape['left_out']['ids'])}")
     for m in p.get("models", []):
         lines.append(f"- model `{m.get('name')}` (version {m.get('id')}, {m.get('dtype')}, fingerprint "
                      f"{str(m.get('fingerprint', ''))[:12]}, θ {m.get('theta')})")

@@ -66,17 +66,18 @@ def _chunks(values: Sequence[int], size: int = 5000) -> Iterator[Sequence[int]]:
         yield values[i:i + size]
 
 
-def _memberships(conn: Any, dataset_id: int, sample_ids: Sequence[int]) -> dict[int, tuple[int, str | None, int | None]]:
-    """sample id → (position, original, ingest id) of its membership in the dataset."""
+def _memberships(conn: Any, dataset_id: int,
+                 sample_ids: Sequence[int]) -> dict[int, tuple[int, str | None, int | None, str | None]]:
+    """sample id → (position, original, ingest id, original id) of its membership in the dataset."""
     import sqlalchemy as sa
 
     from selectit.store.schema import DatasetSample as M
 
-    found: dict[int, tuple[int, str | None, int | None]] = {}
+    found: dict[int, tuple[int, str | None, int | None, str | None]] = {}
     for chunk in _chunks(list(sample_ids)):
-        rows = conn.execute(sa.select(M.sample_id, M.position, M.original, M.ingest_id)
+        rows = conn.execute(sa.select(M.sample_id, M.position, M.original, M.ingest_id, M.original_id)
                             .where(M.dataset_id == dataset_id, M.sample_id.in_(chunk)))
-        found.update({sid: (pos, orig, ing) for sid, pos, orig, ing in rows})
+        found.update({sid: (pos, orig, ing, oid) for sid, pos, orig, ing, oid in rows})
     return found
 
 
@@ -296,9 +297,9 @@ def export_selection(
         provenance["audit"] = audited
     items = []
     for rank, sid, score in ranked:
-        position, original, ingest_id = members.get(sid, (0, None, None))
+        position, original, ingest_id, original_id = members.get(sid, (0, None, None, None))
         items.append((position, Item(rank, sid, *texts[sid], float(score), original,
-                                     sources.get(ingest_id) if ingest_id is not None else None)))
+                                     sources.get(ingest_id) if ingest_id is not None else None, original_id)))
     if order == "dataset":
         items.sort(key=lambda pair: pair[0])
     chosen_items = [item for _, item in items]

@@ -20,18 +20,8 @@ from typing import Any
 
 from selectit.contract import EXPORT_FORMATS
 from selectit.io.card import CARD_NAME, LLAMAFACTORY_INFO, card_text, llamafactory_entry, read_dataset_info
-from selectit.io.records import (
-    HASH_FIELD,
-    BadRecord,
-    Conversation,
-    alpaca_fields,
-    comes_back_as,
-    digest,
-    messages_fields,
-    parse,
-    shape_of,
-    sharegpt_fields,
-)
+from selectit.io.records import HASH_FIELD, alpaca_fields, comes_back_as, digest, messages_fields, sharegpt_fields
+from selectit.io.trainer import CONVERTED, conversation, fit
 from selectit.io.writer import ExportError, Writer, sha256_file
 
 
@@ -71,6 +61,7 @@ class Item:
     s_model: float
     original: str | None = None  # the record's JSON text (exact bytes for JSON/JSONL inputs)
     source: Source | None = None
+    original_id: str | None = None  # the record's own id in its file (converted exports write it as ``id``)
 
 
 @dataclass(frozen=True)
@@ -90,34 +81,12 @@ class ExportResult:
     n: int = 0
     note: str | None = None  # why the default format was not `original`
     warning: str | None = None  # the dataset is only partly rankable (`selection.partial_warning`)
+    left_out: str | None = None  # the rows a converted export left out, trainers cannot read them (`Fit.warning`)
 
 
 # --------------------------------------------------------------------------------------------
 # Records in each shape
 # --------------------------------------------------------------------------------------------
-def conversation(item: Item) -> Conversation:
-    """The item as a conversation: its original read as it was at ingest (the shape and column map
-    of its file), else its stored text as one exchange."""
-    obj = _original_object(item)
-    if obj is not None:
-        cmap = item.source.column_map if item.source is not None else {}
-        layout = item.source.layout if item.source is not None else {}
-        shape = layout.get("shape") or ("alpaca" if cmap else shape_of(obj))
-        if shape is not None:
-            try:
-                return parse(obj, shape, cmap)
-            except BadRecord:  # read by an older selectit under other rules: the stored text
-                pass
-    return Conversation((("user", item.instruction), ("assistant", item.output)), item.input or "")
-
-
-def _original_object(item: Item) -> dict[str, Any] | None:
-    if item.original is None:
-        return None
-    obj = json.loads(item.original)
-    return obj if isinstance(obj, dict) else None
-
-
 def alpaca_record(item: Item) -> dict[str, Any]:
     """``{"instruction", "input", "output"}`` (+ ``system``, ``history``: LLaMA-Factory's alpaca
     columns) of the rated conversation; the stored text (a transcript in the instruction) when its
@@ -126,11 +95,11 @@ def alpaca_record(item: Item) -> dict[str, Any]:
         "instruction": item.instruction, "input": item.input or "", "output": item.output}
 
 
-def sharegpt_record(item: Item) -> dict[str, Any]:
+def sharegpt_record(item: Item) -> dict[str, Any] | None:
     return sharegpt_fields(conversation(item))
 
 
-def messages_record(item: Item) -> dict[str, Any]:
+def messages_record(item: Item) -> dict[str, Any] | None:
     return messages_fields(conversation(item))
 
 
@@ -423,7 +392,7 @@ def _shaped(items: Sequence[Item], fmt: str, with_scores: bool, scores: Scores |
         "alpaca-json": alpaca_record, "jsonl": alpaca_record, "parquet": alpaca_record,
         "sharegpt": sharegpt_record, "messages": messages_record, "hf-dataset": _hf_record,
     }[fmt]
-    records = [shape(item) for item in items]
+    records = [shape(item) for item in items]  # never None: `write_export` left those items out (`fit`)
     if _READ_AS[fmt] == "alpaca" or fmt == "hf-dataset":
         needed = {k for r in records for k in _ALPACA_OPTIONAL if k in r}
         records = [{**{k: r[k] for k in ("instruction", "input", "output")},
@@ -433,6 +402,8 @@ def _shaped(items: Sequence[Item], fmt: str, with_scores: bool, scores: Scores |
     if any(comes_back_as(r, _READ_AS[fmt]) != h for r, h in zip(records, hashes)):
         for record, h in zip(records, hashes):
             record[HASH_FIELD] = h
+    if any(item.original_id is not None for item in items):  # the source record's id: a row traces back
+        records = [{**r, "id": item.original_id} for r, item in zip(records, items)]
     if with_scores:
         for record, item in zip(records, items):
             record.update(_score_fields(item, scores))
@@ -473,6 +444,10 @@ def write_export(
     source = _resolve_original(items) if fmt == "original" and items else None
     if fmt == "original" and not items:
         fmt = "alpaca-json"  # nothing selected: an empty list in the default converted form
+    fitted = fit(items, fmt) if fmt in CONVERTED else None
+    if fitted is not None:
+        items = fitted.kept
+        card = {**card, "trainer_shape": fitted.card()} if card is not None else None
     written = fmt if source is None else source.format
     layout = export_layout(out, fmt, llamafactory or entry, source, as_dir)
     is_dir = fmt == "hf-dataset" or (source is not None and source.container == "hf-dir")
@@ -515,7 +490,8 @@ def write_export(
             _stage_hf_dataset(w, layout.data, names, staging)  # type: ignore[arg-type]
         else:
             _stage_records(w, layout.data, fmt, items, source, with_scores, scores)
-        result = ExportResult(data=layout.data, format=written, n=len(items))
+        result = ExportResult(data=layout.data, format=written, n=len(items),
+                              left_out=fitted.warning if fitted is not None else None)
         if card is not None:
             w.stage_text(layout.card, card_text(card, layout.data, written, len(items), is_dir=is_dir))
             result.card = layout.card
@@ -541,6 +517,10 @@ def in_memory_dataset(items: Sequence[Item], *, with_scores: bool = False, score
     from selectit.io.hub import datasets_offline
 
     hf = datasets_offline()
+    fitted = fit(items, "hf-dataset")
+    items = fitted.kept
+    if card is not None:
+        card = {**card, "trainer_shape": fitted.card()}
     rows = _uniform(_shaped(items, "hf-dataset", with_scores, scores))
     table = _arrow_table(rows) if rows else _empty_alpaca()
     info = hf.DatasetInfo(description=card_text(card, Path("<in memory>"), "hf-dataset", len(items), is_dir=True)
@@ -563,7 +543,9 @@ def _source_check(sources: Sequence[tuple[str, str]]) -> Callable[[Path], str | 
 def _hf_record(item: Item) -> dict[str, Any]:
     record: dict[str, Any] = dict(alpaca_record(item))
     record.setdefault("system", "")
-    record["messages"] = messages_record(item)["messages"]
+    messages = messages_record(item)
+    assert messages is not None  # `fit` left out the items without trainer turns
+    record["messages"] = messages["messages"]
     return record
 
 

@@ -67,7 +67,7 @@ from selectit.io.records import MAP_ALIASES, MAP_FIELDS, check_map, map_hint, pa
 from selectit.io.file_bytes import check_encoding as _check_encoding
 from selectit.io.file_bytes import first_byte as _first_byte
 from selectit.io.records import HASH_FIELD, IngestError, canonical, parse, render_conversation, split_by_hash  # noqa: F401
-from selectit.io.records import rated_turns
+from selectit.io.records import rated_turns, role_aliases
 from selectit.io.records import SHAPE_FIELDS as _SHAPE_FIELDS
 from selectit.io.records import BadRecord as _Invalid
 from selectit.io.records import json_type as _json_type
@@ -553,7 +553,8 @@ class RecordReader:
         turns = conv.stored_turns()
         return Record(raw.record, raw.line, instruction, inp, output, original_id, raw.text, conv.trailing,
                       None if turns is None else json.dumps(turns, ensure_ascii=False),
-                      1 if turns is None else len(rated_turns(turns)), conv.quirks())
+                      1 if turns is None else len(rated_turns(turns)),
+                      conv.quirks() + (("role-alias",) if role_aliases(obj, self._shape) else ()))
 
 
 def read_records(path: str | Path, fmt: str | None = None, *, limit: int | None = None,

@@ -18,8 +18,9 @@ it are the ``instruction``, one single user turn as is, else one turn per line a
 (`Conversation.trailing`). Canonical form (`canonical`) and the content hash (`content_hash`) of
 the stored fields are defined here too.
 
-Writers take a conversation through its last assistant turn (`Conversation.rated`) and shape it
-(`alpaca_fields`, `sharegpt_fields`, `messages_fields`). A record whose converted shape would come
+Writers take a conversation through its last assistant turn (`Conversation.rated`), reshape it as
+trainers read it (`trainer_turns`: it starts with a user turn, roles alternate; `RESHAPES`) and
+shape it (`alpaca_fields`, `sharegpt_fields`, `messages_fields`). A record whose converted shape would come
 back as another sample (an Alpaca ``input`` merged into the user turn) carries the sample's
 ``content_hash``; `split_by_hash` reads it back as the same instruction and input.
 
@@ -70,7 +71,20 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 QUIRKS = {
     "leading-assistant": "start with an assistant turn: it is context for the turns after it, not rated",
     "empty-turn": "have an empty turn: an empty answer is not rated, an empty question stays in the context",
-    "same-role-run": "have two turns of one role in a row: kept as they are, one context line each",
+    "same-role-run": "have two turns of one role in a row: stored and rated as they are (one context line each); "
+                     "converted exports merge them into one turn",
+    "role-alias": "name a role by an alias (bing, chatgpt, user, developer, …): read as the role it names; "
+                  "converted exports write the standard name",
+}
+#: The role names LLaMA-Factory's and TRL's default tags read; any other name `turns_of` maps is an
+#: alias (a quirk: the record's original, exported as is, loses the turn in LLaMA-Factory).
+STANDARD_ROLES = {"conversations": {"human", "gpt", "system", "observation", "function_call"},
+                  "messages": {"system", "user", "assistant", "tool"}}
+#: What converted exports do to a conversation so that trainers read it (`trainer_turns`).
+RESHAPES = {
+    "leading-assistant": "turns before the first user turn (context, never rated) left out",
+    "same-role-run": "turns of one role in a row merged into one",
+    "system-moved": "system turns gathered into one system prompt at the start",
 }
 
 
@@ -193,7 +207,8 @@ class Conversation:
         return [[role, canonical(text)] for role, text in turns]
 
     def quirks(self) -> tuple[str, ...]:
-        """The `QUIRKS` this conversation has (ingest names the records of each; nothing is changed)."""
+        """The `QUIRKS` this conversation's turns have (ingest names the records of each; nothing is
+        changed); ``role-alias`` is a record's (`role_aliases`)."""
         talk = [(role, text) for role, text in self.turns if role != "system"]
         found = []
         if talk and talk[0][0] == "assistant":
@@ -249,6 +264,21 @@ def turns_of(obj: dict[str, Any], key: str) -> list[Turn]:
             raise BadRecord(f"{key}[{n}] has unknown {role_key} {turn.get(role_key)!r}")
         turns.append((role, _content(turn.get(text_key), f"{key}[{n}].{text_key}")))
     return turns
+
+
+def role_aliases(obj: dict[str, Any], shape: str) -> set[str]:
+    """The role names of a ShareGPT or messages record that are aliases (`STANDARD_ROLES`): ``bing``,
+    ``chatgpt``, ``user`` in ShareGPT; ``developer``, ``function``, ``User`` in messages."""
+    found: set[str] = set()
+    for key in {"sharegpt": ("conversations",), "messages": ("messages",),
+                "prompt-completion": ("prompt", "completion")}.get(shape, ()):
+        seq = obj.get(key)
+        role_key, standard = ("from", STANDARD_ROLES[key]) if key == "conversations" else ("role", STANDARD_ROLES["messages"])
+        for turn in seq if isinstance(seq, list) else ():
+            name = turn.get(role_key) if isinstance(turn, dict) else None
+            if isinstance(name, str) and name not in standard:
+                found.add(name)
+    return found
 
 
 def _history(obj: dict[str, Any], key: str) -> list[Turn]:
@@ -312,37 +342,79 @@ def parse(obj: dict[str, Any], shape: str, column_map: dict[str, str] | None = N
 
 
 # ---------------------------------------------------------------------------------------- shapes out
+def _join(a: str, b: str) -> str:
+    """Two turns of one role as one: their texts a blank line apart (an empty one adds nothing)."""
+    return a + "\n\n" + b if a.strip() and b.strip() else (a if a.strip() else b)
+
+
+def trainer_turns(conv: Conversation, *, join_input: bool = True) -> tuple[str, list[Turn], tuple[str, ...]] | None:
+    """The rated conversation as LLaMA-Factory's converter and TRL's chat format read it: (the
+    system prompt, the turns, the `RESHAPES` applied). The turns start with a user turn, alternate
+    user (or tool) and assistant, and end with the rated assistant turn. None when no such turns
+    remain (nothing but assistant turns; a user turn followed by a tool turn): the record cannot be
+    written for a trainer. `join_input`: an Alpaca ``input`` joined to its user turn (`merged`)."""
+    turns = conv.rated().merged() if join_input else list(conv.rated().turns)
+    done: list[str] = []
+    first_talk = next((i for i, (role, _) in enumerate(turns) if role != "system"), len(turns))
+    if any(role == "system" for role, _ in turns[first_talk:]):
+        done.append("system-moved")
+    system = "\n".join(text for role, text in turns if role == "system")
+    talk = [(role, text) for role, text in turns if role != "system"]
+    first_user = next((i for i, (role, _) in enumerate(talk) if role == "user"), None)
+    if first_user is None:
+        return None
+    if first_user:  # context the rater saw, never rated: a trainer would learn it as an answer to nothing
+        done.append("leading-assistant")
+    merged: list[Turn] = []
+    for role, text in talk[first_user:]:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, _join(merged[-1][1], text))
+            if "same-role-run" not in done:
+                done.append("same-role-run")
+        else:
+            merged.append((role, text))
+    slots = ["assistant" if role == "assistant" else "user" for role, _ in merged]
+    if len(merged) % 2 or slots != ["user", "assistant"] * (len(merged) // 2):
+        return None
+    return system, merged, tuple(done)
+
+
 def alpaca_fields(conv: Conversation) -> dict[str, Any] | None:
     """``{"instruction", "input", "output"}`` + ``system`` and ``history`` (LLaMA-Factory's alpaca
-    columns) when they are needed; None when the turns do not fit that shape (a tool turn, two
-    turns of one role in a row, several system turns)."""
-    turns = list(conv.rated().turns)
-    system = turns.pop(0)[1] if turns and turns[0][0] == "system" else None
-    roles = [role for role, _ in turns]
-    if not turns or len(turns) % 2 or roles != ["user", "assistant"] * (len(turns) // 2):
+    columns) of `trainer_turns` when they are needed; None when the turns do not fit that shape (a
+    tool turn, or no trainer turns at all)."""
+    shaped = trainer_turns(conv, join_input=False)
+    if shaped is None or any(role == "tool" for role, _ in shaped[1]):
         return None
+    system, turns, _ = shaped
     record: dict[str, Any] = {"instruction": turns[-2][1], "input": conv.input, "output": turns[-1][1]}
-    if system is not None:
+    if system:
         record["system"] = system
     if len(turns) > 2:
         record["history"] = [[turns[i][1], turns[i + 1][1]] for i in range(0, len(turns) - 2, 2)]
     return record
 
 
-def sharegpt_fields(conv: Conversation) -> dict[str, Any]:
-    """``{"conversations": [{"from", "value"}], "system"}``: the system turns become the ``system`` field."""
-    turns = conv.rated().merged()
-    system = "\n".join(text for role, text in turns if role == "system")
-    record: dict[str, Any] = {"conversations": [{"from": SHAREGPT_FROM[r], "value": t} for r, t in turns
-                                                if r != "system"]}
+def sharegpt_fields(conv: Conversation) -> dict[str, Any] | None:
+    """``{"conversations": [{"from", "value"}], "system"}`` of `trainer_turns` (None: none)."""
+    shaped = trainer_turns(conv)
+    if shaped is None:
+        return None
+    system, turns, _ = shaped
+    record: dict[str, Any] = {"conversations": [{"from": SHAREGPT_FROM[r], "value": t} for r, t in turns]}
     if system:
         record["system"] = system
     return record
 
 
-def messages_fields(conv: Conversation) -> dict[str, Any]:
-    """``{"messages": [{"role", "content"}]}``, the system turns where they were."""
-    return {"messages": [{"role": r, "content": t} for r, t in conv.rated().merged()]}
+def messages_fields(conv: Conversation) -> dict[str, Any] | None:
+    """``{"messages": [{"role", "content"}]}`` of `trainer_turns`, the system prompt first (None: none)."""
+    shaped = trainer_turns(conv)
+    if shaped is None:
+        return None
+    system, turns, _ = shaped
+    head = [{"role": "system", "content": system}] if system else []
+    return {"messages": head + [{"role": r, "content": t} for r, t in turns]}
 
 
 def comes_back_as(record: dict[str, Any], shape: str) -> str | None:

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from selectit.contract import RENDERING, CellStatus, JobStatus
 from selectit.jobs.holders import dead_local_workers
-from selectit.store.schema import DatasetSample, Job, JobPrompt, JobSample, Prompt, Score
+from selectit.jobs.planner import CHARS_PER_TOKEN
+from selectit.store.schema import DatasetSample, Job, JobPrompt, JobSample, Prompt, Sample, Score
 
 #: A running job whose holder is gone (lease expired, or a dead process on this host); the
 #: fleet's `requeue_expired` takes it back.
@@ -26,13 +27,18 @@ def _of_dataset(q: sa.Select, dataset_id: int | None) -> sa.Select:
                                          DatasetSample.dataset_id == dataset_id))
 
 
+#: The characters of a score's sample (a correlated subquery: the recent cells are few).
+_sample_chars = sa.select(Sample.n_chars).where(Sample.id == Score.sample_id).scalar_subquery()
+
+
 def recent_cells(since: dt.datetime, short_since: dt.datetime, dataset_id: int | None = None) -> sa.Select:
     """(model id, prompt set, ok cells scored since `since`, … since `short_since`, the first
-    one's time) of the active prompts: a range of the index `ix_scores_status_scored_at`, not a
-    scan of every score."""
+    one's time, their tokens as the planner counts them: (sample + template characters) // 4) of
+    the active prompts: a range of the index `ix_scores_status_scored_at`, not a scan of every score."""
     return (_of_dataset(
         sa.select(Score.model_id, Prompt.set_name, sa.func.count(),
-                  sa.func.count().filter(Score.scored_at >= short_since), sa.func.min(Score.scored_at))
+                  sa.func.count().filter(Score.scored_at >= short_since), sa.func.min(Score.scored_at),
+                  sa.func.sum((_sample_chars + sa.func.length(Prompt.template)) // CHARS_PER_TOKEN))
         .join(Prompt, Prompt.id == Score.prompt_id)
         .where(Prompt.active.is_(True), Score.status == CellStatus.OK, Score.scored_at >= since,
                Score.rendering == RENDERING), dataset_id)

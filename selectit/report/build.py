@@ -163,7 +163,7 @@ def build_report(
     try:
         builders = (
             sections_.coverage_section, sections_.s_model_section, sections_.examples_section,
-            sections_.sent_section, sections_.token_section, sections_.prompt_agreement_section,
+            sections_.sent_section, sections_.turns_section, sections_.token_section, sections_.prompt_agreement_section,
             sections_.model_agreement_section, sections_.length_section, sections_.calc_section,
         )  # fmt: skip
         sections = [health_section]

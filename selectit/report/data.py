@@ -238,6 +238,11 @@ class ReportData:
     selected: list[int]  # sample ids of `selective_alpaca`, best first
     labels: dict[int, str] = field(default_factory=dict)  # prompt position → label (`prompt_labels`)
     texts: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # example sample → its texts
+    #: S_sent by turn position (1: a conversation's first rated turn) over the conversations of 2+
+    #: rated turns: (model, position, turns rated, mean, 25th percentile, median, 75th percentile)
+    turns: list[tuple[str, int, int, float, float, float, float]] = field(default_factory=list)
+    #: example conversation → model → its weakest turn: (position, rated turns, S_sent)
+    weakest: dict[int, dict[str, tuple[int, int, float]]] = field(default_factory=dict)
 
     def label(self, position: int) -> str:
         return self.labels.get(position, f"prompt {position + 1}")
@@ -324,7 +329,20 @@ def gather(con: Any, dataset: str) -> ReportData:
         (m.model, m.n_samples, m.samples_complete, m.samples_missing, m.samples_failed, m.ok, m.failed, m.missing)
         for m in cov.models
     ]
+    # Conversations: S_sent per turn position, summed up in SQL (not one Python tuple per turn).
+    per_turn = f"FROM sentence_scores v {in_dataset} WHERE v.s_sent IS NOT NULL AND v.n_turns > 1"
+    turns = [(str(m), int(p), int(n), float(a), float(q1), float(q2), float(q3)) for m, p, n, a, q1, q2, q3 in _fetch(
+        con, f"SELECT v.model, v.n_turns - v.turn AS turn_position, count(*), avg(v.s_sent), "
+             f"quantile_cont(v.s_sent, 0.25), median(v.s_sent), quantile_cont(v.s_sent, 0.75) {per_turn} "
+             f"GROUP BY v.model, turn_position ORDER BY v.model, turn_position", [dataset_id])]  # fmt: skip
+    weakest: dict[int, dict[str, tuple[int, int, float]]] = {}
+    if turns and examples:  # ties → the earlier turn
+        for sid, model, position, n_turns, s in _fetch(
+            con, f"SELECT v.sample_id, v.model, arg_min(v.n_turns - v.turn, (v.s_sent, v.n_turns - v.turn)), "
+                 f"any_value(v.n_turns), min(v.s_sent) {per_turn} AND v.sample_id IN (SELECT UNNEST(?)) "
+                 f"GROUP BY v.sample_id, v.model", [dataset_id, sorted(examples)]):  # fmt: skip
+            weakest.setdefault(int(sid), {})[str(model)] = (int(position), int(n_turns), float(s))
     return ReportData(
         dataset, dataset_id, chosen, set_name, prompts, n_samples, sent, token, ranking, samples,
-        coverage, selected, labels, texts,
+        coverage, selected, labels, texts, turns, weakest,
     )  # fmt: skip

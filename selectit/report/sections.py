@@ -127,13 +127,20 @@ def examples_section(d: ReportData, plt: Any, out: Path) -> Section:
         sec.note = "Nothing is rankable yet: no example to show."
         return sec
     models = [m for _, m, _ in d.models]
-    columns = ["rank", "sample", "S_model", *(f"S_sent {m}" for m in models), "instruction", "input", "output"]
+    # A conversation's weakest turn per model ("2 of 5: 1.234"): what its S_sent hides under mean or last.
+    weak = [m for m in models if any(m in w for w in d.weakest.values())]
+    columns = ["rank", "sample", "S_model", *(f"S_sent {m}" for m in models), *(f"weakest turn {m}" for m in weak),
+               "instruction", "input", "output"]
     text = ("instruction", "input", "output")
+
+    def weakest(sid: int, m: str) -> str:
+        found = d.weakest.get(sid, {}).get(m)
+        return "" if found is None else f"{found[0]} of {found[1]}: {found[2]:.4f}"
 
     def rows(part: list[tuple[int, int, float]]) -> list[list[Any]]:
         return [
             [rank, sid, rounded(s, 6), *(rounded(d.sent.get(m, {}).get(sid), 6) for m in models),
-             *(excerpt(t) for t in d.texts[sid])]
+             *(weakest(sid, m) for m in weak), *(excerpt(t) for t in d.texts[sid])]
             for sid, rank, s in part
         ]  # fmt: skip
 
@@ -166,6 +173,33 @@ def sent_section(d: ReportData, plt: Any, out: Path) -> Section:
     axes[-1, 0].set_xlabel("S_sent")
     sec.png = _save(fig, plt, out, sec.name)
     sec.tables = [summary, hist]
+    return sec
+
+
+def turns_section(d: ReportData, plt: Any, out: Path) -> Section:
+    sec = Section(
+        "s_sent_by_turn", "Sentence-level scores by turn position",
+        "S_sent of each rated assistant turn of the conversations with two or more, by its position "
+        "(1: the first rated turn), per model: the mean, and the band from the 25th to the 75th "
+        "percentile. Do later turns rate lower?",
+    )  # fmt: skip
+    if not d.turns:
+        sec.note = "No conversation with two or more rated turns has a sentence-level score (or the turns are " \
+                   "fused with --turns-agg last, which reads the last turns only)."
+        return sec
+    columns = ["model", "turn", "turns rated", "mean", "p25", "median", "p75"]
+    sec.tables = [Table("s_sent_by_turn", "S_sent by turn position", columns,
+                        [[m, p, n, *(rounded(v, 6) for v in rest)] for m, p, n, *rest in d.turns])]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for model in dict.fromkeys(m for m, *_ in d.turns):
+        mine = [t for t in d.turns if t[0] == model]
+        x = [t[1] for t in mine]
+        (line,) = ax.plot(x, [t[3] for t in mine], marker="o", label=model)
+        ax.fill_between(x, [t[4] for t in mine], [t[6] for t in mine], alpha=0.2, color=line.get_color())
+    ax.set_xlabel("turn position (1: a conversation's first rated turn)")
+    ax.set_ylabel("S_sent")
+    ax.legend(fontsize=8)
+    sec.png = _save(fig, plt, out, sec.name)
     return sec
 
 

@@ -188,3 +188,16 @@ def test_a_models_eta_adds_up_its_prompt_sets() -> None:
     assert (one.done, one.missing, one.cells_per_min_1m, one.cells_per_min) == (10, 6, 2.0, 0.4)
     assert one.eta_seconds == 6 * 600 / 4
     assert idle.eta_seconds is None and finished.eta_seconds == 0.0
+
+
+def test_a_models_eta_is_per_token_once_tokens_are_known() -> None:
+    """A model whose missing cells are long conversations: 6 cells of 9,000 tokens left after 4 cells
+    of 1,000 tokens in ten minutes take 9,000 / 1,000 × ten minutes, not 6 / 4 of them."""
+    def row(missing: int, recent: int, recent_tokens: int, missing_tokens: int) -> fusion_status.StatusRow:
+        return fusion_status.StatusRow("m", 1, "s", 5, missing, 0, 0, 0, 0, 0, recent / 10, (), 0, recent, 0,
+                                       recent_tokens=recent_tokens, missing_tokens=missing_tokens)
+
+    (long,) = fusion_status.model_progress([row(6, 4, 1000, 9000)])
+    assert long.eta_seconds == 9000 * 600 / 1000 and long.missing_tokens == 9000
+    (unknown,) = fusion_status.model_progress([row(6, 4, 0, 9000)])  # no tokens recorded: per cell
+    assert unknown.eta_seconds == 6 * 600 / 4

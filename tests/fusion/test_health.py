@@ -253,3 +253,46 @@ def test_one_prompt_that_rates_everything_the_same_is_flagged(cli, db_url, monke
     shown = cli("diagnose", "--dataset", "d")
     assert line in shown.stdout
     assert "collapsed" in cli("status", "--dataset", "d").stdout and "collapsed" in cli("status").stdout
+
+
+# ------------------------------------------------------------------------------------ turn positions
+def test_diagnose_gives_the_mean_s_sent_and_truncated_cells_by_turn_position(cli, db_url, tmp_path) -> None:
+    """Real ShareGPT conversations, every turn rated alike (`score_everything`) and the last turns
+    of conversations of 3+ rated turns marked truncated: the figures per turn position are the
+    formula's over the samples that have that position."""
+    import json
+
+    from test_export import ok, score_everything
+    from test_turns import sharegpt_records
+
+    def s_sent_of(s_tokens: list[float], alpha: float = 0.2) -> float:  # the sentence level (ddof 0)
+        return float(np.mean(s_tokens) / (1 + alpha * np.std(s_tokens)))
+
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(sharegpt_records(60)), encoding="utf-8")
+    ok(cli("ingest", path, "--dataset", "sg", "--format", "sharegpt", "--skip-invalid"))
+    score_everything(db_url)
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE scores SET truncated = :t WHERE turn = 0 AND sample_id IN "
+                             "(SELECT id FROM samples WHERE n_turns >= 3)"), {"t": True})
+        samples = conn.execute(sa.text("SELECT id, n_turns FROM samples WHERE n_turns > 1")).all()
+        cells = {}
+        for sid, p1, p2, p3 in conn.execute(sa.text("SELECT sample_id, p1, p2, p3 FROM scores WHERE turn = 0")):
+            cells.setdefault(sid, []).append(token_score((p1, p2, p3))[1])
+    engine.dispose()
+    expected = {}
+    for position in range(1, max(n for _, n in samples) + 1):
+        have = [sid for sid, n in samples if n >= position]
+        truncated = sum(3 for sid, n in samples if n >= 3 and n == position)
+        expected[position] = (len(have), float(np.mean([s_sent_of(cells[sid], 0.2) for sid in have])),
+                              3 * len(have), truncated)
+    out = json.loads(ok(cli("diagnose", "--dataset", "sg", "--prompt-set", "s", "--format", "json")))
+    rows = {r["position"]: r for r in out["rows"] if r["level"] == "turn"}
+    assert set(rows) == set(expected) and len(rows) >= 4
+    for position, (n, mean, n_cells, truncated) in expected.items():
+        r = rows[position]
+        assert (r["samples"], r["cells"], r["truncated"]) == (n, n_cells, truncated)
+        assert r["mean_s_sent"] == pytest.approx(mean, rel=1e-9)
+    table = ok(cli("diagnose", "--dataset", "sg", "--prompt-set", "s"))
+    assert "by turn position" in table

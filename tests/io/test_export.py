@@ -280,11 +280,11 @@ def test_alpaca_shaped_exports_load_with_datasets(chats, tmp_path: Path, fmt: st
     # columns of their own, on every record once one record needs them (one schema per file).
     assert ds.column_names[:5] == ["instruction", "input", "output", "system", "history"]
     assert ds[1] == {"instruction": "Write a haiku.", "input": "", "output": "Old pond\nfrog jumps in\nsplash",
-                     "system": "", "history": []}
+                     "system": "", "history": [], "id": "c2"}  # the source record's id: the row traces back
     assert ds[0] == {"instruction": "What is 2+2?", "input": "", "output": "4.", "system": "You are terse.",
-                     "history": [["Hi!", "Hello."]]}
+                     "history": [["Hi!", "Hello."]], "id": "c1"}
     assert ds[2] == {"instruction": "Thanks", "input": "", "output": "Bitte.", "system": "Answer in German.",
-                     "history": []}
+                     "history": [], "id": "c3"}
 
 
 def test_hf_dataset_directory_loads_from_disk_with_its_card(chats, tmp_path: Path) -> None:

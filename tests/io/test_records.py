@@ -123,7 +123,8 @@ def test_a_conversation_ending_with_a_user_turn_is_rated_and_exported_through_it
     ok(cli("select", "m", "--dataset", "m", "--prompt-set", "s", "--top", "1"))
     ok(cli("export", "--selection", "m", "--out", tmp_path / "m.out.jsonl", "--format", "messages", "--order", "dataset"))
     rows = [json.loads(line) for line in (tmp_path / "m.out.jsonl").read_text().splitlines()]
-    assert rows[1] == {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    assert rows[1] == {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                       "id": "4"}  # the source record's id: the row traces back
     lf = tmp_path / "lf"
     ok(cli("export", "--selection", "m", "--out", f"{lf}/", "--format", "sharegpt", "--order", "dataset",
            "--llamafactory", "m"))
@@ -148,7 +149,7 @@ def test_the_api_counts_trailing_turns_and_returns_an_hf_dataset_in_memory(db_ur
     import datasets
 
     assert isinstance(ds, datasets.Dataset) and len(ds) == 6
-    assert ds.column_names == ["instruction", "input", "output", "system", "history", "messages", "content_hash"]
+    assert ds.column_names == ["instruction", "input", "output", "system", "history", "messages", "content_hash", "id"]
     assert "selection: \"a\"" in ds.info.description  # the dataset card
     store.export(tmp_path / "a.hf", selection="a", format="hf-dataset", order="dataset", card=False)
     assert datasets.load_from_disk(str(tmp_path / "a.hf")).to_list() == ds.to_list()

@@ -3,6 +3,7 @@ tokens the scorer then sees, and give a time once a run's throughput is recorded
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from conftest import DEMO_DATA
 
@@ -46,21 +47,32 @@ def test_estimates_write_nothing_and_count_the_tokens_the_scorer_sees(cli, db_ur
     with session_scope(store.engine) as s:  # what the scorer tokenized, cell by cell
         seen, truncated = s.execute(sa.select(sa.func.sum(Score.n_tokens),
                                               sa.func.sum(sa.cast(Score.truncated, sa.Integer)))).one()
-        runs = s.execute(sa.select(Throughput.engine, Throughput.cells, Throughput.seconds)).all()
+        runs = s.execute(sa.select(Throughput.engine, Throughput.cells, Throughput.tokens, Throughput.seconds)).all()
     assert truncated == 0 and before_scoring.tokens == seen  # the 1% the estimate may be off: none here
+    from selectit.status import status_rows
+
+    # the live rate of `status` counts the scored cells' tokens as the planner does
+    assert sum(r.recent_tokens for r in status_rows(store.engine, dataset="d")) == by_chars.tokens
     assert {r.engine for r in runs} == {"torch"} and sum(r.cells for r in runs) == 40
 
     assert cli("ingest", DEMO_DATA, "--dataset", "d12", "--limit", "12").exit_code == 0
     [after] = store.estimate(dataset="d12")
     rate = sum(r.cells for r in runs) / sum(r.seconds for r in runs)
+    token_rate = sum(r.tokens for r in runs) / sum(r.seconds for r in runs)
     assert after.cells == 20 and after.samples == 4
-    assert after.cells_per_second == rate and after.seconds == 20 / rate
+    with session_scope(store.engine) as s:  # the planner's tokens of the 4 new samples, by hand
+        new = [n for (n,) in s.execute(sa.select(Sample.n_chars).order_by(Sample.id))][8:]
+    planned = sum((n + t) // 4 for n in new for t in templates)
+    # per token, not per cell: the missing cells' tokens at the recorded tokens/s
+    assert after.cells_per_second == pytest.approx(rate) and after.planned_tokens == planned
+    assert after.tokens_per_second == pytest.approx(token_rate) and after.seconds == pytest.approx(planned / token_rate)
     line = cli("score", "--dataset", "d12", "--estimate").stdout
-    assert "tiny: 20 cells missing over 4 samples" in line and f"at {rate:.3g} cells/s" in line
+    assert "tiny: 20 cells missing over 4 samples" in line and f"at {token_rate:,.0f} tokens/s" in line
     assert "no time" not in line
+    assert sum(r.missing_tokens for r in status_rows(store.engine, dataset="d12")) == planned
     from selectit.jobs.estimate import duration
 
-    assert duration(20 / rate) in cli("status").stdout  # the time left per model, at the same rate
+    assert duration(planned / token_rate) in cli("status").stdout  # the time left per model, at the same rate
 
 
 def test_estimate_errors_say_what_to_do(cli) -> None:
@@ -126,14 +138,45 @@ def test_a_served_model_is_estimated_at_the_openai_engines_rate(cli, db_url, tmp
         assert cli("score", "-q").exit_code == 0  # recorded as the openai engine's run
         store = Store(db_url)
         with session_scope(store.engine) as s:
-            runs = s.execute(sa.select(Throughput.engine, Throughput.cells, Throughput.seconds)).all()
+            runs = s.execute(sa.select(Throughput.engine, Throughput.cells, Throughput.tokens,
+                                       Throughput.seconds)).all()
         assert {r.engine for r in runs} == {"openai"}
         rate = sum(r.cells for r in runs) / sum(r.seconds for r in runs)
+        token_rate = sum(r.tokens for r in runs) / sum(r.seconds for r in runs)
         assert cli("ingest", tmp_path / "d2.json", "--dataset", "d2").exit_code == 0
         line = cli("score", "--dataset", "d2", "--estimate").stdout
-        assert "srv: 10 cells missing over 2 samples" in line and f"at {rate:.3g} cells/s (openai" in line, line
+        assert "srv: 10 cells missing over 2 samples" in line and f"at {token_rate:,.0f} tokens/s" in line, line
+        assert "openai, this store's last" in line
         [e] = store.estimate(dataset="d2")
-        assert (e.engine, e.cells_per_second) == ("openai", rate)
+        assert (e.engine, e.tokens_per_second, e.cells_per_second) == ("openai", pytest.approx(token_rate),
+                                                                       pytest.approx(rate))
         assert set(store.time_left({e.model_id: 10}).values()) != {"–"}  # `selectit status`, the same rate
     finally:
         server.close()
+
+
+def test_the_estimate_counts_the_signature_and_embedding_cells_still_missing(cli, db_url) -> None:
+    """Cells of every kind: the near-duplicate signatures `score` computes first, and the
+    embeddings of a model that `selectit embed` was asked for."""
+    from test_turns import add_rater
+
+    from selectit.store.schema import Embedder, LLM, SampleEmbedding, SampleSignature
+
+    assert cli("ingest", DEMO_DATA, "--dataset", "d", "--limit", "10").exit_code == 0
+    add_rater(db_url)
+    store = Store(db_url)
+    [e] = store.estimate(dataset="d", tokenizer=False)
+    assert (e.signatures_missing, e.embeddings_missing) == (0, None)  # ingest signed them; no embedder
+    with session_scope(store.engine) as s:
+        ids = sorted(s.scalars(sa.select(Sample.id)))
+        s.execute(sa.delete(SampleSignature).where(SampleSignature.sample_id.in_(ids[:3])))
+        model_id = s.scalar(sa.select(LLM.id))
+        s.add(Embedder(config_hash="e" * 64, config={"model_id": model_id}))
+        s.flush()
+        emb = s.scalar(sa.select(Embedder.id))
+        s.add_all(SampleEmbedding(sample_id=i, embedder_id=emb, dim=1, vector=b"\0\0\0\0") for i in ids[:4])
+    [e] = store.estimate(dataset="d", tokenizer=False)
+    assert (e.signatures_missing, e.embeddings_missing) == (3, 6)
+    out = cli("score", "--dataset", "d", "--estimate", "--prompt-set", "s").stdout
+    assert "and 6 embedding cells (`selectit embed --model A`)" in out
+    assert "near-duplicate signatures: 3 samples without one" in out

@@ -125,7 +125,8 @@ def test_ingest_names_the_records_of_each_quirk_of_real_sharegpt_data(cli, db_ur
         roles = [t["from"] for t in turns if t["from"] != "system"]
         for rule, has in (("leading-assistant", roles[:1] == ["gpt"]),
                           ("empty-turn", any(not t["value"].strip() for t in turns)),
-                          ("same-role-run", any(a == b for a, b in zip(roles, roles[1:])))):
+                          ("same-role-run", any(a == b for a, b in zip(roles, roles[1:]))),
+                          ("role-alias", any(t["from"] not in ("human", "gpt", "system") for t in turns))):
             if has:
                 by_hand.setdefault(rule, []).append(r["id"])
     with selectit.open(db_url) as store:

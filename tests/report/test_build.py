@@ -498,3 +498,49 @@ def test_the_report_directory_gets_the_usual_mode(engine, db_url: str, tmp_path:
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert stat.S_IMODE(result.index.stat().st_mode) == 0o644
     assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+
+
+def test_conversations_get_s_sent_by_turn_position_and_their_weakest_turn(cli, db_url: str, tmp_path: Path) -> None:
+    """Real ShareGPT conversations with every turn rated, the earlier turns a little lower: the
+    plot's table is the mean and quartiles of the formula's S_sent per turn position, and each
+    example conversation names its weakest turn."""
+    from test_export import ok, score_everything
+    from test_turns import sharegpt_records
+
+    from selectit.formulas import token_score
+
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(sharegpt_records(40)), encoding="utf-8")
+    ok(cli("ingest", path, "--dataset", "sg", "--format", "sharegpt", "--skip-invalid"))
+    score_everything(db_url)
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:  # turn t (counted back from the last) has p2 / (1 + t)
+        conn.execute(sa.text("UPDATE scores SET p2 = p2 / (1 + turn)"))
+        cells: dict[tuple[int, int], list[float]] = {}
+        n_turns = dict(conn.execute(sa.text("SELECT id, n_turns FROM samples")).all())
+        for sid, turn, p1, p2, p3 in conn.execute(sa.text("SELECT sample_id, turn, p1, p2, p3 FROM scores")):
+            cells.setdefault((sid, turn), []).append(token_score((p1, p2, p3))[1])
+    engine.dispose()
+    s_sent = {key: float(np.mean(v) / (1 + 0.2 * np.std(v))) for key, v in cells.items()}
+    by_position: dict[int, list[float]] = {}
+    for (sid, turn), s in s_sent.items():
+        if n_turns[sid] > 1:
+            by_position.setdefault(n_turns[sid] - turn, []).append(s)
+    out = tmp_path / "rep"
+    ok(cli("report", "--dataset", "sg", "--prompt-set", "s", "--out", out))
+    page = parse(out / "index.html")
+    rows = {int(r["turn"]): r for r in records(page, "s_sent_by_turn")}
+    assert set(rows) == set(by_position) and len(rows) >= 4
+    for position, values in by_position.items():
+        r = rows[position]
+        assert int(r["turns rated"]) == len(values)
+        assert num(r["mean"]) == pytest.approx(np.mean(values), rel=1e-5)  # shown to 6 digits
+        assert num(r["median"]) == pytest.approx(np.median(values), rel=1e-5)
+    assert (out / "s_sent_by_turn.png").is_file()
+    shown = [r for r in records(page, "examples_top") + records(page, "examples_bottom") if r["weakest turn A"]]
+    assert shown
+    for r in shown:
+        sid = int(r["sample"])
+        mine = {n_turns[sid] - t: s for (x, t), s in s_sent.items() if x == sid}
+        position = min(mine, key=lambda p: (mine[p], p))
+        assert r["weakest turn A"] == f"{position} of {n_turns[sid]}: {mine[position]:.4f}"
