@@ -11,12 +11,17 @@ With `--gpu-ms-per-cell MS` the workers score through `scorer_hooks:gpu`, which 
 cell (a GPU: 4 ms ≈ a 7B rater on an H100), `--samples` is per worker, and each run reports its
 cells/s as a share of the ideal (workers × 1000/MS: a GPU never waiting on bookkeeping), plus
 what the PostgreSQL server spent per stored cell (CPU seconds of its processes, WAL bytes) and
-the Redis commands per job. `--baseline DIR` runs the same fleets first on the selectit of
-another version installed in a directory of its own (`pip install --no-deps --target DIR
-SRC`: a plain checkout has no `selectit.workers` package), side by side in one run:
+the Redis commands per job, and where the workers' time went: the phases their selectit recorded
+(`selectit.timing`: scoring, claim, reads, writes, the wait for the next job), the emulated
+GPU's sleep asked and overslept (a sleep woken late: the CPUs are busy), the time before each
+worker's first claim and after its last write, and the CPU seconds the workers and PostgreSQL
+used. `--baseline REF` runs the same fleets first on another version, side by side in one run: a
+git ref of this repository (exported with `git archive` and installed on its own with `pip
+install --no-deps --target`, since a plain checkout has no `selectit.workers` package), or a
+directory such an install is in:
 
     python benchmarks/fleet.py --postgres … --redis … --gpu-ms-per-cell 4 --workers 1,2,4,8 \\
-        --samples 600 --skip-planning --baseline /tmp/selectit-main
+        --samples 600 --skip-planning --baseline main
 
 Workers score through `SELECTIT_SCORER=scorer_hooks:instant` (tests/scorer_hooks.py): every cell
 answered at once with a fixed distribution, no model, no torch. What remains per job is the real
@@ -135,6 +140,10 @@ class Run:
     workers: int = 1
     worker_cpu_s: float = 0.0  # CPU seconds of the worker processes (all their threads) during the run
     phases: dict[str, float] = field(default_factory=dict)  # summed over the workers (scorer_hooks:gpu only)
+    first_claim_s: float = 0.0  # from sending the jobs to the first claim: the fleet's start, paid once
+    gpu_s_per_cell: float = 0.0  # the emulated GPU's seconds a cell (0: an instant scorer)
+    before_first_s: float = 0.0  # summed over the workers: from sending the jobs to their first claim
+    after_last_s: float = 0.0  # summed over the workers: from their last write to the fleet's
 
     @property
     def rate(self) -> float:
@@ -213,6 +222,7 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
         from selectit.workers.app import fleet_of, make_app
 
         fleet = fleet_of(make_app(Settings(broker_url=redis_url)))
+        fleet.queue_length("model.tiny")  # this client's broker connection is made before the clock starts
         job_ids = planner.plan(engine)
         cpu0, wal0, cmd0 = pg_server_cpu(engine), wal_lsn(engine), rds.info("stats")["total_commands_processed"]
         wcpu0 = sum(_proc_cpu(p.pid) for p in procs)
@@ -225,12 +235,18 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
         wcpu1 = sum(_proc_cpu(p.pid) for p in procs)
         with engine.connect() as c:  # the last cell's write time: the poll's granularity is not counted
             last = c.execute(sa.text("SELECT max(scored_at) FROM scores")).scalar()
+            first_claim = c.execute(sa.text("SELECT min(started_at) FROM jobs")).scalar()
+            # each worker's wait for its first job, and its idle time after its last write
+            firsts = dict(c.execute(sa.text("SELECT worker, min(started_at) FROM jobs GROUP BY worker")).all())
+            lasts = dict(c.execute(sa.text("SELECT worker, max(scored_at) FROM scores GROUP BY worker")).all())
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             c.exec_driver_sql("VACUUM ANALYZE scores")  # the table's size at rest (free space map, no dead rows)
             size, index = c.execute(sa.text(
                 "SELECT pg_total_relation_size('scores'), pg_indexes_size('scores')")).one()
         run = Run(n * 5, len(job_ids), (last - t0).total_seconds(), cpu1 - cpu0, wal1 - wal0, cmd1 - cmd0,
-                  size, index, workers, wcpu1 - wcpu0)
+                  size, index, workers, wcpu1 - wcpu0, first_claim_s=(first_claim - t0).total_seconds(),
+                  before_first_s=sum((firsts.get(w, last) - t0).total_seconds() for w in lasts),
+                  after_last_s=sum((last - lasts[w]).total_seconds() for w in lasts))
     finally:
         for p in procs:
             p.terminate()
@@ -265,9 +281,15 @@ def breakdown(r: Run) -> str:
              f"overslept {share(p.get('GPU slept', 0.0) - p.get('GPU asked', 0.0))})"]
     parts += [f"{k} {share(v)}" for k, v in sorted(tops.items(), key=lambda kv: -kv[1])]
     beside = {k.split(": ", 1)[1]: v for k, v in p.items() if k.startswith("scoring: ")}
-    parts.append(f"outside any phase (Celery, broker, idle) {share(wall - sum(v for k, v in p.items() if ': ' not in k and not k.startswith('GPU ')))}")
+    outside = wall - sum(v for k, v in p.items() if ": " not in k and not k.startswith("GPU "))
+    between = outside - r.before_first_s - r.after_last_s
+    parts.append(f"outside any phase {share(outside)}: before the worker's first claim {share(r.before_first_s)}, "
+                 f"idle after its last write {share(r.after_last_s)}, the rest (Celery, broker) {share(between)}")
     cores = os.cpu_count() or 1
-    lines = [f"    workers' time ({r.workers} × {r.seconds:.1f} s): " + ", ".join(parts)]
+    lines = [f"    workers' time ({r.workers} × {r.seconds:.1f} s): " + ", ".join(parts),
+             f"    the first job was claimed {1000 * r.first_claim_s:.0f} ms after the jobs were sent (a start paid "
+             f"once); from that claim on: {100 * r.cells * r.gpu_s_per_cell / (wall - r.workers * r.first_claim_s):.1f}% "
+             "of ideal"]
     if beside:
         lines.append("    beside the scoring thread: " + ", ".join(f"{k} {share(v)}" for k, v in beside.items()))
     lines.append(f"    CPU: workers {r.worker_cpu_s:.1f} s + PostgreSQL {r.pg_cpu_s:.1f} s = "
@@ -332,6 +354,7 @@ def gpu_fleets(args: argparse.Namespace, variants: list[tuple[str, Path | None]]
             for label, code in variants:
                 r = fleet(args.postgres, args.redis, tmp, args.samples * w, w, scorer="scorer_hooks:gpu",
                           code=code, env_extra=extra)
+                r.gpu_s_per_cell = ms / 1000
                 if (w, label) not in best or r.rate > best[w, label].rate:
                     best[w, label] = r
                 print(f"  {w} worker{'s' if w > 1 else ' '} {label:13}: {r.rate:7.0f} cells/s = "

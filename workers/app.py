@@ -204,6 +204,15 @@ class Fleet:
         return [control.Tick("requeue-expired", self.settings.requeue_interval, self.requeue_expired),
                 control.Tick("plan", self.settings.plan_interval, self.plan)]
 
+    def at_start(self, worker: object) -> control.ControlLoop | None:
+        """As the worker starts: open the database (the schema check takes a moment: not on the
+        first job's clock), then the control loop, if this worker keeps the clock."""
+        try:
+            self.engine()
+        except Exception as exc:  # noqa: BLE001 - the first task opens it again, and says why
+            log.warning("the database could not be opened yet: %s", exc)
+        return self.control_loop(worker)
+
     def control_loop(self, worker: object) -> control.ControlLoop | None:
         # The workers that serve the control queue keep the clock (`selectit worker --no-control` does not).
         if CONTROL_QUEUE not in self.app.amqp.queues.consume_from:
@@ -301,7 +310,7 @@ def make_app(settings: Settings, *, db_url: str | None = None,
         """Expired leases → back in the queue (or failed after N attempts); resend lost messages."""
         return fleet.requeue_expired()
 
-    app.steps["worker"].add(control.worker_step(fleet.control_loop))
+    app.steps["worker"].add(control.worker_step(fleet.at_start))
     return app
 
 

@@ -2,12 +2,12 @@
 job's claim and reads with the current job's tail.
 
 A stream starts from one job (`run_stream`): the model version's engine is loaded, the job is
-claimed and its requests read. While a job's **last** batch scores, a thread claims the next queued
-job of the same model version for the same worker (`leases.claim_next`, a lease like any claim)
-and reads its cells, prompts and sample texts into batches of requests; when the last batch is
-scored the engine starts the next job at once, while the writer thread still commits the last
-batch (and marks the job done). So the engine waits for neither the database nor the broker
-between jobs. A worker that is told to stop gives its claimed-ahead job back unscored, with no
+claimed and its requests read. While a job's last batches score (`AHEAD_BATCHES`), a thread
+claims the next queued job of the same model version for the same worker (`leases.claim_next`, a
+lease like any claim) and reads its cells, prompts and sample texts into batches of requests;
+when the last batch is scored the engine starts the next job at once, while the writer thread
+still commits the last batch (and marks the job done). So the engine waits for neither the
+database nor the broker between jobs. A worker that is told to stop gives its claimed-ahead job back unscored, with no
 attempt charged (`Outcome.RELEASED`; the caller sends it to the broker again).
 
 Bounds, as for a single job: at most `BATCHES_IN_FLIGHT` scored batches are not yet committed
@@ -110,6 +110,11 @@ WRITE_QUEUE_BATCHES = 1
 #: The most batches a killed worker loses: the one being written, those waiting for the writer,
 #: and the one being scored (of this job or, at a job boundary, of the next).
 BATCHES_IN_FLIGHT = 1 + WRITE_QUEUE_BATCHES + 1
+
+
+#: The next job is claimed and read while this many last batches of a job score: a job's last
+#: batch may hold a single sample, too short a time to hide a claim and a read behind.
+AHEAD_BATCHES = 2
 
 
 class _Lost(Exception):
@@ -462,7 +467,7 @@ class _Stream:
                 try:
                     for i, requests in enumerate(current.batches):
                         last = i == len(current.batches) - 1
-                        if last:  # the next job is claimed and read while this batch scores
+                        if i == max(len(current.batches) - AHEAD_BATCHES, 0):  # claimed and read meanwhile
                             ahead = self._ahead()
                         with phase("scoring"):
                             results = _score_batch(self.scorer, requests, self.opt.on_computed)

@@ -188,7 +188,7 @@ def test_a_killed_worker_s_job_is_requeued_and_finished_by_the_other(
 
 def test_a_worker_killed_while_holding_a_job_claimed_ahead_loses_neither_job(
         postgres_url, tmp_path, tiny_dir, fleet) -> None:
-    """A worker claims the next job while its job's last batch scores; SIGKILLed then, it holds two
+    """A worker claims the next job while its job's last batches score; SIGKILLed then, it holds two
     running jobs. Both go back to the queue (their holder on this host is dead) and another worker
     scores them: every committed cell once, nothing of the job claimed ahead scored before."""
     engine = db.open_store(postgres_url)
@@ -198,7 +198,7 @@ def test_a_worker_killed_while_holding_a_job_claimed_ahead_loses_neither_job(
         per_sample = max(session.scalars(sa.text(
             "SELECT SUM((s.n_chars + LENGTH(p.template)) / 4) FROM samples s CROSS JOIN prompts p "
             "WHERE p.active GROUP BY s.id")))
-    # jobs of two samples or more, a batch of one sample each: the last batch is a window to kill in
+    # jobs of two samples or more, a batch of one sample each: the last batches are a window to kill in
     f = fleet(postgres_url, SELECTIT_TEST_DELAY="0.7", SELECTIT_BATCH_SIZE="1",
               SELECTIT_JOB_TOKENS=str(2 * per_sample))
     w1 = f.worker("w1")
@@ -223,7 +223,7 @@ def test_a_worker_killed_while_holding_a_job_claimed_ahead_loses_neither_job(
     w1.send_signal(signal.SIGKILL)
     w1.wait()
     written = scores(engine)
-    ahead = max(jobs, key=lambda i: jobs[i].started_at)  # claimed while the other's last batch scored
+    ahead = max(jobs, key=lambda i: jobs[i].started_at)  # claimed while the other's last batches scored
     assert not {s for s, _, _ in written} & set(jobs[ahead].sample_ids)  # nothing of it scored yet
 
     f.worker("w2")

@@ -1,5 +1,5 @@
-"""Streams of jobs (`selectit.jobs.pipeline`): the next job is claimed and read while the last batch
-of the one before scores, a stopping worker gives that job back uncharged, a killed worker's
+"""Streams of jobs (`selectit.jobs.pipeline`): the next job is claimed and read while the last
+batches of the one before score, a stopping worker gives that job back uncharged, a killed worker's
 claimed-ahead job is taken back and scored once, and a message whose job is taken wakes the worker
 for another job of its model version.
 
@@ -90,7 +90,7 @@ def _wait(cond: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
-def test_the_next_job_is_claimed_while_the_last_batch_of_the_one_before_scores(engine, three_jobs) -> None:
+def test_the_next_job_is_claimed_while_the_last_batches_of_the_one_before_score(engine, three_jobs) -> None:
     ids, sample_job, batches = three_jobs
     seen: list[tuple[int, dict[int, tuple[str, str | None]]]] = []
 
