@@ -351,7 +351,7 @@ def run_stream(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str,
                               batch_size=batch_size)
 
     if queued:
-        with phase("claim"):
+        with phase("DB reads"):  # the claim too: the job's database time before it scores, one phase
             claimed = claim(engine, job_id, worker, lease=lease)
         if not claimed:
             return [JobOutcome(job_id, Outcome.SKIPPED, model=model.name)]
@@ -362,7 +362,7 @@ def run_stream(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str,
         except Exception as exc:  # noqa: BLE001 - the job goes back to the queue (bounded)
             return [_released(engine, job_id, model.name, worker, exc, opt.settings)]
     else:  # a wake-up: the message's job is taken, another of its model version waits
-        with phase("claim"):
+        with phase("DB reads"):
             first = claim_one()
         if first is None:
             return [JobOutcome(job_id, Outcome.SKIPPED, model=model.name)]
