@@ -187,7 +187,8 @@ class Fleet:
         elif outcome.status == Outcome.LOAD_FAILED:
             # Not sent again at once (this worker would load and fail in a loop): the job stays queued,
             # uncharged, and the control loop re-sends it once its model's queue is empty.
-            log.error("job %s left queued, no attempt charged: %s", outcome.job_id, outcome.error)
+            log.error("job %s: the model could not be loaded, nothing was claimed or charged: %s", outcome.job_id,
+                      outcome.error)
         log.info("job %s: %s (%d ok, %d failed)", outcome.job_id, outcome.status, outcome.scored, outcome.failed)
 
     def requeue_expired(self) -> dict[str, int]:
