@@ -11,12 +11,17 @@ With `--gpu-ms-per-cell MS` the workers score through `scorer_hooks:gpu`, which 
 cell (a GPU: 4 ms ≈ a 7B rater on an H100), `--samples` is per worker, and each run reports its
 cells/s as a share of the ideal (workers × 1000/MS: a GPU never waiting on bookkeeping), plus
 what the PostgreSQL server spent per stored cell (CPU seconds of its processes, WAL bytes) and
-the Redis commands per job. `--baseline DIR` runs the same fleets first on the selectit of
-another version installed in a directory of its own (`pip install --no-deps --target DIR
-SRC`: a plain checkout has no `selectit.workers` package), side by side in one run:
+the Redis commands per job, and where the workers' time went: the phases their selectit recorded
+(`selectit.timing`: scoring, claim, reads, writes, the wait for the next job), the emulated
+GPU's sleep asked and overslept (a sleep woken late: the CPUs are busy), the time before each
+worker's first claim and after its last write, and the CPU seconds the workers and PostgreSQL
+used. `--baseline REF` runs the same fleets first on another version, side by side in one run: a
+git ref of this repository (exported with `git archive` and installed on its own with `pip
+install --no-deps --target`, since a plain checkout has no `selectit.workers` package), or a
+directory such an install is in:
 
     python benchmarks/fleet.py --postgres … --redis … --gpu-ms-per-cell 4 --workers 1,2,4,8 \\
-        --samples 600 --skip-planning --baseline /tmp/selectit-main
+        --samples 600 --skip-planning --baseline main
 
 Workers score through `SELECTIT_SCORER=scorer_hooks:instant` (tests/scorer_hooks.py): every cell
 answered at once with a fixed distribution, no model, no torch. What remains per job is the real
@@ -29,16 +34,18 @@ Batch size and job size are the defaults ($SELECTIT_BATCH_SIZE, $SELECTIT_JOB_TO
 from __future__ import annotations
 
 import argparse
+import json
 import datetime as dt
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -130,6 +137,13 @@ class Run:
     redis_commands: int
     table_bytes: int = 0  # `scores` with its indexes and TOAST at the end of the run
     index_bytes: int = 0
+    workers: int = 1
+    worker_cpu_s: float = 0.0  # CPU seconds of the worker processes (all their threads) during the run
+    phases: dict[str, float] = field(default_factory=dict)  # summed over the workers (scorer_hooks:gpu only)
+    first_claim_s: float = 0.0  # from sending the jobs to the first claim: the fleet's start, paid once
+    gpu_s_per_cell: float = 0.0  # the emulated GPU's seconds a cell (0: an instant scorer)
+    before_first_s: float = 0.0  # summed over the workers: from sending the jobs to their first claim
+    after_last_s: float = 0.0  # summed over the workers: from their last write to the fleet's
 
     @property
     def rate(self) -> float:
@@ -187,8 +201,11 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
     engine = db.make_engine(url)
     synthetic(engine, n)
     path = os.pathsep.join(str(p) for p in (code, ROOT, TESTS) if p)
+    phases_dir = tmp / f"phases-{uuid.uuid4().hex[:8]}"
+    phases_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": path, "SELECTIT_DATABASE_URL": url,
-           "SELECTIT_BROKER_URL": redis_url, "SELECTIT_SCORER": scorer, **(env_extra or {})}
+           "SELECTIT_BROKER_URL": redis_url, "SELECTIT_SCORER": scorer, "SELECTIT_TEST_PHASES": str(phases_dir),
+           **(env_extra or {})}
     procs, logs = [], [tmp / f"w{i}.log" for i in range(workers)]
     try:
         for i, log in enumerate(logs):
@@ -205,22 +222,31 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
         from selectit.workers.app import fleet_of, make_app
 
         fleet = fleet_of(make_app(Settings(broker_url=redis_url)))
+        fleet.queue_length("model.tiny")  # this client's broker connection is made before the clock starts
         job_ids = planner.plan(engine)
         cpu0, wal0, cmd0 = pg_server_cpu(engine), wal_lsn(engine), rds.info("stats")["total_commands_processed"]
+        wcpu0 = sum(_proc_cpu(p.pid) for p in procs)
         t0 = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         fleet.send_jobs(job_ids, engine)
         while n_scored(engine) < n * 5:
             assert time.time() < deadline, "the fleet did not finish"
             time.sleep(0.5)
         cpu1, wal1, cmd1 = pg_server_cpu(engine), wal_lsn(engine), rds.info("stats")["total_commands_processed"]
+        wcpu1 = sum(_proc_cpu(p.pid) for p in procs)
         with engine.connect() as c:  # the last cell's write time: the poll's granularity is not counted
             last = c.execute(sa.text("SELECT max(scored_at) FROM scores")).scalar()
+            first_claim = c.execute(sa.text("SELECT min(started_at) FROM jobs")).scalar()
+            # each worker's wait for its first job, and its idle time after its last write
+            firsts = dict(c.execute(sa.text("SELECT worker, min(started_at) FROM jobs GROUP BY worker")).all())
+            lasts = dict(c.execute(sa.text("SELECT worker, max(scored_at) FROM scores GROUP BY worker")).all())
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             c.exec_driver_sql("VACUUM ANALYZE scores")  # the table's size at rest (free space map, no dead rows)
             size, index = c.execute(sa.text(
                 "SELECT pg_total_relation_size('scores'), pg_indexes_size('scores')")).one()
-        return Run(n * 5, len(job_ids), (last - t0).total_seconds(), cpu1 - cpu0, wal1 - wal0, cmd1 - cmd0,
-                   size, index)
+        run = Run(n * 5, len(job_ids), (last - t0).total_seconds(), cpu1 - cpu0, wal1 - wal0, cmd1 - cmd0,
+                  size, index, workers, wcpu1 - wcpu0, first_claim_s=(first_claim - t0).total_seconds(),
+                  before_first_s=sum((firsts.get(w, last) - t0).total_seconds() for w in lasts),
+                  after_last_s=sum((last - lasts[w]).total_seconds() for w in lasts))
     finally:
         for p in procs:
             p.terminate()
@@ -228,32 +254,116 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
             p.wait()
         engine.dispose()
         drop()
+    run.phases = _phases(phases_dir)  # written by each worker as it exited
+    return run
+
+
+def _phases(folder: Path) -> dict[str, float]:
+    """The workers' phases (`selectit.timing`) summed, with the emulated GPU's asked and slept seconds."""
+    total: dict[str, float] = {}
+    for f in folder.glob("*.json"):
+        data = json.loads(f.read_text())
+        for name, sec in [*data["phases"].items(), ("GPU asked", data["asked"]), ("GPU slept", data["slept"])]:
+            total[name] = total.get(name, 0.0) + sec
+    return total
+
+
+def breakdown(r: Run) -> str:
+    """Where the workers' time went, as shares of (workers × the run's seconds): the phases of the
+    scoring thread, the emulated GPU's sleep, and the CPU the workers and PostgreSQL used."""
+    if not r.phases:
+        return "    (no phases: the workers wrote none)"
+    wall = r.workers * r.seconds
+    p = r.phases
+    share = lambda sec: f"{100 * sec / wall:4.1f}%"  # noqa: E731
+    tops = {k: v for k, v in p.items() if ": " not in k and not k.startswith("GPU ")}
+    parts = [f"scoring {share(tops.pop('scoring', 0.0))} (GPU asked {share(p.get('GPU asked', 0.0))}, "
+             f"overslept {share(p.get('GPU slept', 0.0) - p.get('GPU asked', 0.0))})"]
+    parts += [f"{k} {share(v)}" for k, v in sorted(tops.items(), key=lambda kv: -kv[1])]
+    beside = {k.split(": ", 1)[1]: v for k, v in p.items() if k.startswith("scoring: ")}
+    outside = wall - sum(v for k, v in p.items() if ": " not in k and not k.startswith("GPU "))
+    between = outside - r.before_first_s - r.after_last_s
+    parts.append(f"outside any phase {share(outside)}: before the worker's first claim {share(r.before_first_s)}, "
+                 f"idle after its last write {share(r.after_last_s)}, the rest (Celery, broker) {share(between)}")
+    cores = os.cpu_count() or 1
+    lines = [f"    workers' time ({r.workers} × {r.seconds:.1f} s): " + ", ".join(parts),
+             f"    the first job was claimed {1000 * r.first_claim_s:.0f} ms after the jobs were sent (a start paid "
+             f"once); from that claim on: {100 * r.cells * r.gpu_s_per_cell / (wall - r.workers * r.first_claim_s):.1f}% "
+             "of ideal"]
+    if beside:
+        lines.append("    beside the scoring thread: " + ", ".join(f"{k} {share(v)}" for k, v in beside.items()))
+    lines.append(f"    CPU: workers {r.worker_cpu_s:.1f} s + PostgreSQL {r.pg_cpu_s:.1f} s = "
+                 f"{100 * (r.worker_cpu_s + r.pg_cpu_s) / (cores * r.seconds):.0f}% of {cores} cores over the run")
+    return "\n".join(lines)
 
 
 def gpu_runs(args: argparse.Namespace) -> None:
     """Emulated-GPU fleets: each run's cells/s as a share of the ideal, before (--baseline) and after."""
+    with tempfile.TemporaryDirectory() as d:
+        variants = [("baseline", installed(args.baseline, Path(d)))] if args.baseline else []
+        variants.append(("this checkout", this_checkout(Path(d))))
+        gpu_fleets(args, variants, Path(d))
+
+
+def installed(where: str, tmp: Path) -> Path:
+    """The selectit to run as the baseline: a directory it is installed in (`pip install --target`),
+    or a git ref of this repository, exported and installed into `tmp`."""
+    if Path(where).is_dir():
+        return Path(where).resolve()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{where}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    src = tmp / f"src-{commit[:10]}"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    print(f"baseline: {where} = commit {commit[:10]}, exported and installed on its own")
+    return _pip_target(src, tmp / f"site-{commit[:10]}")
+
+
+def this_checkout(tmp: Path) -> Path | None:
+    """None where this checkout's `selectit.workers` is what Python imports; else (a git worktree
+    beside an editable install of another checkout) this working tree installed into `tmp`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("selectit.workers")
+    if spec is not None and spec.origin and Path(spec.origin).resolve().is_relative_to(ROOT):
+        return None
+    src = tmp / "src-this"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "__pycache__", "build", "*.egg-info"))
+    print(f"this checkout: {ROOT} (its working tree), installed on its own: this Python imports "
+          f"selectit.workers from {spec.origin if spec else 'nowhere'}")
+    return _pip_target(src, tmp / "site-this")
+
+
+def _pip_target(src: Path, target: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(src)], check=True, cwd=tempfile.gettempdir())
+    return target
+
+
+def gpu_fleets(args: argparse.Namespace, variants: list[tuple[str, Path | None]], tmp: Path) -> None:
+    """Each worker count, the variants alternating: share of ideal, the servers' cost, where the time went."""
     ms = args.gpu_ms_per_cell
     extra = {"SELECTIT_TEST_GPU_MS": str(ms)}
-    variants = [("baseline", Path(args.baseline).resolve())] if args.baseline else []
-    variants.append(("this checkout", None))
     print(f"emulated GPU: {ms:g} ms a cell ({1000 / ms:.0f} cells/s per worker), {args.samples} samples × 5 prompts "
           "per worker, default batch and job sizes, PostgreSQL + Redis on this machine:")
     best: dict[tuple[int, str], Run] = {}
-    with tempfile.TemporaryDirectory() as d:
-        for w in (int(x) for x in args.workers.split(",")):
-            ideal = w * 1000 / ms
-            for _ in range(args.repeat):  # the variants alternate, so a burst of other load hits both
-                for label, code in variants:
-                    r = fleet(args.postgres, args.redis, Path(d), args.samples * w, w, scorer="scorer_hooks:gpu",
-                              code=code, env_extra=extra)
-                    if (w, label) not in best or r.rate > best[w, label].rate:
-                        best[w, label] = r
-                    print(f"  {w} worker{'s' if w > 1 else ' '} {label:13}: {r.rate:7.0f} cells/s = "
-                          f"{100 * r.rate / ideal:5.1f}% of ideal {ideal:.0f} | per stored cell: PostgreSQL "
-                          f"{1e6 * r.pg_cpu_s / r.cells:5.0f} µs CPU, {r.wal_bytes / r.cells:5.0f} B WAL | Redis "
-                          f"{r.redis_commands / r.jobs:4.0f} commands per job ({r.jobs} jobs, {r.seconds:.1f} s, "
-                          f"load {os.getloadavg()[0]:.1f}) | scores: {r.table_bytes / r.cells:.0f} B a row, "
-                          f"{r.index_bytes / r.cells:.0f} B of it indexes", flush=True)
+    for w in (int(x) for x in args.workers.split(",")):
+        ideal = w * 1000 / ms
+        for _ in range(args.repeat):  # the variants alternate, so a burst of other load hits both
+            for label, code in variants:
+                r = fleet(args.postgres, args.redis, tmp, args.samples * w, w, scorer="scorer_hooks:gpu",
+                          code=code, env_extra=extra)
+                r.gpu_s_per_cell = ms / 1000
+                if (w, label) not in best or r.rate > best[w, label].rate:
+                    best[w, label] = r
+                print(f"  {w} worker{'s' if w > 1 else ' '} {label:13}: {r.rate:7.0f} cells/s = "
+                      f"{100 * r.rate / ideal:5.1f}% of ideal {ideal:.0f} | per stored cell: PostgreSQL "
+                      f"{1e6 * r.pg_cpu_s / r.cells:5.0f} µs CPU, {r.wal_bytes / r.cells:5.0f} B WAL | Redis "
+                      f"{r.redis_commands / r.jobs:4.0f} commands per job ({r.jobs} jobs, {r.seconds:.1f} s, "
+                      f"load {os.getloadavg()[0]:.1f}) | scores: {r.table_bytes / r.cells:.0f} B a row, "
+                      f"{r.index_bytes / r.cells:.0f} B of it indexes", flush=True)
+                print(breakdown(r), flush=True)
     print(f"best of {args.repeat} (share of ideal):")
     for (w, label), r in best.items():
         print(f"  {w} worker{'s' if w > 1 else ' '} {label:13}: {100 * r.rate / (w * 1000 / ms):5.1f}%")
@@ -293,8 +403,10 @@ def main() -> None:
     ap.add_argument("--gpu-ms-per-cell", type=float, default=None, metavar="MS",
                     help="emulate a GPU of MS ms a cell; --samples is then per worker")
     ap.add_argument("--repeat", type=int, default=1, help="with --gpu-ms-per-cell: runs of each fleet (best kept)")
-    ap.add_argument("--baseline", default=None, metavar="DIR",
-                    help="with --gpu-ms-per-cell: run each fleet on the selectit checkout DIR too, first")
+    ap.add_argument("--baseline", default=None, metavar="REF|DIR",
+                    help="with --gpu-ms-per-cell: run each fleet first on another selectit: a git ref of this "
+                         "repository (exported and installed on its own, e.g. HEAD~1 or main), or a directory "
+                         "one is installed in")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     if args.gpu_ms_per_cell and not args.skip_scoring:

@@ -76,17 +76,43 @@ def instant(model: Any) -> InstantScorer:
 class EmulatedGPU(InstantScorer):
     """`InstantScorer` that first sleeps `SELECTIT_TEST_GPU_MS` ms per cell, standing for a GPU
     forward (a sleep releases the GIL, as a CUDA kernel does): the fleet benchmark measures how
-    much of the GPU's time the bookkeeping around it costs."""
+    much of the GPU's time the bookkeeping around it costs.
+
+    With `SELECTIT_TEST_PHASES=DIR`, the process writes `DIR/<pid>.json` as it exits: the phases
+    its selectit recorded (`selectit.timing.PHASES`) and the seconds of sleep asked and slept (a
+    sleep that overshoots is a thread woken late: the CPUs are busy)."""
+
+    asked = 0.0
+    slept = 0.0
 
     def __init__(self) -> None:
         self.seconds_per_cell = float(os.environ.get("SELECTIT_TEST_GPU_MS") or 0) / 1000.0
 
     def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
-        time.sleep(self.seconds_per_cell * sum(len(r.prompt_ids) for r in requests))
+        asked = self.seconds_per_cell * sum(len(r.prompt_ids) for r in requests)
+        t0 = time.perf_counter()
+        time.sleep(asked)
+        EmulatedGPU.slept += time.perf_counter() - t0
+        EmulatedGPU.asked += asked
         return super().score(requests, progress)
 
 
+def _write_phases(folder: str) -> None:
+    import json
+
+    from selectit.timing import PHASES
+
+    with open(os.path.join(folder, f"{os.getpid()}.json"), "w", encoding="utf-8") as f:
+        json.dump({"phases": PHASES, "asked": EmulatedGPU.asked, "slept": EmulatedGPU.slept}, f)
+
+
 def gpu(model: Any) -> EmulatedGPU:
+    folder = os.environ.get("SELECTIT_TEST_PHASES")
+    if folder and not getattr(gpu, "registered", False):
+        import atexit
+
+        atexit.register(_write_phases, folder)
+        gpu.registered = True  # type: ignore[attr-defined]
     return EmulatedGPU()
 
 

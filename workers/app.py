@@ -27,7 +27,10 @@ read once there (that command's edge):
   scoring engine.
 
 Tasks take ids and are idempotent: a duplicate `score_job` message finds its job not queued and
-does nothing; jobs are sent to the broker only after the transaction that created them committed.
+wakes the worker for another queued job of its model version, or does nothing; a worker scores the
+queued jobs of a model version back to back, each claimed and read while the one before ends
+(`selectit.jobs.pipeline`). Jobs are sent to the broker only after the transaction that created
+them committed.
 A job whose message was lost (the broker restarted) is sent again by `plan`/`requeue_expired`
 when its model's queue is empty. Each task reads what it sends in one session. A worker that cannot
 load its model (a missing API key, a server that refuses or does not answer) claims nothing: the
@@ -53,7 +56,8 @@ from selectit.jobs import ticks
 from selectit.jobs.leases import requeue_expired as requeue_expired_jobs
 from selectit.jobs.leases import worker_id
 from selectit.jobs.planner import plan as plan_jobs
-from selectit.jobs.runner import Outcome, ScorerCache, default_scorer_factory, run_job
+from selectit.jobs.pipeline import JobOutcome, Outcome, StreamOptions, run_stream
+from selectit.jobs.runner import ScorerCache, default_scorer_factory
 from selectit.settings import Settings
 from selectit.store import db
 from selectit.store.schema import LLM, Job
@@ -145,7 +149,7 @@ class Fleet:
     def send_and_resend(self, job_ids: Sequence[int], engine: sa.Engine | None = None) -> tuple[int, int]:
         """Send the new jobs, then re-send the queued jobs of each model whose broker queue is
         empty (their message was lost; a duplicate is harmless: `score_job` of a job that is not
-        queued does nothing). What is sent is read in one session; (sent, re-sent)."""
+        queued scores nothing twice). What is sent is read in one session; (sent, re-sent)."""
         with db.read_scope(self.engine(engine)) as session:
             new = _with_model_names(session, job_ids) if job_ids else []
             queued = _queued_by_model(session)
@@ -165,16 +169,27 @@ class Fleet:
         return {"planned": len(ids), "sent": sent, "resent": resent}
 
     def score_job(self, job_id: int) -> dict[str, Any]:
-        outcome = run_job(self.engine(), int(job_id), self.scorer_for, worker_id(), settings=self.settings)
-        if outcome.status == Outcome.RETRY and outcome.model:  # put back in the queue by run_job: send it again
+        """Score job `job_id`, then the queued jobs of its model version one after the other, each
+        claimed and read while the one before ends (`selectit.jobs.pipeline`); a message whose job
+        is taken wakes the worker for another queued job of that model version. The first job's
+        outcome, with those of the jobs after it under `then`."""
+        options = StreamOptions(settings=self.settings, follow=True, wake=True, stopping=_worker_stopping,
+                                on_outcome=self._after_job)
+        outcomes = run_stream(self.engine(), int(job_id), self.scorer_for, worker_id(), options)
+        first, *then = (_summary(o) for o in outcomes)
+        return {**first, "then": then} if then else first
+
+    def _after_job(self, outcome: JobOutcome) -> None:
+        if outcome.status in (Outcome.RETRY, Outcome.RELEASED) and outcome.model:
+            # back in the queue (an error with attempts left, or claimed ahead by a stopping worker):
+            # its message may have been taken already, so it is sent again
             self.send([(outcome.job_id, outcome.model)])
         elif outcome.status == Outcome.LOAD_FAILED:
             # Not sent again at once (this worker would load and fail in a loop): the job stays queued,
             # uncharged, and the control loop re-sends it once its model's queue is empty.
-            log.error("job %s left queued, no attempt charged: %s", job_id, outcome.error)
-        log.info("job %s: %s (%d ok, %d failed)", job_id, outcome.status, outcome.scored, outcome.failed)
-        return {"job_id": outcome.job_id, "status": str(outcome.status), "scored": outcome.scored,
-                "failed": outcome.failed}
+            log.error("job %s: the model could not be loaded, nothing was claimed or charged: %s", outcome.job_id,
+                      outcome.error)
+        log.info("job %s: %s (%d ok, %d failed)", outcome.job_id, outcome.status, outcome.scored, outcome.failed)
 
     def requeue_expired(self) -> dict[str, int]:
         ids = requeue_expired_jobs(self.engine(), self.settings)
@@ -190,6 +205,15 @@ class Fleet:
         return [control.Tick("requeue-expired", self.settings.requeue_interval, self.requeue_expired),
                 control.Tick("plan", self.settings.plan_interval, self.plan)]
 
+    def at_start(self, worker: object) -> control.ControlLoop | None:
+        """As the worker starts: open the database (the schema check takes a moment: not on the
+        first job's clock), then the control loop, if this worker keeps the clock."""
+        try:
+            self.engine()
+        except Exception as exc:  # noqa: BLE001 - the first task opens it again, and says why
+            log.warning("the database could not be opened yet: %s", exc)
+        return self.control_loop(worker)
+
     def control_loop(self, worker: object) -> control.ControlLoop | None:
         # The workers that serve the control queue keep the clock (`selectit worker --no-control` does not).
         if CONTROL_QUEUE not in self.app.amqp.queues.consume_from:
@@ -201,6 +225,19 @@ class Fleet:
     def record_tick(self, name: str, started_at: Any, seconds: float, error: str | None) -> None:
         """Store a control tick's run in `control_ticks` (`selectit status` shows it)."""
         ticks.record_tick(self.engine(), name, worker_id(), started_at, seconds, error)
+
+
+def _summary(outcome: JobOutcome) -> dict[str, Any]:
+    return {"job_id": outcome.job_id, "status": str(outcome.status), "scored": outcome.scored,
+            "failed": outcome.failed}
+
+
+def _worker_stopping() -> bool:
+    """Whether this Celery worker was told to stop (warm or cold): a stream ends after its job and
+    gives back the job it claimed ahead."""
+    from celery.worker import state
+
+    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
 
 def _with_model_names(session: Session, job_ids: Sequence[int]) -> list[tuple[int, str]]:
@@ -265,7 +302,8 @@ def make_app(settings: Settings, *, db_url: str | None = None,
 
     @app.task(name=SCORE_JOB)
     def score_job(job_id: int) -> dict[str, Any]:
-        """Claim job `job_id`, score its missing cells, mark it done (a no-op if not queued)."""
+        """Claim job `job_id`, score its missing cells, mark it done, then the next queued jobs of its
+        model version (a job not queued: the oldest queued one of its model version, if any)."""
         return fleet.score_job(job_id)
 
     @app.task(name="selectit.requeue_expired")
@@ -273,7 +311,7 @@ def make_app(settings: Settings, *, db_url: str | None = None,
         """Expired leases → back in the queue (or failed after N attempts); resend lost messages."""
         return fleet.requeue_expired()
 
-    app.steps["worker"].add(control.worker_step(fleet.control_loop))
+    app.steps["worker"].add(control.worker_step(fleet.at_start))
     return app
 
 

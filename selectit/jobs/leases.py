@@ -37,12 +37,28 @@ def claim(engine: Engine, job_id: int, worker: str, *, lease: float = DEFAULT_SE
         q = sa.select(Job.id).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         if session.scalar(db.skip_locked(q, session)) is None:
             return False
-        now = utcnow()
-        res = session.execute(
-            sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
-                status=str(JobStatus.RUNNING), worker=worker, attempts=Job.attempts + 1, started_at=now,
-                lease_expires_at=now + dt.timedelta(seconds=lease), error=None))
-        return res.rowcount == 1
+        return _take(session, job_id, worker, lease)
+
+
+def claim_next(engine: Engine, model_id: int, worker: str, *,
+               lease: float = DEFAULT_SETTINGS.lease_seconds) -> int | None:
+    """Take the oldest queued job of model version `model_id` for `worker` with a lease, as `claim`
+    does; its id, or None if no job of that model version is queued (or every one is being taken)."""
+    with db.session_scope(engine) as session:
+        q = (sa.select(Job.id).where(Job.model_id == model_id, Job.status == JobStatus.QUEUED)
+             .order_by(Job.id).limit(1))
+        job_id = session.scalar(db.skip_locked(q, session))
+        return job_id if job_id is not None and _take(session, job_id, worker, lease) else None
+
+
+def _take(session: Session, job_id: int, worker: str, lease: float) -> bool:
+    """The guarded update of a claim: queued → running, held by `worker` under a lease, one attempt charged."""
+    now = utcnow()
+    res = session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
+            status=str(JobStatus.RUNNING), worker=worker, attempts=Job.attempts + 1, started_at=now,
+            lease_expires_at=now + dt.timedelta(seconds=lease), error=None))
+    return res.rowcount == 1
 
 
 def heartbeat(session: Session, job_id: int, worker: str, lease: float) -> bool:

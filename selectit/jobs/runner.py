@@ -2,8 +2,10 @@
 
 A runner claims a job with a lease (`selectit.jobs.leases`), scores the job's cells that are still
 missing in small batches through a `ScoringEngine` while a writer thread commits the batches
-already scored and renews the lease after each (`BatchWriter`), and marks the job done. A killed
-runner loses at most `BATCHES_IN_FLIGHT` batches; nothing is written twice (`selectit.jobs.cells`).
+already scored and renews the lease after each (`BatchWriter`), and marks the job done; the scoring
+loop, and the fleet's streams of jobs claimed while the one before ends, are
+`selectit.jobs.pipeline`. A killed runner loses at most `BATCHES_IN_FLIGHT` batches; nothing is
+written twice (`selectit.jobs.cells`).
 
 No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`, see
 `default_scorer_factory`), so this module imports without it.
@@ -11,34 +13,29 @@ No torch here: the engine comes from `scorer_for` (by default `$SELECTIT_SCORER`
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import functools
 import importlib
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from selectit.contract import (
-    CellResult,
-    JobStatus,
-    ModelSpec,
-    RatingRequest,
-    ScoringEngine,
-    Turns,
-    split_on_failure,
-)
+from selectit.contract import CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, Turns
 from selectit.errors import ModelLoadError
-from selectit.jobs.cells import cells_to_score, requests_for, write_results
-from selectit.jobs.leases import claim, heartbeat, release, requeue_expired, worker_id
+from selectit.jobs.leases import requeue_expired, worker_id
+from selectit.jobs.pipeline import (  # noqa: F401 - BatchWriter, mark_done, … re-exported
+    BATCHES_IN_FLIGHT,
+    BatchWriter,
+    JobOutcome,
+    Outcome,
+    ScorerFor,
+    StreamOptions,
+    mark_done,
+    run_stream,
+)
 from selectit.jobs.planner import (
     failed_cells,
     missing_cells,
@@ -51,205 +48,20 @@ from selectit.jobs.planner import (
 from selectit.jobs.progress import ScoreProgress, TqdmProgress  # noqa: F401 - re-exported
 from selectit.settings import DEFAULT_SETTINGS, Settings, SettingsError, variable
 from selectit.store import db
-from selectit.store.schema import (
-    LLM,
-    Job,
-    JobSample,
-    Prompt,
-    Sample,
-    Throughput,
-    utcnow,
-)
+from selectit.store.schema import LLM, utcnow
 from selectit.timing import phase
 
 if TYPE_CHECKING:
     from selectit.scoring.engines import EngineOptions
-
-#: A model version → its loaded scoring engine.
-ScorerFor = Callable[[ModelSpec], ScoringEngine]
-
-
-class Outcome(StrEnum):
-    """What became of one `run_job` call."""
-
-    DONE = "done"  # every cell of the job is scored (ok, or failed)
-    SKIPPED = "skipped"  # not claimable: done, or held by another worker
-    RETRY = "retry"  # an error; the job is back in the queue for its next attempt
-    FAILED = "failed"  # an error on its last attempt; the job is failed
-    LOST = "lost"  # the lease expired and another worker took the job over
-    LOAD_FAILED = "load failed"  # the model could not be loaded: the job was not claimed (queued, uncharged)
-
-
-@dataclass
-class JobOutcome:
-    job_id: int
-    status: Outcome
-    scored: int = 0  # ok cells written
-    failed: int = 0  # failed cells written
-    error: str | None = None
-    model: str | None = None  # the job's model name (its broker queue); None for a job not found
-
-
-def _in_batches(requests: list[RatingRequest], batch_size: int) -> list[list[RatingRequest]]:
-    """`requests` (grouped by sample) cut into batches of `batch_size` samples."""
-    batches: list[list[RatingRequest]] = []
-    samples_in_last = 0
-    for i, req in enumerate(requests):
-        if i == 0 or req.sample_id != requests[i - 1].sample_id:  # a new sample
-            if not batches or samples_in_last == batch_size:
-                batches.append([])
-                samples_in_last = 0
-            samples_in_last += 1
-        batches[-1].append(req)
-    return batches
-
-
-def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest],
-                 computed: Callable[[int], None] | None = None) -> list[CellResult]:
-    """Score a batch; where the engine raises, isolate the requests that fail on their own.
-
-    `computed(n)` hears of cells as the engine finishes them, before the batch is written.
-    """
-    def per_request(reqs: list[RatingRequest]) -> list[list[CellResult]]:
-        owner = {(r.sample_id, r.turn, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
-        # an engine that does not say the turn (a hook): the next request of that (sample, prompt)
-        waiting: dict[tuple[int, int], list[int]] = {}
-        for i, r in enumerate(reqs):
-            for p in r.prompt_ids:
-                waiting.setdefault((r.sample_id, p), []).append(i)
-        grouped: list[list[CellResult]] = [[] for _ in reqs]
-        for cell in scorer.score(reqs, computed):
-            queue = waiting.get((cell.sample_id, cell.prompt_id)) or []
-            i = owner.get((cell.sample_id, cell.turn, cell.prompt_id))
-            i = i if i in queue else (queue[0] if queue else None)
-            if i is None:
-                raise RuntimeError(f"the engine returned a cell no request asked for: sample {cell.sample_id}, "
-                                   f"prompt {cell.prompt_id}")
-            queue.remove(i)
-            grouped[i].append(cell if cell.turn == reqs[i].turn else dataclasses.replace(cell, turn=reqs[i].turn))
-        return grouped
-
-    results: list[CellResult] = []
-    for req, cells, err in split_on_failure(requests, per_request):
-        results.extend(cells if err is None else
-                       (CellResult.failed(req.sample_id, p, err, turn=req.turn) for p in req.prompt_ids))
-    return results
-
-
-def _after_error(status: JobStatus | None) -> Outcome:
-    return Outcome.FAILED if status == JobStatus.FAILED else Outcome.RETRY
-
-
-#: Scored batches that may wait for the writer: the GPU scores batch n+1 (and n+2) while batch n
-#: is written, and stops when this many are waiting (the bookkeeping has fallen behind).
-WRITE_QUEUE_BATCHES = 1
-#: The most batches of a job a killed worker loses: the one being written, those waiting for the
-#: writer, and the one being scored.
-BATCHES_IN_FLIGHT = 1 + WRITE_QUEUE_BATCHES + 1
-
-
-class _Lost(Exception):
-    """The job's lease expired and another worker took it over."""
-
-
-class BatchWriter:
-    """Writes a job's scored batches and renews its lease, on a thread with its own connection,
-    so the scorer never waits for the database between forwards.
-
-    `put(results, last)` hands a batch over (it blocks while `WRITE_QUEUE_BATCHES` batches
-    already wait); `close()` waits for the last write. A write error or a lost lease is raised by
-    the next `put`/`close`. Each batch is one transaction: its cells (one set-based statement) and
-    the lease renewal — and for the last batch, the job marked done — so a batch is stored whole
-    or not at all.
-    """
-
-    def __init__(self, engine: Engine, job_id: int, model_id: int, worker: str, lease: float,
-                 engine_name: str | None, engine_version: str | None) -> None:
-        self._args = (engine, job_id, model_id, worker, lease, engine_name, engine_version)
-        self._queue: queue.Queue[tuple[list[CellResult], bool] | None] = queue.Queue(maxsize=WRITE_QUEUE_BATCHES)
-        #: After `close()`: True if the last batch's transaction also marked the job done.
-        self.finished = False
-        self._committed: collections.deque[tuple[int, int]] = collections.deque()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"selectit-writer-{job_id}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        engine, job_id, model_id, worker, lease, engine_name, engine_version = self._args
-        ended = False
-        try:
-            with engine.connect() as conn:  # this thread's own connection for the whole job
-                while True:
-                    item = self._queue.get()
-                    if item is None:
-                        ended = True
-                        break
-                    results, last = item
-                    if self._error is not None:
-                        continue  # drain: nothing more is written after a failure
-                    with Session(bind=conn) as session, session.begin():
-                        write_results(session, model_id, results, worker, engine_name, engine_version)
-                        still_ours = heartbeat(session, job_id, worker, lease)
-                        if last and still_ours:  # the job's end rides on its last batch's commit
-                            self.finished = mark_done(session, job_id, worker)
-                    n_failed = sum(1 for r in results if not r.ok)
-                    self._committed.append((len(results) - n_failed, n_failed))
-                    if not still_ours:
-                        self._error = _Lost()
-        except BaseException as exc:  # noqa: BLE001 - handed to the scoring thread
-            self._error = exc
-            while not ended and self._queue.get() is not None:  # unblock a waiting put until close()
-                pass
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def put(self, results: list[CellResult], last: bool = False) -> None:
-        """Hand a scored batch over; `last`: the job's last one (its commit marks the job done)."""
-        self._check()
-        self._queue.put((results, last))
-
-    def close(self) -> None:
-        """Wait until every batch handed over is written (or the writer failed)."""
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-
-    def abandon(self) -> None:
-        """Stop without waiting for the result (the job failed or was interrupted)."""
-        if self._thread.is_alive():
-            self._error = self._error or _Lost()
-            try:
-                self._queue.put(None, timeout=60)
-            except queue.Full:
-                pass
-            self._thread.join(60)
-
-    def committed(self) -> list[tuple[int, int]]:
-        """(ok, failed) of each batch committed since the last call."""
-        out = []
-        while self._committed:
-            out.append(self._committed.popleft())
-        return out
-
-
-def mark_done(session: Session, job_id: int, worker: str) -> bool:
-    """Mark `worker`'s running job done and drop its membership rows; False if it is not its own."""
-    res = session.execute(sa.update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
-                          .values(status=str(JobStatus.DONE), finished_at=utcnow(), lease_expires_at=None))
-    if res.rowcount != 1:
-        return False
-    session.execute(sa.delete(JobSample).where(JobSample.job_id == job_id))
-    return True
-
 
 def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             on_cells: Callable[[int, int], None] | None = None,
             on_computed: Callable[[int], None] | None = None,
             settings: Settings = DEFAULT_SETTINGS, lease: float | None = None,
             batch_size: int | None = None) -> JobOutcome:
-    """Claim job `job_id`, score its still-missing cells in committed batches, mark it done.
+    """Claim job `job_id`, score its still-missing cells in committed batches, mark it done: a
+    stream of one job (`selectit.jobs.pipeline.run_stream`; the fleet's workers go on with the
+    next job of the model version, claimed while this one ends).
 
     `scorer_for(model)` gives the (cached) engine of a model version; it is called before the
     claim, so a slow model load does not eat the lease. Batches are written (with the lease
@@ -263,80 +75,9 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     the job's cells: the job is not claimed, keeps its attempts and stays queued with the error
     noted, and the outcome is `Outcome.LOAD_FAILED`.
     """
-    lease = settings.lease_seconds if lease is None else lease
-    batch_size = batch_size or settings.batch_size
-    with db.session_scope(engine) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status != JobStatus.QUEUED:
-            return JobOutcome(job_id, Outcome.SKIPPED)
-        model = session.get(LLM, job.model_id)
-    outcome = JobOutcome(job_id, Outcome.DONE, model=model.name)
-    try:
-        with phase("model load"):
-            scorer = scorer_for(ModelSpec.of(model))
-    except Exception as exc:  # noqa: BLE001 - noted on the queued job; nothing is charged
-        error = str(ModelLoadError.of(model.name, exc))
-        with db.session_scope(engine) as session:  # `selectit status` shows why the job waits
-            session.execute(sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                            .values(error=error[:2000]))
-        return JobOutcome(job_id, Outcome.LOAD_FAILED, error=error, model=model.name)
-    if not claim(engine, job_id, worker, lease=lease):
-        return JobOutcome(job_id, Outcome.SKIPPED, model=model.name)
-    started = time.monotonic()  # after the model load: the rate `score --estimate` uses
-
-    def report(writer: BatchWriter) -> None:
-        for ok, failed in writer.committed():
-            outcome.scored += ok
-            outcome.failed += failed
-            if on_cells:
-                on_cells(ok, failed)
-
-    writer: BatchWriter | None = None
-    try:
-        # One read for the whole job: its owed cells, prompts and sample texts; the loop below
-        # only scores, and the writer thread is the only one writing.
-        with phase("DB reads"), db.session_scope(engine) as session:
-            job = session.get(Job, job_id)
-            cells = cells_to_score(session, job, settings.max_cell_attempts)
-            prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
-            batches = _in_batches(requests_for(session, cells, prompts, job.turn), batch_size)
-        writer = BatchWriter(engine, job_id, job.model_id, worker, lease, scorer.engine, scorer.engine_version)
-        for i, requests in enumerate(batches):
-            with phase("scoring"):
-                results = _score_batch(scorer, requests, on_computed)
-            with phase("DB writes"):
-                writer.put(results, last=i == len(batches) - 1)
-            report(writer)
-        with phase("DB writes"):
-            writer.close()
-        report(writer)
-        if not batches:  # nothing left to score: no batch to carry the end
-            with db.session_scope(engine) as session:
-                writer.finished = mark_done(session, job_id, worker)
-        if not writer.finished:
-            outcome.status = Outcome.LOST
-        elif outcome.scored + outcome.failed:
-            with db.session_scope(engine) as session:
-                session.add(Throughput(model_id=job.model_id, engine=scorer.engine or "unknown",
-                                       engine_version=scorer.engine_version, worker=worker, job_id=job_id,
-                                       cells=outcome.scored + outcome.failed, tokens=job.est_tokens or 0,
-                                       seconds=time.monotonic() - started))
-    except _Lost:
-        writer.abandon()
-        report(writer)
-        outcome.status = Outcome.LOST
-    except KeyboardInterrupt:
-        if writer is not None:
-            writer.abandon()
-        release(engine, job_id, worker, error="interrupted", count_attempt=False, settings=settings)
-        raise
-    except Exception as exc:  # noqa: BLE001 - the job goes back to the queue (bounded)
-        if writer is not None:
-            writer.abandon()
-            report(writer)
-        status = release(engine, job_id, worker, error=f"{type(exc).__name__}: {exc}", settings=settings)
-        outcome.status = _after_error(status)
-        outcome.error = f"{type(exc).__name__}: {exc}"
+    options = StreamOptions(settings=settings, lease=lease, batch_size=batch_size, on_cells=on_cells,
+                            on_computed=on_computed)
+    (outcome,) = run_stream(engine, job_id, scorer_for, worker, options)
     return outcome
 
 

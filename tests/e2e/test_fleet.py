@@ -186,6 +186,58 @@ def test_a_killed_worker_s_job_is_requeued_and_finished_by_the_other(
     assert (job.status, job.attempts) == ("done", 2)
 
 
+def test_a_worker_killed_while_holding_a_job_claimed_ahead_loses_neither_job(
+        postgres_url, tmp_path, tiny_dir, fleet) -> None:
+    """A worker claims the next job while its job's last batches score; SIGKILLed then, it holds two
+    running jobs. Both go back to the queue (their holder on this host is dead) and another worker
+    scores them: every committed cell once, nothing of the job claimed ahead scored before."""
+    engine = db.open_store(postgres_url)
+    seed(engine, tmp_path, "d", DEMO[:8])
+    add_model(engine, "tiny", tiny_dir)
+    with db.session_scope(engine) as session:
+        per_sample = max(session.scalars(sa.text(
+            "SELECT SUM((s.n_chars + LENGTH(p.template)) / 4) FROM samples s CROSS JOIN prompts p "
+            "WHERE p.active GROUP BY s.id")))
+    # jobs of two samples or more, a batch of one sample each: the last batches are a window to kill in
+    f = fleet(postgres_url, SELECTIT_TEST_DELAY="0.7", SELECTIT_BATCH_SIZE="1",
+              SELECTIT_JOB_TOKENS=str(2 * per_sample))
+    w1 = f.worker("w1")
+    f.wait_ready("w1")
+    holder = f"{socket.gethostname()}:{w1.pid}"
+
+    def held() -> list[Job]:
+        return [j for j in _jobs(engine) if j.status == "running" and j.worker == holder]
+
+    def frozen_holding_two() -> bool:  # stopped (not yet killed) while it holds two jobs
+        if len(held()) < 2:
+            return False
+        w1.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)  # a commit already on its way lands
+        if len(held()) == 2:
+            return True
+        w1.send_signal(signal.SIGCONT)
+        return False
+
+    wait_for(frozen_holding_two, "the worker to hold a job claimed ahead", f)
+    jobs = {j.id: j for j in held()}
+    w1.send_signal(signal.SIGKILL)
+    w1.wait()
+    written = scores(engine)
+    ahead = max(jobs, key=lambda i: jobs[i].started_at)  # claimed while the other's last batches scored
+    assert not {s for s, _, _ in written} & set(jobs[ahead].sample_ids)  # nothing of it scored yet
+
+    f.worker("w2")
+    wait_for(settled(engine, 8 * 5), "the other worker to finish both jobs", f)
+    rows = scores(engine)
+    assert {v[:2] for v in rows.values()} == {("ok", 1)}
+    log = computed(f.log)
+    for cell in written:  # what the killed worker committed was not computed again
+        assert log[cell] == 1, cell
+    after = {j.id: j for j in _jobs(engine)}
+    assert {(after[i].status, after[i].attempts) for i in jobs} == {("done", 2)}
+    assert all(j.status == "done" for j in after.values())
+
+
 def test_selectit_worker_serves_its_model_queue(postgres_url, tmp_path, tiny_dir, fleet) -> None:
     engine = db.open_store(postgres_url)
     seed(engine, tmp_path, "d", DEMO[:6])
