@@ -389,11 +389,9 @@ def rated_turns(turns: Sequence[Turn]) -> list[int]:
     return rated
 
 
-def render_turn(turns: Sequence[Turn], turn: int, *, drop: int = 0) -> tuple[str, str]:
-    """(instruction, output) of the rated turn `turn` (counted back: 0 is the last assistant
-    turn) of a stored conversation, as `render_conversation` renders that turn's conversation;
-    `drop` > 0 leaves out that many of its oldest context turns (a leading system turn is kept),
-    how a history too long for the model is cut. `IndexError` when there is no such turn."""
+def _turns_through(turns: Sequence[Turn], turn: int, drop: int) -> list[Turn]:
+    """The conversation through rated turn `turn` (counted back), less its `drop` oldest context
+    turns (a leading system turn is kept). `IndexError` when there is no such turn."""
     rated = rated_turns(turns)
     if not 0 <= turn < len(rated):
         raise IndexError(f"turn {turn} of a conversation with {len(rated)} rated turns")
@@ -401,7 +399,15 @@ def render_turn(turns: Sequence[Turn], turn: int, *, drop: int = 0) -> tuple[str
     if drop:
         keep = 1 if upto[0][0] == "system" else 0
         upto = upto[:keep] + upto[keep + drop:]
-    return render_conversation(upto)
+    return upto
+
+
+def render_turn(turns: Sequence[Turn], turn: int, *, drop: int = 0) -> tuple[str, str]:
+    """(instruction, output) of the rated turn `turn` (counted back: 0 is the last assistant
+    turn) of a stored conversation, as `render_conversation` renders that turn's conversation;
+    `drop` > 0 leaves out that many of its oldest context turns (a leading system turn is kept),
+    how a history too long for the model is cut. `IndexError` when there is no such turn."""
+    return render_conversation(_turns_through(turns, turn, drop))
 
 
 def history_cuts(turns: Sequence[Turn], turn: int) -> int:
@@ -440,13 +446,7 @@ def render_transcript(template: str, turns: Sequence[Turn], turn: int, *, drop: 
     >>> render_transcript("Chat:\\n{instruction}\\n{output}\\nRating: ", [("user", "Hi"), ("assistant", "Yo")], 0).segments
     ('Chat:\\n', 'User: Hi', '\\nAssistant: Yo', "\\n\\nThe response to rate is the assistant's last reply above.\\nRating: ")
     """
-    rated = rated_turns(turns)
-    if not 0 <= turn < len(rated):
-        raise IndexError(f"turn {turn} of a conversation with {len(rated)} rated turns")
-    upto = list(turns[:rated[-1 - turn] + 1])
-    if drop:
-        keep = 1 if upto[0][0] == "system" else 0
-        upto = upto[:keep] + upto[keep + drop:]
+    upto = _turns_through(turns, turn, drop)
     template = "".join(line for line in template.splitlines(keepends=True) if "{input}" not in line)
     before, sep, rest = template.partition("{instruction}")
     _, sep2, after = rest.partition("{output}")
