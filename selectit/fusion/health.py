@@ -276,7 +276,9 @@ def selection_warnings(engine: Any, db_url: str | None, selection: str) -> list[
 
     from selectit.store.schema import Dataset, Selection
 
-    with engine.connect() as conn:
+    from selectit.store.db import reading
+
+    with reading(engine).connect() as conn:  # a read: it never waits for a writer's lock
         row = conn.execute(sa.select(Dataset.name, Selection.params).join(Dataset, Dataset.id == Selection.dataset_id)
                            .where(Selection.name == selection)).first()
     if row is None or not row[1].get("models"):

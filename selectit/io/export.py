@@ -240,7 +240,7 @@ def export_selection(
         raise ExportError(f"--order must be rank or dataset, not {order!r}")
     warning = None
     if selection is not None:
-        with engine.connect() as conn:
+        with db.reading(engine).connect() as conn:  # a read: it never waits for a writer's lock
             row = conn.execute(sa.select(Selection.id, Selection.dataset_id, Selection.params)
                                .where(Selection.name == selection)).first()
             if row is None:
@@ -263,7 +263,7 @@ def export_selection(
             dataset_id = fusion.dataset_id(f.con, dataset)
         criterion = criterion_obj.as_json()
     ids = [sid for _, sid, _ in ranked]
-    with engine.connect() as conn:
+    with db.reading(engine).connect() as conn:  # a read: it never waits for a writer's lock
         from selectit.store.schema import Sample
 
         texts: dict[int, tuple[str, str, str]] = {}

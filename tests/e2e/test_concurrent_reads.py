@@ -7,6 +7,7 @@ waited for the lock fails quickly instead of after a minute.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -43,6 +44,30 @@ def test_reads_answer_beside_a_running_writer(held_write_lock: str, args: list[s
     assert "uncommitted" not in result.output  # the last commit, not the writer's rows
     if args[0] in ("status", "datasets", "sql", "rank"):
         assert " d " in result.output or "d:" in result.output, result.output
+
+
+def test_exports_answer_beside_a_running_writer(sqlite_url: str, tmp_path: Path, monkeypatch) -> None:
+    """An export of a frozen selection or of the current ranking only reads the store: it must not
+    wait for the write lock of a long ingest or score run (it did, and failed after the timeout)."""
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 2000)
+    engine = db.open_store(sqlite_url)
+    seed(engine)
+    engine.dispose()
+    frozen = invoke("--db", sqlite_url, "select", "best", "--dataset", "d", "--prompt-set", "s", "--top", "0.5")
+    assert frozen.exit_code == 0, frozen.output
+    writer = sqlite3.connect(Path(sqlite_url.removeprefix("sqlite:///")), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        exported = []
+        for args, out in ((["--selection", "best"], tmp_path / "frozen.json"),
+                          (["--dataset", "d", "--prompt-set", "s", "--top", "0.5"], tmp_path / "current.json")):
+            result = invoke("--db", sqlite_url, "export", *args, "--out", out)
+            assert result.exit_code == 0, result.output
+            exported.append([r["instruction"] for r in json.loads(out.read_text())])
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert exported[0] == exported[1] and exported[0]  # the frozen top is the current top, nothing missing
 
 
 def test_writers_still_queue_for_the_lock(held_write_lock: str, tmp_path: Path) -> None:
