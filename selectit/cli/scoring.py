@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -18,6 +20,7 @@ from selectit.cli.base import (
     store,
 )
 from selectit.cli.options import _engine_choice, _engine_options, _scope_options
+from selectit.timing import TimeLeft
 
 
 @main.command()
@@ -65,8 +68,6 @@ def score(ctx: click.Context, dataset: str | None, model: str | None, prompt_set
       selectit score --model served-llama --concurrency 64 --batch-size 64
       selectit score --dataset alpaca --retry-failed   # cells at the attempt limit, once more
     """
-    import time
-
     from selectit import timing
 
     if estimate:
@@ -125,18 +126,22 @@ class _ScoringBar:
     """`selectit score`'s progress bar, drawn from the runner's reports: cells computed (it moves
     per request, not per committed batch), cells written, a smoothed rate and the time left.
 
-    While a model loads, a terminal sees "loading model NAME…" (a spinner before the bar is shown,
-    the bar's label after), not a bar frozen at 0; a pipe sees nothing of either.
+    The time left is the tokens left at the smoothed tokens/s (`TimeLeft`), counted down between
+    reports; cells at cells/s where the tokens are not known. While a model loads, a terminal
+    sees "loading model NAME…" (a spinner before the bar is shown, the bar's label after), not a
+    bar frozen at 0; a pipe sees nothing of either.
     """
 
-    #: Seconds over which the rate is smoothed (an exponential moving average in time).
+    #: Seconds over which the rates are smoothed (an exponential moving average in time).
     RATE_TIME_CONSTANT = 20.0
 
-    def __init__(self, *, enabled: bool) -> None:
+    def __init__(self, *, enabled: bool, clock: Callable[[], float] = time.monotonic) -> None:
         self.enabled = enabled
         self._bar: Any = None
         self._shown = False
         self._status: Any = None
+        self._clock = clock
+        self._left: TimeLeft | None = None
 
     def __enter__(self) -> _ScoringBar:
         return self
@@ -156,6 +161,8 @@ class _ScoringBar:
             self._bar.start()
 
     def loading(self, text: str | None) -> None:
+        if text is None and self._left is not None:
+            self._left.restart()  # the load took no scoring time
         if not self.enabled:
             return
         if self._shown:  # one live display at a time: the bar's label says it
@@ -168,46 +175,34 @@ class _ScoringBar:
         else:
             self._show()
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, tokens: int | None = None) -> None:
         if self._bar is not None and self._shown:  # a second run (`audit --models a,b`): one bar each
             self._bar.stop()
             self._shown = False
         if not self.enabled or total <= 0:
             return
-        import time
-
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
         self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                              TaskProgressColumn(),
                              TextColumn("{task.fields[rate]} cells/s, {task.fields[written]} written"),
-                             TimeRemainingColumn(), console=console)
-        self._task = self._bar.add_task("scoring", total=total, rate="–", written=0)
-        self._total, self._computed, self._written = total, 0, 0
-        self._clock = time.monotonic
-        self._last, self._rate = self._clock(), None  # shown when the first model has loaded
+                             _time_left_column(self._clock), console=console)
+        # rate "–" until the first cells are computed (the models load first)
+        self._task = self._bar.add_task("scoring", total=total, rate="–", written=0, left=None, at=0.0)
+        self._written = 0
+        self._left = TimeLeft(total, tokens, time_constant=self.RATE_TIME_CONSTANT, clock=self._clock)
 
-    def computed(self, cells: int) -> None:
-        if self._bar is None:
+    def computed(self, cells: int, tokens: int | None = None) -> None:
+        if self._bar is None or self._left is None:
             return
         self._show()
-        import math
+        self._left.computed(cells, tokens)
+        self._bar.update(self._task, completed=self._left.cells_done, rate=f"{self._left.cells_per_second:.1f}",
+                         left=self._left.seconds(), at=self._clock())
 
-        now = self._clock()
-        dt, self._last = max(now - self._last, 1e-6), now
-        instant = cells / dt
-        # Weighted by the time each report covers: a burst of small batches cannot swing it.
-        weight = 1.0 - math.exp(-dt / self.RATE_TIME_CONSTANT)
-        self._rate = instant if self._rate is None else self._rate + weight * (instant - self._rate)
-        self._computed += cells  # a batch split after a failure is computed again: the bar stops at the total
-        self._bar.update(self._task, completed=min(self._computed, self._total), rate=f"{self._rate:.1f}")
+    def seconds_left(self) -> float | None:
+        """The time left as of the last report (the column counts it down from there)."""
+        return self._left.seconds() if self._left is not None else None
 
     def advance(self, cells: int) -> None:
         if self._bar is not None:
@@ -218,6 +213,25 @@ class _ScoringBar:
         if self._bar is not None:
             self._show()
             self._bar.console.print(text)
+
+
+def _time_left_column(clock: Callable[[], float]) -> Any:
+    """A rich column of the task's `left` seconds (as of its `at` time), counted down by `clock`:
+    rich's own TimeRemainingColumn divides the cells left by its cells/s."""
+    import datetime
+
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class TimeLeftColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            left = task.fields.get("left")
+            if left is None:
+                return Text("-:--:--", style="progress.remaining")
+            seconds = max(left - (clock() - task.fields["at"]), 0.0)
+            return Text(str(datetime.timedelta(seconds=int(seconds))), style="progress.remaining")
+
+    return TimeLeftColumn()
 
 
 @main.command()

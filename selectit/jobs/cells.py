@@ -25,7 +25,7 @@ from selectit.contract import (
     render_turn,
     shares_turns,
 )
-from selectit.jobs.planner import ALL_TURNS
+from selectit.jobs.planner import ALL_TURNS, CHARS_PER_TOKEN
 from selectit.store import db
 from selectit.store.schema import MAX_SCALE, Job, JobSample, Prompt, Sample, Score, utcnow
 
@@ -67,6 +67,15 @@ def requests_for(session: Session, cells: dict[int, list[int]] | dict[tuple[int,
             requests.append(RatingRequest(sample_id=sid, prompt_ids=tuple(group), scale=scale, turn=turn,
                                           **turn_prompts(samples[sid], turn, templates)))
     return requests
+
+
+def planned_tokens(session: Session, sample_ids: Sequence[int],
+                   prompts: dict[int, Prompt]) -> dict[tuple[int, int], int]:
+    """(sample_id, prompt_id) → the cell's prompt tokens as the planner counts them, (sample + template
+    characters) // 4 at every turn (a turn counts as its sample): the measure of the jobs' `est_tokens`,
+    in which the progress bar times what is left."""
+    n_chars = session.execute(sa.select(Sample.id, Sample.n_chars).where(Sample.id.in_(sample_ids))).all()
+    return {(s, p): (n + len(prompt.template)) // CHARS_PER_TOKEN for s, n in n_chars for p, prompt in prompts.items()}
 
 
 def turn_prompts(sample: Sample, turn: int, templates: list[tuple[str, str]]) -> dict[str, Any]:

@@ -34,8 +34,9 @@ from sqlalchemy.orm import Session
 
 from selectit.contract import CellResult, JobStatus, ModelSpec, RatingRequest, ScoringEngine, split_on_failure
 from selectit.errors import ModelLoadError
-from selectit.jobs.cells import cells_to_score, requests_for, write_results
+from selectit.jobs.cells import cells_to_score, planned_tokens, requests_for, write_results
 from selectit.jobs.leases import claim, claim_next, heartbeat, release
+from selectit.jobs.progress import CellTokens
 from selectit.settings import DEFAULT_SETTINGS, Settings
 from selectit.store import db
 from selectit.store.schema import LLM, Job, JobSample, Prompt, Throughput, utcnow
@@ -83,12 +84,30 @@ def _in_batches(requests: list[RatingRequest], batch_size: int) -> list[list[Rat
     return batches
 
 
-def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest],
-                 computed: Callable[[int], None] | None = None) -> list[CellResult]:
+#: Cells the engine finished: (cells, their prompt tokens as the planner counts them, None if not known).
+OnComputed = Callable[[int, int | None], None]
+
+
+def _tokens_of(request: RatingRequest, tokens: dict[tuple[int, int], int] | None) -> int | None:
+    """The planner's tokens of the request's cells (None where a cell's are not known)."""
+    try:
+        return sum(tokens[request.sample_id, p] for p in request.prompt_ids) if tokens else None
+    except KeyError:
+        return None
+
+
+def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest], computed: OnComputed | None = None,
+                 tokens: dict[tuple[int, int], int] | None = None) -> list[CellResult]:
     """Score a batch; where the engine raises, isolate the requests that fail on their own.
 
-    `computed(n)` hears of cells as the engine finishes them, before the batch is written.
+    `computed(n, tokens)` hears of cells as the engine finishes them, before the batch is written;
+    `tokens` gives each (sample, prompt) cell's (`Prepared.tokens`).
     """
+    def heard(reqs: list[RatingRequest]) -> Callable[[int], None] | None:
+        if computed is None:
+            return None
+        return CellTokens([(len(r.prompt_ids), _tokens_of(r, tokens)) for r in reqs], computed)
+
     def per_request(reqs: list[RatingRequest]) -> list[list[CellResult]]:
         owner = {(r.sample_id, r.turn, p): i for i, r in enumerate(reqs) for p in r.prompt_ids}
         # an engine that does not say the turn (a hook): the next request of that (sample, prompt)
@@ -97,7 +116,7 @@ def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest],
             for p in r.prompt_ids:
                 waiting.setdefault((r.sample_id, p), []).append(i)
         grouped: list[list[CellResult]] = [[] for _ in reqs]
-        for cell in scorer.score(reqs, computed):
+        for cell in scorer.score(reqs, heard(reqs)):
             pending = waiting.get((cell.sample_id, cell.prompt_id)) or []
             i = owner.get((cell.sample_id, cell.turn, cell.prompt_id))
             i = i if i in pending else (pending[0] if pending else None)
@@ -260,6 +279,8 @@ class Prepared:
     model: str  # its model's name (the broker queue)
     est_tokens: int
     batches: list[list[RatingRequest]]
+    #: (sample_id, prompt_id) → the cell's planner tokens, for the progress bar's time left
+    tokens: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)
 
 
 def read_claimed(engine: Engine, job_id: int, model: str, *, settings: Settings, batch_size: int) -> Prepared:
@@ -269,7 +290,8 @@ def read_claimed(engine: Engine, job_id: int, model: str, *, settings: Settings,
         cells = cells_to_score(session, job, settings.max_cell_attempts)
         prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
         batches = _in_batches(requests_for(session, cells, prompts, job.turn), batch_size)
-        return Prepared(job.id, job.model_id, model, job.est_tokens or 0, batches)
+        return Prepared(job.id, job.model_id, model, job.est_tokens or 0, batches,
+                        planned_tokens(session, job.sample_ids, prompts))
 
 
 def claim_and_read(engine: Engine, model_id: int, model: str, worker: str, *, settings: Settings, lease: float,
@@ -324,7 +346,7 @@ class StreamOptions:
     stopping: Callable[[], bool] = lambda: False  # asked between jobs: give the job claimed ahead back
     on_outcome: Callable[[JobOutcome], None] | None = None  # each job's outcome, as it ends
     on_cells: Callable[[int, int], None] | None = None  # (ok, failed) of each committed batch
-    on_computed: Callable[[int], None] | None = None  # cells as the engine finishes them
+    on_computed: OnComputed | None = None  # (cells, tokens) as the engine finishes them
 
 
 def run_stream(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str,
@@ -485,7 +507,7 @@ class _Stream:
                         if i == max(len(current.batches) - AHEAD_BATCHES, 0):  # claimed and read meanwhile
                             ahead = self._ahead()
                         with phase("scoring"):
-                            results = _score_batch(self.scorer, requests, self.opt.on_computed)
+                            results = _score_batch(self.scorer, requests, self.opt.on_computed, current.tokens)
                         self._end(ending)  # its commit before this job's first: ≤ BATCHES_IN_FLIGHT
                         ending = None
                         with phase("DB writes"):

@@ -30,6 +30,7 @@ from selectit.jobs.pipeline import (  # noqa: F401 - BatchWriter, mark_done, …
     BATCHES_IN_FLIGHT,
     BatchWriter,
     JobOutcome,
+    OnComputed,
     Outcome,
     ScorerFor,
     StreamOptions,
@@ -45,7 +46,7 @@ from selectit.jobs.planner import (
     resolve_scope,
     total_cells,
 )
-from selectit.jobs.progress import ScoreProgress, TqdmProgress  # noqa: F401 - re-exported
+from selectit.jobs.progress import ScoreProgress, TqdmProgress, with_tokens  # noqa: F401 - re-exported
 from selectit.settings import DEFAULT_SETTINGS, Settings, SettingsError, variable
 from selectit.store import db
 from selectit.store.schema import LLM, utcnow
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 
 def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
             on_cells: Callable[[int, int], None] | None = None,
-            on_computed: Callable[[int], None] | None = None,
+            on_computed: OnComputed | None = None,
             settings: Settings = DEFAULT_SETTINGS, lease: float | None = None,
             batch_size: int | None = None) -> JobOutcome:
     """Claim job `job_id`, score its still-missing cells in committed batches, mark it done: a
@@ -66,10 +67,10 @@ def run_job(engine: Engine, job_id: int, scorer_for: ScorerFor, worker: str, *,
     `scorer_for(model)` gives the (cached) engine of a model version; it is called before the
     claim, so a slow model load does not eat the lease. Batches are written (with the lease
     renewal) by a `BatchWriter` beside the scorer; a killed runner loses at most
-    `BATCHES_IN_FLIGHT` batches. `on_computed(n)` is called as the engine finishes cells (a progress
-    bar that moves per request), `on_cells(ok, failed)`, on this thread, for each
-    committed batch. Safe to call for a job that is done or held by another worker: it returns
-    `Outcome.SKIPPED` and scores nothing. `lease` and `batch_size` override `settings`.
+    `BATCHES_IN_FLIGHT` batches. `on_computed(n, tokens)` is called as the engine finishes cells (a
+    progress bar that moves per request; `tokens`: their planner tokens, which time what is left),
+    `on_cells(ok, failed)`, on this thread, for each committed batch. Safe to call for a job that
+    is done or held by another worker: it returns `Outcome.SKIPPED` and scores nothing. `lease` and `batch_size` override `settings`.
 
     A model that cannot be loaded (a missing key, an unreachable server, a tokenizer) is no fault of
     the job's cells: the job is not claimed, keeps its attempts and stays queued with the error
@@ -233,6 +234,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
             summary.reset = reset_failed(session, scope)
         rows = missing_cells(session, scope, settings=settings)
         n_missing = sum(len(r.prompt_ids) for r in rows)
+        n_tokens = sum(r.est_tokens for r in rows)  # what the jobs' cells report as they are computed
         summary.skipped = total_cells(session, scope) - n_missing - failed_cells(session, scope, settings).exhausted
         to_load = [ModelSpec.of(m) for m in session.scalars(
             sa.select(LLM).where(LLM.id.in_({r.model_id for r in rows})).order_by(LLM.id))]
@@ -243,7 +245,8 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
             progress.advance(ok + failed)
 
     if progress:
-        progress.start(n_missing)
+        with_tokens(progress.start)(n_missing, n_tokens)
+    on_computed = with_tokens(progress.computed) if progress else None
     try:
         for spec in to_load:  # every model before the first claim: a load failure charges nothing
             try:
@@ -272,7 +275,7 @@ def score_in_process(engine: Engine, *, dataset: str | None = None, model: str |
             for job_id in todo:
                 tried.add(job_id)
                 out = run_job(engine, job_id, cache, worker, batch_size=batch_size, on_cells=on_cells,
-                              on_computed=progress.computed if progress else None, settings=settings)
+                              on_computed=on_computed, settings=settings)
                 if out.status == Outcome.DONE:
                     summary.jobs += 1
                 elif out.status == Outcome.RETRY:

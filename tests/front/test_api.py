@@ -173,3 +173,4 @@ def test_score_progress_true_draws_a_tqdm_bar(tmp_path: Path, tiny_dir: Path, ca
     assert summary.scored == 4 * 5
     err = capsys.readouterr().err
     assert "scoring: 100%" in err and "20/20" in err
+    assert "00:00 left]" in err  # its time left, by tokens (jobs/test_progress.py)

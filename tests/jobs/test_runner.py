@@ -479,3 +479,43 @@ def test_progress_hears_of_cells_as_computed_before_their_batch_is_written(engin
     # per request (6) and per written batch (2, from the writer thread: in any order after them)
     assert kinds.count("computed") == 6 and kinds.count("advance") == 2
     assert kinds[:3] == ["computed"] * 3  # the first batch's cells are reported before anything is written
+
+
+def test_progress_hears_the_tokens_of_the_cells_computed_as_the_estimate_counts_them(engine, tmp_path, tiny_dir,
+                                                                                     monkeypatch) -> None:
+    """The bar's time left is per token: `start` hears the scope's tokens and `computed` the tokens
+    of each report's cells, in the planner's measure (`score --estimate`'s `planned_tokens`), so
+    they add up to it — Alpaca samples and conversations of several turns (jobs of whole
+    conversations) alike."""
+    from selectit.jobs.estimate import estimate
+
+    seed(engine, tmp_path, "d", DEMO[:4])
+    turn = "Tell me more about it, at length please. " * 8  # a long turn beside short ones
+    chats = [{"conversations": [{"from": "human", "value": f"Hi {i}"}, {"from": "gpt", "value": "Hello!"},
+                                {"from": "human", "value": turn}, {"from": "gpt", "value": "Sure."}]} for i in range(2)]
+    seed(engine, tmp_path, "c", chats)
+    add_model(engine, "tiny", tiny_dir)
+    monkeypatch.setenv("SELECTIT_SCORER", "scorer_hooks:per_request")
+    [before] = estimate(engine, tokenizer=False)
+    started: list[tuple[int, int | None]] = []
+    heard: list[tuple[int, int | None]] = []
+
+    class Recorder:
+        def start(self, total: int, tokens: int | None = None) -> None:
+            started.append((total, tokens))
+
+        def computed(self, cells: int, tokens: int | None = None) -> None:
+            heard.append((cells, tokens))
+
+        def advance(self, cells: int) -> None:
+            pass
+
+        def note(self, text: str) -> None:
+            pass
+
+    summary = runner.score_in_process(engine, settings=Settings.from_env(), progress=Recorder(), batch_size=2)
+    cells = (4 + 2 * 2) * 5  # 4 Alpaca samples and 2 conversations of 2 rated turns, 5 prompts each
+    assert summary.scored == cells == before.cells
+    assert started == [(cells, before.planned_tokens)] and before.planned_tokens > 0
+    assert sum(n for n, _ in heard) == cells and sum(t for _, t in heard) == before.planned_tokens, heard
+    assert all(t is not None and t > 0 for _, t in heard)  # every report carries its cells' tokens
