@@ -112,10 +112,14 @@ class InvalidRecord:
     line: int | None  # 1-based line (JSONL), when known
     reason: str
     unparsed: bool = field(default=False, compare=False)  # the line was not even valid JSON
+    original_id: str | None = None  # the record's own `id`, if it has a usable one
 
     @property
     def where(self) -> str:
-        return f"record {self.record}" + (f" (line {self.line})" if self.line is not None else "")
+        """"record 72 (id ZUkSe7V_0)", "record 3 (line 4)": the position, and the id a user searches for."""
+        about = [f"id {self.original_id}"] if self.original_id else []
+        about += [f"line {self.line}"] if self.line is not None else []
+        return f"record {self.record}" + (f" ({', '.join(about)})" if about else "")
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
@@ -504,12 +508,23 @@ class RecordReader:
             except _Invalid as exc:
                 if self.read == 1 and raw.error is None and isinstance(raw.obj, dict):
                     self._explain_first(raw.obj, str(exc))
-                yield InvalidRecord(raw.record, raw.line, str(exc), unparsed=raw.error is not None)
+                yield InvalidRecord(raw.record, raw.line, str(exc), unparsed=raw.error is not None,
+                                    original_id=self._id_of(raw))
         if self._shape is not None:  # how the records were read, for their export
             self.layout["shape"] = self._shape
         if self.read == 0:  # `[]`, or a Parquet file without rows: like an empty file, an error
             raise IngestError(f"{self.path} holds no records. Nothing was ingested; give a file with at least "
                               f"one record.")
+
+    def _id_of(self, raw: _Raw) -> str | None:
+        """The invalid record's own id, where it has a usable one (else None: the id may be what is wrong)."""
+        if raw.error is not None or not isinstance(raw.obj, dict):
+            return None
+        try:
+            found = _original_id(raw.obj, self.column_map.get("id", "id"))
+        except _Invalid:
+            return None
+        return found if found and found.isprintable() and len(found) <= 80 else None
 
     def _explain_first(self, obj: dict[str, Any], reason: str) -> None:
         """A first record that lacks a field but has a column that usually holds it is another

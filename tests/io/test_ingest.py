@@ -277,6 +277,24 @@ def test_conversation_without_assistant_turn(cli, db_url: str, tmp_path: Path) -
         f"{path}, record 2 (line 2): no assistant turn (the last assistant turn is the response). {SKIP}")
 
 
+def test_an_invalid_record_is_named_by_its_own_id_too(cli, db_url: str, tmp_path: Path) -> None:
+    """Real ShareGPT V3 holds conversations without an assistant turn: the error names the record's
+    `id` beside its position, so a user finds it in the source; an id that is itself bad is left out."""
+    from sharegpt import first_records
+
+    records = first_records(100)
+    bad = next(i for i, r in enumerate(records) if not any(t.get("from") == "gpt" for t in r["conversations"]))
+    path = write_jsonl(tmp_path / "sg.jsonl", records[:bad + 1])
+    assert_failed_and_nothing_committed(
+        cli("ingest", path, "--dataset", "d"), db_url,
+        f"{path}, record {bad + 1} (id {records[bad]['id']}, line {bad + 1}): no assistant turn (the last assistant "
+        f"turn is the response). {SKIP}")
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"id": ["not", "an id"], **{k: v for k, v in SHAREGPT[0].items() if k != "id"}}])
+    assert_failed_and_nothing_committed(
+        cli("ingest", odd, "--dataset", "d"), db_url,
+        f"{odd}, record 1 (line 1): field 'id' must be a string or a number (got an array). {SKIP}")
+
+
 def test_non_utf8(cli, db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(json.dumps(rec(0)).encode() + b"\n" + '{"instruction": "Caf\u00e9", "output": "x"}\n'.encode("latin-1"))
