@@ -11,11 +11,13 @@ torch and transformers are imported inside the functions: `selectit` stays impor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,14 +163,30 @@ def count_params(src: Source) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own "Loading weights" bars off while selectit loads a model: the command says
+    "loading model NAME…" itself, and a second bar on stderr would be drawn through its display."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:  # a notebook's own transformers bars come back after the load
+            hf_logging.enable_progress_bar()
+
+
 def _from_source(auto_class: Any, src: Source) -> Any:
     """`auto_class.from_pretrained` on a source: a GGUF's de-quantized cache when built, else the file."""
-    if src.is_gguf:
-        cached = _cache_dir_if_built(src)
-        if cached is not None:
-            return auto_class.from_pretrained(cached)
-        return auto_class.from_pretrained(src.path.parent, gguf_file=src.path.name)
-    return auto_class.from_pretrained(src.path)
+    with quiet_transformers():
+        if src.is_gguf:
+            cached = _cache_dir_if_built(src)
+            if cached is not None:
+                return auto_class.from_pretrained(cached)
+            return auto_class.from_pretrained(src.path.parent, gguf_file=src.path.name)
+        return auto_class.from_pretrained(src.path)
 
 
 def load_tokenizer(src: Source) -> Any:
@@ -353,8 +371,9 @@ def gguf_cache(src: Source, expected_sha: str | None = None) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(src.path.parent, gguf_file=src.path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src.path.parent, gguf_file=src.path.name)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(src.path.parent, gguf_file=src.path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(src.path.parent, gguf_file=src.path.name)
     state = model.state_dict()
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied: from_pretrained re-ties it to the embeddings
@@ -403,10 +422,11 @@ def load_hf_model(src: Source, dtype: str, device: str, expected_sha: str | None
                                f"add the model with --dtype bfloat16 for a GPU")
     path = model_dir(src, expected_sha)
     torch_dtype = torch.float32 if int8 else getattr(torch, dtype)
-    if device_map is not None:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa",
-                                                    device_map=device_map).eval()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+    with quiet_transformers():
+        if device_map is not None:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa",
+                                                        device_map=device_map).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
     model = model.to(device).eval()
     return quantize_int8(model) if int8 else model
 
@@ -434,4 +454,6 @@ def quantize_int8(model: Any) -> Any:
 def load_hf_tokenizer_for_model(src: Source, expected_sha: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir(src, expected_sha))
+    path = model_dir(src, expected_sha)
+    with quiet_transformers():
+        return AutoTokenizer.from_pretrained(path)

@@ -10,7 +10,7 @@ from conftest import REFERENCE_PROMPTS, reference_prompt_lines
 from tiny_model import build_tiny_model, build_tokenizer
 
 from selectit.formulas import normalized, token_score
-from selectit.scoring import registry
+from selectit.scoring import loading, registry
 from selectit.scoring.labels import LabelError, label_token_ids
 from selectit.scoring.registry import RegistryError, render
 from selectit.store import db
@@ -191,3 +191,18 @@ def test_cli_model_add_refuses_split_labels_and_lists(cli, tiny_model_dir, tmp_p
     assert "tiny" in r.output and "float32" in r.output and "56,992" in r.output
     r = cli("model", "add", "x", "--source", tmp_path / "nowhere")
     assert r.exit_code == 1 and "no such file or directory; give a .gguf file, a model directory" in r.output
+
+
+def test_a_model_load_draws_no_transformers_bar_and_leaves_its_setting_as_it_was(tiny_model_dir, capfd) -> None:
+    """The command says "loading model NAME…" itself: transformers' own "Loading weights" bar on
+    stderr would be drawn through it (and fill a log); a notebook's own setting comes back after."""
+    from transformers.utils import logging as hf_logging
+
+    src = loading.resolve_source(str(tiny_model_dir))
+    for enabled in (True, False):
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+        loading.load_hf_model(src, "float32", "cpu")
+        loading.load_hf_tokenizer_for_model(src)
+        assert hf_logging.is_progress_bar_enabled() is enabled
+    hf_logging.enable_progress_bar()
+    assert "Loading weights" not in capfd.readouterr().err
