@@ -17,6 +17,7 @@ from selectit.contract import (
     RENDERING,
     CellResult,
     CellStatus,
+    Layout,
     RatingRequest,
     RenderedPrompt,
     history_cuts,
@@ -69,13 +70,30 @@ def requests_for(session: Session, cells: dict[int, list[int]] | dict[tuple[int,
     return requests
 
 
-def planned_tokens(session: Session, sample_ids: Sequence[int],
-                   prompts: dict[int, Prompt]) -> dict[tuple[int, int], int]:
-    """(sample_id, prompt_id) → the cell's prompt tokens as the planner counts them, (sample + template
-    characters) // 4 at every turn (a turn counts as its sample): the measure of the jobs' `est_tokens`,
-    in which the progress bar times what is left."""
-    n_chars = session.execute(sa.select(Sample.id, Sample.n_chars).where(Sample.id.in_(sample_ids))).all()
-    return {(s, p): (n + len(prompt.template)) // CHARS_PER_TOKEN for s, n in n_chars for p, prompt in prompts.items()}
+def planned_tokens(session: Session, cells: dict[tuple[int, int], list[int]],
+                   prompts: dict[int, Prompt]) -> dict[tuple[int, int, int], int]:
+    """(sample_id, turn, prompt_id) → the cell's prompt tokens as the planner counts them (the
+    measure of the jobs' `est_tokens`, in which the progress bar times what is left): (sample +
+    template characters) // 4, except that a conversation whose every turn owes the same
+    shared-context prompts runs in one pass, so its earlier turns count their template alone
+    (`planner._one_pass`)."""
+    n_chars = dict(session.execute(sa.select(Sample.id, Sample.n_chars)
+                                   .where(Sample.id.in_({s for s, _ in cells}))).all())
+    n_turns = dict(session.execute(sa.select(Sample.id, Sample.n_turns)
+                                   .where(Sample.id.in_({s for s, t in cells if t}))).all())
+    owed: dict[int, list[tuple[int, list[int]]]] = {}
+    for (s, t), pids in cells.items():
+        owed.setdefault(s, []).append((t, pids))
+    out: dict[tuple[int, int, int], int] = {}
+    for s, turns in owed.items():
+        first = turns[0][1]
+        one_pass = (len(turns) == n_turns.get(s, 1) > 1 and all(pids == first for _, pids in turns)
+                    and all(prompts[p].layout == Layout.SHARED_CONTEXT for p in first))
+        for t, pids in turns:
+            for p in pids:
+                template = len(prompts[p].template) // CHARS_PER_TOKEN
+                out[s, t, p] = template if one_pass and t else (n_chars[s] + len(prompts[p].template)) // CHARS_PER_TOKEN
+    return out
 
 
 def turn_prompts(sample: Sample, turn: int, templates: list[tuple[str, str]]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ and model (its missing prompts share one sequence; the engine batches several pe
 every rated turn and of the last turns alone are counted apart (`score --turns all|last`). The
 time is per token, not per cell (a cell of a 2,000-token conversation costs ten of a 200-token
 instruction): the missing cells' tokens as the planner counts them (≈4 characters per token, the
-measure each job's `throughput` row records) ÷ the tokens/s of the model version's last finished
+measure each job's `throughput` row records; a conversation whose turns run in one pass counts its
+transcript once, so a rate recorded on single-turn data times it too) ÷ the tokens/s of the model version's last finished
 jobs on its engine (`throughput` rows, written when a job ends): the `openai` engine's for a
 model registered with an endpoint (it is always scored by it), else the given engine's. Jobs
 recorded without tokens fall back to their cells/s; without a record the time is None and the

@@ -88,20 +88,20 @@ def _in_batches(requests: list[RatingRequest], batch_size: int) -> list[list[Rat
 OnComputed = Callable[[int, int | None], None]
 
 
-def _tokens_of(request: RatingRequest, tokens: dict[tuple[int, int], int] | None) -> int | None:
+def _tokens_of(request: RatingRequest, tokens: dict[tuple[int, int, int], int] | None) -> int | None:
     """The planner's tokens of the request's cells (None where a cell's are not known)."""
     try:
-        return sum(tokens[request.sample_id, p] for p in request.prompt_ids) if tokens else None
+        return sum(tokens[request.sample_id, request.turn, p] for p in request.prompt_ids) if tokens else None
     except KeyError:
         return None
 
 
 def _score_batch(scorer: ScoringEngine, requests: Sequence[RatingRequest], computed: OnComputed | None = None,
-                 tokens: dict[tuple[int, int], int] | None = None) -> list[CellResult]:
+                 tokens: dict[tuple[int, int, int], int] | None = None) -> list[CellResult]:
     """Score a batch; where the engine raises, isolate the requests that fail on their own.
 
     `computed(n, tokens)` hears of cells as the engine finishes them, before the batch is written;
-    `tokens` gives each (sample, prompt) cell's (`Prepared.tokens`).
+    `tokens` gives each (sample, turn, prompt) cell's (`Prepared.tokens`).
     """
     def heard(reqs: list[RatingRequest]) -> Callable[[int], None] | None:
         if computed is None:
@@ -279,8 +279,8 @@ class Prepared:
     model: str  # its model's name (the broker queue)
     est_tokens: int
     batches: list[list[RatingRequest]]
-    #: (sample_id, prompt_id) → the cell's planner tokens, for the progress bar's time left
-    tokens: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)
+    #: (sample_id, turn, prompt_id) → the cell's planner tokens, for the progress bar's time left
+    tokens: dict[tuple[int, int, int], int] = dataclasses.field(default_factory=dict)
 
 
 def read_claimed(engine: Engine, job_id: int, model: str, *, settings: Settings, batch_size: int) -> Prepared:
@@ -291,7 +291,7 @@ def read_claimed(engine: Engine, job_id: int, model: str, *, settings: Settings,
         prompts = {p.id: p for p in session.scalars(sa.select(Prompt).where(Prompt.id.in_(job.prompt_ids)))}
         batches = _in_batches(requests_for(session, cells, prompts, job.turn), batch_size)
         return Prepared(job.id, job.model_id, model, job.est_tokens or 0, batches,
-                        planned_tokens(session, job.sample_ids, prompts))
+                        planned_tokens(session, cells, prompts))
 
 
 def claim_and_read(engine: Engine, model_id: int, model: str, worker: str, *, settings: Settings, lease: float,

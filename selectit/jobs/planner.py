@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from selectit.contract import OPEN_JOB_STATUSES, RENDERING, CellStatus, JobStatus, Turns
+from selectit.contract import OPEN_JOB_STATUSES, RENDERING, CellStatus, JobStatus, Layout, Turns
 from selectit.errors import NoSuchModel, SelectitError
 from selectit.scoring.registry import DEFAULT_PROMPT_SET
 from selectit.settings import DEFAULT_SETTINGS, Settings
@@ -139,22 +139,22 @@ class _Kind:
     model_id: int
     set_name: str
     mask: int
-    prompts: tuple[tuple[int, int, int], ...]  # (bit, prompt id, template chars)
+    prompts: tuple[tuple[int, int, int, bool], ...]  # (bit, prompt id, template chars, shared-context layout)
 
 
 def _slices(session: Session, scope: Scope) -> Iterator[tuple[int, list[tuple[int, int]], list[_Kind]]]:
     """(full mask, [(model, prompt)] by bit, kinds) per slice of at most MAX_CELL_BITS cell kinds."""
-    prompts = session.execute(sa.select(Prompt.id, Prompt.set_name, sa.func.length(Prompt.template))
+    prompts = session.execute(sa.select(Prompt.id, Prompt.set_name, sa.func.length(Prompt.template), Prompt.layout)
                               .where(Prompt.id.in_(scope.prompt_ids)).order_by(Prompt.id)).all()
-    pairs = [(m, p) for m in scope.model_ids for p, _, _ in prompts]
-    about = {p: (s, n) for p, s, n in prompts}
+    pairs = [(m, p) for m in scope.model_ids for p, _, _, _ in prompts]
+    about = {p: (s, n, layout == Layout.SHARED_CONTEXT) for p, s, n, layout in prompts}
     for start in range(0, len(pairs), MAX_CELL_BITS):
         part = pairs[start:start + MAX_CELL_BITS]
-        kinds: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+        kinds: dict[tuple[int, str], list[tuple[int, int, int, bool]]] = {}
         for i, (m, p) in enumerate(part):
-            kinds.setdefault((m, about[p][0]), []).append((1 << i, p, about[p][1]))
+            kinds.setdefault((m, about[p][0]), []).append((1 << i, p, about[p][1], about[p][2]))
         yield ((1 << len(part)) - 1, part,
-               [_Kind(m, s, sum(b for b, _, _ in ps), tuple(ps)) for (m, s), ps in kinds.items()])
+               [_Kind(m, s, sum(b for b, *_ in ps), tuple(ps)) for (m, s), ps in kinds.items()])
 
 
 def _coverage_sql(scope: Scope, pairs: list[tuple[int, int]], full: int, *, exclude_open: bool) -> str:
@@ -226,27 +226,75 @@ def _token_table(kind_prompts: Sequence[int]) -> tuple[int, tuple[int, ...]]:
 def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, exclude_open: bool
                      ) -> Iterator[tuple[int, tuple[int, ...], str, int, int, int, int]]:
     """(model_id, prompt_ids, set_name, sample_id, est_tokens, turn, n_turns) of every sample's turn
-    with missing cells, in sample order per slice (a turn's estimate is its sample's: an upper bound)."""
+    with missing cells, in sample order per slice.
+
+    A turn's estimate is its sample's (an upper bound on its prompt), except in one pass: where
+    every turn of a conversation misses the same shared-context prompts (`whole_conversations`
+    makes it one job), the transcript is counted once, on the last turn, and each earlier turn
+    adds only its rating questions. So a conversation costs in these tokens what the engine runs
+    for it, and a rate recorded on single-turn data times conversations too.
+    """
     if not scope.model_ids or not scope.prompt_ids:
         return
     for full, pairs, kinds in _slices(session, scope):
         rows = session.execute(sa.text(_coverage_sql(scope, pairs, full, exclude_open=exclude_open)),
                                {"max_attempts": settings.max_cell_attempts})
-        memo: dict[tuple[int, int], tuple[tuple[int, ...], int, tuple[int, ...]]] = {}
-        for sample_id, n_chars, covered, turn, n_turns in rows:
-            missing = full & ~covered
-            for kind in kinds:
-                bits = missing & kind.mask
-                if not bits:
-                    continue
-                about = memo.get((kind.model_id, bits))
-                if about is None:
-                    chosen = [(p, n) for b, p, n in kind.prompts if bits & b]
-                    about = memo[(kind.model_id, bits)] = (tuple(p for p, _ in chosen),
-                                                            *_token_table([n for _, n in chosen]))
-                prompt_ids, k, table = about
-                yield (kind.model_id, prompt_ids, kind.set_name, sample_id,
-                       k * (n_chars // CHARS_PER_TOKEN) + table[n_chars % CHARS_PER_TOKEN], turn, n_turns)
+        memo: dict[tuple[int, int], tuple[tuple[int, ...], int, tuple[int, ...], int | None]] = {}
+        branches: dict[tuple[int, str, tuple[int, ...]], int | None] = {}
+
+        def one_sample(rows: list[tuple[int, int, int, int, int]]
+                       ) -> Iterator[tuple[int, tuple[int, ...], str, int, int, int, int]]:
+            out = []
+            for sample_id, n_chars, covered, turn, n_turns in rows:
+                missing = full & ~covered
+                for kind in kinds:
+                    bits = missing & kind.mask
+                    if not bits:
+                        continue
+                    about = memo.get((kind.model_id, bits))
+                    if about is None:
+                        chosen = [(p, n, shared) for b, p, n, shared in kind.prompts if bits & b]
+                        branch = (sum(n // CHARS_PER_TOKEN for _, n, _ in chosen)
+                                  if all(shared for *_, shared in chosen) else None)
+                        about = memo[(kind.model_id, bits)] = (tuple(p for p, _, _ in chosen),
+                                                                *_token_table([n for _, n, _ in chosen]), branch)
+                    prompt_ids, k, table, branch = about
+                    branches[(kind.model_id, kind.set_name, prompt_ids)] = branch
+                    out.append((kind.model_id, prompt_ids, kind.set_name, sample_id,
+                                k * (n_chars // CHARS_PER_TOKEN) + table[n_chars % CHARS_PER_TOKEN], turn, n_turns))
+            if len(out) > 1:
+                out = _one_pass(out, branches)
+            yield from out
+
+        held: list[tuple[int, int, int, int, int]] = []
+        for row in rows:
+            if held and held[0][0] != row[0]:
+                yield from one_sample(held)
+                held.clear()
+            held.append(row)
+        if held:
+            yield from one_sample(held)
+
+
+def _one_pass(rows: list[tuple[int, tuple[int, ...], str, int, int, int, int]],
+              branches: dict[tuple[int, str, tuple[int, ...]], int | None]
+              ) -> list[tuple[int, tuple[int, ...], str, int, int, int, int]]:
+    """One sample's rows, its earlier turns counted by their rating questions alone (`branches`)
+    where every turn misses the same shared-context prompts of one model (one pass)."""
+    kinds: dict[tuple[int, str], list[int]] = {}
+    for i, row in enumerate(rows):
+        kinds.setdefault((row[0], row[2]), []).append(i)
+    out = list(rows)
+    for (model_id, set_name), at in kinds.items():
+        first = rows[at[0]]
+        n_turns, pids = first[6], first[1]
+        branch = branches.get((model_id, set_name, pids))
+        if (branch is not None and len(at) == n_turns > 1 and {rows[i][5] for i in at} == set(range(n_turns))
+                and all(rows[i][1] == pids for i in at)):
+            for i in at:
+                if rows[i][5] != 0:  # turn 0, the last, carries the transcript
+                    out[i] = (*rows[i][:4], branch, *rows[i][5:])
+    return out
 
 
 def missing_cells(session: Session, scope: Scope, *, exclude_open: bool = False,

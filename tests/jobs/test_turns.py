@@ -409,6 +409,42 @@ def test_a_conversation_scored_in_one_pass_stores_the_cells_of_separate_forwards
     assert worst <= 1e-5
 
 
+def test_a_conversation_in_one_pass_counts_its_transcript_once_and_each_earlier_turn_its_question(
+        db_url: str, tmp_path: Path) -> None:
+    """The tokens that time a job (and the estimate, status and the bar): one pass runs the
+    transcript once and each turn's rating questions, so a conversation costs its last turn's
+    (sample + template) // 4 per prompt plus, per earlier turn, template // 4 per prompt; a reference
+    set, one request per turn, costs every turn whole. Worked by hand from the stored lengths."""
+    from selectit.jobs import planner
+    from selectit.jobs.estimate import estimate
+
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps([_sharegpt(c, i) for i, c in enumerate(SHORT_CHATS)]), encoding="utf-8")
+    with selectit.open(db_url) as store:
+        store.ingest(path, "chats", format="sharegpt")
+    add_rater(db_url)
+    engine = db.open_store(db_url)
+    with session_scope(engine) as s:
+        s.add_all(Prompt(set_name="r", position=i, layout="reference", scale=5, text_hash=f"{9 - i:064x}",
+                         template=f"Rate {i}.\n{{instruction}}\n{{output}}\n") for i in range(2))
+    with session_scope(engine) as s:
+        samples = {x.n_turns: x.n_chars for x in s.scalars(sa.select(Sample))}
+        templates = {name: [len(p.template) for p in s.scalars(sa.select(Prompt).where(Prompt.set_name == name))]
+                     for name in ("s", "r")}
+    by_hand = {"s": sum(sum((n + t) // 4 for t in templates["s"]) + (turns - 1) * sum(t // 4 for t in templates["s"])
+                        for turns, n in samples.items()),
+               "r": sum(turns * sum((n + t) // 4 for t in templates["r"]) for turns, n in samples.items())}
+    assert sorted(samples) == [1, 2, 3]
+    for name in ("s", "r"):
+        (e,) = estimate(engine, prompt_set=name, tokenizer=False)
+        assert e.planned_tokens == by_hand[name], name
+        ids = planner.plan(engine, prompt_set=name)
+        with session_scope(engine) as s:
+            assert sum(s.get(Job, i).est_tokens for i in ids) == by_hand[name], name
+    assert by_hand["s"] < sum(turns * sum((n + t) // 4 for t in templates["s"]) for turns, n in samples.items())
+    engine.dispose()
+
+
 def test_a_single_turn_renders_byte_for_byte_as_before_and_a_conversation_as_a_transcript() -> None:
     from selectit.contract import render_conversation
     from selectit.jobs.cells import turn_prompts
