@@ -307,6 +307,10 @@ class ScoringEngine(ABC):
               progress: Callable[[int], None] | None = None) -> list[CellResult]:
         """One `CellResult` per (request, prompt); `progress(n)` is called as cells are finished."""
 
+    def prepare(self, requests: Sequence[RatingRequest]) -> None:  # noqa: B027 - optional
+        """Do now, on the caller's thread, what `score(requests)` would do first (tokenize), so that
+        `score` of these very requests starts on the model at once; the default does nothing."""
+
     def close(self) -> None:  # noqa: B027 - optional: most engines hold nothing to release
         """Release what the engine holds (an engine process, a client); the default holds nothing."""
 

@@ -329,6 +329,35 @@ class _Ahead:
         return self._result
 
 
+class _Preparing:
+    """The engine's `prepare` (tokenizing) of a batch on a thread of its own while the engine scores
+    the batch before, so an accelerator does not wait for the tokenizer between batches: a batch is
+    started when the one before it starts scoring, and waited for before it scores itself."""
+
+    def __init__(self, scorer: ScoringEngine) -> None:
+        self._prepare: Callable[[Sequence[RatingRequest]], None] | None = getattr(scorer, "prepare", None)
+        self._pending: dict[int, threading.Thread] = {}  # id(batch) → its thread
+
+    def start(self, batch: list[RatingRequest]) -> None:
+        if self._prepare is None or not batch or id(batch) in self._pending:
+            return
+        thread = threading.Thread(target=self._run, args=(batch,), name="selectit-prepare", daemon=True)
+        self._pending[id(batch)] = thread
+        thread.start()
+
+    def _run(self, batch: list[RatingRequest]) -> None:
+        try:
+            with phase("scoring: next batch tokenized beside it"):
+                self._prepare(batch)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - `score` prepares what was not
+            log.exception("preparing the next batch failed")
+
+    def wait(self, batch: list[RatingRequest]) -> None:
+        thread = self._pending.pop(id(batch), None)
+        if thread is not None:
+            thread.join()
+
+
 # --------------------------------------------------------------------------------------------
 # The stream
 # --------------------------------------------------------------------------------------------
@@ -468,8 +497,18 @@ class _Stream:
     def __init__(self, engine: Engine, scorer: ScoringEngine, worker: str, lease: float, opt: StreamOptions,
                  claim_one: Callable[[], Prepared | None] | None) -> None:
         self.engine, self.scorer, self.worker, self.lease, self.opt = engine, scorer, worker, lease, opt
-        self.claim_one = claim_one
+        self.preparing = _Preparing(scorer)
+        self.claim_one = self._and_prepared(claim_one) if claim_one is not None else None
         self.outcomes: list[JobOutcome] = []
+
+    def _and_prepared(self, claim_one: Callable[[], Prepared | None]) -> Callable[[], Prepared | None]:
+        """`claim_one`, and the claimed job's first batch tokenized beside the current job's end."""
+        def claim() -> Prepared | None:
+            job = claim_one()
+            if job is not None and job.batches:
+                self.preparing.start(job.batches[0])
+            return job
+        return claim
 
     def _ended(self, outcome: JobOutcome) -> None:
         self.outcomes.append(outcome)
@@ -507,6 +546,9 @@ class _Stream:
                         if i == max(len(current.batches) - AHEAD_BATCHES, 0):  # claimed and read meanwhile
                             ahead = self._ahead()
                         with phase("scoring"):
+                            self.preparing.wait(requests)  # tokenized beside the batch before
+                            if not last:
+                                self.preparing.start(current.batches[i + 1])
                             results = _score_batch(self.scorer, requests, self.opt.on_computed, current.tokens)
                         self._end(ending)  # its commit before this job's first: ≤ BATCHES_IN_FLIGHT
                         ending = None

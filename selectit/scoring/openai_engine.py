@@ -202,6 +202,9 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
     """A model served behind an OpenAI-compatible endpoint that rates samples (`selectit.contract.ScoringEngine`)."""
 
     engine = "openai"
+    #: Nothing is tokenized ahead: `score` uses the tokenizer beyond preparing (the tokenization
+    #: checks), so it would meet `prepare`'s thread there, and the server's time hides the tokenizer.
+    prepare = ScoringEngine.prepare
 
     def __init__(self, client: EndpointClient, tokenizer: Any, *, model_id: int = 0, max_tokens: int = 2048,
                  label_ids: dict[str, list[int]] | None = None, top_k: int | None = None,
@@ -429,7 +432,7 @@ class OpenAIScorer(RequestPreparation, ScoringEngine):
         cells: list[tuple[Prepared, int, list[int]]] = []
         for req in requests:
             try:
-                prep = self._prepare(req)
+                prep = self._prepared(req)
                 cells += [(prep, k, self._labels(p)[: req.scale]) for k, p in enumerate(req.prompts)]
             except Exception as exc:  # noqa: BLE001 - one bad request never stops the batch
                 results.extend(self._failed(req, range(len(req.prompts)), exc))

@@ -140,7 +140,7 @@ class Scorer(RequestPreparation, ScoringEngine):
         prepared: dict[int, Prepared] = {}
         for i, req in enumerate(requests):
             try:
-                prepared[i] = self._prepare(req)
+                prepared[i] = self._prepared(req)
             except Exception as exc:  # noqa: BLE001 - one bad request never stops the batch
                 results.extend(self._failed(req, range(len(req.prompts)), exc))
                 if progress:

@@ -55,7 +55,7 @@ class VllmScorer(RequestPreparation, ScoringEngine):
         cells: list[tuple[Prepared, int, list[int]]] = []  # (request, prompt index, label ids)
         for req in requests:
             try:
-                prep = self._prepare(req)
+                prep = self._prepared(req)
                 cells += [(prep, k, self._labels(p)[: req.scale]) for k, p in enumerate(req.prompts)]
             except Exception as exc:  # noqa: BLE001 - one bad request never stops the batch
                 results.extend(self._failed(req, range(len(req.prompts)), exc))

@@ -185,3 +185,29 @@ def test_a_message_whose_job_is_taken_wakes_the_worker_for_another_of_its_model(
     nothing_left = run_stream(engine, ids[1], lambda spec: scorer, "me:1",
                               StreamOptions(follow=True, wake=True, batch_size=1))
     assert [(o.job_id, o.status) for o in nothing_left] == [(ids[1], Outcome.SKIPPED)]
+
+
+def test_each_batch_but_the_first_is_tokenized_beside_the_batch_before_it(engine, three_jobs) -> None:
+    """The engine's `prepare` of a batch runs on its own thread while the batch before scores (the
+    next job's first batch while the last batch of the one before does), and ends before its own
+    batch scores: an accelerator never waits for the tokenizer between batches or jobs."""
+    ids, sample_job, batches = three_jobs
+    prepared: dict[int, str] = {}  # sample → the thread its request was prepared on
+    scoring: list[int] = []  # the samples being scored, in order
+
+    class Preparing(Recorder):
+        def prepare(self, requests: Sequence[RatingRequest]) -> None:
+            time.sleep(0.05)  # longer than a batch here: `score` must still find it done
+            prepared.update({r.sample_id: threading.current_thread().name for r in requests})
+
+        def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+            ahead = [r.sample_id in prepared for r in requests]
+            scoring.append(requests[0].sample_id)
+            assert all(ahead) or not scoring[:-1], f"batch {requests[0].sample_id} was not prepared before it scored"
+            return super().score(requests, progress)
+
+    scorer = Preparing(sample_job, batches)
+    outcomes = run_stream(engine, ids[0], lambda spec: scorer, "me:1", StreamOptions(follow=True, batch_size=1))
+    assert [o.status for o in outcomes] == [Outcome.DONE] * 3 and len(scoring) == 6
+    assert set(prepared) == set(scoring[1:])  # every batch after the first, the next jobs' first ones too
+    assert set(prepared.values()) == {"selectit-prepare"}

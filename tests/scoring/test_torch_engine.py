@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -51,6 +52,29 @@ def test_load_scorer_exact_is_float32(tiny):
     scorer = load_scorer(tiny, device="cpu", exact=True)
     assert scorer.dtype == torch.float32 and scorer.model_id == tiny.id and scorer.max_tokens == 1024
     assert load_scorer(tiny, device="cpu").dtype == torch.bfloat16
+
+
+def test_requests_prepared_ahead_score_as_before_without_tokenizing_again(tiny):
+    """`prepare` (the runner calls it on another thread) tokenizes for a later `score` of the same
+    request objects: `score` then tokenizes nothing, gives the same cells, and a request that could
+    not be prepared fails there as it would have; an equal request that is another object is
+    prepared anew."""
+    scorer = load_scorer(tiny, device="cpu", exact=True)
+    reqs = requests(records(3), "shared-context") + [RatingRequest(9, (0,), (requests(records(1), "reference")[0].prompts[0],), 12)]
+    expected = scorer.score(reqs)
+    scorer.prepare(reqs)
+    calls = []
+    tokenizer = scorer.tokenizer
+    scorer.tokenizer = lambda *a, **k: (calls.append(a), tokenizer(*a, **k))[1]
+    try:
+        got = scorer.score(reqs)
+        assert calls == [] and got == expected
+        assert [c.error for c in got if c.sample_id == 9] == ["scale 12 is out of range 2..9"]
+        scorer.prepare(reqs[:1])
+        scorer.score([dataclasses.replace(reqs[0])])  # an equal request, not the one prepared
+        assert calls
+    finally:
+        scorer.tokenizer = tokenizer
 
 
 @pytest.mark.parametrize("layout,shared", [("shared-context", "cache"), ("shared-context", "mask"),
