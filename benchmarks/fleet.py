@@ -23,6 +23,10 @@ directory such an install is in:
     python benchmarks/fleet.py --postgres … --redis … --gpu-ms-per-cell 4 --workers 1,2,4,8 \\
         --samples 600 --skip-planning --baseline main
 
+`--tokenize MODEL` has the emulated GPU tokenize each request first with MODEL's real tokenizer,
+as an engine does, over the demo data's texts (not the synthetic "ooo…" ones): whether the
+tokenizer's time is hidden behind the GPU's (the streams prepare each batch ahead).
+
 Workers score through `SELECTIT_SCORER=scorer_hooks:instant` (tests/scorer_hooks.py): every cell
 answered at once with a fixed distribution, no model, no torch. What remains per job is the real
 work of a worker — claim, cell lookup, committed batches of scores with lease renewal, done —
@@ -77,10 +81,17 @@ def fresh_db(admin_url: str) -> tuple[str, Callable[[], None]]:
     return url, drop
 
 
+def _demo_texts() -> list[tuple[str, str]]:
+    recs = json.loads((ROOT / "selectit" / "data" / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    return [(r["instruction"] + ("\n" + r["input"] if r.get("input") else ""), r["output"]) for r in recs]
+
+
 def synthetic(engine: sa.Engine, n: int, models: tuple[str, ...] = ("tiny",), first_id: int = 1,
-              dataset: str = "synthetic") -> None:
-    """`n` samples of 50–2000 characters in dataset `dataset`, the default prompt set, `models`."""
+              dataset: str = "synthetic", real_texts: bool = False) -> None:
+    """`n` samples of 50–2000 characters in dataset `dataset`, the default prompt set, `models`
+    (`real_texts`: the demo data's records, cycled)."""
     rnd = random.Random(first_id)
+    demo = _demo_texts() if real_texts else []
     with db.session_scope(engine) as s:
         registry.ensure_default_prompts(s)  # what `selectit init` does
         ds = s.scalar(sa.text("INSERT INTO datasets (name) VALUES (:n) RETURNING id"), {"n": dataset})
@@ -93,6 +104,10 @@ def synthetic(engine: sa.Engine, n: int, models: tuple[str, ...] = ("tiny",), fi
         with raw.cursor() as cur:
             with cur.copy("COPY samples (id, content_hash, instruction, input, output, n_chars) FROM STDIN") as cp:
                 for i in range(first_id, first_id + n):
+                    if demo:
+                        instruction, out = demo[i % len(demo)]
+                        cp.write_row((i, f"{i:064x}", instruction, "", out, len(instruction) + len(out)))
+                        continue
                     out = "o" * rnd.randint(40, 1990)
                     cp.write_row((i, f"{i:064x}", f"instruction {i}", "", out, len(out) + 12))
             with cur.copy("COPY dataset_samples (dataset_id, sample_id, position) FROM STDIN") as cp:
@@ -199,7 +214,7 @@ def fleet(admin_url: str, redis_url: str, tmp: Path, n: int, workers: int, *, sc
     url, drop = fresh_db(admin_url)
     make_schema(url, code)
     engine = db.make_engine(url)
-    synthetic(engine, n)
+    synthetic(engine, n, real_texts="SELECTIT_TEST_TOKENIZER" in (env_extra or {}))
     path = os.pathsep.join(str(p) for p in (code, ROOT, TESTS) if p)
     phases_dir = tmp / f"phases-{uuid.uuid4().hex[:8]}"
     phases_dir.mkdir()
@@ -345,8 +360,14 @@ def gpu_fleets(args: argparse.Namespace, variants: list[tuple[str, Path | None]]
     """Each worker count, the variants alternating: share of ideal, the servers' cost, where the time went."""
     ms = args.gpu_ms_per_cell
     extra = {"SELECTIT_TEST_GPU_MS": str(ms)}
+    if args.tokenize:
+        from selectit.scoring.loading import model_dir, resolve_source
+
+        extra["SELECTIT_TEST_TOKENIZER"] = str(model_dir(resolve_source(args.tokenize)))
     print(f"emulated GPU: {ms:g} ms a cell ({1000 / ms:.0f} cells/s per worker), {args.samples} samples × 5 prompts "
-          "per worker, default batch and job sizes, PostgreSQL + Redis on this machine:")
+          "per worker, default batch and job sizes, PostgreSQL + Redis on this machine"
+          + (f"; each request tokenized by {args.tokenize}'s tokenizer, on the demo data's texts:" if args.tokenize
+             else ":"))
     best: dict[tuple[int, str], Run] = {}
     for w in (int(x) for x in args.workers.split(",")):
         ideal = w * 1000 / ms
@@ -403,6 +424,10 @@ def main() -> None:
     ap.add_argument("--gpu-ms-per-cell", type=float, default=None, metavar="MS",
                     help="emulate a GPU of MS ms a cell; --samples is then per worker")
     ap.add_argument("--repeat", type=int, default=1, help="with --gpu-ms-per-cell: runs of each fleet (best kept)")
+    ap.add_argument("--tokenize", default=None, metavar="MODEL",
+                    help="with --gpu-ms-per-cell: the emulated GPU first tokenizes each request with MODEL's "
+                         "tokenizer (a model source, e.g. smollm2-135m), as an engine does, over the demo "
+                         "data's texts: whether the tokenizer's time is hidden")
     ap.add_argument("--baseline", default=None, metavar="REF|DIR",
                     help="with --gpu-ms-per-cell: run each fleet first on another selectit: a git ref of this "
                          "repository (exported and installed on its own, e.g. HEAD~1 or main), or a directory "

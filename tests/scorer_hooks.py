@@ -9,11 +9,13 @@ It wraps selectit's real scorer (CPU) and adds, from the environment:
 
 `SELECTIT_SCORER=scorer_hooks:instant` answers every cell at once with a fixed distribution (no
 model, no torch): what is left is the bookkeeping, which the fleet benchmark measures;
-`scorer_hooks:gpu` does the same after sleeping `SELECTIT_TEST_GPU_MS` ms a cell (an emulated GPU).
+`scorer_hooks:gpu` does the same after sleeping `SELECTIT_TEST_GPU_MS` ms a cell (an emulated GPU),
+and with `SELECTIT_TEST_TOKENIZER=DIR` tokenizes each request first with that real tokenizer.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -97,6 +99,31 @@ class EmulatedGPU(InstantScorer):
         return super().score(requests, progress)
 
 
+class TokenizingGPU(EmulatedGPU):
+    """`EmulatedGPU` that first prepares each request with a real tokenizer, as an engine's `score`
+    does (`SELECTIT_TEST_TOKENIZER`: a model directory), unless its `prepare` did so ahead (a
+    selectit whose streams tokenize ahead calls it on another thread): the fleet benchmark's
+    `--tokenize` shows whether the tokenizer's time is hidden behind the emulated GPU's."""
+
+    def __init__(self, tokenizer_dir: str) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        from selectit.scoring.preparation import RequestPreparation
+
+        self._prep = RequestPreparation()
+        self._prep.tokenizer, self._prep.max_tokens = AutoTokenizer.from_pretrained(tokenizer_dir), 2048
+        self._prep._init_labels({})
+        if hasattr(self._prep, "prepare"):  # a selectit without it tokenizes in `score` only
+            self.prepare = self._prep.prepare
+
+    def score(self, requests: Sequence[RatingRequest], progress: Any = None) -> list[CellResult]:
+        prepared = getattr(self._prep, "_prepared", self._prep._prepare)
+        for r in requests:
+            prepared(r)
+        return super().score(requests, progress)
+
+
 def _write_phases(folder: str) -> None:
     import json
 
@@ -106,6 +133,11 @@ def _write_phases(folder: str) -> None:
         json.dump({"phases": PHASES, "asked": EmulatedGPU.asked, "slept": EmulatedGPU.slept}, f)
 
 
+@functools.cache
+def _tokenizing_gpu(tokenizer_dir: str) -> TokenizingGPU:
+    return TokenizingGPU(tokenizer_dir)
+
+
 def gpu(model: Any) -> EmulatedGPU:
     folder = os.environ.get("SELECTIT_TEST_PHASES")
     if folder and not getattr(gpu, "registered", False):
@@ -113,7 +145,8 @@ def gpu(model: Any) -> EmulatedGPU:
 
         atexit.register(_write_phases, folder)
         gpu.registered = True  # type: ignore[attr-defined]
-    return EmulatedGPU()
+    tokenizer = os.environ.get("SELECTIT_TEST_TOKENIZER")
+    return _tokenizing_gpu(tokenizer) if tokenizer else EmulatedGPU()
 
 
 class FixedScorer:
@@ -215,3 +248,7 @@ class TextualScorer:
 
 def textual(model: Any) -> TextualScorer:
     return TextualScorer()
+
+
+if os.environ.get("SELECTIT_TEST_TOKENIZER"):  # loaded as the worker starts, not on its first job
+    _tokenizing_gpu(os.environ["SELECTIT_TEST_TOKENIZER"])

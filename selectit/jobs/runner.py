@@ -131,6 +131,11 @@ class _HookEngine(ScoringEngine):
               progress: Callable[[int], None] | None = None) -> list[CellResult]:
         return list(self.inner.score(requests, progress))  # type: ignore[attr-defined]
 
+    def prepare(self, requests: Sequence[RatingRequest]) -> None:
+        prepare = getattr(self.inner, "prepare", None)  # optional, as for every engine
+        if prepare is not None:
+            prepare(requests)
+
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
         if close is not None:
