@@ -360,6 +360,14 @@ def _sharegpt(chat: list[tuple[str, str]], i: int) -> dict:
     return {"id": f"c{i}", "conversations": [{"from": names[r], "value": t} for r, t in chat]}
 
 
+def ingest_short_chats(db_url: str, tmp_path: Path) -> None:
+    """`SHORT_CHATS` as the dataset `chats` (three conversations of 3, 2 and 1 rated turns)."""
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps([_sharegpt(c, i) for i, c in enumerate(SHORT_CHATS)]), encoding="utf-8")
+    with selectit.open(db_url) as store:
+        store.ingest(path, "chats", format="sharegpt")
+
+
 def test_a_conversation_scored_in_one_pass_stores_the_cells_of_separate_forwards(db_url: str, tmp_path: Path,
                                                                                  tiny_model_dir: Path,
                                                                                  monkeypatch) -> None:
@@ -372,10 +380,7 @@ def test_a_conversation_scored_in_one_pass_stores_the_cells_of_separate_forwards
     from selectit.scoring import registry
     from selectit.scoring.torch_engine import Scorer, load_scorer
 
-    path = tmp_path / "chats.json"
-    path.write_text(json.dumps([_sharegpt(c, i) for i, c in enumerate(SHORT_CHATS)]), encoding="utf-8")
-    with selectit.open(db_url) as store:
-        store.ingest(path, "chats", format="sharegpt")
+    ingest_short_chats(db_url, tmp_path)
     engine = db.open_store(db_url)
     with session_scope(engine) as s:
         model = registry.add_model(s, "tiny", str(tiny_model_dir), dtype="float32")
@@ -418,10 +423,7 @@ def test_a_conversation_in_one_pass_counts_its_transcript_once_and_each_earlier_
     from selectit.jobs import planner
     from selectit.jobs.estimate import estimate
 
-    path = tmp_path / "chats.json"
-    path.write_text(json.dumps([_sharegpt(c, i) for i, c in enumerate(SHORT_CHATS)]), encoding="utf-8")
-    with selectit.open(db_url) as store:
-        store.ingest(path, "chats", format="sharegpt")
+    ingest_short_chats(db_url, tmp_path)
     add_rater(db_url)
     engine = db.open_store(db_url)
     with session_scope(engine) as s:
@@ -490,10 +492,7 @@ def test_score_turns_last_runs_an_open_job_of_every_turn_whole(db_url: str, tmp_
     from selectit.jobs import planner
     from selectit.jobs.planner import ALL_TURNS
 
-    path = tmp_path / "chats.json"
-    path.write_text(json.dumps([_sharegpt(c, i) for i, c in enumerate(SHORT_CHATS)]), encoding="utf-8")
-    with selectit.open(db_url) as store:
-        store.ingest(path, "chats", format="sharegpt")
+    ingest_short_chats(db_url, tmp_path)
     add_rater(db_url)
     engine = db.open_store(db_url)
     planner.plan(engine, prompt_set="s")
