@@ -66,14 +66,13 @@ ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS
 
 
 def cpu_line() -> str:
-    """The CPU model and its SIMD flags, from /proc/cpuinfo."""
-    model, flags = "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
+    """The CPU model (/proc/cpuinfo) and its SIMD flags (`loading.cpu_features`, as the engine reads them)."""
+    from selectit.scoring.loading import cpu_features
+
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((v.strip() for k, _, v in (line.partition(":") for line in cpuinfo.splitlines())
+                  if k.strip() == "model name"), "unknown")
+    flags = cpu_features(cpuinfo)
     return f"CPU: {model}, {os.cpu_count()} CPUs; flags {' '.join(f for f in SIMD if f in flags)}"
 
 

@@ -26,7 +26,7 @@ from selectit.contract import (
     render_turn,
     shares_turns,
 )
-from selectit.jobs.planner import ALL_TURNS, CHARS_PER_TOKEN
+from selectit.jobs.planner import ALL_TURNS, CHARS_PER_TOKEN, one_pass
 from selectit.store import db
 from selectit.store.schema import MAX_SCALE, Job, JobSample, Prompt, Sample, Score, utcnow
 
@@ -74,25 +74,21 @@ def planned_tokens(session: Session, cells: dict[tuple[int, int], list[int]],
                    prompts: dict[int, Prompt]) -> dict[tuple[int, int, int], int]:
     """(sample_id, turn, prompt_id) → the cell's prompt tokens as the planner counts them (the
     measure of the jobs' `est_tokens`, in which the progress bar times what is left): (sample +
-    template characters) // 4, except that a conversation whose every turn owes the same
-    shared-context prompts runs in one pass, so its earlier turns count their template alone
-    (`planner._one_pass`)."""
-    n_chars = dict(session.execute(sa.select(Sample.id, Sample.n_chars)
-                                   .where(Sample.id.in_({s for s, _ in cells}))).all())
-    n_turns = dict(session.execute(sa.select(Sample.id, Sample.n_turns)
-                                   .where(Sample.id.in_({s for s, t in cells if t}))).all())
+    template characters) // 4, except that a conversation scored in one pass (`planner.one_pass`,
+    shared-context prompts) counts its earlier turns by their template alone."""
+    lengths = {sid: (n_chars, n_turns) for sid, n_chars, n_turns in session.execute(
+        sa.select(Sample.id, Sample.n_chars, Sample.n_turns).where(Sample.id.in_({s for s, _ in cells})))}
     owed: dict[int, list[tuple[int, list[int]]]] = {}
     for (s, t), pids in cells.items():
         owed.setdefault(s, []).append((t, pids))
     out: dict[tuple[int, int, int], int] = {}
     for s, turns in owed.items():
-        first = turns[0][1]
-        one_pass = (len(turns) == n_turns.get(s, 1) > 1 and all(pids == first for _, pids in turns)
-                    and all(prompts[p].layout == Layout.SHARED_CONTEXT for p in first))
+        n_chars, n_turns = lengths[s]
+        shared = one_pass(turns, n_turns) and all(prompts[p].layout == Layout.SHARED_CONTEXT for p in turns[0][1])
         for t, pids in turns:
             for p in pids:
-                template = len(prompts[p].template) // CHARS_PER_TOKEN
-                out[s, t, p] = template if one_pass and t else (n_chars[s] + len(prompts[p].template)) // CHARS_PER_TOKEN
+                template = len(prompts[p].template)
+                out[s, t, p] = (template if shared and t else n_chars + template) // CHARS_PER_TOKEN
     return out
 
 

@@ -240,11 +240,10 @@ def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, excl
         rows = session.execute(sa.text(_coverage_sql(scope, pairs, full, exclude_open=exclude_open)),
                                {"max_attempts": settings.max_cell_attempts})
         memo: dict[tuple[int, int], tuple[tuple[int, ...], int, tuple[int, ...], int | None]] = {}
-        branches: dict[tuple[int, str, tuple[int, ...]], int | None] = {}
 
         def one_sample(rows: list[tuple[int, int, int, int, int]]
-                       ) -> Iterator[tuple[int, tuple[int, ...], str, int, int, int, int]]:
-            out = []
+                       ) -> list[tuple[int, tuple[int, ...], str, int, int, int, int]]:
+            out, branches = [], []
             for sample_id, n_chars, covered, turn, n_turns in rows:
                 missing = full & ~covered
                 for kind in kinds:
@@ -259,12 +258,10 @@ def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, excl
                         about = memo[(kind.model_id, bits)] = (tuple(p for p, _, _ in chosen),
                                                                 *_token_table([n for _, n, _ in chosen]), branch)
                     prompt_ids, k, table, branch = about
-                    branches[(kind.model_id, kind.set_name, prompt_ids)] = branch
                     out.append((kind.model_id, prompt_ids, kind.set_name, sample_id,
                                 k * (n_chars // CHARS_PER_TOKEN) + table[n_chars % CHARS_PER_TOKEN], turn, n_turns))
-            if len(out) > 1:
-                out = _one_pass(out, branches)
-            yield from out
+                    branches.append(branch)
+            return _one_pass(out, branches) if len(out) > 1 else out
 
         held: list[tuple[int, int, int, int, int]] = []
         for row in rows:
@@ -276,21 +273,25 @@ def _missing_by_kind(session: Session, scope: Scope, settings: Settings, *, excl
             yield from one_sample(held)
 
 
-def _one_pass(rows: list[tuple[int, tuple[int, ...], str, int, int, int, int]],
-              branches: dict[tuple[int, str, tuple[int, ...]], int | None]
+def one_pass(turns: Iterable[tuple[int, Sequence[int]]], n_turns: int) -> bool:
+    """Whether a conversation's owed (turn, prompt ids) cover every one of its `n_turns` turns with
+    the same prompts: its job scores it whole, in one pass (`whole_conversations`)."""
+    turns = list(turns)
+    return (n_turns > 1 and len(turns) == n_turns and {t for t, _ in turns} == set(range(n_turns))
+            and len({tuple(p) for _, p in turns}) == 1)
+
+
+def _one_pass(rows: list[tuple[int, tuple[int, ...], str, int, int, int, int]], branches: list[int | None]
               ) -> list[tuple[int, tuple[int, ...], str, int, int, int, int]]:
-    """One sample's rows, its earlier turns counted by their rating questions alone (`branches`)
-    where every turn misses the same shared-context prompts of one model (one pass)."""
+    """One sample's rows, its earlier turns counted by their rating questions alone (`branches`:
+    each row's, None outside the shared-context layout) where it runs in one pass."""
     kinds: dict[tuple[int, str], list[int]] = {}
     for i, row in enumerate(rows):
         kinds.setdefault((row[0], row[2]), []).append(i)
     out = list(rows)
-    for (model_id, set_name), at in kinds.items():
-        first = rows[at[0]]
-        n_turns, pids = first[6], first[1]
-        branch = branches.get((model_id, set_name, pids))
-        if (branch is not None and len(at) == n_turns > 1 and {rows[i][5] for i in at} == set(range(n_turns))
-                and all(rows[i][1] == pids for i in at)):
+    for at in kinds.values():
+        branch = branches[at[0]]
+        if branch is not None and one_pass(((rows[i][5], rows[i][1]) for i in at), rows[at[0]][6]):
             for i in at:
                 if rows[i][5] != 0:  # turn 0, the last, carries the transcript
                     out[i] = (*rows[i][:4], branch, *rows[i][5:])
@@ -385,8 +386,7 @@ def whole_conversations(rows: Iterable[tuple[int, tuple[int, ...], str, int, int
             kinds.setdefault((row[0], row[2]), []).append(row)
         for group in kinds.values():
             m, pids, name, sample, _, _, n_turns = group[0]
-            if (len(group) == n_turns and {r[5] for r in group} == set(range(n_turns))
-                    and all(r[1] == pids for r in group)):
+            if one_pass(((r[5], r[1]) for r in group), n_turns):
                 yield (m, pids, name, sample, sum(r[4] for r in group), ALL_TURNS, n_turns)
             else:
                 yield from group

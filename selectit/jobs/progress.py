@@ -5,8 +5,9 @@ of `selectit.timing.TimeLeft`.
 
 The time left is per token, not per cell: a cell of a 2,000-token conversation costs about ten of
 a 200-token instruction, so a cell rate measured on short cells is far too fast for long ones.
-Tokens here are the planner's (≈4 characters each, a turn counted as its whole sample): the
-measure of the jobs' `est_tokens`, of `score --estimate` and of `selectit status`'s ETA.
+Tokens here are the planner's (≈4 characters each; a conversation scored in one pass counts its
+transcript once): the measure of the jobs' `est_tokens`, of `score --estimate` and of `selectit
+status`'s ETA.
 """
 
 from __future__ import annotations

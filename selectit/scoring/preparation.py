@@ -44,7 +44,8 @@ class Prepared:
 class RequestPreparation:
     """Tokenization, truncation, label ids and cell building shared by the engines.
 
-    A subclass sets `tokenizer`, `max_tokens` and calls `_init_labels(label_ids)`.
+    A subclass sets `tokenizer`, `max_tokens` and calls `_init_labels(label_ids)`, which also sets
+    up what `prepare` holds.
     """
 
     tokenizer: Any
@@ -53,16 +54,20 @@ class RequestPreparation:
     def _init_labels(self, label_ids: dict[str, list[int]] | None) -> None:
         self._labels_by_context = dict(label_ids or {})  # layout → ids of "1".."9"
         self._label_cache: dict[str, list[int]] = {}
+        #: id(request) → (the request, its `Prepared` or the error preparing it), from `prepare`
+        self._ready: dict[int, tuple[RatingRequest, Prepared | Exception]] = {}
+        # A fast tokenizer used from two threads at once fails ("Already borrowed": each call sets
+        # its truncation and padding), so `prepare` on the runner's thread and `score` take turns.
+        self._tokenizing = threading.Lock()
 
     def prepare(self, requests: Sequence[RatingRequest]) -> None:
         """Tokenize `requests` now, for a later `score` of these very objects: the runner calls it
         on another thread while the engine scores the batch before, so an accelerator never waits
         for the tokenizer between batches or jobs. `score` prepares whatever was not."""
-        # id(request) → (the request, its `Prepared` or the error preparing it)
-        ready: dict[int, tuple[RatingRequest, Prepared | Exception]] = self.__dict__.setdefault("_ready", {})
+        ready = self._ready
         for req in requests:
             try:
-                with self._tokenizing():
+                with self._tokenizing:
                     done: Prepared | Exception = self._prepare(req)
             except Exception as exc:  # noqa: BLE001 - raised again where `score` meets the request
                 done = exc
@@ -73,17 +78,11 @@ class RequestPreparation:
             except (RuntimeError, StopIteration):  # `score` took one meanwhile, on its thread
                 break
 
-    def _tokenizing(self) -> threading.Lock:
-        """The lock of the tokenizer: a fast tokenizer used from two threads at once fails
-        ("Already borrowed": each call sets its truncation and padding), so `prepare` on the
-        runner's thread and `score` on the engine's take turns."""
-        return self.__dict__.setdefault("_tokenizer_lock", threading.Lock())
-
     def _prepared(self, req: RatingRequest) -> Prepared:
         """`req` prepared: by `prepare` if it was (the same object), else now."""
-        ready = self.__dict__.get("_ready", {}).pop(id(req), None)
+        ready = self._ready.pop(id(req), None)
         if ready is None or ready[0] is not req:  # an id is reused once its object is gone
-            with self._tokenizing():
+            with self._tokenizing:
                 return self._prepare(req)
         if isinstance(ready[1], Exception):
             raise ready[1]
@@ -162,7 +161,7 @@ class RequestPreparation:
             if prompt.tail.endswith(context) and layout in self._labels_by_context:
                 return self._labels_by_context[layout]
         if prompt.tail not in self._label_cache:  # a custom tail: derive the ids in that context
-            with self._tokenizing():
+            with self._tokenizing:
                 self._label_cache[prompt.tail] = label_token_ids(self.tokenizer, prompt.tail[-64:])
         return self._label_cache[prompt.tail]
 
